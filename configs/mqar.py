@@ -1,0 +1,49 @@
+"""The embedded default: a small Transformer learns multi-query associative recall on CPU.
+
+`make train` runs it. Variants: `configs/mqar.py:tiny` (a few-second smoke run for tests).
+"""
+
+from configs.base import get_base_config
+
+
+def get_config(arg: str | None = None):
+  c = get_base_config()
+  c.seq_len = 64
+  c.batch_size = 64
+  c.data.source = "mqar"
+  c.data.mqar.vocab_size = 256
+  c.data.mqar.num_kv_pairs = 8
+  c.model.d_model = 128
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.model.num_kv_heads = 2
+  c.model.head_dim = 64
+  c.model.mlp_dim = 256
+  c.model.max_seq_len = 64
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 50
+  c.optim.weight_decay = 0.0
+  c.train.num_steps = 1000
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.checkpoint_every = 250
+  if arg == "tiny":
+    c.batch_size = 8
+    c.seq_len = 32
+    c.data.mqar.num_kv_pairs = 4
+    c.data.mqar.vocab_size = 64
+    c.data.mqar.num_val_examples = 64
+    c.model.d_model = 32
+    c.model.num_heads = 2
+    c.model.num_kv_heads = 1
+    c.model.head_dim = 16
+    c.model.mlp_dim = 64
+    c.train.num_steps = 20
+    c.train.log_every = 5
+    c.train.eval_every = 10
+    c.train.eval_steps = 2
+    c.train.checkpoint_every = 10
+    c.train.progress_bar = False
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/mqar.py; valid: 'tiny'")
+  return c

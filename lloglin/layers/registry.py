@@ -1,0 +1,34 @@
+"""Sequence mixers by name: the decoder asks this registry for the mixer of each layer.
+
+A mixer is an NNX module built as `factory(cfg, rngs=rngs)` (cfg: lloglin.models.ModelConfig)
+and called as `mixer(x_BTD, segment_ids_BT=..., positions_BT=...) -> y_BTD`. Registering a new
+mixer is all it takes to use it from `model.layer_pattern`.
+"""
+
+from collections.abc import Callable
+
+from flax import nnx
+
+_MIXERS: dict[str, Callable[..., nnx.Module]] = {}
+
+
+def register_mixer(name: str):
+  """Class decorator: makes the mixer available as `name` in `model.layer_pattern`."""
+
+  def wrap(factory):
+    if name in _MIXERS:
+      raise ValueError(f"mixer {name!r} is registered twice")
+    _MIXERS[name] = factory
+    return factory
+
+  return wrap
+
+
+def mixer_names() -> list[str]:
+  return sorted(_MIXERS)
+
+
+def make_mixer(name: str, cfg, *, rngs: nnx.Rngs) -> nnx.Module:
+  if name not in _MIXERS:
+    raise ValueError(f"unknown mixer {name!r} in model.layer_pattern; known mixers: {mixer_names()}")
+  return _MIXERS[name](cfg, rngs=rngs)

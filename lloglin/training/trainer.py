@@ -1,0 +1,131 @@
+"""The training loop: data, model, optimizer, jitted step, eval, metrics and checkpoints.
+
+`train(cfg, workdir)` runs (or resumes) the experiment described by an ml_collections config.
+Re-running the same command resumes from the newest readable checkpoint in `workdir`.
+"""
+
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from lloglin.data import make_dataset
+from lloglin.evals.lm import evaluate
+from lloglin.models import ModelConfig, build_model, count_params
+from lloglin.parallel import distributed
+from lloglin.training import export
+from lloglin.training.checkpoint import Checkpointer
+from lloglin.training.metrics import MetricWriter
+from lloglin.training.optimizer import learning_rate_schedule, make_adamw
+from lloglin.training.step import init_state, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_config(cfg, vocab_size: int) -> ModelConfig:
+  """The ModelConfig of an experiment; a zero model.vocab_size takes the data's vocabulary."""
+  values = cfg.model.to_dict()
+  values["vocab_size"] = values["vocab_size"] or vocab_size
+  if values["vocab_size"] < vocab_size:
+    raise ValueError(f"model.vocab_size={values['vocab_size']} is smaller than the data's "
+                     f"vocabulary ({vocab_size})")
+  return ModelConfig.from_dict(values)
+
+
+def make_datasets(cfg):
+  """This process's training and validation iterators (each process reads its own shard)."""
+  n, i = jax.process_count(), jax.process_index()
+  if cfg.batch_size % n:
+    raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the process count {n}")
+  kw = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size // n, seed=cfg.seed,
+            process_index=i, process_count=n)
+  return (make_dataset(cfg.data, split="train", **kw),
+          make_dataset(cfg.data, split="validation", **kw))
+
+
+def train(cfg, workdir: str) -> dict:
+  """Trains (or resumes) and returns the last logged and evaluated metrics."""
+  is_main = jax.process_index() == 0
+  mesh = distributed.data_mesh()
+  train_ds, val_ds = make_datasets(cfg)
+  mcfg = model_config(cfg, train_ds.vocab_size)
+  model = build_model(mcfg, seed=cfg.seed)
+  num_steps = cfg.train.num_steps
+  tx = make_adamw(cfg.optim, num_steps)
+  schedule = learning_rate_schedule(cfg.optim, num_steps)
+  graphdef, state = init_state(model, tx)
+  state = distributed.replicate(state, mesh)
+  saved_config = cfg.to_dict()
+  saved_config["model"] = mcfg.to_dict()
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints,
+                      keep_best=cfg.train.keep_best, async_save=cfg.train.async_checkpointing)
+  start = 0
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    start, state, data_state, _ = restored
+    train_ds.set_state(data_state)
+    log.info("resumed from step %d in %s", start, workdir)
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
+  if is_main:
+    log.info("model: %s parameters, mixers %s", f"{count_params(model):,}", mcfg.mixers)
+  del model
+
+  train_step, eval_step = make_train_step(graphdef, tx), make_eval_step(graphdef)
+  tokens_per_step = cfg.batch_size * cfg.seq_len
+  last = {}
+  bar = tqdm(total=num_steps, initial=start, disable=not (is_main and cfg.train.progress_bar),
+             desc="train", dynamic_ncols=True)
+  pending, t0 = [], time.perf_counter()
+  try:
+    for step in range(start + 1, num_steps + 1):
+      state, metrics = train_step(state, distributed.global_batch(next(train_ds), mesh))
+      pending.append(metrics)
+      is_last = step == num_steps
+      if step % cfg.train.log_every == 0 or is_last:
+        _check_finite(state)
+        host = jax.device_get(pending)
+        elapsed = time.perf_counter() - t0
+        last = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        last["tokens_per_second"] = len(host) * tokens_per_step / elapsed
+        last["learning_rate"] = float(schedule(step))
+        writer.write(step, last)
+        bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_second']:,.0f}")
+        pending, t0 = [], time.perf_counter()
+      bar.update(1)
+      eval_metrics = None
+      if step % cfg.train.eval_every == 0 or is_last:
+        eval_metrics = evaluate(eval_step, state["params"], state["rest"], val_ds,
+                                cfg.train.eval_steps, mesh)
+        writer.write(step, {k: v for k, v in eval_metrics.items() if k != "eval_loss_per_position"})
+        last.update(eval_metrics)
+        bar.write(f"step {step}: eval loss {eval_metrics['eval_loss']:.4f}, "
+                  f"accuracy {eval_metrics['eval_accuracy']:.4f}")
+        t0 = time.perf_counter()
+      if step % cfg.train.checkpoint_every == 0 or is_last:
+        _check_finite(state)
+        ckpt.save(step, state, data_state=train_ds.get_state(), config=saved_config,
+                  metrics=None if eval_metrics is None else {"eval_loss": eval_metrics["eval_loss"]})
+    ckpt.wait()
+    if is_main:
+      export.export_params(os.path.join(workdir, "export"), state["params"], saved_config)
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+  return last
+
+
+def _check_finite(state):
+  bad = int(jax.device_get(state["nonfinite_step"]))
+  if bad >= 0:
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {bad}; training stopped and that update was not "
+        f"applied. The last good checkpoint is kept; lower optim.learning_rate or check the data.")
