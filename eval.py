@@ -12,7 +12,6 @@ import json
 import logging
 import os
 
-import jax
 import ml_collections
 from absl import app, flags
 from flax import nnx
@@ -81,5 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax.config.parse_flags_with_absl()
   app.run(main)

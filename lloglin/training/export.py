@@ -3,17 +3,22 @@
 import json
 import os
 
+import jax
 import orbax.checkpoint as ocp
 
 
 def export_params(directory: str, params, config: dict):
-  """Writes `<directory>/params` (orbax) and `<directory>/config.json`."""
+  """Writes `<directory>/params` (orbax) and `<directory>/config.json`.
+
+  Every process calls it (orbax synchronises the processes); process 0 writes the JSON.
+  """
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "params"), params, force=True)
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(config, f, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, "config.json"), "w") as f:
+      json.dump(config, f, indent=2)
 
 
 def is_export(directory: str) -> bool:

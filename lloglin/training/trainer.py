@@ -53,6 +53,8 @@ def make_datasets(cfg):
 def train(cfg, workdir: str) -> dict:
   """Trains (or resumes) and returns the last logged and evaluated metrics."""
   is_main = jax.process_index() == 0
+  log.info("process %d of %d processes, %d of %d devices; each process reads its own data shard",
+           jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
   mesh = distributed.data_mesh()
   train_ds, val_ds = make_datasets(cfg)
   mcfg = model_config(cfg, train_ds.vocab_size)
@@ -114,8 +116,7 @@ def train(cfg, workdir: str) -> dict:
         ckpt.save(step, state, data_state=train_ds.get_state(), config=saved_config,
                   metrics=None if eval_metrics is None else {"eval_loss": eval_metrics["eval_loss"]})
     ckpt.wait()
-    if is_main:
-      export.export_params(os.path.join(workdir, "export"), state["params"], saved_config)
+    export.export_params(os.path.join(workdir, "export"), state["params"], saved_config)
   finally:
     bar.close()
     writer.close()

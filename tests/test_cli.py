@@ -1,0 +1,93 @@
+"""train.py and eval.py as a user runs them: errors on bad input, eval outputs, two processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config", "configs/mqar.py:tiny"]
+
+
+def run(script, *args, env=None, timeout=300):
+  full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+  full_env.pop("XLA_FLAGS", None)  # one CPU device per process
+  return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.dmodel=3", "dmodel"),
+    ("--config.train.num_steps=many", "num_steps"),
+    ("--config.seq_len=4", "seq_len"),
+])
+def test_bad_config_values_are_named(tmp_path, override, message):
+  result = run("train.py", *TINY, f"--workdir={tmp_path}", override)
+  assert result.returncode != 0
+  assert message in result.stderr
+
+
+def test_unknown_key_error_lists_the_valid_keys(tmp_path):
+  result = run("train.py", *TINY, f"--workdir={tmp_path}", "--config.train.num_step=3")
+  assert result.returncode != 0
+  assert "num_step" in result.stderr and "num_steps" in result.stderr
+
+
+def test_missing_and_empty_text_data_are_named(tmp_path):
+  missing = tmp_path / "nope.txt"
+  result = run("train.py", *TINY, f"--workdir={tmp_path / 'w1'}", "--config.data.source=text",
+               f"--config.data.path={missing}")
+  assert result.returncode != 0 and str(missing) in result.stderr
+  empty = tmp_path / "empty.txt"
+  empty.write_text("")
+  result = run("train.py", *TINY, f"--workdir={tmp_path / 'w2'}", "--config.data.source=text",
+               f"--config.data.path={empty}")
+  assert result.returncode != 0 and "empty" in result.stderr.lower()
+
+
+@pytest.mark.slow
+def test_train_then_eval_from_the_directory_alone(tmp_path):
+  text = tmp_path / "corpus.txt"
+  text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+  work = tmp_path / "work"
+  result = run("train.py", *TINY, f"--workdir={work}", "--config.data.source=text",
+               f"--config.data.path={text}", "--config.model.max_seq_len=64")
+  assert result.returncode == 0, result.stderr[-3000:]
+  for target in (work, work / "export"):
+    out = tmp_path / f"eval_{target.name}"
+    result = run("eval.py", f"--checkpoint={target}", f"--out={out}", "--num_batches=2",
+                 "--prompt=the quick", "--max_new_tokens=8", "--temperature=0.7", "--top_k=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(out / "eval.json"))
+    assert report["eval_perplexity"] > 1 and len(report["eval_loss_per_position"]) == 32
+    assert 1 <= len(report["generation"]["tokens"]) <= 8
+    assert (out / "per_position_loss.png").stat().st_size > 1000
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_together(tmp_path):
+  port = _free_port()
+  args = [*TINY, f"--workdir={tmp_path}", "--config.train.num_steps=6",
+          f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen([sys.executable, "train.py", *args, f"--process_id={i}"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=150) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 0 of 2 processes" in outs[0][1]
+  assert "process 1 of 2 processes" in outs[1][1]
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert max(r["step"] for r in records) == 6
+  assert "6" in os.listdir(tmp_path / "checkpoints")
