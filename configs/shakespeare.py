@@ -1,0 +1,47 @@
+"""Character-level (byte) language modelling on tiny_shakespeare.
+
+By default the text comes from tensorflow-datasets (`tiny_shakespeare`, downloaded once);
+`--config.data.path=...` trains on a local file instead.
+Variants: `:tiny` (seconds on CPU, for tests).
+"""
+
+from configs.base import get_base_config
+
+
+def get_config(arg: str | None = None):
+  c = get_base_config()
+  c.seq_len = 256
+  c.batch_size = 32
+  c.data.source = "text"
+  c.data.name = "tiny_shakespeare"
+  c.data.tokenizer = "byte"
+  c.model.d_model = 256
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 4
+  c.model.head_dim = 64
+  c.model.mlp_dim = 768
+  c.model.max_seq_len = 256
+  c.optim.learning_rate = 1e-3
+  c.train.num_steps = 2000
+  c.train.eval_every = 250
+  c.train.checkpoint_every = 500
+  if arg == "tiny":
+    c.seq_len = 64
+    c.batch_size = 8
+    c.model.d_model = 64
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.num_kv_heads = 2
+    c.model.head_dim = 32
+    c.model.mlp_dim = 128
+    c.model.max_seq_len = 64
+    c.train.num_steps = 20
+    c.train.log_every = 5
+    c.train.eval_every = 10
+    c.train.eval_steps = 2
+    c.train.checkpoint_every = 10
+    c.train.progress_bar = False
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/shakespeare.py; valid: 'tiny'")
+  return c
