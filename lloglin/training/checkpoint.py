@@ -42,6 +42,7 @@ class Checkpointer:
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._failed = False
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -63,10 +64,12 @@ class Checkpointer:
       self._raise_save_error(None, e)
 
   def _raise_save_error(self, step, error: OSError):
+    """Asynchronous saves report a failure at the next save or wait, hence 'latest requested'."""
+    self._failed = True
     what = "disk full" if error.errno == errno.ENOSPC else f"I/O error ({error})"
-    at = "" if step is None else f" step {step}"
+    at = "" if step is None else f" (latest requested: step {step})"
     raise CheckpointSaveError(
-        f"{what} while saving checkpoint{at} under {self.directory}; the earlier checkpoints "
+        f"{what} while saving a checkpoint{at} under {self.directory}; the earlier checkpoints "
         f"(steps {self.steps()}) are intact. Free space or change --workdir, then re-run the "
         f"same command to resume from the latest one.") from error
 
@@ -90,7 +93,12 @@ class Checkpointer:
     return None
 
   def close(self):
-    self.manager.close()
+    """Finishes pending saves; a failure already reported is not raised a second time."""
+    try:
+      self.manager.close()
+    except OSError as e:
+      if not self._failed:
+        self._raise_save_error(None, e)
 
 
 def read_config(checkpoint_dir: str, step: int | None = None) -> dict:
