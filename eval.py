@@ -65,8 +65,9 @@ def main(argv):
     tokenizer = make_tokenizer(cfg.data)
     if tokenizer is None:
       raise ValueError(f"data.source={cfg.data.source!r} has no tokenizer to encode --prompt")
-    stop = [t for t in (getattr(tokenizer, "eos_id", None),) if t is not None]
-    tokens = generate(model, tokenizer.encode(FLAGS.prompt), FLAGS.max_new_tokens,
+    stop = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]  # as training documents start
+    tokens = generate(model, bos + tokenizer.encode(FLAGS.prompt), FLAGS.max_new_tokens,
                       seed=FLAGS.seed, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
                       top_p=FLAGS.top_p, stop_tokens=stop)
     text = tokenizer.decode(tokens)

@@ -9,8 +9,10 @@ from lloglin.parallel import distributed
 
 
 def evaluate(eval_step, params, rest, dataset, num_batches: int, mesh) -> dict:
-  """Averages over `num_batches` batches of `dataset` (accuracy counts masked targets only,
-  so on MQAR it is the accuracy of the recalled values)."""
+  """Averages over the first `num_batches` batches of `dataset` (rewound first, so every
+  evaluation sees the same batches). Accuracy counts masked targets only, so on MQAR it is the
+  accuracy of the recalled values."""
+  dataset.set_state({"epoch": 0, "index": 0})
   totals = None
   for _ in range(num_batches):
     out = jax.device_get(eval_step(params, rest, distributed.global_batch(next(dataset), mesh)))
