@@ -16,9 +16,9 @@ from lloglin.optim.adapters import merge_adapters
 from lloglin.optim.adapters import nnx_adapter_loss
 from lloglin.optim.adapters import refresh_adapters
 from lloglin.optim.factory import ADAPTER_NAMES
-from lloglin.optim.factory import AdapterSetup
 from lloglin.optim.factory import DEFAULTS
 from lloglin.optim.factory import NAMES
+from lloglin.optim.factory import AdapterSetup
 from lloglin.optim.factory import OptimizerInfo
 from lloglin.optim.factory import make_adapter_setup
 from lloglin.optim.factory import make_optimizer
@@ -31,8 +31,12 @@ from lloglin.optim.low_rank import reset_projected_state
 from lloglin.optim.projections import Projection
 from lloglin.optim.projections import ProjectionSpec
 from lloglin.optim.projections import back_project
+from lloglin.optim.projections import back_project_tree
+from lloglin.optim.projections import is_projected
 from lloglin.optim.projections import make_projection
 from lloglin.optim.projections import make_projections
+from lloglin.optim.projections import path_str
 from lloglin.optim.projections import project
+from lloglin.optim.projections import project_tree
 from lloglin.optim.projections import projection_key
 from lloglin.optim.projections import specs_by_rule
