@@ -1,6 +1,7 @@
 """Causal softmax attention with RoPE and grouped-query heads (the Transformer baseline mixer)."""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from lloglin.layers.linear import dense
@@ -8,10 +9,11 @@ from lloglin.layers.registry import register_mixer
 from lloglin.ops.attention import apply_rope, causal_attention
 
 
-def resolve_attention_impl(impl: str) -> str | None:
-  """'auto' -> cuDNN on GPU, XLA elsewhere; 'xla' and 'cudnn' pass through."""
+def resolve_attention_impl(impl: str, dtype) -> str | None:
+  """'auto' -> cuDNN on GPU for 16-bit compute (cuDNN has no float32 path), XLA otherwise."""
   if impl == "auto":
-    return "cudnn" if jax.default_backend() == "gpu" else "xla"
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
   if impl not in ("xla", "cudnn"):
     raise ValueError(f"model.attention_impl={impl!r}; expected 'auto', 'xla' or 'cudnn'")
   return impl
@@ -29,7 +31,7 @@ class Attention(nnx.Module):
     self.o_proj = dense(H * K, D, **kw)
     self.num_heads, self.num_kv_heads, self.head_dim = H, G, K
     self.rope_theta = cfg.rope_theta
-    self.impl = resolve_attention_impl(cfg.attention_impl)
+    self.impl = resolve_attention_impl(cfg.attention_impl, cfg.compute_dtype)
 
   def qkv(self, x_BTD, positions_BT):
     """Projected, RoPE-rotated queries and keys, and values (also used by the decode path)."""
