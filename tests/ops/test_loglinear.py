@@ -1,0 +1,140 @@
+"""lloglin.ops.loglinear: log-linear Mamba-2 / GDN, recurrent == quadratic == chunked == decode
+(kernels.md §3-§5, §9)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lloglin.ops import _checks, hierarchy
+from tests.ops import linear_mixers as lm
+from tests.ops.helpers import assert_close
+
+FAMS = [lm.FAMILIES['loglinear_ssd'], lm.FAMILIES['loglinear_gdn']]
+IDS = [f.name for f in FAMS]
+SWEEP = [(1, 16), (15, 16), (16, 16), (17, 32), (63, 32), (64, 16), (65, 64), (127, 32),
+         (128, 64), (200, 16), (256, 16)]
+
+
+@pytest.fixture(params=FAMS, ids=IDS)
+def fam(request):
+  return request.param
+
+
+def test_recurrent_equals_quadratic(fam):
+  lm.check_oracles_agree(fam)
+
+
+@pytest.mark.parametrize('T,C', SWEEP)
+def test_chunked_equals_oracle(fam, T, C):
+  lm.check_chunked_vs_oracle(fam, T, C)
+
+
+def test_chunk_size_invariance_and_final_state_fp64(fam):
+  lm.check_chunk_invariance_fp64(fam)
+
+
+def test_lam_ones_reduces_to_base(fam):
+  base = lm.FAMILIES[lm.BASE[fam.name]]
+  data = dict(lm.reference(fam.name)[0])
+  data['lam'] = np.ones_like(data['lam'])
+  with jax.enable_x64(True):
+    rec = lm.jitted(fam.recurrent)(*fam.args(data, jnp.float64))
+    rec_base = lm.jitted(base.recurrent)(*base.args(data, jnp.float64))
+    out = lm.jitted(fam.chunked, chunk_size=16)(*fam.args(data, jnp.float32, slice(0, 200)))
+    out_base = lm.jitted(base.chunked, chunk_size=16)(*base.args(data, jnp.float32,
+                                                                 slice(0, 200)))
+  assert_close(rec, rec_base, **lm.EXACT, name='recurrent')
+  assert_close(out, out_base, **lm.FWD, name='chunked')
+
+
+def test_each_level_isolated(fam):
+  """lam one-hot on a single level: chunked == quadratic oracle level by level."""
+  data = dict(lm.reference(fam.name)[0])
+  for level in range(hierarchy.num_levels(200)):
+    data['lam'] = np.zeros_like(data['lam'])
+    data['lam'][..., level] = 1.0
+    with jax.enable_x64(True):
+      ref = np.asarray(lm.jitted(fam.quadratic)(*fam.args(data, jnp.float64)))[:, :200]
+      out = lm.jitted(fam.chunked, chunk_size=16)(*fam.args(data, jnp.float32, slice(0, 200)))
+    assert np.abs(ref).max() > 1e-3, level
+    assert_close(out, ref, **lm.fwd_tol(ref), name=f'level {level}')
+
+
+def test_decode_every_position(fam):
+  lm.check_decode_every_position(fam)
+
+
+@pytest.mark.parametrize('T0', [1, 63, 64, 70, 130])
+def test_prefill_then_decode(fam, T0):
+  lm.check_prefill_then_decode(fam, T0)
+
+
+def test_packed_equals_separate(fam):
+  lm.check_packed_equals_separate(fam)
+
+
+def test_initial_state_with_packed_documents(fam):
+  lm.check_initial_state_with_packed_documents(fam)
+
+
+@pytest.mark.parametrize('tau', [None, 0.1])
+def test_gradients_dense(fam, tau):
+  lm.check_gradients(fam, packed=False, tau=tau)
+
+
+def test_gradients_packed_nan_padding(fam):
+  lm.check_gradients(fam, packed=True)
+
+
+def test_gradients_negative_eigenvalues_and_zero_gates():
+  lm.check_gradients(lm.FAMILIES['loglinear_gdn'], packed=False, beta_scale=2.0,
+                     g_zero_frac=0.5)
+
+
+def test_gqa(fam):
+  lm.check_gqa(fam)
+
+
+def test_bf16(fam):
+  lm.check_bf16(fam)
+
+
+def test_bad_inputs(fam):
+  lm.check_bad_inputs(fam)
+  data = lm.make_data(8, 2, 17, fam=fam, L=5)                # T = 17 needs 6 levels
+  with pytest.raises(ValueError, match=r'lam_BTHL.*T=17.*L >= 6.*L=5'):
+    fam.chunked(*fam.args(data, jnp.float32))
+  with pytest.raises(ValueError, match='lam_BTHL'):
+    fam.recurrent(*fam.args(data, jnp.float32))
+
+
+def test_positions_beyond_the_levels_give_nan():
+  """Dynamic positions (packed documents, initial states) >= 2^(L-1) cannot raise inside jit:
+  their outputs and the states after them are NaN; earlier positions are unaffected."""
+  fam = lm.FAMILIES['loglinear_ssd']
+  data = lm.make_data(9, 2, 10, fam=fam, L=3)              # 3 levels serve positions 0..3
+  seg = np.asarray([[1] * 4 + [2] * 4 + [0] * 2, [1] * 6 + [2] * 4], np.int32)
+  bad = np.zeros((2, 10), bool)
+  bad[1, 4:6] = True
+  args = fam.args(data, jnp.float32)
+  for fn in (fam.chunked, fam.recurrent, fam.quadratic):
+    out = np.asarray(lm.jitted(fn)(*args, segment_ids_BT=jnp.asarray(seg)))
+    assert np.all(np.isnan(out[bad])) and np.all(np.isfinite(out[~bad])), fn.__name__
+  state = hierarchy.FenwickState(jnp.zeros((2, 2, 3, 16, 16)), jnp.asarray([3, 4], jnp.int32))
+  o, state = fam.step(*(a[:, 0] for a in args), state)
+  assert np.all(np.isfinite(o[0])) and np.all(np.isnan(o[1]))
+  assert np.all(np.isfinite(state.S_BHLKV[0])) and np.all(np.isnan(state.S_BHLKV[1]))
+
+
+def test_check_finite():
+  g = np.zeros((2, 8, 2))
+  _checks.check_finite(g_BTH=g)
+  g[1, 3, 0] = np.nan
+  with pytest.raises(ValueError, match=r'g_BTH.*finite.*\(1, 3, 0\)'):
+    _checks.check_finite(g_BTH=g, lam_BTHL=np.ones((2, 8, 2, 4)))
+  from jax.experimental import checkify
+  checked = jax.jit(checkify.checkify(lambda g: (_checks.check_finite(g_BTH=g), g)[1]))
+  err, _ = checked(jnp.asarray(g))
+  with pytest.raises(Exception, match='g_BTH'):
+    err.throw()
