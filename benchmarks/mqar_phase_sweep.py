@@ -10,11 +10,11 @@ import time
 from types import SimpleNamespace as NS
 
 import jax
-import numpy as np
+from flax import nnx
 
 from lloglin.data import make_dataset
 from lloglin.models import ModelConfig, build_model
-from lloglin.training.optimizer import make_adamw
+from lloglin import optim
 from lloglin.training.step import init_state, make_eval_step, make_train_step
 
 CANDIDATES = {
@@ -38,9 +38,9 @@ def run(name, c, steps, eval_every):
   model = build_model(ModelConfig(vocab_size=train_ds.vocab_size, d_model=c["d"], num_layers=2,
                                   num_heads=heads, num_kv_heads=heads, head_dim=c["d"] // heads,
                                   mlp_dim=2 * c["d"], max_seq_len=64))
-  optim = NS(learning_rate=c["lr"], warmup_steps=50, min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
-             weight_decay=c.get("wd", 0.0), grad_clip_norm=1.0)
-  tx = make_adamw(optim, steps)
+  optim_cfg = NS(name="adamw", learning_rate=c["lr"], warmup_steps=50, min_lr_ratio=0.1, b1=0.9,
+                 b2=0.95, eps=1e-8, weight_decay=c.get("wd", 0.0), grad_clip_norm=1.0)
+  tx, _ = optim.make_optimizer(optim_cfg, nnx.state(model, nnx.Param), num_steps=steps)
   graphdef, state = init_state(model, tx)
   step_fn, eval_fn = make_train_step(graphdef, tx), make_eval_step(graphdef)
   curve, t0 = [], time.perf_counter()

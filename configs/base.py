@@ -34,10 +34,24 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.mixer_impl = "auto"  # auto | xla | pallas
   # Per-mixer options, keyed by mixer name (e.g. c.model.mixer_options.mamba2 = {"d_state": 64}).
   c.model.mixer_options = ml_collections.ConfigDict()
+  # Residual wiring: standard | ladder (Ladder Residual) | parallel (PaLM) | desync (skip some
+  # tensor-parallel all-reduces). Layers below residual_start_layer stay standard (hybrid).
+  c.model.residual_mode = "standard"
+  c.model.residual_start_layer = 0
+  c.model.desync_every = 1  # desync: every n-th layer keeps the all-reduce of desync_reduce
+  c.model.desync_reduce = "mlp"  # mlp | mixer | both
+
+  # --- device mesh (lloglin.parallel.mesh): sizes of the data, fsdp and tensor axes; -1 = all
+  # the devices the other axes leave. data=-1 is data parallelism, fsdp=-1 FSDP, tensor=N
+  # tensor parallelism over N devices (keep it within one host).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
 
   # --- data (lloglin.data.make_dataset)
   c.data = ml_collections.ConfigDict()
-  c.data.source = "mqar"  # mqar | text
+  c.data.source = "mqar"  # mqar | text | flipflop
   c.data.name = ""  # tfds dataset name for source=text (tiny_shakespeare, lm1b, wikitext...)
   c.data.path = ""  # local .txt / .jsonl file or a directory of them (wins over name)
   c.data.text_key = "text"  # field holding the text in .jsonl records and tfds examples
@@ -52,10 +66,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.mqar.random_non_queries = True
   c.data.mqar.num_train_examples = 100_000
   c.data.mqar.num_val_examples = 1_000
+  # Flip-flop language (lloglin/data/flipflop.py): FFL(p) strings of seq_len / 2 pairs.
+  c.data.flipflop = ml_collections.ConfigDict()
+  c.data.flipflop.p_ignore = 0.8  # training distribution FFL(0.8)
+  c.data.flipflop.val_p_ignore = 0.8  # validation: 0.8 in distribution, 0.98 sparse, 0.1 dense
+  c.data.flipflop.num_train_examples = 1_000_000
+  c.data.flipflop.num_val_examples = 1_000
 
   # --- optimisation
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"
+  c.optim.name = "adamw"  # adamw | galore | random_sketch | kronecker | onesided_lora | ...
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 100
   c.optim.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
@@ -64,6 +84,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.1
   c.optim.grad_clip_norm = 1.0  # 0 = no clipping
+  c.optim.decay_matrices_only = False  # weight decay on ndim >= 2 parameters only
+  # Low-rank methods (optim.name = galore | random_sketch | kronecker, or the adapter duals
+  # onesided_lora | kronecker_lora; lloglin/optim/factory.py documents each field).
+  c.optim.rank = 128
+  c.optim.refresh_every = 200  # new projections every N steps (0 = never)
+  c.optim.refresh_policy = "keep"  # keep | reset the inner optimizer state at a refresh
+  c.optim.projection = ""  # svd | gaussian | orthogonal ("" = the method's default)
+  c.optim.side = "auto"  # left | right | auto (the smaller side)
+  c.optim.mask_regex = r"kernel$"  # which parameters are projected (paths, re.search)
+  c.optim.mask_exclude_regex = r"(^|/)(embed|head|lm_head)(/|$)|conv/"
+  c.optim.accumulate_steps = 1  # microbatches per optimizer step
+  c.optim.projection_seed = 0
+  c.optim.per_host_projections = False
 
   # --- loop
   c.train = ml_collections.ConfigDict()

@@ -5,12 +5,14 @@ from typing import Protocol
 
 import numpy as np
 
+from lloglin.data.flipflop import VOCAB_SIZE as FLIPFLOP_VOCAB_SIZE
+from lloglin.data.flipflop import FlipFlopExamples
 from lloglin.data.mqar import MqarExamples
 from lloglin.data.text import make_text_source
 from lloglin.data.tokenizers import Tokenizer, make_tokenizer
 
 SPLITS = ("train", "validation")
-SOURCES = ("mqar", "text")
+SOURCES = ("mqar", "text", "flipflop")
 _STREAM = 0x5348  # keeps the shuffling seeds apart from the MQAR example seeds
 
 
@@ -107,6 +109,9 @@ def make_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: i
   if data_cfg.source == "mqar":
     source = MqarExamples(data_cfg.mqar, split=split, seq_len=seq_len, seed=seed)
     tokenizer, vocab_size = None, data_cfg.mqar.vocab_size
+  elif data_cfg.source == "flipflop":
+    source = FlipFlopExamples(data_cfg.flipflop, split=split, seq_len=seq_len, seed=seed)
+    tokenizer, vocab_size = None, FLIPFLOP_VOCAB_SIZE
   elif data_cfg.source == "text":
     tokenizer = make_tokenizer(data_cfg)
     source = make_text_source(data_cfg, tokenizer, split=split, seq_len=seq_len)

@@ -6,6 +6,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from lloglin.parallel.ladder import check_residual_options
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
            "float64": jnp.float64}
 
@@ -31,6 +33,13 @@ class ModelConfig:
   chunk_size: int = 64
   mixer_impl: str = "auto"
   mixer_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  # Residual wiring (lloglin.parallel.ladder): standard | ladder | parallel | desync. Layers below
+  # residual_start_layer stay standard (hybrid models). Desync keeps the all-reduce of
+  # `desync_reduce` (mlp | mixer | both) on every `desync_every`-th layer and skips the others.
+  residual_mode: str = "standard"
+  residual_start_layer: int = 0
+  desync_every: int = 1
+  desync_reduce: str = "mlp"
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
@@ -44,6 +53,8 @@ class ModelConfig:
         raise ValueError(f"model.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
     if not self.mixers:
       raise ValueError("model.layer_pattern is empty; expected comma-separated mixer names")
+    check_residual_options(self.residual_mode, self.residual_start_layer, self.desync_every,
+                           self.desync_reduce, self.num_layers)
 
   @property
   def mixers(self) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Multi-host start-up and the data-parallel mesh."""
+"""Multi-host start-up, the data-parallel mesh, and assembling each process's batch rows."""
 
 import os
 
@@ -38,12 +38,18 @@ def data_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
-def replicate(tree, mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
 def global_batch(local_batch: dict, mesh) -> dict:
-  """Assembles each process's local rows into global arrays sharded over 'data'."""
-  sharding = NamedSharding(mesh, P("data"))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  """Assembles each process's local rows into global arrays split over the mesh's batch axes
+  ('data' and 'fsdp' where present); the global batch has process_count x the local rows."""
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+  n = int(np.prod([mesh.shape[a] for a in axes]))
+  out = {}
+  for k, v in local_batch.items():
+    v = np.asarray(v)
+    rows = v.shape[0] * jax.process_count()
+    if rows % n:
+      raise ValueError(f"global batch of {rows} rows ({k}) is not divisible by the {n} batch "
+                       f"shards of mesh axes {axes}; change batch_size or the mesh")
+    sharding = NamedSharding(mesh, P(axes))
+    out[k] = jax.make_array_from_process_local_data(sharding, v, (rows,) + v.shape[1:])
+  return out

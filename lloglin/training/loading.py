@@ -4,14 +4,14 @@ or a params-only export."""
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from lloglin.models import ModelConfig, build_model
 from lloglin.training import export
 from lloglin.training.checkpoint import Checkpointer, read_config
-from lloglin.training.optimizer import make_adamw
-from lloglin.training.step import init_state
+from lloglin.training.step import effective_params, make_program
 
 
 def _checkpoint_dir(path: str) -> str:
@@ -32,14 +32,23 @@ def load_model(path: str) -> tuple[nnx.Module, dict]:
   ckpt_dir = _checkpoint_dir(path)
   config = read_config(ckpt_dir)
   model = build_model(ModelConfig.from_dict(config["model"]))
-  tx = make_adamw(ml_collections.ConfigDict(config["optim"]), config["train"]["num_steps"])
-  graphdef, state = init_state(model, tx)
+  optim_cfg = ml_collections.ConfigDict(config["optim"])
+  program = lambda: make_program(optim_cfg, model, num_steps=config["train"]["num_steps"],
+                                 first_batch=lambda: _dummy_batch(config["seq_len"]))
+  graphdef, abstract_state = program().graphdef, jax.eval_shape(lambda: program().state)
   ckpt = Checkpointer(ckpt_dir, async_save=False)
   try:
-    restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+    restored = ckpt.restore_latest(abstract_state)
   finally:
     ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no readable checkpoint in {ckpt_dir}")
   _, state, _, _ = restored
-  return nnx.merge(graphdef, state["params"], state["rest"]), config
+  return nnx.merge(graphdef, effective_params(state), state["rest"]), config
+
+
+def _dummy_batch(seq_len: int) -> dict:
+  """A batch of the right shapes (only traced: it gives SVD adapters their factors' shapes)."""
+  zeros = jnp.zeros((1, seq_len), jnp.int32)
+  return {"inputs": zeros, "targets": zeros, "segment_ids": zeros + 1, "positions": zeros,
+          "loss_mask": jnp.ones((1, seq_len), jnp.float32)}

@@ -12,15 +12,15 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from lloglin import optim
 from lloglin.data import make_dataset
 from lloglin.evals.lm import evaluate
 from lloglin.models import ModelConfig, build_model, count_params
-from lloglin.parallel import distributed
+from lloglin.parallel import distributed, mesh as mesh_lib, sharding
 from lloglin.training import export
 from lloglin.training.checkpoint import Checkpointer
 from lloglin.training.metrics import MetricWriter
-from lloglin.training.optimizer import learning_rate_schedule, make_adamw
-from lloglin.training.step import init_state, make_eval_step, make_train_step
+from lloglin.training.step import effective_params, make_eval_step, make_program
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,15 @@ def train(cfg, workdir: str) -> dict:
   is_main = jax.process_index() == 0
   log.info("process %d of %d processes, %d of %d devices; each process reads its own data shard",
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
-  mesh = distributed.data_mesh()
+  mesh = mesh_lib.make_mesh(cfg.get("mesh"))
   train_ds, val_ds = make_datasets(cfg)
   mcfg = model_config(cfg, train_ds.vocab_size)
   model = build_model(mcfg, seed=cfg.seed)
   num_steps = cfg.train.num_steps
-  tx = make_adamw(cfg.optim, num_steps)
-  schedule = learning_rate_schedule(cfg.optim, num_steps)
-  graphdef, state = init_state(model, tx)
-  state = distributed.replicate(state, mesh)
+  program = make_program(cfg.optim, model, num_steps=num_steps,
+                         first_batch=lambda: peek(train_ds, mesh))
+  graphdef, state, schedule = program.graphdef, program.state, program.schedule
+  state = sharding.shard_state(state, model, mesh)
   saved_config = cfg.to_dict()
   saved_config["model"] = mcfg.to_dict()
 
@@ -78,9 +78,12 @@ def train(cfg, workdir: str) -> dict:
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
   if is_main:
     log.info("model: %s parameters, mixers %s", f"{count_params(model):,}", mcfg.mixers)
+    log_optimizer(program, writer if start == 0 else None)
   del model
 
-  train_step, eval_step = make_train_step(graphdef, tx), make_eval_step(graphdef)
+  train_step = sharding.use_mesh(mesh, program.train_step)
+  eval_step = sharding.use_mesh(mesh, make_eval_step(graphdef))
+  effective = jax.jit(effective_params)
   tokens_per_step = cfg.batch_size * cfg.seq_len
   last = {}
   bar = tqdm(total=num_steps, initial=start, disable=not (is_main and cfg.train.progress_bar),
@@ -104,7 +107,7 @@ def train(cfg, workdir: str) -> dict:
       bar.update(1)
       eval_metrics = None
       if step % cfg.train.eval_every == 0 or is_last:
-        eval_metrics = evaluate(eval_step, state["params"], state["rest"], val_ds,
+        eval_metrics = evaluate(eval_step, effective(state), state["rest"], val_ds,
                                 cfg.train.eval_steps, mesh)
         writer.write(step, {k: v for k, v in eval_metrics.items() if k != "eval_loss_per_position"})
         last.update(eval_metrics)
@@ -116,12 +119,30 @@ def train(cfg, workdir: str) -> dict:
         ckpt.save(step, state, data_state=train_ds.get_state(), config=saved_config,
                   metrics=None if eval_metrics is None else {"eval_loss": eval_metrics["eval_loss"]})
     ckpt.wait()
-    export.export_params(os.path.join(workdir, "export"), state["params"], saved_config)
+    export.export_params(os.path.join(workdir, "export"), effective(state), saved_config)
   finally:
     bar.close()
     writer.close()
     ckpt.close()
   return last
+
+
+def peek(dataset, mesh) -> dict:
+  """The next batch, without moving the iterator."""
+  position = dataset.get_state()
+  batch = distributed.global_batch(next(dataset), mesh)
+  dataset.set_state(position)
+  return batch
+
+
+def log_optimizer(program, writer: MetricWriter | None):
+  """Prints the optimizer and its state's memory by group (and logs the bytes at step 0)."""
+  state = program.state
+  groups = optim.optimizer_state_bytes(state["opt_state"], state[program.trained],
+                                       projections=state.get("projections"))
+  log.info("optimizer: %s\n%s", program.summary, optim.format_state_bytes(groups))
+  if writer is not None:
+    writer.write(0, {f"optimizer_bytes/{k}": v for k, v in groups.items()})
 
 
 def _check_finite(state):

@@ -49,20 +49,20 @@ class _Interrupt(Exception):
 
 def _interrupt_after(monkeypatch, num_calls):
   """Makes the train step raise after `num_calls` steps, like a kill between checkpoints."""
-  real = trainer.make_train_step
+  real = trainer.make_program
 
   def make(*args, **kwargs):
-    step, calls = real(*args, **kwargs), [0]
+    program, calls = real(*args, **kwargs), [0]
 
-    def wrapped(state, batch):
+    def step(state, batch):
       calls[0] += 1
       if calls[0] > num_calls:
         raise _Interrupt()
-      return step(state, batch)
+      return program.train_step(state, batch)
 
-    return wrapped
+    return program._replace(train_step=step)
 
-  monkeypatch.setattr(trainer, "make_train_step", make)
+  monkeypatch.setattr(trainer, "make_program", make)
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):

@@ -1,0 +1,337 @@
+"""The sequence-mixer experiments of issue 3 at toy scale: runs, tables and plots.
+
+  python benchmarks/run_mixer_experiments.py mqar [--kv 4,8,12,16] [--mixers ...] [--steps N]
+  python benchmarks/run_mixer_experiments.py flipflop [--steps N]
+  python benchmarks/run_mixer_experiments.py shakespeare \
+      --data_path ../shared/data/tinyshakespeare.txt
+  python benchmarks/run_mixer_experiments.py report        # tables and PNGs from saved runs
+
+Each run trains through lloglin.training.trainer.train with a config from configs/
+(mqar_sweep.py, flipflop.py, shakespeare_mixers.py) and saves <workdir>/<experiment>/<run>/
+result.json; a run whose result exists is skipped, so an interrupted sweep resumes. `report`
+(also run at the end of every experiment) writes <report_dir>/mixer_experiments/<experiment>.md
+and .json (the tables, with the machine, versions and commands) and <report_dir>/<experiment>.png
+(report_dir defaults to benchmarks/).
+"""
+
+import argparse
+import ast
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MQAR_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")
+FLIPFLOP_MIXERS = ("path", "attention", "path_fox")
+# (name, p_ignore of FFL(p)) of the three test distributions of Liu et al. 2023.
+FLIPFLOP_SPLITS = (("in-distribution FFL(0.8)", 0.8), ("sparse OOD FFL(0.98)", 0.98),
+                   ("dense OOD FFL(0.1)", 0.1))
+SHAKESPEARE_MIXERS = ("attention", "path", "path_fox", "mamba2", "loglinear_mamba2", "gdn",
+                      "loglinear_gdn")
+
+
+def load_config(module: str, arg: str, overrides: list[str]):
+  cfg = importlib.import_module(f"configs.{module}").get_config(arg)
+  for item in overrides:
+    key, value = item.split("=", 1)
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    node[leaf] = value
+  return cfg
+
+
+COMMAND = ""  # this invocation, saved with every run it trains
+
+
+def run(experiment: str, name: str, cfg, workdir: str, evaluate_after=None) -> dict:
+  """Trains one config (or loads its saved result) and returns the result record."""
+  from lloglin.models import build_model, count_params
+  from lloglin.training import trainer
+
+  run_dir = os.path.join(workdir, experiment, name)
+  path = os.path.join(run_dir, "result.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  print(f"--- {experiment}/{name}", flush=True)
+  start = time.time()
+  final = trainer.train(cfg, run_dir)
+  seconds = time.time() - start
+  mcfg = trainer.model_config(cfg, cfg.model.vocab_size or 1)
+  from flax import nnx
+  params = count_params(nnx.eval_shape(lambda: build_model(mcfg)))
+  record = {"name": name, "command": COMMAND, "params": params,
+            "train_seconds": round(seconds, 1),
+            "final": {k: v for k, v in final.items() if k != "eval_loss_per_position"},
+            "config": cfg.to_dict()}
+  if evaluate_after is not None:
+    record["evals"] = evaluate_after(cfg, run_dir)
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1)
+  print(f"    {name}: {json.dumps(record['final'])} ({seconds:.0f} s)", flush=True)
+  return record
+
+
+# ------------------------------------------------------------------------------------------------
+# MQAR
+
+
+def mqar(args):
+  results = []
+  for mixer in args.mixers or MQAR_MIXERS:
+    for kv in args.kv:
+      cfg = load_config("mqar_sweep", mixer, args.set)
+      cfg.data.mqar.num_kv_pairs = kv
+      if args.steps:
+        cfg.train.num_steps = cfg.train.eval_every = cfg.train.checkpoint_every = args.steps
+      results.append(run("mqar", f"{mixer}_kv{kv}{args.tag}", cfg, args.workdir))
+  return results
+
+
+def mqar_report(records):
+  by_mixer = {}
+  for r in records:
+    mixer = r["config"]["model"]["layer_pattern"]
+    by_mixer.setdefault(mixer, {})[r["config"]["data"]["mqar"]["num_kv_pairs"]] = r
+  kvs = sorted({kv for d in by_mixer.values() for kv in d})
+  lines = ["| mixer | params | " + " | ".join(f"{kv} pairs" for kv in kvs) + " |",
+           "|---|---|" + "---|" * len(kvs)]
+  for mixer in [m for m in MQAR_MIXERS if m in by_mixer]:
+    d = by_mixer[mixer]
+    some = next(iter(d.values()))
+    cells = [f"{100 * d[kv]['final']['eval_accuracy']:.1f}" if kv in d else "-" for kv in kvs]
+    lines.append(f"| {mixer} | {some['params']:,} | " + " | ".join(cells) + " |")
+
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  styles = {"mamba2": ("C0", "--"), "loglinear_mamba2": ("C0", "-"), "gdn": ("C1", "--"),
+            "loglinear_gdn": ("C1", "-")}
+  for mixer, d in by_mixer.items():
+    ks = sorted(d)
+    color, ls = styles.get(mixer, ("k", "-"))
+    ax.plot(ks, [100 * d[k]["final"]["eval_accuracy"] for k in ks], marker="o", color=color,
+            linestyle=ls, label=mixer)
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(kvs, [str(k) for k in kvs])
+  ax.set_xlabel("key-value pairs")
+  ax.set_ylabel("MQAR accuracy (%)")
+  ax.set_ylim(-2, 102)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title("MQAR at equal width: log-linear (solid) vs linear (dashed)")
+  fig.tight_layout()
+  return lines, fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Flip-flop
+
+
+def flipflop_evals(cfg, run_dir):
+  """Read error on each test distribution, from the exported weights."""
+  from flax import nnx
+
+  from lloglin.data import make_dataset
+  from lloglin.evals.lm import evaluate
+  from lloglin.parallel import distributed
+  from lloglin.training.loading import load_model
+  from lloglin.training.step import make_eval_step
+
+  model, _ = load_model(os.path.join(run_dir, "export"))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  eval_step = make_eval_step(graphdef)
+  out = {}
+  for name, p in FLIPFLOP_SPLITS:
+    data = cfg.data.copy_and_resolve_references()
+    data.flipflop.val_p_ignore = p
+    ds = make_dataset(data, split="validation", seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                      seed=cfg.seed)
+    batches = data.flipflop.num_val_examples // cfg.batch_size
+    m = evaluate(eval_step, params, rest, ds, batches, distributed.data_mesh())
+    out[name] = {"read_error": 1.0 - m["eval_accuracy"], "reads": m["eval_tokens"],
+                 "strings": batches * cfg.batch_size}
+  return out
+
+
+def flipflop(args):
+  results = []
+  for mixer in args.mixers or FLIPFLOP_MIXERS:
+    for seed in args.seeds:
+      cfg = load_config("flipflop", mixer, args.set)
+      cfg.seed = seed
+      if args.steps:
+        cfg.train.num_steps = cfg.train.eval_every = cfg.train.checkpoint_every = args.steps
+      results.append(run("flipflop", f"{mixer}_seed{seed}{args.tag}", cfg, args.workdir,
+                         flipflop_evals))
+  return results
+
+
+def flipflop_report(records):
+  def key(r):
+    return (r["config"]["model"]["layer_pattern"], r["config"]["train"]["num_steps"])
+
+  lines = ["| mixer | steps | seed | params | " + " | ".join(n for n, _ in FLIPFLOP_SPLITS) + " |",
+           "|---|---|---|---|" + "---|" * len(FLIPFLOP_SPLITS)]
+  records = sorted(records, key=lambda r: (FLIPFLOP_MIXERS.index(key(r)[0]), key(r)[1],
+                                           r["config"]["seed"]))
+  for r in records:
+    cells = [f"{100 * r['evals'][n]['read_error']:.2f} % ({r['evals'][n]['reads']} reads)"
+             for n, _ in FLIPFLOP_SPLITS]
+    mixer, steps = key(r)
+    lines.append(f"| {mixer} | {steps} | {r['config']['seed']} | {r['params']:,} | "
+                 + " | ".join(cells) + " |")
+
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  groups = list(dict.fromkeys(key(r) for r in records))
+  fig, ax = plt.subplots(figsize=(7, 4))
+  width = 0.8 / len(groups)
+  for i, group in enumerate(groups):
+    rs = [r for r in records if key(r) == group]
+    errs = np.array([[100 * r["evals"][n]["read_error"] for n, _ in FLIPFLOP_SPLITS] for r in rs])
+    x = np.arange(len(FLIPFLOP_SPLITS)) + i * width
+    ax.bar(x, errs.mean(0), width, label=f"{group[0]}, {group[1]} steps",
+           yerr=None if len(rs) == 1 else errs.std(0))
+  ax.set_xticks(np.arange(len(FLIPFLOP_SPLITS)) + width * (len(groups) - 1) / 2,
+                [n for n, _ in FLIPFLOP_SPLITS])
+  ax.set_ylabel("read error (%)")
+  ax.set_title("Flip-flop language modelling, 1 layer, 2 heads")
+  ax.legend()
+  ax.grid(alpha=0.3, axis="y")
+  fig.tight_layout()
+  return lines, fig
+
+
+# ------------------------------------------------------------------------------------------------
+# tiny_shakespeare
+
+
+def shakespeare(args):
+  if not args.data_path:
+    raise SystemExit("shakespeare needs --data_path (e.g. ../shared/data/tinyshakespeare.txt)")
+  results = []
+  for mixer in args.mixers or SHAKESPEARE_MIXERS:
+    cfg = load_config("shakespeare_mixers", mixer, args.set + [f"data.path={args.data_path!r}"])
+    if args.steps:
+      cfg.train.num_steps = cfg.train.checkpoint_every = args.steps
+    results.append(run("shakespeare", f"{mixer}{args.tag}", cfg, args.workdir))
+  return results
+
+
+def shakespeare_report(records, workdir):
+  from lloglin.training.metrics import read_metrics
+
+  lines = ["| mixer | params | val loss (nats/byte) | val bpb | train s |", "|---|---|---|---|---|"]
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  order = {m: i for i, m in enumerate(SHAKESPEARE_MIXERS)}
+  for r in sorted(records, key=lambda r: r["final"]["eval_loss"]):
+    loss = r["final"]["eval_loss"]
+    lines.append(f"| {r['name']} | {r['params']:,} | {loss:.4f} | {loss / np.log(2):.3f} | "
+                 f"{r['train_seconds']:.0f} |")
+  for r in sorted(records, key=lambda r: order.get(r["name"], 99)):
+    rows = [m for m in read_metrics(os.path.join(workdir, "shakespeare", r["name"],
+                                                 "metrics.jsonl")) if "eval_loss" in m]
+    ax.plot([m["step"] for m in rows], [m["eval_loss"] for m in rows], marker=".",
+            label=r["name"])
+  ax.set_xlabel("step")
+  ax.set_ylabel("validation loss (nats / byte)")
+  ax.set_title("tiny_shakespeare, bytes, equal parameter count")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  return lines, fig
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def saved(experiment, workdir):
+  root = os.path.join(workdir, experiment)
+  if not os.path.isdir(root):
+    return []
+  out = []
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name, "result.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append(json.load(f))
+  return out
+
+
+def report(experiment, workdir, out_dir):
+  records = saved(experiment, workdir)
+  if not records:
+    return
+  if experiment == "mqar":
+    lines, fig = mqar_report(records)
+  elif experiment == "flipflop":
+    lines, fig = flipflop_report(records)
+  else:
+    lines, fig = shakespeare_report(records, workdir)
+  tables = os.path.join(out_dir, "mixer_experiments")
+  os.makedirs(tables, exist_ok=True)
+  png = os.path.join(out_dir, f"{experiment}.png")
+  fig.savefig(png, dpi=120)
+  commands = sorted({r.get("command", "") for r in records})
+  header = (f"report written {datetime.date.today()} on {platform.node()} ({platform.machine()}, "
+            f"{os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}); runs made "
+            f"by: " + "; ".join(f"`{c}`" for c in commands))
+  with open(os.path.join(tables, f"{experiment}.md"), "w") as f:
+    f.write(header + "\n\n" + "\n".join(lines) + "\n")
+  summary = [{k: r[k] for k in ("name", "params", "train_seconds", "final", "evals") if k in r}
+             for r in records]
+  with open(os.path.join(tables, f"{experiment}.json"), "w") as f:
+    json.dump({"header": header, "runs": summary}, f, indent=1)
+  print(header)
+  print("\n".join(lines))
+  print(f"wrote {png}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("experiment", choices=("mqar", "flipflop", "shakespeare", "report"))
+  parser.add_argument("--workdir", default="runs/mixer_experiments")
+  parser.add_argument("--mixers", type=lambda s: s.split(","), default=None)
+  parser.add_argument("--kv", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 12, 16])
+  parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
+  parser.add_argument("--steps", type=int, default=0, help="override train.num_steps")
+  parser.add_argument("--tag", default="", help="suffix of the run names (e.g. _long)")
+  parser.add_argument("--data_path", default="")
+  parser.add_argument("--report_dir", default=HERE,
+                      help="where the PNGs and mixer_experiments/ tables go (default benchmarks/)")
+  parser.add_argument("--set", action="append", default=[],
+                      help="config override key=value (repeatable), e.g. model.d_model=64")
+  args = parser.parse_args()
+  global COMMAND
+  COMMAND = "python benchmarks/run_mixer_experiments.py " + " ".join(sys.argv[1:])
+  experiments = (("mqar", "flipflop", "shakespeare") if args.experiment == "report"
+                 else (args.experiment,))
+  if args.experiment != "report":
+    {"mqar": mqar, "flipflop": flipflop, "shakespeare": shakespeare}[args.experiment](args)
+  for experiment in experiments:
+    report(experiment, args.workdir, args.report_dir)
+
+
+if __name__ == "__main__":
+  main()

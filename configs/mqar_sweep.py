@@ -1,0 +1,59 @@
+"""MQAR at equal model width for the recurrent mixers and their log-linear versions (the
+log-linear attention paper's synthetic test, papers.md §8.3), sized for a CPU.
+
+`configs/mqar_sweep.py:<mixer>` with mixer in mamba2 | loglinear_mamba2 | gdn | loglinear_gdn;
+sweep the pairs with `--config.data.mqar.num_kv_pairs=N` (N <= 16).
+benchmarks/run_mixer_experiments.py mqar runs the whole sweep and plots it.
+
+Every model: d_model 64, ONE layer (mixer + SwiGLU 128), sequences of 64 tokens (7 log-linear
+levels), vocabulary 64 (keys from [1, 32), values from [32, 64)). The recurrent state is the
+same size, 1024 numbers per level: Mamba-2 with 8 heads of P = 16 and d_state 8; Gated DeltaNet
+with 2 heads of K = 16, V = 32. The log-linear versions keep up to 7 such states (one per level),
+which is the point of the comparison.
+
+Reduced from the papers (Zoology / log-linear: 2+ layers, longer sequences, many epochs) to fit
+a shared 2-core CPU: one layer is enough for these mixers, whose short convolutions move each key
+into its value's position, and with learning rate 1e-2 it learns MQAR in a few hundred steps
+(measured: Gated DeltaNet, 4 pairs, 92% after 400 steps; 2 layers at 3e-3 were still at 37%
+after 1000 steps).
+"""
+
+from configs.base import get_base_config
+
+MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")
+
+
+def get_config(arg: str | None = None):
+  if arg not in MIXERS:
+    raise ValueError(f"configs/mqar_sweep.py needs a mixer argument, one of {MIXERS}; got {arg!r}")
+  c = get_base_config()
+  c.seq_len = 64
+  c.batch_size = 64
+  c.data.source = "mqar"
+  c.data.mqar.vocab_size = 64
+  c.data.mqar.num_kv_pairs = 8
+  c.data.mqar.num_val_examples = 512
+  c.model.layer_pattern = arg
+  c.model.d_model = 64
+  c.model.num_layers = 1
+  c.model.num_heads = 2
+  c.model.num_kv_heads = 2
+  c.model.head_dim = 32
+  c.model.mlp_dim = 128
+  c.model.max_seq_len = 64
+  c.model.chunk_size = 16
+  c.model.mixer_options[arg] = ({"d_state": 8, "head_dim": 16, "expand": 2}
+                                if arg.endswith("mamba2") else
+                                {"num_heads": 2, "head_dim": 16, "expand_v": 2})
+  c.optim.learning_rate = 1e-2
+  c.optim.warmup_steps = 50
+  c.optim.weight_decay = 0.0
+  c.train.num_steps = 500
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.eval_steps = 8  # the 512 validation examples
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 1
+  c.train.async_checkpointing = False
+  c.train.progress_bar = False
+  return c

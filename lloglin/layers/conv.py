@@ -1,0 +1,55 @@
+"""Short causal depthwise convolution (Mamba-2's conv1d, fla's ShortConvolution).
+
+    y_t = act(bias + sum_{i=0}^{W-1} kernel[W-1-i] * x_{t-i})      per channel
+
+Taps that would reach before the start of the row, or into another document of a packed row
+(a different segment id, padding included), read zero: the convolution restarts at every
+document start exactly as it does at the row start, so packed documents never leak into each
+other.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def causal_conv(x_BTC, kernel_WC, bias_C=None, *, segment_ids_BT=None):
+  """Depthwise causal convolution of width W; taps across documents read zero."""
+  W = kernel_WC.shape[0]
+  T = x_BTC.shape[1]
+  y_BTC = x_BTC * kernel_WC[W - 1]
+  for i in range(1, min(W, T)):
+    shifted_BTC = jnp.pad(x_BTC[:, :T - i], ((0, 0), (i, 0), (0, 0)))
+    if segment_ids_BT is not None:
+      prev_BT = jnp.pad(segment_ids_BT[:, :T - i], ((0, 0), (i, 0)), constant_values=-1)
+      # where (not a product) so NaN in another document cannot leak through a zero weight.
+      shifted_BTC = jnp.where((prev_BT == segment_ids_BT)[..., None], shifted_BTC, 0)
+    y_BTC = y_BTC + shifted_BTC * kernel_WC[W - 1 - i]
+  if bias_C is not None:
+    y_BTC = y_BTC + bias_C
+  return y_BTC
+
+
+class ShortConv(nnx.Module):
+  """Depthwise causal conv over channels C with kernel width W, optional bias and SiLU.
+
+  Init as torch's Conv1d (what mamba_ssm and fla use): U(-1/sqrt(W), 1/sqrt(W)) for a depthwise
+  kernel, whose fan-in is W.
+  """
+
+  def __init__(self, channels: int, width: int, *, use_bias: bool, activation: bool,
+               dtype, param_dtype, rngs: nnx.Rngs):
+    if width < 1:
+      raise ValueError(f"short conv width={width} must be >= 1")
+    bound = width**-0.5
+    init = lambda key, shape: jax.random.uniform(key, shape, param_dtype, -bound, bound)
+    self.kernel = nnx.Param(init(rngs.params(), (width, channels)))
+    self.bias = nnx.Param(init(rngs.params(), (channels,))) if use_bias else None
+    self.activation = activation
+    self.dtype = dtype
+
+  def __call__(self, x_BTC, *, segment_ids_BT=None):
+    bias_C = None if self.bias is None else self.bias[...].astype(self.dtype)
+    y_BTC = causal_conv(x_BTC.astype(self.dtype), self.kernel[...].astype(self.dtype), bias_C,
+                        segment_ids_BT=segment_ids_BT)
+    return jax.nn.silu(y_BTC) if self.activation else y_BTC

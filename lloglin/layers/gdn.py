@@ -1,0 +1,113 @@
+"""Gated DeltaNet and log-linear Gated DeltaNet mixers (kernels.md §2.1, §3.3, §5; fla's
+`layers/gated_deltanet.py`).
+
+    q, k = L2norm(SiLU(conv_4(W_q x))), L2norm(SiLU(conv_4(W_k x)))   per head, G q/k heads
+    v    = SiLU(conv_4(W_v x))                                         H value heads of dim V
+    g    = -exp(A_log) * softplus(W_a x + dt_bias)      (log-decay alpha = exp(g), per value head)
+    beta = sigmoid(W_b x)                               (x 2 with allow_neg_eigval)
+    o    = GDN(q K^-1/2, k, v, g, beta)                 (log-linear: with lambda)
+    out  = W_o(RMSNorm_head(o) * SiLU(W_gate x))
+
+Options (`model.mixer_options.gdn` / `.loglinear_gdn`): num_heads (G q/k heads, default
+model.num_heads), num_v_heads (H >= G, a multiple; default num_heads: GVA when larger), head_dim
+(K, default model.head_dim), expand_v (V = expand_v * K, 2 as in fla), d_conv (4),
+allow_neg_eigval (False), dt_min / dt_max (1e-3 / 0.1). The log-linear variant adds LevelScales
+per value head and runs the log-linear GDN op; with lambda = 1 it is GDN with the same weights.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lloglin.layers.conv import ShortConv
+from lloglin.layers.gates import a_log_init, dt_bias_init, l2_normalize
+from lloglin.layers.linear import dense
+from lloglin.layers.loglinear import LevelScales
+from lloglin.layers.norms import GatedRMSNorm
+from lloglin.layers.registry import check_mixer_impl, mixer_options, register_mixer
+from lloglin.ops.attention import sanitize_padding
+from lloglin.ops.delta import gdn_chunked
+from lloglin.ops.loglinear import loglinear_gdn_chunked
+
+
+def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, segment_ids_BT,
+                 chunk_size: int, scale: float):
+  """The full-sequence gated delta rule (log-linear when lam_BTHL is given) for
+  model.mixer_impl.
+
+  This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
+  'pallas'); today every accepted impl runs the chunked XLA form of lloglin.ops.
+  """
+  del impl  # 'auto' and 'xla' (checked at construction) both mean the XLA ops for now
+  if lam_BTHL is not None:
+    return loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
+                                 segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale)
+  return gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, segment_ids_BT=segment_ids_BT,
+                     chunk_size=chunk_size, scale=scale)
+
+
+@register_mixer("gdn")
+class GatedDeltaNet(nnx.Module):
+  mixer_name = "gdn"
+  loglinear = False
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    opts = mixer_options(cfg, self.mixer_name, dict(
+        num_heads=cfg.num_heads, num_v_heads=None, head_dim=cfg.head_dim, expand_v=2, d_conv=4,
+        allow_neg_eigval=False, dt_min=1e-3, dt_max=1e-1))
+    D, G, K = cfg.d_model, opts["num_heads"], opts["head_dim"]
+    H = G if opts["num_v_heads"] is None else opts["num_v_heads"]
+    if G < 1 or H % G:
+      raise ValueError(f"{self.mixer_name}: num_v_heads={H} must be a positive multiple of "
+                       f"num_heads={G}")
+    V = int(opts["expand_v"] * K)
+    if V < 1 or V != opts["expand_v"] * K:
+      raise ValueError(f"{self.mixer_name}: expand_v * head_dim = {opts['expand_v'] * K} must be "
+                       f"a positive integer")
+    self.num_heads, self.num_v_heads, self.head_dim, self.v_dim = G, H, K, V
+    self.beta_scale = 2.0 if opts["allow_neg_eigval"] else 1.0
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+    conv = lambda channels: ShortConv(channels, opts["d_conv"], use_bias=False, activation=True,
+                                      **kw)
+    self.q_proj, self.q_conv = dense(D, G * K, **kw), conv(G * K)
+    self.k_proj, self.k_conv = dense(D, G * K, **kw), conv(G * K)
+    self.v_proj, self.v_conv = dense(D, H * V, **kw), conv(H * V)
+    self.a_proj = dense(D, H, **kw)
+    self.b_proj = dense(D, H, **kw)
+    self.A_log = nnx.Param(a_log_init(rngs.params(), H, a_min=0.0, a_max=16.0,
+                                      dtype=cfg.weight_dtype))
+    self.dt_bias = nnx.Param(dt_bias_init(rngs.params(), H, dt_min=opts["dt_min"],
+                                          dt_max=opts["dt_max"], dtype=cfg.weight_dtype))
+    self.gate_proj = dense(D, H * V, **kw)
+    self.norm = GatedRMSNorm(V, norm_before_gate=True, eps=cfg.norm_eps,
+                             param_dtype=cfg.weight_dtype)
+    self.o_proj = dense(H * V, D, **kw)
+    self.level_scales = LevelScales(D, H, cfg.max_seq_len, **kw) if self.loglinear else None
+    check_mixer_impl(cfg.mixer_impl, self.mixer_name)
+    self.impl, self.chunk_size, self.dtype = cfg.mixer_impl, cfg.chunk_size, cfg.compute_dtype
+
+  def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
+    del positions_BT  # the state resets at document starts (segment ids); no position encoding
+    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
+    B, T, _ = x_BTD.shape
+    G, H, K, V = self.num_heads, self.num_v_heads, self.head_dim, self.v_dim
+    seg = dict(segment_ids_BT=segment_ids_BT)
+    q_BTGK = l2_normalize(self.q_conv(self.q_proj(x_BTD), **seg).reshape(B, T, G, K))
+    k_BTGK = l2_normalize(self.k_conv(self.k_proj(x_BTD), **seg).reshape(B, T, G, K))
+    v_BTHV = self.v_conv(self.v_proj(x_BTD), **seg).reshape(B, T, H, V)
+    g_BTH = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(
+        self.a_proj(x_BTD).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+    beta_BTH = self.beta_scale * jax.nn.sigmoid(self.b_proj(x_BTD).astype(jnp.float32))
+    lam_BTHL = None if self.level_scales is None else self.level_scales(x_BTD)
+    o_BTHV = gdn_sequence(self.impl, q_BTGK.astype(self.dtype), k_BTGK.astype(self.dtype),
+                          v_BTHV, g_BTH, beta_BTH, lam_BTHL, segment_ids_BT=segment_ids_BT,
+                          chunk_size=self.chunk_size, scale=K**-0.5)
+    o_BTHV = self.norm(o_BTHV, self.gate_proj(x_BTD).reshape(B, T, H, V))
+    return self.o_proj(o_BTHV.reshape(B, T, H * V))
+
+
+@register_mixer("loglinear_gdn")
+class LogLinearGatedDeltaNet(GatedDeltaNet):
+  """Gated DeltaNet with the log-linear (Fenwick) hierarchy of states, weighted by lambda."""
+  mixer_name = "loglinear_gdn"
+  loglinear = True

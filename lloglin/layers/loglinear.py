@@ -1,0 +1,34 @@
+"""The per-level weights lambda of log-linear attention (kernels.md §3.3), shared by the
+log-linear Mamba-2 and log-linear Gated DeltaNet layers.
+
+    lambda_t^(l) = softplus(L_{h,l} * d_{t,h,l}),   d = W_lambda x_t
+
+L starts at ones (HanGuo97/log-linear-attention's "positive" mode). The number of levels is
+num_levels(model.max_seq_len) = ceil(log2 max_seq_len) + 1: enough for every position a
+document can have, and no more (fla's layers fix 15 levels for 16K tokens). fla's log-linear
+Mamba-2 takes d from an extra slice of in_proj; a separate bias-free projection is the same map.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lloglin.layers.linear import dense
+from lloglin.ops.hierarchy import num_levels
+
+
+class LevelScales(nnx.Module):
+  """x_BTD -> lam_BTHL (float32, positive) for H heads and num_levels(max_seq_len) levels."""
+
+  def __init__(self, d_model: int, num_heads: int, max_seq_len: int, *, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.num_levels = num_levels(max_seq_len)
+    self.proj = dense(d_model, num_heads * self.num_levels, dtype=dtype, param_dtype=param_dtype,
+                      rngs=rngs)
+    self.level_weight = nnx.Param(jnp.ones((num_heads, self.num_levels), param_dtype))
+
+  def __call__(self, x_BTD):
+    B, T, _ = x_BTD.shape
+    d_BTHL = self.proj(x_BTD).astype(jnp.float32).reshape(B, T, self.num_heads, self.num_levels)
+    return jax.nn.softplus(self.level_weight[...].astype(jnp.float32) * d_BTHL)

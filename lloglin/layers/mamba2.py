@@ -1,0 +1,107 @@
+"""Mamba-2 (SSD) and log-linear Mamba-2 mixers (kernels.md §1.1, §3.3, §4).
+
+    z, xBC, dt = in_proj(x)                      z, x: d_inner = expand * d_model
+    x, B, C    = SiLU(conv_4(xBC))               B, C: G groups of d_state N
+    Delta      = softplus(dt + dt_bias),  A = -exp(A_log)            (per head, H = d_inner / P)
+    y          = SSD(q=C, k=B, v=Delta x, g=Delta A) + D x           (log-linear: with lambda)
+    out        = out_proj(RMSNorm(y * SiLU(z)))                      (groups of d_inner / G)
+
+Options (`model.mixer_options.mamba2` / `.loglinear_mamba2`): d_state (N, 128), expand (2),
+head_dim (P, default model.head_dim), ngroups (G, 1), d_conv (4), dt_min / dt_max (1e-3 / 0.1),
+a_min / a_max (the A ~ U(a_min, a_max) init, 1 / 16). The log-linear variant adds LevelScales
+(lloglin.layers.loglinear) and runs the log-linear SSD op; everything else is shared, so with
+lambda = 1 it is Mamba-2 with the same weights. Mamba-2's A_log is initialised the same way in
+both (fla's LogLinearMamba2 uses log(1..H) instead).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lloglin.layers.conv import ShortConv
+from lloglin.layers.gates import a_log_init, dt_bias_init
+from lloglin.layers.linear import dense
+from lloglin.layers.loglinear import LevelScales
+from lloglin.layers.norms import GatedRMSNorm
+from lloglin.layers.registry import check_mixer_impl, mixer_options, register_mixer
+from lloglin.ops.attention import sanitize_padding
+from lloglin.ops.loglinear import loglinear_ssd_chunked
+from lloglin.ops.ssd import ssd_chunked
+
+
+def ssd_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, segment_ids_BT,
+                 chunk_size: int):
+  """The full-sequence SSD (log-linear SSD when lam_BTHL is given) for model.mixer_impl.
+
+  This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
+  'pallas'); today every accepted impl runs the chunked XLA form of lloglin.ops.
+  """
+  del impl  # 'auto' and 'xla' (checked at construction) both mean the XLA ops for now
+  if lam_BTHL is not None:
+    return loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL,
+                                 segment_ids_BT=segment_ids_BT, chunk_size=chunk_size)
+  return ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, segment_ids_BT=segment_ids_BT,
+                     chunk_size=chunk_size)
+
+
+@register_mixer("mamba2")
+class Mamba2(nnx.Module):
+  mixer_name = "mamba2"
+  loglinear = False
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    opts = mixer_options(cfg, self.mixer_name, dict(
+        d_state=128, expand=2, head_dim=cfg.head_dim, ngroups=1, d_conv=4, dt_min=1e-3,
+        dt_max=1e-1, a_min=1.0, a_max=16.0))
+    D = cfg.d_model
+    d_inner, P, G, N = opts["expand"] * D, opts["head_dim"], opts["ngroups"], opts["d_state"]
+    if d_inner % P:
+      raise ValueError(f"mamba2: expand * d_model = {d_inner} must be a multiple of head_dim={P}")
+    H = d_inner // P
+    if H % G:
+      raise ValueError(f"mamba2: the {H} heads (expand * d_model / head_dim) must be a multiple "
+                       f"of ngroups={G}")
+    self.d_inner, self.num_heads, self.head_dim, self.ngroups, self.d_state = d_inner, H, P, G, N
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+    conv_dim = d_inner + 2 * G * N
+    self.in_proj = dense(D, d_inner + conv_dim + H, **kw)
+    self.conv = ShortConv(conv_dim, opts["d_conv"], use_bias=True, activation=True, **kw)
+    self.dt_bias = nnx.Param(dt_bias_init(rngs.params(), H, dt_min=opts["dt_min"],
+                                          dt_max=opts["dt_max"], dtype=cfg.weight_dtype))
+    self.A_log = nnx.Param(a_log_init(rngs.params(), H, a_min=opts["a_min"], a_max=opts["a_max"],
+                                      dtype=cfg.weight_dtype))
+    self.D = nnx.Param(jnp.ones((H,), cfg.weight_dtype))
+    self.norm = GatedRMSNorm(d_inner, group_size=d_inner // G, norm_before_gate=False,
+                             eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+    self.out_proj = dense(d_inner, D, **kw)
+    self.level_scales = (LevelScales(D, H, cfg.max_seq_len, **kw) if self.loglinear else None)
+    check_mixer_impl(cfg.mixer_impl, self.mixer_name)
+    self.impl, self.chunk_size = cfg.mixer_impl, cfg.chunk_size
+
+  def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
+    del positions_BT  # the state resets at document starts (segment ids); no position encoding
+    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
+    B, T, _ = x_BTD.shape
+    H, P, G, N, d_inner = self.num_heads, self.head_dim, self.ngroups, self.d_state, self.d_inner
+    z_BTE, xbc_BTC, dt_BTH = jnp.split(self.in_proj(x_BTD), [d_inner, 2 * d_inner + 2 * G * N],
+                                       axis=-1)
+    xbc_BTC = self.conv(xbc_BTC, segment_ids_BT=segment_ids_BT)
+    x_BTE, b_BTC, c_BTC = jnp.split(xbc_BTC, [d_inner, d_inner + G * N], axis=-1)
+    delta_BTH = jax.nn.softplus(dt_BTH.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+    a_H = -jnp.exp(self.A_log[...].astype(jnp.float32))
+    x_BTHP = x_BTE.reshape(B, T, H, P)
+    v_BTHP = (x_BTHP.astype(jnp.float32) * delta_BTH[..., None]).astype(x_BTE.dtype)
+    lam_BTHL = None if self.level_scales is None else self.level_scales(x_BTD)
+    y_BTHP = ssd_sequence(self.impl, c_BTC.reshape(B, T, G, N), b_BTC.reshape(B, T, G, N),
+                          v_BTHP, delta_BTH * a_H, lam_BTHL, segment_ids_BT=segment_ids_BT,
+                          chunk_size=self.chunk_size)
+    y_BTHP = y_BTHP + x_BTHP * self.D[...].astype(x_BTHP.dtype)[:, None]
+    y_BTE = self.norm(y_BTHP.reshape(B, T, d_inner), z_BTE)
+    return self.out_proj(y_BTE)
+
+
+@register_mixer("loglinear_mamba2")
+class LogLinearMamba2(Mamba2):
+  """Mamba-2 with the log-linear (Fenwick) hierarchy of states, weighted per level by lambda."""
+  mixer_name = "loglinear_mamba2"
+  loglinear = True

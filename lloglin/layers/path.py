@@ -1,0 +1,97 @@
+"""PaTH attention and PaTH-FoX mixers (arXiv 2505.16381; kernels.md §6.1; fla's
+`layers/path_attn.py`).
+
+    q, k, v = W_q x, W_k x, W_v x                    H query heads, G key/value heads (GQA)
+    w       = L2norm_head(SiLU(conv_3(W_w x)))       W_w low-rank (D -> 32 -> G K) without GQA
+    beta    = 2 sigmoid(W_beta x + b)                in (0, 2), per key/value head
+    g       = logsigmoid(W_f x + b_f)                PaTH-FoX only: forget gate per query head
+    out     = W_o PaTH(q, k, v, w, beta, g)          no RoPE: positions come from the H_t products
+
+Options (`model.mixer_options.path` / `.path_fox`): low_rank_w (default: True without GQA,
+False with it, as fla), w_rank (32), w_conv (3; 0 = no short conv), qk_norm (False: per-head
+RMSNorm of q and k). w, beta and g are computed in float32.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lloglin.layers.conv import ShortConv
+from lloglin.layers.gates import l2_normalize
+from lloglin.layers.linear import dense
+from lloglin.layers.norms import RMSNorm
+from lloglin.layers.registry import check_mixer_impl, mixer_options, register_mixer
+from lloglin.ops.attention import sanitize_padding
+from lloglin.ops.path import path_blockwise
+
+
+def path_sequence(impl: str, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, *, segment_ids_BT,
+                  block_size: int):
+  """Full-sequence PaTH attention for model.mixer_impl.
+
+  This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
+  'pallas'); today every accepted impl runs the blockwise XLA form of lloglin.ops.path.
+  """
+  del impl  # 'auto' and 'xla' (checked at construction) both mean the XLA op for now
+  return path_blockwise(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH=g_BTH,
+                        segment_ids_BT=segment_ids_BT, block_size=block_size)
+
+
+@register_mixer("path")
+class PathAttention(nnx.Module):
+  mixer_name = "path"
+  forget_gate = False
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    H, G, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model
+    opts = mixer_options(cfg, self.mixer_name, dict(
+        low_rank_w=H == G, w_rank=32, w_conv=3, qk_norm=False))
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+    self.q_proj = dense(D, H * K, **kw)
+    self.k_proj = dense(D, G * K, **kw)
+    self.v_proj = dense(D, G * K, **kw)
+    if opts["low_rank_w"]:
+      self.w_down, self.w_up = dense(D, opts["w_rank"], **kw), dense(opts["w_rank"], G * K, **kw)
+    else:
+      self.w_down, self.w_up = None, dense(D, G * K, **kw)
+    self.w_conv = (ShortConv(G * K, opts["w_conv"], use_bias=False, activation=True, **kw)
+                   if opts["w_conv"] else None)
+    self.beta_proj = dense(D, G, use_bias=True, **kw)
+    self.forget_proj = dense(D, H, use_bias=True, **kw) if self.forget_gate else None
+    if opts["qk_norm"]:
+      norm_kw = dict(eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+      self.q_norm, self.k_norm = RMSNorm(K, **norm_kw), RMSNorm(K, **norm_kw)
+    else:
+      self.q_norm = self.k_norm = None
+    self.o_proj = dense(H * K, D, **kw)
+    self.num_heads, self.num_kv_heads, self.head_dim = H, G, K
+    check_mixer_impl(cfg.mixer_impl, self.mixer_name)
+    self.impl, self.chunk_size = cfg.mixer_impl, cfg.chunk_size
+
+  def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
+    del positions_BT  # no position encoding: the Householder products carry the order
+    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
+    B, T, _ = x_BTD.shape
+    H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
+    q_BTHK = self.q_proj(x_BTD).reshape(B, T, H, K)
+    k_BTGK = self.k_proj(x_BTD).reshape(B, T, G, K)
+    v_BTGK = self.v_proj(x_BTD).reshape(B, T, G, K)
+    if self.q_norm is not None:
+      q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
+    w_BTC = self.w_up(x_BTD if self.w_down is None else self.w_down(x_BTD))
+    if self.w_conv is not None:
+      w_BTC = self.w_conv(w_BTC, segment_ids_BT=segment_ids_BT)
+    w_BTGK = l2_normalize(w_BTC.reshape(B, T, G, K))
+    beta_BTG = 2.0 * jax.nn.sigmoid(self.beta_proj(x_BTD).astype(jnp.float32))
+    g_BTH = (None if self.forget_proj is None
+             else jax.nn.log_sigmoid(self.forget_proj(x_BTD).astype(jnp.float32)))
+    o_BTHK = path_sequence(self.impl, q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH,
+                           segment_ids_BT=segment_ids_BT, block_size=self.chunk_size)
+    return self.o_proj(o_BTHK.reshape(B, T, H * K))
+
+
+@register_mixer("path_fox")
+class PathFoxAttention(PathAttention):
+  """PaTH attention with the Forgetting Transformer's data-dependent forget gate."""
+  mixer_name = "path_fox"
+  forget_gate = True

@@ -1,0 +1,201 @@
+"""Megatron-style tensor parallelism with explicit collectives (`jax.shard_map` + `psum`).
+
+Inside one `shard_map` manual over the `tensor` axis (data and fsdp stay automatic), every
+device of a tensor group holds the full residual stream and 1/tp of each layer: column-parallel
+input projections (Q, K, V; SwiGLU gate and up) give it a slice of the heads / hidden units, its
+row-parallel output projection (attention out, SwiGLU down) gives a *partial sum* of the module
+output, and one `psum` over `tensor` completes it. Where that psum is consumed is the residual
+mode's business (lloglin.parallel.ladder).
+
+Heads: device r of tp holds query heads [r*H/tp, (r+1)*H/tp). Grouped-query attention: when the
+kv-head count G is a multiple of tp the key/value projections are split too (device r holds
+groups [r*G/tp, (r+1)*G/tp)); when tp is a multiple of G they are replicated and device r uses
+group r // (tp/G), the one its query heads read. Other combinations raise ValueError, as do
+head counts or MLP widths that tp does not divide.
+
+How a mixer declares its tensor-parallel split (for authors of new mixers)
+-------------------------------------------------------------------------
+Give the mixer class two methods; nothing in lloglin.parallel needs to change:
+
+  def tp_param_axes(self, tp: int) -> dict[str, tuple[str | None, ...]]:
+    # logical axes of each parameter, keyed by its dotted path inside the mixer
+    return {"in_proj.kernel": ("embed", "heads"), "A_log": ("heads",),
+            "out_proj.kernel": ("heads", "embed")}
+
+  def tp_call(self, x_BTD, *, tp: int, axis_name: str, segment_ids_BT=None,
+              positions_BT=None):
+    # runs per device of the tensor axis inside shard_map (the batch axes stay automatic:
+    # write ordinary batched code): every parameter named with a `heads`, `kv_heads` or
+    # `mlp` axis holds only this device's 1/tp slice (contiguous blocks, in order), every
+    # other parameter is whole; jax.lax.axis_index(axis_name) is this device's index. Return
+    # this device's PARTIAL output [B, T, D]; the caller psums it over `axis_name` (or defers
+    # the psum, in ladder mode). Raise ValueError when tp does not divide what must be split.
+
+Logical names: `embed` (model dim D), `heads`, `kv_heads`, `mlp` (split over `tensor`), anything
+else or None (whole). Parameters not listed are whole on every device. A mixer without these
+methods still works under tensor parallelism: it runs replicated (all its parameters whole, the
+same computation on every device of a tensor group, its output counted once), which is correct
+but gains nothing. Built-in layers that cannot be edited here get their plans registered with
+`register_plan` below (Attention and SwiGLU).
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from lloglin.layers.attention import Attention
+from lloglin.layers.mlp import SwiGLU
+from lloglin.ops.attention import apply_rope, causal_attention
+from lloglin.parallel import sharding
+from lloglin.parallel.mesh import current_mesh
+
+AXIS = "tensor"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How one layer class splits over the tensor axis: parameter axes and the per-device call."""
+  param_axes: Callable[[nnx.Module, int], dict]
+  call: Callable[..., jax.Array]
+
+
+_PLANS: dict[type, Plan] = {}
+
+
+def register_plan(cls: type, plan: Plan):
+  """Registers the tensor-parallel plan of a layer class (for classes that cannot grow methods)."""
+  _PLANS[cls] = plan
+
+
+def plan_for(module) -> Plan | None:
+  for cls in type(module).__mro__:
+    if cls in _PLANS:
+      return _PLANS[cls]
+  if callable(getattr(module, "tp_param_axes", None)) and callable(getattr(module, "tp_call",
+                                                                           None)):
+    return Plan(param_axes=lambda m, tp: m.tp_param_axes(tp),
+                call=lambda m, x, **kw: m.tp_call(x, **kw))
+  return None
+
+
+def module_call(module, x, *, tp: int, axis_name: str | None = AXIS, **kwargs):
+  """This device's share of `module(x, **kwargs)`: the exact output when tp == 1, otherwise a
+  partial sum to be psummed over `axis_name` (inside shard_map)."""
+  if tp == 1:
+    return module(x, **kwargs)
+  plan = plan_for(module)
+  if plan is not None:
+    return plan.call(module, x, tp=tp, axis_name=axis_name, **kwargs)
+  y = module(x, **kwargs)  # replicated module: count its output once in the psum
+  return jnp.where(jax.lax.axis_index(axis_name) == 0, y, jnp.zeros((), y.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in plans: grouped-query attention and SwiGLU.
+
+
+def attention_kv_split(num_heads: int, num_kv_heads: int, tp: int) -> bool:
+  """True when the kv heads are split over tp; False when they are replicated (tp % G == 0)."""
+  if num_heads % tp:
+    raise ValueError(f"tensor parallelism tp={tp} must divide model.num_heads={num_heads}")
+  if num_kv_heads % tp == 0:
+    return True
+  if tp % num_kv_heads == 0:
+    return False
+  raise ValueError(f"tensor parallelism tp={tp} and model.num_kv_heads={num_kv_heads}: one must "
+                   f"divide the other (kv heads are split when tp divides them, replicated "
+                   f"when they divide tp)")
+
+
+def _attention_axes(attn: Attention, tp: int) -> dict:
+  kv = "kv_heads" if attention_kv_split(attn.num_heads, attn.num_kv_heads, tp) else None
+  return {"q_proj.kernel": ("embed", "heads"), "k_proj.kernel": ("embed", kv),
+          "v_proj.kernel": ("embed", kv), "o_proj.kernel": ("heads", "embed")}
+
+
+def attention_local_qkv(attn: Attention, x_BTD, positions_BT, *, tp: int, axis_name: str):
+  """This device's RoPE-rotated queries [B, T, H/tp, K] and keys/values [B, T, G', K].
+
+  G' = G/tp when the kv heads are split, else 1 (the group this device's query heads read).
+  """
+  B, T, _ = x_BTD.shape
+  H, G, K = attn.num_heads, attn.num_kv_heads, attn.head_dim
+  q_BTHK = attn.q_proj(x_BTD).reshape(B, T, H // tp, K)
+  if attention_kv_split(H, G, tp):
+    k_BTGK = attn.k_proj(x_BTD).reshape(B, T, G // tp, K)
+    v_BTGK = attn.v_proj(x_BTD).reshape(B, T, G // tp, K)
+  else:
+    g = jax.lax.axis_index(axis_name) // (tp // G)
+    k_BTGK = jax.lax.dynamic_slice_in_dim(attn.k_proj(x_BTD).reshape(B, T, G, K), g, 1, axis=2)
+    v_BTGK = jax.lax.dynamic_slice_in_dim(attn.v_proj(x_BTD).reshape(B, T, G, K), g, 1, axis=2)
+  q_BTHK = apply_rope(q_BTHK, positions_BT, attn.rope_theta)
+  k_BTGK = apply_rope(k_BTGK, positions_BT, attn.rope_theta)
+  return q_BTHK, k_BTGK, v_BTGK
+
+
+def _attention_call(attn: Attention, x_BTD, *, tp, axis_name, segment_ids_BT=None,
+                    positions_BT=None):
+  B, T, _ = x_BTD.shape
+  q_BTHK, k_BTGK, v_BTGK = attention_local_qkv(attn, x_BTD, positions_BT, tp=tp,
+                                               axis_name=axis_name)
+  o_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT=segment_ids_BT,
+                            implementation=attn.impl)
+  return attn.o_proj(o_BTHK.reshape(B, T, -1))  # row-parallel: a partial sum
+
+
+def _swiglu_axes(mlp: SwiGLU, tp: int) -> dict:
+  hidden = mlp.gate.kernel.shape[1]
+  if hidden % tp:
+    raise ValueError(f"tensor parallelism tp={tp} must divide the MLP width model.mlp_dim={hidden}")
+  return {"gate.kernel": ("embed", "mlp"), "up.kernel": ("embed", "mlp"),
+          "down.kernel": ("mlp", "embed")}
+
+
+register_plan(Attention, Plan(param_axes=_attention_axes, call=_attention_call))
+# SwiGLU's own __call__ is already right on local shards: gate/up columns, down rows.
+register_plan(SwiGLU, Plan(param_axes=_swiglu_axes,
+                           call=lambda mlp, x, tp, axis_name: mlp(x)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running modules inside one shard_map.
+
+
+def shard_map_modules(modules: nnx.Module, body: Callable, *args, tp: int, mesh=None,
+                      arg_specs=None, out_specs=None):
+  """`body(local_modules, *args)` on every device of the `tensor` axis of `mesh` (default: the
+  current mesh), the only manual axis: `data` and `fsdp` stay automatic (XLA keeps splitting
+  the batch and gathering FSDP-split parameters as outside), so code that knows nothing of
+  tensor parallelism (a mixer without a plan, a lax.scan with a fresh carry) runs unchanged.
+
+  `modules`' parameters enter split over `tensor` by their logical axes. `args` are arrays,
+  None, or pytrees; by default whole along `tensor`, else as `arg_specs` says (PartitionSpecs
+  that name only `tensor`); the result is whole along `tensor` unless `out_specs` says
+  otherwise. Gradients of parameters whole along `tensor` are summed over it by shard_map
+  itself (check_vma=True), so the same function trains.
+  """
+  mesh = current_mesh() if mesh is None else mesh
+  graphdef, state = nnx.split(modules)
+  leaves_kp, treedef = jax.tree_util.tree_flatten_with_path(state)
+  axes = sharding.param_logical_axes(modules, tp)
+  leaves = [x for _, x in leaves_kp]
+  param_specs = [sharding.spec_for(axes.get(sharding._keys(kp)), x.shape, mesh, only=(AXIS,),
+                                   fsdp_fallback=False) for kp, x in leaves_kp]
+  arg_specs = list(arg_specs or [None] * len(args))
+  present = [i for i, a in enumerate(args) if a is not None]
+  in_specs = [P() if arg_specs[i] is None else arg_specs[i] for i in present]
+
+  def local(leaves, *present_args):
+    full = list(args)
+    for i, a in zip(present, present_args):
+      full[i] = a
+    return body(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), *full)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(param_specs, *in_specs),
+                       out_specs=P() if out_specs is None else out_specs,
+                       axis_names=frozenset({AXIS}), check_vma=True)(
+                           leaves, *[args[i] for i in present])
