@@ -24,6 +24,11 @@ CANDIDATES = {
     "d128_kv8_lr1e-3_wd": dict(d=128, kv=8, vocab=256, lr=1e-3, wd=0.1),
     "d128_kv8_lr3e-3_bs128": dict(d=128, kv=8, vocab=256, lr=3e-3, bs=128),
     "d128_kv8_lr3e-3_4heads": dict(d=128, kv=8, vocab=256, lr=3e-3, heads=4),
+    # cheaper on CPU:
+    "d64_kv8_lr3e-3_bs128": dict(d=64, kv=8, vocab=256, lr=3e-3, bs=128),
+    "d128_kv4_seq32_bs128": dict(d=128, kv=4, vocab=128, lr=3e-3, bs=128, seq=32),
+    "d64_kv4_seq32_bs256": dict(d=64, kv=4, vocab=128, lr=3e-3, bs=256, seq=32),
+    "d128_kv8_lr3e-3_bs256": dict(d=128, kv=8, vocab=256, lr=3e-3, bs=256),
 }
 
 
@@ -31,13 +36,14 @@ def run(name, c, steps, eval_every):
   data = NS(source="mqar", mqar=NS(vocab_size=c["vocab"], num_kv_pairs=c["kv"], power_a=0.01,
                                     random_non_queries=True, num_train_examples=100_000,
                                     num_val_examples=1_000))
-  kw = dict(seq_len=64, batch_size=c.get("bs", 64), seed=0)
+  seq = c.get("seq", 64)
+  kw = dict(seq_len=seq, batch_size=c.get("bs", 64), seed=0)
   train_ds = make_dataset(data, split="train", **kw)
   val_ds = make_dataset(data, split="validation", **kw)
   heads = c.get("heads", 2)
   model = build_model(ModelConfig(vocab_size=train_ds.vocab_size, d_model=c["d"], num_layers=2,
                                   num_heads=heads, num_kv_heads=heads, head_dim=c["d"] // heads,
-                                  mlp_dim=2 * c["d"], max_seq_len=64))
+                                  mlp_dim=2 * c["d"], max_seq_len=seq))
   optim_cfg = NS(name="adamw", learning_rate=c["lr"], warmup_steps=50, min_lr_ratio=0.1, b1=0.9,
                  b2=0.95, eps=1e-8, weight_decay=c.get("wd", 0.0), grad_clip_norm=1.0)
   tx, _ = optim.make_optimizer(optim_cfg, nnx.state(model, nnx.Param), num_steps=steps)

@@ -1,10 +1,10 @@
 """The embedded default: a small Transformer learns multi-query associative recall on CPU.
 
 `make train` runs it. Variants: `configs/mqar.py:tiny` (a few-second smoke run for tests).
-The batch size matters most: on MQAR a 2-layer Transformer sits at ~1/num_kv_pairs accuracy (it
-recalls *a* value of the context) until induction heads form; with 128 sequences a batch that
-happens near step 1000, with 64 only after ~2250 (benchmarks/mqar_phase_sweep.py,
-benchmarks/RESULTS.md).
+On MQAR a 2-layer Transformer sits at ~1/num_kv_pairs accuracy (it recalls *a* value of the
+context) until induction heads form. Width 128 and 128 sequences a batch make that happen early
+(near step 625 with 4 pairs in 32 tokens; width 64 or batch 64 take thousands of steps): see
+benchmarks/mqar_phase_sweep.py and benchmarks/RESULTS.md.
 """
 
 from configs.base import get_base_config
@@ -12,25 +12,25 @@ from configs.base import get_base_config
 
 def get_config(arg: str | None = None):
   c = get_base_config()
-  c.seq_len = 64
+  c.seq_len = 32
   c.batch_size = 128
   c.data.source = "mqar"
-  c.data.mqar.vocab_size = 256
-  c.data.mqar.num_kv_pairs = 8
+  c.data.mqar.vocab_size = 128
+  c.data.mqar.num_kv_pairs = 4
   c.model.d_model = 128
   c.model.num_layers = 2
   c.model.num_heads = 2
   c.model.num_kv_heads = 2
   c.model.head_dim = 64
   c.model.mlp_dim = 256
-  c.model.max_seq_len = 64
+  c.model.max_seq_len = 32
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 50
   c.optim.weight_decay = 0.0
-  c.train.num_steps = 1500
+  c.train.num_steps = 1200
   c.train.log_every = 50
-  c.train.eval_every = 250
-  c.train.checkpoint_every = 500
+  c.train.eval_every = 300
+  c.train.checkpoint_every = 600
   if arg == "tiny":
     c.batch_size = 8
     c.seq_len = 32
