@@ -19,7 +19,7 @@ Config fields read (attribute access, so an ml_collections ConfigDict or any nam
     the first axis gives the rows of the matrix view), accumulate_steps (microbatches per
     step), projection_seed, per_host_projections (fold jax.process_index() into the random
     seeds), decay_matrices_only (weight decay on ndim >= 2 only; the default False decays every
-    parameter, as lloglin.training.optimizer.make_adamw does).
+    parameter, as optax.adamw does).
 """
 
 from typing import Any, NamedTuple
@@ -152,8 +152,7 @@ def read_config(optim_cfg: Any) -> OptimConfig:
 
 def make_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to learning_rate, then cosine to learning_rate * min_lr_ratio at
-  num_steps (warmup shortened to num_steps - 1 for short runs, as in
-  lloglin.training.optimizer)."""
+  num_steps (warmup shortened to num_steps - 1 for short runs)."""
   if not isinstance(num_steps, int) or num_steps < 1:
     raise ValueError(f"num_steps={num_steps!r}: expected a positive int")
   if cfg.warmup_steps < 0:

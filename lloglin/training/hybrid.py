@@ -27,8 +27,7 @@ from lloglin.parallel import mesh as mesh_lib, sharding
 from lloglin.training import trainer
 from lloglin.training.checkpoint import Checkpointer
 from lloglin.training.loading import load_model
-from lloglin.training.optimizer import make_adamw
-from lloglin.training.step import init_state, make_eval_step
+from lloglin.training.step import make_eval_step, make_program
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,11 @@ def prepare(source: str, cfg, workdir: str, *, report: bool = False) -> ModelCon
       log.info("validation loss before fine-tuning: source %.4f, converted %.4f",
                eval_loss(model, cfg), eval_loss(converted, cfg))
     model = converted
-    _, state = init_state(model, make_adamw(cfg.optim, cfg.train.num_steps))
     train_ds, _ = trainer.make_datasets(cfg)
+    mesh = mesh_lib.make_mesh(cfg.get("mesh"))
+    # The trainer's own state builder, so that its restore finds exactly this structure.
+    state = make_program(cfg.optim, model, num_steps=cfg.train.num_steps,
+                         first_batch=lambda: trainer.peek(train_ds, mesh)).state
     saved = cfg.to_dict()
     saved["model"] = mcfg.to_dict()
     saved["hybrid_source"] = os.path.abspath(source)
