@@ -14,6 +14,7 @@ import os
 
 import ml_collections
 from absl import app, flags
+from absl import logging as absl_logging
 from flax import nnx
 
 from lloglin.data import make_dataset, make_tokenizer
@@ -39,7 +40,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax reports every save at INFO
+  logging.getLogger("lloglin").setLevel(logging.INFO)
   model, config = load_model(FLAGS.checkpoint)
   cfg = ml_collections.ConfigDict(config)
   if FLAGS.data_path:

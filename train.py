@@ -10,6 +10,7 @@ import json
 import logging
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from lloglin.parallel import distributed
@@ -26,7 +27,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax reports every save at INFO
+  logging.getLogger("lloglin").setLevel(logging.INFO)
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from lloglin.training.trainer import train  # after jax.distributed.initialize
   final = train(FLAGS.config, FLAGS.workdir)
