@@ -6,14 +6,14 @@ venv=$1
 reqs=$2
 
 find_python() {
-  for cand in python3.13 python3.12 python3; do
+  for cand in python3.12 python3.13 python3; do  # 3.12 first: the GPU machines run 3.12
     if command -v "$cand" >/dev/null 2>&1 &&
        "$cand" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
       command -v "$cand"; return 0
     fi
   done
   if command -v pyenv >/dev/null 2>&1; then
-    for v in $(pyenv versions --bare | grep -E '^3\.(1[2-9])' | sort -V -r); do
+    for v in $(pyenv versions --bare | grep -E '^3\.(1[2-9])' | sort -V); do
       p="$(pyenv root)/versions/$v/bin/python3"
       [ -x "$p" ] && { echo "$p"; return 0; }
     done
