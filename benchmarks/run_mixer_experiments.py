@@ -35,6 +35,7 @@ FLIPFLOP_MIXERS = ("path", "attention", "path_fox")
 # (name, p_ignore of FFL(p)) of the three test distributions of Liu et al. 2023.
 FLIPFLOP_SPLITS = (("in-distribution FFL(0.8)", 0.8), ("sparse OOD FFL(0.98)", 0.98),
                    ("dense OOD FFL(0.1)", 0.1))
+LABELS = {"attention": "RoPE attention", "path": "PaTH", "path_fox": "PaTH-FoX"}
 SHAKESPEARE_MIXERS = ("attention", "path", "path_fox", "mamba2", "loglinear_mamba2", "gdn",
                       "loglinear_gdn")
 
@@ -58,9 +59,19 @@ def load_config(module: str, arg: str, overrides: list[str]):
 COMMAND = ""  # this invocation, saved with every run it trains
 
 
+def param_count(cfg) -> int:
+  """Parameters of the model a config trains (vocabulary from its data, as the trainer does)."""
+  from flax import nnx
+
+  from lloglin.models import build_model, count_params
+  from lloglin.training import trainer
+
+  vocab = trainer.make_datasets(cfg)[0].vocab_size
+  return count_params(nnx.eval_shape(lambda: build_model(trainer.model_config(cfg, vocab))))
+
+
 def run(experiment: str, name: str, cfg, workdir: str, evaluate_after=None) -> dict:
   """Trains one config (or loads its saved result) and returns the result record."""
-  from lloglin.models import build_model, count_params
   from lloglin.training import trainer
 
   run_dir = os.path.join(workdir, experiment, name)
@@ -72,10 +83,7 @@ def run(experiment: str, name: str, cfg, workdir: str, evaluate_after=None) -> d
   start = time.time()
   final = trainer.train(cfg, run_dir)
   seconds = time.time() - start
-  mcfg = trainer.model_config(cfg, cfg.model.vocab_size or 1)
-  from flax import nnx
-  params = count_params(nnx.eval_shape(lambda: build_model(mcfg)))
-  record = {"name": name, "command": COMMAND, "params": params,
+  record = {"name": name, "command": COMMAND, "params": param_count(cfg),
             "train_seconds": round(seconds, 1),
             "final": {k: v for k, v in final.items() if k != "eval_loss_per_position"},
             "config": cfg.to_dict()}
@@ -104,38 +112,42 @@ def mqar(args):
 
 
 def mqar_report(records):
-  by_mixer = {}
+  groups = {}  # (mixer, steps) -> {kv: record}
   for r in records:
-    mixer = r["config"]["model"]["layer_pattern"]
-    by_mixer.setdefault(mixer, {})[r["config"]["data"]["mqar"]["num_kv_pairs"]] = r
-  kvs = sorted({kv for d in by_mixer.values() for kv in d})
-  lines = ["| mixer | params | " + " | ".join(f"{kv} pairs" for kv in kvs) + " |",
-           "|---|---|" + "---|" * len(kvs)]
-  for mixer in [m for m in MQAR_MIXERS if m in by_mixer]:
-    d = by_mixer[mixer]
-    some = next(iter(d.values()))
+    key = (r["config"]["model"]["layer_pattern"], r["config"]["train"]["num_steps"])
+    groups.setdefault(key, {})[r["config"]["data"]["mqar"]["num_kv_pairs"]] = r
+  order = sorted(groups, key=lambda k: (k[1], MQAR_MIXERS.index(k[0])))
+  kvs = sorted({kv for d in groups.values() for kv in d})
+  lines = ["| mixer | steps | params | " + " | ".join(f"{kv} pairs" for kv in kvs) + " |",
+           "|---|---|---|" + "---|" * len(kvs)]
+  for key in order:
+    d = groups[key]
     cells = [f"{100 * d[kv]['final']['eval_accuracy']:.1f}" if kv in d else "-" for kv in kvs]
-    lines.append(f"| {mixer} | {some['params']:,} | " + " | ".join(cells) + " |")
+    lines.append(f"| {key[0]} | {key[1]} | {next(iter(d.values()))['params']:,} | "
+                 + " | ".join(cells) + " |")
 
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4))
-  styles = {"mamba2": ("C0", "--"), "loglinear_mamba2": ("C0", "-"), "gdn": ("C1", "--"),
-            "loglinear_gdn": ("C1", "-")}
-  for mixer, d in by_mixer.items():
+  colors = {"mamba2": "C0", "loglinear_mamba2": "C0", "gdn": "C1", "loglinear_gdn": "C1"}
+  default_steps = min(k[1] for k in groups)
+  for (mixer, steps) in order:
+    d = groups[(mixer, steps)]
     ks = sorted(d)
-    color, ls = styles.get(mixer, ("k", "-"))
-    ax.plot(ks, [100 * d[k]["final"]["eval_accuracy"] for k in ks], marker="o", color=color,
-            linestyle=ls, label=mixer)
-  ax.set_xscale("log", base=2)
+    ax.plot(ks, [100 * d[k]["final"]["eval_accuracy"] for k in ks],
+            marker="o" if steps == default_steps else "*", markersize=5 if steps ==
+            default_steps else 11, color=colors[mixer],
+            linestyle="-" if mixer.startswith("loglinear") else "--",
+            label=mixer if steps == default_steps else f"{mixer}, {steps} steps")
   ax.set_xticks(kvs, [str(k) for k in kvs])
   ax.set_xlabel("key-value pairs")
   ax.set_ylabel("MQAR accuracy (%)")
   ax.set_ylim(-2, 102)
   ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title("MQAR at equal width: log-linear (solid) vs linear (dashed)")
+  ax.legend(fontsize=8)
+  ax.set_title(f"MQAR, equal width, {default_steps} steps: log-linear (solid) vs linear (dashed)",
+               fontsize=9)
   fig.tight_layout()
   return lines, fig
 
@@ -208,8 +220,9 @@ def flipflop_report(records):
     rs = [r for r in records if key(r) == group]
     errs = np.array([[100 * r["evals"][n]["read_error"] for n, _ in FLIPFLOP_SPLITS] for r in rs])
     x = np.arange(len(FLIPFLOP_SPLITS)) + i * width
-    ax.bar(x, errs.mean(0), width, label=f"{group[0]}, {group[1]} steps",
-           yerr=None if len(rs) == 1 else errs.std(0))
+    bars = ax.bar(x, errs.mean(0), width, label=f"{LABELS[group[0]]}, {group[1]} steps",
+                  yerr=None if len(rs) == 1 else errs.std(0))
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
   ax.set_xticks(np.arange(len(FLIPFLOP_SPLITS)) + width * (len(groups) - 1) / 2,
                 [n for n, _ in FLIPFLOP_SPLITS])
   ax.set_ylabel("read error (%)")
