@@ -24,10 +24,14 @@ from lloglin.layers.gates import a_log_init, dt_bias_init, l2_normalize
 from lloglin.layers.linear import dense
 from lloglin.layers.loglinear import LevelScales
 from lloglin.layers.norms import GatedRMSNorm
-from lloglin.layers.registry import check_mixer_impl, mixer_options, register_mixer
+from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.delta import gdn_chunked
 from lloglin.ops.loglinear import loglinear_gdn_chunked
+
+
+# Set when pallas_kernels serves this mixer (then 'auto' picks it on Hopper GPUs).
+HAS_PALLAS_KERNEL = False
 
 
 def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, segment_ids_BT,
@@ -38,7 +42,7 @@ def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *
   This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
   'pallas'); today every accepted impl runs the chunked XLA form of lloglin.ops.
   """
-  del impl  # 'auto' and 'xla' (checked at construction) both mean the XLA ops for now
+  del impl  # resolved at construction; only 'xla' exists until a kernel lands
   if lam_BTHL is not None:
     return loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
                                  segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale)
@@ -83,8 +87,9 @@ class GatedDeltaNet(nnx.Module):
                              param_dtype=cfg.weight_dtype)
     self.o_proj = dense(H * V, D, **kw)
     self.level_scales = LevelScales(D, H, cfg.max_seq_len, **kw) if self.loglinear else None
-    check_mixer_impl(cfg.mixer_impl, self.mixer_name)
-    self.impl, self.chunk_size, self.dtype = cfg.mixer_impl, cfg.chunk_size, cfg.compute_dtype
+    self.impl = resolve_mixer_impl(cfg.mixer_impl, self.mixer_name,
+                                   has_kernel=HAS_PALLAS_KERNEL)
+    self.chunk_size, self.dtype = cfg.chunk_size, cfg.compute_dtype
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # the state resets at document starts (segment ids); no position encoding

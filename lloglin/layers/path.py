@@ -20,9 +20,13 @@ from lloglin.layers.conv import ShortConv
 from lloglin.layers.gates import l2_normalize
 from lloglin.layers.linear import dense
 from lloglin.layers.norms import RMSNorm
-from lloglin.layers.registry import check_mixer_impl, mixer_options, register_mixer
+from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.path import path_blockwise
+
+
+# Set when pallas_kernels serves this mixer (then 'auto' picks it on Hopper GPUs).
+HAS_PALLAS_KERNEL = False
 
 
 def path_sequence(impl: str, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, *, segment_ids_BT,
@@ -32,7 +36,7 @@ def path_sequence(impl: str, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, *,
   This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
   'pallas'); today every accepted impl runs the blockwise XLA form of lloglin.ops.path.
   """
-  del impl  # 'auto' and 'xla' (checked at construction) both mean the XLA op for now
+  del impl  # resolved at construction; only 'xla' exists until a kernel lands
   return path_blockwise(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH=g_BTH,
                         segment_ids_BT=segment_ids_BT, block_size=block_size)
 
@@ -65,8 +69,9 @@ class PathAttention(nnx.Module):
       self.q_norm = self.k_norm = None
     self.o_proj = dense(H * K, D, **kw)
     self.num_heads, self.num_kv_heads, self.head_dim = H, G, K
-    check_mixer_impl(cfg.mixer_impl, self.mixer_name)
-    self.impl, self.chunk_size = cfg.mixer_impl, cfg.chunk_size
+    self.impl = resolve_mixer_impl(cfg.mixer_impl, self.mixer_name,
+                                   has_kernel=HAS_PALLAS_KERNEL)
+    self.chunk_size = cfg.chunk_size
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # no position encoding: the Householder products carry the order

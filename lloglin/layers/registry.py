@@ -7,6 +7,7 @@ mixer is all it takes to use it from `model.layer_pattern`.
 
 from collections.abc import Callable
 
+import jax
 from flax import nnx
 
 _MIXERS: dict[str, Callable[..., nnx.Module]] = {}
@@ -47,10 +48,25 @@ def mixer_options(cfg, mixer: str, defaults: dict) -> dict:
   return {**defaults, **given}
 
 
-def check_mixer_impl(impl: str, mixer: str) -> None:
-  """Rejects a model.mixer_impl that no implementation of `mixer` serves."""
+def on_hopper_gpu() -> bool:
+  """True when the default device is an NVIDIA GPU of compute capability 9.0 or newer (Hopper+)."""
+  device = jax.devices()[0]
+  capability = getattr(device, "compute_capability", None)
+  return device.platform == "gpu" and capability is not None and float(capability) >= 9.0
+
+
+def resolve_mixer_impl(impl: str, mixer: str, *, has_kernel: bool) -> str:
+  """'pallas' or 'xla' for a model.mixer_impl value.
+
+  'auto' picks the mixer's Pallas kernel on Hopper-or-newer GPUs and the XLA form elsewhere;
+  'pallas' forces the kernel (off GPU it runs in interpret mode: slow, for tests); 'xla' forces
+  the chunked XLA form. A mixer without a kernel rejects 'pallas'.
+  """
   if impl not in MIXER_IMPLS:
     raise ValueError(f"model.mixer_impl={impl!r}; expected one of {MIXER_IMPLS}")
-  if impl == "pallas":
+  if impl == "pallas" and not has_kernel:
     raise ValueError(f"model.mixer_impl='pallas': mixer {mixer!r} has no Pallas kernel yet; "
                      f"use 'auto' or 'xla'")
+  if impl == "auto":
+    return "pallas" if has_kernel and on_hopper_gpu() else "xla"
+  return impl
