@@ -20,6 +20,7 @@ from configs.base import get_base_config
 ARCHITECTURES = ("transformer", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path",
                  "path_fox")
 _PATTERN = {"transformer": "attention"}
+NO_DECAY_SSM = r"(^|/)(A_log|dt_bias|D|level_weight)$"
 
 
 def architecture_config(arch: str, arg: str | None = None):
@@ -63,6 +64,8 @@ def _125m(c, mixer):
     c.model.mixer_options[mixer] = {"num_heads": 6, "head_dim": 128, "expand_v": 2}
   c.optim.learning_rate = 6e-4
   c.optim.warmup_steps = 1000
+  # As the Mamba-2 / GDN authors do: no decay on the SSM gates and the log-linear level gains.
+  c.optim.no_decay_regex = NO_DECAY_SSM
   c.train.num_steps = 20_000
   c.train.eval_every = 1000
   c.train.checkpoint_every = 1000

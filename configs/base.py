@@ -85,6 +85,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.1
   c.optim.grad_clip_norm = 1.0  # 0 = no clipping
   c.optim.decay_matrices_only = False  # weight decay on ndim >= 2 parameters only
+  c.optim.no_decay_regex = ""  # parameters (paths, re.search) that get no weight decay
   # Low-rank methods (optim.name = galore | random_sketch | kronecker, or the adapter duals
   # onesided_lora | kronecker_lora; lloglin/optim/factory.py documents each field).
   c.optim.rank = 128

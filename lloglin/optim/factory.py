@@ -19,9 +19,11 @@ Config fields read (attribute access, so an ml_collections ConfigDict or any nam
     the first axis gives the rows of the matrix view), accumulate_steps (microbatches per
     step), projection_seed, per_host_projections (fold jax.process_index() into the random
     seeds), decay_matrices_only (weight decay on ndim >= 2 only; the default False decays every
-    parameter, as optax.adamw does).
+    parameter, as optax.adamw does), no_decay_regex (parameters whose paths match get no weight
+    decay, e.g. Mamba-2's A_log / dt_bias / D, which its authors exclude; "" = none).
 """
 
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -40,7 +42,7 @@ COMMON_FIELDS = ("learning_rate", "warmup_steps", "min_lr_ratio", "b1", "b2", "e
 DEFAULTS = dict(rank=128, refresh_every=200, refresh_policy="keep", projection="", side="auto",
                 mask_regex=r"kernel$", mask_exclude_regex=r"(^|/)(embed|head|lm_head)(/|$)|conv/",
                 accumulate_steps=1, projection_seed=0, per_host_projections=False,
-                decay_matrices_only=False)
+                decay_matrices_only=False, no_decay_regex="")
 # Which projections each name allows; the first is the default.
 _SOURCES = {"galore": ("svd",), "random_sketch": ("gaussian", "orthogonal"),
             "kronecker": proj_lib.SOURCES, "onesided_lora": proj_lib.SOURCES,
@@ -68,6 +70,7 @@ class OptimConfig(NamedTuple):
   projection_seed: int
   per_host_projections: bool
   decay_matrices_only: bool
+  no_decay_regex: str
 
 
 class OptimizerInfo(NamedTuple):
@@ -165,13 +168,19 @@ def make_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
       decay_steps=max(num_steps, warmup + 1), end_value=cfg.learning_rate * cfg.min_lr_ratio)
 
 
-def matrices(params: Any) -> Any:
-  """True for parameters with ndim >= 2 (a weight decay mask)."""
-  return jax.tree.map(lambda x: x.ndim >= 2, params)
+def decay_mask(cfg: OptimConfig):
+  """optax's weight-decay mask: None (decay all) or a function of the parameter tree."""
+  if not cfg.decay_matrices_only and not cfg.no_decay_regex:
+    return None
+  excluded = re.compile(cfg.no_decay_regex) if cfg.no_decay_regex else None
 
-
-def _decay_mask(cfg: OptimConfig):
-  return matrices if cfg.decay_matrices_only else None
+  def mask(params):
+    def decayed(path, x):
+      if cfg.decay_matrices_only and x.ndim < 2:
+        return False
+      return excluded is None or not excluded.search(proj_lib.path_str(path))
+    return jax.tree.map_with_path(decayed, params)
+  return mask
 
 
 def make_specs(cfg: OptimConfig, params: Any) -> Any:
@@ -237,7 +246,7 @@ def _clip(cfg: OptimConfig) -> list[optax.GradientTransformation]:
 def _adamw(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
   tx = optax.chain(*_clip(cfg), optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                                             weight_decay=cfg.weight_decay,
-                                            mask=_decay_mask(cfg)))
+                                            mask=decay_mask(cfg)))
   if cfg.accumulate_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps).gradient_transformation()
   return tx
@@ -286,7 +295,7 @@ def make_optimizer(optim_cfg: Any, params: Any, *,
       seed=cfg.projection_seed,
       worker_index=jax.process_index() if cfg.per_host_projections else 0,
       accumulate_steps=k)
-  post = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask(cfg)),
+  post = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask(cfg)),
                      optax.scale_by_learning_rate(schedule))
   if k > 1:  # weight decay and the schedule advance once per optimizer step
     post = optax.transforms.conditionally_transform(post, lambda step: (step + 1) % k == 0)

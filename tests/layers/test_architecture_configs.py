@@ -3,11 +3,13 @@ sizes (counted without allocating) and a few training steps of each `:tiny` vari
 
 import importlib
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs.architectures import ARCHITECTURES
+from lloglin import optim
 from lloglin.models import build_model, count_params
 from lloglin.training import trainer
 
@@ -27,6 +29,19 @@ def test_full_size_is_about_125m_parameters(arch):
   assert count_params(model) / 1e6 == pytest.approx(EXPECTED_MILLIONS[arch], abs=0.1)
   expected_mixer = "attention" if arch == "transformer" else arch
   assert set(trainer.model_config(cfg, 50257).mixers) == {expected_mixer}
+
+
+@pytest.mark.parametrize("arch", ["loglinear_mamba2", "loglinear_gdn", "path"])
+def test_full_size_excludes_ssm_gates_from_weight_decay(arch):
+  cfg = config(arch)
+  model = nnx.eval_shape(lambda: build_model(trainer.model_config(cfg, 50257)))
+  mask = optim.factory.decay_mask(optim.factory.read_config(cfg.optim))
+  flat = jax.tree_util.tree_flatten_with_path(mask(nnx.state(model, nnx.Param)))[0]
+  excluded = {optim.path_str(path).rsplit("/", 1)[-1] for path, flag in flat if not flag}
+  expected = {"loglinear_mamba2": {"A_log", "dt_bias", "D", "level_weight"},
+              "loglinear_gdn": {"A_log", "dt_bias", "level_weight"}, "path": set()}[arch]
+  assert excluded == expected
+  assert sum(flag for _, flag in flat) > len(flat) / 2  # kernels, norms, embeddings decay
 
 
 @pytest.mark.slow

@@ -97,11 +97,31 @@ def test_schedule_and_weight_decay_mask():
   short = optim.make_schedule(cfg, 5)  # warmup shortened to fit, as the trainer's schedule
   assert float(short(4)) == pytest.approx(1.0)
   params, _, _ = _lm()
-  flat = jax.tree_util.tree_flatten_with_path(optim.factory.matrices(params))[0]
-  mask = {optim.path_str(path): flag for path, flag in flat}
-  assert mask == {"attn/bias": False, "attn/kernel": True, "down/bias": False,
-                  "down/kernel": True, "embed/embedding": True, "norm/scale": False,
-                  "up/bias": False, "up/kernel": True}
+
+  def mask_of(**overrides):
+    fn = optim.factory.decay_mask(optim.factory.read_config(config(**overrides)))
+    flat = jax.tree_util.tree_flatten_with_path(fn(params))[0]
+    return {optim.path_str(path): flag for path, flag in flat}
+  assert optim.factory.decay_mask(cfg) is None  # the default decays everything, as optax.adamw
+  assert mask_of(decay_matrices_only=True) == {
+      "attn/bias": False, "attn/kernel": True, "down/bias": False, "down/kernel": True,
+      "embed/embedding": True, "norm/scale": False, "up/bias": False, "up/kernel": True}
+  excluded = mask_of(no_decay_regex=r"(^|/)(embed|norm)/")
+  assert [p for p, flag in excluded.items() if not flag] == ["embed/embedding", "norm/scale"]
+
+
+def test_no_decay_regex_leaves_matching_parameters_alone():
+  # Zero gradients: only weight decay moves parameters, and only those not excluded.
+  params = {"mixer": {"A_log": jnp.ones((4,)), "kernel": jnp.ones((4, 4))}}
+  tx, _ = optim.make_optimizer(config(weight_decay=0.5, no_decay_regex=r"(^|/)A_log$",
+                                      warmup_steps=0), params, num_steps=10)
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(3):
+    updates, state = tx.update(zeros, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(params["mixer"]["A_log"], 1.0)
+  assert float(params["mixer"]["kernel"][0, 0]) < 1.0
 
 
 def test_accumulation_equals_the_whole_batch_step():
