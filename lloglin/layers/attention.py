@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lloglin.layers.cache import KVCache, check_prefill, prompt_segment_ids
 from lloglin.layers.linear import dense
 from lloglin.layers.registry import register_mixer
-from lloglin.ops.attention import apply_rope, causal_attention
+from lloglin.ops.attention import apply_rope, attention_step, causal_attention, sanitize_padding
 
 
 def resolve_attention_impl(impl: str, dtype) -> str | None:
@@ -44,8 +45,52 @@ class Attention(nnx.Module):
     return q_BTHK, k_BTGK, v_BTGK
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
-    B, T, _ = x_BTD.shape
     q_BTHK, k_BTGK, v_BTGK = self.qkv(x_BTD, positions_BT)
+    return self._attend(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT)
+
+  def _attend(self, q_BTHK, k_BTGK, v_BTGK, segment_ids_BT):
+    B, T = q_BTHK.shape[:2]
     o_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT=segment_ids_BT,
                               implementation=self.impl)
     return self.o_proj(o_BTHK.reshape(B, T, self.num_heads * self.head_dim))
+
+  def init_cache(self, batch_size: int, max_len: int, dtype) -> KVCache:
+    zeros = jnp.zeros((batch_size, max_len, self.num_kv_heads, self.head_dim), dtype)
+    return KVCache(zeros, zeros, jnp.zeros((batch_size,), jnp.int32))
+
+  def prefill(self, x_BTD, cache: KVCache, lengths_B=None):
+    """Attention over right-padded prompts (positions 0..T-1); their keys/values fill the cache."""
+    S = cache.k_BSGK.shape[1]
+    check_prefill(x_BTD, lengths_B, S)
+    B, T, _ = x_BTD.shape
+    segment_ids_BT = prompt_segment_ids(lengths_B, T)
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    q_BTHK, k_BTGK, v_BTGK = self.qkv(x_BTD, positions_BT)
+    y_BTD = self._attend(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT)
+    k_BTGK, v_BTGK = sanitize_padding(segment_ids_BT, k_BTGK, v_BTGK)
+    pad = ((0, 0), (0, S - T), (0, 0), (0, 0))
+    lengths_B = jnp.full((B,), T, jnp.int32) if lengths_B is None else lengths_B
+    return y_BTD, KVCache(jnp.pad(k_BTGK.astype(cache.k_BSGK.dtype), pad),
+                          jnp.pad(v_BTGK.astype(cache.v_BSGK.dtype), pad),
+                          jnp.asarray(lengths_B, jnp.int32))
+
+  def step(self, x_BD, cache: KVCache):
+    """One token at position cache.length_B: writes its key/value there, attends to the cache.
+    A row whose cache is full (length_B == max_len) drops the write."""
+    B = x_BD.shape[0]
+    t_B = cache.length_B
+    q_B1HK, k_B1GK, v_B1GK = self.qkv(x_BD[:, None], t_B[:, None])
+    o_BHK, k_BSGK, v_BSGK = write_and_attend(q_B1HK[:, 0], k_B1GK[:, 0], v_B1GK[:, 0],
+                                             cache.k_BSGK, cache.v_BSGK, t_B)
+    y_BD = self.o_proj(o_BHK.reshape(B, self.num_heads * self.head_dim).astype(x_BD.dtype))
+    return y_BD, KVCache(k_BSGK, v_BSGK, t_B + 1)
+
+
+def write_and_attend(q_BHK, k_BGK, v_BGK, k_cache_BSGK, v_cache_BSGK, t_B):
+  """One decode token at position t_B: writes its key/value into the caches (dropped where
+  t_B >= S, a full cache) and attends over positions <= t_B. Returns (o_BHK, k cache, v cache)."""
+  rows_B = jnp.arange(q_BHK.shape[0])
+  k_cache_BSGK = k_cache_BSGK.at[rows_B, t_B].set(k_BGK.astype(k_cache_BSGK.dtype), mode="drop")
+  v_cache_BSGK = v_cache_BSGK.at[rows_B, t_B].set(v_BGK.astype(v_cache_BSGK.dtype), mode="drop")
+  o_BHK = attention_step(q_BHK, k_cache_BSGK, v_cache_BSGK, t_B + 1)
+  return o_BHK, k_cache_BSGK, v_cache_BSGK

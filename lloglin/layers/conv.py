@@ -53,3 +53,24 @@ class ShortConv(nnx.Module):
     y_BTC = causal_conv(x_BTC.astype(self.dtype), self.kernel[...].astype(self.dtype), bias_C,
                         segment_ids_BT=segment_ids_BT)
     return jax.nn.silu(y_BTC) if self.activation else y_BTC
+
+  def init_state(self, batch_size: int, dtype):
+    """The decode state at a sequence start: the last W - 1 inputs, all zero, [B, W - 1, C]."""
+    W, C = self.kernel.shape
+    return jnp.zeros((batch_size, W - 1, C), dtype)
+
+  def extend(self, x_BTC, state_BWC, lengths_B=None):
+    """The conv continued after the W - 1 inputs in state_BWC (zeros at a sequence start).
+
+    Returns (y_BTC, the state after the first lengths_B[b] tokens of row b; default all T): a
+    prefill of right-padded prompts and a one-token decode step (T = 1) are the same call.
+    """
+    W = self.kernel.shape[0]
+    T = x_BTC.shape[1]
+    xs_BSC = jnp.concatenate([state_BWC.astype(x_BTC.dtype), x_BTC], axis=1)  # S = W - 1 + T
+    y_BTC = self(xs_BSC)[:, W - 1:]
+    lengths_B = jnp.full(x_BTC.shape[:1], T) if lengths_B is None else lengths_B
+    # The last W - 1 inputs of row b sit at S-positions lengths_B[b] .. lengths_B[b] + W - 2.
+    idx_BW = jnp.asarray(lengths_B, jnp.int32)[:, None] + jnp.arange(W - 1)[None, :]
+    state_BWC = jnp.take_along_axis(xs_BSC, idx_BW[..., None], axis=1).astype(state_BWC.dtype)
+    return y_BTC, state_BWC

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lloglin.layers.cache import (MixerCache, cached_convs, check_fenwick_capacity, check_prefill,
+                                  full_sequence_convs, prompt_segment_ids)
 from lloglin.layers.conv import ShortConv
 from lloglin.layers.gates import a_log_init, dt_bias_init, l2_normalize
 from lloglin.layers.linear import dense
@@ -26,8 +28,9 @@ from lloglin.layers.loglinear import LevelScales
 from lloglin.layers.norms import GatedRMSNorm
 from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
 from lloglin.ops.attention import sanitize_padding
-from lloglin.ops.delta import gdn_chunked
-from lloglin.ops.loglinear import loglinear_gdn_chunked
+from lloglin.ops.delta import gdn_chunked, gdn_step
+from lloglin.ops.hierarchy import fenwick_zeros
+from lloglin.ops.loglinear import loglinear_gdn_chunked, loglinear_gdn_step
 
 
 # Set when pallas_kernels serves this mixer (then 'auto' picks it on Hopper GPUs).
@@ -94,21 +97,72 @@ class GatedDeltaNet(nnx.Module):
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # the state resets at document starts (segment ids); no position encoding
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
+    q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL = self._gdn_inputs(
+        x_BTD, full_sequence_convs(segment_ids_BT))
+    o_BTHV = gdn_sequence(self.impl, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
+                          segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
+                          scale=self.head_dim**-0.5)
+    return self._output(o_BTHV, x_BTD)
+
+  def _gdn_inputs(self, x_BTD, conv):
+    """Projections, short convs and gates: (q, k, v, g, beta, lam) of the gated delta rule op.
+    Shared by __call__, prefill and step; conv(i, module, x_BTC) runs short conv i (q, k, v)."""
     B, T, _ = x_BTD.shape
     G, H, K, V = self.num_heads, self.num_v_heads, self.head_dim, self.v_dim
-    seg = dict(segment_ids_BT=segment_ids_BT)
-    q_BTGK = l2_normalize(self.q_conv(self.q_proj(x_BTD), **seg).reshape(B, T, G, K))
-    k_BTGK = l2_normalize(self.k_conv(self.k_proj(x_BTD), **seg).reshape(B, T, G, K))
-    v_BTHV = self.v_conv(self.v_proj(x_BTD), **seg).reshape(B, T, H, V)
+    q_BTGK = l2_normalize(conv(0, self.q_conv, self.q_proj(x_BTD)).reshape(B, T, G, K))
+    k_BTGK = l2_normalize(conv(1, self.k_conv, self.k_proj(x_BTD)).reshape(B, T, G, K))
+    v_BTHV = conv(2, self.v_conv, self.v_proj(x_BTD)).reshape(B, T, H, V)
     g_BTH = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(
         self.a_proj(x_BTD).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
     beta_BTH = self.beta_scale * jax.nn.sigmoid(self.b_proj(x_BTD).astype(jnp.float32))
     lam_BTHL = None if self.level_scales is None else self.level_scales(x_BTD)
-    o_BTHV = gdn_sequence(self.impl, q_BTGK.astype(self.dtype), k_BTGK.astype(self.dtype),
-                          v_BTHV, g_BTH, beta_BTH, lam_BTHL, segment_ids_BT=segment_ids_BT,
-                          chunk_size=self.chunk_size, scale=K**-0.5)
+    return (q_BTGK.astype(self.dtype), k_BTGK.astype(self.dtype), v_BTHV, g_BTH, beta_BTH,
+            lam_BTHL)
+
+  def _output(self, o_BTHV, x_BTD):
+    """Gated per-head RMSNorm and o_proj."""
+    B, T, H, V = o_BTHV.shape
     o_BTHV = self.norm(o_BTHV, self.gate_proj(x_BTD).reshape(B, T, H, V))
     return self.o_proj(o_BTHV.reshape(B, T, H * V))
+
+  def init_cache(self, batch_size: int, max_len: int, dtype) -> MixerCache:
+    """q/k/v conv states (dtype) and the float32 state: [B, H, K, V], or one per level."""
+    B, H, K, V = batch_size, self.num_v_heads, self.head_dim, self.v_dim
+    conv_BWC = tuple(c.init_state(B, dtype) for c in (self.q_conv, self.k_conv, self.v_conv))
+    if self.level_scales is None:
+      return MixerCache(conv_BWC, jnp.zeros((B, H, K, V), jnp.float32))
+    check_fenwick_capacity(max_len, self.level_scales.num_levels)
+    return MixerCache(conv_BWC, fenwick_zeros(B, H, self.level_scales.num_levels, K, V))
+
+  def prefill(self, x_BTD, cache: MixerCache, lengths_B=None):
+    """Chunked gated delta rule over right-padded prompts, returning the state after each row."""
+    check_prefill(x_BTD, lengths_B)
+    segment_ids_BT = prompt_segment_ids(lengths_B, x_BTD.shape[1])
+    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)
+    conv, conv_BWC = cached_convs([jnp.zeros_like(s) for s in cache.conv_BWC], lengths_B)
+    q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL = self._gdn_inputs(x_BTD, conv)
+    kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
+              scale=self.head_dim**-0.5, return_final_state=True)
+    if lam_BTHL is None:
+      o_BTHV, core = gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, **kw)
+    else:
+      o_BTHV, core = loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
+                                           **kw)
+    return self._output(o_BTHV, x_BTD), MixerCache(tuple(conv_BWC), core)
+
+  def step(self, x_BD, cache: MixerCache):
+    """One token through gdn_step (log-linear: loglinear_gdn_step on the Fenwick state)."""
+    conv, conv_BWC = cached_convs(cache.conv_BWC)
+    x_B1D = x_BD[:, None]
+    q_BGK, k_BGK, v_BHV, g_BH, beta_BH, lam_BHL = (
+        None if a is None else a[:, 0] for a in self._gdn_inputs(x_B1D, conv))
+    scale = self.head_dim**-0.5
+    if lam_BHL is None:
+      o_BHV, core = gdn_step(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, cache.core, scale=scale)
+    else:
+      o_BHV, core = loglinear_gdn_step(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, lam_BHL, cache.core,
+                                       scale=scale)
+    return self._output(o_BHV[:, None], x_B1D)[:, 0], MixerCache(tuple(conv_BWC), core)
 
 
 @register_mixer("loglinear_gdn")

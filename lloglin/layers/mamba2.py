@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lloglin.layers.cache import (MixerCache, cached_convs, check_fenwick_capacity, check_prefill,
+                                  full_sequence_convs, prompt_segment_ids)
 from lloglin.layers.conv import ShortConv
 from lloglin.layers.gates import a_log_init, dt_bias_init
 from lloglin.layers.linear import dense
@@ -25,8 +27,9 @@ from lloglin.layers.loglinear import LevelScales
 from lloglin.layers.norms import GatedRMSNorm
 from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
 from lloglin.ops.attention import sanitize_padding
-from lloglin.ops.loglinear import loglinear_ssd_chunked
-from lloglin.ops.ssd import ssd_chunked
+from lloglin.ops.hierarchy import fenwick_zeros
+from lloglin.ops.loglinear import loglinear_ssd_chunked, loglinear_ssd_step
+from lloglin.ops.ssd import ssd_chunked, ssd_step
 
 
 # Set when pallas_kernels serves this mixer (then 'auto' picks it on Hopper GPUs).
@@ -86,23 +89,70 @@ class Mamba2(nnx.Module):
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # the state resets at document starts (segment ids); no position encoding
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
+    (q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL), skip = self._ssd_inputs(
+        x_BTD, full_sequence_convs(segment_ids_BT))
+    y_BTHP = ssd_sequence(self.impl, q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL,
+                          segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size)
+    return self._output(y_BTHP, *skip)
+
+  def _ssd_inputs(self, x_BTD, conv):
+    """in_proj, short conv, gates: ((q, k, v, g, lam) of the SSD op, (x_BTHP, z_BTE) for the
+    output). Shared by __call__, prefill and step; conv(i, module, x_BTC) runs the short conv."""
     B, T, _ = x_BTD.shape
     H, P, G, N, d_inner = self.num_heads, self.head_dim, self.ngroups, self.d_state, self.d_inner
     z_BTE, xbc_BTC, dt_BTH = jnp.split(self.in_proj(x_BTD), [d_inner, 2 * d_inner + 2 * G * N],
                                        axis=-1)
-    xbc_BTC = self.conv(xbc_BTC, segment_ids_BT=segment_ids_BT)
+    xbc_BTC = conv(0, self.conv, xbc_BTC)
     x_BTE, b_BTC, c_BTC = jnp.split(xbc_BTC, [d_inner, d_inner + G * N], axis=-1)
     delta_BTH = jax.nn.softplus(dt_BTH.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
     a_H = -jnp.exp(self.A_log[...].astype(jnp.float32))
     x_BTHP = x_BTE.reshape(B, T, H, P)
     v_BTHP = (x_BTHP.astype(jnp.float32) * delta_BTH[..., None]).astype(x_BTE.dtype)
     lam_BTHL = None if self.level_scales is None else self.level_scales(x_BTD)
-    y_BTHP = ssd_sequence(self.impl, c_BTC.reshape(B, T, G, N), b_BTC.reshape(B, T, G, N),
-                          v_BTHP, delta_BTH * a_H, lam_BTHL, segment_ids_BT=segment_ids_BT,
-                          chunk_size=self.chunk_size)
+    ssd_args = (c_BTC.reshape(B, T, G, N), b_BTC.reshape(B, T, G, N), v_BTHP, delta_BTH * a_H,
+                lam_BTHL)
+    return ssd_args, (x_BTHP, z_BTE)
+
+  def _output(self, y_BTHP, x_BTHP, z_BTE):
+    """D skip, gated RMSNorm, out_proj."""
+    B, T = y_BTHP.shape[:2]
     y_BTHP = y_BTHP + x_BTHP * self.D[...].astype(x_BTHP.dtype)[:, None]
-    y_BTE = self.norm(y_BTHP.reshape(B, T, d_inner), z_BTE)
+    y_BTE = self.norm(y_BTHP.reshape(B, T, self.d_inner), z_BTE)
     return self.out_proj(y_BTE)
+
+  def init_cache(self, batch_size: int, max_len: int, dtype) -> MixerCache:
+    """Conv state (dtype) and the float32 SSM state: [B, H, N, P], or one per level."""
+    B, H, N, P = batch_size, self.num_heads, self.d_state, self.head_dim
+    conv_BWC = (self.conv.init_state(B, dtype),)
+    if self.level_scales is None:
+      return MixerCache(conv_BWC, jnp.zeros((B, H, N, P), jnp.float32))
+    check_fenwick_capacity(max_len, self.level_scales.num_levels)
+    return MixerCache(conv_BWC, fenwick_zeros(B, H, self.level_scales.num_levels, N, P))
+
+  def prefill(self, x_BTD, cache: MixerCache, lengths_B=None):
+    """Chunked SSD over right-padded prompts, returning the state after each row's prompt."""
+    check_prefill(x_BTD, lengths_B)
+    segment_ids_BT = prompt_segment_ids(lengths_B, x_BTD.shape[1])
+    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)
+    conv, conv_BWC = cached_convs([jnp.zeros_like(s) for s in cache.conv_BWC], lengths_B)
+    (q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL), skip = self._ssd_inputs(x_BTD, conv)
+    kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size, return_final_state=True)
+    if lam_BTHL is None:
+      y_BTHP, core = ssd_chunked(q_BTGN, k_BTGN, v_BTHP, g_BTH, **kw)
+    else:
+      y_BTHP, core = loglinear_ssd_chunked(q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL, **kw)
+    return self._output(y_BTHP, *skip), MixerCache(tuple(conv_BWC), core)
+
+  def step(self, x_BD, cache: MixerCache):
+    """One token through ssd_step (log-linear: loglinear_ssd_step on the Fenwick state)."""
+    conv, conv_BWC = cached_convs(cache.conv_BWC)
+    ssd_args, skip = self._ssd_inputs(x_BD[:, None], conv)
+    q_BGN, k_BGN, v_BHP, g_BH, lam_BHL = (None if a is None else a[:, 0] for a in ssd_args)
+    if lam_BHL is None:
+      y_BHP, core = ssd_step(q_BGN, k_BGN, v_BHP, g_BH, cache.core)
+    else:
+      y_BHP, core = loglinear_ssd_step(q_BGN, k_BGN, v_BHP, g_BH, lam_BHL, cache.core)
+    return self._output(y_BHP[:, None], *skip)[:, 0], MixerCache(tuple(conv_BWC), core)
 
 
 @register_mixer("loglinear_mamba2")

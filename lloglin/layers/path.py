@@ -16,13 +16,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lloglin.layers.cache import (MixerCache, cached_convs, check_prefill, full_sequence_convs,
+                                  prompt_segment_ids)
 from lloglin.layers.conv import ShortConv
 from lloglin.layers.gates import l2_normalize
 from lloglin.layers.linear import dense
 from lloglin.layers.norms import RMSNorm
 from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
 from lloglin.ops.attention import sanitize_padding
-from lloglin.ops.path import path_blockwise
+from lloglin.ops.path import path_blockwise, path_cache_init, path_prefill, path_step
 
 
 # Set when pallas_kernels serves this mixer (then 'auto' picks it on Hopper GPUs).
@@ -76,6 +78,15 @@ class PathAttention(nnx.Module):
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # no position encoding: the Householder products carry the order
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
+    q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH = self._path_inputs(
+        x_BTD, full_sequence_convs(segment_ids_BT))
+    o_BTHK = path_sequence(self.impl, q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH,
+                           segment_ids_BT=segment_ids_BT, block_size=self.chunk_size)
+    return self._output(o_BTHK)
+
+  def _path_inputs(self, x_BTD, conv):
+    """Projections, w short conv and gates: (q, k, v, w, beta, g) of the PaTH op. Shared by
+    __call__, prefill and step; conv(i, module, x_BTC) runs the short conv of w."""
     B, T, _ = x_BTD.shape
     H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
     q_BTHK = self.q_proj(x_BTD).reshape(B, T, H, K)
@@ -85,14 +96,46 @@ class PathAttention(nnx.Module):
       q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
     w_BTC = self.w_up(x_BTD if self.w_down is None else self.w_down(x_BTD))
     if self.w_conv is not None:
-      w_BTC = self.w_conv(w_BTC, segment_ids_BT=segment_ids_BT)
+      w_BTC = conv(0, self.w_conv, w_BTC)
     w_BTGK = l2_normalize(w_BTC.reshape(B, T, G, K))
     beta_BTG = 2.0 * jax.nn.sigmoid(self.beta_proj(x_BTD).astype(jnp.float32))
     g_BTH = (None if self.forget_proj is None
              else jax.nn.log_sigmoid(self.forget_proj(x_BTD).astype(jnp.float32)))
-    o_BTHK = path_sequence(self.impl, q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH,
-                           segment_ids_BT=segment_ids_BT, block_size=self.chunk_size)
-    return self.o_proj(o_BTHK.reshape(B, T, H * K))
+    return q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH
+
+  def _output(self, o_BTHK):
+    B, T = o_BTHK.shape[:2]
+    return self.o_proj(o_BTHK.reshape(B, T, self.num_heads * self.head_dim))
+
+  def init_cache(self, batch_size: int, max_len: int, dtype) -> MixerCache:
+    """w conv state and a PathCache of max_len positions (keys/values in dtype, float32 gates)."""
+    conv_BWC = () if self.w_conv is None else (self.w_conv.init_state(batch_size, dtype),)
+    K = self.head_dim
+    core = path_cache_init(batch_size, max_len, self.num_kv_heads, K, K, dtype=dtype,
+                           num_heads=self.num_heads if self.forget_gate else None)
+    return MixerCache(conv_BWC, core)
+
+  def prefill(self, x_BTD, cache: MixerCache, lengths_B=None):
+    """Blockwise PaTH over right-padded prompts; the cache holds their keys transformed to each
+    row's end (ops.path.path_prefill)."""
+    S = cache.core.k_BSGK.shape[1]
+    check_prefill(x_BTD, lengths_B, S)
+    segment_ids_BT = prompt_segment_ids(lengths_B, x_BTD.shape[1])
+    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)
+    conv, conv_BWC = cached_convs([jnp.zeros_like(s) for s in cache.conv_BWC], lengths_B)
+    q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH = self._path_inputs(x_BTD, conv)
+    o_BTHK, core = path_prefill(q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH=g_BTH,
+                                length_B=lengths_B, cache_size=S, block_size=self.chunk_size)
+    core = jax.tree.map(lambda new, old: new.astype(old.dtype), core, cache.core)
+    return self._output(o_BTHK), MixerCache(tuple(conv_BWC), core)
+
+  def step(self, x_BD, cache: MixerCache):
+    """One token through path_step: rank-1 update of every cached key, then attention."""
+    conv, conv_BWC = cached_convs(cache.conv_BWC)
+    q_BHK, k_BGK, v_BGK, w_BGK, beta_BG, g_BH = (
+        None if a is None else a[:, 0] for a in self._path_inputs(x_BD[:, None], conv))
+    o_BHK, core = path_step(q_BHK, k_BGK, v_BGK, w_BGK, beta_BG, cache.core, g_BH=g_BH)
+    return self._output(o_BHK[:, None])[:, 0], MixerCache(tuple(conv_BWC), core)
 
 
 @register_mixer("path_fox")

@@ -13,7 +13,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from lloglin.layers import make_mixer
 from lloglin.layers.linear import dense
@@ -38,14 +38,33 @@ class Block(nnx.Module):
     else:
       self.mlp = None
 
-  def modules(self, *, segment_ids_BT, positions_BT, tp: int = 1, axis_name=None):
-    """The block's residual branches as functions x_BTD -> (partial, when tp > 1) output."""
+  def modules(self, *, segment_ids_BT, positions_BT, tp: int = 1, axis_name=None, mixer=None):
+    """The block's residual branches as functions x_BTD -> (partial, when tp > 1) output.
+
+    `mixer` (normed x -> y) replaces the mixer's full-sequence call: the cached paths (prefill,
+    decode_step) pass calls that also thread the mixer's cache.
+    """
     call = partial(tensor_parallel.module_call, tp=tp, axis_name=axis_name)
-    out = [lambda x: call(self.mixer, self.mixer_norm(x), segment_ids_BT=segment_ids_BT,
-                          positions_BT=positions_BT)]
+    if mixer is None:
+      mixer = lambda x: call(self.mixer, x, segment_ids_BT=segment_ids_BT,
+                             positions_BT=positions_BT)
+    out = [lambda x: mixer(self.mixer_norm(x))]
     if self.mlp is not None:
       out.append(lambda x: call(self.mlp, self.mlp_norm(x)))
     return out
+
+
+@struct.dataclass
+class DecoderCache:
+  """Decode cache of a DecoderLM (a pytree; max_len is static).
+
+  layers: one cache per layer, its mixer's (lloglin.layers.cache).
+  length_B: int32 tokens of each row in the cache (the position of its next token).
+  max_len: positions the caches hold (KV / PaTH capacity).
+  """
+  layers: tuple
+  length_B: jax.Array
+  max_len: int = struct.field(pytree_node=False)
 
 
 class DecoderLM(nnx.Module):
@@ -91,17 +110,94 @@ class DecoderLM(nnx.Module):
     return self.logits(self.hidden(tokens_BT, segment_ids_BT=segment_ids_BT,
                                    positions_BT=positions_BT))
 
+  # Cached decoding: init_cache, prefill (the prompt, chunked forms), decode_step (one token,
+  # the *_step ops). Every residual mode; one device or data parallel (tensor-parallel decoding
+  # of attention-only models: lloglin.parallel.tp_decode).
+
+  def init_cache(self, batch_size: int, max_len: int, dtype=None) -> DecoderCache:
+    """An empty cache for batch_size rows of up to max_len tokens (prompt + generated).
+
+    dtype (default the compute dtype) is that of keys, values and conv states; recurrent states
+    are float32.
+    """
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size}; expected at least one row")
+    if not 1 <= max_len <= self.cfg.max_seq_len:
+      raise ValueError(f"max_len={max_len}; expected 1 <= max_len <= model.max_seq_len="
+                       f"{self.cfg.max_seq_len}")
+    dtype = self.cfg.compute_dtype if dtype is None else dtype
+    layers = tuple(b.mixer.init_cache(batch_size, max_len, dtype) for b in self.blocks)
+    return DecoderCache(layers, jnp.zeros((batch_size,), jnp.int32), max_len)
+
+  def prefill(self, tokens_BT, cache: DecoderCache, lengths_B=None):
+    """Runs right-padded prompts (row b: its first lengths_B[b] >= 1 tokens; default all T) into
+    `cache`, whose previous contents are replaced. Returns the logits [B, vocab] (float32) at each
+    row's last prompt token and the cache."""
+    self._check_rows("tokens_BT", tokens_BT, cache)
+    B, T = tokens_BT.shape
+    if T > cache.max_len:
+      raise ValueError(f"tokens_BT: a prompt of {T} tokens does not fit the cache "
+                       f"(max_len={cache.max_len})")
+    if lengths_B is None:
+      lengths_B = jnp.full((B,), T, jnp.int32)
+    elif jnp.shape(lengths_B) != (B,):
+      raise ValueError(f"lengths_B: expected shape ({B},), got {jnp.shape(lengths_B)}")
+    lengths_B = jnp.asarray(lengths_B, jnp.int32)
+    h_BTD, layers = self._run_cached(self.embed(tokens_BT), cache.layers,
+                                     lambda mixer, x, c: mixer.prefill(x, c, lengths_B))
+    h_BD = h_BTD[jnp.arange(B), lengths_B - 1]
+    return self.logits(h_BD), DecoderCache(layers, lengths_B, cache.max_len)
+
+  def decode_step(self, tokens_B, cache: DecoderCache):
+    """One token per row at position cache.length_B: (logits [B, vocab] float32, new cache).
+
+    A row whose cache is full (length_B == max_len) gets meaningless logits (nothing can raise
+    inside jit); callers keep prompt + new tokens <= max_len.
+    """
+    self._check_rows("tokens_B", tokens_B, cache)
+    h_BD, layers = self._run_cached(self.embed(tokens_B), cache.layers,
+                                    lambda mixer, x, c: mixer.step(x, c))
+    return self.logits(h_BD), DecoderCache(layers, cache.length_B + 1, cache.max_len)
+
+  @staticmethod
+  def _check_rows(name, tokens, cache):
+    """tokens_BT / tokens_B: the axes its name says, one row per cache row."""
+    rows, axes = cache.length_B.shape[0], len(name.split("_")[-1])
+    if jnp.ndim(tokens) != axes or jnp.shape(tokens)[0] != rows:
+      raise ValueError(f"{name}: expected {axes} axes with {rows} rows (the cache's batch "
+                       f"size), got shape {jnp.shape(tokens)}")
+
+  def _run_cached(self, x, caches, call):
+    """The block stack with each mixer run as call(mixer, normed x, its cache) -> (y, cache);
+    x is [B, T, D] (prefill) or [B, D] (decode). Returns (final-normed x, new caches)."""
+    if mesh_lib.tensor_size() > 1:
+      raise ValueError("cached decoding runs without tensor parallelism (mesh 'tensor' axis of "
+                       "size 1); for attention-only models use lloglin.parallel.tp_decode")
+    new = list(caches)
+
+    def mixer_fn(i):
+      def run(x):
+        y, new[i] = call(self.blocks[i].mixer, x, caches[i])
+        return y
+      return run
+
+    x = run_blocks(self.cfg, self.blocks, sharding.constrain_batch(x), None, None,
+                   mixers=[mixer_fn(i) for i in range(len(self.blocks))])
+    return self.final_norm(x), tuple(new)
+
 
 def run_blocks(cfg: ModelConfig, blocks, x_BTD, segment_ids_BT, positions_BT, *, tp: int = 1,
-               axis_name: str = tensor_parallel.AXIS):
+               axis_name: str = tensor_parallel.AXIS, mixers=None):
   """The residual stream through every block, wired by cfg.residual_mode.
 
   With tp > 1 this runs on one device inside shard_map: the blocks hold their local shards and
-  each module's partial output is completed by a psum over `axis_name`.
+  each module's partial output is completed by a psum over `axis_name`. `mixers` (one function
+  per block, or None) replaces the mixers' calls (Block.modules).
   """
+  mixers = [None] * len(blocks) if mixers is None else mixers
   layers = [(w, b.modules(segment_ids_BT=segment_ids_BT, positions_BT=positions_BT, tp=tp,
-                          axis_name=axis_name))
-            for w, b in zip(ladder.config_wirings(cfg), blocks)]
+                          axis_name=axis_name, mixer=m))
+            for w, b, m in zip(ladder.config_wirings(cfg), blocks, mixers)]
   reduce = (lambda y: jax.lax.psum(y, axis_name)) if tp > 1 else (lambda y: y)
   return ladder.residual_stack(x_BTD, layers, reduce=reduce, tp=tp)
 

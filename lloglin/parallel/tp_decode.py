@@ -18,8 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lloglin.layers.attention import Attention
-from lloglin.ops.attention import attention_step
+from lloglin.layers.attention import Attention, write_and_attend
 from lloglin.parallel import ladder, sharding, tensor_parallel
 from lloglin.parallel.mesh import axis_size, tensor_size
 
@@ -61,11 +60,8 @@ def _attention_decode(attn: Attention, x_B1D, cache, pos_B, *, tp: int):
   B = x_B1D.shape[0]
   q_B1HK, k_B1GK, v_B1GK = tensor_parallel.attention_local_qkv(
       attn, x_B1D, pos_B[:, None], tp=tp, axis_name=AXIS)
-  k_BSGK, v_BSGK = cache
-  rows = jnp.arange(B)
-  k_BSGK = k_BSGK.at[rows, pos_B].set(k_B1GK[:, 0].astype(k_BSGK.dtype))
-  v_BSGK = v_BSGK.at[rows, pos_B].set(v_B1GK[:, 0].astype(v_BSGK.dtype))
-  o_BHK = attention_step(q_B1HK[:, 0], k_BSGK, v_BSGK, pos_B + 1)
+  o_BHK, k_BSGK, v_BSGK = write_and_attend(q_B1HK[:, 0], k_B1GK[:, 0], v_B1GK[:, 0], *cache,
+                                           pos_B)
   return attn.o_proj(o_BHK.reshape(B, 1, -1).astype(x_B1D.dtype)), (k_BSGK, v_BSGK)
 
 
