@@ -1,0 +1,347 @@
+"""One persistent Pallas GPU kernel for a whole batch-1 decode step (FlashFormer-style).
+
+Design. A single `pallas_call` whose grid is at most the SM count (every block resident at once)
+runs the whole step: embedding row, then per layer five phases, then the LM head:
+  qkv   x -> RMSNorm -> [q; k; v] = Wqkv x        (GEMV split over output rows)
+  attn  RoPE, KV-cache append, split-K GQA attention over the cache; the last split of a kv
+        group to finish (a per-group atomic counter) merges the partial softmaxes
+  o     x += Wo attn
+  gu    h = silu(Wgate n(x)) * Wup n(x)
+  down  x += Wdown h
+Each block takes items (row tiles, or (kv group, split) pairs) round-robin, streams its weight
+rows from HBM and keeps every activation vector in a small global scratch buffer. Phases are
+ordered by a grid-wide barrier on a global-memory counter (`atomic_add` with acquire/release at
+GPU scope, then a spin on it), as FlashFormer orders layers; the atomic counter and the
+co-residency of all blocks are what make the spin safe, hence grid <= #SMs.
+
+Backend. This is the Pallas *Triton* lowering (`pl.pallas_call` + `pltriton`), not Mosaic GPU:
+Mosaic GPU's interpreter does not model global semaphores or atomics, and its register layouts
+make a GEMV at batch 1 much more work; the Triton lowering gives grid-wide atomics, an
+interpret mode (run with one block, where each barrier is already met) and a GEMV in a few lines.
+There is no hand-built shared-memory pipeline: Triton schedules each tile's loads itself.
+
+Numerics (weights.py): every vector entering a matrix product is rounded to the activation dtype,
+products and sums are float32, the residual stream is float32: the same function as
+`decode_step_reference`.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.fused_decode.weights import FusedWeights
+
+f32 = jnp.float32
+_PHASES = 5  # barriers per layer
+_MATS = ("wqkv", "wo", "wgate", "wup", "wdown")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+  """Static work split. rows: output rows per GEMV item; chunk: input columns per load;
+  seq_block: cache positions per attention load; splits: attention splits per kv group."""
+  num_blocks: int
+  rows: int = 8
+  chunk: int = 512
+  seq_block: int = 32
+  splits: int = 16
+  num_warps: int = 4
+
+
+def _pow2_divisor(n: int, cap: int) -> int:
+  """Largest power of two <= cap dividing n."""
+  d = 1
+  while d * 2 <= cap and n % (d * 2) == 0:
+    d *= 2
+  return d
+
+
+def default_tiling(config, num_blocks: int, max_len: int) -> Tiling:
+  K, G = config.head_dim, config.num_kv_heads
+  splits = _pow2_divisor(1 << 30, max(1, min(32, num_blocks // G)))
+  seq_block = _pow2_divisor(max_len, max(1, 2048 // K))
+  return Tiling(num_blocks=num_blocks, rows=_pow2_divisor(K, 8), chunk=512,
+                seq_block=seq_block, splits=splits)
+
+
+def _check(config, tiling: Tiling, max_len: int):
+  c, t = config, tiling
+  R = c.num_heads // c.num_kv_heads
+  pow2 = lambda n: n > 0 and n & (n - 1) == 0
+  checks = [("rows", t.rows, pow2(t.rows) and c.head_dim % t.rows == 0 and c.d_model % t.rows == 0
+             and c.mlp_dim % t.rows == 0 and c.vocab_size % t.rows == 0,
+             "a power of two dividing head_dim, d_model, mlp_dim and vocab_size"),
+            ("seq_block", t.seq_block, pow2(t.seq_block) and max_len % t.seq_block == 0,
+             f"a power of two dividing the cache length {max_len}"),
+            ("splits", t.splits, pow2(t.splits), "a power of two"),
+            ("num_heads/num_kv_heads", R, pow2(R), "a power of two"),
+            ("head_dim", c.head_dim, pow2(c.head_dim) and c.head_dim >= 4,
+             "a power of two >= 4")]
+  for name, value, ok, expected in checks:
+    if not ok:
+      raise ValueError(f"fused decode: {name}={value}; expected {expected}")
+
+
+def _ld(ref):
+  """Load of a buffer written earlier in this launch by another block: volatile, so it is read
+  from L2 and never from a stale L1 line (jax 0.11.2's '.cg' cache modifier does not lower)."""
+  return pltriton.load(ref, volatile=True).astype(f32)
+
+
+def _i32(v):
+  """An int32 array scalar (the interpreter's atomics index and add arrays, not Python ints)."""
+  return jnp.full((), v, jnp.int32)
+
+
+def _block_sync(interpret: bool):
+  """__syncthreads (the interpreter runs one thread per block and has no lowering for it)."""
+  if not interpret:
+    pltriton.debug_barrier()
+
+
+def _grid_barrier(sync_ref, target, interpret: bool):
+  """Wait until all blocks arrived: counter sync_ref[0] is monotone, target = blocks x index."""
+  _block_sync(interpret)
+  zero = _i32(0)
+  seen = pltriton.atomic_add(sync_ref, (zero,), _i32(1)) + 1
+  lax.while_loop(lambda v: v < target, lambda v: pltriton.atomic_add(sync_ref, (zero,), zero),
+                 seen)
+  _block_sync(interpret)
+
+
+def _for_items(n_items: int, num_blocks: int, pid, fn):
+  """fn(item) for this block's items pid, pid + num_blocks, ... < n_items."""
+  trips = -(-n_items // num_blocks)
+
+  def body(j, carry):
+    item = pid + j * num_blocks
+    pl.when(item < n_items)(lambda: fn(item))
+    return carry
+
+  if trips == 1:
+    body(0, 0)
+  else:
+    lax.fori_loop(0, trips, body, 0)
+
+
+def _gemv(w_chunk, x_chunk, n_chunks: int):
+  """sum over chunks of w_chunk(i) [rows, ...] . x_chunk(i) [...] over the trailing axes."""
+  acc = None
+  for i in range(n_chunks):
+    p = w_chunk(i).astype(f32) * x_chunk(i)[None]
+    while p.ndim > 1:
+      p = jnp.sum(p, axis=-1)
+    acc = p if acc is None else acc + p
+  return acc
+
+
+def _scaled(y, s_ref, l, n0, rows):
+  return y if s_ref is None else y * s_ref[l, pl.ds(n0, rows)]
+
+
+def _rstd(x_ref, D: int, chunk: int, eps: float):
+  ss = 0.0
+  for i in range(D // chunk):
+    x = _ld(x_ref.at[pl.ds(i * chunk, chunk)])
+    ss = ss + jnp.sum(x * x)
+  return lax.rsqrt(ss / D + eps)
+
+
+def _kernel(c, t: Tiling, interpret: bool, treedef, n_in: int, *refs):
+  ins = jax.tree.unflatten(treedef, refs[:n_in])
+  (logits_ref, k_ref, v_ref, sync_ref, x_ref, qkv_ref, attn_ref, h_ref, po_ref, pm_ref,
+   pls_ref) = refs[n_in:]
+  w = ins["w"]
+  L, D, H, G, K, F, V = (c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.head_dim,
+                         c.mlp_dim, c.vocab_size)
+  R, K2, NS, bs, rows, nb = H // G, K // 2, t.splits, t.seq_block, t.rows, t.num_blocks
+  act, cdt = c.act_dtype, c.cache_dtype
+  cD = _pow2_divisor(D, t.chunk)
+  cF = _pow2_divisor(F, t.chunk)
+  hb = _pow2_divisor(H, max(1, t.chunk // K))
+  token = ins["token"][0]
+  pos = ins["pos"][0]
+  scale = K**-0.5
+  pid = pl.program_id(0)
+  rnd = lambda x: x.astype(act).astype(f32)
+
+  def normed_chunk(norm_ref, l, rstd, chunk):
+    return lambda i: rnd(_ld(x_ref.at[pl.ds(i * chunk, chunk)]) * rstd
+                         * norm_ref[l, pl.ds(i * chunk, chunk)])
+
+  # Embedding row -> residual stream.
+  @pl.when(pid == 0)
+  def _():
+    for i in range(D // cD):
+      e = w.embed[token, pl.ds(i * cD, cD)].astype(f32)
+      if w.sembed is not None:
+        e = e * w.sembed[token]
+      x_ref[pl.ds(i * cD, cD)] = e
+  _grid_barrier(sync_ref, nb, interpret)
+
+  def layer(l, carry):
+    barrier = lambda j: _grid_barrier(sync_ref, nb * (2 + _PHASES * l + j), interpret)
+
+    # qkv: rows of [q heads; k groups; v groups] into qkv_ref [H + 2G, K].
+    rstd = _rstd(x_ref, D, cD, c.norm_eps)
+    xq = normed_chunk(w.attn_norm, l, rstd, cD)
+
+    def qkv_item(item):
+      n0 = item * rows
+      y = _gemv(lambda i: w.wqkv[l, pl.ds(n0, rows), pl.ds(i * cD, cD)], xq, D // cD)
+      qkv_ref[n0 // K, pl.ds(n0 % K, rows)] = _scaled(y, w.sqkv, l, n0, rows)
+    _for_items(c.qkv_rows // rows, nb, pid, qkv_item)
+    barrier(0)
+
+    # attn: item = (kv group g, split s); split s reads cache blocks s, s + NS, ... below pos.
+    def attn_item(item):
+      g, s = item // NS, item % NS
+      ang = pos.astype(f32) * ins["inv_freq"][...]
+      cs, sn = jnp.cos(ang), jnp.sin(ang)
+      q1 = _ld(qkv_ref.at[pl.ds(g * R, R), pl.ds(0, K2)])
+      q2 = _ld(qkv_ref.at[pl.ds(g * R, R), pl.ds(K2, K2)])
+      q1, q2 = q1 * cs - q2 * sn, q2 * cs + q1 * sn
+      k1 = _ld(qkv_ref.at[H + g, pl.ds(0, K2)])
+      k2 = _ld(qkv_ref.at[H + g, pl.ds(K2, K2)])
+      k1, k2 = (k1 * cs - k2 * sn).astype(cdt), (k2 * cs + k1 * sn).astype(cdt)
+      vn = _ld(qkv_ref.at[H + G + g, :]).astype(cdt)
+
+      @pl.when(s == 0)
+      def _():
+        k_ref[l, pos, g, pl.ds(0, K2)] = k1
+        k_ref[l, pos, g, pl.ds(K2, K2)] = k2
+        v_ref[l, pos, g, :] = vn
+
+      k1, k2, vn = k1.astype(f32), k2.astype(f32), vn.astype(f32)
+      lnew = (jnp.sum(q1 * k1[None], axis=1) + jnp.sum(q2 * k2[None], axis=1)) * scale
+      # Split 0 also owns the current token: its running softmax starts from it.
+      first = jnp.broadcast_to(s == 0, (R,))
+      m = jnp.where(first, lnew, -jnp.inf)
+      lsum = jnp.where(first, 1.0, 0.0)
+      acc = jnp.where(first[:, None], vn[None], 0.0)
+
+      def block(j, carry):
+        m, lsum, acc = carry
+        t0 = (s + j * NS) * bs
+        kc1 = k_ref[l, pl.ds(t0, bs), g, pl.ds(0, K2)].astype(f32)
+        kc2 = k_ref[l, pl.ds(t0, bs), g, pl.ds(K2, K2)].astype(f32)
+        vc = v_ref[l, pl.ds(t0, bs), g, :].astype(f32)
+        logit = (jnp.sum(q1[:, None, :] * kc1[None], axis=2)
+                 + jnp.sum(q2[:, None, :] * kc2[None], axis=2)) * scale
+        valid = t0 + lax.broadcasted_iota(jnp.int32, (bs,), 0) < pos
+        logit = jnp.where(valid[None, :], logit, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(logit, axis=1))
+        alpha = jnp.exp(m - m_new)
+        p = jnp.exp(logit - m_new[:, None])
+        vc = jnp.where(valid[:, None], vc, 0.0)
+        acc = acc * alpha[:, None] + jnp.sum(p[:, :, None] * vc[None], axis=1)
+        return m_new, lsum * alpha + jnp.sum(p, axis=1), acc
+
+      n_blocks = (pos + bs - 1) // bs
+      n_mine = jnp.maximum(n_blocks - s + NS - 1, 0) // NS
+      m, lsum, acc = lax.fori_loop(0, n_mine, block, (m, lsum, acc))
+      po_ref[g, s] = acc
+      pm_ref[g, s] = m
+      pls_ref[g, s] = lsum
+      _block_sync(interpret)
+      done = pltriton.atomic_add(sync_ref, (1 + l * G + g,), _i32(1))
+
+      @pl.when(done == NS - 1)
+      def _():
+        ms = _ld(pm_ref.at[g])                     # [NS, R]
+        mx = jnp.max(ms, axis=0)
+        wts = jnp.exp(ms - mx[None])
+        total = jnp.sum(wts * _ld(pls_ref.at[g]), axis=0)
+        o = jnp.sum(wts[:, :, None] * _ld(po_ref.at[g]), axis=0) / total[:, None]
+        attn_ref[pl.ds(g * R, R), :] = rnd(o)
+    _for_items(G * NS, nb, pid, attn_item)
+    barrier(1)
+
+    # o: x += Wo attn (Wo rows split by head: [rows, hb, K] tiles).
+    def o_item(item):
+      n0 = item * rows
+      y = _gemv(lambda i: w.wo[l, pl.ds(n0, rows), pl.ds(i * hb, hb), :],
+                lambda i: _ld(attn_ref.at[pl.ds(i * hb, hb), :]), H // hb)
+      x_ref[pl.ds(n0, rows)] = _ld(x_ref.at[pl.ds(n0, rows)]) + _scaled(y, w.so, l, n0, rows)
+    _for_items(D // rows, nb, pid, o_item)
+    barrier(2)
+
+    # gu: h = silu(gate) * up.
+    rstd = _rstd(x_ref, D, cD, c.norm_eps)
+    xm = normed_chunk(w.mlp_norm, l, rstd, cD)
+
+    def gu_item(item):
+      n0 = item * rows
+      gate = _gemv(lambda i: w.wgate[l, pl.ds(n0, rows), pl.ds(i * cD, cD)], xm, D // cD)
+      up = _gemv(lambda i: w.wup[l, pl.ds(n0, rows), pl.ds(i * cD, cD)], xm, D // cD)
+      gate = _scaled(gate, w.sgate, l, n0, rows)
+      up = _scaled(up, w.sup, l, n0, rows)
+      h_ref[pl.ds(n0, rows)] = gate / (1.0 + jnp.exp(-gate)) * up
+    _for_items(F // rows, nb, pid, gu_item)
+    barrier(3)
+
+    # down: x += Wdown h.
+    def down_item(item):
+      n0 = item * rows
+      y = _gemv(lambda i: w.wdown[l, pl.ds(n0, rows), pl.ds(i * cF, cF)],
+                lambda i: rnd(_ld(h_ref.at[pl.ds(i * cF, cF)])), F // cF)
+      x_ref[pl.ds(n0, rows)] = _ld(x_ref.at[pl.ds(n0, rows)]) + _scaled(y, w.sdown, l, n0, rows)
+    _for_items(D // rows, nb, pid, down_item)
+    barrier(4)
+    return carry
+
+  lax.fori_loop(0, L, layer, 0)
+
+  # Final norm and LM head.
+  rstd = _rstd(x_ref, D, cD, c.norm_eps)
+  xf = lambda i: rnd(_ld(x_ref.at[pl.ds(i * cD, cD)]) * rstd * w.final_norm[pl.ds(i * cD, cD)])
+
+  def head_item(item):
+    n0 = item * rows
+    y = _gemv(lambda i: w.head[pl.ds(n0, rows), pl.ds(i * cD, cD)], xf, D // cD)
+    logits_ref[pl.ds(n0, rows)] = y if w.shead is None else y * w.shead[pl.ds(n0, rows)]
+  _for_items(V // rows, nb, pid, head_item)
+
+
+@functools.partial(jax.jit, static_argnames=("tiling", "interpret"), donate_argnums=(1,))
+def fused_decode_call(weights: FusedWeights, cache, token, position, *, tiling: Tiling,
+                      interpret: bool = False):
+  """Logits [V] (float32) and the updated cache (donated, written in place)."""
+  c = weights.config
+  k_cache, v_cache = cache
+  S = k_cache.shape[1]
+  _check(c, tiling, S)
+  G, K, H = c.num_kv_heads, c.head_dim, c.num_heads
+  R, NS = H // G, tiling.splits
+  inv_freq = c.rope_theta ** (-jnp.arange(K // 2, dtype=f32) * 2 / K)
+  ins = {"w": weights, "token": jnp.asarray(token, jnp.int32).reshape(1),
+         "pos": jnp.asarray(position, jnp.int32).reshape(1), "inv_freq": inv_freq}
+  flat, treedef = jax.tree.flatten(ins)
+  sync = jnp.zeros((1 + c.num_layers * G,), jnp.int32)
+  sds = jax.ShapeDtypeStruct
+  out_shape = [sds((c.vocab_size,), f32), sds(k_cache.shape, k_cache.dtype),
+               sds(v_cache.shape, v_cache.dtype), sds(sync.shape, jnp.int32),
+               sds((c.d_model,), f32), sds((H + 2 * G, K), f32), sds((H, K), f32),
+               sds((c.mlp_dim,), f32), sds((G, NS, R, K), f32), sds((G, NS, R), f32),
+               sds((G, NS, R), f32)]
+  kernel = functools.partial(_kernel, c, tiling, interpret, treedef, len(flat))
+  kernel = _drop_aliased_inputs(kernel, len(flat))
+  outs = pl.pallas_call(
+      kernel, out_shape=out_shape, grid=(tiling.num_blocks,),
+      input_output_aliases={len(flat): 1, len(flat) + 1: 2, len(flat) + 2: 3},
+      compiler_params=pltriton.CompilerParams(num_warps=tiling.num_warps, num_stages=1),
+      interpret=interpret, name="fused_decode",
+  )(*flat, k_cache, v_cache, sync)
+  return outs[0], (outs[1], outs[2])
+
+
+def _drop_aliased_inputs(kernel, n_flat: int):
+  """The body reads and writes the cache and counters through the (aliased) output refs."""
+  def body(*refs):
+    return kernel(*refs[:n_flat], *refs[n_flat + 3:])
+  return body
