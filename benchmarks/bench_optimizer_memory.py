@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from types import SimpleNamespace as NS
 
 SHAPES = {  # Llama-style decoders: (d_model, layers, heads, kv_heads, mlp_dim, vocab)
@@ -27,9 +26,9 @@ def optim_config(method: str, rank: int) -> NS:
 
 def run_one(method: str, shape: str, rank: int, steps: int, batch: int, seq: int) -> dict:
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
+  from benchmarks.train_timing import synthetic_batch, time_train_steps
   from lloglin import optim
   from lloglin.models import ModelConfig, build_model, count_params
   from lloglin.training.step import make_program
@@ -44,20 +43,8 @@ def run_one(method: str, shape: str, rank: int, steps: int, batch: int, seq: int
   del model
   groups = optim.optimizer_state_bytes(state["opt_state"], state[program.trained],
                                        projections=state.get("projections"))
-  rng = np.random.default_rng(0)
-  tokens = jnp.asarray(rng.integers(0, vocab, (batch, seq + 1)), jnp.int32)
-  data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-          "segment_ids": jnp.ones((batch, seq), jnp.int32),
-          "positions": jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq)),
-          "loss_mask": jnp.ones((batch, seq), jnp.float32)}
-  state, m = program.train_step(state, data)  # step 0: compile (and GaLore's first SVD)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, m = program.train_step(state, data)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
+  # Step 0 (untimed) compiles, and takes GaLore's first SVD.
+  state, times, m = time_train_steps(program, synthetic_batch(vocab, batch, seq), steps)
   stats = jax.devices()[0].memory_stats() or {}
   return {"method": method, "shape": shape, "rank": rank, "params": n_params,
           "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,

@@ -1,4 +1,4 @@
-"""benchmarks/bench_mixers.py runs end to end on CPU at a toy size (the GPU run is by hand)."""
+"""The GPU benchmarks run end to end on CPU at toy sizes (their GPU runs are by hand)."""
 
 import json
 
@@ -31,3 +31,15 @@ def test_bad_arguments_name_the_problem(capsys):
     with pytest.raises(SystemExit):
       bench_mixers.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_train_step_benchmark_smoke(capsys):
+  from benchmarks import bench_train_step
+  rows = bench_train_step.main(["--size", "smoke", "--seq_len", "32", "--tokens", "64",
+                                "--steps", "1", "--archs", "transformer,loglinear_mamba2"])
+  assert [r["arch"] for r in rows] == ["transformer", "loglinear_mamba2"]
+  assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
+  # The Transformer's model FLOPs include its attention term on top of 6 x matmul parameters.
+  t = rows[0]
+  assert t["tokens_per_s"] * 6 * t["matmul_params"] < t["mfu"] * 989e12
+  assert "| loglinear_mamba2 |" in capsys.readouterr().out

@@ -1,0 +1,29 @@
+"""Shared by the training benchmarks: a synthetic LM batch and a timed loop of train steps."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def synthetic_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
+  """Random tokens in the trainer's batch layout (one document per row, every target counted)."""
+  tokens = jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (batch, seq + 1)), jnp.int32)
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+          "segment_ids": jnp.ones((batch, seq), jnp.int32),
+          "positions": jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq)),
+          "loss_mask": jnp.ones((batch, seq), jnp.float32)}
+
+
+def time_train_steps(program, data: dict, steps: int):
+  """(state, per-step seconds, last metrics) after one compile step and `steps` timed steps."""
+  state, metrics = program.train_step(program.state, data)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = program.train_step(state, data)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  return state, times, metrics
