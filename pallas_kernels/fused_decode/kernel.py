@@ -38,6 +38,7 @@ from pallas_kernels.fused_decode.weights import FusedWeights
 
 f32 = jnp.float32
 _PHASES = 5  # barriers per layer
+_SPIN_LIMIT = 1 << 20  # polls of a grid barrier before giving up (about a second on a GPU)
 _MATS = ("wqkv", "wo", "wgate", "wup", "wdown")
 
 
@@ -108,9 +109,21 @@ def _grid_barrier(sync_ref, target, interpret: bool):
   """Wait until all blocks arrived: counter sync_ref[0] is monotone, target = blocks x index."""
   _block_sync(interpret)
   zero = _i32(0)
+  # After one time-out every later barrier gives up at once (no minutes-long hang).
+  healthy = pltriton.load(sync_ref.at[_i32(1)], volatile=True) == 0
+  limit = healthy.astype(jnp.int32) * _SPIN_LIMIT
   seen = pltriton.atomic_add(sync_ref, (zero,), _i32(1)) + 1
-  lax.while_loop(lambda v: v < target, lambda v: pltriton.atomic_add(sync_ref, (zero,), zero),
-                 seen)
+
+  def spin(carry):
+    _, n = carry
+    return pltriton.atomic_add(sync_ref, (zero,), zero), n + 1
+
+  seen, n = lax.while_loop(lambda c: (c[0] < target) & (c[1] < limit), spin, (seen, 0))
+  # A barrier that never completes (blocks not co-resident) must not hang the GPU: give up,
+  # count it in sync_ref[1], and the caller poisons the logits.
+  @pl.when(seen < target)
+  def _():
+    pltriton.atomic_add(sync_ref, (_i32(1),), _i32(1))
   _block_sync(interpret)
 
 
@@ -249,7 +262,7 @@ def _kernel(c, t: Tiling, interpret: bool, treedef, n_in: int, *refs):
       pm_ref[g, s] = m
       pls_ref[g, s] = lsum
       _block_sync(interpret)
-      done = pltriton.atomic_add(sync_ref, (1 + l * G + g,), _i32(1))
+      done = pltriton.atomic_add(sync_ref, (2 + l * G + g,), _i32(1))
 
       @pl.when(done == NS - 1)
       def _():
@@ -322,7 +335,8 @@ def fused_decode_call(weights: FusedWeights, cache, token, position, *, tiling: 
   ins = {"w": weights, "token": jnp.asarray(token, jnp.int32).reshape(1),
          "pos": jnp.asarray(position, jnp.int32).reshape(1), "inv_freq": inv_freq}
   flat, treedef = jax.tree.flatten(ins)
-  sync = jnp.zeros((1 + c.num_layers * G,), jnp.int32)
+  # [barrier counter, barrier time-outs, one attention counter per (layer, kv group)]
+  sync = jnp.zeros((2 + c.num_layers * G,), jnp.int32)
   sds = jax.ShapeDtypeStruct
   out_shape = [sds((c.vocab_size,), f32), sds(k_cache.shape, k_cache.dtype),
                sds(v_cache.shape, v_cache.dtype), sds(sync.shape, jnp.int32),
@@ -337,7 +351,8 @@ def fused_decode_call(weights: FusedWeights, cache, token, position, *, tiling: 
       compiler_params=pltriton.CompilerParams(num_warps=tiling.num_warps, num_stages=1),
       interpret=interpret, name="fused_decode",
   )(*flat, k_cache, v_cache, sync)
-  return outs[0], (outs[1], outs[2])
+  logits = jnp.where(outs[3][1] == 0, outs[0], jnp.nan)
+  return logits, (outs[1], outs[2])
 
 
 def _drop_aliased_inputs(kernel, n_flat: int):
