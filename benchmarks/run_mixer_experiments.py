@@ -1,6 +1,7 @@
 """The sequence-mixer experiments of issue 3 at toy scale: runs, tables and plots.
 
   python benchmarks/run_mixer_experiments.py mqar [--kv 4,8,12,16] [--mixers ...] [--steps N]
+  python benchmarks/run_mixer_experiments.py mqar_long --kv 16,32,64   # 256-token rows
   python benchmarks/run_mixer_experiments.py flipflop [--steps N]
   python benchmarks/run_mixer_experiments.py shakespeare \
       --data_path ../shared/data/tinyshakespeare.txt
@@ -99,15 +100,17 @@ def run(experiment: str, name: str, cfg, workdir: str, evaluate_after=None) -> d
 # MQAR
 
 
-def mqar(args):
+def mqar(args, variant=""):
+  """The pairs sweep of configs/mqar_sweep.py:<mixer><variant> ('' or ',long')."""
+  experiment = "mqar" + variant.replace(",", "_")
   results = []
   for mixer in args.mixers or MQAR_MIXERS:
     for kv in args.kv:
-      cfg = load_config("mqar_sweep", mixer, args.set)
+      cfg = load_config("mqar_sweep", mixer + variant, args.set)
       cfg.data.mqar.num_kv_pairs = kv
       if args.steps:
         cfg.train.num_steps = cfg.train.eval_every = cfg.train.checkpoint_every = args.steps
-      results.append(run("mqar", f"{mixer}_kv{kv}{args.tag}", cfg, args.workdir))
+      results.append(run(experiment, f"{mixer}_kv{kv}{args.tag}", cfg, args.workdir))
   return results
 
 
@@ -146,7 +149,9 @@ def mqar_report(records):
   ax.set_ylim(-2, 102)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  ax.set_title(f"MQAR, equal width, {default_steps} steps: log-linear (solid) vs linear (dashed)",
+  seq_len = records[0]["config"]["seq_len"]
+  ax.set_title(f"MQAR, {seq_len}-token rows, equal width, {default_steps} steps: log-linear "
+               "(solid) vs linear (dashed)",
                fontsize=9)
   fig.tight_layout()
   return lines, fig
@@ -296,7 +301,7 @@ def report(experiment, workdir, out_dir):
   records = saved(experiment, workdir)
   if not records:
     return
-  if experiment == "mqar":
+  if experiment.startswith("mqar"):
     lines, fig = mqar_report(records)
   elif experiment == "flipflop":
     lines, fig = flipflop_report(records)
@@ -323,7 +328,8 @@ def report(experiment, workdir, out_dir):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("experiment", choices=("mqar", "flipflop", "shakespeare", "report"))
+  parser.add_argument("experiment",
+                      choices=("mqar", "mqar_long", "flipflop", "shakespeare", "report"))
   parser.add_argument("--workdir", default="runs/mixer_experiments")
   parser.add_argument("--mixers", type=lambda s: s.split(","), default=None)
   parser.add_argument("--kv", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 12, 16])
@@ -338,10 +344,11 @@ def main():
   args = parser.parse_args()
   global COMMAND
   COMMAND = "python benchmarks/run_mixer_experiments.py " + " ".join(sys.argv[1:])
-  experiments = (("mqar", "flipflop", "shakespeare") if args.experiment == "report"
+  experiments = (("mqar", "mqar_long", "flipflop", "shakespeare") if args.experiment == "report"
                  else (args.experiment,))
   if args.experiment != "report":
-    {"mqar": mqar, "flipflop": flipflop, "shakespeare": shakespeare}[args.experiment](args)
+    {"mqar": mqar, "mqar_long": lambda a: mqar(a, ",long"), "flipflop": flipflop,
+     "shakespeare": shakespeare}[args.experiment](args)
   for experiment in experiments:
     report(experiment, args.workdir, args.report_dir)
 

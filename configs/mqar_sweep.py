@@ -2,7 +2,8 @@
 log-linear attention paper's synthetic test, papers.md §8.3), sized for a CPU.
 
 `configs/mqar_sweep.py:<mixer>` with mixer in mamba2 | loglinear_mamba2 | gdn | loglinear_gdn;
-sweep the pairs with `--config.data.mqar.num_kv_pairs=N` (N <= 16).
+sweep the pairs with `--config.data.mqar.num_kv_pairs=N` (N <= 16). `:<mixer>,long` has rows of
+256 tokens (9 levels) and vocabulary 256, for up to 64 pairs.
 benchmarks/run_mixer_experiments.py mqar runs the whole sweep and plots it.
 
 Every model: d_model 64, ONE layer (mixer + SwiGLU 128), sequences of 64 tokens (7 log-linear
@@ -24,8 +25,10 @@ MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")
 
 
 def get_config(arg: str | None = None):
-  if arg not in MIXERS:
-    raise ValueError(f"configs/mqar_sweep.py needs a mixer argument, one of {MIXERS}; got {arg!r}")
+  mixer, _, variant = (arg or "").partition(",")
+  if mixer not in MIXERS or variant not in ("", "long"):
+    raise ValueError(f"configs/mqar_sweep.py needs a mixer argument, one of {MIXERS}, optionally "
+                     f"followed by ',long'; got {arg!r}")
   c = get_base_config()
   c.seq_len = 64
   c.batch_size = 64
@@ -33,7 +36,7 @@ def get_config(arg: str | None = None):
   c.data.mqar.vocab_size = 64
   c.data.mqar.num_kv_pairs = 8
   c.data.mqar.num_val_examples = 512
-  c.model.layer_pattern = arg
+  c.model.layer_pattern = mixer
   c.model.d_model = 64
   c.model.num_layers = 1
   c.model.num_heads = 2
@@ -42,9 +45,9 @@ def get_config(arg: str | None = None):
   c.model.mlp_dim = 128
   c.model.max_seq_len = 64
   c.model.chunk_size = 16
-  c.model.mixer_options[arg] = ({"d_state": 8, "head_dim": 16, "expand": 2}
-                                if arg.endswith("mamba2") else
-                                {"num_heads": 2, "head_dim": 16, "expand_v": 2})
+  c.model.mixer_options[mixer] = ({"d_state": 8, "head_dim": 16, "expand": 2}
+                                  if mixer.endswith("mamba2") else
+                                  {"num_heads": 2, "head_dim": 16, "expand_v": 2})
   c.optim.learning_rate = 1e-2
   c.optim.warmup_steps = 50
   c.optim.weight_decay = 0.0
@@ -56,4 +59,11 @@ def get_config(arg: str | None = None):
   c.train.keep_checkpoints = 1
   c.train.async_checkpointing = False
   c.train.progress_bar = False
+  if variant == "long":
+    # Rows 4x longer (9 levels) and up to 64 pairs (Zoology's and the log-linear paper's count),
+    # the same states: the pairs outnumber what one 1024-number state holds.
+    c.seq_len = c.model.max_seq_len = 256
+    c.data.mqar.vocab_size = 256
+    c.data.mqar.num_kv_pairs = 32
+    c.model.chunk_size = 32
   return c
