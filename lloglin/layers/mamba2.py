@@ -30,10 +30,11 @@ from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.hierarchy import fenwick_zeros
 from lloglin.ops.loglinear import loglinear_ssd_chunked, loglinear_ssd_step
 from lloglin.ops.ssd import ssd_chunked, ssd_step
+from pallas_kernels import loglinear as pallas_loglinear
 
 
-# Set when pallas_kernels serves this mixer (then 'auto' picks it on Hopper GPUs).
-HAS_PALLAS_KERNEL = False
+# pallas_kernels.loglinear serves this mixer (so 'auto' picks it on Hopper GPUs).
+HAS_PALLAS_KERNEL = True
 
 
 def ssd_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, segment_ids_BT,
@@ -41,9 +42,18 @@ def ssd_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, segment_
   """The full-sequence SSD (log-linear SSD when lam_BTHL is given) for model.mixer_impl.
 
   This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'); today every accepted impl runs the chunked XLA form of lloglin.ops.
+  'pallas'; interpreted off GPU). The kernels run packed documents through the XLA form
+  themselves (pallas_kernels.loglinear docstring).
   """
-  del impl  # resolved at construction; only 'xla' exists until a kernel lands
+  if impl == "pallas":
+    interpret = jax.default_backend() != "gpu"
+    if lam_BTHL is not None:
+      return pallas_loglinear.loglinear_ssd_chunked(
+          q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT=segment_ids_BT,
+          chunk_size=chunk_size, interpret=interpret)
+    return pallas_loglinear.ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH,
+                                        segment_ids_BT=segment_ids_BT, chunk_size=chunk_size,
+                                        interpret=interpret)
   if lam_BTHL is not None:
     return loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL,
                                  segment_ids_BT=segment_ids_BT, chunk_size=chunk_size)

@@ -11,9 +11,12 @@ for CPU tests). One kernel (kernel.level_scan, Pallas Triton lowering) serves ev
 
 wired through jax.custom_vjp; q/k gradients of grouped heads are summed over their group.
 
-Served by the kernels: no segment_ids_BT, no initial state, no final state, chunk_size >= 16.
-Anything else falls back, explicitly, to the lloglin.ops XLA chunked form (same results, XLA
-speed), so no argument is ever silently ignored. Feature axes are zero-padded to powers of two
+Served by the kernels: no initial state, no final state, chunk_size >= 16, and segment_ids_BT
+either None or one document per row followed only by padding (ids 1...1 0...0, checked at run
+time: lax.cond picks the kernels, on inputs with the padding zeroed, or the XLA form). Anything
+else (packed documents, states, small chunks, with segment ids a T beyond the capacity of the L
+levels) falls back, explicitly, to the lloglin.ops XLA chunked form (same results, XLA speed), so
+no argument is ever silently ignored. Feature axes are zero-padded to powers of two
 (>= 16) and T to whole chunks; batches whose arrays would reach 2^31 elements are split so that
 no kernel offset overflows int32.
 """
@@ -26,6 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lloglin.ops import _checks
+from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
 from pallas_kernels.loglinear.kernel import level_scan
@@ -140,9 +144,9 @@ def _mixer_bwd(st, res, do_BPHV):
 _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=('chunk_size', 'scale', 'hierarchy', 'interpret',
+@functools.partial(jax.jit, static_argnames=('chunk_size', 'scale', 'with_levels', 'interpret',
                                              'config'))
-def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, chunk_size, scale, hierarchy, interpret,
+def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, chunk_size, scale, with_levels, interpret,
          config):
   B, T, G, K = q_BTGK.shape
   V = v_BTHV.shape[-1]
@@ -150,13 +154,26 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, chunk_size, scale, hierarch
   Kp, Vp = _pow2(K), _pow2(V)
   pad = lambda x, d: jnp.pad(x, ((0, 0), (0, P - T), (0, 0), (0, d - x.shape[-1])))
   lam = None
-  if hierarchy:
+  if with_levels:
     lam = jnp.pad(lam_BTHL, ((0, 0), (0, P - T), (0, 0), (0, 0)))
-  st = _Static(chunk_size, float(scale), lam_BTHL.shape[-1] if hierarchy else None, interpret,
+  st = _Static(chunk_size, float(scale), lam_BTHL.shape[-1] if with_levels else None, interpret,
                config)
   o_BPHV = _mixer(pad(q_BTGK, Kp), pad(k_BTGK, Kp), pad(v_BTHV, Vp),
                   jnp.pad(g_BTH, ((0, 0), (0, P - T), (0, 0))), lam, st)
   return o_BPHV[:, :T, :, :V]
+
+
+def _with_segments(kernel, xla, segment_ids_BT, arrays):
+  """kernel(*arrays) when every row is one document then padding, else xla(*arrays)."""
+  seg = jnp.asarray(segment_ids_BT)
+  real_BT = seg != 0
+  single = jnp.all(seg == real_BT.astype(seg.dtype)) & jnp.all(real_BT[:, 1:] <= real_BT[:, :-1])
+
+  def fast(arrays):
+    mask = lambda x: jnp.where(real_BT.reshape(real_BT.shape + (1,) * (x.ndim - 2)), x, 0)
+    return mask(kernel(*[mask(x) for x in arrays]))
+
+  return lax.cond(single, fast, lambda arrays: xla(*arrays), arrays)
 
 
 def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_state=None,
@@ -164,19 +181,26 @@ def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_st
                           return_final_state=False, interpret=False, config=KernelConfig()):
   """Log-linear Mamba-2 (lloglin.ops.loglinear.loglinear_ssd_chunked) through the Pallas kernels.
 
-  initial_state, segment_ids_BT, return_final_state and chunk_size < 16 run the XLA form instead.
+  initial_state, return_final_state, chunk_size < 16 and packed segment ids run the XLA form
+  (module docstring).
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
                            initial_state=initial_state, chunk_size=chunk_size)
-  if (initial_state is not None or segment_ids_BT is not None or return_final_state
-      or chunk_size < 16):
-    return ops_loglinear.loglinear_ssd_chunked(
-        q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, initial_state=initial_state,
-        segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
-        return_final_state=return_final_state)
-  return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, chunk_size=chunk_size, scale=float(scale),
-              hierarchy=True, interpret=interpret, config=config)
+  xla = functools.partial(ops_loglinear.loglinear_ssd_chunked, initial_state=initial_state,
+                          chunk_size=chunk_size, scale=scale,
+                          return_final_state=return_final_state)
+  T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
+  if (initial_state is not None or return_final_state or chunk_size < 16
+      or T > hierarchy.capacity(L)):
+    return xla(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT=segment_ids_BT)
+  kernel = functools.partial(_run, chunk_size=chunk_size, scale=float(scale), with_levels=True,
+                             interpret=interpret, config=config)
+  arrays = (q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL)
+  if segment_ids_BT is None:
+    return kernel(*arrays)
+  return _with_segments(kernel, functools.partial(xla, segment_ids_BT=segment_ids_BT),
+                        segment_ids_BT, arrays)
 
 
 def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segment_ids_BT=None,
@@ -184,16 +208,21 @@ def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segme
                 config=KernelConfig()):
   """Mamba-2 SSD (lloglin.ops.ssd.ssd_chunked): the same kernels with the hierarchy off.
 
-  initial_state_BHKV, segment_ids_BT, return_final_state and chunk_size < 16 run the XLA form.
+  initial_state_BHKV, return_final_state, chunk_size < 16 and packed segment ids run the XLA
+  form (module docstring).
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            segment_ids_BT=segment_ids_BT, initial_state_BHKV=initial_state_BHKV,
                            chunk_size=chunk_size)
-  if (initial_state_BHKV is not None or segment_ids_BT is not None or return_final_state
-      or chunk_size < 16):
-    return ops_ssd.ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH,
-                               initial_state_BHKV=initial_state_BHKV,
-                               segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
-                               return_final_state=return_final_state)
-  return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, None, chunk_size=chunk_size, scale=float(scale),
-              hierarchy=False, interpret=interpret, config=config)
+  xla = functools.partial(ops_ssd.ssd_chunked, initial_state_BHKV=initial_state_BHKV,
+                          chunk_size=chunk_size, scale=scale,
+                          return_final_state=return_final_state)
+  if initial_state_BHKV is not None or return_final_state or chunk_size < 16:
+    return xla(q_BTGK, k_BTGK, v_BTHV, g_BTH, segment_ids_BT=segment_ids_BT)
+  kernel = functools.partial(_run, lam_BTHL=None, chunk_size=chunk_size, scale=float(scale),
+                             with_levels=False, interpret=interpret, config=config)
+  arrays = (q_BTGK, k_BTGK, v_BTHV, g_BTH)
+  if segment_ids_BT is None:
+    return kernel(*arrays)
+  return _with_segments(kernel, functools.partial(xla, segment_ids_BT=segment_ids_BT),
+                        segment_ids_BT, arrays)

@@ -113,7 +113,7 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, with_dlam, 
       def do_read(S=S, lv=lv):
         r = _dot(a_read, S, mm_dtype)
         rw = r if reverse else r * lam[lv][:, None]
-        dl = jnp.sum(qx.astype(jnp.float32) * r, axis=1) if with_dlam else jnp.zeros((C,))
+        dl = jnp.sum(qx.astype(jnp.float32) * r, axis=1) if with_dlam else jnp.zeros((C,), jnp.float32)
         return rw, dl
 
       def no_read():

@@ -7,6 +7,7 @@ The behavioural checks of one mixer share one jitted forward + backward of fixed
 """
 
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -201,10 +202,35 @@ def test_short_conv_restarts_at_document_starts():
 def test_bad_options_raise_clear_errors(name):
   with pytest.raises(ValueError, match=f"mixer_options.{name}.*valid"):
     build(name, mixer_options={name: {"no_such_option": 1}})
-  with pytest.raises(ValueError, match="mixer_impl='pallas'"):
-    build(name, mixer_impl="pallas")
+  if has_pallas_kernel(name):
+    assert build(name, mixer_impl="pallas").impl == "pallas"
+  else:
+    with pytest.raises(ValueError, match="mixer_impl='pallas'"):
+      build(name, mixer_impl="pallas")
   with pytest.raises(ValueError, match="mixer_impl='cuda'"):
     build(name, mixer_impl="cuda")
+
+
+def has_pallas_kernel(name):
+  """The HAS_PALLAS_KERNEL flag of the module defining the mixer."""
+  return sys.modules[type(build(name)).__module__].HAS_PALLAS_KERNEL
+
+
+@pytest.mark.parametrize("name", ["mamba2", "loglinear_mamba2"])
+def test_pallas_impl_equals_xla(name):
+  """mixer_impl='pallas' (interpreted on CPU) == 'xla': outputs, parameter and input gradients,
+  on one document per row with trailing padding (the kernel path)."""
+  assert has_pallas_kernel(name)
+  seg = np.ones((B, T), np.int32)
+  seg[1, 40:] = 0
+  seg = jnp.asarray(seg)
+  x = random_x(3)
+  y_x, gp_x, gx_x = forward_and_grads_fn(build(name, mixer_impl="xla"))(x, seg)
+  y_p, gp_p, gx_p = forward_and_grads_fn(build(name, mixer_impl="pallas"))(x, seg)
+  np.testing.assert_allclose(np.asarray(y_p), np.asarray(y_x), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(gx_p), np.asarray(gx_x), atol=1e-4, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(gp_p), jax.tree.leaves(gp_x)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
 
 
 def test_mamba2_and_gdn_head_errors():

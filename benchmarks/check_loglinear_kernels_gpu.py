@@ -1,0 +1,168 @@
+"""GPU check of pallas_kernels.loglinear: bf16 correctness against the XLA chunked form, then
+throughput (Mtok/s, 65,536 tokens per call) against the XLA form and, when fla is importable,
+fla's chunk_log_linear_attn / chunk_simple_gla timed in the same run (carry/peers_h200.py style).
+
+Usage on the GPU machine: PYTHONPATH=. python3 benchmarks/check_loglinear_kernels_gpu.py
+[correct] [time] [sweep]   (env: SEQLENS=8192, HEADS=16, HEAD_DIM=128). Prints one line per figure.
+"""
+
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lloglin.ops import loglinear as ops_loglinear
+from lloglin.ops import ssd as ops_ssd
+from pallas_kernels import loglinear as pk
+
+H, D, TOKENS = int(os.environ.get('HEADS', 16)), int(os.environ.get('HEAD_DIM', 128)), 65536
+SEQLENS = [int(t) for t in os.environ.get('SEQLENS', '8192').split(',')]
+
+
+def rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def inputs(B, T, G, Hh, K, V, L, dtype, seed=0):
+  ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+  q = jax.random.normal(ks[0], (B, T, G, K), dtype)
+  k = jax.random.normal(ks[1], (B, T, G, K), dtype)
+  v = jax.random.normal(ks[2], (B, T, Hh, V), dtype)
+  g = jax.nn.log_sigmoid(jax.random.normal(ks[3], (B, T, Hh), jnp.float32))
+  lam = jax.nn.softplus(jax.random.normal(ks[4], (B, T, Hh, L), jnp.float32))
+  return q, k, v, g, lam
+
+
+def grads(fn, args, do):
+  loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * do)
+  return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))(*args)
+
+
+def correct():
+  for (B, T, G, Hh, K, V) in [(2, 1024, 1, 8, 128, 128), (4, 2048, 1, 8, 64, 64),
+                              (2, 2000, 2, 8, 128, 64)]:
+    L = math.ceil(math.log2(T)) + 1
+    args = inputs(B, T, G, Hh, K, V, L, jnp.bfloat16)
+    ref_args = [a.astype(jnp.float32) for a in args]
+    do = jax.random.normal(jax.random.PRNGKey(9), (B, T, Hh, V), jnp.float32)
+    scale = K ** -0.5
+    for name, kfn, rfn, n in [
+        ('loglinear', lambda *a: pk.loglinear_ssd_chunked(*a, scale=scale),
+         lambda *a: ops_loglinear.loglinear_ssd_chunked(*a, scale=scale), 5),
+        ('ssd', lambda *a: pk.ssd_chunked(*a, scale=scale),
+         lambda *a: ops_ssd.ssd_chunked(*a, scale=scale), 4)]:
+      o = jax.jit(kfn)(*args[:n])
+      r = jax.jit(rfn)(*ref_args[:n])
+      print(f'CORRECT {name} B={B} T={T} G={G} H={Hh} K={K} V={V} fwd rel={rel(o, r):.2e} '
+            f'finite={bool(jnp.all(jnp.isfinite(o.astype(jnp.float32))))}', flush=True)
+      _, gk = grads(kfn, args[:n], do)
+      _, gr = grads(rfn, ref_args[:n], do)
+      print(f'CORRECT {name} B={B} T={T} grads ' + ' '.join(
+          f'd{a}={rel(x, y):.2e}' for a, x, y in zip('qkvgl', gk, gr)), flush=True)
+
+
+def timeit(fn, *args, n=10):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  ts = []
+  for _ in range(3):
+    t0 = time.perf_counter()
+    for _ in range(n):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    ts.append((time.perf_counter() - t0) / n * 1e3)
+  return sorted(ts)[1]
+
+
+def report(tag, fn, *args):
+  try:
+    ms = timeit(fn, *args)
+    print(f'ROW {tag:<60} {TOKENS / ms / 1e3:9.3f} Mtok/s  {ms:8.3f} ms', flush=True)
+  except Exception as e:  # keep going: one failing figure must not hide the others
+    print(f'FAIL {tag}: {type(e).__name__}: {str(e)[:400]}', flush=True)
+
+
+def fwd_and_fwdbwd(tag, fn, args):
+  report(f'{tag}.fwd', jax.jit(fn), *args)
+  loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32))
+  report(f'{tag}.fwdbwd', jax.jit(jax.grad(loss, argnums=tuple(range(len(args))))), *args)
+
+
+def timing(configs):
+  for T in SEQLENS:
+    B, L = TOKENS // T, math.ceil(math.log2(T)) + 1
+    args = inputs(B, T, H, H, D, D, L, jnp.bfloat16)
+    scale = D ** -0.5
+    for cfg in configs:
+      fwd_and_fwdbwd(f'pallas_loglinear.T{T}.bv{cfg.block_v}w{cfg.num_warps}s{cfg.num_stages}',
+                     lambda *a, cfg=cfg: pk.loglinear_ssd_chunked(*a, scale=scale, config=cfg),
+                     args)
+    cfg = configs[0]
+    fwd_and_fwdbwd(f'pallas_ssd.T{T}.bv{cfg.block_v}w{cfg.num_warps}',
+                   lambda *a: pk.ssd_chunked(*a, scale=scale, config=cfg), args[:4])
+    fwd_and_fwdbwd(f'xla_loglinear.T{T}',
+                   lambda *a: ops_loglinear.loglinear_ssd_chunked(*a, scale=scale), args)
+    fwd_and_fwdbwd(f'xla_ssd.T{T}', lambda *a: ops_ssd.ssd_chunked(*a, scale=scale), args[:4])
+    del args
+  fla()
+
+
+def fla():
+  try:
+    import torch
+    import triton
+    from fla.ops.log_linear_attn import chunk_log_linear_attn
+    from fla.ops.simple_gla import chunk_simple_gla
+    import fla.ops.common.chunk_o as _co
+  except Exception as e:
+    print(f'FAIL fla import: {type(e).__name__}: {e}', flush=True)
+    return
+  _co.TRITON_ABOVE_3_7_1 = True   # timing only (fla #640 guard), as carry/peers_h200.py does
+  for T in SEQLENS:
+    B, L = TOKENS // T, math.ceil(math.log2(T)) + 1
+    mk = lambda *s: torch.randn(*s, device='cuda', dtype=torch.bfloat16).requires_grad_(True)
+    q, k, v = mk(B, T, H, D), mk(B, T, H, D), mk(B, T, H, D)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device='cuda')).requires_grad_(True)
+    ls = torch.rand(B, T, H, L, device='cuda', dtype=torch.bfloat16).requires_grad_(True)
+    for name, fn, ins in [
+        ('fla_loglinear', lambda: chunk_log_linear_attn(q, k, v, g, ls, scale=D ** -0.5),
+         [q, k, v, g, ls]),
+        ('fla_simple_gla', lambda: chunk_simple_gla(q, k, v, g=g, scale=D ** -0.5), [q, k, v, g])]:
+      for bwd in (False, True):
+        tag = f'{name}.T{T}.{"fwdbwd" if bwd else "fwd"}'
+        try:
+          if bwd:
+            o = fn()
+            o = o[0] if isinstance(o, tuple) else o
+            do = torch.randn_like(o)
+
+            def fb():
+              for t in ins:
+                t.grad = None
+              r = fn()
+              (r[0] if isinstance(r, tuple) else r).backward(do)
+            ms = triton.testing.do_bench(fb, warmup=10, rep=100, return_mode='median')
+          else:
+            with torch.no_grad():
+              ms = triton.testing.do_bench(fn, warmup=10, rep=100, return_mode='median')
+          print(f'ROW {tag:<60} {TOKENS / ms / 1e3:9.3f} Mtok/s  {ms:8.3f} ms', flush=True)
+        except Exception as e:
+          print(f'FAIL {tag}: {type(e).__name__}: {str(e)[:300]}', flush=True)
+
+
+if __name__ == '__main__':
+  what = sys.argv[1:] or ['correct', 'time']
+  print('devices', jax.devices(), flush=True)
+  if 'correct' in what:
+    correct()
+  if 'time' in what or 'sweep' in what:
+    configs = [pk.KernelConfig()]
+    if 'sweep' in what:
+      configs += [pk.KernelConfig(block_v=bv, num_warps=w, num_stages=s)
+                  for bv, w, s in [(16, 4, 1), (64, 8, 1), (32, 8, 2)]]
+    timing(configs)

@@ -1,0 +1,210 @@
+"""pallas_kernels.loglinear: the Pallas kernels (interpret mode on CPU) equal the lloglin.ops
+chunked forms and the fp64 oracles, forward and backward (kernels.md §9.2); every kernel lowers
+for CUDA from CPU (jax-stack.md 2.7); GPU checks at the §9.3 shapes and tolerances."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lloglin.ops import loglinear as ops_loglinear
+from lloglin.ops import ssd as ops_ssd
+from pallas_kernels import loglinear as pk
+from tests.ops import linear_mixers as lm
+from tests.ops.helpers import assert_close
+
+FAM = lm.FAMILIES['loglinear_ssd']
+GRAD = dict(rel=1e-4)            # dq, dk, dv (kernels.md §9.2)
+GRAD_GATES = dict(rel=5e-4)      # dg, dlam
+
+
+@functools.cache
+def kernel_fn(hierarchy, chunk_size, scale=1.0):
+  fn = pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked
+  return jax.jit(functools.partial(fn, chunk_size=chunk_size, scale=scale, interpret=True))
+
+
+def args_of(data, dtype, hierarchy, T=None):
+  names = ('q', 'k', 'v', 'g') + (('lam',) if hierarchy else ())
+  return tuple(jnp.asarray(data[n][:, :T], dtype) for n in names)
+
+
+@pytest.mark.parametrize('T,C', [(1, 16), (17, 16), (64, 32), (100, 32), (128, 16)])
+def test_forward_equals_oracle_and_xla_form(T, C):
+  data, rec, _ = lm.reference(FAM.name)                     # fp64 recurrent oracle, T = 300
+  with jax.enable_x64(True):
+    out = kernel_fn(True, C)(*args_of(data, jnp.float32, True, T))
+    xla = lm.jitted(ops_loglinear.loglinear_ssd_chunked, chunk_size=C)(
+        *args_of(data, jnp.float32, True, T))
+  assert out.dtype == jnp.float32
+  assert_close(out, rec[:, :T], **lm.fwd_tol(rec[:, :T]), name=f'kernel vs oracle T={T} C={C}')
+  assert_close(out, xla, **lm.fwd_tol(rec[:, :T]), name=f'kernel vs XLA form T={T} C={C}')
+
+
+@pytest.mark.parametrize('T,C', [(17, 16), (100, 32)])
+def test_ssd_forward_equals_oracle(T, C):
+  data = lm.make_data(3, 2, T, fam=lm.FAMILIES['ssd'], K=32, V=32)
+  with jax.enable_x64(True):
+    ref = lm.jitted(ops_ssd.ssd_recurrent)(*args_of(data, jnp.float64, False))
+    out = kernel_fn(False, C)(*args_of(data, jnp.float32, False))
+  assert_close(out, ref, **lm.fwd_tol(ref), name=f'ssd kernel T={T} C={C}')
+
+
+def test_lam_ones_reduces_to_ssd_and_gqa_head_dims():
+  """lam == 1: log-linear kernel == SSD kernel; GQA (1 q/k group, 2 heads), dk=32 / dv=64, and
+  g = logsigmoid / 0.1 (in-chunk exponents reach hundreds: masks must act before exp)."""
+  data = lm.make_data(4, 2, 100, fam=FAM, G=1, H=2, K=32, V=64, tau=0.1, lam='ones')
+  with jax.enable_x64(True):
+    ref = lm.jitted(ops_ssd.ssd_recurrent)(*args_of(data, jnp.float64, False))
+    out_ll = kernel_fn(True, 32)(*args_of(data, jnp.float32, True))
+    out_ssd = kernel_fn(False, 32)(*args_of(data, jnp.float32, False))
+  assert_close(out_ll, ref, **lm.fwd_tol(ref), name='loglinear, lam = 1')
+  assert_close(out_ssd, ref, **lm.fwd_tol(ref), name='ssd')
+
+
+def test_each_level_isolated():
+  """lam one-hot on one level at a time: kernel == fp64 quadratic oracle (every level mask)."""
+  data = dict(lm.make_data(5, 1, 128, fam=FAM, H=1, L=8))
+  for level in range(8):
+    data['lam'] = np.zeros_like(data['lam'])
+    data['lam'][..., level] = 1.0
+    with jax.enable_x64(True):
+      ref = np.asarray(lm.jitted(ops_loglinear.loglinear_ssd_quadratic)(
+          *args_of(data, jnp.float64, True)))
+      out = kernel_fn(True, 16)(*args_of(data, jnp.float32, True))
+    assert np.abs(ref).max() > 1e-3, level
+    assert_close(out, ref, **lm.fwd_tol(ref), name=f'level {level}')
+
+
+def _loss(fn, cot):
+  return lambda *a: jnp.sum(fn(*a).astype(cot.dtype) * cot)
+
+
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
+def test_gradients_equal_fp64_oracle(hierarchy):
+  """custom_vjp (Pallas backward kernels) == jax.grad of the fp64 recurrent oracle, with GQA,
+  a partial last chunk and scale != 1."""
+  T, C, scale = 45, 16, 0.7
+  data = lm.make_data(6, 2, T, fam=FAM, G=1, H=2, K=16, V=32, L=7, lam='softplus')
+  cot = np.random.default_rng(7).standard_normal((2, T, 2, 32))
+  n = 5 if hierarchy else 4
+  if hierarchy:
+    oracle = functools.partial(ops_loglinear.loglinear_ssd_recurrent, scale=scale)
+  else:
+    oracle = functools.partial(ops_ssd.ssd_recurrent, scale=scale)
+  with jax.enable_x64(True):
+    ref = jax.jit(jax.grad(_loss(oracle, jnp.asarray(cot)), argnums=tuple(range(n))))(
+        *args_of(data, jnp.float64, hierarchy))
+    got = jax.jit(jax.grad(_loss(kernel_fn(hierarchy, C, scale), jnp.asarray(cot, jnp.float32)),
+                           argnums=tuple(range(n))))(*args_of(data, jnp.float32, hierarchy))
+  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dlam'), got, ref):
+    assert x.dtype == jnp.float32
+    assert_close(x, y, **(GRAD if name in ('dq', 'dk', 'dv') else GRAD_GATES), name=name)
+
+
+@pytest.mark.parametrize('rows', [[40, 33], [25, 40]], ids=['single_documents', 'packed'])
+def test_segment_ids(rows):
+  """One document + padding per row (NaN-poisoned) runs the kernels; packed rows (a second
+  document id) run the XLA form; both equal lloglin.ops, gradients included."""
+  T = 40
+  seg = np.zeros((2, T), np.int32)
+  seg[0, :rows[0]] = 1
+  seg[1, :rows[1]] = 1
+  if rows[0] < T:
+    seg[0, rows[0]:] = 2                             # packed: a second document
+  data = lm.poison_padding(lm.make_data(8, 2, T, fam=FAM, L=7), seg)
+  cot = jnp.asarray(np.random.default_rng(1).standard_normal((2, T, 2, 16)), jnp.float32)
+  args = args_of(data, jnp.float32, True)
+  kfn = functools.partial(pk.loglinear_ssd_chunked, segment_ids_BT=jnp.asarray(seg),
+                          chunk_size=16, interpret=True)
+  rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked, segment_ids_BT=jnp.asarray(seg),
+                          chunk_size=16)
+  out, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=(0, 1, 2, 3, 4)))(*args)
+  ref, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=(0, 1, 2, 3, 4)))(*args)
+  assert_close(jax.jit(kfn)(*args), jax.jit(rfn)(*args), rel=1e-5, name='output')
+  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dlam'), got, want):
+    assert_close(x, y, **GRAD_GATES, name=name)
+
+
+def test_states_fall_back_to_xla_form():
+  data = lm.make_data(8, 2, 40, fam=FAM)
+  args = args_of(data, jnp.float32, False)
+  o, state = pk.ssd_chunked(*args, chunk_size=16, return_final_state=True, interpret=True)
+  o_ref, state_ref = ops_ssd.ssd_chunked(*args, chunk_size=16, return_final_state=True)
+  np.testing.assert_array_equal(o, o_ref)
+  np.testing.assert_array_equal(state, state_ref)
+  with pytest.raises(ValueError, match='chunk_size'):
+    pk.ssd_chunked(*args, chunk_size=24)
+
+
+def test_every_kernel_lowers_for_cuda():
+  """Forward and the three backward kernels lower through Pallas-Triton for an H200 (from CPU)."""
+  dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
+  B, T, G, H, K, V, L = 2, 200, 1, 4, 128, 64, 9
+  S = jax.ShapeDtypeStruct
+  shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
+            S((B, T, H, V), jnp.bfloat16), S((B, T, H), jnp.float32),
+            S((B, T, H, L), jnp.float32)]
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
+    for fn, n in ((pk.loglinear_ssd_chunked, 5), (pk.ssd_chunked, 4)):
+      loss = lambda *a, fn=fn: jnp.sum(fn(*a).astype(jnp.float32))
+      text = jax.jit(jax.grad(loss, argnums=tuple(range(n)))).trace(*shapes[:n]).lower(
+          lowering_platforms=('cuda',)).as_text()
+      assert text.count('__gpu$xla.gpu.triton') == 4, fn.__name__
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU (kernels.md §9.3): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
+
+
+def _gpu_inputs(B, T, G, H, K, V, seed=0):
+  L = math.ceil(math.log2(T)) + 1
+  ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+  q = jax.random.normal(ks[0], (B, T, G, K), jnp.bfloat16)
+  k = jax.random.normal(ks[1], (B, T, G, K), jnp.bfloat16)
+  v = jax.random.normal(ks[2], (B, T, H, V), jnp.bfloat16)
+  g = jax.nn.log_sigmoid(jax.random.normal(ks[3], (B, T, H), jnp.float32))
+  lam = jax.nn.softplus(jax.random.normal(ks[4], (B, T, H, L), jnp.float32))
+  cot = jax.random.normal(ks[5], (B, T, H, V), jnp.float32)
+  return (q, k, v, g, lam), cot
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('B,T,G,H,D', [(2, 1024, 1, 8, 128), (4, 2048, 1, 8, 64),
+                                       (2, 512, 1, 8, 64), (1, 2000, 2, 8, 128),
+                                       (1, 8192, 1, 4, 128), (1, 16384, 1, 2, 64)])
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
+def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, hierarchy):
+  args, cot = _gpu_inputs(B, T, G, H, D, D)
+  n = 5 if hierarchy else 4
+  args = args[:n]
+  scale = D ** -0.5
+  kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked, scale=scale)
+  rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy
+                          else ops_ssd.ssd_chunked, scale=scale)
+  ref_args = [a.astype(jnp.float32) for a in args]
+  out, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(*args)
+  ref, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(*ref_args)
+  assert_close(jax.jit(kfn)(*args).astype(jnp.float32), jax.jit(rfn)(*ref_args), rel=5e-3,
+               name='forward')
+  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dlam'), got, want):
+    assert_close(x.astype(jnp.float32), y, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
+                 name=name)
+
+
+@pytest.mark.gpu
+def test_gpu_more_than_2_31_elements():
+  """B*T*H*V = 2^31 + 2^27 elements per tensor: no int32 offset overflow (state-spaces/mamba#1015).
+  Forward only; rows at the start, middle and end equal the same row run alone."""
+  B, T, G, H, D = 17, 65536, 1, 16, 128
+  args, _ = _gpu_inputs(B, T, G, H, D, D)
+  assert args[2].size > 2**31
+  out = jax.jit(pk.loglinear_ssd_chunked)(*args)
+  one = jax.jit(pk.loglinear_ssd_chunked)
+  for b in (0, 8, B - 1):
+    ref = one(*[x[b:b + 1] for x in args])
+    assert_close(np.asarray(out[b:b + 1], np.float32), np.asarray(ref, np.float32), rel=1e-5,
+                 name=f'row {b}')
