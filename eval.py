@@ -69,11 +69,20 @@ def main(argv):
       raise ValueError(f"data.source={cfg.data.source!r} has no tokenizer to encode --prompt")
     stop = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]  # as training documents start
-    tokens = generate(model, bos + tokenizer.encode(FLAGS.prompt), FLAGS.max_new_tokens,
-                      seed=FLAGS.seed, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-                      top_p=FLAGS.top_p, stop_tokens=stop)
+    print(FLAGS.prompt, end="", flush=True)
+    streamed = []  # the continuation is printed as it is generated (KV / state caches)
+
+    def show(row, token):
+      del row  # one prompt
+      before = tokenizer.decode(streamed)
+      streamed.append(token)
+      print(tokenizer.decode(streamed)[len(before):], end="", flush=True)
+
+    [tokens] = generate(model, [bos + tokenizer.encode(FLAGS.prompt)], FLAGS.max_new_tokens,
+                        seed=FLAGS.seed, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                        top_p=FLAGS.top_p, stop_tokens=stop, on_token=show)
     text = tokenizer.decode(tokens)
-    print(FLAGS.prompt + text)
+    print()
     results["generation"] = {"prompt": FLAGS.prompt, "continuation": text, "tokens": tokens}
 
   path = os.path.join(out_dir, "eval.json")

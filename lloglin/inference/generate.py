@@ -1,48 +1,188 @@
-"""Generation by re-running the full forward on a fixed-size token buffer (any mixer).
+"""Generation over decode caches: the prompts are prefilled once, then one token per decode step.
 
-This is the simple reference path: O(T^2) per sequence but exact for every architecture.
+    rows = generate(model, [[1, 5, 9], [7]], max_new_tokens=20, temperature=0.8, top_p=0.9)
+
+Prompts of different lengths share a batch (right-padded; each row continues at its own length,
+so a row's tokens do not depend on the others under greedy decoding). Without `on_token` the
+decode loop is one XLA program (a lax.while_loop inside jit) that ends once every row has drawn
+a stop token or max_new_tokens; with `on_token` a jitted step runs per token from Python and
+each row's tokens are streamed as they come. Both draw the same tokens: step i samples with
+fold_in(key(seed), i).
+
+`impl` picks the decode step. 'plain' is DecoderLM.decode_step (the mixers' *_step ops; every
+architecture). 'auto' is the seam for a fused whole-model decode kernel (pallas_kernels/
+fused_decode: attention-only Llama-style models on Hopper GPUs): it will pick that kernel where
+it applies and 'plain' elsewhere; no fused kernel is wired in yet, so today 'auto' runs 'plain'.
 """
 
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lloglin.inference.sampling import sample_token
+from lloglin.inference.sampling import check_sampling, sample_token
+
+DECODE_IMPLS = ("auto", "plain")
+_BUCKET = 64  # prompt and cache lengths are rounded up to a multiple: fewer compilations
 
 
-def generate(model: nnx.Module, prompt: Sequence[int], max_new_tokens: int, *, seed: int = 0,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             stop_tokens: Sequence[int] = (), on_token: Callable[[int], None] | None = None,
-             ) -> list[int]:
-  """Prompt continuation (new tokens only). `on_token` streams each token as it is chosen."""
-  if not prompt:
-    raise ValueError("prompt is empty; generation needs at least one token")
-  total = len(prompt) + max_new_tokens
-  if total > model.cfg.max_seq_len:
-    raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds "
-                     f"model.max_seq_len={model.cfg.max_seq_len}")
-  graphdef, state = nnx.split(model)
+class Sampling(NamedTuple):
+  """Static sampling parameters (see sample_token)."""
+  temperature: float
+  top_k: int
+  top_p: float
 
-  @jax.jit
-  def next_token(state, tokens_1T, t, key):
-    logits_1TV = nnx.merge(graphdef, state)(tokens_1T)
-    return sample_token(logits_1TV[:, t - 1], key, temperature=temperature, top_k=top_k,
-                        top_p=top_p)[0]
 
-  tokens = np.zeros((1, total), np.int32)
-  tokens[0, :len(prompt)] = prompt
+def plain_decode_step(model, tokens_B, cache):
+  """(logits_BV, cache) of one token per row through DecoderLM.decode_step."""
+  return model.decode_step(tokens_B, cache)
+
+
+def decode_step_fn(impl: str) -> Callable:
+  """The decode step (model, tokens_B, cache) -> (logits_BV, cache) that `impl` selects.
+
+  A fused decode kernel plugs in here: 'auto' returns it for the models it serves (see the
+  module docstring); today every impl resolves to plain_decode_step.
+  """
+  if impl not in DECODE_IMPLS:
+    raise ValueError(f"impl={impl!r}; expected one of {DECODE_IMPLS}")
+  return plain_decode_step
+
+
+def _sample(logits_BV, key, i, sampling: Sampling):
+  return sample_token(logits_BV, jax.random.fold_in(key, i), **sampling._asdict())
+
+
+# The jitted functions take the model itself (an nnx pytree): compiled once per architecture.
+
+
+@partial(jax.jit, static_argnames=("max_len", "sampling"))
+def _prefill(model, tokens_BT, lengths_B, key, *, max_len, sampling):
+  """The first new token of every row, and the cache after the prompts."""
+  cache = model.init_cache(tokens_BT.shape[0], max_len)
+  logits_BV, cache = model.prefill(tokens_BT, cache, lengths_B)
+  return _sample(logits_BV, key, 0, sampling), cache
+
+
+@partial(jax.jit, static_argnames=("step", "sampling"), donate_argnames=("cache",))
+def _decode_one(model, tokens_B, cache, key, i, *, step, sampling):
+  """Token i of every row from token i - 1 (the streaming path)."""
+  logits_BV, cache = step(model, tokens_B, cache)
+  return _sample(logits_BV, key, i, sampling), cache
+
+
+@partial(jax.jit, static_argnames=("step", "sampling", "max_new_tokens", "stop_tokens"))
+def _decode_loop(model, first_B, cache, key, *, step, sampling, max_new_tokens, stop_tokens):
+  """Tokens [B, max_new_tokens] (those past the returned count are 0) by a while_loop that ends
+  at max_new_tokens or once every row has drawn a stop token."""
+  stop_S = jnp.asarray(stop_tokens, jnp.int32).reshape(-1)
+  out_BN = jnp.zeros((first_B.shape[0], max_new_tokens), jnp.int32).at[:, 0].set(first_B)
+
+  def cond(carry):
+    i, _, done_B, _, _ = carry
+    return (i < max_new_tokens) & ~jnp.all(done_B)
+
+  def body(carry):
+    i, tokens_B, done_B, out_BN, cache = carry
+    logits_BV, cache = step(model, tokens_B, cache)
+    tokens_B = _sample(logits_BV, key, i, sampling)
+    out_BN = jax.lax.dynamic_update_slice(out_BN, tokens_B[:, None], (0, i))
+    return i + 1, tokens_B, done_B | jnp.isin(tokens_B, stop_S), out_BN, cache
+
+  carry = (jnp.int32(1), first_B, jnp.isin(first_B, stop_S), out_BN, cache)
+  count, _, _, out_BN, _ = jax.lax.while_loop(cond, body, carry)
+  return out_BN, count
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _check_prompts(prompts, max_new_tokens: int, cfg) -> list[list[int]]:
+  if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+    raise ValueError(f"prompts: expected a non-empty list of token lists, got {prompts!r:.80}")
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    raise ValueError(f"max_new_tokens={max_new_tokens!r}; expected an int >= 0")
+  rows = []
+  for b, prompt in enumerate(prompts):
+    if isinstance(prompt, (int, np.integer)):
+      raise ValueError(f"prompts[{b}]={prompt!r} is a token, not a token list: pass a batch of "
+                       f"prompts, e.g. [[1, 2, 3]] for one prompt")
+    row = [int(t) for t in prompt]
+    if not row:
+      raise ValueError(f"prompts[{b}] is empty; generation needs at least one prompt token")
+    bad = [t for t in row if not 0 <= t < cfg.vocab_size]
+    if bad:
+      raise ValueError(f"prompts[{b}] has token(s) {bad[:5]} outside the vocabulary "
+                       f"[0, {cfg.vocab_size})")
+    if len(row) + max_new_tokens > cfg.max_seq_len:
+      raise ValueError(f"prompts[{b}]: {len(row)} prompt tokens + max_new_tokens="
+                       f"{max_new_tokens} exceed model.max_seq_len={cfg.max_seq_len}")
+    rows.append(row)
+  return rows
+
+
+def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             stop_tokens: Sequence[int] = (),
+             on_token: Callable[[int, int], None] | None = None,
+             impl: str = "auto") -> list[list[int]]:
+  """The continuation (new tokens only) of every prompt, each ending at its first stop token
+  (included) or after max_new_tokens.
+
+  temperature 0 is greedy; top_k / top_p restrict sampling (see sample_token); `seed` makes the
+  draws reproducible. `on_token(row, token)` is called for each new token of each row as soon
+  as it is drawn (streaming). `impl`: 'auto' | 'plain' (see the module docstring).
+  """
+  cfg = model.cfg
+  rows = _check_prompts(prompts, max_new_tokens, cfg)
+  check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+  step = decode_step_fn(impl)
+  if max_new_tokens == 0:
+    return [[] for _ in rows]
+  sampling = Sampling(float(temperature), int(top_k), float(top_p))
+  stop = tuple(sorted({int(t) for t in stop_tokens}))
+  lengths = [len(r) for r in rows]
+  T = min(_round_up(max(lengths), _BUCKET), cfg.max_seq_len)
+  max_len = min(_round_up(max(T, max(lengths) + max_new_tokens), _BUCKET), cfg.max_seq_len)
+  tokens_BT = np.zeros((len(rows), T), np.int32)
+  for b, row in enumerate(rows):
+    tokens_BT[b, :len(row)] = row
   key = jax.random.key(seed)
+  first_B, cache = _prefill(model, jnp.asarray(tokens_BT),
+                            jnp.asarray(lengths, jnp.int32), key, max_len=max_len,
+                            sampling=sampling)
+  if on_token is None:
+    out_BN, count = _decode_loop(model, first_B, cache, key, step=step,
+                                 sampling=sampling, max_new_tokens=max_new_tokens,
+                                 stop_tokens=stop)
+    steps = np.asarray(out_BN)[:, :int(count)]
+  else:
+    steps = _stream(model, first_B, cache, key, step, sampling, max_new_tokens, stop, on_token)
   out = []
-  for t in range(len(prompt), total):
-    key, sub = jax.random.split(key)
-    token = int(next_token(state, jnp.asarray(tokens), t, sub))
-    tokens[0, t] = token
-    out.append(token)
-    if on_token is not None:
-      on_token(token)
-    if token in stop_tokens:
-      break
+  for row in steps.tolist():
+    ends = [i for i, t in enumerate(row) if t in stop]
+    out.append(row[:ends[0] + 1] if ends else row)
   return out
+
+
+def _stream(model, tokens_B, cache, key, step, sampling, max_new_tokens, stop,
+            on_token) -> np.ndarray:
+  """The streaming decode loop: a jitted step per token, on_token for every live row."""
+  done_B = np.zeros(tokens_B.shape, bool)
+  steps = []
+  for i in range(max_new_tokens):
+    if i:
+      tokens_B, cache = _decode_one(model, tokens_B, cache, key, i, step=step, sampling=sampling)
+    host_B = np.asarray(tokens_B)
+    steps.append(host_B)
+    for b in np.flatnonzero(~done_B):
+      on_token(int(b), int(host_B[b]))
+    done_B |= np.isin(host_B, stop)
+    if done_B.all():
+      break
+  return np.stack(steps, axis=1)

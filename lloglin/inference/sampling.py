@@ -4,11 +4,15 @@ import jax
 import jax.numpy as jnp
 
 
-def sample_token(logits_BV, key, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
-  """One token per row. temperature == 0 is greedy; top_k == 0 and top_p == 1 disable those."""
+def check_sampling(*, temperature: float, top_k: int, top_p: float):
   if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
     raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got "
                      f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
+
+
+def sample_token(logits_BV, key, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+  """One token per row. temperature == 0 is greedy; top_k == 0 and top_p == 1 disable those."""
+  check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
   logits_BV = logits_BV.astype(jnp.float32)
   if temperature == 0:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)

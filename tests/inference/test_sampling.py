@@ -1,13 +1,11 @@
-"""Sampling rules and the reference generation loop."""
+"""Sampling rules: greedy, top-k, top-p, temperature, argument errors."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lloglin.inference.generate import generate
 from lloglin.inference.sampling import sample_token
-from lloglin.models import ModelConfig, build_model
 
 LOGITS = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
 
@@ -38,18 +36,3 @@ def test_temperature_sampling_follows_the_distribution():
 def test_bad_sampling_arguments():
   with pytest.raises(ValueError, match="top_p"):
     sample_token(LOGITS, jax.random.key(0), temperature=1.0, top_p=0.0)
-
-
-def test_generate_is_seeded_streams_and_stops():
-  model = build_model(ModelConfig(vocab_size=20, d_model=16, num_layers=1, num_heads=2,
-                                  num_kv_heads=2, head_dim=8, mlp_dim=32, max_seq_len=32))
-  a = generate(model, [1, 2, 3], 10, seed=1, temperature=1.0)
-  assert a == generate(model, [1, 2, 3], 10, seed=1, temperature=1.0) and len(a) == 10
-  streamed = []
-  b = generate(model, [1, 2, 3], 10, seed=1, temperature=1.0, stop_tokens=[a[3]],
-               on_token=streamed.append)
-  assert b == a[:a.index(a[3]) + 1] == streamed
-  greedy = generate(model, [1, 2, 3], 1)
-  assert greedy == [int(jnp.argmax(model(jnp.asarray([[1, 2, 3]]))[0, -1]))]
-  with pytest.raises(ValueError, match="max_seq_len"):
-    generate(model, [1], 40)
