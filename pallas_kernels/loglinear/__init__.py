@@ -41,10 +41,13 @@ HIGHEST = lax.Precision.HIGHEST
 
 
 class KernelConfig(NamedTuple):
-  """Launch parameters of the Triton kernels (block_v: feature block of the output axis)."""
+  """Launch parameters of the Triton kernels (block_v: feature block of the output axis).
+
+  Default: the fastest of those tried on an H200 at 16 heads x 128, T = 8192 (bf16).
+  """
   block_v: int = 32
-  num_warps: int = 4
-  num_stages: int = 1
+  num_warps: int = 8
+  num_stages: int = 2
 
 
 class _Static(NamedTuple):
