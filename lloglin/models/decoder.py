@@ -6,6 +6,10 @@ lloglin.parallel.ladder). Under a mesh with a `tensor` axis larger than 1 (set b
 (lloglin.parallel.tensor_parallel); otherwise it runs as plain code that XLA may shard by the
 input shardings (data parallelism, FSDP). Every residual mode has the same parameters, so a
 checkpoint trained in one mode loads into another (`with_residual_mode`).
+
+Cached decoding (`init_cache`, `prefill`, `decode_step`; lloglin.inference.generate drives them)
+runs the same blocks and residual wiring with each mixer's prefill / one-token step and cache
+(lloglin.layers.cache).
 """
 
 import dataclasses
@@ -14,6 +18,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lloglin.layers import make_mixer
 from lloglin.layers.linear import dense
@@ -65,6 +70,13 @@ class DecoderCache:
   layers: tuple
   length_B: jax.Array
   max_len: int = struct.field(pytree_node=False)
+
+  def shardings(self, mesh):
+    """NamedShardings splitting every leaf over the batch axes of `mesh` (data parallel decoding;
+    every cache leaf is batch-first): `jax.device_put(cache, cache.shardings(mesh))`."""
+    def spec(x):
+      return NamedSharding(mesh, P(sharding.batch_axes(mesh, x.shape[0]), *[None] * (x.ndim - 1)))
+    return jax.tree.map(spec, self)
 
 
 class DecoderLM(nnx.Module):

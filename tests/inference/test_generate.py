@@ -11,6 +11,7 @@ import pytest
 
 from lloglin.inference.generate import generate
 from lloglin.models import build_model
+from lloglin.parallel import mesh as mesh_lib
 from tests.inference.helpers import tiny_config
 
 PROMPTS = [list(range(3, 8)), [int(t) for t in np.random.default_rng(1).integers(0, 64, 40)], [9]]
@@ -19,7 +20,8 @@ SAMPLING = dict(temperature=0.9, top_k=20, top_p=0.9)  # one set: one compilatio
 
 @pytest.fixture(scope="module")
 def model():
-  return build_model(tiny_config("attention,mamba2", num_layers=2, max_seq_len=128))
+  return build_model(tiny_config("attention,mamba2", num_layers=2, max_seq_len=128,
+                                residual_mode="parallel"))
 
 
 def truncate(row, stop):
@@ -72,6 +74,21 @@ def test_cache_survives_jit_and_an_orbax_round_trip(tmp_path):
   assert restored.max_len == 16 and int(restored.length_B[0]) == 3
   jax.tree.map(np.testing.assert_array_equal, restored, cache)
   np.testing.assert_array_equal(step(net, tokens[0], restored)[0], step(net, tokens[0], cache)[0])
+
+
+def test_cache_shards_over_the_data_axis(model):
+  mesh = mesh_lib.make_mesh(dict(data=4, fsdp=1, tensor=1))
+  step = jax.jit(lambda m, tokens_B, cache: m.decode_step(tokens_B, cache))
+  tokens = jnp.asarray([[1, 2, 3, 4], [5, 6, 7, 8]], jnp.int32)
+  cache = model.init_cache(4, 8)
+  sharded = jax.device_put(cache, cache.shardings(mesh))
+  assert sharded.layers[1].conv_BWC[0].sharding.spec == jax.sharding.PartitionSpec("data", None,
+                                                                                   None)
+  for t in tokens:
+    logits, cache = step(model, t, cache)
+    with jax.set_mesh(mesh):
+      logits_sharded, sharded = step(model, t, sharded)
+    np.testing.assert_allclose(logits_sharded, logits, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("prompts, kw, message", [
