@@ -1,5 +1,7 @@
 """Tiny models for the decode tests (float32, CPU): d_model 32, small vocab, chunk 64."""
 
+import numpy as np
+
 from lloglin.models import ModelConfig
 
 MIXERS = ["attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox"]
@@ -18,7 +20,6 @@ def tiny_config(layer_pattern: str, **overrides) -> ModelConfig:
 
 def assert_close_to_scale(out, ref, rel=1e-4):
   """max |out - ref| <= rel * max |ref| (kernels.md §9: errors relative to the logit scale)."""
-  import numpy as np
   out, ref = np.asarray(out), np.asarray(ref)
   assert np.isfinite(out).all()
   err, scale = np.abs(out - ref).max(), np.abs(ref).max()
