@@ -15,6 +15,7 @@ one JSON line per row in $OUT/bench_decode.json when OUT is set (or --out).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -44,6 +45,9 @@ def parse_args(argv=None):
   p.add_argument("--check", type=int, default=0, help="teacher-forced comparison steps")
   p.add_argument("--torch", action="store_true", help="also torch eager and torch.compile")
   p.add_argument("--no_fused", action="store_true", help="baselines only")
+  p.add_argument("--tilings", default="",
+                 help="';'-separated fused-kernel variants, each 'field=value,...' over "
+                      "default_tiling (e.g. 'rows=16,num_warps=8'); the first is checked")
   p.add_argument("--out", default="")
   p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, interpret mode")
   args = p.parse_args(argv)
@@ -53,17 +57,19 @@ def parse_args(argv=None):
   return args
 
 
-def copy_bandwidth(jax, jnp):
-  """Device-to-device copy bytes/s (read + write) of a 2 GiB buffer, median of 10."""
+def copy_bandwidth(jax, jnp, passes: int = 20):
+  """Device-memory bytes/s (read + write) of `passes` in-place passes over a 2 GiB buffer in
+  one jitted loop (so no dispatch is timed), best of 3 calls."""
   x = jnp.ones((1 << 30,), jnp.bfloat16)
-  copy = jax.jit(lambda x: x + jnp.bfloat16(1))
-  copy(x).block_until_ready()
-  times = []
-  for _ in range(10):
+  sweep = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda i, x: x * jnp.bfloat16(-1), x),
+                  donate_argnums=0)
+  x = sweep(x).block_until_ready()
+  best = float("inf")
+  for _ in range(3):
     t0 = time.perf_counter()
-    copy(x).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return 2 * x.nbytes / sorted(times)[len(times) // 2]
+    x = sweep(x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * x.nbytes * passes / best
 
 
 def make_generate(jax, jnp, step, steps: int):
@@ -195,8 +201,9 @@ def main(argv=None):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import jax.numpy as jnp
-  from pallas_kernels.fused_decode import (FusedConfig, decode_step_reference, fused_decode_step,
-                                           init_cache, random_weights)
+  from pallas_kernels.fused_decode import (FusedConfig, decode_step_reference, default_tiling,
+                                           fused_decode_step, init_cache, num_sms,
+                                           random_weights)
 
   out_path = args.out or (os.path.join(os.environ["OUT"], "bench_decode.json")
                           if os.environ.get("OUT") else "")
@@ -212,7 +219,13 @@ def main(argv=None):
       with open(out_path, "a") as f:
         f.write(json.dumps(row) + "\n")
 
-  fused = lambda w, cache, tok, pos: fused_decode_step(w, cache, tok, pos, interpret=args.smoke)
+  variants = [dict(kv.split("=") for kv in v.split(",")) for v in args.tilings.split(";") if v]
+
+  def fused_variant(c, overrides):
+    tiling = default_tiling(c, 1 if args.smoke else num_sms(), args.max_len)
+    tiling = dataclasses.replace(tiling, **{k: int(v) for k, v in overrides.items()})
+    return tiling, lambda w, cache, tok, pos: fused_decode_step(
+        w, cache, tok, pos, interpret=args.smoke, tiling=tiling)
   for name in args.models.split(","):
     for fmt in args.formats.split(","):
       c = FusedConfig(**SHAPES[name], weight_format=fmt)
@@ -229,10 +242,11 @@ def main(argv=None):
       base = dict(model=name, format=fmt, prompt=args.prompt, max_len=args.max_len,
                   steps=args.steps, weight_bytes=w.nbytes(), roofline_ms=roofline_ms,
                   bandwidth=bandwidth)
-      impls = [("jax_jit_step", decode_step_reference)]
+      impls = [("jax_jit_step", decode_step_reference, None)]
       if not args.no_fused:
-        impls.append(("fused_kernel", fused))
-      for impl, step in impls:
+        impls += [(f"fused_kernel{i or ''}", *fused_variant(c, v))
+                  for i, v in enumerate(variants or [{}])]
+      for impl, tiling, step in impls:
         gen = make_generate(jax, jnp, step, args.steps)
         try:
           sec, cache = time_generate(gen, w, cache, args.prompt, args.repeats)
@@ -241,10 +255,11 @@ def main(argv=None):
           continue
         ms = sec / args.steps * 1e3
         record(**base, impl=impl, ms_per_token=ms, tokens_per_s=1e3 / ms,
-               roofline_fraction=roofline_ms / ms)
+               roofline_fraction=roofline_ms / ms,
+               tiling=None if tiling is None else dataclasses.asdict(tiling))
       if args.check and not args.no_fused:
-        rel, agree = check_logits(jax, jnp, fused, decode_step_reference, w, cache, args.prompt,
-                                  args.check)
+        rel, agree = check_logits(jax, jnp, impls[1][2], decode_step_reference, w, cache,
+                                  args.prompt, args.check)
         record(**base, impl="check", steps_checked=args.check, rel_first=rel[0],
                rel_last=rel[-1], rel_max=max(rel), argmax_agreement=agree)
       del w, cache

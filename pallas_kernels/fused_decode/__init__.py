@@ -10,7 +10,7 @@ from pallas_kernels.fused_decode.weights import (FusedConfig, FusedWeights, init
                                                  pack_weights, random_weights)
 
 __all__ = ["FusedConfig", "FusedWeights", "Tiling", "decode_step_reference", "default_tiling",
-           "fused_decode_step", "init_cache", "pack_weights", "random_weights"]
+           "fused_decode_step", "init_cache", "num_sms", "pack_weights", "random_weights"]
 
 
 def num_sms() -> int:

@@ -27,6 +27,7 @@ products and sums are float32, the residual stream is float32: the same function
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -39,19 +40,21 @@ from pallas_kernels.fused_decode.weights import FusedWeights
 f32 = jnp.float32
 _PHASES = 5  # barriers per layer
 _SPIN_LIMIT = 1 << 20  # polls of a grid barrier before giving up (about a second on a GPU)
-_MATS = ("wqkv", "wo", "wgate", "wup", "wdown")
 
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
   """Static work split. rows: output rows per GEMV item; chunk: input columns per load;
-  seq_block: cache positions per attention load; splits: attention splits per kv group."""
+  seq_block: cache positions per attention load; splits: attention splits per kv group;
+  prefetch: weight elements per GEMV item requested ahead (before a barrier, or while the
+  previous item computes)."""
   num_blocks: int
   rows: int = 8
   chunk: int = 512
   seq_block: int = 32
   splits: int = 16
   num_warps: int = 4
+  prefetch: int = 16384
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
@@ -63,11 +66,12 @@ def _pow2_divisor(n: int, cap: int) -> int:
 
 
 def default_tiling(config, num_blocks: int, max_len: int) -> Tiling:
-  K, G = config.head_dim, config.num_kv_heads
-  splits = _pow2_divisor(1 << 30, max(1, min(32, num_blocks // G)))
-  seq_block = _pow2_divisor(max_len, max(1, 2048 // K))
-  return Tiling(num_blocks=num_blocks, rows=_pow2_divisor(K, 8), chunk=512,
-                seq_block=seq_block, splits=splits)
+  c = config
+  splits = _pow2_divisor(1 << 30, max(1, min(32, num_blocks // c.num_kv_heads)))
+  seq_block = _pow2_divisor(max_len, max(1, 2048 // c.head_dim))
+  rows = _pow2_divisor(math.gcd(c.head_dim, c.d_model, c.mlp_dim, c.vocab_size), 32)
+  return Tiling(num_blocks=num_blocks, rows=rows, chunk=512, seq_block=seq_block, splits=splits,
+                num_warps=16, prefetch=32768)
 
 
 def _check(config, tiling: Tiling, max_len: int):
@@ -106,7 +110,10 @@ def _block_sync(interpret: bool):
 
 
 def _grid_barrier(sync_ref, target, interpret: bool):
-  """Wait until all blocks arrived: counter sync_ref[0] is monotone, target = blocks x index."""
+  """Wait until all blocks arrived: counter sync_ref[0] is monotone, target = blocks x index.
+
+  Arrive with a release atomic, poll with plain volatile loads (no fence per poll), then one
+  acquire atomic so that what the other blocks wrote before arriving is visible here."""
   _block_sync(interpret)
   zero = _i32(0)
   # After one time-out every later barrier gives up at once (no minutes-long hang).
@@ -116,9 +123,10 @@ def _grid_barrier(sync_ref, target, interpret: bool):
 
   def spin(carry):
     _, n = carry
-    return pltriton.atomic_add(sync_ref, (zero,), zero), n + 1
+    return pltriton.load(sync_ref.at[zero], volatile=True), n + 1
 
-  seen, n = lax.while_loop(lambda c: (c[0] < target) & (c[1] < limit), spin, (seen, 0))
+  seen, _ = lax.while_loop(lambda c: (c[0] < target) & (c[1] < limit), spin, (seen, 0))
+  pltriton.atomic_add(sync_ref, (zero,), zero)
   # A barrier that never completes (blocks not co-resident) must not hang the GPU: give up,
   # count it in sync_ref[1], and the caller poisons the logits.
   @pl.when(seen < target)
@@ -127,34 +135,84 @@ def _grid_barrier(sync_ref, target, interpret: bool):
   _block_sync(interpret)
 
 
-def _for_items(n_items: int, num_blocks: int, pid, fn):
-  """fn(item) for this block's items pid, pid + num_blocks, ... < n_items."""
-  trips = -(-n_items // num_blocks)
+def _masked_load(ref, ok):
+  """ref's block where the scalar `ok` holds; no memory is read when it does not."""
+  return pltriton.load(ref, mask=jnp.broadcast_to(ok, ref.shape))
 
-  def body(j, carry):
+
+def _phase(n_items: int, num_blocks: int, pid, load, compute, wait):
+  """compute(item, load(item), ctx) for this block's items pid, pid + num_blocks, ... < n_items.
+
+  Software-pipelined across items and across the grid barrier: the first item's weights are
+  requested before `wait()` (the barrier; it returns ctx, e.g. an RMS factor) and item j+1's
+  while item j computes. Weights do not depend on activations, so this is always safe."""
+  trips = -(-n_items // num_blocks)
+  fetch = lambda item: load(jnp.minimum(item, n_items - 1), item < n_items)
+  first = fetch(pid)
+  ctx = wait()
+
+  def body(j, data):
     item = pid + j * num_blocks
-    pl.when(item < n_items)(lambda: fn(item))
-    return carry
+    nxt = fetch(item + num_blocks) if trips > 1 else data
+    pl.when(item < n_items)(lambda: compute(item, data, ctx))
+    return nxt
 
   if trips == 1:
-    body(0, 0)
+    body(0, first)
   else:
-    lax.fori_loop(0, trips, body, 0)
+    lax.fori_loop(0, trips, body, first)
 
 
-def _gemv(w_chunk, x_chunk, n_chunks: int):
-  """sum over chunks of w_chunk(i) [rows, ...] . x_chunk(i) [...] over the trailing axes."""
-  acc = None
-  for i in range(n_chunks):
-    p = w_chunk(i).astype(f32) * x_chunk(i)[None]
-    while p.ndim > 1:
-      p = jnp.sum(p, axis=-1)
-    acc = p if acc is None else acc + p
-  return acc
+@dataclasses.dataclass(frozen=True)
+class _Mat:
+  """A matrix streamed by a GEMV phase: view(n0, r, i) is chunk i of rows n0..n0+r (a ref view
+  of shape [r, ...]); chunk_elems the elements of one row's chunk; scale(n0, r) the rows'
+  scales or None."""
+  view: object
+  n_chunks: int
+  chunk_elems: int
+  scale: object = None
 
 
-def _scaled(y, s_ref, l, n0, rows):
-  return y if s_ref is None else y * s_ref[l, pl.ds(n0, rows)]
+def _phase_rows(t: Tiling, n_out: int) -> int:
+  """t.rows, halved (down to 8) while that leaves blocks without a tile: small outputs are
+  spread over every SM rather than streamed by a few."""
+  rows = t.rows
+  while rows > 8 and n_out // rows < t.num_blocks:
+    rows //= 2
+  return rows
+
+
+def _gemv_phase(t: Tiling, pid, n_out: int, mats, x_chunk, finish, wait):
+  """finish(n0, rows, [W_m[n0:n0+rows] @ x for each m], ctx) over row tiles; x_chunk(i, ctx) is
+  the input's chunk i in float32 (already rounded to the activation dtype)."""
+  rows = _phase_rows(t, n_out)
+  n_pre = [max(1, min(m.n_chunks, t.prefetch // (len(mats) * rows * m.chunk_elems)))
+           for m in mats]
+
+  def load(item, ok):
+    n0 = item * rows
+    return tuple(tuple(_masked_load(m.view(n0, rows, i), ok) for i in range(n)) for m, n in
+                 zip(mats, n_pre))
+
+  def compute(item, pre, ctx):
+    n0 = item * rows
+    xs = {}
+    ys = []
+    for m, p in zip(mats, pre):
+      acc = None
+      for i in range(m.n_chunks):
+        if i not in xs:
+          xs[i] = x_chunk(i, ctx)
+        wi = p[i] if i < len(p) else m.view(n0, rows, i)[...]
+        prod = wi.astype(f32) * xs[i][None]
+        while prod.ndim > 1:
+          prod = jnp.sum(prod, axis=-1)
+        acc = prod if acc is None else acc + prod
+      ys.append(acc if m.scale is None else acc * m.scale(n0, rows))
+    finish(n0, rows, ys, ctx)
+
+  _phase(n_out // rows, t.num_blocks, pid, load, compute, wait)
 
 
 def _rstd(x_ref, D: int, chunk: int, eps: float):
@@ -172,7 +230,7 @@ def _kernel(c, t: Tiling, interpret: bool, treedef, n_in: int, *refs):
   w = ins["w"]
   L, D, H, G, K, F, V = (c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.head_dim,
                          c.mlp_dim, c.vocab_size)
-  R, K2, NS, bs, rows, nb = H // G, K // 2, t.splits, t.seq_block, t.rows, t.num_blocks
+  R, K2, NS, bs, nb = H // G, K // 2, t.splits, t.seq_block, t.num_blocks
   act, cdt = c.act_dtype, c.cache_dtype
   cD = _pow2_divisor(D, t.chunk)
   cF = _pow2_divisor(F, t.chunk)
@@ -182,10 +240,21 @@ def _kernel(c, t: Tiling, interpret: bool, treedef, n_in: int, *refs):
   scale = K**-0.5
   pid = pl.program_id(0)
   rnd = lambda x: x.astype(act).astype(f32)
+  barrier = lambda k: _grid_barrier(sync_ref, nb * k, interpret)
 
-  def normed_chunk(norm_ref, l, rstd, chunk):
-    return lambda i: rnd(_ld(x_ref.at[pl.ds(i * chunk, chunk)]) * rstd
-                         * norm_ref[l, pl.ds(i * chunk, chunk)])
+  def normed(norm_chunk):
+    """x's chunk i, RMS-normalised with ctx = 1/rms and scaled, in the activation dtype."""
+    return lambda i, rstd: rnd(_ld(x_ref.at[pl.ds(i * cD, cD)]) * rstd * norm_chunk(i))
+
+  def rows_of(ref, l, chunk, n_chunks):
+    view = lambda n0, r, i: ref.at[l, pl.ds(n0, r), pl.ds(i * chunk, chunk)]
+    return view, n_chunks, chunk
+
+  def scale_of(ref, l):
+    return None if ref is None else (lambda n0, r: ref[l, pl.ds(n0, r)])
+
+  def residual_add(n0, r, ys, ctx):
+    x_ref[pl.ds(n0, r)] = _ld(x_ref.at[pl.ds(n0, r)]) + ys[0]
 
   # Embedding row -> residual stream.
   @pl.when(pid == 0)
@@ -195,24 +264,26 @@ def _kernel(c, t: Tiling, interpret: bool, treedef, n_in: int, *refs):
       if w.sembed is not None:
         e = e * w.sembed[token]
       x_ref[pl.ds(i * cD, cD)] = e
-  _grid_barrier(sync_ref, nb, interpret)
 
   def layer(l, carry):
-    barrier = lambda j: _grid_barrier(sync_ref, nb * (2 + _PHASES * l + j), interpret)
+    first_barrier = 1 + _PHASES * l
+
+    def wait_normed(j, norm_ref):
+      def wait():
+        barrier(first_barrier + j)
+        return _rstd(x_ref, D, cD, c.norm_eps)
+      return wait, normed(lambda i: norm_ref[l, pl.ds(i * cD, cD)])
 
     # qkv: rows of [q heads; k groups; v groups] into qkv_ref [H + 2G, K].
-    rstd = _rstd(x_ref, D, cD, c.norm_eps)
-    xq = normed_chunk(w.attn_norm, l, rstd, cD)
+    wait, xq = wait_normed(0, w.attn_norm)
 
-    def qkv_item(item):
-      n0 = item * rows
-      y = _gemv(lambda i: w.wqkv[l, pl.ds(n0, rows), pl.ds(i * cD, cD)], xq, D // cD)
-      qkv_ref[n0 // K, pl.ds(n0 % K, rows)] = _scaled(y, w.sqkv, l, n0, rows)
-    _for_items(c.qkv_rows // rows, nb, pid, qkv_item)
-    barrier(0)
+    def qkv_store(n0, r, ys, ctx):
+      qkv_ref[n0 // K, pl.ds(n0 % K, r)] = ys[0]
+    _gemv_phase(t, pid, c.qkv_rows, [_Mat(*rows_of(w.wqkv, l, cD, D // cD),
+                                          scale_of(w.sqkv, l))], xq, qkv_store, wait)
 
     # attn: item = (kv group g, split s); split s reads cache blocks s, s + NS, ... below pos.
-    def attn_item(item):
+    def attn_item(item, data, ctx):
       g, s = item // NS, item % NS
       ang = pos.astype(f32) * ins["inv_freq"][...]
       cs, sn = jnp.cos(ang), jnp.sin(ang)
@@ -272,53 +343,44 @@ def _kernel(c, t: Tiling, interpret: bool, treedef, n_in: int, *refs):
         total = jnp.sum(wts * _ld(pls_ref.at[g]), axis=0)
         o = jnp.sum(wts[:, :, None] * _ld(po_ref.at[g]), axis=0) / total[:, None]
         attn_ref[pl.ds(g * R, R), :] = rnd(o)
-    _for_items(G * NS, nb, pid, attn_item)
-    barrier(1)
+    _phase(G * NS, nb, pid, lambda item, ok: (), attn_item,
+           lambda: barrier(first_barrier + 1))
 
     # o: x += Wo attn (Wo rows split by head: [rows, hb, K] tiles).
-    def o_item(item):
-      n0 = item * rows
-      y = _gemv(lambda i: w.wo[l, pl.ds(n0, rows), pl.ds(i * hb, hb), :],
-                lambda i: _ld(attn_ref.at[pl.ds(i * hb, hb), :]), H // hb)
-      x_ref[pl.ds(n0, rows)] = _ld(x_ref.at[pl.ds(n0, rows)]) + _scaled(y, w.so, l, n0, rows)
-    _for_items(D // rows, nb, pid, o_item)
-    barrier(2)
+    wo = _Mat(lambda n0, r, i: w.wo.at[l, pl.ds(n0, r), pl.ds(i * hb, hb), :], H // hb,
+              hb * K, scale_of(w.so, l))
+    _gemv_phase(t, pid, D, [wo], lambda i, ctx: _ld(attn_ref.at[pl.ds(i * hb, hb), :]),
+                residual_add, lambda: barrier(first_barrier + 2))
 
     # gu: h = silu(gate) * up.
-    rstd = _rstd(x_ref, D, cD, c.norm_eps)
-    xm = normed_chunk(w.mlp_norm, l, rstd, cD)
+    wait, xm = wait_normed(3, w.mlp_norm)
 
-    def gu_item(item):
-      n0 = item * rows
-      gate = _gemv(lambda i: w.wgate[l, pl.ds(n0, rows), pl.ds(i * cD, cD)], xm, D // cD)
-      up = _gemv(lambda i: w.wup[l, pl.ds(n0, rows), pl.ds(i * cD, cD)], xm, D // cD)
-      gate = _scaled(gate, w.sgate, l, n0, rows)
-      up = _scaled(up, w.sup, l, n0, rows)
-      h_ref[pl.ds(n0, rows)] = gate / (1.0 + jnp.exp(-gate)) * up
-    _for_items(F // rows, nb, pid, gu_item)
-    barrier(3)
+    def gu_store(n0, r, ys, ctx):
+      gate, up = ys
+      h_ref[pl.ds(n0, r)] = gate / (1.0 + jnp.exp(-gate)) * up
+    _gemv_phase(t, pid, F, [_Mat(*rows_of(w.wgate, l, cD, D // cD), scale_of(w.sgate, l)),
+                            _Mat(*rows_of(w.wup, l, cD, D // cD), scale_of(w.sup, l))],
+                xm, gu_store, wait)
 
     # down: x += Wdown h.
-    def down_item(item):
-      n0 = item * rows
-      y = _gemv(lambda i: w.wdown[l, pl.ds(n0, rows), pl.ds(i * cF, cF)],
-                lambda i: rnd(_ld(h_ref.at[pl.ds(i * cF, cF)])), F // cF)
-      x_ref[pl.ds(n0, rows)] = _ld(x_ref.at[pl.ds(n0, rows)]) + _scaled(y, w.sdown, l, n0, rows)
-    _for_items(D // rows, nb, pid, down_item)
-    barrier(4)
+    _gemv_phase(t, pid, D, [_Mat(*rows_of(w.wdown, l, cF, F // cF), scale_of(w.sdown, l))],
+                lambda i, ctx: rnd(_ld(h_ref.at[pl.ds(i * cF, cF)])), residual_add,
+                lambda: barrier(first_barrier + 4))
     return carry
 
   lax.fori_loop(0, L, layer, 0)
 
   # Final norm and LM head.
-  rstd = _rstd(x_ref, D, cD, c.norm_eps)
-  xf = lambda i: rnd(_ld(x_ref.at[pl.ds(i * cD, cD)]) * rstd * w.final_norm[pl.ds(i * cD, cD)])
+  def wait_final():
+    barrier(1 + _PHASES * L)
+    return _rstd(x_ref, D, cD, c.norm_eps)
 
-  def head_item(item):
-    n0 = item * rows
-    y = _gemv(lambda i: w.head[pl.ds(n0, rows), pl.ds(i * cD, cD)], xf, D // cD)
-    logits_ref[pl.ds(n0, rows)] = y if w.shead is None else y * w.shead[pl.ds(n0, rows)]
-  _for_items(V // rows, nb, pid, head_item)
+  def head_store(n0, r, ys, ctx):
+    logits_ref[pl.ds(n0, r)] = ys[0]
+  head_view = lambda n0, r, i: w.head.at[pl.ds(n0, r), pl.ds(i * cD, cD)]
+  head_scale = None if w.shead is None else (lambda n0, r: w.shead[pl.ds(n0, r)])
+  _gemv_phase(t, pid, V, [_Mat(head_view, D // cD, cD, head_scale)],
+              normed(lambda i: w.final_norm[pl.ds(i * cD, cD)]), head_store, wait_final)
 
 
 @functools.partial(jax.jit, static_argnames=("tiling", "interpret"), donate_argnums=(1,))

@@ -67,12 +67,14 @@ def _prompted_cache(config, S, seed=1):
   return r(k, jax.random.key(seed)), r(v, jax.random.key(seed + 1))
 
 
-@pytest.mark.parametrize("fmt", ["bf16", "int8", "f32"])
-def test_kernel_interpret_matches_reference(fmt):
-  """Several steps (including position 0 and a split with no cache block), caches too."""
+@pytest.mark.parametrize("fmt,rows,prefetch", [("bf16", 8, 1 << 14), ("int8", 16, 64),
+                                               ("f32", 8, 1 << 14)])
+def test_kernel_interpret_matches_reference(fmt, rows, prefetch):
+  """Several steps (including position 0 and a split with no cache block), caches too; item
+  tiles prefetched whole, or only their first chunk."""
   c = FusedConfig(**TINY, weight_format=fmt)
   weights = random_weights(c, jax.random.key(0), tied=fmt != "f32")
-  tiling = Tiling(num_blocks=1, rows=8, chunk=32, seq_block=16, splits=2)
+  tiling = Tiling(num_blocks=1, rows=rows, chunk=32, seq_block=16, splits=2, prefetch=prefetch)
   cache_ref = _prompted_cache(c, 64)
   cache_ker = jax.tree.map(jnp.copy, cache_ref)
   ref = jax.jit(decode_step_reference)
