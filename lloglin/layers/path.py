@@ -25,10 +25,11 @@ from lloglin.layers.norms import RMSNorm
 from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.path import path_blockwise, path_cache_init, path_prefill, path_step
+from pallas_kernels import path_attention as pallas_path
 
 
-# Set when pallas_kernels serves this mixer (then 'auto' picks it on Hopper GPUs).
-HAS_PALLAS_KERNEL = False
+# pallas_kernels.path_attention serves this mixer (so 'auto' picks it on Hopper GPUs).
+HAS_PALLAS_KERNEL = True
 
 
 def path_sequence(impl: str, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, *, segment_ids_BT,
@@ -36,9 +37,13 @@ def path_sequence(impl: str, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, *,
   """Full-sequence PaTH attention for model.mixer_impl.
 
   This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'); today every accepted impl runs the blockwise XLA form of lloglin.ops.path.
+  'pallas'; interpreted off GPU). Sizes the kernel cannot tile (head dims or chunk size that
+  are not powers of two >= 16, `pallas_path.supports`) run the blockwise XLA form instead.
   """
-  del impl  # resolved at construction; only 'xla' exists until a kernel lands
+  if impl == "pallas" and pallas_path.supports(q_BTHK.shape[-1], v_BTGV.shape[-1], block_size):
+    return pallas_path.path_attention(
+        q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH=g_BTH, segment_ids_BT=segment_ids_BT,
+        block_size=block_size, interpret=jax.default_backend() != "gpu")
   return path_blockwise(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH=g_BTH,
                         segment_ids_BT=segment_ids_BT, block_size=block_size)
 

@@ -375,6 +375,15 @@ def _attend_bwd(scale, C, interpret, res, do_BTHV):
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
+def _tileable(n):
+  return isinstance(n, int) and n >= 16 and not n & (n - 1)
+
+
+def supports(head_dim, value_dim, block_size):
+  """Whether the kernels take these sizes (Triton tiles: powers of two >= 16)."""
+  return _tileable(head_dim) and _tileable(value_dim) and _tileable(block_size)
+
+
 def path_attention(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segment_ids_BT=None,
                    scale=None, block_size=64, return_k_cache=False, interpret=False):
   """PaTH attention with the semantics and outputs of `lloglin.ops.path.path_blockwise`.
@@ -385,12 +394,12 @@ def path_attention(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segm
   T need not be a multiple of `block_size` (the tail chunk is zero-padded). `segment_ids_BT`
   (packed documents numbered from 1, 0 = padding) is handled inside the kernels.
   """
-  if not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
+  if not _tileable(block_size):
     raise ValueError(f"block_size: expected a power of two >= 16, got {block_size!r}")
   (B, T, H, G, K, V), arrays, acc, scale, gate_BTH = _prepare(
       q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT, scale)
   for name, d in (("q_BTHK", K), ("v_BTGV", V)):
-    if d < 16 or d & (d - 1):
+    if not _tileable(d):
       raise ValueError(f"{name}: expected a head dim that is a power of two >= 16, got {d}")
   q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG = arrays
   C = block_size

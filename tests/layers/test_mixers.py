@@ -233,6 +233,24 @@ def test_pallas_impl_equals_xla(name):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["path", "path_fox"])
+def test_path_pallas_impl_equals_xla(name):
+  """mixer_impl='pallas' (interpreted on CPU) == 'xla' for PaTH and PaTH-FoX: outputs and
+  gradients on packed documents with padding (head dim 16: the kernel tiles powers of two)."""
+  assert has_pallas_kernel(name)
+  seg = np.ones((B, T), np.int32)
+  seg[1, 20:] = 2
+  seg[1, 40:] = 0
+  seg = jnp.asarray(seg)
+  x = random_x(4)
+  y_x, gp_x, gx_x = forward_and_grads_fn(build(name, mixer_impl="xla", head_dim=16))(x, seg)
+  y_p, gp_p, gx_p = forward_and_grads_fn(build(name, mixer_impl="pallas", head_dim=16))(x, seg)
+  np.testing.assert_allclose(np.asarray(y_p), np.asarray(y_x), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(gx_p), np.asarray(gx_x), atol=1e-4, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(gp_p), jax.tree.leaves(gp_x)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+
+
 def test_mamba2_and_gdn_head_errors():
   with pytest.raises(ValueError, match="head_dim=12"):
     build("mamba2", mixer_options={"mamba2": {"head_dim": 12}})
