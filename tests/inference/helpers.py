@@ -4,7 +4,6 @@ import numpy as np
 
 from lloglin.models import ModelConfig
 
-MIXERS = ["attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox"]
 MIXER_OPTIONS = {"mamba2": {"d_state": 8}, "loglinear_mamba2": {"d_state": 8},
                  "gdn": {"num_heads": 2, "num_v_heads": 4},
                  "loglinear_gdn": {"num_heads": 2, "num_v_heads": 4}}

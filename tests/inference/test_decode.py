@@ -1,4 +1,4 @@
-"""Cached decoding equals the full forward: every mixer, and a hybrid ladder model.
+"""Cached decoding equals the full forward: every registered mixer, and a hybrid ladder model.
 
 One batch of right-padded prompts of lengths 512, 70, 63 and 1 (chunk 64: ends mid-chunk, at a
 chunk boundary - 1, and after one token) goes through DecoderLM.prefill, then 256 tokens per row
@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lloglin.layers import mixer_names
 from lloglin.models import build_model
-from tests.inference.helpers import MIXERS, assert_close_to_scale, tiny_config
+from tests.inference.helpers import assert_close_to_scale, tiny_config
 
 LENGTHS, NEW = (512, 70, 63, 1), 256
 
@@ -37,7 +38,7 @@ def forward_and_decode(model, tokens_BT, lengths_B):
   return ref_BTV, jnp.concatenate([first_BV[:, None], jnp.moveaxis(logits_NBV, 0, 1)], axis=1)
 
 
-@pytest.mark.parametrize("pattern, mode, layers", [(m, "standard", 1) for m in MIXERS] + [
+@pytest.mark.parametrize("pattern, mode, layers", [(m, "standard", 1) for m in mixer_names()] + [
     ("mamba2,attention", "ladder", 2)])
 def test_decode_logits_equal_the_full_forward(pattern, mode, layers):
   model = build_model(tiny_config(pattern, residual_mode=mode, num_layers=layers))
