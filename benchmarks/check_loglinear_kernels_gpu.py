@@ -3,7 +3,7 @@ throughput (Mtok/s, 65,536 tokens per call) against the XLA form and, when fla i
 fla's chunk_log_linear_attn / chunk_simple_gla timed in the same run (carry/peers_h200.py style).
 
 Usage on the GPU machine: PYTHONPATH=. python3 benchmarks/check_loglinear_kernels_gpu.py
-[correct] [time] [sweep]   (env: SEQLENS=8192, HEADS=16, HEAD_DIM=128). Prints one line per figure.
+[correct] [time] [sweep] [quick]   (env: SEQLENS=8192, HEADS=16, HEAD_DIM=128). Prints one line per figure.
 """
 
 import math
@@ -112,6 +112,19 @@ def timing(configs):
   fla()
 
 
+def quick():
+  """Default config, aligned (no segment ids) and packed mode (all-ones segment ids)."""
+  for T in SEQLENS:
+    B, L = TOKENS // T, math.ceil(math.log2(T)) + 1
+    args = inputs(B, T, H, H, D, D, L, jnp.bfloat16)
+    seg = jnp.ones((B, T), jnp.int32)
+    scale = D ** -0.5
+    for fn, n in ((pk.loglinear_ssd_chunked, 5), (pk.ssd_chunked, 4)):
+      fwd_and_fwdbwd(f'pallas_{fn.__name__}.T{T}', lambda *a, fn=fn: fn(*a, scale=scale), args[:n])
+      fwd_and_fwdbwd(f'pallas_{fn.__name__}.packed.T{T}',
+                     lambda *a, fn=fn: fn(*a, scale=scale, segment_ids_BT=seg), args[:n])
+
+
 def fla():
   try:
     import torch
@@ -160,6 +173,8 @@ if __name__ == '__main__':
   print('devices', jax.devices(), flush=True)
   if 'correct' in what:
     correct()
+  if 'quick' in what:
+    quick()
   if 'time' in what or 'sweep' in what:
     configs = [pk.KernelConfig()]
     if 'sweep' in what:

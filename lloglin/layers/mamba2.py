@@ -42,8 +42,8 @@ def ssd_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, segment_
   """The full-sequence SSD (log-linear SSD when lam_BTHL is given) for model.mixer_impl.
 
   This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'; interpreted off GPU). The kernels run packed documents through the XLA form
-  themselves (pallas_kernels.loglinear docstring).
+  'pallas'; interpreted off GPU). The kernels take packed documents too; they hand initial or
+  final states to the XLA form themselves (pallas_kernels.loglinear docstring).
   """
   if impl == "pallas":
     interpret = jax.default_backend() != "gpu"

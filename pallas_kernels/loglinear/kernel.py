@@ -37,26 +37,35 @@ from jax.experimental.pallas import triton as pltriton
 HIGHEST = lax.Precision.HIGHEST
 
 
-def _dot(x, y, mm_dtype):
-  return jnp.dot(x.astype(mm_dtype), y.astype(mm_dtype), precision=HIGHEST,
-                 preferred_element_type=jnp.float32)
+def _dot(x, y, mm_dtype, contract=(1, 0)):
+  """x @ y (contract=(1, 0)), x @ y^T ((1, 1)) or x^T @ y ((0, 0)); fp32 accumulation."""
+  return lax.dot_general(x.astype(mm_dtype), y.astype(mm_dtype),
+                         (((contract[0],), (contract[1],)), ((), ())), precision=HIGHEST,
+                         preferred_element_type=jnp.float32)
 
 
-def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, with_dlam, mm_dtype):
-  if lam_levels:
-    a_ref, b_ref, c_ref, g_ref, lam_ref, *refs = refs
-  else:
-    a_ref, b_ref, c_ref, g_ref, *refs = refs
-  if with_dlam:
-    qx_ref, o_ref, dlam_ref = refs
-  else:
-    (o_ref,) = refs
+def _level_masks(x, levels):
+  """[lvl == l for l < levels] with lvl = bit_length(x), x = pos_t XOR pos_s >= 0."""
+  return [x == 0] + [(x >> (l - 1)) == 1 for l in range(1, levels)]
+
+
+def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, with_dlam,
+            mm_dtype):
+  refs = list(refs)
+  a_ref, b_ref, c_ref, g_ref = refs[:4]
+  del refs[:4]
+  lam_ref = refs.pop(0) if lam_levels else None
+  pos_ref, doc_ref = (refs.pop(0), refs.pop(0)) if packed else (None, None)
+  qx_ref = refs.pop(0) if with_dlam else None
+  o_ref = refs.pop(0)
+  dlam_ref = refs.pop(0) if with_dlam else None
   Ka, BV = a_ref.shape[-1], c_ref.shape[-1]
+  lo = C.bit_length()                        # aligned mode: level of chunk bit x is lo + x
   row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
   col = lax.broadcasted_iota(jnp.int32, (C, C), 1)
-  # in-chunk level masks (chunk starts are multiples of C, so lvl(t, s) = bit_length(i XOR j))
-  same = [row == col] + [(row >> l) == (col >> l) for l in range(1, intra_levels)]
-  level_masks = [same[0]] + [same[l] & ~same[l - 1] for l in range(1, intra_levels)]
+  causal = (col >= row) if reverse else (row >= col)
+  # aligned: chunk starts are multiples of C, so lvl(t, s) = bit_length(i XOR j)
+  aligned_masks = None if packed else _level_masks(row ^ col, intra_levels)
 
   def body(i, states):
     c = N - 1 - i if reverse else i
@@ -66,90 +75,122 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, with_dlam, 
     G = jnp.cumsum(g)
     gs = jnp.sum(g)
     lam = [lam_ref[l, sl] for l in range(lam_levels)]
+    ones = jnp.ones((C,), jnp.float32)
+    lam_of = lambda lv: ones if lv is None else lam[lv]
 
-    # intra-chunk pairs
-    ab = lax.dot_general(a.astype(mm_dtype), b.astype(mm_dtype), (((1,), (1,)), ((), ())),
-                         precision=HIGHEST, preferred_element_type=jnp.float32)
-    if reverse:
-      expo = jnp.where(col >= row, G[None, :] - G[:, None], -jnp.inf)
+    # intra-chunk pairs (exponents masked before exp)
+    if packed:
+      pos, doc = pos_ref[sl], doc_ref[sl]
+      real = pos >= 0
+      pair = causal & (doc[:, None] == doc[None, :]) & real[:, None] & real[None, :]
+      masks = _level_masks(pos[:, None] ^ pos[None, :], intra_levels) if lam_levels else None
     else:
-      expo = jnp.where(row >= col, G[:, None] - G[None, :], -jnp.inf)
-    pd = ab * jnp.exp(expo)
+      pair, masks = causal, aligned_masks
+    if reverse:
+      expo = jnp.where(pair, G[None, :] - G[:, None], -jnp.inf)
+    else:
+      expo = jnp.where(pair, G[:, None] - G[None, :], -jnp.inf)
+    pd = _dot(a, b, mm_dtype, (1, 1)) * jnp.exp(expo)
     p = pd
     if lam_levels:
       w = jnp.zeros((C, C), jnp.float32)
-      for l, mask in enumerate(level_masks):
+      for l, mask in enumerate(masks):
         w = w + jnp.where(mask, lam[l][None, :] if reverse else lam[l][:, None], 0.0)
       p = pd * w
     out = _dot(p, v, mm_dtype)
-    dlam_cols = []
+    dlam = {}
     if with_dlam:
       qx = qx_ref[sl, :]
-      z = pd * lax.dot_general(qx.astype(mm_dtype), v.astype(mm_dtype), (((1,), (1,)), ((), ())),
-                               precision=HIGHEST, preferred_element_type=jnp.float32)
-      dlam_cols = [jnp.sum(jnp.where(mask, z, 0.0), axis=1) for mask in level_masks]
+      z = pd * _dot(qx, v, mm_dtype, (1, 1))
+      dlam = {l: jnp.sum(jnp.where(mask, z, 0.0), axis=1) for l, mask in enumerate(masks)}
 
-    # cross-chunk pairs: one state per stream
-    read_w = jnp.exp(gs - G) if reverse else jnp.exp(G)
-    a_read = a * read_w[:, None]
-    if not reverse:
-      ds_shared = lax.dot_general(b.astype(mm_dtype), (v * jnp.exp(gs - G)[:, None]).astype(mm_dtype),
-                                  (((0,), (0,)), ((), ())), precision=HIGHEST,
-                                  preferred_element_type=jnp.float32)
+    # cross-chunk pairs: one fp32 state per stream; (read, write) are per-token weights
+    # (exp of the decay to / from the chunk boundary, masked) and keep scales the carried state.
+    if packed:
+      rweights, wweights, keeps, flags = [], [], [], []
+      for lv in streams:
+        if lv is None:                         # plain SSD: resets at document starts only
+          reset, rd, wr = real & (pos == 0), real, real
+        else:
+          bit = ((pos >> (lv - 1)) & 1) == 1
+          reset, rd, wr = real & ((pos & ((1 << lv) - 1)) == 0), real & bit, real & ~bit
+        rc = jnp.cumsum(reset.astype(jnp.int32))
+        rtot = jnp.sum(reset.astype(jnp.int32))
+        if reverse:   # s-side reads pairs with no reset after s; t-side writes with none up to t
+          rmask, wmask = wr & (rc == rtot), rd & (rc == 0)
+          rw, ww = jnp.exp(gs - G), jnp.exp(G) * lam_of(lv)
+        else:
+          rmask, wmask = rd & (rc == 0), wr & (rc == rtot)
+          rw, ww = jnp.exp(G), jnp.exp(gs - G)
+        rweights.append(jnp.where(rmask, rw, 0.0))
+        wweights.append(jnp.where(wmask, ww, 0.0))
+        keeps.append(jnp.where(rtot == 0, jnp.exp(gs), 0.0))
+        flags.append((jnp.sum(rmask.astype(jnp.int32)) > 0, jnp.sum(wmask.astype(jnp.int32)) > 0))
+    else:
+      rw_all = jnp.exp(gs - G) if reverse else jnp.exp(G)
+      ww_all = jnp.exp(G) if reverse else jnp.exp(gs - G)
+      ds_shared = None if reverse else _dot(b, v * ww_all[:, None], mm_dtype, (0, 0))
+
     new_states = []
-    for S, x in zip(states, streams):
-      if x is None:                      # hierarchy off: read and write every chunk
-        out = out + _dot(a_read, S, mm_dtype)
-        new_states.append(S * jnp.exp(gs) + (ds_shared if not reverse else lax.dot_general(
-            b.astype(mm_dtype), (v * jnp.exp(G)[:, None]).astype(mm_dtype),
-            (((0,), (0,)), ((), ())), precision=HIGHEST, preferred_element_type=jnp.float32)))
-        continue
-      lv = intra_levels + x
-      bit = ((c >> x) & 1) == 1
-      block = (1 << (x + 1)) - 1
-      read, write = (~bit, bit) if reverse else (bit, ~bit)
-      reset = (c & block) == (block if reverse else 0)
-
-      def do_read(S=S, lv=lv):
-        r = _dot(a_read, S, mm_dtype)
-        rw = r if reverse else r * lam[lv][:, None]
-        dl = jnp.sum(qx.astype(jnp.float32) * r, axis=1) if with_dlam else jnp.zeros((C,), jnp.float32)
-        return rw, dl
-
-      def no_read():
-        return jnp.zeros((C, BV), jnp.float32), jnp.zeros((C,), jnp.float32)
-
-      r, dl = lax.cond(read, do_read, no_read)
-      out = out + r
-      if with_dlam:
-        dlam_cols.append(dl)
-      keep = jnp.where(reset, 0.0, jnp.exp(gs))
-      if reverse:
-        def do_write(S=S, lv=lv, keep=keep):
-          vw = (v * (jnp.exp(G) * lam[lv])[:, None]).astype(mm_dtype)
-          return S * keep + lax.dot_general(b.astype(mm_dtype), vw, (((0,), (0,)), ((), ())),
-                                            precision=HIGHEST, preferred_element_type=jnp.float32)
-        new_states.append(lax.cond(write, do_write, lambda S=S, keep=keep: S * keep))
+    for k, (S, lv) in enumerate(zip(states, streams)):
+      if packed:
+        rw, ww, keep = rweights[k], wweights[k], keeps[k]
+        read, write = flags[k]
+      elif lv is None:                         # hierarchy off: read and write every chunk
+        rw, ww, keep, read, write = rw_all, ww_all, jnp.exp(gs), None, None
       else:
+        x = lv - lo
+        bit = ((c >> x) & 1) == 1
+        block = (1 << (x + 1)) - 1
+        read, write = (~bit, bit) if reverse else (bit, ~bit)
+        rw, keep = rw_all, jnp.where((c & block) == (block if reverse else 0), 0.0, jnp.exp(gs))
+        ww = ww_all * lam[lv] if reverse else ww_all
+
+      def do_read(S=S, rw=rw, lv=lv):
+        r = _dot(a * rw[:, None], S, mm_dtype)
+        dl = jnp.sum(qx.astype(jnp.float32) * r, axis=1) if with_dlam else jnp.zeros(
+            (C,), jnp.float32)
+        return (r if reverse else r * lam_of(lv)[:, None]), dl
+
+      def do_write(S=S, ww=ww, keep=keep):
+        if not packed and ds_shared is not None:
+          return S * keep + ds_shared
+        return S * keep + _dot(b, v * ww[:, None], mm_dtype, (0, 0))
+
+      if read is None:
+        r, dl = do_read()
+      else:
+        r, dl = lax.cond(read, do_read, lambda: (jnp.zeros((C, BV), jnp.float32),
+                                                 jnp.zeros((C,), jnp.float32)))
+      out = out + r
+      if with_dlam and lv is not None:
+        dlam[lv] = dlam[lv] + dl if lv in dlam else dl
+      if write is None:
+        new_states.append(do_write())
+      elif not packed and not reverse:         # shared write: no matmul to skip
         new_states.append(S * keep + ds_shared * write.astype(jnp.float32))
+      else:
+        new_states.append(lax.cond(write, do_write, lambda S=S, keep=keep: S * keep))
     o_ref[sl, :] = out.astype(o_ref.dtype)
-    for l, col_l in enumerate(dlam_cols):
-      dlam_ref[l, sl] = col_l
+    for l in range(lam_levels if with_dlam else 0):
+      dlam_ref[l, sl] = dlam[l]
     return tuple(new_states)
 
   init = tuple(jnp.zeros((Ka, BV), jnp.float32) for _ in streams)
   lax.fori_loop(0, N, body, init)
 
 
-def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, *, heads, chunk_size,
-               reverse, levels=None, out_dtype=jnp.float32, block_v=32, num_warps=4,
-               num_stages=1, interpret=False):
+def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_BP=None,
+               doc_BP=None, *, heads, chunk_size, reverse, levels=None, out_dtype=jnp.float32,
+               block_v=32, num_warps=4, num_stages=1, interpret=False):
   """Runs the chunk scan (module docstring) over P = N * chunk_size padded tokens.
 
   Feature axes are powers of two >= 16; a/b/c/qx have X heads (G groups or H heads; head h reads
   h // (H // X)). levels: the L of lam (hierarchy on; lam_BHLP holds at least the levels a
   length-P sequence reaches, up to L) or None (hierarchy off). qx_BPXV (causal only) adds the dlam
-  output [P // ..., J, B, H, L', P] (J feature blocks, partial sums; L' levels computed).
+  output [J, B, H, L', P] (J feature blocks, partial sums; L' levels computed). pos_BP / doc_BP
+  (int32; pos -1 at padding) switch to packed documents: levels from positions inside documents,
+  pairs only inside a document, every level >= 1 a stream with per-token masks.
   Returns out_BPHV [, dlam_JBHLP].
   """
   B, P, _, Ka = a_BPXA.shape
@@ -160,13 +201,14 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, *, he
   BV = min(block_v, Vc)
   J = Vc // BV
   lo = C.bit_length()                                  # log2 C + 1: levels inside a chunk
+  packed = pos_BP is not None
   if levels is None:
     intra_levels, streams, lam_levels = 1, (None,), 0
   else:
     hi = min(levels, (P - 1).bit_length() + 1)
-    intra_levels = min(lo, levels)
-    streams = tuple(range(max(hi - lo, 0)))
-    lam_levels = intra_levels + len(streams)
+    intra_levels = hi if packed else min(lo, hi)
+    streams = tuple(range(1 if packed else lo, hi))
+    lam_levels = hi
   mm_dtype = jnp.result_type(a_BPXA.dtype, b_BPXA.dtype, c_BPXV.dtype)
 
   def seq_spec(x, width, blocked):
@@ -181,6 +223,9 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, *, he
   if lam_levels:
     in_specs.append(pl.BlockSpec((None, None, lam_levels, P), lambda b, h, j: (b, h, 0, 0)))
     args.append(lam_BHLP[:, :, :lam_levels])
+  if packed:
+    in_specs += [pl.BlockSpec((None, P), lambda b, h, j: (b, 0))] * 2
+    args += [pos_BP, doc_BP]
   out_shape = [jax.ShapeDtypeStruct((B, P, H, Vc), out_dtype)]
   out_specs = [pl.BlockSpec((None, P, None, BV), lambda b, h, j: (b, 0, h, j))]
   with_dlam = qx_BPXV is not None
@@ -191,7 +236,8 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, *, he
     out_specs.append(pl.BlockSpec((None, None, None, lam_levels, P),
                                   lambda b, h, j: (j, b, h, 0, 0)))
   kernel = functools.partial(_kernel, C=C, N=N, intra_levels=intra_levels, streams=streams,
-                             lam_levels=lam_levels, reverse=reverse, with_dlam=with_dlam,
+                             lam_levels=lam_levels, reverse=reverse, packed=packed,
+                             with_dlam=with_dlam,
                              mm_dtype=mm_dtype)
   outs = pl.pallas_call(
       kernel, grid=(B, H, J), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,

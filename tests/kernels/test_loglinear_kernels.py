@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lloglin.ops import hierarchy as hierarchy_ops
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
 from pallas_kernels import loglinear as pk
@@ -105,26 +106,31 @@ def test_gradients_equal_fp64_oracle(hierarchy):
     assert_close(x, y, **(GRAD if name in ('dq', 'dk', 'dv') else GRAD_GATES), name=name)
 
 
-@pytest.mark.parametrize('rows', [[40, 33], [25, 40]], ids=['single_documents', 'packed'])
-def test_segment_ids(rows):
-  """One document + padding per row (NaN-poisoned) runs the kernels; packed rows (a second
-  document id) run the XLA form; both equal lloglin.ops, gradients included."""
-  T = 40
-  seg = np.zeros((2, T), np.int32)
-  seg[0, :rows[0]] = 1
-  seg[1, :rows[1]] = 1
-  if rows[0] < T:
-    seg[0, rows[0]:] = 2                             # packed: a second document
-  data = lm.poison_padding(lm.make_data(8, 2, T, fam=FAM, L=7), seg)
-  cot = jnp.asarray(np.random.default_rng(1).standard_normal((2, T, 2, 16)), jnp.float32)
-  args = args_of(data, jnp.float32, True)
-  kfn = functools.partial(pk.loglinear_ssd_chunked, segment_ids_BT=jnp.asarray(seg),
-                          chunk_size=16, interpret=True)
-  rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked, segment_ids_BT=jnp.asarray(seg),
-                          chunk_size=16)
-  out, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=(0, 1, 2, 3, 4)))(*args)
-  ref, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=(0, 1, 2, 3, 4)))(*args)
-  assert_close(jax.jit(kfn)(*args), jax.jit(rfn)(*args), rel=1e-5, name='output')
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
+def test_packed_documents(hierarchy):
+  """Packed rows (documents of 1 and 15 tokens, padding between and after, NaN-poisoned): kernel
+  == fp64 recurrent oracle, and its gradients == jax.grad of the XLA form (padding grads 0)."""
+  seg = lm.packed_segment_ids()
+  B, T = seg.shape
+  data = lm.poison_padding(lm.make_data(2, B, T, fam=FAM, L=8), seg)
+  seg = jnp.asarray(seg)
+  cot = jnp.asarray(np.random.default_rng(1).standard_normal((B, T, 2, 16)), jnp.float32)
+  n = 5 if hierarchy else 4
+  kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked,
+                          segment_ids_BT=seg, chunk_size=16, interpret=True)
+  rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy else ops_ssd.ssd_chunked,
+                          segment_ids_BT=seg, chunk_size=16)
+  oracle = functools.partial(ops_loglinear.loglinear_ssd_recurrent if hierarchy
+                             else ops_ssd.ssd_recurrent, segment_ids_BT=seg)
+  with jax.enable_x64(True):
+    ref = jax.jit(oracle)(*args_of(data, jnp.float64, hierarchy))
+    out, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(
+        *args_of(data, jnp.float32, hierarchy))
+    out = jax.jit(kfn)(*args_of(data, jnp.float32, hierarchy))
+    _, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(
+        *args_of(data, jnp.float32, hierarchy))
+  assert_close(out, ref, **lm.fwd_tol(ref), name='output')
+  assert np.all(np.asarray(out)[np.asarray(seg) == 0] == 0)
   for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dlam'), got, want):
     assert_close(x, y, **GRAD_GATES, name=name)
 
@@ -141,19 +147,23 @@ def test_states_fall_back_to_xla_form():
 
 
 def test_every_kernel_lowers_for_cuda():
-  """Forward and the three backward kernels lower through Pallas-Triton for an H200 (from CPU)."""
+  """Forward and the three backward kernels, aligned and packed, lower through Pallas-Triton for
+  an H200 (from CPU)."""
   dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
   B, T, G, H, K, V, L = 2, 200, 1, 4, 128, 64, 9
   S = jax.ShapeDtypeStruct
   shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
             S((B, T, H, V), jnp.bfloat16), S((B, T, H), jnp.float32),
             S((B, T, H, L), jnp.float32)]
+  seg = S((B, T), jnp.int32)
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
     for fn, n in ((pk.loglinear_ssd_chunked, 5), (pk.ssd_chunked, 4)):
-      loss = lambda *a, fn=fn: jnp.sum(fn(*a).astype(jnp.float32))
-      text = jax.jit(jax.grad(loss, argnums=tuple(range(n)))).trace(*shapes[:n]).lower(
-          lowering_platforms=('cuda',)).as_text()
-      assert text.count('__gpu$xla.gpu.triton') == 4, fn.__name__
+      for packed in (False, True):
+        loss = lambda *a, fn=fn, packed=packed: jnp.sum(
+            fn(*a[:n], segment_ids_BT=a[n] if packed else None).astype(jnp.float32))
+        text = jax.jit(jax.grad(loss, argnums=tuple(range(n)))).trace(
+            *shapes[:n], seg).lower(lowering_platforms=('cuda',)).as_text()
+        assert text.count('__gpu$xla.gpu.triton') == 4, (fn.__name__, packed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,20 +198,21 @@ def test_gpu_more_than_2_31_elements():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize('B,T,G,H,D', [(2, 1024, 1, 8, 128), (1, 2000, 2, 8, 128),
-                                       (1, 8192, 1, 4, 64)])
-@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
-def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, hierarchy):
+@pytest.mark.parametrize('B,T,G,H,D,hierarchy,cu_seqlens', [
+    (2, 1024, 1, 8, 128, True, None), (2, 1024, 1, 8, 128, False, None),
+    (1, 2000, 2, 8, 128, True, [0, 15, 333, 2000]), (1, 8192, 1, 4, 64, True, None)])
+def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, hierarchy, cu_seqlens):
   args, cot = _gpu_inputs(B, T, G, H, D, D)
   n = 5 if hierarchy else 4
   args = args[:n]
-  scale = D ** -0.5
-  kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked, scale=scale)
+  seg = None if cu_seqlens is None else hierarchy_ops.segment_ids_from_cu_seqlens(cu_seqlens, T)
+  kw = dict(scale=D ** -0.5, segment_ids_BT=seg)
+  kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked, **kw)
   rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy
-                          else ops_ssd.ssd_chunked, scale=scale)
+                          else ops_ssd.ssd_chunked, **kw)
   ref_args = [a.astype(jnp.float32) for a in args]
-  out, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(*args)
-  ref, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(*ref_args)
+  _, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(*args)
+  _, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(*ref_args)
   assert_close(jax.jit(kfn)(*args).astype(jnp.float32), jax.jit(rfn)(*ref_args), rel=5e-3,
                name='forward')
   for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dlam'), got, want):

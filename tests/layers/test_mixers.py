@@ -219,10 +219,11 @@ def has_pallas_kernel(name):
 @pytest.mark.parametrize("name", ["mamba2", "loglinear_mamba2"])
 def test_pallas_impl_equals_xla(name):
   """mixer_impl='pallas' (interpreted on CPU) == 'xla': outputs, parameter and input gradients,
-  on one document per row with trailing padding (the kernel path)."""
+  with padding after the document of one row and two documents packed in another."""
   assert has_pallas_kernel(name)
   seg = np.ones((B, T), np.int32)
   seg[1, 40:] = 0
+  seg[2, 21:] = 2
   seg = jnp.asarray(seg)
   x = random_x(3)
   y_x, gp_x, gx_x = forward_and_grads_fn(build(name, mixer_impl="xla"))(x, seg)
