@@ -100,7 +100,6 @@ def _preprocess(q_BTHK, k_BTGK, w_BTGK, beta_BTG, C, M, acc):
   for _ in range(L - 2):
     blk.append(ein("bgakl,bgalm->bgakm", blk[-1][:, :, 1::2], blk[-1][:, :, 0::2]))
 
-  c_M = jnp.arange(M)
   qlv, klv = [], []
   q_cur, k_cur = qhat_BGRMCK, kn_BGMCK
   for s in range(L):  # level l = s + 1: boundaries at multiples of 2^s chunks
@@ -108,19 +107,39 @@ def _preprocess(q_BTHK, k_BTGK, w_BTGK, beta_BTG, C, M, acc):
     klv.append(k_cur)
     if s == L - 1:
       break
-    bit_M = (c_M >> s) & 1 == 1
-    nblk = blk[s].shape[2]
-    # Queries with bit s set cross the block just below their boundary; keys with it clear
-    # cross the block just above theirs.
-    qb_BGMKK = jnp.take(blk[s], jnp.clip((c_M >> s) - 1, 0, nblk - 1), axis=2)
-    kb_BGMKK = jnp.take(blk[s], jnp.clip((c_M >> s) + 1, 0, nblk - 1), axis=2)
-    q_cur = jnp.where(bit_M[:, None, None], ein("bgrmck,bgmkl->bgrmcl", q_cur, qb_BGMKK), q_cur)
-    k_cur = jnp.where(bit_M[:, None, None], k_cur, ein("bgmck,bgmlk->bgmcl", k_cur, kb_BGMKK))
+    # Queries with bit s set cross the block just below their boundary (even blocks); keys
+    # with it clear cross the block just above theirs (odd blocks).
+    q_cur = _cross_blocks(q_cur, blk[s][:, :, 0::2], s, True,
+                          functools.partial(ein, "bgrahck,bgakl->bgrahcl"))
+    k_cur = _cross_blocks(k_cur, blk[s][:, :, 1::2], s, False,
+                          functools.partial(ein, "bgahck,bgalk->bgahcl"))
 
   qlv_BHLTK = jnp.stack(qlv, 3).reshape(B, H, L, T, K).astype(q_BTHK.dtype)
   klv_BGLTK = jnp.stack(klv, 2).reshape(B, G, L, T, K).astype(k_BTGK.dtype)
   z_BHTC = z_BGRMCC.reshape(B, H, T, C).astype(jnp.float32)
   return qlv_BHLTK, klv_BGLTK, z_BHTC, (kn_BGMCK, w_BGMCK, u_BGMCK)
+
+
+def _cross_blocks(x_XMCK, blk_BGAKK, s, upper, apply):
+  """Moves the rows of half of the chunks across one aligned block of 2^s chunks.
+
+  Chunks are grouped in pairs of 2^s-chunk halves (axis -3 padded to whole pairs); pair a's
+  upper (`upper=True`) or lower half is transformed by `apply(half_...AhCK, blk_BGAKK[:, :, a])`,
+  the other half passes through. No per-chunk gather of the K x K blocks.
+  """
+  M, h = x_XMCK.shape[-3], 2**s
+  A = -(-M // (2 * h))
+  pad = [(0, 0)] * x_XMCK.ndim
+  pad[-3] = (0, 2 * h * A - M)
+  x = jnp.pad(x_XMCK, pad)
+  x = x.reshape(x.shape[:-3] + (A, 2, h) + x.shape[-2:])
+  lower, upper_half = x[..., 0, :, :, :], x[..., 1, :, :, :]
+  if upper:
+    upper_half = apply(upper_half, blk_BGAKK[:, :, :A])
+  else:
+    lower = apply(lower, blk_BGAKK[:, :, :A])
+  x = jnp.stack([lower, upper_half], axis=-4)
+  return x.reshape(x.shape[:-5] + (2 * h * A,) + x.shape[-2:])[..., :M, :, :]
 
 
 # ---------------------------------------------------------------- kernels ----------------------

@@ -35,6 +35,7 @@ def segments(B, T):
     (17, 16, False, (1.5, 2.0), False),
     (64, 16, True, (1.5, 2.0), False),
     (100, 16, True, (0.0, 2.0), True),
+    (200, 16, True, (1.5, 2.0), False),  # 13 chunks: 4 levels, a partial top block
 ])
 def test_forward_matches_oracle_and_blockwise(T, C, gate, beta_range, seg):
   B, H, G, K, V = 2, 4, 2, 32, 16  # GQA: two query heads per key head
