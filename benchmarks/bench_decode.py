@@ -242,7 +242,7 @@ def main(argv=None):
       base = dict(model=name, format=fmt, prompt=args.prompt, max_len=args.max_len,
                   steps=args.steps, weight_bytes=w.nbytes(), roofline_ms=roofline_ms,
                   bandwidth=bandwidth)
-      impls = [("jax_jit_step", decode_step_reference, None)]
+      impls = [("jax_jit_step", None, decode_step_reference)]
       if not args.no_fused:
         impls += [(f"fused_kernel{i or ''}", *fused_variant(c, v))
                   for i, v in enumerate(variants or [{}])]

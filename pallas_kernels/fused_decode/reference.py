@@ -68,4 +68,4 @@ def decode_step_reference(weights: FusedWeights, cache, token, position):
 
   x_D, k, v = jax.lax.fori_loop(0, c.num_layers, layer, (x_D, *cache))
   xn_D = _rms_normed(x_D, weights.final_norm, c.norm_eps, act)
-  return _matvec(weights.head, weights.shead, xn_D), (k, v)
+  return _matvec(*weights.lm_head(), xn_D), (k, v)

@@ -54,14 +54,11 @@ class FusedConfig:
     return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
 
 
-_MATRICES = ("wqkv", "wo", "wgate", "wup", "wdown", "head")
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class FusedWeights:
   """Packed weights (see the module docstring). `s*` are per-row float32 scales (int8 only,
-  else None); `head`/`shead` are the embedding arrays themselves when the model ties them."""
+  else None); `head`/`shead` are None when the model ties the head to the embedding."""
   embed: jax.Array      # [V, D]
   sembed: jax.Array | None
   attn_norm: jax.Array  # [L, D] f32
@@ -77,20 +74,25 @@ class FusedWeights:
   wdown: jax.Array      # [L, D, F]
   sdown: jax.Array | None
   final_norm: jax.Array  # [D] f32
-  head: jax.Array       # [V, D]
+  head: jax.Array | None  # [V, D]
   shead: jax.Array | None
   config: FusedConfig = dataclasses.field(metadata=dict(static=True))
 
+  def lm_head(self):
+    """(rows [V, D], scales or None) of the LM head: the embedding's when tied."""
+    return (self.embed, self.sembed) if self.head is None else (self.head, self.shead)
+
   def nbytes(self) -> int:
-    """Bytes one decode step must read: every matrix once (a tied head counted once, plus the
-    one embedding row), norms and scales."""
-    tied = self.head is self.embed
+    """Bytes one decode step must read: every array once, except an untied embedding table,
+    of which only the token's row is read."""
     total = 0
-    for name, x in dataclasses.asdict(self).items():
-      if not isinstance(x, jax.Array) or (tied and name in ("embed", "sembed")):
-        continue
-      total += x.size * x.dtype.itemsize
-    return total + (self.config.d_model * self.embed.dtype.itemsize if tied else 0)
+    for f in dataclasses.fields(self):
+      x = getattr(self, f.name)
+      if isinstance(x, jax.Array) and not (self.head is not None and f.name in ("embed",
+                                                                                 "sembed")):
+        total += x.size * x.dtype.itemsize
+    return total + (self.config.d_model * self.embed.dtype.itemsize if self.head is not None
+                    else 0)
 
 
 def quantize_rows(w_ND, weight_format: str):
@@ -129,7 +131,7 @@ def pack_arrays(config: FusedConfig, *, embed_VD, attn_norm_LD, wq_LDN, wk_LDN, 
   wgate, sgate = q(t(wgate_LDF))
   wup, sup = q(t(wup_LDF))
   wdown, sdown = q(t(wdown_LFD))
-  head, shead = (embed, sembed) if head_DV is None else q(t(head_DV))
+  head, shead = (None, None) if head_DV is None else q(t(head_DV))
   f32 = lambda x: x.astype(jnp.float32)
   return FusedWeights(embed=embed, sembed=sembed, attn_norm=f32(attn_norm_LD), wqkv=wqkv,
                       sqkv=sqkv, wo=wo, so=so, mlp_norm=f32(mlp_norm_LD), wgate=wgate,

@@ -37,6 +37,7 @@ def test_reference_matches_decoder_forward(tie):
   tokens = jax.random.randint(jax.random.key(0), (1, T), 0, cfg.vocab_size)
   full_TV = model(tokens)[0]
   weights = pack_weights(model, "f32")
+  assert (weights.head is None) == tie
   cache = init_cache(weights.config, 16)
   step = jax.jit(decode_step_reference)
   logits = []
@@ -68,10 +69,10 @@ def _prompted_cache(config, S, seed=1):
 
 
 @pytest.mark.parametrize("fmt,rows,prefetch", [("bf16", 8, 1 << 14), ("int8", 16, 64),
-                                               ("f32", 8, 1 << 14)])
+                                               ("f32", 8, 0)])
 def test_kernel_interpret_matches_reference(fmt, rows, prefetch):
   """Several steps (including position 0 and a split with no cache block), caches too; item
-  tiles prefetched whole, or only their first chunk."""
+  tiles prefetched whole, only their first chunk, or not at all."""
   c = FusedConfig(**TINY, weight_format=fmt)
   weights = random_weights(c, jax.random.key(0), tied=fmt != "f32")
   tiling = Tiling(num_blocks=1, rows=rows, chunk=32, seq_block=16, splits=2, prefetch=prefetch)
