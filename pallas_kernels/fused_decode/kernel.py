@@ -60,12 +60,12 @@ class Tiling:
   prefetch: weight elements per GEMV item requested ahead (before a barrier, or while the
   previous item computes; 0 = none)."""
   num_blocks: int
-  rows: int = 8
+  rows: int = 16
   chunk: int = 512
   seq_block: int = 32
   splits: int = 16
-  num_warps: int = 4
-  prefetch: int = 16384
+  num_warps: int = 8
+  prefetch: int = 0
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
@@ -77,12 +77,13 @@ def _pow2_divisor(n: int, cap: int) -> int:
 
 
 def default_tiling(config, num_blocks: int, max_len: int) -> Tiling:
+  """The fastest measured split (rows 16, 8 warps), fitted to the model: about one attention
+  item per block, cache blocks of 2048 elements per head."""
   c = config
   splits = _pow2_divisor(1 << 30, max(1, min(32, num_blocks // c.num_kv_heads)))
   seq_block = _pow2_divisor(max_len, max(1, 2048 // c.head_dim))
   rows = _pow2_divisor(math.gcd(c.head_dim, c.d_model, c.mlp_dim, c.vocab_size), 16)
-  return Tiling(num_blocks=num_blocks, rows=rows, chunk=512, seq_block=seq_block, splits=splits,
-                num_warps=8, prefetch=0)
+  return Tiling(num_blocks=num_blocks, rows=rows, seq_block=seq_block, splits=splits)
 
 
 def _check(config, tiling: Tiling, max_len: int):

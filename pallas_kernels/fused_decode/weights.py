@@ -183,6 +183,6 @@ def random_weights(config: FusedConfig, key, *, tied: bool = True) -> FusedWeigh
 
 
 def init_cache(config: FusedConfig, max_len: int):
-  """Zero KV cache (k, v), each [L, S, G, K] in the cache dtype (lloglin's layout, batch dropped)."""
+  """Zero KV cache (k, v), each [L, S, G, K] in the cache dtype (lloglin's layout, no batch)."""
   shape = (config.num_layers, max_len, config.num_kv_heads, config.head_dim)
   return (jnp.zeros(shape, config.cache_dtype), jnp.zeros(shape, config.cache_dtype))
