@@ -104,6 +104,33 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
       z = pd * _dot(qx, v, mm_dtype, (1, 1))
       dlam = {l: jnp.sum(jnp.where(mask, z, 0.0), axis=1) for l, mask in enumerate(masks)}
 
+    if packed and lam_levels:
+      # Levels 1 .. log2 C span less than C positions, so across chunks they only pair with the
+      # neighbouring chunk (the previous one, or the next one when scanning backward): one more
+      # masked (a b^T) c block instead of one state per level.
+      near = min(lo, lam_levels)
+      cn = jnp.maximum(c - 1, 0) if not reverse else jnp.minimum(c + 1, N - 1)
+      sn = pl.ds(pl.multiple_of(cn * C, C), C)
+      bn, vn, posn, docn = b_ref[sn, :], c_ref[sn, :], pos_ref[sn], doc_ref[sn]
+      gn = g_ref[sn].astype(jnp.float32)
+      Gn = jnp.cumsum(gn)
+      npair = ((cn != c) & (doc[:, None] == docn[None, :]) & real[:, None]
+               & (posn >= 0)[None, :])
+      # causal: t here, s before (exp(G_t + gs_prev - G_s)); reverse: s here, t after
+      nexpo = (G[:, None] + jnp.sum(gn) - Gn[None, :]) if not reverse else (
+          Gn[None, :] + gs - G[:, None])
+      nmasks = _level_masks(pos[:, None] ^ posn[None, :], near)
+      lamn = [lam_ref[l, sn] for l in range(near)] if reverse else lam
+      wn = jnp.zeros((C, C), jnp.float32)
+      for l in range(1, near):
+        wn = wn + jnp.where(nmasks[l], lamn[l][None, :] if reverse else lamn[l][:, None], 0.0)
+      pn = _dot(a, bn, mm_dtype, (1, 1)) * jnp.exp(jnp.where(npair, nexpo, -jnp.inf))
+      out = out + _dot(pn * wn, vn, mm_dtype)
+      if with_dlam:
+        zn = pn * _dot(qx, vn, mm_dtype, (1, 1))
+        for l in range(1, near):
+          dlam[l] = dlam[l] + jnp.sum(jnp.where(nmasks[l], zn, 0.0), axis=1)
+
     # cross-chunk pairs: one fp32 state per stream; (read, write) are per-token weights
     # (exp of the decay to / from the chunk boundary, masked) and keep scales the carried state.
     if packed:
@@ -190,7 +217,8 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_B
   length-P sequence reaches, up to L) or None (hierarchy off). qx_BPXV (causal only) adds the dlam
   output [J, B, H, L', P] (J feature blocks, partial sums; L' levels computed). pos_BP / doc_BP
   (int32; pos -1 at padding) switch to packed documents: levels from positions inside documents,
-  pairs only inside a document, every level >= 1 a stream with per-token masks.
+  pairs only inside a document, levels 1 .. log2 C across chunks from the neighbouring chunk and
+  every higher level a stream with per-token masks.
   Returns out_BPHV [, dlam_JBHLP].
   """
   B, P, _, Ka = a_BPXA.shape
@@ -207,7 +235,7 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_B
   else:
     hi = min(levels, (P - 1).bit_length() + 1)
     intra_levels = hi if packed else min(lo, hi)
-    streams = tuple(range(1 if packed else lo, hi))
+    streams = tuple(range(lo, hi))
     lam_levels = hi
   mm_dtype = jnp.result_type(a_BPXA.dtype, b_BPXA.dtype, c_BPXV.dtype)
 
