@@ -16,8 +16,13 @@ backward in time) inside a fori_loop. Pairs inside a chunk are the masked, decay
 chunk level x (global level log2 C + 1 + x, the level-parallel masked scans of kernels.md §3.5 b):
 the causal stream is read (weighted by lam) in chunks with bit x set, written in chunks with bit x
 clear and reset at every aligned block of 2^(x+1) chunks; the anti-causal one mirrors it. With the
-hierarchy off there is one stream, read and written in every chunk. Exponents are masked before
-exp and are all <= 0. Optionally (dq pass) it also returns dlam_t^l = qx_t . (the unweighted level-l
+hierarchy off there is one stream, read and written in every chunk.
+
+Packed documents (pos / doc per token): lvl uses positions inside the document and pairs stay
+inside one document; levels 1 .. log2 C cross a chunk boundary only into the neighbouring chunk (one
+more masked block), and each level above keeps its stream with per-token reset / write / read
+masks (hierarchy.level_stream_masks; the SSD stream resets at document starts). Exponents are
+masked before exp and are all <= 0. Optionally (dq pass) it also returns dlam_t^l = qx_t . (the unweighted level-l
 term of out_t), partial over the feature blocks.
 
 Backend: the Pallas Triton lowering (pl.pallas_call + pltriton.CompilerParams; jax-stack.md 2.4,
