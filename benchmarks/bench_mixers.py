@@ -92,9 +92,14 @@ def jax_inputs(tokens: int, seq_len: int, heads: int, dim: int, key) -> dict:
       g_fox=jax.nn.log_sigmoid(4 + jax.random.normal(ks[3], (B, T, H))))
 
 
-def jax_case(mixer: str, impl: str, x: dict) -> tuple[Callable, tuple]:
-  """The function and arguments of one lloglin row; ImportError when the kernel is absent."""
+def jax_case(mixer: str, impl: str, x: dict, segments: bool = False) -> tuple[Callable, tuple]:
+  """The function and arguments of one lloglin row; ImportError when the kernel is absent.
+
+  segments: pass segment_ids_BT (one document per row), as the trainer always does, so the
+  packed-sequence path of each form is the one timed.
+  """
   scale = x["q"].shape[-1] ** -0.5
+  seg = {"segment_ids_BT": jnp.ones(x["q"].shape[:2], jnp.int32)} if segments else {}
   if mixer == "attention":
     if impl not in ("cudnn", "xla"):
       raise ImportError(f"attention has no {impl} row")
@@ -115,17 +120,17 @@ def jax_case(mixer: str, impl: str, x: dict) -> tuple[Callable, tuple]:
     name = "ssd_chunked" if mixer == "mamba2" else "loglinear_ssd_chunked"
     op = getattr(mod if impl == "pallas" else (ssd if mixer == "mamba2" else loglinear), name)
     args = (x["q"], x["k"], x["v"], x["g"]) + (() if mixer == "mamba2" else (x["lam"],))
-    return (lambda *a: op(*a, chunk_size=64, scale=scale)), args
+    return (lambda *a: op(*a, chunk_size=64, scale=scale, **seg)), args
   if mixer in ("gdn", "loglinear_gdn"):
     name = "gdn_chunked" if mixer == "gdn" else "loglinear_gdn_chunked"
     op = getattr(mod if impl == "pallas" else (delta if mixer == "gdn" else loglinear), name)
     args = (x["qn"], x["kn"], x["v"], x["g"], x["beta"]) + (
         () if mixer == "gdn" else (x["lam"],))
-    return (lambda *a: op(*a, chunk_size=64, scale=scale)), args
+    return (lambda *a: op(*a, chunk_size=64, scale=scale, **seg)), args
   if mixer in ("path", "path_fox"):
     op = mod.path_attention if impl == "pallas" else path.path_blockwise
     gate = {"g_BTH": x["g_fox"]} if mixer == "path_fox" else {}
-    return (lambda q, k, v, w, b: op(q, k, v, w, b, scale=scale, **gate),
+    return (lambda q, k, v, w, b: op(q, k, v, w, b, scale=scale, **gate, **seg),
             (x["q"], x["k"], x["v"], x["w"], x["beta2"]))
   raise ValueError(f"unknown mixer {mixer!r}; known: {MIXERS}")
 
@@ -282,9 +287,11 @@ def run_throughput(args) -> list[Row]:
           continue
         for mode in args.modes:
           def timer(mixer=mixer, impl=impl, mode=mode):
-            fn, fargs = jax_case(mixer, impl, x)
+            fn, fargs = jax_case(mixer, impl, x, args.segments)
             return time_jax(fn, fargs, backward=mode == "fwdbwd")
-          rows.append(measure(f"lloglin_{mixer}[{impl}]", args.tokens, T, mode, timer, mixer, impl))
+          label = impl + ("_segments" if args.segments else "")
+          rows.append(measure(f"lloglin_{mixer}[{label}]", args.tokens, T, mode, timer, mixer,
+                              label))
     del x
   return rows
 
@@ -315,16 +322,16 @@ def ratio_table(rows: list[Row]) -> list[str]:
   """Markdown: each lloglin Pallas row against its fla peer and cuDNN attention."""
   by = {(r.mixer, r.impl, r.seq_len, r.mode): r.mtok_s for r in rows if r.mtok_s}
   fla = {(r.mixer, r.seq_len, r.mode): r.mtok_s for r in rows if r.impl == "fla" and r.mtok_s}
-  lines = ["| mixer | T | mode | lloglin Pallas Mtok/s | XLA form | fla peer | cuDNN attention "
+  lines = ["| mixer | T | mode | lloglin Pallas (impl) Mtok/s | XLA form | fla peer | cuDNN attention "
            "| x fla | x cuDNN | x XLA |", "|" + " --- |" * 10]
   for (mixer, impl, T, mode), v in sorted(by.items()):
-    if impl != "pallas":
+    if not impl.startswith("pallas"):
       continue
     peer, cudnn = fla.get((mixer, T, mode)), by.get(("attention", "cudnn", T, mode))
-    xla = by.get((mixer, "xla", T, mode))
+    xla = by.get((mixer, impl.replace("pallas", "xla"), T, mode))
     fmt = lambda a: f"{a:.3g}" if a else "-"  # noqa: E731
     div = lambda a, b: f"{a / b:.2f}" if a and b else "-"  # noqa: E731
-    lines.append(f"| {mixer} | {T} | {mode} | {fmt(v)} | {fmt(xla)} | {fmt(peer)} | {fmt(cudnn)} "
+    lines.append(f"| {mixer} | {T} | {mode} | {fmt(v)} ({impl}) | {fmt(xla)} | {fmt(peer)} | {fmt(cudnn)} "
                  f"| {div(v, peer)} | {div(v, cudnn)} | {div(v, xla)} |")
   return lines
 
@@ -388,6 +395,8 @@ def parse_args(argv=None):
   p.add_argument("--mixers", type=csv, default=list(MIXERS))
   p.add_argument("--impls", type=csv, default=list(IMPLS))
   p.add_argument("--modes", type=csv, default=["fwd", "fwdbwd"])
+  p.add_argument("--segments", action="store_true",
+                 help="lloglin rows get segment_ids_BT (one document per row), as in training")
   p.add_argument("--memory", type=csv, default=[], help="mixers for the memory-vs-T section")
   p.add_argument("--memory_seqlens", type=lambda s: [int(x) for x in csv(s)],
                  default=[8192, 32768, 131072])
