@@ -106,11 +106,25 @@ def test_gradients_equal_fp64_oracle(hierarchy):
     assert_close(x, y, **(GRAD if name in ('dq', 'dk', 'dv') else GRAD_GATES), name=name)
 
 
+def one_document_rows():
+  """Two rows, each one document from position 0 (ids 1 and 7), the second then padded."""
+  return np.array([[1] * 40, [7] * 29 + [0] * 11], np.int32)
+
+
+def test_one_document_per_row_predicate():
+  assert bool(pk.one_document_per_row(jnp.asarray(one_document_rows())))
+  assert not bool(pk.one_document_per_row(jnp.asarray(lm.packed_segment_ids())))
+  assert not bool(pk.one_document_per_row(jnp.asarray([[0, 1, 1, 1]])))   # padding first
+  assert not bool(pk.one_document_per_row(jnp.asarray([[1, 1, 0, 1]])))   # a gap, then more
+
+
+@pytest.mark.parametrize('layout', ['packed', 'one_document'])
 @pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
-def test_packed_documents(hierarchy):
-  """Packed rows (documents of 1 and 15 tokens, padding between and after, NaN-poisoned): kernel
-  == fp64 recurrent oracle, and its gradients == jax.grad of the XLA form (padding grads 0)."""
-  seg = lm.packed_segment_ids()
+def test_packed_documents(hierarchy, layout):
+  """Packed rows (documents of 1 and 15 tokens, padding between and after) and rows of one
+  document then padding (run by the aligned kernels), NaN-poisoned: kernel == fp64 recurrent
+  oracle, and its gradients == jax.grad of the XLA form (padding grads 0)."""
+  seg = lm.packed_segment_ids() if layout == 'packed' else one_document_rows()
   B, T = seg.shape
   data = lm.poison_padding(lm.make_data(2, B, T, fam=FAM, L=8), seg)
   seg = jnp.asarray(seg)
