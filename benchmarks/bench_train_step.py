@@ -1,8 +1,8 @@
 """End-to-end training throughput of ~350M LMs: tokens/s and model FLOPs utilisation (MFU).
 
-  PYTHONPATH=. python3 benchmarks/bench_train_step.py --archs transformer,loglinear_mamba2 --seq_len 16384
-  PYTHONPATH=. python3 benchmarks/bench_train_step.py --archs transformer,path_fox --seq_len 4096
-  PYTHONPATH=. python3 benchmarks/bench_train_step.py --size smoke --seq_len 64 --tokens 256  # CPU
+  python3 benchmarks/bench_train_step.py --archs transformer,loglinear_mamba2 --seq_len 16384
+  python3 benchmarks/bench_train_step.py --archs transformer,path_fox --seq_len 4096
+  python3 benchmarks/bench_train_step.py --size smoke --seq_len 64 --tokens 256  # CPU
 
 One AdamW train step (bf16 compute, fp32 parameters, the trainer's jitted step) on random
 tokens, median over --steps after a compile step, every architecture in this one process.
@@ -115,7 +115,8 @@ def main(argv=None):
     try:
       rows.append(run(arch, args))
     except Exception as e:  # e.g. out of memory: report it and time the others
-      rows.append(dict(arch=arch, seq_len=args.seq_len, error=f"{type(e).__name__}: {str(e)[:300]}"))
+      rows.append(dict(arch=arch, seq_len=args.seq_len,
+                       error=f"{type(e).__name__}: {str(e)[:300]}"))
     print(json.dumps(rows[-1]), flush=True)
   base = next((r for r in rows if r["arch"] == "transformer" and "tokens_per_s" in r), None)
   print("| arch | params | T | batch | step ms | tokens/s | MFU | x Transformer |")
