@@ -33,22 +33,15 @@ from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
+from pallas_kernels.loglinear.common import (KernelConfig, in_row_batches, one_document_per_row,
+                                             pow2)
+from pallas_kernels.loglinear.gdn import gdn_chunked, loglinear_gdn_chunked
 from pallas_kernels.loglinear.kernel import level_scan
 
-__all__ = ['loglinear_ssd_chunked', 'ssd_chunked', 'KernelConfig']
+__all__ = ['loglinear_ssd_chunked', 'ssd_chunked', 'gdn_chunked', 'loglinear_gdn_chunked',
+           'KernelConfig']
 
-MAX_ELEMENTS = 2**31 - 1
 HIGHEST = lax.Precision.HIGHEST
-
-
-class KernelConfig(NamedTuple):
-  """Launch parameters of the Triton kernels (block_v: feature block of the output axis).
-
-  Default: the fastest of those tried on an H200 at 16 heads x 128, T = 8192 (bf16).
-  """
-  block_v: int = 32
-  num_warps: int = 8
-  num_stages: int = 2
 
 
 class _Static(NamedTuple):
@@ -59,10 +52,6 @@ class _Static(NamedTuple):
   config: KernelConfig
 
 
-def _pow2(n):
-  return max(16, 1 << (n - 1).bit_length())
-
-
 def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, reverse, out_dtype):
   """level_scan, split along the batch so that no array reaches 2^31 elements."""
   P = a.shape[1]
@@ -71,26 +60,13 @@ def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, rever
                     + ([heads * lam_BHLP.shape[2] * (c.shape[3] // min(st.config.block_v,
                                                                         c.shape[3]))]
                        if lam_BHLP is not None else []))
-  if per_row > MAX_ELEMENTS:
-    raise ValueError(f'pallas loglinear kernels: one batch row holds {per_row} elements '
-                     f'(T={P}, heads={heads}); expected fewer than 2^31 (split the sequence)')
-  rows = max(1, MAX_ELEMENTS // per_row)
   fn = functools.partial(level_scan, heads=heads, chunk_size=st.chunk_size, reverse=reverse,
                          levels=st.levels, out_dtype=out_dtype, block_v=st.config.block_v,
                          num_warps=st.config.num_warps, num_stages=st.config.num_stages,
                          interpret=st.interpret)
-  B = a.shape[0]
-  if B <= rows:
-    return fn(a, b, c, g_BHP, lam_BHLP, qx, pos_BP, doc_BP)
-  pieces = []
-  for s in range(0, B, rows):
-    sl = slice(s, min(B, s + rows))
-    pieces.append(fn(*[None if x is None else x[sl]
-                       for x in (a, b, c, g_BHP, lam_BHLP, qx, pos_BP, doc_BP)]))
-  if qx is None:
-    return jnp.concatenate(pieces, axis=0)
-  return (jnp.concatenate([p[0] for p in pieces], axis=0),
-          jnp.concatenate([p[1] for p in pieces], axis=1))
+  return in_row_batches(fn, (a, b, c, g_BHP, lam_BHLP, qx, pos_BP, doc_BP), per_row,
+                        f'pallas loglinear kernels (T={P}, heads={heads})',
+                        out_axes=0 if qx is None else (0, 1))
 
 
 def _layouts(g_BPH, lam_BPHL):
@@ -155,7 +131,7 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, *, chunk_size,
   B, T, G, K = q_BTGK.shape
   V = v_BTHV.shape[-1]
   P = -(-T // chunk_size) * chunk_size
-  Kp, Vp = _pow2(K), _pow2(V)
+  Kp, Vp = pow2(K), pow2(V)
   arrays = [q_BTGK, k_BTGK, v_BTHV, g_BTH] + ([lam_BTHL] if with_levels else [])
   arrays = [jnp.pad(x, [(0, 0), (0, P - T)] + [(0, 0)] * (x.ndim - 2)) for x in arrays]
   pos_BP = doc_BP = None
@@ -180,14 +156,6 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, *, chunk_size,
                       lambda: _mixer(q, k, v, g, lam, pos_BP, doc_BP, st))
     (o_BPHV,) = delta.sanitize(lay.real_BT, o_BPHV)
   return o_BPHV[:, :T, :, :V]
-
-
-def one_document_per_row(segment_ids_BT):
-  """True when every row is one document starting at position 0, then only padding (id 0)."""
-  real_BT = segment_ids_BT > 0
-  same_BT = (segment_ids_BT == segment_ids_BT[:, :1]) | ~real_BT
-  padding_last = jnp.all(real_BT[:, 1:] <= real_BT[:, :-1])
-  return jnp.all(same_BT) & padding_last
 
 
 def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_state=None,
