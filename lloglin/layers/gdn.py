@@ -31,10 +31,12 @@ from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.delta import gdn_chunked, gdn_step
 from lloglin.ops.hierarchy import fenwick_zeros
 from lloglin.ops.loglinear import loglinear_gdn_chunked, loglinear_gdn_step
+from pallas_kernels import loglinear as pallas_loglinear
 
 
-# Set when pallas_kernels serves this mixer (then 'auto' picks it on Hopper GPUs).
-HAS_PALLAS_KERNEL = False
+# pallas_kernels.loglinear serves this mixer ('pallas' selects it).
+HAS_PALLAS_KERNEL = True
+AUTO_PALLAS_KERNEL = False  # not yet checked and timed on a Hopper GPU
 
 
 def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, segment_ids_BT,
@@ -42,10 +44,18 @@ def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *
   """The full-sequence gated delta rule (log-linear when lam_BTHL is given) for
   model.mixer_impl.
 
-  This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'); today every accepted impl runs the chunked XLA form of lloglin.ops.
+  This is the one place where a Pallas kernel gets selected ('pallas'; interpreted off GPU; 'auto'
+  keeps the XLA form until AUTO_PALLAS_KERNEL). The kernels hand packed rows and states to the
+  XLA form themselves (pallas_kernels.loglinear.gdn docstring).
   """
-  del impl  # resolved at construction; only 'xla' exists until a kernel lands
+  if impl == "pallas":
+    interpret = jax.default_backend() != "gpu"
+    kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
+              interpret=interpret)
+    if lam_BTHL is not None:
+      return pallas_loglinear.loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
+                                                    lam_BTHL, **kw)
+    return pallas_loglinear.gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, **kw)
   if lam_BTHL is not None:
     return loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
                                  segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale)
@@ -91,7 +101,7 @@ class GatedDeltaNet(nnx.Module):
     self.o_proj = dense(H * V, D, **kw)
     self.level_scales = LevelScales(D, H, cfg.max_seq_len, **kw) if self.loglinear else None
     self.impl = resolve_mixer_impl(cfg.mixer_impl, self.mixer_name,
-                                   has_kernel=HAS_PALLAS_KERNEL)
+                                   has_kernel=HAS_PALLAS_KERNEL, auto_kernel=AUTO_PALLAS_KERNEL)
     self.chunk_size, self.dtype = cfg.chunk_size, cfg.compute_dtype
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):

@@ -216,7 +216,7 @@ def has_pallas_kernel(name):
   return sys.modules[type(build(name)).__module__].HAS_PALLAS_KERNEL
 
 
-@pytest.mark.parametrize("name", ["mamba2", "loglinear_mamba2"])
+@pytest.mark.parametrize("name", ["mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn"])
 def test_pallas_impl_equals_xla(name):
   """mixer_impl='pallas' (interpreted on CPU) == 'xla': outputs, parameter and input gradients,
   with padding after the document of one row and two documents packed in another."""
