@@ -10,9 +10,14 @@ each row's tokens are streamed as they come. Both draw the same tokens: step i s
 fold_in(key(seed), i).
 
 `impl` picks the decode step. 'plain' is DecoderLM.decode_step (the mixers' *_step ops; every
-architecture). 'auto' is the seam for a fused whole-model decode kernel (pallas_kernels/
-fused_decode: attention-only Llama-style models on Hopper GPUs): it will pick that kernel where
-it applies and 'plain' elsewhere; no fused kernel is wired in yet, so today 'auto' runs 'plain'.
+architecture, any batch). 'fused' runs one prompt through the fused whole-model decode kernel
+(pallas_kernels.fused_decode via lloglin.inference.fused: attention-only Llama-style models,
+batch 1; the prompt is prefilled by the plain DecoderLM.prefill, then each token is one kernel
+launch, in interpret mode off GPU); it raises a ValueError saying why where it does not apply.
+'auto' picks 'fused' for one prompt of a supported model on a Hopper-or-newer GPU, in a weight
+format the kernel has been checked in on a GPU (bf16, int8), and 'plain' otherwise.
+`weights_dtype` ('f32' | 'bf16' | 'int8'; default that of the compute dtype) is the fused
+path's weight format; 'int8' (weight-only quantisation) changes the logits.
 """
 
 from collections.abc import Callable, Sequence
@@ -24,9 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lloglin.inference.fused import (GPU_CHECKED_FORMATS, FusedStep, fused_cache,
+                                     fused_decode_supported, packed_weights, weight_format)
 from lloglin.inference.sampling import check_sampling, sample_token
+from lloglin.layers.registry import on_hopper_gpu
 
-DECODE_IMPLS = ("auto", "plain")
+DECODE_IMPLS = ("auto", "plain", "fused")
 _BUCKET = 64  # prompt and cache lengths are rounded up to a multiple: fewer compilations
 
 
@@ -42,22 +50,29 @@ def plain_decode_step(model, tokens_B, cache):
   return model.decode_step(tokens_B, cache)
 
 
-def decode_step_fn(impl: str) -> Callable:
-  """The decode step (model, tokens_B, cache) -> (logits_BV, cache) that `impl` selects.
-
-  A fused decode kernel plugs in here: 'auto' returns it for the models it serves (see the
-  module docstring); today every impl resolves to plain_decode_step.
-  """
+def resolve_decode_impl(impl: str, model, batch_size: int, fmt: str = "bf16") -> str:
+  """'plain' or 'fused': what `impl` runs for `batch_size` prompts with weights in format `fmt`
+  (see the module docstring). impl='fused' where the kernel does not apply -> ValueError."""
   if impl not in DECODE_IMPLS:
     raise ValueError(f"impl={impl!r}; expected one of {DECODE_IMPLS}")
-  return plain_decode_step
+  if impl == "plain":
+    return "plain"
+  ok, reason = fused_decode_supported(model)
+  if ok and batch_size != 1:
+    ok, reason = False, f"{batch_size} prompts; the fused kernel decodes one sequence (batch 1)"
+  if impl == "fused":
+    if not ok:
+      raise ValueError(f"impl='fused': {reason}")
+    return "fused"
+  return "fused" if ok and fmt in GPU_CHECKED_FORMATS and on_hopper_gpu() else "plain"
 
 
 def _sample(logits_BV, key, i, sampling: Sampling):
   return sample_token(logits_BV, jax.random.fold_in(key, i), **sampling._asdict())
 
 
-# The jitted functions take the model itself (an nnx pytree): compiled once per architecture.
+# The jitted functions take the model itself (an nnx pytree; for impl='fused' the decode loops
+# take its FusedWeights instead): compiled once per architecture.
 
 
 @partial(jax.jit, static_argnames=("max_len", "sampling"))
@@ -130,18 +145,20 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              stop_tokens: Sequence[int] = (),
              on_token: Callable[[int, int], None] | None = None,
-             impl: str = "auto") -> list[list[int]]:
+             impl: str = "auto", weights_dtype: str | None = None) -> list[list[int]]:
   """The continuation (new tokens only) of every prompt, each ending at its first stop token
   (included) or after max_new_tokens.
 
   temperature 0 is greedy; top_k / top_p restrict sampling (see sample_token); `seed` makes the
   draws reproducible. `on_token(row, token)` is called for each new token of each row as soon
-  as it is drawn (streaming). `impl`: 'auto' | 'plain' (see the module docstring).
+  as it is drawn (streaming). `impl`: 'auto' | 'plain' | 'fused' and `weights_dtype` (the fused
+  path's weight format): see the module docstring.
   """
   cfg = model.cfg
   rows = _check_prompts(prompts, max_new_tokens, cfg)
   check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
-  step = decode_step_fn(impl)
+  fmt = weight_format(model, weights_dtype)
+  impl = resolve_decode_impl(impl, model, len(rows), fmt)
   if max_new_tokens == 0:
     return [[] for _ in rows]
   sampling = Sampling(float(temperature), int(top_k), float(top_p))
@@ -156,13 +173,18 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
   first_B, cache = _prefill(model, jnp.asarray(tokens_BT),
                             jnp.asarray(lengths, jnp.int32), key, max_len=max_len,
                             sampling=sampling)
+  net, step = model, plain_decode_step
+  if impl == "fused":
+    net = packed_weights(model, fmt)
+    cache = fused_cache(cache, net.config)
+    step = FusedStep(interpret=jax.default_backend() != "gpu")
   if on_token is None:
-    out_BN, count = _decode_loop(model, first_B, cache, key, step=step,
+    out_BN, count = _decode_loop(net, first_B, cache, key, step=step,
                                  sampling=sampling, max_new_tokens=max_new_tokens,
                                  stop_tokens=stop)
     steps = np.asarray(out_BN)[:, :int(count)]
   else:
-    steps = _stream(model, first_B, cache, key, step, sampling, max_new_tokens, stop, on_token)
+    steps = _stream(net, first_B, cache, key, step, sampling, max_new_tokens, stop, on_token)
   out = []
   for row in steps.tolist():
     ends = [i for i, t in enumerate(row) if t in stop]
