@@ -19,7 +19,7 @@ from flax import nnx
 
 from lloglin.data import make_dataset, make_tokenizer
 from lloglin.evals.lm import evaluate, plot_per_position_loss
-from lloglin.inference.generate import generate
+from lloglin.inference.generate import DECODE_IMPLS, generate
 from lloglin.parallel import distributed
 from lloglin.training.loading import load_model
 from lloglin.training.step import make_eval_step
@@ -35,6 +35,9 @@ flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
 flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_enum("decode_impl", "auto", DECODE_IMPLS,
+                  "Decode step: plain, fused (whole-model kernel, attention-only models) or auto "
+                  "(fused where it applies on a Hopper GPU).")
 FLAGS = flags.FLAGS
 
 
@@ -80,7 +83,8 @@ def main(argv):
 
     [tokens] = generate(model, [bos + tokenizer.encode(FLAGS.prompt)], FLAGS.max_new_tokens,
                         seed=FLAGS.seed, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-                        top_p=FLAGS.top_p, stop_tokens=stop, on_token=show)
+                        top_p=FLAGS.top_p, stop_tokens=stop, on_token=show,
+                        impl=FLAGS.decode_impl)
     text = tokenizer.decode(tokens)
     print()
     results["generation"] = {"prompt": FLAGS.prompt, "continuation": text, "tokens": tokens}
