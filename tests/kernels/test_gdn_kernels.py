@@ -1,0 +1,227 @@
+"""pallas_kernels.loglinear GDN kernels: the Pallas forward (interpret mode on CPU) equals the
+lloglin.ops chunked forms and the fp64 oracles, and their gradients equal jax.grad of the fp64
+oracle (kernels.md §9.2); every kernel lowers for CUDA from CPU (jax-stack.md 2.7); GPU checks at
+the §9.3 shapes and tolerances (skipped without a GPU)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lloglin.ops import delta
+from lloglin.ops import hierarchy
+from lloglin.ops import loglinear as ops_loglinear
+from pallas_kernels import loglinear as pk
+from tests.ops import linear_mixers as lm
+from tests.ops.helpers import assert_close
+
+GDN, LL = lm.FAMILIES['gdn'], lm.FAMILIES['loglinear_gdn']
+GRAD = dict(rel=1e-4)            # dq, dk, dv (kernels.md §9.2)
+GRAD_GATES = dict(rel=5e-4)      # dg, dbeta, dlam
+
+
+def kernel_of(fam):
+  return pk.loglinear_gdn_chunked if fam.lam else pk.gdn_chunked
+
+
+@functools.cache
+def kernel_fn(fam_name, chunk_size, scale=1.0):
+  fn = kernel_of(lm.FAMILIES[fam_name])
+  return jax.jit(functools.partial(fn, chunk_size=chunk_size, scale=scale, interpret=True))
+
+
+def args_of(data, fam, dtype, T=None):
+  return tuple(jnp.asarray(data[n][:, :T], dtype) for n in fam.arg_names)
+
+
+@pytest.mark.parametrize('T,C', [(1, 16), (17, 16), (64, 32), (100, 32)])
+@pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
+def test_forward_equals_oracle_and_xla_form(fam, T, C):
+  data, rec, _ = lm.reference(fam.name)                     # fp64 recurrent oracle, T = 300
+  with jax.enable_x64(True):
+    out = kernel_fn(fam.name, C)(*args_of(data, fam, jnp.float32, T))
+    xla = lm.jitted(fam.chunked, chunk_size=C)(*args_of(data, fam, jnp.float32, T))
+  assert out.dtype == jnp.float32
+  assert_close(out, rec[:, :T], **lm.fwd_tol(rec[:, :T]), name=f'kernel vs oracle T={T} C={C}')
+  assert_close(out, xla, **lm.fwd_tol(rec[:, :T]), name=f'kernel vs XLA form T={T} C={C}')
+
+
+def test_lam_ones_reduces_to_gdn_with_gqa_and_head_dims():
+  """lam == 1: log-linear kernel == GDN kernel == GDN oracle; GQA (1 q/k group, 2 heads),
+  dk = 32 / dv = 64 (V blocks), g = logsigmoid / 0.1 (in-chunk exponents reach hundreds)."""
+  data = lm.make_data(4, 2, 100, fam=LL, G=1, H=2, K=32, V=64, tau=0.1, lam='ones')
+  with jax.enable_x64(True):
+    ref = lm.jitted(GDN.recurrent)(*args_of(data, GDN, jnp.float64))
+    out_ll = kernel_fn(LL.name, 32)(*args_of(data, LL, jnp.float32))
+    out_gdn = kernel_fn(GDN.name, 32)(*args_of(data, GDN, jnp.float32))
+  assert_close(out_ll, ref, **lm.fwd_tol(ref), name='loglinear, lam = 1')
+  assert_close(out_gdn, ref, **lm.fwd_tol(ref), name='gdn')
+
+
+def test_beta_zero_is_pure_decay():
+  """beta == 0 on every token: nothing is written, the state only decays from 0, o == 0; beta == 0
+  on half the tokens and g == 0 on half (identity transitions) still matches the oracle."""
+  data = lm.make_data(3, 2, 80, fam=LL, beta_scale=2.0, g_zero_frac=0.5)
+  rng = np.random.default_rng(3)
+  data['beta'] = np.where(rng.uniform(size=data['beta'].shape) < 0.5, 0.0, data['beta'])
+  zero = dict(data, beta=np.zeros_like(data['beta']))
+  for fam in (GDN, LL):
+    with jax.enable_x64(True):
+      ref = lm.jitted(fam.recurrent)(*args_of(data, fam, jnp.float64))
+      out = kernel_fn(fam.name, 16)(*args_of(data, fam, jnp.float32))
+      out0 = kernel_fn(fam.name, 16)(*args_of(zero, fam, jnp.float32))
+    assert_close(out, ref, **lm.fwd_tol(ref), name=f'{fam.name} beta half zero')
+    np.testing.assert_array_equal(np.asarray(out0), 0.0)
+
+
+def test_each_level_isolated():
+  """lam one-hot on one level at a time: kernel == fp64 quadratic oracle (every level mask)."""
+  data = dict(lm.make_data(5, 1, 128, fam=LL, H=1, L=8))
+  for level in range(8):
+    data['lam'] = np.zeros_like(data['lam'])
+    data['lam'][..., level] = 1.0
+    with jax.enable_x64(True):
+      ref = np.asarray(lm.jitted(LL.quadratic)(*args_of(data, LL, jnp.float64)))
+      out = kernel_fn(LL.name, 16)(*args_of(data, LL, jnp.float32))
+    assert np.abs(ref).max() > 1e-3, level
+    assert_close(out, ref, **lm.fwd_tol(ref), name=f'level {level}')
+
+
+def _loss(fn, cot):
+  return lambda *a: jnp.sum(fn(*a).astype(cot.dtype) * cot)
+
+
+@pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
+def test_gradients_equal_fp64_oracle(fam):
+  """custom_vjp gradients == jax.grad of the fp64 recurrent oracle, with GQA, a partial last
+  chunk and scale != 1."""
+  T, C, scale = 45, 16, 0.7
+  data = lm.make_data(6, 2, T, fam=fam, G=1, H=2, K=16, V=32, L=7, lam='softplus')
+  cot = np.random.default_rng(7).standard_normal((2, T, 2, 32))
+  n = len(fam.arg_names)
+  oracle = functools.partial(fam.recurrent, scale=scale)
+  with jax.enable_x64(True):
+    ref = jax.jit(jax.grad(_loss(oracle, jnp.asarray(cot)), argnums=tuple(range(n))))(
+        *args_of(data, fam, jnp.float64))
+    got = jax.jit(jax.grad(_loss(kernel_fn(fam.name, C, scale), jnp.asarray(cot, jnp.float32)),
+                           argnums=tuple(range(n))))(*args_of(data, fam, jnp.float32))
+  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam'), got, ref):
+    assert x.dtype == jnp.float32
+    assert_close(x, y, **(GRAD if name in ('dq', 'dk', 'dv') else GRAD_GATES), name=name)
+
+
+def one_document_rows():
+  """Two rows, each one document from position 0 (ids 1 and 7), the second then padded."""
+  return np.array([[1] * 40, [7] * 29 + [0] * 11], np.int32)
+
+
+@pytest.mark.parametrize('layout', ['packed', 'one_document'])
+@pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
+def test_packed_documents(fam, layout):
+  """Packed rows (documents of 1 and 15 tokens, padding between and after; the XLA form inside
+  the kernel's lax.cond) and rows of one document then padding (the kernel), NaN-poisoned:
+  outputs == fp64 recurrent oracle, padding outputs 0, gradients == jax.grad of the XLA form."""
+  seg = lm.packed_segment_ids() if layout == 'packed' else one_document_rows()
+  B, T = seg.shape
+  data = lm.poison_padding(lm.make_data(2, B, T, fam=fam, L=8), seg)
+  seg = jnp.asarray(seg)
+  cot = jnp.asarray(np.random.default_rng(1).standard_normal((B, T, 2, 16)), jnp.float32)
+  n = len(fam.arg_names)
+  kfn = functools.partial(kernel_of(fam), segment_ids_BT=seg, chunk_size=16, interpret=True)
+  rfn = functools.partial(fam.chunked, segment_ids_BT=seg, chunk_size=16)
+  with jax.enable_x64(True):
+    ref = jax.jit(functools.partial(fam.recurrent, segment_ids_BT=seg))(
+        *args_of(data, fam, jnp.float64))
+    out, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(
+        *args_of(data, fam, jnp.float32))
+    out = jax.jit(kfn)(*args_of(data, fam, jnp.float32))
+    _, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(
+        *args_of(data, fam, jnp.float32))
+  assert_close(out, ref, **lm.fwd_tol(ref), name='output')
+  assert np.all(np.asarray(out)[np.asarray(seg) == 0] == 0)
+  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam'), got, want):
+    assert np.all(np.asarray(x)[np.asarray(seg) == 0] == 0), name
+    assert_close(x, y, **GRAD_GATES, name=name)
+
+
+def test_states_and_small_chunks_fall_back_to_xla_form():
+  data = lm.make_data(8, 2, 40, fam=LL)
+  args = args_of(data, GDN, jnp.float32)
+  kw = dict(chunk_size=16, return_final_state=True)
+  o, state = jax.jit(functools.partial(pk.gdn_chunked, interpret=True, **kw))(*args)
+  o_ref, state_ref = jax.jit(functools.partial(delta.gdn_chunked, **kw))(*args)
+  np.testing.assert_array_equal(o, o_ref)
+  np.testing.assert_array_equal(state, state_ref)
+  args = args_of(data, LL, jnp.float32)
+  np.testing.assert_array_equal(
+      jax.jit(functools.partial(pk.loglinear_gdn_chunked, chunk_size=8, interpret=True))(*args),
+      jax.jit(functools.partial(ops_loglinear.loglinear_gdn_chunked, chunk_size=8))(*args))
+  with pytest.raises(ValueError, match='chunk_size'):
+    pk.gdn_chunked(*args[:5], chunk_size=24)
+
+
+def test_every_kernel_lowers_for_cuda():
+  """Every GDN kernel, with and without segment ids, lowers through Pallas-Triton for an H200
+  (from CPU)."""
+  dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
+  B, T, G, H, K, V, L = 2, 200, 1, 4, 128, 64, 9
+  S = jax.ShapeDtypeStruct
+  shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
+            S((B, T, H, V), jnp.bfloat16), S((B, T, H), jnp.float32), S((B, T, H), jnp.float32),
+            S((B, T, H, L), jnp.float32)]
+  seg = S((B, T), jnp.int32)
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
+    for fam in (LL, GDN):
+      n = len(fam.arg_names)
+      for with_ids in (False, True):
+        loss = lambda *a, fn=kernel_of(fam), with_ids=with_ids: jnp.sum(
+            fn(*a[:n], segment_ids_BT=a[n] if with_ids else None).astype(jnp.float32))
+        text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
+            *shapes[:n], seg).lower(lowering_platforms=('cuda',)).as_text()
+        assert text.count('__gpu$xla.gpu.triton') == N_KERNELS, (fam.name, with_ids)
+
+
+N_KERNELS = 1                    # the forward scan (the backward is the XLA form's)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU (kernels.md §9.3): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
+
+
+def _gpu_inputs(B, T, G, H, K, V, seed=0):
+  L = hierarchy.num_levels(T)
+  ks = jax.random.split(jax.random.PRNGKey(seed), 7)
+  norm = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  q = norm(jax.random.normal(ks[0], (B, T, G, K), jnp.float32)).astype(jnp.bfloat16)
+  k = norm(jax.random.normal(ks[1], (B, T, G, K), jnp.float32)).astype(jnp.bfloat16)
+  v = jax.random.normal(ks[2], (B, T, H, V), jnp.bfloat16)
+  g = jax.nn.log_sigmoid(jax.random.normal(ks[3], (B, T, H), jnp.float32))
+  beta = jax.nn.sigmoid(jax.random.normal(ks[4], (B, T, H), jnp.float32))
+  lam = jax.nn.softplus(jax.random.normal(ks[5], (B, T, H, L), jnp.float32))
+  cot = jax.random.normal(ks[6], (B, T, H, V), jnp.float32)
+  return (q, k, v, g, beta, lam), cot
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('B,T,G,H,D,fam,cu_seqlens', [
+    (2, 1024, 1, 8, 128, LL, None), (2, 1024, 1, 8, 128, GDN, None),
+    (1, 2000, 2, 8, 128, LL, [0, 2000]), (1, 8192, 1, 4, 64, LL, None)],
+    ids=['loglinear_gdn', 'gdn', 'loglinear_gdn_one_doc', 'loglinear_gdn_8k'])
+def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
+  args, cot = _gpu_inputs(B, T, G, H, D, D)
+  n = len(fam.arg_names)
+  args = args[:n]
+  seg = None if cu_seqlens is None else hierarchy.segment_ids_from_cu_seqlens(cu_seqlens, T)
+  kw = dict(scale=D ** -0.5, segment_ids_BT=seg)
+  kfn = functools.partial(kernel_of(fam), **kw)
+  rfn = functools.partial(fam.chunked, **kw)
+  ref_args = [a.astype(jnp.float32) for a in args]
+  _, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(*args)
+  _, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(*ref_args)
+  assert_close(jax.jit(kfn)(*args).astype(jnp.float32), jax.jit(rfn)(*ref_args), rel=5e-3,
+               name='forward')
+  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam'), got, want):
+    assert_close(x.astype(jnp.float32), y, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
+                 name=name)
