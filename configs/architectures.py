@@ -15,7 +15,7 @@ point --config.data.name / --config.data.path elsewhere as needed.
 The `:tiny` variant of each is a seconds-long MQAR run with a 1-layer, 32-wide model (tests).
 """
 
-from configs.base import get_base_config
+from configs.base import get_base_config, set_model_size
 
 ARCHITECTURES = ("transformer", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path",
                  "path_fox")
@@ -46,13 +46,7 @@ def _125m(c, mixer):
   c.data.tokenizer = "tiktoken"
   c.data.tokenizer_path = "gpt2"
   c.model.vocab_size = 50304
-  c.model.d_model = 768
-  c.model.num_layers = 12
-  c.model.num_heads = 12
-  c.model.num_kv_heads = 12
-  c.model.head_dim = 64
-  c.model.mlp_dim = 2048
-  c.model.max_seq_len = 2048
+  set_model_size(c, d_model=768, num_layers=12, num_heads=12, head_dim=64, mlp_dim=2048)
   c.model.dtype = "bfloat16"
   c.model.chunk_size = 64
   if mixer.endswith("mamba2"):
@@ -78,13 +72,8 @@ def _tiny(c, mixer):
   c.data.mqar.num_kv_pairs = 4
   c.data.mqar.vocab_size = 64
   c.data.mqar.num_val_examples = 64
-  c.model.d_model = 32
-  c.model.num_layers = 1  # one layer: each layer adds seconds of XLA compilation to the tests
-  c.model.num_heads = 2
-  c.model.num_kv_heads = 1
-  c.model.head_dim = 16
-  c.model.mlp_dim = 64
-  c.model.max_seq_len = 32
+  # One layer: each layer adds seconds of XLA compilation to the tests.
+  set_model_size(c, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64)
   c.model.chunk_size = 16
   if mixer.endswith("mamba2"):
     c.model.mixer_options[mixer] = {"d_state": 16, "head_dim": 16}

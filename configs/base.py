@@ -113,6 +113,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_model_size(c: ml_collections.ConfigDict, *, d_model: int, num_layers: int, num_heads: int,
+                   head_dim: int, mlp_dim: int, num_kv_heads: int | None = None) -> None:
+  """Sets the decoder's size in c.model, the part every experiment config chooses for itself.
+
+  num_kv_heads defaults to num_heads (no grouped-query attention). max_seq_len becomes c.seq_len,
+  the training length, so set c.seq_len first.
+  """
+  c.model.d_model = d_model
+  c.model.num_layers = num_layers
+  c.model.num_heads = num_heads
+  c.model.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+  c.model.head_dim = head_dim
+  c.model.mlp_dim = mlp_dim
+  c.model.max_seq_len = c.seq_len
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   return get_base_config()

@@ -6,6 +6,7 @@ benchmarks/run_duality_experiment.py runs them all and writes the table and curv
 The text: tfds tiny_shakespeare by default, or --config.data.path=/path/to/tinyshakespeare.txt.
 """
 
+from configs.base import set_model_size
 from configs.shakespeare import get_config as shakespeare_config
 
 METHODS = {
@@ -21,13 +22,7 @@ def get_config(arg: str | None = None):
   c = shakespeare_config()
   c.seq_len = 128
   c.batch_size = 16
-  c.model.d_model = 128
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 4
-  c.model.head_dim = 32
-  c.model.mlp_dim = 384
-  c.model.max_seq_len = 128
+  set_model_size(c, d_model=128, num_layers=4, num_heads=4, head_dim=32, mlp_dim=384)
   c.optim.learning_rate = 2e-3
   c.optim.warmup_steps = 50
   c.optim.weight_decay = 0.0  # decoupled decay breaks the duality (papers.md 2.1)

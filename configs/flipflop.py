@@ -12,7 +12,7 @@ tokens) instead of 256 pairs, and 400 steps of batch 32. PaTH runs one 128-token
 cheapest on a CPU at this length.
 """
 
-from configs.base import get_base_config
+from configs.base import get_base_config, set_model_size
 
 MIXERS = ("path", "attention", "path_fox")
 
@@ -28,13 +28,7 @@ def get_config(arg: str | None = None):
   c.data.flipflop.val_p_ignore = 0.8
   c.data.flipflop.num_val_examples = 512
   c.model.layer_pattern = arg
-  c.model.d_model = 64
-  c.model.num_layers = 1
-  c.model.num_heads = 2
-  c.model.num_kv_heads = 2
-  c.model.head_dim = 32
-  c.model.mlp_dim = 256
-  c.model.max_seq_len = 128
+  set_model_size(c, d_model=64, num_layers=1, num_heads=2, head_dim=32, mlp_dim=256)
   c.model.chunk_size = 128
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 100

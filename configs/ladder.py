@@ -16,7 +16,7 @@ Every variant has the same data, model size, optimizer and step count, so valida
 compare at equal steps (benchmarks/RESULTS.md).
 """
 
-from configs.base import get_base_config
+from configs.base import get_base_config, set_model_size
 
 VARIANTS = ("standard", "ladder", "parallel", "desync", "hybrid")
 
@@ -28,13 +28,8 @@ def get_config(arg: str | None = None):
   c.data.source = "text"
   c.data.name = "tiny_shakespeare"
   c.data.tokenizer = "byte"
-  c.model.d_model = 128
-  c.model.num_layers = 6
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 2
-  c.model.head_dim = 32
-  c.model.mlp_dim = 384
-  c.model.max_seq_len = 128
+  set_model_size(c, d_model=128, num_layers=6, num_heads=4, num_kv_heads=2, head_dim=32,
+                 mlp_dim=384)
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 50
   c.optim.weight_decay = 0.1

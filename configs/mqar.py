@@ -7,7 +7,7 @@ context) until induction heads form. Width 128 and 128 sequences a batch make th
 benchmarks/mqar_phase_sweep.py and benchmarks/RESULTS.md.
 """
 
-from configs.base import get_base_config
+from configs.base import get_base_config, set_model_size
 
 
 def get_config(arg: str | None = None):
@@ -17,13 +17,7 @@ def get_config(arg: str | None = None):
   c.data.source = "mqar"
   c.data.mqar.vocab_size = 128
   c.data.mqar.num_kv_pairs = 4
-  c.model.d_model = 128
-  c.model.num_layers = 2
-  c.model.num_heads = 2
-  c.model.num_kv_heads = 2
-  c.model.head_dim = 64
-  c.model.mlp_dim = 256
-  c.model.max_seq_len = 32
+  set_model_size(c, d_model=128, num_layers=2, num_heads=2, head_dim=64, mlp_dim=256)
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 50
   c.optim.weight_decay = 0.0
@@ -37,11 +31,8 @@ def get_config(arg: str | None = None):
     c.data.mqar.num_kv_pairs = 4
     c.data.mqar.vocab_size = 64
     c.data.mqar.num_val_examples = 64
-    c.model.d_model = 32
-    c.model.num_heads = 2
-    c.model.num_kv_heads = 1
-    c.model.head_dim = 16
-    c.model.mlp_dim = 64
+    set_model_size(c, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                   mlp_dim=64)
     c.train.num_steps = 20
     c.train.log_every = 5
     c.train.eval_every = 10

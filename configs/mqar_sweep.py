@@ -19,7 +19,7 @@ into its value's position, and with learning rate 1e-2 it learns MQAR in a few h
 after 1000 steps).
 """
 
-from configs.base import get_base_config
+from configs.base import get_base_config, set_model_size
 
 MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")
 
@@ -37,13 +37,7 @@ def get_config(arg: str | None = None):
   c.data.mqar.num_kv_pairs = 8
   c.data.mqar.num_val_examples = 512
   c.model.layer_pattern = mixer
-  c.model.d_model = 64
-  c.model.num_layers = 1
-  c.model.num_heads = 2
-  c.model.num_kv_heads = 2
-  c.model.head_dim = 32
-  c.model.mlp_dim = 128
-  c.model.max_seq_len = 64
+  set_model_size(c, d_model=64, num_layers=1, num_heads=2, head_dim=32, mlp_dim=128)
   c.model.chunk_size = 16
   c.model.mixer_options[mixer] = ({"d_state": 8, "head_dim": 16, "expand": 2}
                                   if mixer.endswith("mamba2") else

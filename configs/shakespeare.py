@@ -5,7 +5,7 @@ By default the text comes from tensorflow-datasets (`tiny_shakespeare`, download
 Variants: `:tiny` (seconds on CPU, for tests).
 """
 
-from configs.base import get_base_config
+from configs.base import get_base_config, set_model_size
 
 
 def get_config(arg: str | None = None):
@@ -15,13 +15,7 @@ def get_config(arg: str | None = None):
   c.data.source = "text"
   c.data.name = "tiny_shakespeare"
   c.data.tokenizer = "byte"
-  c.model.d_model = 256
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 4
-  c.model.head_dim = 64
-  c.model.mlp_dim = 768
-  c.model.max_seq_len = 256
+  set_model_size(c, d_model=256, num_layers=4, num_heads=4, head_dim=64, mlp_dim=768)
   c.optim.learning_rate = 1e-3
   c.train.num_steps = 2000
   c.train.eval_every = 250
@@ -29,13 +23,7 @@ def get_config(arg: str | None = None):
   if arg == "tiny":
     c.seq_len = 64
     c.batch_size = 8
-    c.model.d_model = 64
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.model.num_kv_heads = 2
-    c.model.head_dim = 32
-    c.model.mlp_dim = 128
-    c.model.max_seq_len = 64
+    set_model_size(c, d_model=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=128)
     c.train.num_steps = 20
     c.train.log_every = 5
     c.train.eval_every = 10

@@ -12,7 +12,7 @@ mixers use their papers' layouts at this width (attention/PaTH: 4 heads of 32; M
 has 459.5K +- 0.5K parameters (checked by tests/layers/test_architecture_configs.py).
 """
 
-from configs.base import get_base_config
+from configs.base import get_base_config, set_model_size
 
 MLP_DIM = {"attention": 384, "path": 360, "path_fox": 359, "mamba2": 412,
            "loglinear_mamba2": 401, "gdn": 380, "loglinear_gdn": 374}
@@ -32,13 +32,7 @@ def get_config(arg: str | None = None):
   c.data.tokenizer = "byte"
   c.data.val_fraction = 0.1
   c.model.layer_pattern = arg
-  c.model.d_model = 128
-  c.model.num_layers = 2
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 4
-  c.model.head_dim = 32
-  c.model.mlp_dim = MLP_DIM[arg]
-  c.model.max_seq_len = 128
+  set_model_size(c, d_model=128, num_layers=2, num_heads=4, head_dim=32, mlp_dim=MLP_DIM[arg])
   c.model.chunk_size = 128  # one chunk per row: exact, and faster on a CPU (measured for PaTH)
   base = arg.removeprefix("loglinear_")
   if base in MIXER_OPTIONS:
