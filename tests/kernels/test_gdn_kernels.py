@@ -183,7 +183,7 @@ def test_every_kernel_lowers_for_cuda():
         assert text.count('__gpu$xla.gpu.triton') == N_KERNELS, (fam.name, with_ids)
 
 
-N_KERNELS = 1                    # the forward scan (the backward is the XLA form's)
+N_KERNELS = 2                    # forward scan (with states) and reverse scan
 
 
 # ------------------------------------------------------------------------------------------------
