@@ -13,6 +13,7 @@ import pytest
 from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from pallas_kernels import loglinear as pk
+from pallas_kernels.loglinear.common import in_row_batches
 from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
@@ -165,6 +166,18 @@ def test_states_fall_back_to_xla_form():
   np.testing.assert_array_equal(state, state_ref)
   with pytest.raises(ValueError, match='chunk_size'):
     pk.loglinear_gdn_chunked(*args_of(data, LL, jnp.float32), chunk_size=24)
+
+
+def test_batch_split_below_2_31_elements():
+  """in_row_batches (shared with the Mamba-2 kernels): rows that would pass 2^31 elements run in
+  slices of the batch, outputs concatenated on their batch axis; one row too large raises."""
+  x = jnp.arange(5 * 3, dtype=jnp.float32).reshape(5, 3)
+  fn = lambda a, b: (a * 2, jnp.moveaxis(a, 0, 1) + b[:, 0])
+  out = in_row_batches(fn, (x, x), 2**30, 'test', out_axes=(0, 1))   # 1 row per slice
+  np.testing.assert_array_equal(out[0], x * 2)
+  np.testing.assert_array_equal(out[1], x.T + x[:, 0])
+  with pytest.raises(ValueError, match='2\\^31'):
+    in_row_batches(fn, (x, x), 2**31, 'test')
 
 
 def test_every_kernel_lowers_for_cuda():
