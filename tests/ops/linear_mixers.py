@@ -1,4 +1,5 @@
-"""Shared cases for the linear-mixer op tests (test_ssd, test_delta, test_loglinear).
+"""Shared cases for the linear-mixer op tests (test_linear_mixers, test_loglinear, and the kernel
+tests under tests/kernels).
 
 Each op family (ssd, gdn, loglinear_ssd, loglinear_gdn) has the same four forms and the same
 arguments, so every check here takes a `Family`. Inputs come from numpy (no compile per shape);

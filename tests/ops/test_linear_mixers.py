@@ -1,7 +1,9 @@
-"""Mamba-2 SSD and Gated DeltaNet ops: recurrent == quadratic == chunked == decode (§1, §2, §9).
+"""Mamba-2 SSD, Gated DeltaNet and their log-linear versions: recurrent == quadratic == chunked ==
+decode (kernels.md §1-§5, §9).
 
-The chain is shared (tests/ops/linear_mixers.py); each family's own update rule is written out by
-hand at the end.
+One chain (tests/ops/linear_mixers.py) runs over the four families; the SSD and GDN update rules
+are written out by hand at the end. Properties of the log-linear families alone (lam = 1, single
+levels, Fenwick carries, level capacity) are in test_loglinear.py.
 """
 
 import jax.numpy as jnp
@@ -15,7 +17,7 @@ SWEEP = [(1, 16), (15, 16), (16, 16), (17, 32), (63, 32), (64, 16), (65, 64), (1
          (128, 64), (200, 16), (256, 16)]
 
 
-@pytest.fixture(params=['ssd', 'gdn'])
+@pytest.fixture(params=list(lm.FAMILIES))
 def fam(request):
   return lm.FAMILIES[request.param]
 
@@ -46,6 +48,10 @@ def test_packed_equals_separate(fam):
   lm.check_packed_equals_separate(fam)
 
 
+def test_initial_state_with_packed_documents(fam):
+  lm.check_initial_state_with_packed_documents(fam)
+
+
 @pytest.mark.parametrize('tau', [None, 0.1])
 def test_gradients_dense(fam, tau):
   lm.check_gradients(fam, packed=False, tau=tau)
@@ -67,9 +73,11 @@ def test_bad_inputs(fam):
   lm.check_bad_inputs(fam)
 
 
-@pytest.mark.parametrize('beta_scale,g_zero_frac', [(2.0, 0.0), (1.0, 0.5)])
-def test_gradients_negative_eigenvalues_and_zero_gates(beta_scale, g_zero_frac):
-  lm.check_gradients(lm.FAMILIES['gdn'], packed=False, beta_scale=beta_scale, g_zero_frac=g_zero_frac)
+@pytest.mark.parametrize('name', ['gdn', 'loglinear_gdn'])
+@pytest.mark.parametrize('beta_scale,g_zero_frac', [(2.0, 0.0), (1.0, 0.5), (2.0, 0.5)])
+def test_gradients_negative_eigenvalues_and_zero_gates(name, beta_scale, g_zero_frac):
+  lm.check_gradients(lm.FAMILIES[name], packed=False, beta_scale=beta_scale,
+                     g_zero_frac=g_zero_frac)
 
 
 def test_step_is_the_mamba2_update():
