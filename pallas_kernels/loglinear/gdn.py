@@ -167,19 +167,25 @@ def _bwd_kernel(*refs, C, N, streams, lam_levels, mm_dtype):
     for x, (E, lv) in enumerate(zip(dstates, streams)):
       read, keep, write = _flags(c, lv, lo)
       S = s_ref[x, pl.ds(pl.multiple_of(c * K, K), K), :]
-      r = do if lv is None else do * lam_ref[lv, sl][:, None]
-      r = _where(read, r)
-      if lv is not None:
+
+      def do_read(S=S, lv=lv):               # (dqt, dS from the read) of this stream
+        r = do if lv is None else do * lam_ref[lv, sl][:, None]
+        return _dot(r, S, mm_dtype, (1, 1)), _dot(qt, r, mm_dtype, (0, 0))
+
+      if lv is None:
+        dqt_x, dS_read = do_read()
+      else:
+        dqt_x, dS_read = lax.cond(read, do_read, lambda: (jnp.zeros((C, K), jnp.float32),
+                                                          jnp.zeros((K, BV), jnp.float32)))
         dlam_ref[x, sl] = _where(read, jnp.sum(do * _dot(qt, S, mm_dtype), axis=1))
-      dqt = dqt + _dot(r, S, mm_dtype, (1, 1))
+      dqt = dqt + dqt_x
       kE = _dot(k2, E, mm_dtype)
       wS = _dot(w, S, mm_dtype)
       dk2 = dk2 + _dot(_where(write, u) - _where(keep, wS), E, mm_dtype, (1, 1))
       dw = dw - _where(keep, _dot(kE, S, mm_dtype, (1, 1)))
       du = du + _where(write, kE)
       dgam = dgam + _where(keep, jnp.sum(S * E))
-      new.append(_dot(qt, r, mm_dtype, (0, 0))
-                 + _where(keep, gam * E - _dot(w, kE, mm_dtype, (0, 0))))
+      new.append(dS_read + _where(keep, gam * E - _dot(w, kE, mm_dtype, (0, 0))))
     dqt_ref[sl, :] = dqt
     dk2_ref[sl, :] = dk2
     dw_ref[sl, :] = dw
