@@ -45,8 +45,8 @@ def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *
   model.mixer_impl.
 
   This is the one place where a Pallas kernel gets selected ('pallas'; interpreted off GPU; 'auto'
-  keeps the XLA form until AUTO_PALLAS_KERNEL). The kernels hand packed rows and states to the
-  XLA form themselves (pallas_kernels.loglinear.gdn docstring).
+  keeps the XLA form until AUTO_PALLAS_KERNEL). The kernels take packed documents too; they hand
+  states to the XLA form themselves (pallas_kernels.loglinear.gdn docstring).
   """
   if impl == "pallas":
     interpret = jax.default_backend() != "gpu"

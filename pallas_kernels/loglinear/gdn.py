@@ -21,6 +21,13 @@ chunks with bit x clear, reset at every aligned block of 2^(x+1) chunks (the lev
 masked scans of kernels.md §3.5 b, as in pallas_kernels.loglinear.kernel). Plain GDN is one
 stream, always read (rho = 1), written and kept.
 
+Packed documents (`_packed_masks`): M pairs tokens of one document by the level of their
+positions inside it, and every level >= 1 (plain GDN: the one stream, reset at document starts)
+is a stream with per-token masks computed in XLA as in delta.chunked_recurrence: rho (lam x read,
+only before the first reset in the chunk), wm (written, only after the last reset) and keep (no
+reset in the chunk); each stream writes k2^T T_g diag(beta wm) V. About one stream per level, so
+packed rows cost more than aligned ones (not measured).
+
 Backward (jax.custom_vjp). The forward kernel also stores every stream's fp32 state at every
 chunk start (N x K x V floats per head and stream). A reverse Pallas scan (`gdn_scan_bwd`) carries
 dS_x and gives the cotangents of qt, k2, W, U, of the chunk decay e^{G_C} (-> dg) and of rho
@@ -28,16 +35,16 @@ dS_x and gives the cotangents of qt, k2, W, U, of the chunk decay e^{G_C} (-> dg
 
   dS_x(n) = qt^T (rho o dO) + keep (e^{G_C} dS - W^T k2 dS),  dqt = (rho o dO) S^T,
   dk2 = (write U - keep W S) dS^T,  dW = -keep k2 dS S^T,  dU = write k2 dS,
-  d e^{G_C} = keep <S, dS>.
+  d e^{G_C} = keep <S, dS>
+(packed: with tb = T_g diag(beta), dtb += k2 dS (wm o V)^T and dV += wm o tb^T k2 dS for dU).
 
 Those and dO (for the intra part) go through jax.vjp of `_prep`, the parallel per-chunk part in
 XLA (intra output, qt, k2, W, U; UT transform included), to the gradients of q, k, v, g, beta, lam.
 
-Served by the kernels: segment_ids_BT None, or every row one document from position 0 followed by
-padding (decided at run time with lax.cond; the trainer passes such ids for unpacked data);
-chunk_size >= 16. Packed documents (several per row) run the XLA form, forward and backward,
-inside that lax.cond; initial states, final states, chunk_size < 16 and T beyond the capacity of
-the L levels run the XLA form from the start, so no argument is ever silently ignored. Feature
+Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 then
+padding, decided at run time with lax.cond: the aligned kernels; packed documents: the packed
+kernels), chunk_size >= 16. Initial states, final states, chunk_size < 16 and T beyond the
+capacity of the L levels run the XLA form, so no argument is ever silently ignored. Feature
 axes are zero-padded to powers of two (>= 16) and T to whole chunks; batches whose arrays would
 reach 2^31 elements are split (pallas_kernels.loglinear.common). Launch defaults are the Mamba-2
 kernels' (KernelConfig): these kernels have not been compiled, checked or timed on a GPU yet.
@@ -84,10 +91,24 @@ def _where(flag, x):
   return x if flag is True else jnp.where(flag, x, 0.0)
 
 
-def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, with_states, mm_dtype):
+def _stream_masks(packed, c, x, lv, lo, sl, lam, mask_refs):
+  """(rho, read, keep, wm) of stream x in chunk c: rho the per-token read weight (None: 1), read /
+  keep scalar flags (True: always), wm the write weight (a flag, or per token when packed)."""
+  if not packed:
+    read, keep, write = _flags(c, lv, lo)
+    return (None if lv is None else lam[lv]), read, keep, write
+  rho_ref, wm_ref, keep_ref = mask_refs
+  rho = rho_ref[x, sl]
+  read = jnp.sum((rho != 0).astype(jnp.int32)) > 0
+  return rho, read, jnp.max(keep_ref[x, sl]) > 0, wm_ref[x, sl]
+
+
+def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_states, mm_dtype):
   refs = list(refs)
   q_ref, k_ref, w_ref, tb_ref, v_ref, g_ref = refs[:6]
-  lam_ref = refs[6] if lam_levels else None
+  del refs[:6]
+  lam_ref = refs.pop(0) if lam_levels else None
+  pos_ref, doc_ref, *mask_refs = refs[:5] if packed else (None, None)
   o_ref = refs[-2] if with_states else refs[-1]
   s_ref = refs[-1] if with_states else None
   K, BV = q_ref.shape[-1], v_ref.shape[-1]
@@ -95,7 +116,7 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, with_states, mm_
   row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
   col = lax.broadcasted_iota(jnp.int32, (C, C), 1)
   causal = row >= col
-  masks = _level_masks(row ^ col, intra_levels) if lam_levels else None
+  aligned_masks = _level_masks(row ^ col, intra_levels) if lam_levels and not packed else None
 
   def body(c, states):
     sl = pl.ds(pl.multiple_of(c * C, C), C)
@@ -108,32 +129,46 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, with_states, mm_
     qe = q.astype(jnp.float32) * jnp.exp(G)[:, None]
     k2 = k.astype(jnp.float32) * jnp.exp(gs - G)[:, None]
     u = _dot(tb, v, mm_dtype)
+    lam = [lam_ref[l, sl] for l in range(lam_levels)]
     if with_states:
       for x, S in enumerate(states):
         s_ref[x, pl.ds(pl.multiple_of(c * K, K), K), :] = S
-    if not lam_levels:
+    if not lam_levels and not packed:
       (S,) = states
       vn = u - _dot(w, S, mm_dtype)
       out = _dot(qe, S, mm_dtype) + _dot(a, vn, mm_dtype)
       new_states = (S * jnp.exp(gs) + _dot(k2, vn, mm_dtype, (0, 0)),)
     else:
-      lam = [lam_ref[l, sl] for l in range(lam_levels)]
-      wl = jnp.zeros((C, C), jnp.float32)
-      for l, mask in enumerate(masks):
-        wl = wl + jnp.where(mask, lam[l][:, None], 0.0)
+      if packed:
+        pos, doc = pos_ref[sl], doc_ref[sl]
+        real = pos >= 0
+        pair = causal & (doc[:, None] == doc[None, :]) & real[:, None] & real[None, :]
+        masks = [m & pair for m in _level_masks(pos[:, None] ^ pos[None, :], intra_levels)]
+      else:
+        masks = aligned_masks
+      if lam_levels:
+        wl = jnp.zeros((C, C), jnp.float32)
+        for l, mask in enumerate(masks):
+          wl = wl + jnp.where(mask, lam[l][:, None], 0.0)
+      else:                                    # packed plain GDN: the document mask
+        wl = jnp.where(pair, 1.0, 0.0)
       out = _dot(_dot(a, tb, mm_dtype) * wl, v, mm_dtype)    # (Aeff o M) V
-      ku = _dot(k2, u, mm_dtype, (0, 0))
+      ku = None if packed else _dot(k2, u, mm_dtype, (0, 0))
       new_states = []
-      for S, lv in zip(states, streams):
-        read, keep, write = _flags(c, lv, lo)
+      for x, (S, lv) in enumerate(zip(states, streams)):
+        rho, read, keep, write = _stream_masks(packed, c, x, lv, lo, sl, lam, mask_refs)
         ws = _dot(w, S, mm_dtype)
 
-        def do_read(S=S, ws=ws, lv=lv):
-          return (_dot(qe, S, mm_dtype) - _dot(a, ws, mm_dtype)) * lam[lv][:, None]
+        def do_read(S=S, ws=ws, rho=rho):
+          return (_dot(qe, S, mm_dtype) - _dot(a, ws, mm_dtype)) * rho[:, None]
 
         out = out + lax.cond(read, do_read, lambda: jnp.zeros((C, BV), jnp.float32))
         moved = S * jnp.exp(gs) - _dot(k2, ws, mm_dtype, (0, 0))
-        new_states.append(_where(keep, moved) + _where(write, ku))
+        if packed:
+          written = _dot(k2, _dot(tb, v * write[:, None], mm_dtype), mm_dtype, (0, 0))
+        else:
+          written = _where(write, ku)
+        new_states.append(_where(keep, moved) + written)
       new_states = tuple(new_states)
     o_ref[sl, :] = out.astype(o_ref.dtype)
     return new_states
@@ -142,54 +177,80 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, with_states, mm_
   lax.fori_loop(0, N, body, init)
 
 
-def _bwd_kernel(*refs, C, N, streams, lam_levels, mm_dtype):
+def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, mm_dtype):
   """Reverse chunk scan: the transpose of the inter-chunk part (module docstring, Backward)."""
   refs = list(refs)
-  qt_ref, k2_ref, w_ref, u_ref, do_ref, g_ref, s_ref = refs[:7]
-  lam_ref = refs[7] if lam_levels else None
-  dqt_ref, dk2_ref, dw_ref, du_ref, dg_ref = refs[7 + bool(lam_levels):12 + bool(lam_levels)]
-  dlam_ref = refs[-1] if lam_levels else None
-  K, BV = qt_ref.shape[-1], u_ref.shape[-1]
+  if packed:
+    qt_ref, k2_ref, w_ref, tb_ref, v_ref, do_ref, g_ref, s_ref, *mask_refs = refs[:11]
+    dqt_ref, dk2_ref, dw_ref, dtb_ref, dv_ref, dg_ref = refs[11:17]
+    drho_ref = refs[17] if lam_levels else None
+    lam_ref = None
+  else:
+    qt_ref, k2_ref, w_ref, u_ref, do_ref, g_ref, s_ref = refs[:7]
+    lam_ref = refs[7] if lam_levels else None
+    dqt_ref, dk2_ref, dw_ref, du_ref, dg_ref = refs[7 + bool(lam_levels):12 + bool(lam_levels)]
+    drho_ref = refs[-1] if lam_levels else None
+    mask_refs = None
+  K, BV = qt_ref.shape[-1], do_ref.shape[-1]
   lo = C.bit_length()
 
   def body(i, dstates):
     c = N - 1 - i
     sl = pl.ds(pl.multiple_of(c * C, C), C)
-    qt, k2, w, u = qt_ref[sl, :], k2_ref[sl, :], w_ref[sl, :], u_ref[sl, :]
+    qt, k2, w = qt_ref[sl, :], k2_ref[sl, :], w_ref[sl, :]
     do = do_ref[sl, :].astype(jnp.float32)
     gam = jnp.exp(jnp.sum(g_ref[sl].astype(jnp.float32)))
+    lam = [lam_ref[l, sl] for l in range(lam_levels)] if lam_ref is not None else None
+    if packed:
+      tb, v = tb_ref[sl, :], v_ref[sl, :].astype(jnp.float32)
+      dtb = jnp.zeros((C, C), jnp.float32)
+      dv = jnp.zeros((C, BV), jnp.float32)
+    else:
+      u = u_ref[sl, :]
+      du = jnp.zeros((C, BV), jnp.float32)
     dqt = jnp.zeros((C, K), jnp.float32)
     dk2 = jnp.zeros((C, K), jnp.float32)
     dw = jnp.zeros((C, K), jnp.float32)
-    du = jnp.zeros((C, BV), jnp.float32)
     dgam = jnp.zeros((), jnp.float32)
     new = []
     for x, (E, lv) in enumerate(zip(dstates, streams)):
-      read, keep, write = _flags(c, lv, lo)
+      rho, read, keep, write = _stream_masks(packed, c, x, lv, lo, sl, lam, mask_refs)
       S = s_ref[x, pl.ds(pl.multiple_of(c * K, K), K), :]
 
-      def do_read(S=S, lv=lv):               # (dqt, dS from the read) of this stream
-        r = do if lv is None else do * lam_ref[lv, sl][:, None]
+      def do_read(S=S, rho=rho):             # (dqt, dS from the read) of this stream
+        r = do if rho is None else do * rho[:, None]
         return _dot(r, S, mm_dtype, (1, 1)), _dot(qt, r, mm_dtype, (0, 0))
 
-      if lv is None:
+      if read is True:
         dqt_x, dS_read = do_read()
       else:
         dqt_x, dS_read = lax.cond(read, do_read, lambda: (jnp.zeros((C, K), jnp.float32),
                                                           jnp.zeros((K, BV), jnp.float32)))
-        dlam_ref[x, sl] = _where(read, jnp.sum(do * _dot(qt, S, mm_dtype), axis=1))
+      if drho_ref is not None:
+        drho_ref[x, sl] = _where(read, jnp.sum(do * _dot(qt, S, mm_dtype), axis=1))
       dqt = dqt + dqt_x
       kE = _dot(k2, E, mm_dtype)
       wS = _dot(w, S, mm_dtype)
-      dk2 = dk2 + _dot(_where(write, u) - _where(keep, wS), E, mm_dtype, (1, 1))
+      if packed:
+        vw = v * write[:, None]
+        ux = _dot(tb, vw, mm_dtype)
+        dtb = dtb + _dot(kE, vw, mm_dtype, (1, 1))
+        dv = dv + _dot(tb, kE, mm_dtype, (0, 0)) * write[:, None]
+      else:
+        ux = _where(write, u)
+        du = du + _where(write, kE)
+      dk2 = dk2 + _dot(ux - _where(keep, wS), E, mm_dtype, (1, 1))
       dw = dw - _where(keep, _dot(kE, S, mm_dtype, (1, 1)))
-      du = du + _where(write, kE)
       dgam = dgam + _where(keep, jnp.sum(S * E))
       new.append(dS_read + _where(keep, gam * E - _dot(w, kE, mm_dtype, (0, 0))))
     dqt_ref[sl, :] = dqt
     dk2_ref[sl, :] = dk2
     dw_ref[sl, :] = dw
-    du_ref[sl, :] = du
+    if packed:
+      dtb_ref[sl, :] = dtb
+      dv_ref[sl, :] = dv
+    else:
+      du_ref[sl, :] = du
     dg_ref[sl] = jnp.full((C,), gam * dgam, jnp.float32)
     return tuple(new)
 
@@ -197,25 +258,43 @@ def _bwd_kernel(*refs, C, N, streams, lam_levels, mm_dtype):
   lax.fori_loop(0, N, body, init)
 
 
-def _streams(levels, C, P):
-  """(intra_levels, streams, lam_levels) of a length-P scan: plain GDN (levels None) has one
-  always-on stream; log-linear has the levels < log2 C + 1 inside chunks and one stream per level
-  above, up to the levels P positions reach."""
+def _streams(levels, C, P, packed=False):
+  """(intra_levels, streams, lam_levels) of a length-P scan. Plain GDN (levels None): one stream.
+  Log-linear: aligned, the levels < log2 C + 1 inside chunks and one stream per level above, up
+  to the levels P positions reach; packed, every level inside chunks (document positions) and a
+  stream for every level >= 1 (sources in earlier chunks)."""
   if levels is None:
     return 1, (None,), 0
   lo = C.bit_length()
   hi = min(levels, (P - 1).bit_length() + 1)
+  if packed:
+    return hi, tuple(range(1, hi)), hi
   return min(lo, hi), tuple(range(lo, hi)), hi
 
 
-def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, *, chunk_size,
-             levels=None, with_states=False, out_dtype=jnp.float32, block_v=32, num_warps=8,
-             num_stages=2, interpret=False):
-  """The forward chunk scan of the module docstring over P = N * chunk_size padded tokens
-  (positions aligned with the hierarchy), feature axes powers of two >= 16. q/k: G groups (head h
-  reads h // (H // G)), already scaled; w and tb = T_g diag(beta) (rows t, columns s of its
-  chunk): per head, from `_wy`. levels: the L of lam (hierarchy on; lam_BHLP holds at least the
-  levels a length-P sequence reaches) or None (plain GDN).
+def _pallas(kernel, grid, in_specs, out_specs, out_shape, name, num_warps, num_stages, interpret):
+  return pl.pallas_call(
+      kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+      compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+      interpret=interpret, name=name)
+
+
+def _mask_specs(masks, X, P):
+  """BlockSpecs of the packed-mode arrays (pos_BP, doc_BP, rho_BHXP, wm_BXP, keep_BXP)."""
+  tok = pl.BlockSpec((None, P), lambda b, h, j: (b, 0))
+  return [tok, tok, pl.BlockSpec((None, None, X, P), lambda b, h, j: (b, h, 0, 0))] + [
+      pl.BlockSpec((None, X, P), lambda b, h, j: (b, 0, 0))] * 2, list(masks)
+
+
+def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, masks=None, *,
+             chunk_size, levels=None, with_states=False, out_dtype=jnp.float32, block_v=32,
+             num_warps=8, num_stages=2, interpret=False):
+  """The forward chunk scan of the module docstring over P = N * chunk_size padded tokens,
+  feature axes powers of two >= 16. q/k: G groups (head h reads h // (H // G)), already scaled; w
+  and tb = T_g diag(beta) (rows t, columns s of its chunk): per head, from `_wy`. levels: the L of
+  lam (hierarchy on; lam_BHLP holds at least the levels a length-P sequence reaches) or None
+  (plain GDN). masks (packed documents; None: positions aligned with the hierarchy):
+  (pos_BP (-1 at padding), doc_BP, rho_BHXP, wm_BXP, keep_BXP) from `_packed_masks`.
   Returns o_BPHV, and with_states also the fp32 state of every stream at every chunk start,
   states_BHXMV (M = N * K, chunk n at rows n K .. n K + K - 1)."""
   B, P, G, K = q_BPGK.shape
@@ -223,7 +302,9 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, *, c
   C = chunk_size
   R = H // G
   BV = min(block_v, V)
-  intra_levels, streams, lam_levels = _streams(levels, C, P)
+  packed = masks is not None
+  intra_levels, streams, lam_levels = _streams(levels, C, P, packed)
+  X = len(streams)
   in_specs = [pl.BlockSpec((None, P, None, K), lambda b, h, j: (b, 0, h // R, 0))] * 2 + [
       pl.BlockSpec((None, P, None, K), lambda b, h, j: (b, 0, h, 0)),
       pl.BlockSpec((None, P, None, C), lambda b, h, j: (b, 0, h, 0)),
@@ -233,7 +314,10 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, *, c
   if lam_levels:
     in_specs.append(pl.BlockSpec((None, None, lam_levels, P), lambda b, h, j: (b, h, 0, 0)))
     args.append(lam_BHLP[:, :, :lam_levels])
-  X = len(streams)
+  if packed:
+    specs, arrays = _mask_specs(masks, X, P)
+    in_specs += specs
+    args += arrays
   with_states = with_states and X > 0
   out_specs = [pl.BlockSpec((None, P, None, BV), lambda b, h, j: (b, 0, h, j))]
   out_shape = [jax.ShapeDtypeStruct((B, P, H, V), out_dtype)]
@@ -242,56 +326,64 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, *, c
     out_specs.append(pl.BlockSpec((None, None, X, M, BV), lambda b, h, j: (b, h, 0, 0, j)))
     out_shape.append(jax.ShapeDtypeStruct((B, H, X, M, V), jnp.float32))
   kernel = functools.partial(_fwd_kernel, C=C, N=P // C, intra_levels=intra_levels,
-                             streams=streams, lam_levels=lam_levels, with_states=with_states,
+                             streams=streams, lam_levels=lam_levels, packed=packed,
+                             with_states=with_states,
                              mm_dtype=jnp.result_type(q_BPGK.dtype, k_BPGK.dtype))
-  outs = pl.pallas_call(
-      kernel, grid=(B, H, V // BV), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-      interpret=interpret, name='gdn_chunk_scan' if levels is None else 'loglinear_gdn_chunk_scan',
-  )(*args)
+  name = ('gdn' if levels is None else 'loglinear_gdn') + ('_packed' if packed else '')
+  outs = _pallas(kernel, (B, H, V // BV), in_specs, out_specs, out_shape, name + '_chunk_scan',
+                 num_warps, num_stages, interpret)(*args)
   return tuple(outs) if with_states else outs[0]
 
 
-def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV, lam_BHLP=None, *,
-                 chunk_size, levels=None, mm_dtype=jnp.float32, block_v=32, num_warps=8,
-                 num_stages=2, interpret=False):
+def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV, lam_BHLP=None,
+                 masks=None, tb_BPHC=None, v_BPHV=None, *, chunk_size, levels=None,
+                 mm_dtype=jnp.float32, block_v=32, num_warps=8, num_stages=2, interpret=False):
   """Reverse chunk scan: cotangents of the inter-chunk operands (module docstring, Backward).
 
-  Returns dqt, dk2, dw as [J, B, P, H, K] (partial sums over the J feature blocks of V), du_BPHV,
-  dg_JBHP (the chunk-decay term) and, with levels, dlam_JBHXP of the X stream levels."""
+  Aligned (masks None): returns dqt, dk2, dw as [J, B, P, H, K] (partial sums over the J feature
+  blocks of V), du_BPHV, dg_JBHP (the chunk-decay term) and, with levels, dlam_JBHXP of the X
+  stream levels. Packed (masks, tb_BPHC and v_BPHV given, u_BPHV None: each stream writes its own
+  tb diag(wm) V): dqt, dk2, dw, dtb_JBPHC, dv_BPHV, dg_JBHP and, with levels, drho_JBHXP."""
   B, P, H, K = qt_BPHK.shape
-  V = u_BPHV.shape[-1]
+  V = do_BPHV.shape[-1]
   C = chunk_size
   BV = min(block_v, V)
   J = V // BV
-  _, streams, lam_levels = _streams(levels, C, P)
+  packed = masks is not None
+  _, streams, lam_levels = _streams(levels, C, P, packed)
   X, M = states_BHXMV.shape[2:4]
   tok = lambda width: pl.BlockSpec((None, P, None, width), lambda b, h, j: (b, 0, h, 0))
   blk = pl.BlockSpec((None, P, None, BV), lambda b, h, j: (b, 0, h, j))
-  in_specs = [tok(K), tok(K), tok(K), blk, blk,
-              pl.BlockSpec((None, None, P), lambda b, h, j: (b, h, 0)),
-              pl.BlockSpec((None, None, X, M, BV), lambda b, h, j: (b, h, 0, 0, j))]
-  args = [qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV]
-  if lam_levels:
-    in_specs.append(pl.BlockSpec((None, None, lam_levels, P), lambda b, h, j: (b, h, 0, 0)))
-    args.append(lam_BHLP[:, :, :lam_levels])
-  part = pl.BlockSpec((None, None, P, None, K), lambda b, h, j: (j, b, 0, h, 0))
-  out_specs = [part, part, part, blk, pl.BlockSpec((None, None, None, P),
-                                                   lambda b, h, j: (j, b, h, 0))]
+  part = lambda width: pl.BlockSpec((None, None, P, None, width), lambda b, h, j: (j, b, 0, h, 0))
+  g_spec = pl.BlockSpec((None, None, P), lambda b, h, j: (b, h, 0))
+  s_spec = pl.BlockSpec((None, None, X, M, BV), lambda b, h, j: (b, h, 0, 0, j))
   f32 = jnp.float32
-  out_shape = [jax.ShapeDtypeStruct((J, B, P, H, K), f32)] * 3 + [
-      jax.ShapeDtypeStruct((B, P, H, V), f32), jax.ShapeDtypeStruct((J, B, H, P), f32)]
+  partial_BPH = lambda width: jax.ShapeDtypeStruct((J, B, P, H, width), f32)
+  g_out = (pl.BlockSpec((None, None, None, P), lambda b, h, j: (j, b, h, 0)),
+           jax.ShapeDtypeStruct((J, B, H, P), f32))
+  if packed:
+    specs, arrays = _mask_specs(masks, X, P)
+    in_specs = [tok(K)] * 3 + [tok(C), blk, blk, g_spec, s_spec] + specs[2:]
+    args = [qt_BPHK, k2_BPHK, w_BPHK, tb_BPHC, v_BPHV, do_BPHV, g_BHP, states_BHXMV] + arrays[2:]
+    out_specs = [part(K)] * 3 + [part(C), blk, g_out[0]]
+    out_shape = [partial_BPH(K)] * 3 + [partial_BPH(C), jax.ShapeDtypeStruct((B, P, H, V), f32),
+                                        g_out[1]]
+  else:
+    in_specs = [tok(K)] * 3 + [blk, blk, g_spec, s_spec]
+    args = [qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV]
+    if lam_levels:
+      in_specs.append(pl.BlockSpec((None, None, lam_levels, P), lambda b, h, j: (b, h, 0, 0)))
+      args.append(lam_BHLP[:, :, :lam_levels])
+    out_specs = [part(K)] * 3 + [blk, g_out[0]]
+    out_shape = [partial_BPH(K)] * 3 + [jax.ShapeDtypeStruct((B, P, H, V), f32), g_out[1]]
   if lam_levels:
     out_specs.append(pl.BlockSpec((None, None, None, X, P), lambda b, h, j: (j, b, h, 0, 0)))
     out_shape.append(jax.ShapeDtypeStruct((J, B, H, X, P), f32))
   kernel = functools.partial(_bwd_kernel, C=C, N=P // C, streams=streams, lam_levels=lam_levels,
-                             mm_dtype=mm_dtype)
-  return tuple(pl.pallas_call(
-      kernel, grid=(B, H, J), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-      interpret=interpret,
-      name='gdn_chunk_scan_bwd' if levels is None else 'loglinear_gdn_chunk_scan_bwd',
-  )(*args))
+                             packed=packed, mm_dtype=mm_dtype)
+  name = ('gdn' if levels is None else 'loglinear_gdn') + ('_packed' if packed else '')
+  return tuple(_pallas(kernel, (B, H, J), in_specs, out_specs, out_shape,
+                       name + '_chunk_scan_bwd', num_warps, num_stages, interpret)(*args))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,10 +429,55 @@ def _layouts(g_BPH, lam_BPHL):
   return g_BHP, lam_BHLP
 
 
-def _prep(q, k, v, g, beta, lam, st):
+class _Packed(NamedTuple):
+  """Per-token arrays of packed rows (padded to P): kernel inputs and the masks behind them."""
+  pos_BP: jax.Array           # position inside the document, -1 at padding
+  doc_BP: jax.Array
+  read_BXP: jax.Array         # stream x read here (read weight rho = lam of its level x mask)
+  wm_BXP: jax.Array           # stream x written here (and no reset after it in the chunk)
+  keep_BXP: jax.Array         # no reset of stream x in this token's chunk
+
+
+def _packed_masks(segment_ids_BT, P, levels, C):
+  """_Packed of the rows (hierarchy.level_stream_masks; resets inside a chunk as in
+  delta.chunked_recurrence: a token reads a stream only before the first reset of its chunk and
+  writes it only after the last)."""
+  B, T = segment_ids_BT.shape
+  lay = delta.layout_of(segment_ids_BT, B, T, None, P)
+  streams = _streams(levels, C, P, True)[1]
+  if levels is None:
+    real = lay.real_BT[None]
+    reset, write, read = lay.start_BT[None], real, real
+  else:
+    reset, write, read = hierarchy.level_stream_masks(lay.pos_BT, lay.real_BT, streams)
+  chunks = lambda x: x.reshape(x.shape[:-1] + (P // C, C))
+  rc = jnp.cumsum(chunks(reset).astype(jnp.int32), axis=-1)
+  flat = lambda x: x.reshape(x.shape[:-2] + (P,))
+  f32 = jnp.float32
+  to_B = lambda x: jnp.moveaxis(flat(x).astype(f32), 0, 1)
+  return _Packed(jnp.where(lay.real_BT, lay.pos_BT, -1), lay.doc_BT,
+                 to_B(chunks(read) & (rc == 0)), to_B(chunks(write) & (rc == rc[..., -1:])),
+                 to_B(jnp.broadcast_to(rc[..., -1:] == 0, rc.shape)))
+
+
+def _rho(lam_BPHL, packed, levels, C, heads):
+  """rho_BHXP = lam of each stream's level (1 for plain GDN) x its read mask."""
+  read_BHXP = packed.read_BXP[:, None]
+  if lam_BPHL is None:
+    B, _, X, P = read_BHXP.shape
+    return jnp.broadcast_to(read_BHXP, (B, heads, X, P))
+  P = lam_BPHL.shape[1]
+  streams = list(_streams(levels, C, P, True)[1])
+  lam_BHXP = jnp.transpose(lam_BPHL[..., streams].astype(jnp.float32), (0, 2, 3, 1))
+  return lam_BHXP * read_BHXP
+
+
+def _prep(q, k, v, g, beta, lam, packed, st):
   """The parallel per-chunk part in XLA (padded arrays, fp32), differentiated for the backward:
   the intra-chunk output (Aeff o M) V and the inter-chunk operands qt = e^G q - (q k^T o D) W,
-  k2 = e^{G_C - G} k, W and U = T_g diag(beta) V (per head, [B, P, H, *])."""
+  k2 = e^{G_C - G} k, W, U = T_g diag(beta) V and tb = T_g diag(beta) (per head, [B, P, H, *]).
+  M: aligned, the levels inside a chunk (causal for GDN); packed, pairs of one document weighted
+  by the level of their document positions."""
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
@@ -362,122 +499,150 @@ def _prep(q, k, v, g, beta, lam, st):
   k2 = k_BNCHK * jnp.exp(G_BNCH[:, :, -1:] - G_BNCH)[..., None]
   u = ein('bnhts,bnshv->bnthv', tb_BNHTS, v_BNCHV)
   aeff_BNHTS = ein('bnhts,bnhsu->bnhtu', a_BNHTS, tb_BNHTS)     # lower triangular
-  if lam is not None:
-    intra_levels = _streams(st.levels, C, P)[0]
+  intra_levels = _streams(st.levels, C, P, packed is not None)[0]
+  if packed is None:
     idx = jnp.arange(C)
-    onehot_TSL = jax.nn.one_hot(hierarchy.level_index(idx[:, None], idx[None, :]), intra_levels,
-                                dtype=f32)
+    lvl_BNTS = jnp.broadcast_to(hierarchy.level_index(idx[:, None], idx[None, :]), (B, N, C, C))
+  else:
+    lay = hierarchy.DocumentLayout(packed.pos_BP >= 0, None, packed.doc_BP,
+                                   jnp.maximum(packed.pos_BP, 0), None)
+    lvl_BNTS = delta.chunk_pairs(     # -1: not a causal pair of one document
+        lambda pos, doc, real: hierarchy.pair_levels(pos, doc, real, C), lay, C)
+  if lam is None:
+    aeff_BNHTS = aeff_BNHTS * (lvl_BNTS >= 0)[:, :, None]
+  else:
     lam_BNHCL = jnp.moveaxis(lam[..., :intra_levels].astype(f32).reshape(B, N, C, H, -1), 3, 2)
-    aeff_BNHTS = aeff_BNHTS * ein('bnhtl,tsl->bnhts', lam_BNHCL, onehot_TSL)
+    aeff_BNHTS = aeff_BNHTS * ein('bnhtl,bntsl->bnhts', lam_BNHCL,
+                                  jax.nn.one_hot(lvl_BNTS, intra_levels, dtype=f32))
   intra = ein('bnhts,bnshv->bnthv', aeff_BNHTS, v_BNCHV)
   flat = lambda x: x.reshape((B, P) + x.shape[3:])
-  return flat(intra), flat(qt), flat(k2), w_BPHK, flat(u)
+  return flat(intra), flat(qt), flat(k2), w_BPHK, flat(u), tb_BPHC
 
 
-def _scan_forward(q, k, v, g, beta, lam, st, with_states):
+def _scan_forward(q, k, v, g, beta, lam, packed, st, with_states):
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
   w_BPHK, tb_BPHC = _wy(k, g, beta, C)
   g_BHP, lam_BHLP = _layouts(g, lam)
+  masks = None if packed is None else (
+      packed.pos_BP, packed.doc_BP, _rho(lam, packed, st.levels, C, H), packed.wm_BXP,
+      packed.keep_BXP)
   cfg = st.config
   fn = functools.partial(gdn_scan, chunk_size=C, levels=st.levels, with_states=with_states,
                          out_dtype=v.dtype, block_v=cfg.block_v, num_warps=cfg.num_warps,
                          num_stages=cfg.num_stages, interpret=st.interpret)
-  X = len(_streams(st.levels, C, P)[1])
-  per_row = P * H * max(K, V, C, 0 if lam is None else lam.shape[-1], X * K * V // C)
-  return in_row_batches(fn, (q, k, w_BPHK, tb_BPHC, v, g_BHP, lam_BHLP), per_row,
+  X = len(_streams(st.levels, C, P, packed is not None)[1])
+  per_row = P * H * max(K, V, C, 0 if lam is None else lam.shape[-1], X, X * K * V // C)
+  return in_row_batches(lambda *a: fn(*a[:7], a[7:] if packed is not None else None),
+                        (q, k, w_BPHK, tb_BPHC, v, g_BHP, lam_BHLP) + (masks or ()), per_row,
                         f'pallas GDN kernel (T={P}, heads={H})')
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, st):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, packed, st):
   """Padded inputs (P = whole chunks, power-of-two feature axes, padding zeroed, q scaled) ->
-  o_BPHV; backward: gdn_scan_bwd and the vjp of _prep (module docstring)."""
-  return _scan_forward(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, st, False)
+  o_BPHV; packed: a _Packed or None (aligned). Backward: gdn_scan_bwd and the vjp of _prep
+  (module docstring)."""
+  return _scan_forward(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, packed, st, False)
 
 
-def _mixer_fwd(q, k, v, g, beta, lam, st):
-  out = _scan_forward(q, k, v, g, beta, lam, st, True)
+def _mixer_fwd(q, k, v, g, beta, lam, packed, st):
+  out = _scan_forward(q, k, v, g, beta, lam, packed, st, True)
   o, states = out if isinstance(out, tuple) else (out, None)
-  return o, (q, k, v, g, beta, lam, states)
+  return o, (q, k, v, g, beta, lam, packed, states)
 
 
 def _mixer_bwd(st, res, do_BPHV):
-  q, k, v, g, beta, lam, states = res
+  q, k, v, g, beta, lam, packed, states = res
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
-  (_, qt, k2, w, u), vjp = jax.vjp(lambda *a: _prep(*a, st), q, k, v, g, beta, lam)
+  outs, vjp = jax.vjp(lambda *a: _prep(*a, packed, st), q, k, v, g, beta, lam)
+  _, qt, k2, w, u, tb = outs
   do = do_BPHV.astype(jnp.float32)
   f32 = jnp.float32
   dg_BPH = jnp.zeros((B, P, H), f32)
   dlam = None if lam is None else jnp.zeros(lam.shape, f32)
-  if states is None:                        # no stream: everything is intra-chunk
-    dqt = dk2 = dw = jnp.zeros_like(qt)
-    du = jnp.zeros_like(u)
-  else:
+  dqt, dk2, dw, du, dtb = (jnp.zeros_like(x) for x in (qt, k2, w, u, tb))
+  dv_inter = jnp.zeros(v.shape, f32)
+  if states is not None:
     g_BHP, lam_BHLP = _layouts(g, lam)
     cfg = st.config
     fn = functools.partial(gdn_scan_bwd, chunk_size=C, levels=st.levels, mm_dtype=q.dtype,
                            block_v=cfg.block_v, num_warps=cfg.num_warps,
                            num_stages=cfg.num_stages, interpret=st.interpret)
     J = V // min(cfg.block_v, V)
-    per_row = P * H * max(J * K, V, states.shape[2] * K * V // C)
-    outs = in_row_batches(fn, (qt, k2, w, u, do, g_BHP, states, lam_BHLP), per_row,
-                          f'pallas GDN backward kernel (T={P}, heads={H})',
-                          out_axes=(1, 1, 1, 0, 1) + ((1,) if lam is not None else ()))
+    X = states.shape[2]
+    per_row = P * H * max(J * K, J * C, V, J * X, X * K * V // C)
+    with_lam = (1,) if lam is not None else ()
+    name = f'pallas GDN backward kernel (T={P}, heads={H})'
+    if packed is None:
+      outs = in_row_batches(fn, (qt, k2, w, u, do, g_BHP, states, lam_BHLP), per_row, name,
+                            out_axes=(1, 1, 1, 0, 1) + with_lam)
+      du = outs[3]
+      dg_part, drho = outs[4], outs[5] if lam is not None else None
+    else:
+      masks = (packed.pos_BP, packed.doc_BP, _rho(lam, packed, st.levels, C, H), packed.wm_BXP,
+               packed.keep_BXP)
+      outs = in_row_batches(
+          lambda *a: fn(*a[:7], None, a[7:12], a[12], a[13]),
+          (qt, k2, w, None, do, g_BHP, states) + masks + (tb, v), per_row, name,
+          out_axes=(1, 1, 1, 1, 0, 1) + with_lam)
+      dtb, dv_inter = jnp.sum(outs[3], axis=0), outs[4]
+      dg_part, drho = outs[5], outs[6] if lam is not None else None
     dqt, dk2, dw = (jnp.sum(x, axis=0) for x in outs[:3])
-    du = outs[3]
-    dg_BPH = jnp.moveaxis(jnp.sum(outs[4], axis=0), 1, 2)
+    dg_BPH = jnp.moveaxis(jnp.sum(dg_part, axis=0), 1, 2)
     if lam is not None:
-      lo = C.bit_length()
-      X = states.shape[2]
-      dlam = dlam.at[..., lo:lo + X].set(jnp.transpose(jnp.sum(outs[5], axis=0), (0, 3, 1, 2)))
-  dq, dk, dv, dg, dbeta, dlam_intra = vjp((do, dqt, dk2, dw, du))
+      drho_BPHX = jnp.transpose(jnp.sum(drho, axis=0), (0, 3, 1, 2))
+      if packed is None:
+        lo = C.bit_length()
+        dlam = dlam.at[..., lo:lo + X].set(drho_BPHX)
+      else:
+        streams = list(_streams(st.levels, C, P, True)[1])
+        read_BPX = jnp.moveaxis(packed.read_BXP, 1, 2)
+        dlam = dlam.at[..., streams].set(drho_BPHX * read_BPX[:, :, None])
+  dq, dk, dv, dg, dbeta, dlam_intra = vjp((do, dqt, dk2, dw, du, dtb))
+  dv = (dv.astype(f32) + dv_inter).astype(v.dtype)
   dg = (dg + dg_BPH).astype(g.dtype)
   if lam is not None:
     dlam = (dlam_intra + dlam).astype(lam.dtype)
-  return dq, dk, dv, dg, dbeta, dlam
+  none = None if packed is None else _Packed(*(None,) * len(packed))
+  return dq, dk, dv, dg, dbeta, dlam, none
 
 
 _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 
-def _kernel_path(q, k, v, g, beta, lam, real_BT, st):
-  """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels."""
+def _kernel_path(q, k, v, g, beta, lam, segment_ids_BT, packed, st):
+  """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels
+  (packed: with the document masks of segment_ids_BT)."""
   B, T, G, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
   P = -(-T // C) * C
   arrays = [q * st.scale, k, v, g, beta] + ([] if lam is None else [lam])
   arrays = [jnp.pad(x, [(0, 0), (0, P - T)] + [(0, 0)] * (x.ndim - 2)) for x in arrays]
-  if real_BT is not None:
-    arrays = delta.sanitize(jnp.pad(real_BT, ((0, 0), (0, P - T))), *arrays)
+  if segment_ids_BT is not None:
+    real_BP = jnp.pad(segment_ids_BT > 0, ((0, 0), (0, P - T)))
+    arrays = delta.sanitize(real_BP, *arrays)
   feat = lambda x, d: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, d - x.shape[-1])))
   q, k, v = feat(arrays[0], pow2(K)), feat(arrays[1], pow2(K)), feat(arrays[2], pow2(V))
-  o_BPHV = _mixer(q, k, v, arrays[3], arrays[4], None if lam is None else arrays[5], st)
+  masks = _packed_masks(segment_ids_BT, P, st.levels, C) if packed else None
+  o_BPHV = _mixer(q, k, v, arrays[3], arrays[4], None if lam is None else arrays[5], masks, st)
   return o_BPHV[:, :T, :, :V]
-
-
-def _xla(q, k, v, g, beta, lam, segment_ids_BT, st):
-  kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=st.chunk_size, scale=st.scale)
-  if lam is None:
-    return delta.gdn_chunked(q, k, v, g, beta, **kw)
-  return ops_loglinear.loglinear_gdn_chunked(q, k, v, g, beta, lam, **kw)
 
 
 @functools.partial(jax.jit, static_argnames=('st',))
 def _run(q, k, v, g, beta, lam, segment_ids_BT, st):
   if segment_ids_BT is None:
-    return _kernel_path(q, k, v, g, beta, lam, None, st)
+    return _kernel_path(q, k, v, g, beta, lam, None, False, st)
   # Rows of one document from position 0 (what the trainer passes for unpacked data) take the
-  # kernels; packed rows the XLA form.
-  real_BT = segment_ids_BT > 0
+  # aligned kernels; packed rows the packed ones (document masks, a stream per level).
   o = lax.cond(one_document_per_row(segment_ids_BT),
-               lambda: _kernel_path(q, k, v, g, beta, lam, real_BT, st),
-               lambda: _xla(q, k, v, g, beta, lam, segment_ids_BT, st))
-  (o,) = delta.sanitize(real_BT, o)
+               lambda: _kernel_path(q, k, v, g, beta, lam, segment_ids_BT, False, st),
+               lambda: _kernel_path(q, k, v, g, beta, lam, segment_ids_BT, True, st))
+  (o,) = delta.sanitize(segment_ids_BT > 0, o)
   return o
 
 
@@ -486,8 +651,8 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
                 interpret=False, config=KernelConfig()):
   """Gated DeltaNet (lloglin.ops.delta.gdn_chunked) through the Pallas kernels.
 
-  initial_state_BHKV, return_final_state, chunk_size < 16 and packed rows run the XLA form
-  (module docstring).
+  initial_state_BHKV, return_final_state and chunk_size < 16 run the XLA form (module
+  docstring).
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
@@ -507,8 +672,8 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
   """Log-linear Gated DeltaNet (lloglin.ops.loglinear.loglinear_gdn_chunked) through the Pallas
   kernels.
 
-  initial_state, return_final_state, chunk_size < 16, T > 2^(L-1) and packed rows run the XLA
-  form (module docstring).
+  initial_state, return_final_state, chunk_size < 16 and T > 2^(L-1) run the XLA form (module
+  docstring).
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            beta_BTH=beta_BTH, lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
