@@ -128,7 +128,7 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_sta
                                                          -jnp.inf))
     qe = q.astype(jnp.float32) * jnp.exp(G)[:, None]
     k2 = k.astype(jnp.float32) * jnp.exp(gs - G)[:, None]
-    u = _dot(tb, v, mm_dtype)
+    u = None if packed else _dot(tb, v, mm_dtype)   # packed: each stream writes its own part
     lam = [lam_ref[l, sl] for l in range(lam_levels)]
     if with_states:
       for x, S in enumerate(states):
