@@ -1,4 +1,6 @@
-"""Pallas kernels for chunked log-linear Mamba-2 and plain Mamba-2 SSD (hierarchy off).
+"""Pallas kernels for chunked log-linear Mamba-2 and plain Mamba-2 SSD (hierarchy off); the Gated
+DeltaNet and log-linear Gated DeltaNet kernels (gdn_chunked, loglinear_gdn_chunked) live in
+pallas_kernels/loglinear/gdn.py and are re-exported here.
 
 Same signatures and semantics as lloglin.ops.loglinear.loglinear_ssd_chunked and
 lloglin.ops.ssd.ssd_chunked, plus `interpret` (run the kernels through the Pallas interpreter,
