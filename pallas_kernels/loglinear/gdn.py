@@ -31,8 +31,8 @@ packed rows cost more than aligned ones (not measured).
 Backward (jax.custom_vjp). The forward kernel also stores every stream's fp32 state at every
 chunk start (N x K x V floats per head and stream: 59 MB per row and head at T = 8192, C = 64,
 K = V = 128 with the 7 streams of log-linear GDN; 8 MB for GDN). A reverse Pallas scan
-(`gdn_scan_bwd`) carries dS_x and gives the cotangents of qt, k2, W, U, of the chunk decay e^{G_C} (-> dg) and of rho
-(-> dlam of the stream levels); with dS = dS_x(n+1) and S = S_x(n):
+(`gdn_scan_bwd`) carries dS_x and gives the cotangents of qt, k2, W, U, of the chunk decay
+e^{G_C} (-> dg) and of rho (-> dlam of the stream levels); with dS = dS_x(n+1) and S = S_x(n):
 
   dS_x(n) = qt^T (rho o dO) + keep (e^{G_C} dS - W^T k2 dS),  dqt = (rho o dO) S^T,
   dk2 = (write U - keep W S) dS^T,  dW = -keep k2 dS S^T,  dU = write k2 dS,
