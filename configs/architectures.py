@@ -15,7 +15,7 @@ point --config.data.name / --config.data.path elsewhere as needed.
 The `:tiny` variant of each is a seconds-long MQAR run with a 1-layer, 32-wide model (tests).
 """
 
-from configs.base import get_base_config, set_model_size
+from configs.base import get_base_config, set_model_size, smoke_run
 
 ARCHITECTURES = ("transformer", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path",
                  "path_fox")
@@ -82,9 +82,4 @@ def _tiny(c, mixer):
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 5
   c.optim.weight_decay = 0.0
-  c.train.num_steps = 20
-  c.train.log_every = 5
-  c.train.eval_every = 10
-  c.train.eval_steps = 2
-  c.train.checkpoint_every = 10
-  c.train.progress_bar = False
+  smoke_run(c)

@@ -129,6 +129,16 @@ def set_model_size(c: ml_collections.ConfigDict, *, d_model: int, num_layers: in
   c.model.max_seq_len = c.seq_len
 
 
+def smoke_run(c: ml_collections.ConfigDict) -> None:
+  """The :tiny variants' training: 20 steps, logged, evaluated and saved often, no progress bar."""
+  c.train.num_steps = 20
+  c.train.log_every = 5
+  c.train.eval_every = 10
+  c.train.eval_steps = 2
+  c.train.checkpoint_every = 10
+  c.train.progress_bar = False
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   return get_base_config()

@@ -7,7 +7,7 @@ context) until induction heads form. Width 128 and 128 sequences a batch make th
 benchmarks/mqar_phase_sweep.py and benchmarks/RESULTS.md.
 """
 
-from configs.base import get_base_config, set_model_size
+from configs.base import get_base_config, set_model_size, smoke_run
 
 
 def get_config(arg: str | None = None):
@@ -33,12 +33,7 @@ def get_config(arg: str | None = None):
     c.data.mqar.num_val_examples = 64
     set_model_size(c, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
                    mlp_dim=64)
-    c.train.num_steps = 20
-    c.train.log_every = 5
-    c.train.eval_every = 10
-    c.train.eval_steps = 2
-    c.train.checkpoint_every = 10
-    c.train.progress_bar = False
+    smoke_run(c)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/mqar.py; valid: 'tiny'")
   return c

@@ -5,7 +5,7 @@ By default the text comes from tensorflow-datasets (`tiny_shakespeare`, download
 Variants: `:tiny` (seconds on CPU, for tests).
 """
 
-from configs.base import get_base_config, set_model_size
+from configs.base import get_base_config, set_model_size, smoke_run
 
 
 def get_config(arg: str | None = None):
@@ -24,12 +24,7 @@ def get_config(arg: str | None = None):
     c.seq_len = 64
     c.batch_size = 8
     set_model_size(c, d_model=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=128)
-    c.train.num_steps = 20
-    c.train.log_every = 5
-    c.train.eval_every = 10
-    c.train.eval_steps = 2
-    c.train.checkpoint_every = 10
-    c.train.progress_bar = False
+    smoke_run(c)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/shakespeare.py; valid: 'tiny'")
   return c
