@@ -109,7 +109,8 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_sta
   q_ref, k_ref, w_ref, tb_ref, v_ref, g_ref = refs[:6]
   del refs[:6]
   lam_ref = refs.pop(0) if lam_levels else None
-  pos_ref, doc_ref, *mask_refs = refs[:5] if packed else (None, None)
+  n_masks = (2 + 3 * bool(streams)) if packed else 0    # pos, doc [, rho, wm, keep]
+  pos_ref, doc_ref, *mask_refs = refs[:n_masks] if packed else (None, None)
   o_ref = refs[-2] if with_states else refs[-1]
   s_ref = refs[-1] if with_states else None
   K, BV = q_ref.shape[-1], v_ref.shape[-1]
@@ -281,8 +282,11 @@ def _pallas(kernel, grid, in_specs, out_specs, out_shape, name, num_warps, num_s
 
 
 def _mask_specs(masks, X, P):
-  """BlockSpecs of the packed-mode arrays (pos_BP, doc_BP, rho_BHXP, wm_BXP, keep_BXP)."""
+  """BlockSpecs and arrays of packed mode: pos_BP, doc_BP and, with X > 0 streams, rho_BHXP,
+  wm_BXP, keep_BXP."""
   tok = pl.BlockSpec((None, P), lambda b, h, j: (b, 0))
+  if not X:
+    return [tok, tok], list(masks[:2])
   return [tok, tok, pl.BlockSpec((None, None, X, P), lambda b, h, j: (b, h, 0, 0))] + [
       pl.BlockSpec((None, X, P), lambda b, h, j: (b, 0, 0))] * 2, list(masks)
 

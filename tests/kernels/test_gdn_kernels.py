@@ -160,6 +160,22 @@ def test_packed_documents(fam, layout):
     assert_close(x, y, **GRAD_GATES, name=name)
 
 
+def test_one_level_and_all_padding():
+  """L = 1 (no level stream at all) at T = 1, a real token and a padding row: equal to the XLA
+  form, gradients included (the packed kernels, without streams, are traced for the lax.cond)."""
+  data = lm.make_data(9, 2, 1, fam=LL, L=1)
+  seg = jnp.asarray([[1], [0]])
+  cot = jnp.ones((2, 1, 2, 16), jnp.float32)
+  kfn = functools.partial(pk.loglinear_gdn_chunked, segment_ids_BT=seg, chunk_size=16,
+                          interpret=True)
+  out, got = _value_and_vjp(kfn, cot)(*args_of(data, LL, jnp.float32))
+  ref, want = _value_and_vjp(functools.partial(LL.chunked, segment_ids_BT=seg, chunk_size=16),
+                             cot)(*args_of(data, LL, jnp.float32))
+  for name, x, y in zip(('o', 'dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam'), (out,) + got,
+                        (ref,) + want):
+    assert_close(x, y, rel=1e-5, name=name)
+
+
 def test_states_fall_back_to_xla_form():
   data = lm.make_data(8, 2, 40, fam=LL)
   args = args_of(data, GDN, jnp.float32)
