@@ -1,0 +1,16 @@
+"""Checks shared by the kernel tests."""
+
+import jax
+import numpy as np
+
+from tests.ops.helpers import assert_close
+
+
+def assert_rows_match_alone(fn, args, rows):
+  """fn over the whole batch == fn on each of `rows` alone (catches offset overflow past 2^31)."""
+  jitted = jax.jit(fn)
+  out = jitted(*args)
+  for b in rows:
+    ref = jitted(*[x[b:b + 1] for x in args])
+    assert_close(np.asarray(out[b:b + 1], np.float32), np.asarray(ref, np.float32), rel=1e-5,
+                 name=f'row {b}')
