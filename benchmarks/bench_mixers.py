@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +38,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+
+from benchmarks.timing import median_seconds  # noqa: E402
 
 TOKENS = 65536  # per call, as in h200-anchors.md (--tokens for CPU smoke runs)
 SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
@@ -159,17 +159,8 @@ def time_jax(fn: Callable, args, *, backward: bool, repeats: int = 5, budget_s: 
   t0 = time.perf_counter()
   jax.block_until_ready(call())
   once = time.perf_counter() - t0
-  n = max(2, min(100, int(budget_s / max(once, 1e-6))))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(n):
-      # Only the last output is kept (calls run in order on the device): holding all n of them
-      # would take n x the gradients' memory (~100 GB for attention at 65,536 tokens).
-      out = call()
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / n)
-  return statistics.median(times)
+  return median_seconds(call, calls=max(2, min(100, int(budget_s / max(once, 1e-6)))),
+                        repeats=repeats)
 
 
 def compiled_bytes(fn: Callable, args, *, backward: bool) -> int:
@@ -288,7 +279,7 @@ def run_throughput(args) -> list[Row]:
         if impl == "fla" or (impl == "cudnn") != (mixer == "attention"):
           continue
         for mode in args.modes:
-          def timer(mixer=mixer, impl=impl, mode=mode):
+          def timer(mixer=mixer, impl=impl, mode=mode, x=x):
             fn, fargs = jax_case(mixer, impl, x, args.segments)
             return time_jax(fn, fargs, backward=mode == "fwdbwd")
           label = impl + ("_segments" if args.segments else "")

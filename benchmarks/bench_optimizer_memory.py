@@ -28,7 +28,7 @@ def run_one(method: str, shape: str, rank: int, steps: int, batch: int, seq: int
   import jax
   import numpy as np
 
-  from benchmarks.train_timing import synthetic_batch, time_train_steps
+  from benchmarks.timing import synthetic_batch, time_train_steps
   from lloglin import optim
   from lloglin.models import ModelConfig, build_model, count_params
   from lloglin.training.step import make_program

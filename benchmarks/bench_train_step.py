@@ -71,7 +71,7 @@ def run(arch: str, args) -> dict:
   import jax
   import numpy as np
 
-  from benchmarks.train_timing import synthetic_batch, time_train_steps
+  from benchmarks.timing import synthetic_batch, time_train_steps
   from lloglin.models import build_model, count_params
   from lloglin.training.step import make_program
 

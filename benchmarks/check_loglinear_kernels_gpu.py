@@ -9,23 +9,17 @@ Usage on the GPU machine: PYTHONPATH=. python3 benchmarks/check_loglinear_kernel
 import math
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from benchmarks.timing import median_seconds, rel_error
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
 from pallas_kernels import loglinear as pk
 
 H, D, TOKENS = int(os.environ.get('HEADS', 16)), int(os.environ.get('HEAD_DIM', 128)), 65536
 SEQLENS = [int(t) for t in os.environ.get('SEQLENS', '8192').split(',')]
-
-
-def rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def inputs(B, T, G, Hh, K, V, L, dtype, seed=0):
@@ -58,30 +52,17 @@ def correct():
          lambda *a: ops_ssd.ssd_chunked(*a, scale=scale), 4)]:
       o = jax.jit(kfn)(*args[:n])
       r = jax.jit(rfn)(*ref_args[:n])
-      print(f'CORRECT {name} B={B} T={T} G={G} H={Hh} K={K} V={V} fwd rel={rel(o, r):.2e} '
+      print(f'CORRECT {name} B={B} T={T} G={G} H={Hh} K={K} V={V} fwd rel={rel_error(o, r):.2e} '
             f'finite={bool(jnp.all(jnp.isfinite(o.astype(jnp.float32))))}', flush=True)
       _, gk = grads(kfn, args[:n], do)
       _, gr = grads(rfn, ref_args[:n], do)
       print(f'CORRECT {name} B={B} T={T} grads ' + ' '.join(
-          f'd{a}={rel(x, y):.2e}' for a, x, y in zip('qkvgl', gk, gr)), flush=True)
-
-
-def timeit(fn, *args, n=10):
-  out = fn(*args)
-  jax.block_until_ready(out)
-  ts = []
-  for _ in range(3):
-    t0 = time.perf_counter()
-    for _ in range(n):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    ts.append((time.perf_counter() - t0) / n * 1e3)
-  return sorted(ts)[1]
+          f'd{a}={rel_error(x, y):.2e}' for a, x, y in zip('qkvgl', gk, gr)), flush=True)
 
 
 def report(tag, fn, *args):
   try:
-    ms = timeit(fn, *args)
+    ms = 1e3 * median_seconds(lambda: fn(*args))
     print(f'ROW {tag:<60} {TOKENS / ms / 1e3:9.3f} Mtok/s  {ms:8.3f} ms', flush=True)
   except Exception as e:  # keep going: one failing figure must not hide the others
     print(f'FAIL {tag}: {type(e).__name__}: {str(e)[:400]}', flush=True)

@@ -9,17 +9,10 @@ Prints one line per figure; writes nothing else.
 import functools
 import os
 import sys
-import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 H, D, TOKENS = 16, 128, 65536
-
-
-def rel(a, b):
-  import numpy as np
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def jax_part(seqlens):
@@ -28,6 +21,8 @@ def jax_part(seqlens):
   from lloglin.ops.path import path_blockwise
   from pallas_kernels.path_attention import kernel
   from pallas_kernels.path_attention import path_attention
+
+  from benchmarks.timing import median_seconds, rel_error
 
   def inputs(key, B, T, H, G, K, dtype=jnp.bfloat16, gate=True):
     ks = jax.random.split(key, 6)
@@ -40,17 +35,6 @@ def jax_part(seqlens):
         beta_BTG=jax.random.uniform(ks[4], (B, T, G), jnp.float32, 1.5, 2.0),
         g_BTH=jnp.log(jax.random.uniform(ks[5], (B, T, H), jnp.float32, 0.95, 1.0)) if gate
         else None)
-
-  def timeit(fn, *args, n=10):
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(3):
-      t0 = time.perf_counter()
-      for _ in range(n):
-        out = fn(*args)
-      jax.block_until_ready(out)
-      ts.append((time.perf_counter() - t0) / n)
-    return sorted(ts)[1]
 
   # Correctness (bf16 inputs) against the XLA form in fp32 at HIGHEST precision.
   B, T, Hq, G, K = 2, 1000, 8, 2, 64
@@ -66,8 +50,8 @@ def jax_part(seqlens):
   with jax.default_matmul_precision("highest"):
     ref, ref_g = jax.jit(functools.partial(fwd_grads, path_blockwise))(f32)
   out, g = jax.jit(functools.partial(fwd_grads, path_attention))(x)
-  print(f"CHECK B={B} T={T} H={Hq} G={G} K={K} gate seg: rel o {rel(out, ref):.2e} "
-        + " ".join(f"d{n} {rel(g[n], ref_g[n]):.2e}" for n in ref_g), flush=True)
+  print(f"CHECK B={B} T={T} H={Hq} G={G} K={K} gate seg: rel o {rel_error(out, ref):.2e} "
+        + " ".join(f"d{n} {rel_error(g[n], ref_g[n]):.2e}" for n in ref_g), flush=True)
 
   loss = lambda x: path_attention(**x).astype(jnp.float32).sum()
   for T in seqlens:
@@ -83,7 +67,7 @@ def jax_part(seqlens):
         for name, fn in (("fwd", jax.jit(lambda x: path_attention(**x))),
                          ("fwd+bwd", jax.jit(jax.grad(loss)))):
           try:
-            s = timeit(fn, x)
+            s = median_seconds(lambda: fn(x))
             print(f"TIME pallas {name} T={T} B={B} gate={gate} warps={nw}: {s*1e3:.2f} ms "
                   f"{TOKENS / s / 1e6:.3f} Mtok/s", flush=True)
           except Exception as e:  # report and go on
@@ -92,10 +76,11 @@ def jax_part(seqlens):
     q, k, v = (x[n] for n in ("q_BTHK", "k_BTGK", "v_BTGV"))
     att = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                                        implementation="cudnn")
-    s = timeit(jax.jit(att), q, k, v)
+    att_jit = jax.jit(att)
+    s = median_seconds(lambda: att_jit(q, k, v))
     print(f"TIME cudnn fwd T={T}: {s*1e3:.2f} ms {TOKENS / s / 1e6:.2f} Mtok/s", flush=True)
     fb = jax.jit(jax.grad(lambda *a: att(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2)))
-    s = timeit(fb, q, k, v)
+    s = median_seconds(lambda: fb(q, k, v))
     print(f"TIME cudnn fwd+bwd T={T}: {s*1e3:.2f} ms {TOKENS / s / 1e6:.2f} Mtok/s", flush=True)
 
 

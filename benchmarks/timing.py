@@ -1,10 +1,32 @@
-"""Shared by the training benchmarks: a synthetic LM batch and a timed loop of train steps."""
+"""Timing helpers shared by the benchmarks: a timed loop of device calls, a relative error, a
+synthetic LM batch and a timed loop of train steps."""
 
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def median_seconds(call, *, calls: int = 10, repeats: int = 3) -> float:
+  """Median over `repeats` of the seconds per call of `calls` back-to-back calls, after one
+  warm-up call. Only the last output is kept (calls run in order on the device): holding all of
+  them would take `calls` times the output's memory."""
+  jax.block_until_ready(call())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+      out = call()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / calls)
+  return float(np.median(times))
+
+
+def rel_error(a, b) -> float:
+  """||a - b|| / ||b|| in float64."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def synthetic_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
