@@ -4,6 +4,7 @@
   python3 benchmarks/bench_mixers.py --shape h48d64        # the log-linear paper's shape
   python3 benchmarks/bench_mixers.py --mixers path,attention --impls pallas,cudnn,fla
   python3 benchmarks/bench_mixers.py --memory path         # compiled fwd+bwd memory vs T
+  python3 benchmarks/bench_mixers.py --merge a/rows_h16d128.jsonl b/rows_h16d128.jsonl
 
 Every call processes 65,536 tokens (B = 65536 / T), bf16 q/k/v, fp32 gates, lambda, PaTH's w and
 beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward+backward
@@ -19,7 +20,8 @@ fla's gated backward refuses Hopper with triton < 3.7.1 (fla issue 640); as in
 JAX rows are timed as the median over repeats of a jitted call loop closed by
 block_until_ready; torch rows with triton.testing.do_bench (median). Throughput is million
 tokens/s; the closing table gives each lloglin kernel's ratio to its fla peer and to cuDNN
-attention timed in the same run. JSON and a PNG (fwd+bwd Mtok/s against T) go to --out.
+attention timed in the same run. JSON and a PNG (fwd+bwd Mtok/s against T) go to --out, and
+every row is appended to --out/rows_<shape>.jsonl as soon as it is timed.
 """
 
 import argparse
@@ -249,7 +251,9 @@ def time_torch(fn, inputs, *, backward: bool) -> float:
 
 
 def measure(label: str, tokens: int, seq_len: int, mode: str, timer: Callable[[], float],
-            mixer: str, impl: str) -> Row:
+            mixer: str, impl: str, log_path: str = "") -> Row:
+  """Times one row; appends it to log_path (JSON lines) at once, so that a run cut short by a
+  timeout keeps every row it finished (--merge reads them back)."""
   try:
     s = timer()
     row = Row(mixer, impl, seq_len, mode, tokens / s / 1e6, s * 1e3)
@@ -259,19 +263,31 @@ def measure(label: str, tokens: int, seq_len: int, mode: str, timer: Callable[[]
     row = Row(mixer, impl, seq_len, mode, None, None, f"{type(e).__name__}: {str(e)[:200]}")
   shown = f"{row.mtok_s:10.3f} Mtok/s {row.ms:9.3f} ms" if row.mtok_s else f"FAIL {row.note}"
   print(f"ROW {label:<34} T={seq_len:<6} {mode:<7} {shown}", flush=True)
+  if log_path:
+    with open(log_path, "a") as f:
+      f.write(json.dumps(dataclasses.asdict(row)) + "\n")
   return row
+
+
+def skipped(label: str, mode: str, skip: list[str]) -> bool:
+  """--skip entries are row labels (fla_log_linear_attn) or label:mode (…:fwdbwd)."""
+  return label in skip or f"{label}:{mode}" in skip
 
 
 def run_throughput(args) -> list[Row]:
   heads, dim = SHAPES[args.shape]
+  log_path = os.path.join(args.out, f"rows_{args.shape}.jsonl")
   rows = []
   for T in args.seqlens:
     if "fla" in args.impls:
       for name, (mixer, fn, ins) in torch_cases(args.tokens, T, heads, dim, args.mixers).items():
         for mode in args.modes:
+          if skipped(name, mode, args.skip):
+            continue
           rows.append(measure(name, args.tokens, T, mode, lambda: time_torch(fn, ins,
                                                                 backward=mode == "fwdbwd"),
-                              mixer, "fla" if name.startswith("fla") else "torch_sdpa"))
+                              mixer, "fla" if name.startswith("fla") else "torch_sdpa",
+                              log_path))
       _free_torch()
     x = jax_inputs(args.tokens, T, heads, dim, jax.random.key(T))
     for mixer in args.mixers:
@@ -283,8 +299,10 @@ def run_throughput(args) -> list[Row]:
             fn, fargs = jax_case(mixer, impl, x, args.segments)
             return time_jax(fn, fargs, backward=mode == "fwdbwd")
           label = impl + ("_segments" if args.segments else "")
+          if skipped(f"lloglin_{mixer}[{label}]", mode, args.skip):
+            continue
           rows.append(measure(f"lloglin_{mixer}[{label}]", args.tokens, T, mode, timer, mixer,
-                              label))
+                              label, log_path))
     del x
   return rows
 
@@ -367,6 +385,15 @@ def run_memory(args) -> list[dict]:
   return out
 
 
+def merged_rows(paths: list[str]) -> list[Row]:
+  """Rows of earlier runs' JSON-lines logs, in file order."""
+  rows = []
+  for path in paths:
+    with open(path) as f:
+      rows += [Row(**json.loads(line)) for line in f if line.strip()]
+  return rows
+
+
 def versions() -> dict:
   import importlib
   found = {}
@@ -393,6 +420,12 @@ def parse_args(argv=None):
   p.add_argument("--memory", type=csv, default=[], help="mixers for the memory-vs-T section")
   p.add_argument("--memory_seqlens", type=lambda s: [int(x) for x in csv(s)],
                  default=[8192, 32768, 131072])
+  p.add_argument("--skip", type=csv, default=[],
+                 help="rows not timed: labels as printed (fla_log_linear_attn, "
+                      "lloglin_path[xla]), optionally :fwd or :fwdbwd")
+  p.add_argument("--merge", nargs="+", default=[], metavar="JSONL",
+                 help="no timing: tables and plot from the rows_*.jsonl of earlier runs "
+                      "(e.g. one process per T, each under its own timeout)")
   p.add_argument("--out", default=os.environ.get("OUT", "bench_mixers_out"))
   args = p.parse_args(argv)
   for name, given, known in (("--mixers", args.mixers + args.memory, MIXERS),
@@ -414,8 +447,8 @@ def main(argv=None):
               versions=versions(), command=" ".join(sys.argv))
   print(json.dumps(meta), flush=True)
   result = dict(meta=meta)
-  if args.seqlens and args.mixers:
-    rows = run_throughput(args)
+  if args.merge or (args.seqlens and args.mixers):
+    rows = merged_rows(args.merge) if args.merge else run_throughput(args)
     result["rows"] = [dataclasses.asdict(r) for r in rows]
     table = throughput_table(rows) + [""] + ratio_table(rows)
     result["tables"] = table
