@@ -1,11 +1,14 @@
-"""End-to-end training throughput of ~350M LMs: tokens/s and model FLOPs utilisation (MFU).
+"""End-to-end training throughput of ~350M / ~1B LMs: tokens/s and model FLOPs utilisation (MFU).
 
   python3 benchmarks/bench_train_step.py --archs transformer,loglinear_mamba2 --seq_len 16384
   python3 benchmarks/bench_train_step.py --archs transformer,path_fox --seq_len 4096
+  python3 benchmarks/bench_train_step.py --size 1b --archs transformer --seq_len 2048 \
+      --tokens 16384 --mesh data=1,tensor=2 --residual_modes standard,ladder   # 2 GPUs
   python3 benchmarks/bench_train_step.py --size smoke --seq_len 64 --tokens 256  # CPU
 
-One AdamW train step (bf16 compute, fp32 parameters, the trainer's jitted step) on random
-tokens, median over --steps after a compile step, every architecture in this one process.
+One AdamW train step (bf16 compute unless --dtype, fp32 parameters, the trainer's jitted step)
+on random tokens, median over --steps after a compile step, every architecture in this one
+process.
 Mixers run with model.mixer_impl / attention_impl = "auto": Pallas kernels on Hopper where
 lloglin has them, cuDNN attention for 16-bit compute.
 
@@ -15,6 +18,13 @@ and PaTH attention layers, the causal score and value products 6 x T x heads x h
 layer (fwd 2 x, bwd 4 x; half of T x T is masked). Linear-time mixers' state products are not
 counted (they are small next to their projections at these sizes), so their MFU is a lower
 bound. PaTH's Householder work is not counted either.
+
+--mesh (e.g. `data=2,tensor=1`, `data=1,tensor=2`; the axes of lloglin.parallel.mesh, unnamed
+ones at their defaults) runs the step as the trainer does: the train state sharded by the
+logical-axis rules, the batch split over the batch axes, the step under `jax.set_mesh`, so a
+tensor axis > 1 runs the blocks tensor-parallel in one shard_map with the residual wiring of
+--residual_modes (standard | ladder | parallel | desync). MFU is per device (divided by the
+mesh's device count); the table gives ladder / standard per architecture and mesh.
 """
 
 import argparse
@@ -27,30 +37,53 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from types import SimpleNamespace as NS  # noqa: E402
 
+from lloglin.parallel.ladder import RESIDUAL_MODES  # noqa: E402
+
 ARCHS = ("transformer", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 ATTENTION_LIKE = {"attention", "path", "path_fox"}
 # d_model, layers, heads, head dim, MLP, vocab: GPT-2 medium with SwiGLU (374M with the untied
 # head). Mamba-2 models have no MLP and 44 layers instead (Mamba-2 370M has 48), which matches
 # the Transformer's parameter count within 1% for log-linear Mamba-2.
+# `1b`: Llama-3.2-1B's body (GQA with 8 kv heads) with a 32000 vocabulary, untied (1.1B).
 SIZES = {"350m": dict(d_model=1024, num_layers=24, num_heads=16, head_dim=64, mlp_dim=2816,
                       vocab_size=32000),
+         "1b": dict(d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
+                    mlp_dim=8192, vocab_size=32000),
          "smoke": dict(d_model=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=128,
                        vocab_size=256)}
 
 
-def model_config(arch: str, size: str, seq_len: int):
+def model_config(arch: str, size: str, seq_len: int, residual_mode: str = "standard",
+                 attention_impl: str = "auto", dtype: str = "bfloat16"):
   from lloglin.models import ModelConfig
   s = dict(SIZES[size])
+  s.setdefault("num_kv_heads", s["num_heads"])
   mixer = "attention" if arch == "transformer" else arch
   options = {}
   if mixer.endswith("mamba2"):
     s.update(num_layers=s["num_layers"] * 11 // 6, mlp_dim=0)
-    options = {mixer: {"d_state": 128 if size == "350m" else 16, "expand": 2}}
+    options = {mixer: {"d_state": 16 if size == "smoke" else 128, "expand": 2}}
   elif mixer.endswith("gdn"):
     options = {mixer: {"num_heads": s["num_heads"] // 2, "head_dim": 2 * s["head_dim"],
                        "expand_v": 1}}
-  return ModelConfig(num_kv_heads=s["num_heads"], layer_pattern=mixer, max_seq_len=seq_len,
-                     dtype="bfloat16", tie_embeddings=False, mixer_options=options, **s)
+  return ModelConfig(layer_pattern=mixer, max_seq_len=seq_len, dtype=dtype,
+                     tie_embeddings=False, mixer_options=options, residual_mode=residual_mode,
+                     attention_impl=attention_impl, **s)
+
+
+def parse_mesh(text: str) -> dict | None:
+  """'data=1,tensor=2' -> {'data': 1, 'tensor': 2}, the dict make_mesh takes ('' -> None)."""
+  if not text:
+    return None
+  out = {}
+  for item in text.split(","):
+    name, _, size = item.partition("=")
+    try:
+      out[name.strip()] = int(size)
+    except ValueError:
+      raise ValueError(f"--mesh={text!r}: item {item!r} is not axis=size; expected e.g. "
+                       f"'data=1,tensor=2'") from None
+  return out
 
 
 def matmul_params(model) -> int:
@@ -67,29 +100,44 @@ def flops_per_token(cfg, n_matmul: int, seq_len: int) -> float:
   return 6 * n_matmul + 6 * seq_len * cfg.num_heads * cfg.head_dim * attention_layers
 
 
-def run(arch: str, args) -> dict:
+def mesh_name(mesh) -> str:
+  return "-" if mesh is None else ",".join(f"{a}={n}" for a, n in mesh.shape.items())
+
+
+def run(arch: str, residual_mode: str, args, mesh=None) -> dict:
+  """One row; with `mesh`, the state and batch sharded on it and the step run under it."""
   import jax
   import numpy as np
 
   from benchmarks.timing import synthetic_batch, time_train_steps
   from lloglin.models import build_model, count_params
+  from lloglin.parallel import distributed, sharding
   from lloglin.training.step import make_program
 
-  cfg = model_config(arch, args.size, args.seq_len)
+  cfg = model_config(arch, args.size, args.seq_len, residual_mode, args.attention_impl,
+                     args.dtype)
   model = build_model(cfg)
   n_params, n_matmul = count_params(model), matmul_params(model)
   optim_cfg = NS(name="adamw", learning_rate=1e-4, warmup_steps=0, min_lr_ratio=0.1, b1=0.9,
                  b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
   program = make_program(optim_cfg, model, num_steps=args.steps + 1)
-  del model
   batch = args.tokens // args.seq_len
-  _, times, metrics = time_train_steps(
-      program, synthetic_batch(cfg.vocab_size, batch, args.seq_len), args.steps)
+  data = synthetic_batch(cfg.vocab_size, batch, args.seq_len)
+  devices = 1
+  if mesh is not None:
+    program = program._replace(state=sharding.shard_state(program.state, model, mesh),
+                               train_step=sharding.use_mesh(mesh, program.train_step))
+    data = distributed.global_batch(data, mesh)
+    devices = mesh.size
+  del model
+  _, times, metrics = time_train_steps(program, data, args.steps)
   step_s = statistics.median(times)
   tokens_s = batch * args.seq_len / step_s
-  mfu = tokens_s * flops_per_token(cfg, n_matmul, args.seq_len) / (args.peak_tflops * 1e12)
-  return dict(arch=arch, params=n_params, matmul_params=n_matmul, seq_len=args.seq_len,
-              batch=batch, step_ms=1e3 * step_s, tokens_per_s=tokens_s, mfu=mfu,
+  mfu = (tokens_s * flops_per_token(cfg, n_matmul, args.seq_len)
+         / (args.peak_tflops * 1e12 * devices))
+  return dict(arch=arch, residual_mode=residual_mode, mesh=mesh_name(mesh), devices=devices,
+              params=n_params, matmul_params=n_matmul, seq_len=args.seq_len, batch=batch,
+              step_ms=1e3 * step_s, tokens_per_s=tokens_s, mfu=mfu,
               loss=float(metrics["loss"]), device=jax.devices()[0].device_kind,
               step_ms_spread=1e3 * float(np.ptp(times)))
 
@@ -102,36 +150,62 @@ def main(argv=None):
   p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch x seq_len)")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--peak_tflops", type=float, default=989.0)
+  p.add_argument("--mesh", default="", help="e.g. data=2,tensor=1 (default: one device, no mesh)")
+  p.add_argument("--residual_modes", default="standard",
+                 help=f"comma-separated, from {list(RESIDUAL_MODES)}")
+  p.add_argument("--attention_impl", default="auto", choices=("auto", "xla", "cudnn"))
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                 help="compute dtype (float32 for CPU meshes: XLA:CPU fails on bf16 all-reduces)")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
-  archs = args.archs.split(",")
-  unknown = sorted(set(archs) - set(ARCHS))
-  if unknown:
-    p.error(f"--archs: unknown {unknown}; choose from {list(ARCHS)}")
+  archs, modes = args.archs.split(","), args.residual_modes.split(",")
+  for name, values, valid in (("archs", archs, ARCHS), ("residual_modes", modes, RESIDUAL_MODES)):
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+      p.error(f"--{name}: unknown {unknown}; choose from {list(valid)}")
   if args.tokens % args.seq_len:
     p.error(f"--tokens={args.tokens} is not a multiple of --seq_len={args.seq_len}")
+  mesh = None
+  if args.mesh:
+    from lloglin.parallel.mesh import make_mesh
+    try:
+      mesh = make_mesh(parse_mesh(args.mesh))
+    except ValueError as e:
+      p.error(str(e))
   rows = []
   for arch in archs:
-    try:
-      rows.append(run(arch, args))
-    except Exception as e:  # e.g. out of memory: report it and time the others
-      rows.append(dict(arch=arch, seq_len=args.seq_len,
-                       error=f"{type(e).__name__}: {str(e)[:300]}"))
-    print(json.dumps(rows[-1]), flush=True)
-  base = next((r for r in rows if r["arch"] == "transformer" and "tokens_per_s" in r), None)
-  print("| arch | params | T | batch | step ms | tokens/s | MFU | x Transformer |")
-  print("|" + " --- |" * 8)
-  for r in rows:
-    if "error" in r:
-      print(f"| {r['arch']} | - | {r['seq_len']} | - | - | {r['error'][:60]} | - | - |")
-      continue
-    ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
-    print(f"| {r['arch']} | {r['params'] / 1e6:.0f}M | {r['seq_len']} | {r['batch']} | "
-          f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} |")
+    for mode in modes:
+      try:
+        rows.append(run(arch, mode, args, mesh))
+      except Exception as e:  # e.g. out of memory: report it and time the others
+        rows.append(dict(arch=arch, residual_mode=mode, mesh=mesh_name(mesh),
+                         seq_len=args.seq_len, error=f"{type(e).__name__}: {str(e)[:300]}"))
+      print(json.dumps(rows[-1]), flush=True)
+  _print_table(rows)
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=1)
   return rows
+
+
+def _print_table(rows):
+  ok = {(r["arch"], r["residual_mode"], r["mesh"]): r for r in rows if "error" not in r}
+  print("| arch | residual | mesh | params | T | batch | step ms | tokens/s | MFU per device "
+        "| x Transformer | ladder / standard |")
+  print("|" + " --- |" * 11)
+  for r in rows:
+    if "error" in r:
+      print(f"| {r['arch']} | {r['residual_mode']} | {r['mesh']} | - | {r['seq_len']} | - | - "
+            f"| {r['error'][:60]} | - | - | - |")
+      continue
+    base = ok.get(("transformer", r["residual_mode"], r["mesh"]))
+    ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
+    std, lad = (ok.get((r["arch"], m, r["mesh"])) for m in ("standard", "ladder"))
+    ladder = (f"x{lad['tokens_per_s'] / std['tokens_per_s']:.3f}"
+              if std and lad and r["residual_mode"] == "ladder" else "-")
+    print(f"| {r['arch']} | {r['residual_mode']} | {r['mesh']} | {r['params'] / 1e6:.0f}M "
+          f"| {r['seq_len']} | {r['batch']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} "
+          f"| {100 * r['mfu']:.1f}% | {ratio} | {ladder} |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import bench_mixers
@@ -43,3 +44,53 @@ def test_train_step_benchmark_smoke(capsys):
   t = rows[0]
   assert t["tokens_per_s"] * 6 * t["matmul_params"] < t["mfu"] * 989e12
   assert "| loglinear_mamba2 |" in capsys.readouterr().out
+
+
+def test_tp_decode_benchmark_modes_nocomm_and_plot(tmp_path, monkeypatch, capsys):
+  """All four modes on 8 fake devices: `nocomm` keeps only the final all-reduce; the rows come
+  back from the JSON lines with the same table, and the plot is written."""
+  from benchmarks import bench_tp_decode
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  out, png = tmp_path / "rows.jsonl", tmp_path / "tp.png"
+  rows = bench_tp_decode.main(["--smoke", "--batches", "2", "--out", str(out), "--plot",
+                               str(png)])
+  by_mode = {r["mode"]: r for r in rows}
+  assert list(by_mode) == ["standard", "ladder", "parallel", "nocomm"]
+  assert all(r["tokens_per_s"] > 0 and r["tp"] == 8 for r in rows)
+  assert by_mode["standard"]["all_reduces"] == 2 * bench_tp_decode.SHAPES["tiny"]["num_layers"]
+  assert by_mode["nocomm"]["all_reduces"] == 1
+  assert png.stat().st_size > 0
+  table = capsys.readouterr().out.split("| model |")[1]
+  assert "ladder / standard | nocomm / standard" in table and "| tiny | 2 |" in table
+  png.unlink()
+  again = bench_tp_decode.main(["--from_jsonl", str(out), "--plot", str(png)])
+  assert again == rows and png.exists()
+  assert capsys.readouterr().out.split("| model |")[1] == table
+
+
+def test_train_step_benchmark_on_a_data_x_tensor_mesh(capsys):
+  from benchmarks import bench_train_step
+  rows = bench_train_step.main(["--size", "smoke", "--seq_len", "32", "--tokens", "128",
+                                "--steps", "1", "--archs", "transformer", "--dtype", "float32",
+                                "--mesh", "data=2,tensor=2", "--residual_modes",
+                                "standard,ladder"])
+  assert [r["residual_mode"] for r in rows] == ["standard", "ladder"]
+  assert all(r["mesh"] == "data=2,fsdp=1,tensor=2" and r["devices"] == 4 for r in rows)
+  assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1
+             for r in rows)
+  ratio = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
+  assert f"| x{ratio:.3f} |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("bench_tp_decode", ["--modes", "standard,sync"], "unknown ['sync']"),
+    ("bench_train_step", ["--mesh", "data:2"], "is not axis=size"),
+    ("bench_train_step", ["--mesh", "data=3,tensor=4"], "needs 12 devices"),
+    ("bench_train_step", ["--residual_modes", "rungs"], "unknown ['rungs']"),
+])
+def test_tp_benchmarks_name_bad_arguments(module, argv, message, capsys):
+  import importlib
+  with pytest.raises(SystemExit):
+    importlib.import_module(f"benchmarks.{module}").main(argv)
+  assert message in capsys.readouterr().err
