@@ -6,6 +6,7 @@
   python benchmarks/run_mixer_experiments.py shakespeare \
       --data_path ../shared/data/tinyshakespeare.txt
   python benchmarks/run_mixer_experiments.py report        # tables and PNGs from saved runs
+  python benchmarks/mqar_gpu_sweep.py ...  # MQAR x learning rates, runs in parallel (mqar_lrsweep*)
 
 Each run trains through lloglin.training.trainer.train with a config from configs/
 (mqar_sweep.py, flipflop.py, shakespeare_mixers.py) and saves <workdir>/<experiment>/<run>/
@@ -72,7 +73,11 @@ def param_count(cfg) -> int:
 
 
 def run(experiment: str, name: str, cfg, workdir: str, evaluate_after=None) -> dict:
-  """Trains one config (or loads its saved result) and returns the result record."""
+  """Trains one config (or loads its saved result) and returns the result record.
+
+  The record without its results goes to run.json before training, so that a run stopped early
+  (killed at a deadline, crashed) still reports its last evaluation (`saved`).
+  """
   from lloglin.training import trainer
 
   run_dir = os.path.join(workdir, experiment, name)
@@ -81,13 +86,16 @@ def run(experiment: str, name: str, cfg, workdir: str, evaluate_after=None) -> d
     with open(path) as f:
       return json.load(f)
   print(f"--- {experiment}/{name}", flush=True)
+  record = {"name": name, "command": COMMAND, "device": jax.devices()[0].device_kind,
+            "params": param_count(cfg), "config": cfg.to_dict()}
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, "run.json"), "w") as f:
+    json.dump(record, f, indent=1)
   start = time.time()
   final = trainer.train(cfg, run_dir)
   seconds = time.time() - start
-  record = {"name": name, "command": COMMAND, "params": param_count(cfg),
-            "train_seconds": round(seconds, 1),
-            "final": {k: v for k, v in final.items() if k != "eval_loss_per_position"},
-            "config": cfg.to_dict()}
+  record["train_seconds"] = round(seconds, 1)
+  record["final"] = {k: v for k, v in final.items() if k != "eval_loss_per_position"}
   if evaluate_after is not None:
     record["evals"] = evaluate_after(cfg, run_dir)
   with open(path, "w") as f:
@@ -114,20 +122,50 @@ def mqar(args, variant=""):
   return results
 
 
+def best_over_lr(by_lr: dict) -> dict:
+  """The cell of a sweep: the learning rate whose mean accuracy over seeds is highest, that mean
+  (%), its minimum over seeds, and how many runs (rates x seeds) stand behind the cell."""
+  accs = {lr: [100 * r["final"]["eval_accuracy"] for r in rs] for lr, rs in by_lr.items()}
+  lr = max(accs, key=lambda lr: np.mean(accs[lr]))
+  return {"acc": float(np.mean(accs[lr])), "min": min(accs[lr]), "lr": lr,
+          "seeds": len(accs[lr]), "runs": sum(map(len, accs.values())),
+          "stopped": any("stopped" in r for r in by_lr[lr])}
+
+
 def mqar_report(records):
-  groups = {}  # (mixer, steps) -> {kv: record}
+  groups = {}  # (mixer, steps) -> {kv: {learning rate: [records, one per seed]}}
   for r in records:
-    key = (r["config"]["model"]["layer_pattern"], r["config"]["train"]["num_steps"])
-    groups.setdefault(key, {})[r["config"]["data"]["mqar"]["num_kv_pairs"]] = r
+    c = r["config"]
+    key = (c["model"]["layer_pattern"], c["train"]["num_steps"])
+    (groups.setdefault(key, {}).setdefault(c["data"]["mqar"]["num_kv_pairs"], {})
+     .setdefault(c["optim"]["learning_rate"], []).append(r))
+  cells = {key: {kv: best_over_lr(by_lr) for kv, by_lr in d.items()} for key, d in groups.items()}
+  swept = any(cell["runs"] > 1 for d in cells.values() for cell in d.values())
   order = sorted(groups, key=lambda k: (k[1], MQAR_MIXERS.index(k[0])))
   kvs = sorted({kv for d in groups.values() for kv in d})
+
+  def text(cell):
+    if not swept:
+      return f"{cell['acc']:.1f}"
+    spread = f" (min {cell['min']:.1f})" if cell["seeds"] > 1 else ""
+    runs = f"{cell['runs']} run" + ("s" if cell["runs"] > 1 else "")
+    return (f"{cell['acc']:.1f}{spread} @{cell['lr']:g}, {runs}"
+            + ("*" if cell["stopped"] else ""))
+
   lines = ["| mixer | steps | params | " + " | ".join(f"{kv} pairs" for kv in kvs) + " |",
            "|---|---|---|" + "---|" * len(kvs)]
   for key in order:
-    d = groups[key]
-    cells = [f"{100 * d[kv]['final']['eval_accuracy']:.1f}" if kv in d else "-" for kv in kvs]
-    lines.append(f"| {key[0]} | {key[1]} | {next(iter(d.values()))['params']:,} | "
-                 + " | ".join(cells) + " |")
+    d = cells[key]
+    params = next(r["params"] for by_lr in groups[key].values() for rs in by_lr.values()
+                  for r in rs)
+    lines.append(f"| {key[0]} | {key[1]} | {params:,} | "
+                 + " | ".join(text(d[kv]) if kv in d else "-" for kv in kvs) + " |")
+  if swept:
+    lines += ["", "A cell: validation accuracy (%) at the learning rate (after @) whose mean over "
+              "seeds is best, that mean (its minimum over seeds in brackets when there are "
+              "several), and the number of runs (rates x seeds) behind it. *: a run at that rate "
+              "stopped before its last step (deadline or failure) and counts with its last "
+              "evaluation."]
 
   import matplotlib
   matplotlib.use("Agg")
@@ -136,9 +174,9 @@ def mqar_report(records):
   colors = {"mamba2": "C0", "loglinear_mamba2": "C0", "gdn": "C1", "loglinear_gdn": "C1"}
   default_steps = min(k[1] for k in groups)
   for (mixer, steps) in order:
-    d = groups[(mixer, steps)]
+    d = cells[(mixer, steps)]
     ks = sorted(d)
-    ax.plot(ks, [100 * d[k]["final"]["eval_accuracy"] for k in ks],
+    ax.plot(ks, [d[k]["acc"] for k in ks],
             marker="o" if steps == default_steps else "*", markersize=5 if steps ==
             default_steps else 11, color=colors[mixer],
             linestyle="-" if mixer.startswith("loglinear") else "--",
@@ -150,8 +188,8 @@ def mqar_report(records):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   seq_len = records[0]["config"]["seq_len"]
-  ax.set_title(f"MQAR, {seq_len}-token rows, equal width, {default_steps} steps: log-linear "
-               "(solid) vs linear (dashed)",
+  ax.set_title(f"MQAR, {seq_len}-token rows, equal width, {default_steps} steps"
+               f"{', best learning rate' if swept else ''}: log-linear (solid) vs linear (dashed)",
                fontsize=9)
   fig.tight_layout()
   return lines, fig
@@ -285,6 +323,7 @@ def shakespeare_report(records, workdir):
 
 
 def saved(experiment, workdir):
+  """The records of an experiment's runs: finished ones, and stopped ones that evaluated once."""
   root = os.path.join(workdir, experiment)
   if not os.path.isdir(root):
     return []
@@ -294,7 +333,39 @@ def saved(experiment, workdir):
     if os.path.exists(path):
       with open(path) as f:
         out.append(json.load(f))
+    elif (record := stopped_record(os.path.join(root, name))) is not None:
+      out.append(record)
   return out
+
+
+def stopped_record(run_dir) -> dict | None:
+  """The record of a run stopped before its end (no result.json), or None if it never evaluated:
+  its run.json with the last evaluation in metrics.jsonl as `final`, and `stopped` = that step and
+  the reason from stopped.json (written by whatever stopped it, e.g. benchmarks/mqar_gpu_sweep.py).
+  """
+  paths = {n: os.path.join(run_dir, n) for n in ("run.json", "metrics.jsonl", "stopped.json")}
+  if not (os.path.exists(paths["run.json"]) and os.path.exists(paths["metrics.jsonl"])):
+    return None
+  last = None
+  with open(paths["metrics.jsonl"]) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # the line the process was writing when it was killed
+        continue
+      if "eval_accuracy" in row:
+        last = row
+  if last is None:
+    return None
+  with open(paths["run.json"]) as f:
+    record = json.load(f)
+  reason = {"reason": "unknown (no result.json, no stopped.json)"}
+  if os.path.exists(paths["stopped.json"]):
+    with open(paths["stopped.json"]) as f:
+      reason = json.load(f)
+  record["final"] = {k: v for k, v in last.items() if k != "step"}
+  record["stopped"] = {"step": last["step"], **reason}
+  return record
 
 
 def report(experiment, workdir, out_dir):
@@ -312,12 +383,15 @@ def report(experiment, workdir, out_dir):
   png = os.path.join(out_dir, f"{experiment}.png")
   fig.savefig(png, dpi=120)
   commands = sorted({r.get("command", "") for r in records})
+  devices = sorted({r["device"] for r in records if "device" in r})
   header = (f"report written {datetime.date.today()} on {platform.node()} ({platform.machine()}, "
             f"{os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}); runs made "
-            f"by: " + "; ".join(f"`{c}`" for c in commands))
+            f"by: " + "; ".join(f"`{c}`" for c in commands)
+            + (f"; runs on: {', '.join(devices)}" if devices else ""))
   with open(os.path.join(tables, f"{experiment}.md"), "w") as f:
     f.write(header + "\n\n" + "\n".join(lines) + "\n")
-  summary = [{k: r[k] for k in ("name", "params", "train_seconds", "final", "evals") if k in r}
+  summary = [{k: r[k] for k in ("name", "params", "train_seconds", "final", "evals", "stopped")
+              if k in r}
              for r in records]
   with open(os.path.join(tables, f"{experiment}.json"), "w") as f:
     json.dump({"header": header, "runs": summary}, f, indent=1)
@@ -344,8 +418,9 @@ def main():
   args = parser.parse_args()
   global COMMAND
   COMMAND = "python benchmarks/run_mixer_experiments.py " + " ".join(sys.argv[1:])
-  experiments = (("mqar", "mqar_long", "flipflop", "shakespeare") if args.experiment == "report"
-                 else (args.experiment,))
+  # mqar_lrsweep*: the learning-rate sweeps of benchmarks/mqar_gpu_sweep.py.
+  experiments = (("mqar", "mqar_long", "mqar_lrsweep", "mqar_lrsweep_long", "flipflop",
+                  "shakespeare") if args.experiment == "report" else (args.experiment,))
   if args.experiment != "report":
     {"mqar": mqar, "mqar_long": lambda a: mqar(a, ",long"), "flipflop": flipflop,
      "shakespeare": shakespeare}[args.experiment](args)
