@@ -124,12 +124,14 @@ def mqar(args, variant=""):
 
 def best_over_lr(by_lr: dict) -> dict:
   """The cell of a sweep: the learning rate whose mean accuracy over seeds is highest, that mean
-  (%), its minimum over seeds, and how many runs (rates x seeds) stand behind the cell."""
+  (%), its minimum over seeds, how many runs (rates x seeds) stand behind the cell, and the
+  earliest step at which a run at that rate stopped before its end (None if none did)."""
   accs = {lr: [100 * r["final"]["eval_accuracy"] for r in rs] for lr, rs in by_lr.items()}
   lr = max(accs, key=lambda lr: np.mean(accs[lr]))
   return {"acc": float(np.mean(accs[lr])), "min": min(accs[lr]), "lr": lr,
           "seeds": len(accs[lr]), "runs": sum(map(len, accs.values())),
-          "stopped": any("stopped" in r for r in by_lr[lr])}
+          "stopped": min((r["stopped"]["step"] for r in by_lr[lr] if "stopped" in r),
+                         default=None)}
 
 
 def mqar_report(records):
@@ -145,12 +147,12 @@ def mqar_report(records):
   kvs = sorted({kv for d in groups.values() for kv in d})
 
   def text(cell):
+    stopped = "" if cell["stopped"] is None else f" (stopped at step {cell['stopped']})"
     if not swept:
-      return f"{cell['acc']:.1f}"
+      return f"{cell['acc']:.1f}{stopped}"
     spread = f" (min {cell['min']:.1f})" if cell["seeds"] > 1 else ""
     runs = f"{cell['runs']} run" + ("s" if cell["runs"] > 1 else "")
-    return (f"{cell['acc']:.1f}{spread} @{cell['lr']:g}, {runs}"
-            + ("*" if cell["stopped"] else ""))
+    return f"{cell['acc']:.1f}{spread} @{cell['lr']:g}, {runs}{stopped}"
 
   lines = ["| mixer | steps | params | " + " | ".join(f"{kv} pairs" for kv in kvs) + " |",
            "|---|---|---|" + "---|" * len(kvs)]
@@ -163,9 +165,10 @@ def mqar_report(records):
   if swept:
     lines += ["", "A cell: validation accuracy (%) at the learning rate (after @) whose mean over "
               "seeds is best, that mean (its minimum over seeds in brackets when there are "
-              "several), and the number of runs (rates x seeds) behind it. *: a run at that rate "
-              "stopped before its last step (deadline or failure) and counts with its last "
-              "evaluation."]
+              "several), and the number of runs (rates x seeds) behind it."]
+  if any(cell["stopped"] is not None for d in cells.values() for cell in d.values()):
+    lines += ["", "Stopped at step s: a run stopped before its last step (killed at a deadline, "
+              "or failed) and counts with its last evaluation, at step s."]
 
   import matplotlib
   matplotlib.use("Agg")

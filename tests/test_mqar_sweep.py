@@ -53,7 +53,8 @@ def test_deadline_kills_the_running_job_and_skips_the_rest(tmp_path):
   first, *rest = [f"{m}_kv4_lr{lr}_seed0" for lr in ("0.01", "0.003")
                   for m in ("mamba2", "loglinear_mamba2")]
   assert status[first]["status"] == "killed at the deadline"
-  assert json.loads((root / first / "stopped.json").read_text())["reason"] == status[first]["status"]
+  reason = json.loads((root / first / "stopped.json").read_text())["reason"]
+  assert reason == status[first]["status"]
   assert not (root / first / "result.json").exists()
   assert {status[n]["status"] for n in rest} == {"skipped: not started before the deadline"}
   assert not (tmp_path / "report" / "mqar_lrsweep.png").exists()  # nothing evaluated
@@ -91,7 +92,9 @@ def test_a_stopped_run_counts_with_its_last_evaluation(tmp_path):
   assert records[0]["final"] == {"eval_loss": 1.5, "eval_accuracy": 0.5}
   assert records[0]["stopped"] == {"step": 50, "reason": "killed at the deadline"}
   lines, _ = rme.mqar_report(records)
-  assert "| gdn | 100 | 1,000 | 50.0 @0.003, 2 runs* |" in lines
+  assert "| gdn | 100 | 1,000 | 50.0 @0.003, 2 runs (stopped at step 50) |" in lines
+  lines, _ = rme.mqar_report(records[:1])  # a stopped run alone is marked too
+  assert lines[2] == "| gdn | 100 | 1,000 | 50.0 (stopped at step 50) |"
 
 
 def test_report_cell_is_the_best_learning_rate_by_mean_over_seeds():
@@ -99,7 +102,7 @@ def test_report_cell_is_the_best_learning_rate_by_mean_over_seeds():
              record("gdn", 16, 3e-3, 0, 0.6), record("gdn", 16, 3e-3, 1, 0.4),
              record("loglinear_gdn", 16, 1e-2, 0, 0.7), record("gdn", 32, 1e-2, 0, 0.2)]
   cell = rme.best_over_lr({1e-2: records[:2], 3e-3: records[2:4]})
-  assert cell == {"acc": 50.0, "min": 40.0, "lr": 3e-3, "seeds": 2, "runs": 4, "stopped": False}
+  assert cell == {"acc": 50.0, "min": 40.0, "lr": 3e-3, "seeds": 2, "runs": 4, "stopped": None}
   lines, _ = rme.mqar_report(records)
   assert lines[:5] == [
       "| mixer | steps | params | 16 pairs | 32 pairs |", "|---|---|---|---|---|",
