@@ -186,13 +186,13 @@ def mqar_report(records):
             label=mixer if steps == default_steps else f"{mixer}, {steps} steps")
   ax.set_xticks(kvs, [str(k) for k in kvs])
   ax.set_xlabel("key-value pairs")
-  ax.set_ylabel("MQAR accuracy (%)")
+  ax.set_ylabel("MQAR accuracy (%)" + (", best learning rate" if swept else ""))
   ax.set_ylim(-2, 102)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   seq_len = records[0]["config"]["seq_len"]
-  ax.set_title(f"MQAR, {seq_len}-token rows, equal width, {default_steps} steps"
-               f"{', best learning rate' if swept else ''}: log-linear (solid) vs linear (dashed)",
+  ax.set_title(f"MQAR, {seq_len}-token rows, equal width, {default_steps} steps: log-linear "
+               "(solid) vs linear (dashed)",
                fontsize=9)
   fig.tight_layout()
   return lines, fig
