@@ -3,9 +3,10 @@ throughput (Mtok/s, 65,536 tokens per call) against the XLA form and, when fla i
 fla's chunk_log_linear_attn / chunk_simple_gla timed in the same run (carry/peers_h200.py style).
 
 Usage on the GPU machine: PYTHONPATH=. python3 benchmarks/check_loglinear_kernels_gpu.py
-[correct] [time] [sweep] [quick]   (env: SEQLENS=8192, HEADS=16, HEAD_DIM=128). Prints one line per figure.
+[correct] [gdn] [time] [sweep] [quick]   (env: SEQLENS=8192, HEADS=16, HEAD_DIM=128). Prints one line per figure.
 """
 
+import functools
 import math
 import os
 import sys
@@ -58,6 +59,38 @@ def correct():
       _, gr = grads(rfn, ref_args[:n], do)
       print(f'CORRECT {name} B={B} T={T} grads ' + ' '.join(
           f'd{a}={rel_error(x, y):.2e}' for a, x, y in zip('qkvgl', gk, gr)), flush=True)
+
+
+def correct_gdn():
+  """Gated DeltaNet kernels vs the XLA chunked forms: bf16 and fp32 inputs (a real bug shows in
+  both), then log-linear GDN with lambda one-hot per level (which level goes wrong)."""
+  from lloglin.ops import delta
+  B, T, Hh, K = 2, 1024, 8, 128
+  L = math.ceil(math.log2(T)) + 1
+  q, k, v, g, lam = inputs(B, T, Hh, Hh, K, K, L, jnp.float32)
+  norm = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  q, k = norm(q), norm(k)
+  beta = jax.nn.sigmoid(jax.random.normal(jax.random.PRNGKey(7), (B, T, Hh)))
+  scale = K ** -0.5
+  cases = [('gdn', pk.gdn_chunked, delta.gdn_chunked, (q, k, v, g, beta)),
+           ('loglinear_gdn', pk.loglinear_gdn_chunked, ops_loglinear.loglinear_gdn_chunked,
+            (q, k, v, g, beta, lam))]
+  cases += [(f'loglinear_gdn.level{x}', pk.loglinear_gdn_chunked,
+             ops_loglinear.loglinear_gdn_chunked,
+             (q, k, v, g, beta, jnp.broadcast_to(jax.nn.one_hot(x, L), lam.shape)))
+            for x in range(L)]
+  for name, kfn, rfn, args in cases:
+    with jax.default_matmul_precision('highest'):
+      r = jax.jit(functools.partial(rfn, scale=scale))(*args)
+    for dtype in (jnp.float32, jnp.bfloat16):
+      kargs = [a.astype(dtype) if a.ndim == 4 and a.shape[-1] == K else a for a in args]
+      try:
+        o = jax.jit(functools.partial(kfn, scale=scale))(*kargs)
+        print(f'CORRECT {name} {jnp.dtype(dtype).name} fwd rel={rel_error(o, r):.2e} finite='
+              f'{bool(jnp.all(jnp.isfinite(o.astype(jnp.float32))))}', flush=True)
+      except Exception as e:  # noqa: BLE001 (report and go on)
+        print(f'FAIL {name} {jnp.dtype(dtype).name}: {type(e).__name__}: {str(e)[:600]}',
+              flush=True)
 
 
 def report(tag, fn, *args):
@@ -154,6 +187,8 @@ if __name__ == '__main__':
   print('devices', jax.devices(), flush=True)
   if 'correct' in what:
     correct()
+  if 'gdn' in what:
+    correct_gdn()
   if 'quick' in what:
     quick()
   if 'time' in what or 'sweep' in what:

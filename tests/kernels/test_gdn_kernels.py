@@ -247,7 +247,8 @@ def test_gpu_more_than_2_31_elements():
   B, T, G, H, D = 17, 65536, 1, 16, 128
   args, _ = _gpu_inputs(B, T, G, H, D, D)
   assert args[2].size > 2**31
-  assert_rows_match_alone(pk.loglinear_gdn_chunked, args, rows=(0, 8, B - 1))
+  # The UT transform's XLA matmuls may round differently for 17 rows than for one.
+  assert_rows_match_alone(pk.loglinear_gdn_chunked, args, rows=(0, 8, B - 1), rel=1e-3)
 
 
 @pytest.mark.gpu
@@ -266,9 +267,10 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
   rfn = functools.partial(fam.chunked, **kw)
   ref_args = [a.astype(jnp.float32) for a in args]
   _, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(*args)
-  _, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(*ref_args)
-  assert_close(jax.jit(kfn)(*args).astype(jnp.float32), jax.jit(rfn)(*ref_args), rel=5e-3,
-               name='forward')
+  with jax.default_matmul_precision('highest'):  # the fp32 reference, never TF32
+    _, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(*ref_args)
+    ref_out = jax.jit(rfn)(*ref_args)
+  assert_close(jax.jit(kfn)(*args).astype(jnp.float32), ref_out, rel=5e-3, name='forward')
   for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam'), got, want):
     assert_close(x.astype(jnp.float32), y, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
                  name=name)
