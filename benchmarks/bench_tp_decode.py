@@ -199,7 +199,8 @@ def _print_table(results):
 
 
 def plot(results, path: str):
-  """tokens/s vs batch (log-log), one line per mode, one panel per model."""
+  """tokens/s vs batch (log-log), one line per mode, one panel per model; of repeated
+  configurations (runs appended to one file) the last row counts, as in the table."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -209,8 +210,9 @@ def plot(results, path: str):
   for ax, model in zip(axes[0], models):
     rows = [r for r in results if r["model"] == model]
     for mode in dict.fromkeys(r["mode"] for r in rows):
-      pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows if r["mode"] == mode)
-      ax.plot(*zip(*pts), marker="o", label=mode, linestyle=":" if mode == "nocomm" else "-")
+      tps = {r["batch"]: r["tokens_per_s"] for r in rows if r["mode"] == mode}  # last row wins
+      ax.plot(*zip(*sorted(tps.items())), marker="o", label=mode,
+              linestyle=":" if mode == "nocomm" else "-")
     ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="decode tokens/s",
            title=f"{model}: prompt {rows[0]['prompt_len']}, {rows[0]['new_tokens']} new tokens")
     batches = sorted({r["batch"] for r in rows})
