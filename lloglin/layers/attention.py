@@ -10,11 +10,16 @@ from lloglin.layers.registry import register_mixer
 from lloglin.ops.attention import apply_rope, attention_step, causal_attention, sanitize_padding
 
 
-def resolve_attention_impl(impl: str, dtype) -> str | None:
-  """'auto' -> cuDNN on GPU for 16-bit compute (cuDNN has no float32 path), XLA otherwise."""
+def resolve_attention_impl(impl: str, dtype, *, tensor_parallel: bool = False) -> str | None:
+  """'auto' -> cuDNN on GPU for 16-bit compute (cuDNN has no float32 path), XLA otherwise.
+
+  Inside the tensor-parallel shard_map 'auto' takes XLA: the cuDNN train step of a TP=2 1B
+  Transformer died with a segmentation fault on 2 x H200 (jax 0.11.2, 2026-11-29) where the same
+  step with XLA attention ran (benchmarks/RESULTS.md, issue 9). An explicit 'cudnn' is kept.
+  """
   if impl == "auto":
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+    return "cudnn" if jax.default_backend() == "gpu" and half and not tensor_parallel else "xla"
   if impl not in ("xla", "cudnn"):
     raise ValueError(f"model.attention_impl={impl!r}; expected 'auto', 'xla' or 'cudnn'")
   return impl
@@ -33,6 +38,8 @@ class Attention(nnx.Module):
     self.num_heads, self.num_kv_heads, self.head_dim = H, G, K
     self.rope_theta = cfg.rope_theta
     self.impl = resolve_attention_impl(cfg.attention_impl, cfg.compute_dtype)
+    self.tensor_parallel_impl = resolve_attention_impl(cfg.attention_impl, cfg.compute_dtype,
+                                                       tensor_parallel=True)
 
   def qkv(self, x_BTD, positions_BT):
     """Projected, RoPE-rotated queries and keys, and values (also used by the decode path)."""

@@ -143,7 +143,7 @@ def _attention_call(attn: Attention, x_BTD, *, tp, axis_name, segment_ids_BT=Non
   q_BTHK, k_BTGK, v_BTGK = attention_local_qkv(attn, x_BTD, positions_BT, tp=tp,
                                                axis_name=axis_name)
   o_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT=segment_ids_BT,
-                            implementation=attn.impl)
+                            implementation=attn.tensor_parallel_impl)
   return attn.o_proj(o_BTHK.reshape(B, T, -1))  # row-parallel: a partial sum
 
 

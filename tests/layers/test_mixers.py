@@ -251,3 +251,18 @@ def test_hybrid_decoder_builds_and_runs():
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 20)), jnp.int32)
   logits = jax.jit(lambda t: model(t, segment_ids_BT=jnp.ones_like(t)))(tokens)
   assert logits.shape == (2, 20, 50) and np.isfinite(np.asarray(logits)).all()
+
+
+def test_attention_auto_impl_avoids_cudnn_under_tensor_parallelism(monkeypatch):
+  """'auto' on a GPU in bf16: cuDNN, except inside the tensor-parallel shard_map (a cuDNN TP
+  train step segfaulted on 2 x H200); float32 and CPU stay XLA; an explicit choice is kept."""
+  from lloglin.layers.attention import resolve_attention_impl
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert resolve_attention_impl("auto", jnp.bfloat16) == "cudnn"
+  assert resolve_attention_impl("auto", jnp.bfloat16, tensor_parallel=True) == "xla"
+  assert resolve_attention_impl("auto", jnp.float32) == "xla"
+  assert resolve_attention_impl("cudnn", jnp.bfloat16, tensor_parallel=True) == "cudnn"
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert resolve_attention_impl("auto", jnp.bfloat16) == "xla"
+  with pytest.raises(ValueError, match="attention_impl='flash'"):
+    resolve_attention_impl("flash", jnp.bfloat16)
