@@ -209,10 +209,10 @@ def plot(results, path: str):
   fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
   for ax, model in zip(axes[0], models):
     rows = [r for r in results if r["model"] == model]
-    for mode in dict.fromkeys(r["mode"] for r in rows):
+    for mode in [m for m in MODES if any(r["mode"] == m for r in rows)]:
       tps = {r["batch"]: r["tokens_per_s"] for r in rows if r["mode"] == mode}  # last row wins
-      ax.plot(*zip(*sorted(tps.items())), marker="o", label=mode,
-              linestyle=":" if mode == "nocomm" else "-")
+      ax.plot(*zip(*sorted(tps.items())), marker="o", label=mode,  # one colour per mode
+              color=f"C{MODES.index(mode)}", linestyle=":" if mode == "nocomm" else "-")
     ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="decode tokens/s",
            title=f"{model}: prompt {rows[0]['prompt_len']}, {rows[0]['new_tokens']} new tokens")
     batches = sorted({r["batch"] for r in rows})
