@@ -15,7 +15,9 @@ beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
           chunk_gated_delta_rule, parallel_path_attn) and torch SDPA, when fla/torch import
 fla's gated backward refuses Hopper with triton < 3.7.1 (fla issue 640); as in
-../shared/bench/peers_h200.py the guard is lifted here for timing only.
+../shared/bench/peers_h200.py the guard is lifted here for timing only. On a fresh machine fla's
+Triton autotuning took 60-80 s per operator and shape on an H200: keep TRITON_CACHE_DIR between
+runs, or run one process per T under its own timeout and --merge the row logs.
 
 JAX rows are timed as the median over repeats of a jitted call loop closed by
 block_until_ready; torch rows with triton.testing.do_bench (median). Throughput is million

@@ -140,45 +140,18 @@ def quick():
 
 
 def fla():
-  try:
-    import torch
-    import triton
-    from fla.ops.log_linear_attn import chunk_log_linear_attn
-    from fla.ops.simple_gla import chunk_simple_gla
-    import fla.ops.common.chunk_o as _co
-  except Exception as e:
-    print(f'FAIL fla import: {type(e).__name__}: {e}', flush=True)
-    return
-  _co.TRITON_ABOVE_3_7_1 = True   # timing only (fla #640 guard), as carry/peers_h200.py does
+  """fla's chunk_log_linear_attn and chunk_simple_gla at SEQLENS, with bench_mixers' inputs and
+  timer (so both scripts time the peers alike)."""
+  from benchmarks import bench_mixers
   for T in SEQLENS:
-    B, L = TOKENS // T, math.ceil(math.log2(T)) + 1
-    mk = lambda *s: torch.randn(*s, device='cuda', dtype=torch.bfloat16).requires_grad_(True)
-    q, k, v = mk(B, T, H, D), mk(B, T, H, D), mk(B, T, H, D)
-    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device='cuda')).requires_grad_(True)
-    ls = torch.rand(B, T, H, L, device='cuda', dtype=torch.bfloat16).requires_grad_(True)
-    for name, fn, ins in [
-        ('fla_loglinear', lambda: chunk_log_linear_attn(q, k, v, g, ls, scale=D ** -0.5),
-         [q, k, v, g, ls]),
-        ('fla_simple_gla', lambda: chunk_simple_gla(q, k, v, g=g, scale=D ** -0.5), [q, k, v, g])]:
+    cases = bench_mixers.torch_cases(TOKENS, T, H, D, ("mamba2", "loglinear_mamba2"))
+    for name, (_, fn, ins) in cases.items():
       for bwd in (False, True):
         tag = f'{name}.T{T}.{"fwdbwd" if bwd else "fwd"}'
         try:
-          if bwd:
-            o = fn()
-            o = o[0] if isinstance(o, tuple) else o
-            do = torch.randn_like(o)
-
-            def fb():
-              for t in ins:
-                t.grad = None
-              r = fn()
-              (r[0] if isinstance(r, tuple) else r).backward(do)
-            ms = triton.testing.do_bench(fb, warmup=10, rep=100, return_mode='median')
-          else:
-            with torch.no_grad():
-              ms = triton.testing.do_bench(fn, warmup=10, rep=100, return_mode='median')
+          ms = 1e3 * bench_mixers.time_torch(fn, ins, backward=bwd)
           print(f'ROW {tag:<60} {TOKENS / ms / 1e3:9.3f} Mtok/s  {ms:8.3f} ms', flush=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (report and go on)
           print(f'FAIL {tag}: {type(e).__name__}: {str(e)[:300]}', flush=True)
 
 
