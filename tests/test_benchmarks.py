@@ -26,6 +26,23 @@ def test_smoke_rows_tables_and_memory(tmp_path, capsys):
   assert (tmp_path / "bench_mixers_h16d128.png").exists()
 
 
+def test_skip_and_merge_of_per_T_runs(tmp_path, capsys):
+  """One process per T (as on the GPU, each under its own timeout): --skip drops a row, every
+  timed row is logged at once, and --merge renders one table from the logs."""
+  common = ["--tokens", "128", "--mixers", "mamba2,path", "--impls", "xla", "--modes", "fwdbwd"]
+  bench_mixers.main(common + ["--seqlens", "64", "--skip", "lloglin_path[xla]:fwdbwd",
+                              "--out", str(tmp_path / "a")])
+  bench_mixers.main(common + ["--seqlens", "128", "--out", str(tmp_path / "b")])
+  logs = [str(tmp_path / d / "rows_h16d128.jsonl") for d in ("a", "b")]
+  assert [len(open(p).readlines()) for p in logs] == [1, 2]
+  capsys.readouterr()
+  result = bench_mixers.main(["--merge", *logs, "--out", str(tmp_path / "m")])
+  assert {(r["mixer"], r["seq_len"]) for r in result["rows"]} == {
+      ("mamba2", 64), ("mamba2", 128), ("path", 128)}
+  assert "| path | xla | - |" in capsys.readouterr().out
+  assert (tmp_path / "m" / "bench_mixers_h16d128.png").exists()
+
+
 def test_bad_arguments_name_the_problem(capsys):
   for argv, message in ((["--mixers", "mamba3"], "unknown ['mamba3']"),
                         (["--seqlens", "1000"], "does not divide")):
