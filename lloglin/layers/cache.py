@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lloglin.ops.hierarchy import capacity
+from lloglin.ops.attention import sanitize_padding
+from lloglin.ops.hierarchy import capacity, fenwick_zeros
 
 
 class KVCache(NamedTuple):
@@ -81,8 +82,24 @@ def check_prefill(x_BTD, lengths_B, cache_len: int | None = None):
                      f"{jnp.shape(lengths_B)}")
 
 
-def check_fenwick_capacity(max_len: int, levels: int):
-  """A log-linear cache of `levels` levels serves 2^(levels - 1) positions."""
+def start_prefill(x_BTD, cache: MixerCache, lengths_B=None, cache_len: int | None = None):
+  """The common start of a short-conv mixer's prefill: the checks, the prompts' segment ids,
+  NaN-safe padding, and convs that start from zeros and record each row's final conv state.
+  Returns (x_BTD, segment_ids_BT, conv, conv_BWC) (conv / conv_BWC as from cached_convs)."""
+  check_prefill(x_BTD, lengths_B, cache_len)
+  segment_ids_BT = prompt_segment_ids(lengths_B, x_BTD.shape[1])
+  (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)
+  conv, conv_BWC = cached_convs([jnp.zeros_like(s) for s in cache.conv_BWC], lengths_B)
+  return x_BTD, segment_ids_BT, conv, conv_BWC
+
+
+def linear_state_zeros(batch_size: int, heads: int, k: int, v: int, *, levels: int | None,
+                       max_len: int):
+  """The float32 state of a linear mixer: [B, H, K, V], or (log-linear, `levels` not None) an
+  empty Fenwick state of that many levels, which must serve max_len positions."""
+  if levels is None:
+    return jnp.zeros((batch_size, heads, k, v), jnp.float32)
   if max_len > capacity(levels):
     raise ValueError(f"max_len={max_len}: a log-linear cache of {levels} levels (from "
                      f"model.max_seq_len) serves at most {capacity(levels)} positions")
+  return fenwick_zeros(batch_size, heads, levels, k, v)

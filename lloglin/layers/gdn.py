@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lloglin.layers.cache import (MixerCache, cached_convs, check_fenwick_capacity, check_prefill,
-                                  full_sequence_convs, prompt_segment_ids)
+from lloglin.layers.cache import (MixerCache, cached_convs, full_sequence_convs,
+                                  linear_state_zeros, start_prefill)
 from lloglin.layers.conv import ShortConv
 from lloglin.layers.gates import a_log_init, dt_bias_init, l2_normalize
 from lloglin.layers.linear import dense
@@ -29,7 +29,6 @@ from lloglin.layers.norms import GatedRMSNorm
 from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.delta import gdn_chunked, gdn_step
-from lloglin.ops.hierarchy import fenwick_zeros
 from lloglin.ops.loglinear import loglinear_gdn_chunked, loglinear_gdn_step
 from pallas_kernels import loglinear as pallas_loglinear
 
@@ -139,17 +138,12 @@ class GatedDeltaNet(nnx.Module):
     """q/k/v conv states (dtype) and the float32 state: [B, H, K, V], or one per level."""
     B, H, K, V = batch_size, self.num_v_heads, self.head_dim, self.v_dim
     conv_BWC = tuple(c.init_state(B, dtype) for c in (self.q_conv, self.k_conv, self.v_conv))
-    if self.level_scales is None:
-      return MixerCache(conv_BWC, jnp.zeros((B, H, K, V), jnp.float32))
-    check_fenwick_capacity(max_len, self.level_scales.num_levels)
-    return MixerCache(conv_BWC, fenwick_zeros(B, H, self.level_scales.num_levels, K, V))
+    levels = None if self.level_scales is None else self.level_scales.num_levels
+    return MixerCache(conv_BWC, linear_state_zeros(B, H, K, V, levels=levels, max_len=max_len))
 
   def prefill(self, x_BTD, cache: MixerCache, lengths_B=None):
     """Chunked gated delta rule over right-padded prompts, returning the state after each row."""
-    check_prefill(x_BTD, lengths_B)
-    segment_ids_BT = prompt_segment_ids(lengths_B, x_BTD.shape[1])
-    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)
-    conv, conv_BWC = cached_convs([jnp.zeros_like(s) for s in cache.conv_BWC], lengths_B)
+    x_BTD, segment_ids_BT, conv, conv_BWC = start_prefill(x_BTD, cache, lengths_B)
     q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL = self._gdn_inputs(x_BTD, conv)
     kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
               scale=self.head_dim**-0.5, return_final_state=True)

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lloglin.layers.cache import (MixerCache, cached_convs, check_fenwick_capacity, check_prefill,
-                                  full_sequence_convs, prompt_segment_ids)
+from lloglin.layers.cache import (MixerCache, cached_convs, full_sequence_convs,
+                                  linear_state_zeros, start_prefill)
 from lloglin.layers.conv import ShortConv
 from lloglin.layers.gates import a_log_init, dt_bias_init
 from lloglin.layers.linear import dense
@@ -27,7 +27,6 @@ from lloglin.layers.loglinear import LevelScales
 from lloglin.layers.norms import GatedRMSNorm
 from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
 from lloglin.ops.attention import sanitize_padding
-from lloglin.ops.hierarchy import fenwick_zeros
 from lloglin.ops.loglinear import loglinear_ssd_chunked, loglinear_ssd_step
 from lloglin.ops.ssd import ssd_chunked, ssd_step
 from pallas_kernels import loglinear as pallas_loglinear
@@ -133,18 +132,13 @@ class Mamba2(nnx.Module):
   def init_cache(self, batch_size: int, max_len: int, dtype) -> MixerCache:
     """Conv state (dtype) and the float32 SSM state: [B, H, N, P], or one per level."""
     B, H, N, P = batch_size, self.num_heads, self.d_state, self.head_dim
-    conv_BWC = (self.conv.init_state(B, dtype),)
-    if self.level_scales is None:
-      return MixerCache(conv_BWC, jnp.zeros((B, H, N, P), jnp.float32))
-    check_fenwick_capacity(max_len, self.level_scales.num_levels)
-    return MixerCache(conv_BWC, fenwick_zeros(B, H, self.level_scales.num_levels, N, P))
+    levels = None if self.level_scales is None else self.level_scales.num_levels
+    return MixerCache((self.conv.init_state(B, dtype),),
+                      linear_state_zeros(B, H, N, P, levels=levels, max_len=max_len))
 
   def prefill(self, x_BTD, cache: MixerCache, lengths_B=None):
     """Chunked SSD over right-padded prompts, returning the state after each row's prompt."""
-    check_prefill(x_BTD, lengths_B)
-    segment_ids_BT = prompt_segment_ids(lengths_B, x_BTD.shape[1])
-    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)
-    conv, conv_BWC = cached_convs([jnp.zeros_like(s) for s in cache.conv_BWC], lengths_B)
+    x_BTD, segment_ids_BT, conv, conv_BWC = start_prefill(x_BTD, cache, lengths_B)
     (q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL), skip = self._ssd_inputs(x_BTD, conv)
     kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size, return_final_state=True)
     if lam_BTHL is None:

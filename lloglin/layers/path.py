@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lloglin.layers.cache import (MixerCache, cached_convs, check_prefill, full_sequence_convs,
-                                  prompt_segment_ids)
+from lloglin.layers.cache import (MixerCache, cached_convs, full_sequence_convs,
+                                  start_prefill)
 from lloglin.layers.conv import ShortConv
 from lloglin.layers.gates import l2_normalize
 from lloglin.layers.linear import dense
@@ -124,10 +124,7 @@ class PathAttention(nnx.Module):
     """Blockwise PaTH over right-padded prompts; the cache holds their keys transformed to each
     row's end (ops.path.path_prefill)."""
     S = cache.core.k_BSGK.shape[1]
-    check_prefill(x_BTD, lengths_B, S)
-    segment_ids_BT = prompt_segment_ids(lengths_B, x_BTD.shape[1])
-    (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)
-    conv, conv_BWC = cached_convs([jnp.zeros_like(s) for s in cache.conv_BWC], lengths_B)
+    x_BTD, _, conv, conv_BWC = start_prefill(x_BTD, cache, lengths_B, S)
     q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH = self._path_inputs(x_BTD, conv)
     o_BTHK, core = path_prefill(q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH=g_BTH,
                                 length_B=lengths_B, cache_size=S, block_size=self.chunk_size)
