@@ -47,8 +47,10 @@ padding, decided at run time with lax.cond: the aligned kernels; packed document
 kernels), chunk_size >= 16. Initial states, final states, chunk_size < 16 and T beyond the
 capacity of the L levels run the XLA form, so no argument is ever silently ignored. Feature
 axes are zero-padded to powers of two (>= 16) and T to whole chunks; batches whose arrays would
-reach 2^31 elements are split (pallas_kernels.loglinear.common). Launch defaults are the Mamba-2
-kernels' (KernelConfig): these kernels have not been compiled, checked or timed on a GPU yet.
+reach 2^31 elements are split (pallas_kernels.loglinear.common). Launch defaults: the Mamba-2
+kernels' (KernelConfig), one pipeline stage for log-linear GDN (LOGLINEAR_GDN_CONFIG). On an H200
+the GDN kernels are correct (bf16 within kernels.md 9.3) and about 5x slower than fla's; the
+log-linear GDN backward did not fit in shared memory with two stages (benchmarks/RESULTS.md).
 """
 
 import functools
@@ -671,9 +673,16 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
   return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, segment_ids_BT, st)
 
 
+# One pipeline stage: at two, Triton multi-buffers the backward's per-stream state loads (16 KB
+# more shared memory per level) and the H200 refused the backward (287 / 319 / 352 KB asked at
+# T = 2K / 8K / 32K, 227 KB available). Compiled for sm_90 with triton 3.6 on a CPU
+# (benchmarks/triton_smem.py), the backward needs 49 KB at every T with one stage.
+LOGLINEAR_GDN_CONFIG = KernelConfig(num_stages=1)
+
+
 def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state=None,
                           segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
-                          interpret=False, config=KernelConfig()):
+                          interpret=False, config=LOGLINEAR_GDN_CONFIG):
   """Log-linear Gated DeltaNet (lloglin.ops.loglinear.loglinear_gdn_chunked) through the Pallas
   kernels.
 

@@ -1,0 +1,102 @@
+"""Shared memory of lloglin's Pallas (Triton) kernels on sm_90, compiled on a CPU: no GPU needed.
+
+  pip install --no-deps --target /tmp/tritonsite triton==3.6.0
+  TRITON_SITE=/tmp/tritonsite python benchmarks/triton_smem.py --mixers loglinear_gdn \
+      --seqlens 2048,8192,32768 --stages 1,2
+
+jax lowers every pallas_call of a mixer's forward + backward (bench_mixers' cases, 65,536 tokens,
+16 heads x 128 unless --shape) to a Triton module for an abstract H200 (cross-lowering); the
+triton package compiles each module for GPUTarget('cuda', 90, 32) with the given warps and
+pipeline stages and reports `metadata.shared` in bytes (the H200 gives a block 227 KB).
+
+Calibration (2026-11-29): for the log-linear GDN backward at two stages the H200 asked for 112 KB
+more than this script reports (286,720 vs 172,032 bytes at T = 2048, the same 16 KB per level
+growth at 8K / 32K), while the plain GDN backward, 144 KB here, ran: XLA's Triton pipeline
+differs from the triton package's. Use the figures to compare configurations and to see what
+grows with T, not as exact budgets. Relies on jax's private Pallas lowering entry point.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+from jax._src.pallas.triton import pallas_call_registration  # noqa: E402
+
+from benchmarks import bench_mixers  # noqa: E402
+
+
+def triton_modules(mixer: str, shape: str, seq_len: int) -> list[str]:
+  """The Triton modules (MLIR text) of the mixer's Pallas forward + backward, lowered for CUDA."""
+  modules = []
+  lowering = pallas_call_registration.lowering
+  original = lowering.lower_jaxpr_to_triton_module
+
+  def capture(*args, **kwargs):
+    result = original(*args, **kwargs)
+    modules.append(result.module.operation.get_asm(enable_debug_info=False))
+    return result
+
+  heads, dim = bench_mixers.SHAPES[shape]
+  x = jax.eval_shape(lambda: bench_mixers.jax_inputs(bench_mixers.TOKENS, seq_len, heads, dim,
+                                                     jax.random.key(0)))
+  fn, args = bench_mixers.jax_case(mixer, "pallas", x)
+  out = jax.eval_shape(fn, *args)
+  dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", platform="gpu", num_cores=132)
+  lowering.lower_jaxpr_to_triton_module = capture
+  try:
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
+      jax.jit(bench_mixers.fwd_bwd(fn)).trace(args, out).lower(lowering_platforms=("cuda",))
+  finally:
+    lowering.lower_jaxpr_to_triton_module = original
+  return list(dict.fromkeys(modules))  # batch splits lower the same module more than once
+
+
+def shared_bytes(module: str, num_warps: int, num_stages: int, workdir: str) -> int:
+  import triton
+  from triton.backends.compiler import GPUTarget
+  name = re.search(r"module @(\S+)", module).group(1)
+  path = os.path.join(workdir, f"{name}.ttir")
+  with open(path, "w") as f:
+    f.write(module)
+  kernel = triton.compile(path, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+  return int(kernel.metadata.shared)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+  p.add_argument("--mixers", type=csv, default=["loglinear_mamba2", "loglinear_gdn", "path"])
+  p.add_argument("--shape", default="h16d128", choices=sorted(bench_mixers.SHAPES))
+  p.add_argument("--seqlens", type=lambda s: [int(x) for x in csv(s)], default=[2048, 8192])
+  p.add_argument("--warps", type=int, default=8)
+  p.add_argument("--stages", type=lambda s: [int(x) for x in csv(s)], default=[1, 2])
+  p.add_argument("--workdir", default="/tmp/triton_smem")
+  args = p.parse_args(argv)
+  if os.environ.get("TRITON_SITE"):
+    sys.path.insert(0, os.environ["TRITON_SITE"])
+  try:
+    import triton  # noqa: F401
+  except ImportError:
+    p.error("the triton package is not importable: install it (see the module docstring) and "
+            "point TRITON_SITE at it")
+  os.makedirs(args.workdir, exist_ok=True)
+  rows = []
+  for mixer in args.mixers:
+    for T in args.seqlens:
+      for module in triton_modules(mixer, args.shape, T):
+        name = re.search(r"module @(\S+)", module).group(1)
+        for stages in args.stages:
+          kb = shared_bytes(module, args.warps, stages, args.workdir) / 1024
+          rows.append(dict(mixer=mixer, seq_len=T, kernel=name, stages=stages, shared_kb=kb))
+          print(f"{mixer:<18} T={T:<6} {name:<36} warps {args.warps} stages {stages}: "
+                f"{kb:7.1f} KB", flush=True)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
