@@ -1,13 +1,16 @@
-"""Shared memory of lloglin's Pallas (Triton) kernels on sm_90, compiled on a CPU: no GPU needed.
+"""Shared memory, registers and spills of lloglin's Pallas (Triton) kernels on sm_90, compiled on a
+CPU: no GPU needed.
 
   pip install --no-deps --target /tmp/tritonsite triton==3.6.0
-  TRITON_SITE=/tmp/tritonsite python benchmarks/triton_smem.py --mixers loglinear_gdn \
-      --seqlens 2048,8192,32768 --stages 1,2
+  TRITON_SITE=/tmp/tritonsite python benchmarks/triton_resources.py --mixers loglinear_gdn \
+      --seqlens 2048,8192,32768 --warps 4,8 --stages 1,2
 
 jax lowers every pallas_call of a mixer's forward + backward (bench_mixers' cases, 65,536 tokens,
 16 heads x 128 unless --shape) to a Triton module for an abstract H200 (cross-lowering); the
 triton package compiles each module for GPUTarget('cuda', 90, 32) with the given warps and
-pipeline stages and reports `metadata.shared` in bytes (the H200 gives a block 227 KB).
+pipeline stages and reports `metadata.shared` (the H200 gives a block 227 KB) and, from the
+package's `ptxas -v` on the PTX, registers per thread and bytes of register spills per thread
+(255 registers is the ceiling; spills go to local memory, i.e. L1/L2/HBM traffic).
 
 Calibration (2026-11-29): for the log-linear GDN backward at two stages the H200 asked for 112 KB
 more than this script reports (286,720 vs 172,032 bytes at T = 2048, the same 16 KB per level
@@ -19,6 +22,7 @@ grows with T, not as exact budgets. Relies on jax's private Pallas lowering entr
 import argparse
 import os
 import re
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -55,7 +59,8 @@ def triton_modules(mixer: str, shape: str, seq_len: int) -> list[str]:
   return list(dict.fromkeys(modules))  # batch splits lower the same module more than once
 
 
-def shared_bytes(module: str, num_warps: int, num_stages: int, workdir: str) -> int:
+def resources(module: str, num_warps: int, num_stages: int, workdir: str) -> dict:
+  """{'shared_kb', 'registers', 'spill_bytes'} of the module compiled for sm_90."""
   import triton
   from triton.backends.compiler import GPUTarget
   name = re.search(r"module @(\S+)", module).group(1)
@@ -64,7 +69,15 @@ def shared_bytes(module: str, num_warps: int, num_stages: int, workdir: str) -> 
     f.write(module)
   kernel = triton.compile(path, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
-  return int(kernel.metadata.shared)
+  ptx = os.path.join(workdir, f"{name}.ptx")
+  with open(ptx, "w") as f:
+    f.write(kernel.asm["ptx"])
+  ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+  log = subprocess.run([ptxas, "--gpu-name", "sm_90a", "-v", ptx, "-o", ptx + ".cubin"],
+                       capture_output=True, text=True, check=True).stderr
+  number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, log)) else None  # noqa: E731
+  return dict(shared_kb=kernel.metadata.shared / 1024, registers=number(r"Used (\d+) registers"),
+              spill_bytes=number(r"(\d+) bytes spill stores") or 0)
 
 
 def main(argv=None):
@@ -73,9 +86,9 @@ def main(argv=None):
   p.add_argument("--mixers", type=csv, default=["loglinear_mamba2", "loglinear_gdn", "path"])
   p.add_argument("--shape", default="h16d128", choices=sorted(bench_mixers.SHAPES))
   p.add_argument("--seqlens", type=lambda s: [int(x) for x in csv(s)], default=[2048, 8192])
-  p.add_argument("--warps", type=int, default=8)
+  p.add_argument("--warps", type=lambda s: [int(x) for x in csv(s)], default=[8])
   p.add_argument("--stages", type=lambda s: [int(x) for x in csv(s)], default=[1, 2])
-  p.add_argument("--workdir", default="/tmp/triton_smem")
+  p.add_argument("--workdir", default="/tmp/triton_resources")
   args = p.parse_args(argv)
   if os.environ.get("TRITON_SITE"):
     sys.path.insert(0, os.environ["TRITON_SITE"])
@@ -90,11 +103,13 @@ def main(argv=None):
     for T in args.seqlens:
       for module in triton_modules(mixer, args.shape, T):
         name = re.search(r"module @(\S+)", module).group(1)
-        for stages in args.stages:
-          kb = shared_bytes(module, args.warps, stages, args.workdir) / 1024
-          rows.append(dict(mixer=mixer, seq_len=T, kernel=name, stages=stages, shared_kb=kb))
-          print(f"{mixer:<18} T={T:<6} {name:<36} warps {args.warps} stages {stages}: "
-                f"{kb:7.1f} KB", flush=True)
+        for warps in args.warps:
+          for stages in args.stages:
+            r = resources(module, warps, stages, args.workdir)
+            rows.append(dict(mixer=mixer, seq_len=T, kernel=name, warps=warps, stages=stages, **r))
+            print(f"{mixer:<18} T={T:<6} {name:<30} warps {warps:<2} stages {stages}: shared "
+                  f"{r['shared_kb']:6.1f} KB, {r['registers']} registers, {r['spill_bytes']} "
+                  "bytes spilled", flush=True)
   return rows
 
 

@@ -113,11 +113,11 @@ def test_tp_benchmarks_name_bad_arguments(module, argv, message, capsys):
   assert message in capsys.readouterr().err
 
 
-def test_triton_smem_captures_every_kernel_of_forward_and_backward():
-  """The modules triton_smem.py hands to the triton package (which CI lacks): one forward scan
+def test_triton_resources_captures_every_kernel_of_forward_and_backward():
+  """The modules triton_resources.py hands to the triton package (which CI lacks): one forward scan
   and one backward scan for log-linear GDN, lowered for CUDA on this CPU."""
-  from benchmarks import triton_smem
-  modules = triton_smem.triton_modules("loglinear_gdn", "h16d128", 2048)
+  from benchmarks import triton_resources
+  modules = triton_resources.triton_modules("loglinear_gdn", "h16d128", 2048)
   names = sorted(m.split("module @", 1)[1].split()[0] for m in modules)
   assert names == ["loglinear_gdn_chunk_scan", "loglinear_gdn_chunk_scan_bwd"]
   assert all("tt.func" in m for m in modules)

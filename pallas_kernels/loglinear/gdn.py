@@ -675,9 +675,11 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
 
 # One pipeline stage: at two, Triton multi-buffers the backward's per-stream state loads (16 KB
 # more shared memory per level) and the H200 refused the backward (287 / 319 / 352 KB asked at
-# T = 2K / 8K / 32K, 227 KB available). Compiled for sm_90 with triton 3.6 on a CPU
-# (benchmarks/triton_smem.py), the backward needs 49 KB at every T with one stage.
-LOGLINEAR_GDN_CONFIG = KernelConfig(num_stages=1)
+# T = 2K / 8K / 32K, 227 KB available). block_v 16: both kernels sit at the 255-register ceiling
+# and spill; compiled for sm_90 on a CPU (benchmarks/triton_resources.py, T = 8192, 8 warps, one
+# stage) the spills fall from 3.3 / 7.2 KB (block_v 32) to 1.5 / 4.5 KB per thread (fwd / bwd),
+# and the backward needs 48 KB of shared memory at every T. Not yet timed on a GPU.
+LOGLINEAR_GDN_CONFIG = KernelConfig(block_v=16, num_stages=1)
 
 
 def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state=None,
