@@ -14,7 +14,7 @@ from lloglin.ops import hierarchy as hierarchy_ops
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
 from pallas_kernels import loglinear as pk
-from tests.kernels.helpers import assert_rows_match_alone
+from tests.kernels.helpers import assert_bf16_kernel_matches_fp32, assert_rows_match_alone
 from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
@@ -221,12 +221,4 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, hierarchy, cu_seqlens):
   kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked, **kw)
   rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy
                           else ops_ssd.ssd_chunked, **kw)
-  ref_args = [a.astype(jnp.float32) for a in args]
-  _, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(*args)
-  with jax.default_matmul_precision('highest'):  # the fp32 reference, never TF32
-    _, want = jax.jit(jax.value_and_grad(_loss(rfn, cot), argnums=tuple(range(n))))(*ref_args)
-    ref_out = jax.jit(rfn)(*ref_args)
-  assert_close(jax.jit(kfn)(*args).astype(jnp.float32), ref_out, rel=5e-3, name='forward')
-  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dlam'), got, want):
-    assert_close(x.astype(jnp.float32), y, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
-                 name=name)
+  assert_bf16_kernel_matches_fp32(kfn, rfn, args, cot, ('dq', 'dk', 'dv', 'dg', 'dlam')[:n])
