@@ -540,7 +540,9 @@ def _scan_forward(q, k, v, g, beta, lam, packed, st, with_states):
                          out_dtype=v.dtype, block_v=cfg.block_v, num_warps=cfg.num_warps,
                          num_stages=cfg.num_stages, interpret=st.interpret)
   X = len(_streams(st.levels, C, P, packed is not None)[1])
-  per_row = P * H * max(K, V, C, 0 if lam is None else lam.shape[-1], X, X * K * V // C)
+  # the stored states (backward only) are the largest array: X x K x V floats per chunk and head
+  per_row = P * H * max(K, V, C, 0 if lam is None else lam.shape[-1], X,
+                       X * K * V // C if with_states else 0)
   return in_row_batches(lambda *a: fn(*a[:7], a[7:] if packed is not None else None),
                         (q, k, w_BPHK, tb_BPHC, v, g_BHP, lam_BHLP) + (masks or ()), per_row,
                         f'pallas GDN kernel (T={P}, heads={H})')

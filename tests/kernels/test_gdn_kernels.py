@@ -197,6 +197,19 @@ def test_batch_split_below_2_31_elements():
     in_row_batches(fn, (x, x), 2**31, 'test')
 
 
+
+def test_forward_at_64k_tokens_is_not_sized_by_the_backward_states():
+  """The forward alone stores no per-chunk states, so a row of 65,536 tokens x 16 heads x 128
+  (2.7e9 elements of states for the backward) must still trace (it raised before)."""
+  B, T, H, D = 17, 65536, 16, 128
+  S = jax.ShapeDtypeStruct
+  args = (S((B, T, 1, D), jnp.bfloat16),) * 2 + (
+      S((B, T, H, D), jnp.bfloat16), S((B, T, H), jnp.float32), S((B, T, H), jnp.float32),
+      S((B, T, H, hierarchy.num_levels(T)), jnp.float32))
+  assert jax.eval_shape(pk.loglinear_gdn_chunked, *args).shape == (B, T, H, D)
+  with pytest.raises(ValueError, match='2\\^31'):   # the backward's states per row: too many
+    jax.eval_shape(jax.grad(lambda *a: jnp.sum(pk.loglinear_gdn_chunked(*a)), argnums=2), *args)
+
 def test_every_kernel_lowers_for_cuda():
   """Every GDN kernel (forward and backward; with segment ids the aligned and the packed ones,
   both branches of a lax.cond) lowers through Pallas-Triton for an H200 (from CPU)."""
