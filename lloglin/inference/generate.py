@@ -14,8 +14,9 @@ architecture, any batch). 'fused' runs one prompt through the fused whole-model 
 (pallas_kernels.fused_decode via lloglin.inference.fused: attention-only Llama-style models,
 batch 1; the prompt is prefilled by the plain DecoderLM.prefill, then each token is one kernel
 launch, in interpret mode off GPU); it raises a ValueError saying why where it does not apply.
-'auto' picks 'fused' for one prompt of a supported model on a Hopper-or-newer GPU, in a weight
-format the kernel has been checked in on a GPU (bf16, int8), and 'plain' otherwise.
+'auto' picks 'fused' for one prompt of a supported model of width <= FUSED_AUTO_MAX_D_MODEL (where
+it was measured faster) on a Hopper-or-newer GPU, in a weight format the kernel has been checked
+in on a GPU (bf16, int8), and 'plain' otherwise.
 `weights_dtype` ('f32' | 'bf16' | 'int8'; default that of the compute dtype) is the fused
 path's weight format; 'int8' (weight-only quantisation) changes the logits.
 """
@@ -35,6 +36,10 @@ from lloglin.inference.sampling import check_sampling, sample_token
 from lloglin.layers.registry import on_hopper_gpu
 
 DECODE_IMPLS = ("auto", "plain", "fused")
+# 'auto' takes the fused kernel up to this width: on an H200 it beat the plain jitted step at
+# d_model 768 and 2048 (138M, 1.24B) and lost at 4096 (~8B: 9.98 vs 6.05 ms/token), see
+# benchmarks/RESULTS.md (fused decode).
+FUSED_AUTO_MAX_D_MODEL = 2048
 _BUCKET = 64  # prompt and cache lengths are rounded up to a multiple: fewer compilations
 
 
@@ -64,7 +69,8 @@ def resolve_decode_impl(impl: str, model, batch_size: int, fmt: str = "bf16") ->
     if not ok:
       raise ValueError(f"impl='fused': {reason}")
     return "fused"
-  return "fused" if ok and fmt in GPU_CHECKED_FORMATS and on_hopper_gpu() else "plain"
+  return ("fused" if ok and fmt in GPU_CHECKED_FORMATS and model.cfg.d_model <= FUSED_AUTO_MAX_D_MODEL
+          and on_hopper_gpu() else "plain")
 
 
 def _sample(logits_BV, key, i, sampling: Sampling):

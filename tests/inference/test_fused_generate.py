@@ -3,6 +3,7 @@ plain decode step on a tiny attention-only model: greedy tokens, teacher-forced 
 stop tokens and streaming; 'auto' resolution; clear errors where the kernel does not apply."""
 
 import collections
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,19 @@ def test_auto_picks_plain_off_hopper_and_for_batches(model):
     assert (generate(model, [PROMPT], NEW, impl="auto")
             == generate(model, [PROMPT], NEW, impl="plain"))
 
+
+
+def test_auto_keeps_the_plain_step_for_wide_models_on_hopper(model, monkeypatch):
+  """The fused kernel lost to the plain step at d_model 4096 on an H200: 'auto' must not take it
+  there, and must take it for the narrow test model when the GPU is a Hopper."""
+  # the module, not the `generate` function that lloglin.inference exports under its name
+  generate_module = importlib.import_module("lloglin.inference.generate")
+  monkeypatch.setattr(generate_module, "on_hopper_gpu", lambda: True)
+  assert resolve_decode_impl("auto", model, 1, "bf16") == "fused"
+  wide = build_model(tiny_config(layer_pattern="attention", max_seq_len=128,
+                                 d_model=2 * generate_module.FUSED_AUTO_MAX_D_MODEL))
+  assert resolve_decode_impl("auto", wide, 1, "bf16") == "plain"
+  assert resolve_decode_impl("fused", wide, 1, "bf16") == "fused"
 
 @pytest.mark.gpu
 def test_auto_picks_fused_on_hopper_in_gpu_checked_formats(model):
