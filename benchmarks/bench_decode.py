@@ -160,7 +160,7 @@ def torch_step_fn(c, fmt: str, max_len: int, prompt: int):
   def rms(x):
     return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + c.norm_eps)).to(dt)
 
-  def step(tok, pos):
+  def step(tok, pos):  # tok, pos: int64 [1] (a 0-d index would be a data-dependent int to dynamo)
     e, s = embed
     x = (e[tok].to(dt) * (s[tok] if s is not None else 1)).view(1, 1, D)
     mask = (positions <= pos)[None, None, None]
@@ -173,17 +173,17 @@ def torch_step_fn(c, fmt: str, max_len: int, prompt: int):
       x = x + mm(o.transpose(1, 2).reshape(1, 1, H * K), lw["o"])
       h = rms(x)
       x = x + mm(F.silu(mm(h, lw["gate"])) * mm(h, lw["up"]), lw["down"])
-    return mm(rms(x), embed).argmax(-1).view(())
+    return mm(rms(x), embed).argmax(-1).view(1)
 
   return step
 
 
 def time_torch(step, prompt: int, steps: int, repeats: int):
   import torch
-  positions = list(torch.arange(prompt, prompt + steps, device="cuda"))  # no copy inside the loop
+  positions = list(torch.arange(prompt, prompt + steps, device="cuda").view(-1, 1))  # made once
 
   def run():
-    tok = torch.ones((), dtype=torch.long, device="cuda")
+    tok = torch.ones(1, dtype=torch.long, device="cuda")
     for pos in positions:
       tok = step(tok, pos)
     torch.cuda.synchronize()
