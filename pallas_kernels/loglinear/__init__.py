@@ -54,7 +54,8 @@ class _Static(NamedTuple):
   config: KernelConfig
 
 
-def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, reverse, out_dtype):
+def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, reverse, out_dtype,
+          precise_states=False):
   """level_scan, split along the batch so that no array reaches 2^31 elements."""
   P = a.shape[1]
   per_row = P * max([x.shape[2] * x.shape[3] for x in (a, b, c) + ((qx,) if qx is not None else ())]
@@ -65,7 +66,7 @@ def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, rever
   fn = functools.partial(level_scan, heads=heads, chunk_size=st.chunk_size, reverse=reverse,
                          levels=st.levels, out_dtype=out_dtype, block_v=st.config.block_v,
                          num_warps=st.config.num_warps, num_stages=st.config.num_stages,
-                         interpret=st.interpret)
+                         precise_states=precise_states, interpret=st.interpret)
   return in_row_batches(fn, (a, b, c, g_BHP, lam_BHLP, qx, pos_BP, doc_BP), per_row,
                         f'pallas loglinear kernels (T={P}, heads={heads})',
                         out_axes=0 if qx is None else (0, 1))
@@ -104,14 +105,16 @@ def _mixer_bwd(st, res, do_BPHV):
   do = do_BPHV.astype(v.dtype)
   scan = functools.partial(_scan, g_BHP=g_BHP, lam_BHLP=lam_BHLP, pos_BP=pos, doc_BP=doc, st=st,
                            heads=H, out_dtype=jnp.float32)
+  # dq and dk feed dg's reverse cumsum over the sequence: their state products in hi + lo bf16
+  precise = functools.partial(scan, precise_states=True)
   if lam is None:
-    dqs_BPHK, dlam = scan(do, v, k, reverse=False), None
+    dqs_BPHK, dlam = precise(do, v, k, reverse=False), None
   else:
-    dqs_BPHK, dlam_JBHLP = scan(do, v, k, qx=qs, reverse=False)
+    dqs_BPHK, dlam_JBHLP = precise(do, v, k, qx=qs, reverse=False)
     dlam_BPHL = jnp.transpose(jnp.sum(dlam_JBHLP, axis=0), (0, 3, 1, 2))
     dlam = jnp.pad(dlam_BPHL, ((0, 0), (0, 0), (0, 0), (0, lam.shape[3] - dlam_BPHL.shape[3])))
     dlam = dlam.astype(lam.dtype)
-  dk_BPHK = scan(v, do, qs, reverse=True)
+  dk_BPHK = precise(v, do, qs, reverse=True)
   dv = scan(k, qs, do, reverse=True).astype(v.dtype)
   rep = lambda x: jnp.repeat(x, R, axis=2).astype(jnp.float32)
   dG_BPH = (jnp.einsum('bphk,bphk->bph', rep(qs), dqs_BPHK, precision=HIGHEST)

@@ -27,7 +27,9 @@ term of out_t), partial over the feature blocks.
 
 Backend: the Pallas Triton lowering (pl.pallas_call + pltriton.CompilerParams; jax-stack.md 2.4,
 2.8): 2-D dots, power-of-two tiles, no scratch. Matmul operands are the input dtype (bf16 on GPU)
-with fp32 accumulation; states, decays and level weights are fp32. Offsets stay below 2^31: the
+with fp32 accumulation; states, decays and level weights are fp32 (per-token decay weights scale
+the rows of a state read after the matmul, so they are never rounded; with precise_states, used by
+the backward's dq / dk passes, a state enters its matmuls as hi + lo bf16 halves). Offsets stay below 2^31: the
 caller splits larger batches (pallas_kernels/loglinear/__init__.py).
 """
 
@@ -49,13 +51,33 @@ def _dot(x, y, mm_dtype, contract=(1, 0)):
                          preferred_element_type=jnp.float32)
 
 
+def _split(x, mm_dtype):
+  """x (fp32) as hi + lo, both in mm_dtype: two bf16 terms carry ~16 mantissa bits."""
+  hi = x.astype(mm_dtype)
+  return hi, (x - hi.astype(jnp.float32)).astype(mm_dtype)
+
+
+def _dot_state(x, y, mm_dtype, precise, contract=(1, 0)):
+  """x @ y (or x^T @ y) with x exact in mm_dtype and y fp32 (a state, or values times decay
+  weights): with `precise`, y enters as hi + lo (two matmuls) instead of rounded to mm_dtype.
+
+  Why: dg is a reverse cumsum over the whole sequence of q.dq - k.dk, so errors that the carried
+  states put into dq / dk add up along T instead of averaging out; with bf16 states the relative
+  dg error reached 2.4e-2 at T = 8192 (kernels.md 9.3 allows 2e-2) and grows like sqrt(T). With
+  the split it is ~10x smaller (measured in interpret mode)."""
+  if not precise or mm_dtype == jnp.float32:
+    return _dot(x, y, mm_dtype, contract)
+  hi, lo = _split(y, mm_dtype)
+  return _dot(x, hi, mm_dtype, contract) + _dot(x, lo, mm_dtype, contract)
+
+
 def _level_masks(x, levels):
   """[lvl == l for l < levels] with lvl = bit_length(x), x = pos_t XOR pos_s >= 0."""
   return [x == 0] + [(x >> (l - 1)) == 1 for l in range(1, levels)]
 
 
 def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, with_dlam,
-            mm_dtype):
+            mm_dtype, precise_states):
   refs = list(refs)
   a_ref, b_ref, c_ref, g_ref = refs[:4]
   del refs[:4]
@@ -161,7 +183,8 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
     else:
       rw_all = jnp.exp(gs - G) if reverse else jnp.exp(G)
       ww_all = jnp.exp(G) if reverse else jnp.exp(gs - G)
-      ds_shared = None if reverse else _dot(b, v * ww_all[:, None], mm_dtype, (0, 0))
+      ds_shared = None if reverse else _dot_state(b, v * ww_all[:, None], mm_dtype,
+                                                  precise_states, (0, 0))
 
     new_states = []
     for k, (S, lv) in enumerate(zip(states, streams)):
@@ -179,7 +202,7 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
         ww = ww_all * lam[lv] if reverse else ww_all
 
       def do_read(S=S, rw=rw, lv=lv):
-        r = _dot(a * rw[:, None], S, mm_dtype)
+        r = rw[:, None] * _dot_state(a, S, mm_dtype, precise_states)
         dl = jnp.sum(qx.astype(jnp.float32) * r, axis=1) if with_dlam else jnp.zeros(
             (C,), jnp.float32)
         return (r if reverse else r * lam_of(lv)[:, None]), dl
@@ -187,7 +210,7 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
       def do_write(S=S, ww=ww, keep=keep):
         if not packed and ds_shared is not None:
           return S * keep + ds_shared
-        return S * keep + _dot(b, v * ww[:, None], mm_dtype, (0, 0))
+        return S * keep + _dot_state(b, v * ww[:, None], mm_dtype, precise_states, (0, 0))
 
       if read is None:
         r, dl = do_read()
@@ -214,7 +237,7 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
 
 def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_BP=None,
                doc_BP=None, *, heads, chunk_size, reverse, levels=None, out_dtype=jnp.float32,
-               block_v=32, num_warps=4, num_stages=1, interpret=False):
+               block_v=32, num_warps=4, num_stages=1, precise_states=False, interpret=False):
   """Runs the chunk scan (module docstring) over P = N * chunk_size padded tokens.
 
   Feature axes are powers of two >= 16; a/b/c/qx have X heads (G groups or H heads; head h reads
@@ -224,6 +247,8 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_B
   (int32; pos -1 at padding) switch to packed documents: levels from positions inside documents,
   pairs only inside a document, levels 1 .. log2 C across chunks from the neighbouring chunk and
   every higher level a stream with per-token masks.
+  precise_states: state reads and writes as two bf16 matmuls (hi + lo, `_dot_state`); the
+  backward's dq and dk passes use it, since dg sums their errors over the whole sequence.
   Returns out_BPHV [, dlam_JBHLP].
   """
   B, P, _, Ka = a_BPXA.shape
@@ -270,8 +295,8 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_B
                                   lambda b, h, j: (j, b, h, 0, 0)))
   kernel = functools.partial(_kernel, C=C, N=N, intra_levels=intra_levels, streams=streams,
                              lam_levels=lam_levels, reverse=reverse, packed=packed,
-                             with_dlam=with_dlam,
-                             mm_dtype=mm_dtype)
+                             with_dlam=with_dlam, mm_dtype=mm_dtype,
+                             precise_states=precise_states)
   outs = pl.pallas_call(
       kernel, grid=(B, H, J), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
       compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
