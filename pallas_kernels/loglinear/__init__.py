@@ -9,7 +9,9 @@ for CPU tests). One kernel (kernel.level_scan, Pallas Triton lowering) serves ev
   forward   o   = causal(q, k, v)                     (scale folded into q)
   backward  dq  = causal(dO, v, k), dlam from its per-level terms dotted with q
             dk  = anti(v, dO, q),  dv = anti(k, q, dO)
-            dg  = reverse cumsum over t of (q . dq - k . dk)   (per head; g enters as a cumsum)
+            dg  = reverse cumsum over t of (q . dq - k . dk)   (per head; g enters as a cumsum;
+                  the dq and dk passes carry their states into the matmuls as hi + lo bf16, so
+                  their rounding does not add up along T in this sum)
 
 wired through jax.custom_vjp; q/k gradients of grouped heads are summed over their group.
 
