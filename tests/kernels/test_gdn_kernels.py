@@ -264,8 +264,9 @@ def test_gpu_more_than_2_31_elements():
 @pytest.mark.parametrize('B,T,G,H,D,fam,cu_seqlens', [
     (2, 1024, 1, 8, 128, LL, None), (2, 1024, 1, 8, 128, GDN, None),
     (1, 2000, 2, 8, 128, LL, [0, 15, 333, 2000]), (1, 2000, 2, 8, 128, GDN, [0, 15, 333, 2000]),
-    (1, 8192, 1, 4, 64, LL, None)],
-    ids=['loglinear_gdn', 'gdn', 'loglinear_gdn_varlen', 'gdn_varlen', 'loglinear_gdn_8k'])
+    (1, 8192, 1, 4, 64, LL, None), (1, 16384, 1, 4, 64, LL, None)],
+    ids=['loglinear_gdn', 'gdn', 'loglinear_gdn_varlen', 'gdn_varlen', 'loglinear_gdn_8k',
+         'loglinear_gdn_16k'])
 def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
   args, cot = _gpu_inputs(B, T, G, H, D, D)
   n = len(fam.arg_names)

@@ -228,7 +228,8 @@ def test_gpu_more_than_2_31_elements():
 @pytest.mark.gpu
 @pytest.mark.parametrize('B,T,G,H,D,hierarchy,cu_seqlens', [
     (2, 1024, 1, 8, 128, True, None), (2, 1024, 1, 8, 128, False, None),
-    (1, 2000, 2, 8, 128, True, [0, 15, 333, 2000]), (1, 8192, 1, 4, 64, True, None)])
+    (1, 2000, 2, 8, 128, True, [0, 15, 333, 2000]), (1, 8192, 1, 4, 64, True, None),
+    (1, 16384, 1, 4, 64, True, None)])   # 11 chunk levels (kernels.md 9.3)
 def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, hierarchy, cu_seqlens):
   args, cot = _gpu_inputs(B, T, G, H, D, D)
   n = 5 if hierarchy else 4
