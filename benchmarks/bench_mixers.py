@@ -5,6 +5,7 @@
   python3 benchmarks/bench_mixers.py --mixers path,attention --impls pallas,cudnn,fla
   python3 benchmarks/bench_mixers.py --memory path         # compiled fwd+bwd memory vs T
   python3 benchmarks/bench_mixers.py --merge a/rows_h16d128.jsonl b/rows_h16d128.jsonl
+  python3 benchmarks/bench_mixers.py --impls pallas --mixers gdn --kernel_configs 32,8,2,16,8,1
 
 Every call processes 65,536 tokens (B = 65536 / T), bf16 q/k/v, fp32 gates, lambda, PaTH's w and
 beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward+backward
@@ -96,11 +97,16 @@ def jax_inputs(tokens: int, seq_len: int, heads: int, dim: int, key) -> dict:
       g_fox=jax.nn.log_sigmoid(4 + jax.random.normal(ks[3], (B, T, H))))
 
 
-def jax_case(mixer: str, impl: str, x: dict, segments: bool = False) -> tuple[Callable, tuple]:
+SCAN_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")  # pallas_kernels.loglinear
+
+
+def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
+             kernel_config: tuple | None = None) -> tuple[Callable, tuple]:
   """The function and arguments of one lloglin row; ImportError when the kernel is absent.
 
   segments: pass segment_ids_BT (one document per row), as the trainer always does, so the
-  packed-sequence path of each form is the one timed.
+  packed-sequence path of each form is the one timed. kernel_config: (block_v, num_warps,
+  num_stages) for the Pallas kernels of SCAN_MIXERS (None: their defaults).
   """
   scale = x["q"].shape[-1] ** -0.5
   seg = {"segment_ids_BT": jnp.ones(x["q"].shape[:2], jnp.int32)} if segments else {}
@@ -119,6 +125,10 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False) -> tuple[Ca
     from lloglin.ops import delta, loglinear, path, ssd
   else:
     raise ImportError(f"{mixer} has no {impl} row")
+  if impl == "pallas" and jax.default_backend() != "gpu":
+    seg = {**seg, "interpret": True}      # CPU smoke runs: the Pallas interpreter
+  if kernel_config is not None:
+    seg = {**seg, "config": mod.KernelConfig(*kernel_config)}
 
   if mixer in ("mamba2", "loglinear_mamba2"):
     name = "ssd_chunked" if mixer == "mamba2" else "loglinear_ssd_chunked"
@@ -296,15 +306,18 @@ def run_throughput(args) -> list[Row]:
       for impl in args.impls:
         if impl == "fla" or (impl == "cudnn") != (mixer == "attention"):
           continue
-        for mode in args.modes:
-          def timer(mixer=mixer, impl=impl, mode=mode, x=x):
-            fn, fargs = jax_case(mixer, impl, x, args.segments)
-            return time_jax(fn, fargs, backward=mode == "fwdbwd")
-          label = impl + ("_segments" if args.segments else "")
-          if skipped(f"lloglin_{mixer}[{label}]", mode, args.skip):
-            continue
-          rows.append(measure(f"lloglin_{mixer}[{label}]", args.tokens, T, mode, timer, mixer,
-                              label, log_path))
+        sweep = args.kernel_configs if impl == "pallas" and mixer in SCAN_MIXERS else []
+        for cfg in sweep or [None]:
+          for mode in args.modes:
+            def timer(mixer=mixer, impl=impl, mode=mode, x=x, cfg=cfg):
+              fn, fargs = jax_case(mixer, impl, x, args.segments, cfg)
+              return time_jax(fn, fargs, backward=mode == "fwdbwd")
+            label = (impl + ("_bv{}w{}s{}".format(*cfg) if cfg else "")
+                     + ("_segments" if args.segments else ""))
+            if skipped(f"lloglin_{mixer}[{label}]", mode, args.skip):
+              continue
+            rows.append(measure(f"lloglin_{mixer}[{label}]", args.tokens, T, mode, timer, mixer,
+                                label, log_path))
     del x
   return rows
 
@@ -341,7 +354,7 @@ def ratio_table(rows: list[Row]) -> list[str]:
     if not impl.startswith("pallas"):
       continue
     peer, cudnn = fla.get((mixer, T, mode)), by.get(("attention", "cudnn", T, mode))
-    xla = by.get((mixer, impl.replace("pallas", "xla"), T, mode))
+    xla = by.get((mixer, "xla" + ("_segments" if impl.endswith("_segments") else ""), T, mode))
     fmt = lambda a: f"{a:.3g}" if a else "-"  # noqa: E731
     div = lambda a, b: f"{a / b:.2f}" if a and b else "-"  # noqa: E731
     lines.append(f"| {mixer} | {T} | {mode} | {fmt(v)} ({impl}) | {fmt(xla)} | {fmt(peer)} "
@@ -360,10 +373,11 @@ def plot(rows: list[Row], path: str, title: str) -> None:
       series.setdefault(f"{r.mixer} [{r.impl}]", []).append((r.seq_len, r.mtok_s))
   for label, pts in sorted(series.items()):
     pts.sort()
-    ax.plot(*zip(*pts), marker="o", label=label, linestyle="--" if "[pallas]" not in label else "-")
+    ax.plot(*zip(*pts), marker="o", label=label, linestyle="-" if "[pallas" in label else "--")
   ax.set(xscale="log", yscale="log", xlabel="sequence length T (65,536 tokens per call)",
          ylabel="forward+backward, million tokens/s", title=title)
-  ax.legend(fontsize=7, ncol=2)
+  if series:
+    ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
@@ -408,6 +422,15 @@ def versions() -> dict:
   return found
 
 
+def kernel_configs(text: str) -> list[tuple[int, int, int]]:
+  """'32,8,2,16,8,1' -> [(32, 8, 2), (16, 8, 1)] (block_v, num_warps, num_stages)."""
+  values = [int(v) for v in text.split(",") if v]
+  if len(values) % 3 or any(v < 1 for v in values):
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: expected block_v,num_warps,num_stages triples of positive integers")
+  return [tuple(values[i:i + 3]) for i in range(0, len(values), 3)]
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
@@ -419,6 +442,9 @@ def parse_args(argv=None):
   p.add_argument("--modes", type=csv, default=["fwd", "fwdbwd"])
   p.add_argument("--segments", action="store_true",
                  help="lloglin rows get segment_ids_BT (one document per row), as in training")
+  p.add_argument("--kernel_configs", type=kernel_configs, default=[],
+                 help="launch configurations to time the Pallas rows of the scan mixers with, "
+                      "as flat block_v,num_warps,num_stages triples (default: their defaults)")
   p.add_argument("--memory", type=csv, default=[], help="mixers for the memory-vs-T section")
   p.add_argument("--memory_seqlens", type=lambda s: [int(x) for x in csv(s)],
                  default=[8192, 32768, 131072])

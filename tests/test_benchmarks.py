@@ -43,6 +43,23 @@ def test_skip_and_merge_of_per_T_runs(tmp_path, capsys):
   assert (tmp_path / "m" / "bench_mixers_h16d128.png").exists()
 
 
+def test_kernel_config_sweep_rows(tmp_path, capsys):
+  """--kernel_configs: one Pallas row per launch configuration (interpret mode on the CPU),
+  each compared with the same XLA row; a malformed list is refused with the reason."""
+  result = bench_mixers.main(["--tokens", "64", "--seqlens", "64", "--mixers", "gdn",
+                              "--impls", "pallas,xla", "--modes", "fwd",
+                              "--kernel_configs", "16,4,1,32,4,1", "--out", str(tmp_path)])
+  assert sorted(r["impl"] for r in result["rows"]) == ["pallas_bv16w4s1", "pallas_bv32w4s1",
+                                                        "xla"]
+  out = capsys.readouterr().out
+  assert out.count("| gdn | 64 | fwd |") == 2 and "(pallas_bv16w4s1) |" in out
+  xla_column = [line.split("|")[5].strip() for line in out.splitlines()
+                if line.startswith("| gdn | 64 | fwd |")]
+  assert all(v != "-" for v in xla_column)
+  with pytest.raises(SystemExit):
+    bench_mixers.main(["--kernel_configs", "16,4"])
+  assert "triples" in capsys.readouterr().err
+
 def test_bad_arguments_name_the_problem(capsys):
   for argv, message in ((["--mixers", "mamba3"], "unknown ['mamba3']"),
                         (["--seqlens", "1000"], "does not divide")):
