@@ -159,13 +159,19 @@ def _grads_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, dh_ref, do_ref, dq_ref, dk_
 
 
 def _launch(kernel, args, grid, in_specs, out_specs, out_shape, name, st, per_row):
-  P = args[0].shape[1]
-  call = pl.pallas_call(
-      kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=pltriton.CompilerParams(num_warps=st.config.num_warps,
-                                              num_stages=st.config.num_stages),
-      interpret=st.interpret, name=name)
-  return in_row_batches(call, args, per_row, f'pallas ssd_states kernels (T={P})')
+  """pl.pallas_call over slices of the batch (grid axis 0 and out_shape axis 0: the rows)."""
+  def call(*sliced):
+    rows = sliced[0].shape[0]
+    shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct((rows,) + s.shape[1:], s.dtype),
+                          out_shape)
+    out = pl.pallas_call(
+        kernel, grid=(rows,) + grid[1:], in_specs=in_specs, out_specs=out_specs,
+        out_shape=shapes, interpret=st.interpret, name=name,
+        compiler_params=pltriton.CompilerParams(num_warps=st.config.num_warps,
+                                                num_stages=st.config.num_stages))(*sliced)
+    return tuple(out) if isinstance(out, list) else out
+
+  return in_row_batches(call, args, per_row, f'pallas ssd_states kernels (T={args[0].shape[1]})')
 
 
 def _seq_spec(x, heads, width, blocked):
