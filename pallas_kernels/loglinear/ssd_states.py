@@ -131,24 +131,22 @@ def _grads_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, dh_ref, do_ref, dq_ref, dk_
   a = _dot(q, k, mm_dtype, (1, 1)) * decay
   wq, wk = jnp.exp(G)[:, None], jnp.exp(gs - G)[:, None]
   dq = jnp.zeros((C, K), jnp.float32)
-  dk_intra = jnp.zeros((C, K), jnp.float32)
-  dk_inter = jnp.zeros((C, K), jnp.float32)
+  dk = jnp.zeros((C, K), jnp.float32)
   hd = jnp.zeros((), jnp.float32)                 # <h_c, D_c>
+  kdv = jnp.zeros((), jnp.float32)                # sum_s k_s . dk_s^inter
   for j in range(v_ref.shape[-1] // block_v):
     vs = pl.ds(j * block_v, block_v)
     v, do, h, dh = v_ref[:, vs], do_ref[:, vs], h_ref[:, vs], dh_ref[:, vs]
     dp = _dot(do, v, mm_dtype, (1, 1)) * decay
     dq = dq + _dot(dp, k, mm_dtype) + wq * _dot(do, h, mm_dtype, (1, 1))
-    dk_intra = dk_intra + _dot(dp, q, mm_dtype, (0, 0))
-    dk_inter = dk_inter + _dot(v, dh, mm_dtype, (1, 1))
-    dv = _dot(a, do, mm_dtype, (0, 0)) + wk * _dot(k, dh, mm_dtype)
-    dv_ref[:, vs] = dv.astype(dv_ref.dtype)
+    dk = dk + _dot(dp, q, mm_dtype, (0, 0)) + wk * _dot(v, dh, mm_dtype, (1, 1))
+    kd = wk * _dot(k, dh, mm_dtype)               # k_s^T D_c, row-weighted: also dv's state term
+    dv_ref[:, vs] = (_dot(a, do, mm_dtype, (0, 0)) + kd).astype(dv_ref.dtype)
     hd = hd + jnp.sum(h * dh)
-  dk_inter = wk * dk_inter
-  dk = dk_intra + dk_inter
-  qf, kf = q.astype(jnp.float32), k.astype(jnp.float32)
-  x = jnp.sum(qf * dq, axis=1) - jnp.sum(kf * dk, axis=1)
-  tail = jnp.exp(gs) * hd + jnp.sum(kf * dk_inter)    # <h_{c+1}, D_c>: pairs crossing the end
+    kdv = kdv + jnp.sum(kd * v.astype(jnp.float32))
+  x = (jnp.sum(q.astype(jnp.float32) * dq, axis=1)
+       - jnp.sum(k.astype(jnp.float32) * dk, axis=1))
+  tail = jnp.exp(gs) * hd + kdv                   # <h_{c+1}, D_c>: pairs crossing the end
   dg_ref[...] = jnp.sum(x) - jnp.cumsum(x) + x + tail
   dq_ref[...] = dq
   dk_ref[...] = dk
@@ -244,7 +242,7 @@ def _mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, st):
 
 
 def _mixer_fwd(q, k, v, g, st):
-  return _mixer(q, k, v, g, st), (q, k, v, g)
+  return _forward(q * st.scale, k, v, _g_layout(g), st), (q, k, v, g)
 
 
 def _mixer_bwd(st, res, do_BPHV):
