@@ -137,9 +137,10 @@ def test_bf16_dg_does_not_drift_over_a_long_sequence():
 
 def test_every_kernel_lowers_for_cuda():
   """The two state kernels, the output kernel and the gradient kernel lower through Pallas-Triton
-  for an H200 (from CPU), at head dims 128 / 64 and a partial chunk."""
+  for an H200 (from CPU), at head dims 128 / 64, grouped heads and 5 chunks (a chunk count that
+  is not a power of two; the last one partial)."""
   dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
-  B, T, G, H, K, V = 2, 200, 2, 4, 128, 64
+  B, T, G, H, K, V = 2, 300, 2, 4, 128, 64
   S = jax.ShapeDtypeStruct
   shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
             S((B, T, H, V), jnp.bfloat16), S((B, T, H), jnp.float32)]
