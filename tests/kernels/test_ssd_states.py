@@ -15,7 +15,7 @@ from lloglin.ops import ssd as ops_ssd
 from pallas_kernels import loglinear as pk
 from pallas_kernels.loglinear import common
 from pallas_kernels.loglinear.ssd_states import ssd_chunked_states
-from tests.kernels.helpers import assert_bf16_kernel_matches_fp32
+from tests.kernels.helpers import assert_bf16_kernel_matches_fp32, assert_rows_match_alone
 from tests.kernels.test_loglinear_kernels import (GRAD, GRAD_GATES, _gpu_inputs, _loss,
                                                   one_document_rows)
 from tests.ops import linear_mixers as lm
@@ -167,3 +167,14 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D):
   assert_bf16_kernel_matches_fp32(functools.partial(ssd_chunked_states, **kw),
                                   functools.partial(ops_ssd.ssd_chunked, **kw), args[:4], cot,
                                   GRADS)
+
+
+@pytest.mark.gpu
+def test_gpu_more_than_2_31_elements():
+  """B*T*H*V = 2^31 + 2^27 elements per sequence tensor and 2^32 + 2^28 in the chunk states: no
+  int32 offset overflow (the batch runs in slices). Forward only; rows at the start, middle and
+  end equal the same row run alone."""
+  B, T, G, H, D = 17, 65536, 1, 16, 128
+  args, _ = _gpu_inputs(B, T, G, H, D, D)
+  assert args[2].size > 2**31
+  assert_rows_match_alone(ssd_chunked_states, args[:4], rows=(0, 8, B - 1))
