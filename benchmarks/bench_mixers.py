@@ -11,6 +11,8 @@ Every call processes 65,536 tokens (B = 65536 / T), bf16 q/k/v, fp32 gates, lamb
 beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward+backward
 (gradients of every input):
   pallas  lloglin's Pallas kernel (pallas_kernels), when the package provides it
+  pallas_states  Mamba-2 SSD only: pallas_kernels/loglinear/ssd_states.py (materialised chunk
+          states, parallel output and gradient kernels), the candidate to replace `pallas` there
   xla     lloglin.ops' chunked / blockwise XLA form
   cudnn   jax.nn.dot_product_attention(implementation="cudnn", is_causal=True) (attention rows)
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
@@ -49,7 +51,7 @@ from benchmarks.timing import median_seconds  # noqa: E402
 TOKENS = 65536  # per call, as in h200-anchors.md (--tokens for CPU smoke runs)
 SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
 MIXERS = ("attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
-IMPLS = ("pallas", "xla", "cudnn", "fla")
+IMPLS = ("pallas", "pallas_states", "xla", "cudnn", "fla")
 # The peer each lloglin kernel is compared with (fla's operator of the same math).
 PEER = {"mamba2": "fla_simple_gla", "loglinear_mamba2": "fla_log_linear_attn",
         "gdn": "fla_gated_delta_rule", "path": "fla_parallel_path_attn"}
@@ -101,12 +103,14 @@ SCAN_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")  # pallas_k
 
 
 def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
-             kernel_config: tuple | None = None) -> tuple[Callable, tuple]:
+             kernel_config: tuple | None = None, interpret: bool | None = None
+             ) -> tuple[Callable, tuple]:
   """The function and arguments of one lloglin row; ImportError when the kernel is absent.
 
   segments: pass segment_ids_BT (one document per row), as the trainer always does, so the
   packed-sequence path of each form is the one timed. kernel_config: (block_v, num_warps,
-  num_stages) for the Pallas kernels of SCAN_MIXERS (None: their defaults).
+  num_stages) for the Pallas kernels of SCAN_MIXERS (None: their defaults). interpret: run the
+  Pallas kernels in interpret mode (None: off a GPU, for CPU smoke runs).
   """
   scale = x["q"].shape[-1] ** -0.5
   seg = {"segment_ids_BT": jnp.ones(x["q"].shape[:2], jnp.int32)} if segments else {}
@@ -116,7 +120,12 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     return (lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                                          implementation=impl),
             (x["q"], x["k"], x["v"]))
-  if impl == "pallas":
+  if impl == "pallas_states":
+    if mixer != "mamba2":
+      raise ImportError(f"{mixer} has no {impl} row")
+    from pallas_kernels import loglinear as mod
+    from pallas_kernels.loglinear.ssd_states import ssd_chunked_states as op
+  elif impl == "pallas":
     if mixer.startswith("path"):
       from pallas_kernels import path_attention as mod
     else:
@@ -125,14 +134,17 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     from lloglin.ops import delta, loglinear, path, ssd
   else:
     raise ImportError(f"{mixer} has no {impl} row")
-  if impl == "pallas" and jax.default_backend() != "gpu":
-    seg = {**seg, "interpret": True}      # CPU smoke runs: the Pallas interpreter
+  if interpret is None:
+    interpret = jax.default_backend() != "gpu"
+  if impl.startswith("pallas") and interpret:
+    seg = {**seg, "interpret": True}
   if kernel_config is not None:
     seg = {**seg, "config": mod.KernelConfig(*kernel_config)}
 
   if mixer in ("mamba2", "loglinear_mamba2"):
     name = "ssd_chunked" if mixer == "mamba2" else "loglinear_ssd_chunked"
-    op = getattr(mod if impl == "pallas" else (ssd if mixer == "mamba2" else loglinear), name)
+    if impl != "pallas_states":
+      op = getattr(mod if impl == "pallas" else (ssd if mixer == "mamba2" else loglinear), name)
     args = (x["q"], x["k"], x["v"], x["g"]) + (() if mixer == "mamba2" else (x["lam"],))
     return (lambda *a: op(*a, chunk_size=64, scale=scale, **seg)), args
   if mixer in ("gdn", "loglinear_gdn"):
@@ -306,7 +318,7 @@ def run_throughput(args) -> list[Row]:
       for impl in args.impls:
         if impl == "fla" or (impl == "cudnn") != (mixer == "attention"):
           continue
-        sweep = args.kernel_configs if impl == "pallas" and mixer in SCAN_MIXERS else []
+        sweep = args.kernel_configs if impl.startswith("pallas") and mixer in SCAN_MIXERS else []
         for cfg in sweep or [None]:
           for mode in args.modes:
             def timer(mixer=mixer, impl=impl, mode=mode, x=x, cfg=cfg):
