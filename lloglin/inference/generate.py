@@ -69,8 +69,9 @@ def resolve_decode_impl(impl: str, model, batch_size: int, fmt: str = "bf16") ->
     if not ok:
       raise ValueError(f"impl='fused': {reason}")
     return "fused"
-  return ("fused" if ok and fmt in GPU_CHECKED_FORMATS and model.cfg.d_model <= FUSED_AUTO_MAX_D_MODEL
-          and on_hopper_gpu() else "plain")
+  measured_faster = model.cfg.d_model <= FUSED_AUTO_MAX_D_MODEL
+  return ("fused" if ok and fmt in GPU_CHECKED_FORMATS and measured_faster and on_hopper_gpu()
+          else "plain")
 
 
 def _sample(logits_BV, key, i, sampling: Sampling):

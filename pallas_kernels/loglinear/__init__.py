@@ -18,11 +18,11 @@ wired through jax.custom_vjp; q/k gradients of grouped heads are summed over the
 Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 followed
 by padding, decided at run time: the fast aligned kernels; packed documents: the same kernels in
 packed mode, levels from positions inside each document and one masked stream per level >= 1,
-about 7x slower fwd+bwd on the H200), chunk_size >= 16. Initial states, final states, chunk_size < 16
-and (with segment ids) T beyond the capacity of the L levels fall back, explicitly, to the
-lloglin.ops XLA chunked form (same results, XLA speed), so no argument is ever silently ignored. Feature axes are zero-padded to powers of two
-(>= 16) and T to whole chunks; batches whose arrays would reach 2^31 elements are split so that
-no kernel offset overflows int32.
+about 7x slower fwd+bwd on the H200), chunk_size >= 16. Initial states, final states,
+chunk_size < 16 and (with segment ids) T beyond the capacity of the L levels fall back,
+explicitly, to the lloglin.ops XLA chunked form (same results, XLA speed), so no argument is ever
+silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T to whole chunks;
+batches whose arrays would reach 2^31 elements are split so that no kernel offset overflows int32.
 """
 
 import functools

@@ -1,4 +1,5 @@
-"""One Pallas kernel for every pass of chunked (log-linear) Mamba-2: a chunk scan over level streams.
+"""One Pallas kernel for every pass of chunked (log-linear) Mamba-2: a chunk scan over level
+streams.
 
 For a head h, in chunks of C tokens (positions aligned with the hierarchy: the sequence starts at
 position 0), with G the in-chunk inclusive cumsum of the log-decay g, it computes
@@ -22,15 +23,15 @@ Packed documents (pos / doc per token): lvl uses positions inside the document a
 inside one document; levels 1 .. log2 C cross a chunk boundary only into the neighbouring chunk (one
 more masked block), and each level above keeps its stream with per-token reset / write / read
 masks (hierarchy.level_stream_masks; the SSD stream resets at document starts). Exponents are
-masked before exp and are all <= 0. Optionally (dq pass) it also returns dlam_t^l = qx_t . (the unweighted level-l
-term of out_t), partial over the feature blocks.
+masked before exp and are all <= 0. Optionally (dq pass) it also returns
+dlam_t^l = qx_t . (the unweighted level-l term of out_t), partial over the feature blocks.
 
 Backend: the Pallas Triton lowering (pl.pallas_call + pltriton.CompilerParams; jax-stack.md 2.4,
 2.8): 2-D dots, power-of-two tiles, no scratch. Matmul operands are the input dtype (bf16 on GPU)
 with fp32 accumulation; states, decays and level weights are fp32 (per-token decay weights scale
 the rows of a state read after the matmul, so they are never rounded; with precise_states, used by
-the backward's dq / dk passes, a state enters its matmuls as hi + lo bf16 halves). Offsets stay below 2^31: the
-caller splits larger batches (pallas_kernels/loglinear/__init__.py).
+the backward's dq / dk passes, a state enters its matmuls as hi + lo bf16 halves). Offsets stay
+below 2^31: the caller splits larger batches (pallas_kernels/loglinear/__init__.py).
 """
 
 import functools
