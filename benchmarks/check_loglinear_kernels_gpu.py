@@ -3,7 +3,8 @@ throughput (Mtok/s, 65,536 tokens per call) against the XLA form and, when fla i
 fla's chunk_log_linear_attn / chunk_simple_gla timed in the same run (carry/peers_h200.py style).
 
 Usage on the GPU machine: PYTHONPATH=. python3 benchmarks/check_loglinear_kernels_gpu.py
-[correct] [gdn] [time] [sweep] [quick]   (env: SEQLENS=8192, HEADS=16, HEAD_DIM=128). Prints one line per figure.
+[correct] [gdn] [time] [sweep] [quick]   (env: SEQLENS=8192, HEADS=16, HEAD_DIM=128).
+Prints one line per figure.
 """
 
 import functools

@@ -54,7 +54,8 @@ def run(name, c, steps, eval_every):
     state, _ = step_fn(state, next(train_ds))
     if step % eval_every == 0:
       val_ds.set_state({"epoch": 0, "index": 0})
-      tot = [jax.device_get(eval_fn(state["params"], state["rest"], next(val_ds))) for _ in range(8)]
+      tot = [jax.device_get(eval_fn(state["params"], state["rest"], next(val_ds)))
+             for _ in range(8)]
       acc = sum(float(t["correct_sum"]) for t in tot) / sum(float(t["count"]) for t in tot)
       curve.append((step, acc))
   print(name, f"{time.perf_counter() - t0:.1f}s", [f"{s}:{a:.3f}" for s, a in curve], flush=True)

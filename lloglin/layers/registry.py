@@ -31,7 +31,8 @@ def mixer_names() -> list[str]:
 
 def make_mixer(name: str, cfg, *, rngs: nnx.Rngs) -> nnx.Module:
   if name not in _MIXERS:
-    raise ValueError(f"unknown mixer {name!r} in model.layer_pattern; known mixers: {mixer_names()}")
+    raise ValueError(f"unknown mixer {name!r} in model.layer_pattern; known mixers: "
+                     f"{mixer_names()}")
   return _MIXERS[name](cfg, rngs=rngs)
 
 

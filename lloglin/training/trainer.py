@@ -116,8 +116,9 @@ def train(cfg, workdir: str) -> dict:
         t0 = time.perf_counter()
       if step % cfg.train.checkpoint_every == 0 or is_last:
         _check_finite(state)
+        saved_metrics = None if eval_metrics is None else {"eval_loss": eval_metrics["eval_loss"]}
         ckpt.save(step, state, data_state=train_ds.get_state(), config=saved_config,
-                  metrics=None if eval_metrics is None else {"eval_loss": eval_metrics["eval_loss"]})
+                  metrics=saved_metrics)
     ckpt.wait()
     export.export_params(os.path.join(workdir, "export"), effective(state), saved_config)
   finally:

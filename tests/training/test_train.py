@@ -142,7 +142,8 @@ def test_disk_full_while_saving_keeps_earlier_checkpoints(tmp_path, monkeypatch,
     return real_write(self, *args, **kwargs)
 
   monkeypatch.setattr(path_type, "write_text", write_text)
-  with pytest.raises(CheckpointSaveError, match=r"disk full while saving a checkpoint.*steps \[5\]"):
+  with pytest.raises(CheckpointSaveError,
+                     match=r"disk full while saving a checkpoint.*steps \[5\]"):
     trainer.train(tiny_config(num_steps=12, async_checkpointing=async_save), str(tmp_path))
   monkeypatch.undo()
   ckpt = Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
