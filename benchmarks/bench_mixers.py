@@ -466,6 +466,9 @@ def parse_args(argv=None):
   p.add_argument("--merge", nargs="+", default=[], metavar="JSONL",
                  help="no timing: tables and plot from the rows_*.jsonl of earlier runs "
                       "(e.g. one process per T, each under its own timeout)")
+  p.add_argument("--title", default="",
+                 help="plot title (default: this device, the shape, bf16; set it with --merge, "
+                      "which runs where the rows were not timed)")
   p.add_argument("--out", default=os.environ.get("OUT", "bench_mixers_out"))
   args = p.parse_args(argv)
   for name, given, known in (("--mixers", args.mixers + args.memory, MIXERS),
@@ -494,7 +497,7 @@ def main(argv=None):
     result["tables"] = table
     if any(r.mtok_s for r in rows):
       plot(rows, os.path.join(args.out, f"bench_mixers_{args.shape}.png"),
-           f"{meta['versions']['device']}, {args.shape}, bf16")
+           args.title or f"{meta['versions']['device']}, {args.shape}, bf16")
     print("\n".join(table))
   if args.memory:
     result["memory"] = run_memory(args)
