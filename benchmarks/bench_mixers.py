@@ -380,11 +380,11 @@ def plot(rows: list[Row], path: str, title: str) -> None:
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4.5))
   series = {}
-  for r in rows:
+  for r in rows:   # a later row of the same implementation and T replaces an earlier one
     if r.mode == "fwdbwd" and r.mtok_s:
-      series.setdefault(f"{r.mixer} [{r.impl}]", []).append((r.seq_len, r.mtok_s))
-  for label, pts in sorted(series.items()):
-    pts.sort()
+      series.setdefault(f"{r.mixer} [{r.impl}]", {})[r.seq_len] = r.mtok_s
+  for label, by_T in sorted(series.items()):
+    pts = sorted(by_T.items())
     ax.plot(*zip(*pts), marker="o", label=label, linestyle="-" if "[pallas" in label else "--")
   ax.set(xscale="log", yscale="log", xlabel="sequence length T (65,536 tokens per call)",
          ylabel="forward+backward, million tokens/s", title=title)
