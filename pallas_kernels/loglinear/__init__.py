@@ -38,7 +38,7 @@ from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
 from pallas_kernels.loglinear.common import (KernelConfig, in_row_batches, one_document_per_row,
-                                             pow2)
+                                             padded_inputs, pow2)
 from pallas_kernels.loglinear.gdn import gdn_chunked, loglinear_gdn_chunked
 from pallas_kernels.loglinear.kernel import level_scan
 
@@ -137,19 +137,14 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, *, chunk_size,
          with_levels, interpret, config):
   B, T, G, K = q_BTGK.shape
   V = v_BTHV.shape[-1]
-  P = -(-T // chunk_size) * chunk_size
-  Kp, Vp = pow2(K), pow2(V)
-  arrays = [q_BTGK, k_BTGK, v_BTHV, g_BTH] + ([lam_BTHL] if with_levels else [])
-  arrays = [jnp.pad(x, [(0, 0), (0, P - T)] + [(0, 0)] * (x.ndim - 2)) for x in arrays]
+  (q, k, v, g, lam), real_BP = padded_inputs(
+      [q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL if with_levels else None], segment_ids_BT,
+      chunk_size, [pow2(K), pow2(K), pow2(V), None, None])
   pos_BP = doc_BP = None
   if segment_ids_BT is not None:
-    lay = delta.layout_of(segment_ids_BT, B, T, None, P)
-    arrays = delta.sanitize(lay.real_BT, *arrays)          # NaN-safe padding, gradients too
-    pos_BP = jnp.where(lay.real_BT, lay.pos_BT, -1)
+    lay = delta.layout_of(segment_ids_BT, B, T, None, g.shape[1])
+    pos_BP = jnp.where(real_BP, lay.pos_BT, -1)
     doc_BP = lay.doc_BT
-  feat = lambda x, d: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, d - x.shape[-1])))
-  q, k, v, g = feat(arrays[0], Kp), feat(arrays[1], Kp), feat(arrays[2], Vp), arrays[3]
-  lam = arrays[4] if with_levels else None
   st = _Static(chunk_size, float(scale), lam_BTHL.shape[-1] if with_levels else None, interpret,
                config)
   if segment_ids_BT is None:
@@ -161,7 +156,7 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, *, chunk_size,
     o_BPHV = lax.cond(one_document_per_row(segment_ids_BT),
                       lambda: _mixer(q, k, v, g, lam, None, None, st),
                       lambda: _mixer(q, k, v, g, lam, pos_BP, doc_BP, st))
-    (o_BPHV,) = delta.sanitize(lay.real_BT, o_BPHV)
+    (o_BPHV,) = delta.sanitize(real_BP, o_BPHV)
   return o_BPHV[:, :T, :, :V]
 
 

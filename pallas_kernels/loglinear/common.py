@@ -1,9 +1,11 @@
 """Pieces shared by the Pallas kernels of pallas_kernels.loglinear (Mamba-2 / SSD and GDN):
-launch configuration, padding sizes, the one-document-per-row predicate, batch splitting."""
+launch configuration, padding, the one-document-per-row predicate, batch splitting."""
 
 from typing import NamedTuple
 
 import jax.numpy as jnp
+
+from lloglin.ops import delta
 
 MAX_ELEMENTS = 2**31 - 1
 
@@ -22,6 +24,25 @@ class KernelConfig(NamedTuple):
 def pow2(n):
   """Smallest power of two >= max(n, 16): the padded size of a feature axis."""
   return max(16, 1 << (n - 1).bit_length())
+
+
+def padded_inputs(arrays, segment_ids_BT, chunk_size, feature_dims):
+  """The kernels' view of [B, T, ...] inputs: T padded to whole chunks, tokens outside any
+  document zeroed (NaN-safe, gradients too), and the last axis of arrays[i] zero-padded to
+  feature_dims[i] (None: unchanged; None entries of arrays stay None).
+  Returns (padded arrays, real_BP) with real_BP None without segment ids."""
+  T = segment_ids_BT.shape[1] if segment_ids_BT is not None else next(
+      x for x in arrays if x is not None).shape[1]
+  P = -(-T // chunk_size) * chunk_size
+  pad_t = lambda x: jnp.pad(x, [(0, 0), (0, P - T)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+  out = [None if x is None else pad_t(x) for x in arrays]
+  real_BP = None
+  if segment_ids_BT is not None:
+    real_BP = jnp.pad(segment_ids_BT > 0, ((0, 0), (0, P - T)))
+    out = delta.sanitize(real_BP, *out)
+  return [x if x is None or d is None
+          else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, d - x.shape[-1])])
+          for x, d in zip(out, feature_dims, strict=True)], real_BP
 
 
 def one_document_per_row(segment_ids_BT):

@@ -67,7 +67,7 @@ from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
 from pallas_kernels.loglinear.common import (KernelConfig, in_row_batches, one_document_per_row,
-                                             pow2)
+                                             padded_inputs, pow2)
 from pallas_kernels.loglinear.kernel import _dot, _level_masks
 
 __all__ = ['gdn_chunked', 'loglinear_gdn_chunked', 'gdn_scan', 'gdn_scan_bwd']
@@ -626,19 +626,13 @@ _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 def _kernel_path(q, k, v, g, beta, lam, segment_ids_BT, packed, st):
   """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels
   (packed: with the document masks of segment_ids_BT)."""
-  B, T, G, K = q.shape
-  H, V = v.shape[2:]
-  C = st.chunk_size
-  P = -(-T // C) * C
-  arrays = [q * st.scale, k, v, g, beta] + ([] if lam is None else [lam])
-  arrays = [jnp.pad(x, [(0, 0), (0, P - T)] + [(0, 0)] * (x.ndim - 2)) for x in arrays]
-  if segment_ids_BT is not None:
-    real_BP = jnp.pad(segment_ids_BT > 0, ((0, 0), (0, P - T)))
-    arrays = delta.sanitize(real_BP, *arrays)
-  feat = lambda x, d: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, d - x.shape[-1])))
-  q, k, v = feat(arrays[0], pow2(K)), feat(arrays[1], pow2(K)), feat(arrays[2], pow2(V))
-  masks = _packed_masks(segment_ids_BT, P, st.levels, C) if packed else None
-  o_BPHV = _mixer(q, k, v, arrays[3], arrays[4], None if lam is None else arrays[5], masks, st)
+  T, K = q.shape[1], q.shape[3]
+  V = v.shape[3]
+  (q, k, v, g, beta, lam), _ = padded_inputs(
+      [q * st.scale, k, v, g, beta, lam], segment_ids_BT, st.chunk_size,
+      [pow2(K), pow2(K), pow2(V), None, None, None])
+  masks = _packed_masks(segment_ids_BT, g.shape[1], st.levels, st.chunk_size) if packed else None
+  o_BPHV = _mixer(q, k, v, g, beta, lam, masks, st)
   return o_BPHV[:, :T, :, :V]
 
 

@@ -63,7 +63,7 @@ import pallas_kernels.loglinear as pk
 from lloglin.ops import _checks
 from lloglin.ops import delta
 from pallas_kernels.loglinear.common import (KernelConfig, in_row_batches, one_document_per_row,
-                                             pow2)
+                                             padded_inputs, pow2)
 from pallas_kernels.loglinear.kernel import _dot
 
 __all__ = ['ssd_chunked_states']
@@ -281,23 +281,16 @@ _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 @functools.partial(jax.jit, static_argnames=('chunk_size', 'scale', 'interpret', 'config'))
 def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, segment_ids_BT, *, chunk_size, scale, interpret, config):
-  B, T, G, K = q_BTGK.shape
+  T, K = q_BTGK.shape[1], q_BTGK.shape[3]
   V = v_BTHV.shape[-1]
-  P = -(-T // chunk_size) * chunk_size
-  arrays = [jnp.pad(x, [(0, 0), (0, P - T)] + [(0, 0)] * (x.ndim - 2))
-            for x in (q_BTGK, k_BTGK, v_BTHV, g_BTH)]
-  if segment_ids_BT is not None:
-    lay = delta.layout_of(segment_ids_BT, B, T, None, P)
-    arrays = delta.sanitize(lay.real_BT, *arrays)          # NaN-safe padding, gradients too
-  feat = lambda x, d: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, d - x.shape[-1])))  # noqa: E731
-  q, k, v, g = (feat(arrays[0], pow2(K)), feat(arrays[1], pow2(K)), feat(arrays[2], pow2(V)),
-                arrays[3])
+  (q, k, v, g), real_BP = padded_inputs([q_BTGK, k_BTGK, v_BTHV, g_BTH], segment_ids_BT,
+                                        chunk_size, [pow2(K), pow2(K), pow2(V), None])
   st = _Static(chunk_size, scale, interpret, config)
   if segment_ids_BT is None:
     return _mixer(q, k, v, g, st)[:, :T, :, :V]
 
   def aligned():
-    (o_BPHV,) = delta.sanitize(lay.real_BT, _mixer(q, k, v, g, st))
+    (o_BPHV,) = delta.sanitize(real_BP, _mixer(q, k, v, g, st))
     return o_BPHV[:, :T, :, :V]
 
   def packed():
