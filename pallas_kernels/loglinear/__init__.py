@@ -37,8 +37,8 @@ from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
-from pallas_kernels.loglinear.common import (KernelConfig, in_row_batches, one_document_per_row,
-                                             padded_inputs, pow2)
+from pallas_kernels.loglinear.common import (KernelConfig, gate_layouts, in_row_batches,
+                                             one_document_per_row, padded_inputs, pow2)
 from pallas_kernels.loglinear.gdn import gdn_chunked, loglinear_gdn_chunked
 from pallas_kernels.loglinear.kernel import level_scan
 
@@ -74,15 +74,9 @@ def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, rever
                         out_axes=0 if qx is None else (0, 1))
 
 
-def _layouts(g_BPH, lam_BPHL):
-  g_BHP = jnp.moveaxis(g_BPH.astype(jnp.float32), 1, 2)
-  lam_BHLP = None if lam_BPHL is None else jnp.transpose(lam_BPHL.astype(jnp.float32), (0, 2, 3, 1))
-  return g_BHP, lam_BHLP
-
-
 def _forward(q, k, v, g, lam, pos, doc, st):
   H = v.shape[2]
-  g_BHP, lam_BHLP = _layouts(g, lam)
+  g_BHP, lam_BHLP = gate_layouts(g, lam)
   return _scan(q * st.scale, k, v, g_BHP, lam_BHLP, pos, doc, st=st, heads=H, reverse=False,
                out_dtype=v.dtype)
 
@@ -102,7 +96,7 @@ def _mixer_bwd(st, res, do_BPHV):
   B, P, G, K = q.shape
   H = v.shape[2]
   R = H // G
-  g_BHP, lam_BHLP = _layouts(g, lam)
+  g_BHP, lam_BHLP = gate_layouts(g, lam)
   qs = q * st.scale
   do = do_BPHV.astype(v.dtype)
   scan = functools.partial(_scan, g_BHP=g_BHP, lam_BHLP=lam_BHLP, pos_BP=pos, doc_BP=doc, st=st,

@@ -45,6 +45,13 @@ def padded_inputs(arrays, segment_ids_BT, chunk_size, feature_dims):
           for x, d in zip(out, feature_dims, strict=True)], real_BP
 
 
+def gate_layouts(g_BPH, lam_BPHL=None):
+  """(g_BHP, lam_BHLP) in fp32: the kernels read one head's gates along the sequence."""
+  g_BHP = jnp.moveaxis(g_BPH.astype(jnp.float32), 1, 2)
+  lam_BHLP = None if lam_BPHL is None else jnp.transpose(lam_BPHL.astype(jnp.float32), (0, 2, 3, 1))
+  return g_BHP, lam_BHLP
+
+
 def one_document_per_row(segment_ids_BT):
   """True when every row is one document starting at position 0, then only padding (id 0)."""
   real_BT = segment_ids_BT > 0

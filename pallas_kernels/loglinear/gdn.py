@@ -66,8 +66,8 @@ from lloglin.ops import _checks
 from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
-from pallas_kernels.loglinear.common import (KernelConfig, in_row_batches, one_document_per_row,
-                                             padded_inputs, pow2)
+from pallas_kernels.loglinear.common import (KernelConfig, gate_layouts, in_row_batches,
+                                             one_document_per_row, padded_inputs, pow2)
 from pallas_kernels.loglinear.kernel import _dot, _level_masks
 
 __all__ = ['gdn_chunked', 'loglinear_gdn_chunked', 'gdn_scan', 'gdn_scan_bwd']
@@ -430,12 +430,6 @@ def _wy(k_BPGK, g_BPH, beta_BPH, C):
   return w.reshape(B, P, H, K), tb.reshape(B, P, H, C)
 
 
-def _layouts(g_BPH, lam_BPHL):
-  g_BHP = jnp.moveaxis(g_BPH.astype(jnp.float32), 1, 2)
-  lam_BHLP = None if lam_BPHL is None else jnp.transpose(lam_BPHL.astype(jnp.float32), (0, 2, 3, 1))
-  return g_BHP, lam_BHLP
-
-
 class _Packed(NamedTuple):
   """Per-token arrays of packed rows (padded to P): kernel inputs and the masks behind them."""
   pos_BP: jax.Array           # position inside the document, -1 at padding
@@ -531,7 +525,7 @@ def _scan_forward(q, k, v, g, beta, lam, packed, st, with_states):
   H, V = v.shape[2:]
   C = st.chunk_size
   w_BPHK, tb_BPHC = _wy(k, g, beta, C)
-  g_BHP, lam_BHLP = _layouts(g, lam)
+  g_BHP, lam_BHLP = gate_layouts(g, lam)
   masks = None if packed is None else (
       packed.pos_BP, packed.doc_BP, _rho(lam, packed, st.levels, C, H), packed.wm_BXP,
       packed.keep_BXP)
@@ -576,7 +570,7 @@ def _mixer_bwd(st, res, do_BPHV):
   dqt, dk2, dw, du, dtb = (jnp.zeros_like(x) for x in (qt, k2, w, u, tb))
   dv_inter = jnp.zeros(v.shape, f32)
   if states is not None:
-    g_BHP, lam_BHLP = _layouts(g, lam)
+    g_BHP, lam_BHLP = gate_layouts(g, lam)
     cfg = st.config
     fn = functools.partial(gdn_scan_bwd, chunk_size=C, levels=st.levels, mm_dtype=q.dtype,
                            block_v=cfg.block_v, num_warps=cfg.num_warps,

@@ -62,8 +62,8 @@ from jax.experimental.pallas import triton as pltriton
 import pallas_kernels.loglinear as pk
 from lloglin.ops import _checks
 from lloglin.ops import delta
-from pallas_kernels.loglinear.common import (KernelConfig, in_row_batches, one_document_per_row,
-                                             padded_inputs, pow2)
+from pallas_kernels.loglinear.common import (KernelConfig, gate_layouts, in_row_batches,
+                                             one_document_per_row, padded_inputs, pow2)
 from pallas_kernels.loglinear.kernel import _dot
 
 __all__ = ['ssd_chunked_states']
@@ -230,18 +230,14 @@ def _forward(q, k, v, g_BHP, st):
       jax.ShapeDtypeStruct((B, P, H, V), v.dtype), 'ssd_states_output', st, _per_row(q, v, C))
 
 
-def _g_layout(g_BPH):
-  return jnp.moveaxis(g_BPH.astype(jnp.float32), 1, 2)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, st):
   """Padded inputs (P = whole chunks, power-of-two feature axes, padding zeroed) -> o_BPHV."""
-  return _forward(q_BPGK * st.scale, k_BPGK, v_BPHV, _g_layout(g_BPH), st)
+  return _forward(q_BPGK * st.scale, k_BPGK, v_BPHV, gate_layouts(g_BPH)[0], st)
 
 
 def _mixer_fwd(q, k, v, g, st):
-  return _forward(q * st.scale, k, v, _g_layout(g), st), (q, k, v, g)
+  return _forward(q * st.scale, k, v, gate_layouts(g)[0], st), (q, k, v, g)
 
 
 def _mixer_bwd(st, res, do_BPHV):
@@ -249,7 +245,7 @@ def _mixer_bwd(st, res, do_BPHV):
   B, P, G, K = q.shape
   H, V = v.shape[2], v.shape[3]
   C = st.chunk_size
-  g_BHP = _g_layout(g)
+  g_BHP = gate_layouts(g)[0]
   qs = q * st.scale
   do = do_BPHV.astype(v.dtype)
   h = _states(k, v, g_BHP, reverse=False, st=st)
