@@ -11,8 +11,6 @@ Every call processes 65,536 tokens (B = 65536 / T), bf16 q/k/v, fp32 gates, lamb
 beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward+backward
 (gradients of every input):
   pallas  lloglin's Pallas kernel (pallas_kernels), when the package provides it
-  pallas_states  Mamba-2 SSD only: pallas_kernels/loglinear/ssd_states.py (materialised chunk
-          states, parallel output and gradient kernels), the candidate to replace `pallas` there
   xla     lloglin.ops' chunked / blockwise XLA form
   cudnn   jax.nn.dot_product_attention(implementation="cudnn", is_causal=True) (attention rows)
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
@@ -51,7 +49,7 @@ from benchmarks.timing import median_seconds  # noqa: E402
 TOKENS = 65536  # per call, as in h200-anchors.md (--tokens for CPU smoke runs)
 SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
 MIXERS = ("attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
-IMPLS = ("pallas", "pallas_states", "xla", "cudnn", "fla")
+IMPLS = ("pallas", "xla", "cudnn", "fla")
 # The peer each lloglin kernel is compared with (fla's operator of the same math).
 PEER = {"mamba2": "fla_simple_gla", "loglinear_mamba2": "fla_log_linear_attn",
         "gdn": "fla_gated_delta_rule", "path": "fla_parallel_path_attn"}
@@ -120,12 +118,7 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     return (lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                                          implementation=impl),
             (x["q"], x["k"], x["v"]))
-  if impl == "pallas_states":
-    if mixer != "mamba2":
-      raise ImportError(f"{mixer} has no {impl} row")
-    from pallas_kernels import loglinear as mod
-    from pallas_kernels.loglinear.ssd_states import ssd_chunked_states as op
-  elif impl == "pallas":
+  if impl == "pallas":
     if mixer.startswith("path"):
       from pallas_kernels import path_attention as mod
     else:
@@ -143,8 +136,7 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
 
   if mixer in ("mamba2", "loglinear_mamba2"):
     name = "ssd_chunked" if mixer == "mamba2" else "loglinear_ssd_chunked"
-    if impl != "pallas_states":
-      op = getattr(mod if impl == "pallas" else (ssd if mixer == "mamba2" else loglinear), name)
+    op = getattr(mod if impl == "pallas" else (ssd if mixer == "mamba2" else loglinear), name)
     args = (x["q"], x["k"], x["v"], x["g"]) + (() if mixer == "mamba2" else (x["lam"],))
     return (lambda *a: op(*a, chunk_size=64, scale=scale, **seg)), args
   if mixer in ("gdn", "loglinear_gdn"):

@@ -33,7 +33,7 @@ from jax._src.pallas.triton import pallas_call_registration  # noqa: E402
 from benchmarks import bench_mixers  # noqa: E402
 
 
-def triton_modules(mixer: str, shape: str, seq_len: int, impl: str = "pallas") -> list[str]:
+def triton_modules(mixer: str, shape: str, seq_len: int) -> list[str]:
   """The Triton modules (MLIR text) of the mixer's Pallas forward + backward, lowered for CUDA."""
   modules = []
   lowering = pallas_call_registration.lowering
@@ -47,7 +47,7 @@ def triton_modules(mixer: str, shape: str, seq_len: int, impl: str = "pallas") -
   heads, dim = bench_mixers.SHAPES[shape]
   x = jax.eval_shape(lambda: bench_mixers.jax_inputs(bench_mixers.TOKENS, seq_len, heads, dim,
                                                      jax.random.key(0)))
-  fn, args = bench_mixers.jax_case(mixer, impl, x, interpret=False)   # lowered for CUDA here
+  fn, args = bench_mixers.jax_case(mixer, "pallas", x, interpret=False)   # lowered for CUDA here
   out = jax.eval_shape(fn, *args)
   dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", platform="gpu", num_cores=132)
   lowering.lower_jaxpr_to_triton_module = capture
@@ -85,8 +85,6 @@ def main(argv=None):
   csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
   p.add_argument("--mixers", type=csv, default=["loglinear_mamba2", "loglinear_gdn", "path"])
   p.add_argument("--shape", default="h16d128", choices=sorted(bench_mixers.SHAPES))
-  p.add_argument("--impl", default="pallas", choices=("pallas", "pallas_states"),
-                 help="bench_mixers' Pallas implementation (pallas_states: Mamba-2 SSD only)")
   p.add_argument("--seqlens", type=lambda s: [int(x) for x in csv(s)], default=[2048, 8192])
   p.add_argument("--warps", type=lambda s: [int(x) for x in csv(s)], default=[8])
   p.add_argument("--stages", type=lambda s: [int(x) for x in csv(s)], default=[1, 2])
@@ -103,7 +101,7 @@ def main(argv=None):
   rows = []
   for mixer in args.mixers:
     for T in args.seqlens:
-      for module in triton_modules(mixer, args.shape, T, args.impl):
+      for module in triton_modules(mixer, args.shape, T):
         name = re.search(r"module @(\S+)", module).group(1)
         for warps in args.warps:
           for stages in args.stages:

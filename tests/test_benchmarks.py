@@ -60,14 +60,6 @@ def test_kernel_config_sweep_rows(tmp_path, capsys):
     bench_mixers.main(["--kernel_configs", "16,4"])
   assert "triples" in capsys.readouterr().err
 
-def test_states_kernel_rows_exist_for_mamba2_only(tmp_path):
-  result = bench_mixers.main(["--tokens", "64", "--seqlens", "64", "--mixers", "mamba2,gdn",
-                              "--impls", "pallas_states", "--modes", "fwd",
-                              "--out", str(tmp_path)])
-  rows = {r["mixer"]: r for r in result["rows"]}
-  assert rows["mamba2"]["impl"] == "pallas_states" and rows["mamba2"]["mtok_s"] > 0
-  assert rows["gdn"]["mtok_s"] is None and "no pallas_states row" in rows["gdn"]["note"]
-
 def test_bad_arguments_name_the_problem(capsys):
   for argv, message in ((["--mixers", "mamba3"], "unknown ['mamba3']"),
                         (["--seqlens", "1000"], "does not divide")):

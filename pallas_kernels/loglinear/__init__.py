@@ -37,7 +37,8 @@ from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
-from pallas_kernels.loglinear.common import (KernelConfig, gate_layouts, in_row_batches,
+from pallas_kernels.loglinear.common import (LOGLINEAR_SSD_CONFIG, SSD_CONFIG, KernelConfig,
+                                             gate_layouts, in_row_batches, launch_config,
                                              one_document_per_row, padded_inputs, pow2)
 from pallas_kernels.loglinear.gdn import gdn_chunked, loglinear_gdn_chunked
 from pallas_kernels.loglinear.kernel import level_scan
@@ -139,6 +140,8 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, *, chunk_size,
     lay = delta.layout_of(segment_ids_BT, B, T, None, g.shape[1])
     pos_BP = jnp.where(real_BP, lay.pos_BT, -1)
     doc_BP = lay.doc_BT
+  H = v_BTHV.shape[2]
+  config = launch_config(config, LOGLINEAR_SSD_CONFIG if with_levels else SSD_CONFIG, B * H, V)
   st = _Static(chunk_size, float(scale), lam_BTHL.shape[-1] if with_levels else None, interpret,
                config)
   if segment_ids_BT is None:
@@ -156,7 +159,7 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, *, chunk_size,
 
 def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_state=None,
                           segment_ids_BT=None, chunk_size=64, scale=1.0,
-                          return_final_state=False, interpret=False, config=KernelConfig()):
+                          return_final_state=False, interpret=False, config=None):
   """Log-linear Mamba-2 (lloglin.ops.loglinear.loglinear_ssd_chunked) through the Pallas kernels.
 
   initial_state, return_final_state, chunk_size < 16 and (with segment ids) T > 2^(L-1) run the
@@ -178,7 +181,7 @@ def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_st
 
 def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segment_ids_BT=None,
                 chunk_size=64, scale=1.0, return_final_state=False, interpret=False,
-                config=KernelConfig()):
+                config=None):
   """Mamba-2 SSD (lloglin.ops.ssd.ssd_chunked): the same kernels with the hierarchy off.
 
   initial_state_BHKV, return_final_state and chunk_size < 16 run the XLA form (module docstring).

@@ -11,14 +11,40 @@ MAX_ELEMENTS = 2**31 - 1
 
 
 class KernelConfig(NamedTuple):
-  """Launch parameters of the Triton kernels (block_v: feature block of the output axis).
-
-  Default: the fastest of those tried on an H200 at 16 heads x 128, T = 8192 (bf16), for the
-  Mamba-2 / SSD kernels.
-  """
+  """Launch parameters of the Triton kernels (block_v: feature block of the output axis)."""
   block_v: int = 32
   num_warps: int = 8
   num_stages: int = 2
+
+
+# Each kernel's default: the fastest fwd+bwd of those tried on one H200 at 16 heads x 128, bf16
+# (2026-11-29; `bench_mixers.py --kernel_configs`, rows in benchmarks/RESULTS.md), Mtok/s at
+# T = 8192 (B = 8) for (block_v, num_warps, num_stages):
+#   Mamba-2 SSD: 64,4,2 17.8; 64,4,1 17.6; 32,4,2 15.7; 32,4,1 13.3; 64,8,1 10.4; 32,8,2 7.5.
+#   Log-linear Mamba-2: 32,8,2 2.05; 32,8,1 1.82; 16,4,1 1.78; 32,4,2 1.65; 64,4,1 0.95.
+#   Gated DeltaNet: 128,8,1 1.88; 64,8,1 1.81; 128,4,1 1.71; 32,8,2 1.62; 64,16,1 1.23.
+#   Log-linear GDN: 64,4,1 0.487; 64,8,1 0.465; 128,8,1 0.442; 16,8,1 0.348 (at two stages its
+#   backward asks for more shared memory than the H200 has).
+# At T = 32768 (B = 2) the grid has a quarter of the programs and the wide blocks leave SMs idle:
+#   SSD 32,4,2 10.3 vs 64,4,1 7.2; GDN 32,8,1 1.71 vs 128,8,1 1.36; log-linear GDN 32,4,1 0.249 vs
+#   64,4,1 0.166. Hence `launch_config` narrows block_v until the grid fills the GPU.
+SSD_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=2)
+LOGLINEAR_SSD_CONFIG = KernelConfig(block_v=32, num_warps=8, num_stages=2)
+GDN_CONFIG = KernelConfig(block_v=128, num_warps=8, num_stages=1)
+LOGLINEAR_GDN_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=1)
+MIN_PROGRAMS = 128   # about one program per SM of an H100 / H200 (132 SMs)
+
+
+def launch_config(config, default, rows_x_heads, V):
+  """config when given; else `default` with block_v halved (down to 16) while the grid, one
+  program per batch row, head and block of the (power-of-two padded) feature axis V, would have
+  fewer than MIN_PROGRAMS programs."""
+  if config is not None:
+    return config
+  block_v = min(default.block_v, pow2(V))
+  while block_v > 16 and rows_x_heads * (pow2(V) // block_v) < MIN_PROGRAMS:
+    block_v //= 2
+  return default._replace(block_v=block_v)
 
 
 def pow2(n):

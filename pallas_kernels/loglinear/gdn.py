@@ -47,10 +47,9 @@ padding, decided at run time with lax.cond: the aligned kernels; packed document
 kernels), chunk_size >= 16. Initial states, final states, chunk_size < 16 and T beyond the
 capacity of the L levels run the XLA form, so no argument is ever silently ignored. Feature
 axes are zero-padded to powers of two (>= 16) and T to whole chunks; batches whose arrays would
-reach 2^31 elements are split (pallas_kernels.loglinear.common). Launch defaults: the Mamba-2
-kernels' (KernelConfig), one pipeline stage for log-linear GDN (LOGLINEAR_GDN_CONFIG). On an H200
-the GDN kernels are correct (bf16 within kernels.md 9.3) and about 5x slower than fla's; the
-log-linear GDN backward did not fit in shared memory with two stages (benchmarks/RESULTS.md).
+reach 2^31 elements are split (pallas_kernels.loglinear.common). Launch defaults: GDN_CONFIG and
+LOGLINEAR_GDN_CONFIG (common.py, tuned on an H200). On an H200 the GDN kernels are correct (bf16
+within kernels.md 9.3) and about 5x slower than fla's (benchmarks/RESULTS.md).
 """
 
 import functools
@@ -66,7 +65,8 @@ from lloglin.ops import _checks
 from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
-from pallas_kernels.loglinear.common import (KernelConfig, gate_layouts, in_row_batches,
+from pallas_kernels.loglinear.common import (GDN_CONFIG, LOGLINEAR_GDN_CONFIG, KernelConfig,
+                                             gate_layouts, in_row_batches, launch_config,
                                              one_document_per_row, padded_inputs, pow2)
 from pallas_kernels.loglinear.kernel import _dot, _level_masks
 
@@ -645,7 +645,7 @@ def _run(q, k, v, g, beta, lam, segment_ids_BT, st):
 
 def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,
                 segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
-                interpret=False, config=KernelConfig()):
+                interpret=False, config=None):
   """Gated DeltaNet (lloglin.ops.delta.gdn_chunked) through the Pallas kernels.
 
   initial_state_BHKV, return_final_state and chunk_size < 16 run the XLA form (module
@@ -659,22 +659,17 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
                              initial_state_BHKV=initial_state_BHKV, segment_ids_BT=segment_ids_BT,
                              chunk_size=chunk_size, scale=scale,
                              return_final_state=return_final_state)
-  st = _Static(chunk_size, float(scale), None, interpret, config)
+  B, _, H, V = v_BTHV.shape
+  st = _Static(chunk_size, float(scale), None, interpret,
+               launch_config(config, GDN_CONFIG, B * H, V))
   return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, segment_ids_BT, st)
 
 
-# One pipeline stage: at two, Triton multi-buffers the backward's per-stream state loads (16 KB
-# more shared memory per level) and the H200 refused the backward (287 / 319 / 352 KB asked at
-# T = 2K / 8K / 32K, 227 KB available). block_v 16: both kernels sit at the 255-register ceiling
-# and spill; compiled for sm_90 on a CPU (benchmarks/triton_resources.py, T = 8192, 8 warps, one
-# stage) the spills fall from 3.3 / 7.2 KB (block_v 32) to 1.5 / 4.5 KB per thread (fwd / bwd),
-# and the backward needs 48 KB of shared memory at every T. Not yet timed on a GPU.
-LOGLINEAR_GDN_CONFIG = KernelConfig(block_v=16, num_stages=1)
 
 
 def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state=None,
                           segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
-                          interpret=False, config=LOGLINEAR_GDN_CONFIG):
+                          interpret=False, config=None):
   """Log-linear Gated DeltaNet (lloglin.ops.loglinear.loglinear_gdn_chunked) through the Pallas
   kernels.
 
@@ -691,5 +686,7 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
         q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, initial_state=initial_state,
         segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
         return_final_state=return_final_state)
-  st = _Static(chunk_size, float(scale), L, interpret, config)
+  B, _, H, V = v_BTHV.shape
+  st = _Static(chunk_size, float(scale), L, interpret,
+               launch_config(config, LOGLINEAR_GDN_CONFIG, B * H, V))
   return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, segment_ids_BT, st)

@@ -167,6 +167,21 @@ def test_packed_documents(hierarchy, layout):
     assert_close(x, y, **GRAD_GATES, name=name)
 
 
+def test_launch_config_keeps_the_grid_full():
+  from pallas_kernels.loglinear import common
+  given = pk.KernelConfig(16, 2, 3)
+  assert common.launch_config(given, common.SSD_CONFIG, 1, 128) == given
+  # B x H = 128 fills the GPU at the tuned width; a quarter of that (T = 32K) takes narrower
+  # blocks, never below 16; V is padded to a power of two first.
+  assert common.launch_config(None, common.SSD_CONFIG, 128, 128) == common.SSD_CONFIG
+  assert common.launch_config(None, common.SSD_CONFIG, 32, 128).block_v == 32
+  assert common.launch_config(None, common.GDN_CONFIG, 32, 128).block_v == 32
+  assert common.launch_config(None, common.GDN_CONFIG, 1, 128).block_v == 16
+  assert common.launch_config(None, common.GDN_CONFIG, 256, 40).block_v == 64
+  assert common.launch_config(None, common.GDN_CONFIG, 32, 100) == common.GDN_CONFIG._replace(
+      block_v=32)
+
+
 def test_states_fall_back_to_xla_form():
   data = lm.make_data(8, 2, 40, fam=FAM)
   args = args_of(data, jnp.float32, False)
