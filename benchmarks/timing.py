@@ -1,5 +1,5 @@
-"""Timing helpers shared by the benchmarks: a timed loop of device calls, a relative error, a
-synthetic LM batch and a timed loop of train steps."""
+"""Timing helpers shared by the benchmarks: a timed loop of device calls, a synthetic LM batch
+and a timed loop of train steps."""
 
 import time
 
@@ -21,12 +21,6 @@ def median_seconds(call, *, calls: int = 10, repeats: int = 3) -> float:
     jax.block_until_ready(out)
     times.append((time.perf_counter() - t0) / calls)
   return float(np.median(times))
-
-
-def rel_error(a, b) -> float:
-  """||a - b|| / ||b|| in float64."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def synthetic_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:

@@ -34,10 +34,11 @@ Gate and segment masks act on exponents. Matmul operands in the input dtype (bf1
 accumulation in float32; the copies are built at HIGHEST precision for float32 inputs and at
 default (TF32) precision for 16-bit inputs.
 
-Status (H200, 16 heads x 128, 65,536 tokens, benchmarks/check_path_kernel_gpu.py): below fla's
-parallel_path_attn (forward+backward 0.87 / 0.59 / 0.32 Mtok/s at T = 2K / 8K / 32K). XLA's cost
-model puts most of the bytes in `_preprocess` and its autodiff (f32 copies per level), so the
-next step is building the copies (and their backward) in a Pallas kernel.
+Status (H200, 16 heads x 128, 65,536 tokens, benchmarks/bench_mixers.py): below fla's
+parallel_path_attn (forward+backward 1.20 / 0.789 / 0.389 Mtok/s at T = 2K / 8K / 32K, 0.69x /
+0.75x / 0.97x its anchors). XLA's cost model puts most of the bytes in `_preprocess` and its
+autodiff (copies per level), so the next step is building the copies (and their backward) in a
+Pallas kernel.
 """
 
 import functools
@@ -51,8 +52,8 @@ from lloglin.ops.path import _keys_to_end, _prepare, _ut_transform
 
 _LOG2E = 1.4426950408889634
 _MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf - inf
-# Triton launch parameters; None picks by head dim (benchmarks/check_path_kernel_gpu.py sweeps).
-TUNING = dict(num_warps=None, num_stages=2)
+# Triton launch parameters of every PaTH kernel: those of all H200 figures in RESULTS (not swept).
+_COMPILER_PARAMS = dict(num_warps=4, num_stages=2)
 
 
 def _dot(a, b, *, trans_a=False, trans_b=False):
@@ -308,10 +309,6 @@ def _specs(B, H, G, L, Tp, C, K, V, M, *, gate, seg, key_major):
   return specs, chunk
 
 
-def _params():
-  return dict(num_warps=TUNING["num_warps"] or 4, num_stages=TUNING["num_stages"])
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, interpret):
   return _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C,
@@ -331,7 +328,7 @@ def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C
                  pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))],
       out_shape=[jax.ShapeDtypeStruct((B, Tp, H, V), v_BTGV.dtype),
                  jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)],
-      compiler_params=pltriton.CompilerParams(**_params()),
+      compiler_params=pltriton.CompilerParams(**_COMPILER_PARAMS),
       interpret=interpret,
       name="path_attention_fwd",
   )(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT)
@@ -350,7 +347,7 @@ def _attend_bwd(scale, C, interpret, res, do_BTHV):
   args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT, delta_BHT)
   common = dict(scale=scale, C=C, M=M, L=L)
   flags = dict(gate=gate_BHT is not None, seg=seg_BT is not None)
-  params = pltriton.CompilerParams(**_params())
+  params = pltriton.CompilerParams(**_COMPILER_PARAMS)
 
   specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, key_major=False, **flags)
   here = [pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h, 0)),
