@@ -37,27 +37,24 @@ HAS_PALLAS_KERNEL = True
 
 
 def ssd_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, segment_ids_BT,
-                 chunk_size: int):
-  """The full-sequence SSD (log-linear SSD when lam_BTHL is given) for model.mixer_impl.
+                 chunk_size: int, return_final_state: bool = False):
+  """The full-sequence SSD (log-linear SSD when lam_BTHL is given) for model.mixer_impl, for
+  training and for prefill (return_final_state).
 
   This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'; interpreted off GPU). The kernels take packed documents too; they hand initial or
-  final states to the XLA form themselves (pallas_kernels.loglinear docstring).
+  'pallas'; interpreted off GPU). The kernels take packed documents too, and return final states
+  (pallas_kernels.loglinear docstring).
   """
+  kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=chunk_size,
+            return_final_state=return_final_state)
   if impl == "pallas":
-    interpret = jax.default_backend() != "gpu"
-    if lam_BTHL is not None:
-      return pallas_loglinear.loglinear_ssd_chunked(
-          q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT=segment_ids_BT,
-          chunk_size=chunk_size, interpret=interpret)
-    return pallas_loglinear.ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH,
-                                        segment_ids_BT=segment_ids_BT, chunk_size=chunk_size,
-                                        interpret=interpret)
+    kw["interpret"] = jax.default_backend() != "gpu"
+    loglinear_op, ssd_op = pallas_loglinear.loglinear_ssd_chunked, pallas_loglinear.ssd_chunked
+  else:
+    loglinear_op, ssd_op = loglinear_ssd_chunked, ssd_chunked
   if lam_BTHL is not None:
-    return loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL,
-                                 segment_ids_BT=segment_ids_BT, chunk_size=chunk_size)
-  return ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, segment_ids_BT=segment_ids_BT,
-                     chunk_size=chunk_size)
+    return loglinear_op(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, **kw)
+  return ssd_op(q_BTGK, k_BTGK, v_BTHV, g_BTH, **kw)
 
 
 @register_mixer("mamba2")
@@ -137,14 +134,13 @@ class Mamba2(nnx.Module):
                       linear_state_zeros(B, H, N, P, levels=levels, max_len=max_len))
 
   def prefill(self, x_BTD, cache: MixerCache, lengths_B=None):
-    """Chunked SSD over right-padded prompts, returning the state after each row's prompt."""
+    """Chunked SSD (model.mixer_impl's) over right-padded prompts, returning the state after
+    each row's prompt."""
     x_BTD, segment_ids_BT, conv, conv_BWC = start_prefill(x_BTD, cache, lengths_B)
     (q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL), skip = self._ssd_inputs(x_BTD, conv)
-    kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size, return_final_state=True)
-    if lam_BTHL is None:
-      y_BTHP, core = ssd_chunked(q_BTGN, k_BTGN, v_BTHP, g_BTH, **kw)
-    else:
-      y_BTHP, core = loglinear_ssd_chunked(q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL, **kw)
+    y_BTHP, core = ssd_sequence(self.impl, q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL,
+                                segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
+                                return_final_state=True)
     return self._output(y_BTHP, *skip), MixerCache(tuple(conv_BWC), core)
 
   def step(self, x_BD, cache: MixerCache):

@@ -32,7 +32,8 @@ from lloglin.ops import ssd
 from lloglin.ops.hierarchy import FenwickState
 
 __all__ = [f'loglinear_{base}_{form}' for base in ('ssd', 'gdn')
-           for form in ('recurrent', 'quadratic', 'chunked', 'step')] + ['FenwickState']
+           for form in ('recurrent', 'quadratic', 'chunked', 'step')] + [
+               'loglinear_ssd_state_terms', 'FenwickState']
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -130,16 +131,26 @@ def _quadratic(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_sta
   mask_BHTS = jnp.einsum('bthl,btsl->bhts', lam, onehot_BTSL, precision=HIGHEST)
   o_BTHV = delta.quadratic_output(aeff_BHTS, qinit_BTHK, mask_BHTS, v, lay, None).astype(acc)
   if initial_state is not None:
-    # Bucket m of position t0 - 1 is read by query p at level(p, any source of the bucket).
-    rep_BM = hierarchy.bucket_representative(jnp.asarray(t0_B, jnp.int32) - 1, L)
-    lvl_BTM = hierarchy.level_index(lay.pos_BT[:, :, None], rep_BM[:, None, :])
-    w_BTHM = jnp.einsum('bthl,btml->bthm', lam, jax.nn.one_hot(lvl_BTM, L, dtype=acc),
-                        precision=HIGHEST)
     first = (lay.real_BT & (lay.doc_BT == 0))[..., None, None]
     o_BTHV = o_BTHV + jnp.where(first, jnp.einsum(
-        'bthm,bthk,bhmkv->bthv', w_BTHM, qinit_BTHK, initial_state.S_BHLKV.astype(acc),
-        precision=HIGHEST), 0)
+        'bthm,bthk,bhmkv->bthv', _initial_read_weights(lay, lam, t0_B), qinit_BTHK,
+        initial_state.S_BHLKV.astype(acc), precision=HIGHEST), 0)
   return _poison(o_BTHV, _overflow_BT(lay, L)).astype(v_BTHV.dtype)
+
+
+def _initial_representatives(t0_B, levels):
+  """[B, M] a source position of each bucket of the initial state (taken after position t0 - 1):
+  a later query p reads bucket m at level(p, representative m)."""
+  return hierarchy.bucket_representative(jnp.asarray(t0_B, jnp.int32) - 1, levels)
+
+
+def _initial_read_weights(lay, lam_BTHL, t0_B):
+  """[B, T, H, M] lambda with which each token reads bucket m of the initial state."""
+  L = lam_BTHL.shape[-1]
+  rep_BM = _initial_representatives(t0_B, L)
+  lvl_BTM = hierarchy.level_index(lay.pos_BT[:, :, None], rep_BM[:, None, :])
+  return jnp.einsum('bthl,btml->bthm', lam_BTHL, jax.nn.one_hot(lvl_BTM, L, dtype=lam_BTHL.dtype),
+                    precision=HIGHEST)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,6 +235,42 @@ def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_st
   return _chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, None, lam_BTHL, initial_state=initial_state,
                   segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
                   return_final_state=return_final_state)
+
+
+def loglinear_ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *,
+                              initial_state=None, segment_ids_BT=None, scale=1.0,
+                              return_final_state=False):
+  """Completes o_BTHV computed from an empty state and positions from 0 (the Pallas kernels')
+  into loglinear_ssd_chunked's result with initial_state (a FenwickState; o_BTHV must then come
+  from positions offset by its t_B) and return_final_state (delta.state_terms; the final
+  state's level l holds the sources s of the last document with level(p, s) = l, p its last
+  position). Returns o_BTHV [and the FenwickState after the sequence]."""
+  L = lam_BTHL.shape[-1]
+  t0_B = None if initial_state is None else jnp.asarray(initial_state.t_B, jnp.int32)
+  lay, q, k, v, g, _ = delta.quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, None,
+                                              segment_ids_BT, scale, t0_B)
+  B, T, H = v.shape[:3]
+  acc = delta.acc_dtype(q, k, v, g, lam_BTHL)
+  (lam,) = delta.sanitize(lay.real_BT, lam_BTHL.astype(acc))
+  p_B = lay.count_B - 1
+  write_BTL = jax.nn.one_hot(hierarchy.level_index(p_B[:, None], lay.pos_BT), L, dtype=acc)
+  init = read_BTHM = carry_BHLM = None
+  if initial_state is not None:
+    init = initial_state.S_BHLKV
+    read_BTHM = _initial_read_weights(lay, lam, t0_B)
+    lvl_BM = hierarchy.level_index(p_B[:, None], _initial_representatives(t0_B, L))
+    carry_BHLM = jnp.broadcast_to(jnp.swapaxes(jax.nn.one_hot(lvl_BM, L, dtype=acc), 1, 2)[:, None],
+                                  (B, H, L, L))
+  out = delta.state_terms(
+      o_BTHV, q, k, v, g, lay, initial_BHMKV=init, read_BTHM=read_BTHM,
+      write_BTHL=jnp.broadcast_to(write_BTL[:, :, None], (B, T, H, L)), carry_BHLM=carry_BHLM,
+      return_final_state=return_final_state)
+  o, S_BHLKV = out if return_final_state else (out, None)
+  o = _poison(o, _overflow_BT(lay, L))
+  if not return_final_state:
+    return o
+  S_BHLKV = _poison(S_BHLKV, lay.count_B > hierarchy.capacity(L))
+  return o, FenwickState(S_BHLKV, lay.count_B)
 
 
 def loglinear_ssd_step(q_BGK, k_BGK, v_BHV, g_BH, lam_BHL, state, *, scale=1.0):

@@ -18,7 +18,7 @@ from lloglin.ops import _checks
 from lloglin.ops import delta
 from lloglin.ops import hierarchy
 
-__all__ = ['ssd_recurrent', 'ssd_quadratic', 'ssd_chunked', 'ssd_step']
+__all__ = ['ssd_recurrent', 'ssd_quadratic', 'ssd_chunked', 'ssd_step', 'ssd_state_terms']
 
 
 def ssd_recurrent(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segment_ids_BT=None,
@@ -68,6 +68,23 @@ def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segme
                               initial_state_BHKV=initial_state_BHKV,
                               segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
                               return_final_state=return_final_state)
+
+
+def ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None,
+                    segment_ids_BT=None, scale=1.0, return_final_state=False):
+  """Completes o_BTHV computed from a zero state (the Pallas kernels') into ssd_chunked's result
+  with initial_state_BHKV and return_final_state (delta.state_terms). Returns o_BTHV [and the
+  final state_BHKV, fp32]."""
+  lay, q, k, v, g, _ = delta.quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, None,
+                                              segment_ids_BT, scale)
+  B, T, H = v.shape[:3]
+  ones = jnp.ones((B, T, H, 1), g.dtype)
+  out = delta.state_terms(
+      o_BTHV, q, k, v, g, lay,
+      initial_BHMKV=None if initial_state_BHKV is None else initial_state_BHKV[:, :, None],
+      read_BTHM=ones, write_BTHL=ones, carry_BHLM=jnp.ones((B, H, 1, 1), g.dtype),
+      return_final_state=return_final_state)
+  return (out[0], out[1][:, :, 0]) if return_final_state else out
 
 
 def ssd_step(q_BGK, k_BGK, v_BHV, g_BH, state_BHKV, *, scale=1.0):

@@ -18,11 +18,15 @@ wired through jax.custom_vjp; q/k gradients of grouped heads are summed over the
 Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 followed
 by padding, decided at run time: the fast aligned kernels; packed documents: the same kernels in
 packed mode, levels from positions inside each document and one masked stream per level >= 1,
-about 7x slower fwd+bwd on the H200), chunk_size >= 16. Initial states, final states,
-chunk_size < 16 and (with segment ids) T beyond the capacity of the L levels fall back,
-explicitly, to the lloglin.ops XLA chunked form (same results, XLA speed), so no argument is ever
-silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T to whole chunks;
-batches whose arrays would reach 2^31 elements are split so that no kernel offset overflows int32.
+about 7x slower fwd+bwd on the H200), chunk_size >= 16. Both models are linear in
+their state, so the kernels run from an empty state and XLA adds the rest beside them
+(lloglin.ops.delta.state_terms, O(T K V) einsums): the initial state's reads (SSD) and the final
+state (SSD, and log-linear SSD's Fenwick levels), so a chunked prefill runs through the kernels.
+A log-linear initial state (its positions continue from t_B), chunk_size < 16 and (with segment
+ids) T beyond the capacity of the L levels fall back, explicitly, to the lloglin.ops XLA chunked
+form (same results, XLA speed), so no argument is ever silently ignored. Feature axes are
+zero-padded to powers of two (>= 16) and T to whole chunks; batches whose arrays would reach 2^31
+elements are split so that no kernel offset overflows int32.
 """
 
 import functools
@@ -162,21 +166,25 @@ def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_st
                           return_final_state=False, interpret=False, config=None):
   """Log-linear Mamba-2 (lloglin.ops.loglinear.loglinear_ssd_chunked) through the Pallas kernels.
 
-  initial_state, return_final_state, chunk_size < 16 and (with segment ids) T > 2^(L-1) run the
-  XLA form (module docstring).
+  The final state comes from XLA beside the kernels (module docstring); initial_state,
+  chunk_size < 16 and (with segment ids) T > 2^(L-1) run the XLA form.
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
                            initial_state=initial_state, chunk_size=chunk_size)
   T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
-  if (initial_state is not None or return_final_state or chunk_size < 16
-      or T > hierarchy.capacity(L)):
+  if initial_state is not None or chunk_size < 16 or T > hierarchy.capacity(L):
     return ops_loglinear.loglinear_ssd_chunked(
         q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, initial_state=initial_state,
         segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
         return_final_state=return_final_state)
-  return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, chunk_size=chunk_size,
-              scale=float(scale), with_levels=True, interpret=interpret, config=config)
+  o_BTHV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, chunk_size=chunk_size,
+                scale=float(scale), with_levels=True, interpret=interpret, config=config)
+  if not return_final_state:
+    return o_BTHV
+  return ops_loglinear.loglinear_ssd_state_terms(
+      o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT=segment_ids_BT,
+      scale=scale, return_final_state=True)
 
 
 def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segment_ids_BT=None,
@@ -184,15 +192,22 @@ def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segme
                 config=None):
   """Mamba-2 SSD (lloglin.ops.ssd.ssd_chunked): the same kernels with the hierarchy off.
 
-  initial_state_BHKV, return_final_state and chunk_size < 16 run the XLA form (module docstring).
+  The initial state's reads and the final state come from XLA beside the kernels (module
+  docstring); chunk_size < 16 runs the XLA form.
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            segment_ids_BT=segment_ids_BT, initial_state_BHKV=initial_state_BHKV,
                            chunk_size=chunk_size)
-  if initial_state_BHKV is not None or return_final_state or chunk_size < 16:
+  if chunk_size < 16:
     return ops_ssd.ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH,
                                initial_state_BHKV=initial_state_BHKV,
                                segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
                                return_final_state=return_final_state)
-  return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, None, segment_ids_BT, chunk_size=chunk_size,
-              scale=float(scale), with_levels=False, interpret=interpret, config=config)
+  o_BTHV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, None, segment_ids_BT, chunk_size=chunk_size,
+                scale=float(scale), with_levels=False, interpret=interpret, config=config)
+  if initial_state_BHKV is None and not return_final_state:
+    return o_BTHV
+  return ops_ssd.ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH,
+                                 initial_state_BHKV=initial_state_BHKV,
+                                 segment_ids_BT=segment_ids_BT, scale=scale,
+                                 return_final_state=return_final_state)

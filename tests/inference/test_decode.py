@@ -48,3 +48,28 @@ def test_decode_logits_equal_the_full_forward(pattern, mode, layers):
   ref_BTV, decoded_BNV = forward_and_decode(model, tokens, lengths)
   positions_BN = lengths[:, None] - 1 + jnp.arange(NEW + 1)
   assert_close_to_scale(decoded_BNV, jnp.take_along_axis(ref_BTV, positions_BN[..., None], 1))
+
+
+@pytest.mark.parametrize("pattern", ["mamba2", "loglinear_mamba2"])
+def test_prefill_through_the_pallas_kernels(pattern):
+  """mixer_impl='pallas' (interpret mode here): prefill runs the kernels, its final states
+  included, and decoding after it still equals the full forward (shorter than above: the
+  interpreter is slow)."""
+  model = build_model(tiny_config(pattern, mixer_impl="pallas", chunk_size=16))
+  lengths = jnp.asarray([70, 33, 1], jnp.int32)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 64, (3, 86)), jnp.int32)
+
+  @jax.jit
+  def run(model, tokens_BT):
+    ref_BTV = model(tokens_BT)
+    first_BV, cache = model.prefill(tokens_BT[:, :70], model.init_cache(3, 86), lengths)
+
+    def step(cache, i):
+      logits_BV, cache = model.decode_step(tokens_BT[jnp.arange(3), lengths + i], cache)
+      return cache, logits_BV
+    _, logits_NBV = jax.lax.scan(step, cache, jnp.arange(16))
+    return ref_BTV, jnp.concatenate([first_BV[:, None], jnp.moveaxis(logits_NBV, 0, 1)], 1)
+
+  ref_BTV, decoded_BNV = run(model, tokens)
+  positions_BN = lengths[:, None] - 1 + jnp.arange(17)
+  assert_close_to_scale(decoded_BNV, jnp.take_along_axis(ref_BTV, positions_BN[..., None], 1))
