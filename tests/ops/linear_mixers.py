@@ -275,19 +275,25 @@ def check_packed_equals_separate(fam, C=16):
       assert_close(state[b], s_ref, **FWD, name=f'final state row {b}')
 
 
-def check_initial_state_with_packed_documents(fam, C=8):
-  """An initial state continues the document at t = 0 only; later documents (and a row that
-  starts with padding) start empty. fp64: chunked == recurrent == quadratic, final states too."""
-  data = make_data(11, 3, 60, fam=fam)
+def packed_continuation(fam, data):
+  """(segment ids, state after tokens 0-36, tokens 37-59) of 3 rows: the first document of each
+  row continues the state, a later one starts empty, a row starts with padding, one ends with it.
+  fp64: call under jax.enable_x64."""
   seg = np.ones((3, 23), np.int32)
   seg[0, 10:] = 2
   seg[1, :3] = 0
   seg[2, 20:] = 0
-  seg_j = jnp.asarray(seg)
+  _, state = jitted(fam.recurrent, return_final_state=True)(
+      *fam.args(data, jnp.float64, slice(0, 37)))
+  return jnp.asarray(seg), state, fam.args(data, jnp.float64, slice(37, 60))
+
+
+def check_initial_state_with_packed_documents(fam, C=8):
+  """An initial state continues the document at t = 0 only; later documents (and a row that
+  starts with padding) start empty. fp64: chunked == recurrent == quadratic, final states too."""
+  data = make_data(11, 3, 60, fam=fam)
   with jax.enable_x64(True):
-    _, state = jitted(fam.recurrent, return_final_state=True)(
-        *fam.args(data, jnp.float64, slice(0, 37)))
-    rest = fam.args(data, jnp.float64, slice(37, 60))
+    seg_j, state, rest = packed_continuation(fam, data)
     kw = {fam.state_kw: state, 'segment_ids_BT': seg_j}
     o_rec, s_rec = jitted(fam.recurrent, return_final_state=True)(*rest, **kw)
     o_ch, s_ch = jitted(fam.chunked, chunk_size=C, return_final_state=True)(*rest, **kw)

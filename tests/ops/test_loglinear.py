@@ -96,21 +96,13 @@ def test_check_finite():
 def test_state_terms_complete_a_run_from_an_empty_state(name):
   """What the Pallas kernels rely on: a run from an empty state (log-linear: at the positions the
   initial state continues) plus *_state_terms == the chunked form with the initial state and its
-  final state; packed documents (the first continues the state, a row starts with padding, one
-  ends with it). fp64."""
+  final state, over packed documents (lm.packed_continuation). fp64."""
   from lloglin.ops import loglinear, ssd
   fam = lm.FAMILIES[name]
   terms = loglinear.loglinear_ssd_state_terms if fam.lam else ssd.ssd_state_terms
   data = lm.make_data(12, 3, 60, fam=fam, lam='softplus')
-  seg = np.ones((3, 23), np.int32)
-  seg[0, 10:] = 2
-  seg[1, :3] = 0
-  seg[2, 20:] = 0
-  seg_j = jnp.asarray(seg)
   with jax.enable_x64(True):
-    _, state = lm.jitted(fam.recurrent, return_final_state=True)(
-        *fam.args(data, jnp.float64, slice(0, 37)))
-    rest = fam.args(data, jnp.float64, slice(37, 60))
+    seg_j, state, rest = lm.packed_continuation(fam, data)
     kw = {fam.state_kw: state, 'segment_ids_BT': seg_j, 'scale': 0.7}
     o_ref, s_ref = lm.jitted(fam.chunked, chunk_size=8, return_final_state=True)(*rest, **kw)
     empty = (hierarchy.FenwickState(jnp.zeros_like(state.S_BHLKV), state.t_B) if fam.lam
