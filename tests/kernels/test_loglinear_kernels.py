@@ -281,6 +281,32 @@ def _gpu_inputs(B, T, G, H, K, V, seed=0):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
+def test_gpu_bf16_prefill_states(hierarchy):
+  """Prefill at a GPU shape, two packed documents and padding: output and final state (kernels
+  plus XLA's state terms) on bf16 inputs against the XLA chunked form on their float32 copies
+  (kernels.md 9.3: rel <= 5e-3)."""
+  check_bf16_prefill_states(hierarchy, T=4096, interpret=False)
+
+
+def check_bf16_prefill_states(hierarchy, T, interpret):
+  (q, k, v, g, lam), _ = _gpu_inputs(2, T, 1, 8, 128, 128)
+  args = (q, k, v, g) + ((lam,) if hierarchy else ())
+  seg = np.repeat([[1] * (T // 4) + [2] * (T // 2) + [0] * (T // 4)], 2, 0)
+  kw = dict(segment_ids_BT=jnp.asarray(seg, jnp.int32), scale=128 ** -0.5,
+            return_final_state=True)
+  kfn = pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked
+  rfn = ops_loglinear.loglinear_ssd_chunked if hierarchy else ops_ssd.ssd_chunked
+  o, state = jax.jit(functools.partial(kfn, interpret=interpret, **kw))(*args)
+  with jax.default_matmul_precision('highest'):
+    o_ref, state_ref = jax.jit(functools.partial(rfn, **kw))(*[a.astype(jnp.float32)
+                                                               for a in args])
+  assert_close(o.astype(jnp.float32), o_ref, rel=5e-3, name='output')
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_ref), strict=True):
+    assert_close(a, b, rel=5e-3, name='final state')
+
+
+@pytest.mark.gpu
 def test_gpu_more_than_2_31_elements():
   """B*T*H*V = 2^31 + 2^27 elements per tensor: no int32 offset overflow (state-spaces/mamba#1015).
   Forward only; rows at the start, middle and end equal the same row run alone."""
