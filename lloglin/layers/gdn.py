@@ -38,27 +38,25 @@ HAS_PALLAS_KERNEL = True
 
 
 def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, segment_ids_BT,
-                 chunk_size: int, scale: float):
+                 chunk_size: int, scale: float, return_final_state: bool = False):
   """The full-sequence gated delta rule (log-linear when lam_BTHL is given) for
-  model.mixer_impl.
+  model.mixer_impl, for training and for prefill (return_final_state).
 
   This is the one place where a Pallas kernel gets selected ('pallas'; interpreted off GPU; 'auto'
-  per the layer's auto_pallas_kernel). The kernels take packed documents too; they hand
-  states to the XLA form themselves (pallas_kernels.loglinear.gdn docstring).
+  per the layer's auto_pallas_kernel). The kernels take packed documents too; the GDN kernels
+  return final states, log-linear GDN hands them to the XLA form (pallas_kernels.loglinear.gdn
+  docstring).
   """
+  kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
+            return_final_state=return_final_state)
   if impl == "pallas":
-    interpret = jax.default_backend() != "gpu"
-    kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
-              interpret=interpret)
-    if lam_BTHL is not None:
-      return pallas_loglinear.loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
-                                                    lam_BTHL, **kw)
-    return pallas_loglinear.gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, **kw)
+    kw["interpret"] = jax.default_backend() != "gpu"
+    loglinear_op, gdn_op = pallas_loglinear.loglinear_gdn_chunked, pallas_loglinear.gdn_chunked
+  else:
+    loglinear_op, gdn_op = loglinear_gdn_chunked, gdn_chunked
   if lam_BTHL is not None:
-    return loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
-                                 segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale)
-  return gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, segment_ids_BT=segment_ids_BT,
-                     chunk_size=chunk_size, scale=scale)
+    return loglinear_op(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, **kw)
+  return gdn_op(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, **kw)
 
 
 @register_mixer("gdn")
@@ -145,16 +143,13 @@ class GatedDeltaNet(nnx.Module):
     return MixerCache(conv_BWC, linear_state_zeros(B, H, K, V, levels=levels, max_len=max_len))
 
   def prefill(self, x_BTD, cache: MixerCache, lengths_B=None):
-    """Chunked gated delta rule over right-padded prompts, returning the state after each row."""
+    """Chunked gated delta rule (model.mixer_impl's) over right-padded prompts, returning the
+    state after each row."""
     x_BTD, segment_ids_BT, conv, conv_BWC = start_prefill(x_BTD, cache, lengths_B)
     q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL = self._gdn_inputs(x_BTD, conv)
-    kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
-              scale=self.head_dim**-0.5, return_final_state=True)
-    if lam_BTHL is None:
-      o_BTHV, core = gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, **kw)
-    else:
-      o_BTHV, core = loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
-                                           **kw)
+    o_BTHV, core = gdn_sequence(self.impl, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
+                                segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
+                                scale=self.head_dim**-0.5, return_final_state=True)
     return self._output(o_BTHV, x_BTD), MixerCache(tuple(conv_BWC), core)
 
   def step(self, x_BD, cache: MixerCache):

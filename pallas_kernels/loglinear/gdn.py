@@ -44,8 +44,11 @@ XLA (intra output, qt, k2, W, U; UT transform included), to the gradients of q, 
 
 Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 then
 padding, decided at run time with lax.cond: the aligned kernels; packed documents: the packed
-kernels), chunk_size >= 16. Initial states, final states, chunk_size < 16 and T beyond the
-capacity of the L levels run the XLA form, so no argument is ever silently ignored. Feature
+kernels), chunk_size >= 16; plain GDN's initial state (the streams start from it; its cotangent
+is the backward's carried dS after chunk 0) and final state (the carried state after the last
+chunk; its cotangent seeds the backward). Log-linear GDN's initial and final (Fenwick) states,
+chunk_size < 16 and T beyond the capacity of the L levels run the XLA form, so no argument is
+ever silently ignored. Feature
 axes are zero-padded to powers of two (>= 16) and T to whole chunks; batches whose arrays would
 reach 2^31 elements are split (pallas_kernels.loglinear.common). Launch defaults: GDN_CONFIG and
 LOGLINEAR_GDN_CONFIG (common.py, tuned on an H200). On an H200 the GDN kernels are correct (bf16
@@ -106,15 +109,19 @@ def _stream_masks(packed, c, x, lv, lo, sl, lam, mask_refs):
   return rho, read, jnp.max(keep_ref[x, sl]) > 0, wm_ref[x, sl]
 
 
-def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_states, mm_dtype):
+def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_states, with_init,
+                with_final, mm_dtype):
   refs = list(refs)
+  n_out = 1 + with_states + with_final
+  refs, (o_ref, *outs) = refs[:-n_out], refs[-n_out:]
+  s_ref = outs.pop(0) if with_states else None
+  final_ref = outs.pop(0) if with_final else None
+  init_ref = refs.pop() if with_init else None
   q_ref, k_ref, w_ref, tb_ref, v_ref, g_ref = refs[:6]
   del refs[:6]
   lam_ref = refs.pop(0) if lam_levels else None
   n_masks = (2 + 3 * bool(streams)) if packed else 0    # pos, doc [, rho, wm, keep]
   pos_ref, doc_ref, *mask_refs = refs[:n_masks] if packed else (None, None)
-  o_ref = refs[-2] if with_states else refs[-1]
-  s_ref = refs[-1] if with_states else None
   K, BV = q_ref.shape[-1], v_ref.shape[-1]
   lo = C.bit_length()                        # level of chunk bit x is lo + x
   row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
@@ -177,24 +184,34 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_sta
     o_ref[sl, :] = out.astype(o_ref.dtype)
     return new_states
 
-  init = tuple(jnp.zeros((K, BV), jnp.float32) for _ in streams)
-  lax.fori_loop(0, N, body, init)
+  init = tuple(init_ref[x] if with_init else jnp.zeros((K, BV), jnp.float32)
+               for x in range(len(streams)))
+  final = lax.fori_loop(0, N, body, init)
+  if with_final:
+    for x, S in enumerate(final):
+      final_ref[x] = S
 
 
-def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, mm_dtype):
-  """Reverse chunk scan: the transpose of the inter-chunk part (module docstring, Backward)."""
+def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, with_state_grads, mm_dtype):
+  """Reverse chunk scan: the transpose of the inter-chunk part (module docstring, Backward).
+  with_state_grads: seeded with the final states' cotangent, it also returns the initial
+  states' (the carried dS after chunk 0)."""
   refs = list(refs)
+  dinit_ref = refs.pop() if with_state_grads else None
+  drho_ref = refs.pop() if lam_levels else None
   if packed:
     qt_ref, k2_ref, w_ref, tb_ref, v_ref, do_ref, g_ref, s_ref, *mask_refs = refs[:11]
-    dqt_ref, dk2_ref, dw_ref, dtb_ref, dv_ref, dg_ref = refs[11:17]
-    drho_ref = refs[17] if lam_levels else None
     lam_ref = None
   else:
     qt_ref, k2_ref, w_ref, u_ref, do_ref, g_ref, s_ref = refs[:7]
     lam_ref = refs[7] if lam_levels else None
-    dqt_ref, dk2_ref, dw_ref, du_ref, dg_ref = refs[7 + bool(lam_levels):12 + bool(lam_levels)]
-    drho_ref = refs[-1] if lam_levels else None
     mask_refs = None
+  n_in = (11 if packed else 7 + bool(lam_levels)) + with_state_grads
+  dfinal_ref = refs[n_in - 1] if with_state_grads else None
+  if packed:
+    dqt_ref, dk2_ref, dw_ref, dtb_ref, dv_ref, dg_ref = refs[n_in:]
+  else:
+    dqt_ref, dk2_ref, dw_ref, du_ref, dg_ref = refs[n_in:]
   K, BV = qt_ref.shape[-1], do_ref.shape[-1]
   lo = C.bit_length()
 
@@ -258,8 +275,12 @@ def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, mm_dtype):
     dg_ref[sl] = jnp.full((C,), gam * dgam, jnp.float32)
     return tuple(new)
 
-  init = tuple(jnp.zeros((K, BV), jnp.float32) for _ in streams)
-  lax.fori_loop(0, N, body, init)
+  init = tuple(dfinal_ref[x] if with_state_grads else jnp.zeros((K, BV), jnp.float32)
+               for x in range(len(streams)))
+  dinit = lax.fori_loop(0, N, body, init)
+  if with_state_grads:
+    for x, E in enumerate(dinit):
+      dinit_ref[x] = E
 
 
 def _streams(levels, C, P, packed=False):
@@ -283,6 +304,11 @@ def _pallas(kernel, grid, in_specs, out_specs, out_shape, name, num_warps, num_s
       interpret=interpret, name=name)
 
 
+def _state_spec(X, rows, BV):
+  """BlockSpec of per-stream fp32 states [B, H, X, rows, V]: one block of V per program."""
+  return pl.BlockSpec((None, None, X, rows, BV), lambda b, h, j: (b, h, 0, 0, j))
+
+
 def _mask_specs(masks, X, P):
   """BlockSpecs and arrays of packed mode: pos_BP, doc_BP and, with X > 0 streams, rho_BHXP,
   wm_BXP, keep_BXP."""
@@ -293,17 +319,19 @@ def _mask_specs(masks, X, P):
       pl.BlockSpec((None, X, P), lambda b, h, j: (b, 0, 0))] * 2, list(masks)
 
 
-def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, masks=None, *,
-             chunk_size, levels=None, with_states=False, out_dtype=jnp.float32, block_v=32,
-             num_warps=8, num_stages=2, interpret=False):
+def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, masks=None,
+             init_BHXKV=None, *, chunk_size, levels=None, with_states=False, with_final=False,
+             out_dtype=jnp.float32, block_v=32, num_warps=8, num_stages=2, interpret=False):
   """The forward chunk scan of the module docstring over P = N * chunk_size padded tokens,
   feature axes powers of two >= 16. q/k: G groups (head h reads h // (H // G)), already scaled; w
   and tb = T_g diag(beta) (rows t, columns s of its chunk): per head, from `_wy`. levels: the L of
   lam (hierarchy on; lam_BHLP holds at least the levels a length-P sequence reaches) or None
   (plain GDN). masks (packed documents; None: positions aligned with the hierarchy):
   (pos_BP (-1 at padding), doc_BP, rho_BHXP, wm_BXP, keep_BXP) from `_packed_masks`.
-  Returns o_BPHV, and with_states also the fp32 state of every stream at every chunk start,
-  states_BHXMV (M = N * K, chunk n at rows n K .. n K + K - 1)."""
+  init_BHXKV: fp32 states the streams start from (None: zeros).
+  Returns o_BPHV, with_states also the fp32 state of every stream at every chunk start,
+  states_BHXMV (M = N * K, chunk n at rows n K .. n K + K - 1), and with_final the fp32 states
+  after the last chunk, final_BHXKV."""
   B, P, G, K = q_BPGK.shape
   H, V = v_BPHV.shape[2:]
   C = chunk_size
@@ -326,31 +354,41 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, mask
     in_specs += specs
     args += arrays
   with_states = with_states and X > 0
+  with_init = init_BHXKV is not None
+  if with_init:
+    in_specs.append(_state_spec(X, K, BV))
+    args.append(init_BHXKV)
   out_specs = [pl.BlockSpec((None, P, None, BV), lambda b, h, j: (b, 0, h, j))]
   out_shape = [jax.ShapeDtypeStruct((B, P, H, V), out_dtype)]
   if with_states:
     M = P // C * K
-    out_specs.append(pl.BlockSpec((None, None, X, M, BV), lambda b, h, j: (b, h, 0, 0, j)))
+    out_specs.append(_state_spec(X, M, BV))
     out_shape.append(jax.ShapeDtypeStruct((B, H, X, M, V), jnp.float32))
+  if with_final:
+    out_specs.append(_state_spec(X, K, BV))
+    out_shape.append(jax.ShapeDtypeStruct((B, H, X, K, V), jnp.float32))
   kernel = functools.partial(_fwd_kernel, C=C, N=P // C, intra_levels=intra_levels,
                              streams=streams, lam_levels=lam_levels, packed=packed,
-                             with_states=with_states,
+                             with_states=with_states, with_init=with_init, with_final=with_final,
                              mm_dtype=jnp.result_type(q_BPGK.dtype, k_BPGK.dtype))
   name = ('gdn' if levels is None else 'loglinear_gdn') + ('_packed' if packed else '')
   outs = _pallas(kernel, (B, H, V // BV), in_specs, out_specs, out_shape, name + '_chunk_scan',
                  num_warps, num_stages, interpret)(*args)
-  return tuple(outs) if with_states else outs[0]
+  return tuple(outs) if with_states or with_final else outs[0]
 
 
 def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV, lam_BHLP=None,
-                 masks=None, tb_BPHC=None, v_BPHV=None, *, chunk_size, levels=None,
-                 mm_dtype=jnp.float32, block_v=32, num_warps=8, num_stages=2, interpret=False):
+                 masks=None, tb_BPHC=None, v_BPHV=None, dfinal_BHXKV=None, *, chunk_size,
+                 levels=None, mm_dtype=jnp.float32, block_v=32, num_warps=8, num_stages=2,
+                 interpret=False):
   """Reverse chunk scan: cotangents of the inter-chunk operands (module docstring, Backward).
 
   Aligned (masks None): returns dqt, dk2, dw as [J, B, P, H, K] (partial sums over the J feature
   blocks of V), du_BPHV, dg_JBHP (the chunk-decay term) and, with levels, dlam_JBHXP of the X
   stream levels. Packed (masks, tb_BPHC and v_BPHV given, u_BPHV None: each stream writes its own
-  tb diag(wm) V): dqt, dk2, dw, dtb_JBPHC, dv_BPHV, dg_JBHP and, with levels, drho_JBHXP."""
+  tb diag(wm) V): dqt, dk2, dw, dtb_JBPHC, dv_BPHV, dg_JBHP and, with levels, drho_JBHXP.
+  dfinal_BHXKV (the final states' cotangent) seeds the scan and adds, last, the initial states'
+  cotangent dinit_BHXKV."""
   B, P, H, K = qt_BPHK.shape
   V = do_BPHV.shape[-1]
   C = chunk_size
@@ -363,7 +401,7 @@ def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV,
   blk = pl.BlockSpec((None, P, None, BV), lambda b, h, j: (b, 0, h, j))
   part = lambda width: pl.BlockSpec((None, None, P, None, width), lambda b, h, j: (j, b, 0, h, 0))
   g_spec = pl.BlockSpec((None, None, P), lambda b, h, j: (b, h, 0))
-  s_spec = pl.BlockSpec((None, None, X, M, BV), lambda b, h, j: (b, h, 0, 0, j))
+  s_spec = _state_spec(X, M, BV)
   f32 = jnp.float32
   partial_BPH = lambda width: jax.ShapeDtypeStruct((J, B, P, H, width), f32)
   g_out = (pl.BlockSpec((None, None, None, P), lambda b, h, j: (j, b, h, 0)),
@@ -386,8 +424,15 @@ def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV,
   if lam_levels:
     out_specs.append(pl.BlockSpec((None, None, None, X, P), lambda b, h, j: (j, b, h, 0, 0)))
     out_shape.append(jax.ShapeDtypeStruct((J, B, H, X, P), f32))
+  with_state_grads = dfinal_BHXKV is not None
+  if with_state_grads:
+    in_specs.append(_state_spec(X, K, BV))
+    args.append(dfinal_BHXKV)
+    out_specs.append(_state_spec(X, K, BV))
+    out_shape.append(jax.ShapeDtypeStruct((B, H, X, K, V), f32))
   kernel = functools.partial(_bwd_kernel, C=C, N=P // C, streams=streams, lam_levels=lam_levels,
-                             packed=packed, mm_dtype=mm_dtype)
+                             packed=packed, with_state_grads=with_state_grads,
+                             mm_dtype=mm_dtype)
   name = ('gdn' if levels is None else 'loglinear_gdn') + ('_packed' if packed else '')
   return tuple(_pallas(kernel, (B, H, J), in_specs, out_specs, out_shape,
                        name + '_chunk_scan_bwd', num_warps, num_stages, interpret)(*args))
@@ -403,6 +448,7 @@ class _Static(NamedTuple):
   levels: int | None          # None: plain GDN
   interpret: bool
   config: KernelConfig
+  final_state: bool = False   # plain GDN: also return the stream's state after the sequence
 
 
 def _wy(k_BPGK, g_BPH, beta_BPH, C):
@@ -520,7 +566,9 @@ def _prep(q, k, v, g, beta, lam, packed, st):
   return flat(intra), flat(qt), flat(k2), w_BPHK, flat(u), tb_BPHC
 
 
-def _scan_forward(q, k, v, g, beta, lam, packed, st, with_states):
+def _scan_forward(q, k, v, g, beta, lam, s0, packed, st, with_states):
+  """gdn_scan over batch slices: (o, states or None, final or None); s0: initial stream states
+  [B, H, X, K, V] or None."""
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
@@ -531,33 +579,44 @@ def _scan_forward(q, k, v, g, beta, lam, packed, st, with_states):
       packed.keep_BXP)
   cfg = st.config
   fn = functools.partial(gdn_scan, chunk_size=C, levels=st.levels, with_states=with_states,
-                         out_dtype=v.dtype, block_v=cfg.block_v, num_warps=cfg.num_warps,
-                         num_stages=cfg.num_stages, interpret=st.interpret)
+                         with_final=st.final_state, out_dtype=v.dtype, block_v=cfg.block_v,
+                         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                         interpret=st.interpret)
   X = len(_streams(st.levels, C, P, packed is not None)[1])
   # the stored states (backward only) are the largest array: X x K x V floats per chunk and head
   per_row = P * H * max(K, V, C, 0 if lam is None else lam.shape[-1], X,
                        X * K * V // C if with_states else 0)
-  return in_row_batches(lambda *a: fn(*a[:7], a[7:] if packed is not None else None),
-                        (q, k, w_BPHK, tb_BPHC, v, g_BHP, lam_BHLP) + (masks or ()), per_row,
-                        f'pallas GDN kernel (T={P}, heads={H})')
+  outs = in_row_batches(lambda *a: fn(*a[:7], a[8:] if packed is not None else None, a[7]),
+                        (q, k, w_BPHK, tb_BPHC, v, g_BHP, lam_BHLP, s0) + (masks or ()),
+                        per_row, f'pallas GDN kernel (T={P}, heads={H})')
+  outs = list(outs) if isinstance(outs, tuple) else [outs]
+  o = outs.pop(0)
+  states = outs.pop(0) if with_states and X > 0 else None
+  return o, states, (outs.pop(0) if st.final_state else None)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, packed, st):
-  """Padded inputs (P = whole chunks, power-of-two feature axes, padding zeroed, q scaled) ->
-  o_BPHV; packed: a _Packed or None (aligned). Backward: gdn_scan_bwd and the vjp of _prep
-  (module docstring)."""
-  return _scan_forward(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, packed, st, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, s0_BHXKV, packed, st):
+  """Padded inputs (P = whole chunks, power-of-two feature axes, padding zeroed, q scaled) and
+  initial stream states (or None) -> (o_BPHV, final stream states or None); packed: a _Packed or
+  None (aligned). Backward: gdn_scan_bwd and the vjp of _prep (module docstring)."""
+  o, _, final = _scan_forward(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, s0_BHXKV, packed,
+                              st, False)
+  return o, final
 
 
-def _mixer_fwd(q, k, v, g, beta, lam, packed, st):
-  out = _scan_forward(q, k, v, g, beta, lam, packed, st, True)
-  o, states = out if isinstance(out, tuple) else (out, None)
-  return o, (q, k, v, g, beta, lam, packed, states)
+def _mixer_fwd(q, k, v, g, beta, lam, s0, packed, st):
+  o, states, final = _scan_forward(q, k, v, g, beta, lam, s0, packed, st, True)
+  return (o, final), (q, k, v, g, beta, lam, s0 is not None, packed, states)
 
 
-def _mixer_bwd(st, res, do_BPHV):
-  q, k, v, g, beta, lam, packed, states = res
+def _mixer_bwd(st, res, cotangents):
+  q, k, v, g, beta, lam, with_s0, packed, states = res
+  do_BPHV, dfinal = cotangents
+  with_state_grads = with_s0 or st.final_state
+  if with_state_grads and dfinal is None:
+    X, K, V = states.shape[2], q.shape[-1], v.shape[-1]
+    dfinal = jnp.zeros(states.shape[:2] + (X, K, V), jnp.float32)
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
@@ -569,6 +628,7 @@ def _mixer_bwd(st, res, do_BPHV):
   dlam = None if lam is None else jnp.zeros(lam.shape, f32)
   dqt, dk2, dw, du, dtb = (jnp.zeros_like(x) for x in (qt, k2, w, u, tb))
   dv_inter = jnp.zeros(v.shape, f32)
+  ds0 = None
   if states is not None:
     g_BHP, lam_BHLP = gate_layouts(g, lam)
     cfg = st.config
@@ -579,21 +639,24 @@ def _mixer_bwd(st, res, do_BPHV):
     X = states.shape[2]
     per_row = P * H * max(J * K, J * C, V, J * X, X * K * V // C)
     with_lam = (1,) if lam is not None else ()
+    with_dinit = (0,) if with_state_grads else ()
     name = f'pallas GDN backward kernel (T={P}, heads={H})'
     if packed is None:
-      outs = in_row_batches(fn, (qt, k2, w, u, do, g_BHP, states, lam_BHLP), per_row, name,
-                            out_axes=(1, 1, 1, 0, 1) + with_lam)
+      outs = in_row_batches(lambda *a: fn(*a[:8], None, None, None, a[8]),
+                            (qt, k2, w, u, do, g_BHP, states, lam_BHLP, dfinal), per_row, name,
+                            out_axes=(1, 1, 1, 0, 1) + with_lam + with_dinit)
       du = outs[3]
       dg_part, drho = outs[4], outs[5] if lam is not None else None
     else:
       masks = (packed.pos_BP, packed.doc_BP, _rho(lam, packed, st.levels, C, H), packed.wm_BXP,
                packed.keep_BXP)
       outs = in_row_batches(
-          lambda *a: fn(*a[:7], None, a[7:12], a[12], a[13]),
-          (qt, k2, w, None, do, g_BHP, states) + masks + (tb, v), per_row, name,
-          out_axes=(1, 1, 1, 1, 0, 1) + with_lam)
+          lambda *a: fn(*a[:7], None, a[7:12], a[12], a[13], a[14]),
+          (qt, k2, w, None, do, g_BHP, states) + masks + (tb, v, dfinal), per_row, name,
+          out_axes=(1, 1, 1, 1, 0, 1) + with_lam + with_dinit)
       dtb, dv_inter = jnp.sum(outs[3], axis=0), outs[4]
       dg_part, drho = outs[5], outs[6] if lam is not None else None
+    ds0 = outs[-1] if with_s0 else None
     dqt, dk2, dw = (jnp.sum(x, axis=0) for x in outs[:3])
     dg_BPH = jnp.moveaxis(jnp.sum(dg_part, axis=0), 1, 2)
     if lam is not None:
@@ -611,58 +674,63 @@ def _mixer_bwd(st, res, do_BPHV):
   if lam is not None:
     dlam = (dlam_intra + dlam).astype(lam.dtype)
   none = None if packed is None else _Packed(*(None,) * len(packed))
-  return dq, dk, dv, dg, dbeta, dlam, none
+  return dq, dk, dv, dg, dbeta, dlam, ds0, none
 
 
 _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 
-def _kernel_path(q, k, v, g, beta, lam, segment_ids_BT, packed, st):
+def _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, packed, st):
   """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels
-  (packed: with the document masks of segment_ids_BT)."""
+  (packed: with the document masks of segment_ids_BT). Returns (o_BTHV, final state or None)."""
   T, K = q.shape[1], q.shape[3]
   V = v.shape[3]
+  Kp, Vp = pow2(K), pow2(V)
   (q, k, v, g, beta, lam), _ = padded_inputs(
       [q * st.scale, k, v, g, beta, lam], segment_ids_BT, st.chunk_size,
-      [pow2(K), pow2(K), pow2(V), None, None, None])
+      [Kp, Kp, Vp, None, None, None])
   masks = _packed_masks(segment_ids_BT, g.shape[1], st.levels, st.chunk_size) if packed else None
-  o_BPHV = _mixer(q, k, v, g, beta, lam, masks, st)
-  return o_BPHV[:, :T, :, :V]
+  s0 = None if s0_BHKV is None else jnp.pad(
+      s0_BHKV.astype(jnp.float32), ((0, 0), (0, 0), (0, Kp - K), (0, Vp - V)))[:, :, None]
+  o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
+  return o_BPHV[:, :T, :, :V], None if final is None else final[:, :, 0, :K, :V]
 
 
 @functools.partial(jax.jit, static_argnames=('st',))
-def _run(q, k, v, g, beta, lam, segment_ids_BT, st):
+def _run(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, st):
+  """(o_BTHV, final state_BHKV or None) of the kernels."""
   if segment_ids_BT is None:
-    return _kernel_path(q, k, v, g, beta, lam, None, False, st)
+    return _kernel_path(q, k, v, g, beta, lam, s0_BHKV, None, False, st)
   # Rows of one document from position 0 (what the trainer passes for unpacked data) take the
   # aligned kernels; packed rows the packed ones (document masks, a stream per level).
-  o = lax.cond(one_document_per_row(segment_ids_BT),
-               lambda: _kernel_path(q, k, v, g, beta, lam, segment_ids_BT, False, st),
-               lambda: _kernel_path(q, k, v, g, beta, lam, segment_ids_BT, True, st))
+  o, final = lax.cond(
+      one_document_per_row(segment_ids_BT),
+      lambda: _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, False, st),
+      lambda: _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, True, st))
   (o,) = delta.sanitize(segment_ids_BT > 0, o)
-  return o
+  return o, final
 
 
 def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,
                 segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
                 interpret=False, config=None):
-  """Gated DeltaNet (lloglin.ops.delta.gdn_chunked) through the Pallas kernels.
-
-  initial_state_BHKV, return_final_state and chunk_size < 16 run the XLA form (module
-  docstring).
+  """Gated DeltaNet (lloglin.ops.delta.gdn_chunked) through the Pallas kernels, initial and
+  final states included; chunk_size < 16 runs the XLA form (module docstring).
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
                            initial_state_BHKV=initial_state_BHKV, chunk_size=chunk_size)
-  if initial_state_BHKV is not None or return_final_state or chunk_size < 16:
+  if chunk_size < 16:
     return delta.gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
                              initial_state_BHKV=initial_state_BHKV, segment_ids_BT=segment_ids_BT,
                              chunk_size=chunk_size, scale=scale,
                              return_final_state=return_final_state)
   B, _, H, V = v_BTHV.shape
   st = _Static(chunk_size, float(scale), None, interpret,
-               launch_config(config, GDN_CONFIG, B * H, V))
-  return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, segment_ids_BT, st)
+               launch_config(config, GDN_CONFIG, B * H, V), bool(return_final_state))
+  o, final = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, initial_state_BHKV,
+                  segment_ids_BT, st)
+  return (o, final) if return_final_state else o
 
 
 
@@ -689,4 +757,4 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
   B, _, H, V = v_BTHV.shape
   st = _Static(chunk_size, float(scale), L, interpret,
                launch_config(config, LOGLINEAR_GDN_CONFIG, B * H, V))
-  return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, segment_ids_BT, st)
+  return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, None, segment_ids_BT, st)[0]

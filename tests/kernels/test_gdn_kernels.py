@@ -173,16 +173,61 @@ def test_one_level_and_all_padding():
     assert_close(x, y, rel=1e-5, name=name)
 
 
-def test_states_fall_back_to_xla_form():
+def _loss_with_states(fn, seg, cot_o, cot_s, scale, **kw):
+  """(args..., S0) -> (<o, cot_o> + <final state, cot_s>, (o, final state))."""
+  def f(*a):
+    o, s = fn(*a[:-1], initial_state_BHKV=a[-1], segment_ids_BT=seg, scale=scale,
+              return_final_state=True, **kw)
+    total = jnp.sum(o * cot_o.astype(o.dtype)) + jnp.sum(s * cot_s.astype(s.dtype))
+    return total, (o, s)
+  return f
+
+
+@pytest.mark.parametrize('layout', ['none', 'packed'])
+def test_gdn_states_equal_fp64_oracle(layout):
+  """Initial and final state through the kernels (the streams start from S0; the backward is
+  seeded with the final state's cotangent and returns S0's) == the fp64 recurrent oracle, values
+  and gradients, with GQA, a partial chunk, scale != 1 and, packed, a second document (which
+  starts empty and whose state is the final one) and trailing padding."""
+  B, T, C, scale = 2, 45, 16, 0.7
+  data = lm.make_data(10, B, T, fam=GDN, G=1, H=2, K=16, V=32)
+  seg = None
+  if layout == 'packed':
+    seg = np.ones((B, T), np.int32)
+    seg[0, 20:] = 2
+    seg[1, 40:] = 0
+    seg = jnp.asarray(seg)
+  rng = np.random.default_rng(4)
+  cot_o, cot_s = (jnp.asarray(rng.standard_normal(shape)) for shape in ((B, T, 2, 32),
+                                                                         (B, 2, 16, 32)))
+  S0 = rng.standard_normal((B, 2, 16, 32))
+
+  def run(fn, dtype, **kw):
+    args = args_of(data, GDN, dtype) + (jnp.asarray(S0, dtype),)
+    loss = _loss_with_states(fn, seg, cot_o, cot_s, scale, **kw)
+    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args))), has_aux=True))(*args)
+
+  with jax.enable_x64(True):
+    (_, (o_ref, s_ref)), g_ref = run(delta.gdn_recurrent, jnp.float64)
+    (_, (o, s)), g = run(pk.gdn_chunked, jnp.float32, chunk_size=C, interpret=True)
+  assert_close(o, o_ref, **lm.fwd_tol(o_ref), name='output')
+  assert_close(s, s_ref, **lm.fwd_tol(s_ref), name='final state')
+  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dS0'), g, g_ref, strict=True):
+    assert x.dtype == jnp.float32
+    assert_close(x, y, **(GRAD_GATES if name in ('dg', 'dbeta') else GRAD), name=name)
+
+
+def test_log_linear_states_and_short_chunks_fall_back_to_xla_form():
   data = lm.make_data(8, 2, 40, fam=LL)
-  args = args_of(data, GDN, jnp.float32)
+  args = args_of(data, LL, jnp.float32)
   kw = dict(chunk_size=16, return_final_state=True)
-  o, state = jax.jit(functools.partial(pk.gdn_chunked, interpret=True, **kw))(*args)
-  o_ref, state_ref = jax.jit(functools.partial(delta.gdn_chunked, **kw))(*args)
+  o, state = jax.jit(functools.partial(pk.loglinear_gdn_chunked, interpret=True, **kw))(*args)
+  o_ref, state_ref = jax.jit(functools.partial(lm.FAMILIES['loglinear_gdn'].chunked, **kw))(*args)
   np.testing.assert_array_equal(o, o_ref)
-  np.testing.assert_array_equal(state, state_ref)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_ref)):
+    np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match='chunk_size'):
-    pk.loglinear_gdn_chunked(*args_of(data, LL, jnp.float32), chunk_size=24)
+    pk.loglinear_gdn_chunked(*args, chunk_size=24)
 
 
 def test_batch_split_below_2_31_elements():
@@ -229,6 +274,15 @@ def test_every_kernel_lowers_for_cuda():
         text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
             *shapes[:n], seg).lower(lowering_platforms=('cuda',)).as_text()
         assert text.count('__gpu$xla.gpu.triton') == (4 if with_ids else 2), (fam.name, with_ids)
+    # GDN with initial and final states: the kernels' state input / output variants
+    def loss(*a):
+      o, s = pk.gdn_chunked(*a[:5], initial_state_BHKV=a[5], segment_ids_BT=a[6],
+                            return_final_state=True)
+      return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+    text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(
+        *shapes[:5], S((B, H, K, V), jnp.float32), seg).lower(
+            lowering_platforms=('cuda',)).as_text()
+    assert text.count('__gpu$xla.gpu.triton') == 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,3 +331,30 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
   rfn = functools.partial(fam.chunked, **kw)
   names = ('dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam')[:n]
   assert_bf16_kernel_matches_fp32(kfn, rfn, args, cot, names)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_states():
+  """GDN with an initial and a final state at a GPU shape (two packed documents, padding): values
+  and gradients (S0's included, the final state weighted in the loss) on bf16 inputs against the
+  fp32 XLA form (kernels.md 9.3)."""
+  check_bf16_states(T=4096, interpret=False)
+
+
+def check_bf16_states(T, interpret):
+  (q, k, v, g, beta, _), cot = _gpu_inputs(2, T, 1, 8, 128, 128)
+  S0 = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 128, 128), jnp.float32)
+  cot_s = jax.random.normal(jax.random.PRNGKey(6), (2, 8, 128, 128), jnp.float32)
+  seg = jnp.asarray(np.repeat([[1] * (T // 4) + [2] * (T // 2) + [0] * (T // 4)], 2, 0))
+  loss = lambda fn, **kw: _loss_with_states(fn, seg, cot, cot_s, 128 ** -0.5, **kw)  # noqa: E731
+  args = (q, k, v, g, beta, S0)
+  grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=tuple(range(6)), has_aux=True))  # noqa
+  (_, (o, s)), got = grad(loss(pk.gdn_chunked, interpret=interpret))(*args)
+  with jax.default_matmul_precision('highest'):
+    (_, (o_ref, s_ref)), want = grad(loss(delta.gdn_chunked))(
+        *[a.astype(jnp.float32) for a in args])
+  assert_close(o.astype(jnp.float32), o_ref, rel=5e-3, name='output')
+  assert_close(s, s_ref, rel=5e-3, name='final state')
+  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dS0'), got, want, strict=True):
+    assert_close(x.astype(jnp.float32), y, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
+                 name=name)
