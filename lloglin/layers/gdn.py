@@ -43,9 +43,8 @@ def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *
   model.mixer_impl, for training and for prefill (return_final_state).
 
   This is the one place where a Pallas kernel gets selected ('pallas'; interpreted off GPU; 'auto'
-  per the layer's auto_pallas_kernel). The kernels take packed documents too; the GDN kernels
-  return final states, log-linear GDN hands them to the XLA form (pallas_kernels.loglinear.gdn
-  docstring).
+  per the layer's auto_pallas_kernel). The kernels take packed documents too and return final
+  states (pallas_kernels.loglinear.gdn docstring).
   """
   kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
             return_final_state=return_final_state)

@@ -45,10 +45,11 @@ XLA (intra output, qt, k2, W, U; UT transform included), to the gradients of q, 
 Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 then
 padding, decided at run time with lax.cond: the aligned kernels; packed documents: the packed
 kernels), chunk_size >= 16; plain GDN's initial state (the streams start from it; its cotangent
-is the backward's carried dS after chunk 0) and final state (the carried state after the last
-chunk; its cotangent seeds the backward). Log-linear GDN's initial and final (Fenwick) states,
-chunk_size < 16 and T beyond the capacity of the L levels run the XLA form, so no argument is
-ever silently ignored. Feature
+is the backward's carried dS after chunk 0) and final states (the carried states after the last
+chunk; their cotangent seeds the backward; log-linear GDN's FenwickState from the packed
+kernels' streams, one per level >= 1, plus level 0 = beta k v^T of the last token). Log-linear
+GDN's initial state (its positions continue from t_B), chunk_size < 16 and T beyond the capacity
+of the L levels run the XLA form, so no argument is ever silently ignored. Feature
 axes are zero-padded to powers of two (>= 16) and T to whole chunks; batches whose arrays would
 reach 2^31 elements are split (pallas_kernels.loglinear.common). Launch defaults: GDN_CONFIG and
 LOGLINEAR_GDN_CONFIG (common.py, tuned on an H200). On an H200 the GDN kernels are correct (bf16
@@ -682,7 +683,8 @@ _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 def _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, packed, st):
   """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels
-  (packed: with the document masks of segment_ids_BT). Returns (o_BTHV, final state or None)."""
+  (packed: with the document masks of segment_ids_BT). Returns (o_BTHV, final stream states
+  [B, H, X, K, V] or None)."""
   T, K = q.shape[1], q.shape[3]
   V = v.shape[3]
   Kp, Vp = pow2(K), pow2(V)
@@ -693,12 +695,20 @@ def _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, packed, st):
   s0 = None if s0_BHKV is None else jnp.pad(
       s0_BHKV.astype(jnp.float32), ((0, 0), (0, 0), (0, Kp - K), (0, Vp - V)))[:, :, None]
   o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
-  return o_BPHV[:, :T, :, :V], None if final is None else final[:, :, 0, :K, :V]
+  return o_BPHV[:, :T, :, :V], None if final is None else final[..., :K, :V]
 
 
 @functools.partial(jax.jit, static_argnames=('st',))
 def _run(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, st):
-  """(o_BTHV, final state_BHKV or None) of the kernels."""
+  """(o_BTHV, final stream states or None) of the kernels. Log-linear final states take the
+  packed kernels, whose streams cover every level >= 1 (the aligned ones keep the levels inside a
+  chunk in no state)."""
+  if st.final_state and st.levels is not None:
+    if segment_ids_BT is None:
+      segment_ids_BT = hierarchy.dense_segment_ids(*v.shape[:2])
+    o, final = _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, True, st)
+    (o,) = delta.sanitize(segment_ids_BT > 0, o)
+    return o, final
   if segment_ids_BT is None:
     return _kernel_path(q, k, v, g, beta, lam, s0_BHKV, None, False, st)
   # Rows of one document from position 0 (what the trainer passes for unpacked data) take the
@@ -730,7 +740,7 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
                launch_config(config, GDN_CONFIG, B * H, V), bool(return_final_state))
   o, final = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, initial_state_BHKV,
                   segment_ids_BT, st)
-  return (o, final) if return_final_state else o
+  return (o, final[:, :, 0]) if return_final_state else o
 
 
 
@@ -739,22 +749,44 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
                           segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
                           interpret=False, config=None):
   """Log-linear Gated DeltaNet (lloglin.ops.loglinear.loglinear_gdn_chunked) through the Pallas
-  kernels.
+  kernels, its final FenwickState included (the packed kernels: a stream per level).
 
-  initial_state, return_final_state, chunk_size < 16 and T > 2^(L-1) run the XLA form (module
-  docstring).
+  initial_state, chunk_size < 16 and T > 2^(L-1) run the XLA form (module docstring).
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            beta_BTH=beta_BTH, lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
                            initial_state=initial_state, chunk_size=chunk_size)
   T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
-  if (initial_state is not None or return_final_state or chunk_size < 16
-      or T > hierarchy.capacity(L)):
+  if initial_state is not None or chunk_size < 16 or T > hierarchy.capacity(L):
     return ops_loglinear.loglinear_gdn_chunked(
         q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, initial_state=initial_state,
         segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
         return_final_state=return_final_state)
   B, _, H, V = v_BTHV.shape
   st = _Static(chunk_size, float(scale), L, interpret,
-               launch_config(config, LOGLINEAR_GDN_CONFIG, B * H, V))
-  return _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, None, segment_ids_BT, st)[0]
+               launch_config(config, LOGLINEAR_GDN_CONFIG, B * H, V), bool(return_final_state))
+  o, streams_BHXKV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, None, segment_ids_BT,
+                          st)
+  if not return_final_state:
+    return o
+  return o, _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, segment_ids_BT, L)
+
+
+def _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, segment_ids_BT, levels):
+  """The FenwickState after the sequence from the packed kernels' final streams (levels 1 ..
+  X): level 0's stream, reset and written at every token, holds beta k v^T of the last token;
+  levels above X are empty (hierarchy.level_streams_to_fenwick, as the XLA form)."""
+  B, T, H, _ = v_BTHV.shape
+  lay = delta.layout_of(segment_ids_BT, B, T)
+  last_B = T - 1 - jnp.argmax(lay.real_BT[:, ::-1], axis=1)     # 0 for a row of padding only
+  pick = lambda x: jnp.take_along_axis(x, last_B.reshape((B, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
+  real_B = jnp.any(lay.real_BT, axis=1)
+  k_BHK = pick(delta.expand_groups(k_BTGK, H)).astype(jnp.float32)
+  v_BHV = pick(v_BTHV).astype(jnp.float32)
+  beta_BH = jnp.where(real_B[:, None], pick(beta_BTH).astype(jnp.float32), 0)
+  level0_BHKV = delta.outer_write(k_BHK, v_BHV, beta_BH, jnp.float32)
+  X = streams_BHXKV.shape[2]
+  S_LBHKV = jnp.concatenate([level0_BHKV[None], jnp.moveaxis(streams_BHXKV, 2, 0),
+                             jnp.zeros((levels - 1 - X,) + level0_BHKV.shape, jnp.float32)])
+  return hierarchy.FenwickState(hierarchy.level_streams_to_fenwick(S_LBHKV, lay.count_B),
+                                lay.count_B)

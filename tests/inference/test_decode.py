@@ -50,7 +50,7 @@ def test_decode_logits_equal_the_full_forward(pattern, mode, layers):
   assert_close_to_scale(decoded_BNV, jnp.take_along_axis(ref_BTV, positions_BN[..., None], 1))
 
 
-@pytest.mark.parametrize("pattern", ["mamba2", "loglinear_mamba2", "gdn"])
+@pytest.mark.parametrize("pattern", ["mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn"])
 def test_prefill_through_the_pallas_kernels(pattern):
   """mixer_impl='pallas' (interpret mode here): prefill runs the kernels, its final states
   included, and decoding after it still equals the full forward (shorter than above: the

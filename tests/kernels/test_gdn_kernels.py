@@ -173,24 +173,29 @@ def test_one_level_and_all_padding():
     assert_close(x, y, rel=1e-5, name=name)
 
 
-def _loss_with_states(fn, seg, cot_o, cot_s, scale, **kw):
-  """(args..., S0) -> (<o, cot_o> + <final state, cot_s>, (o, final state))."""
+def _loss_with_states(fn, seg, cot_o, cot_s, scale, with_s0=True, **kw):
+  """(args... [, S0]) -> (<o, cot_o> + <final state, cot_s>, (o, final state)); a FenwickState
+  contributes its level states."""
   def f(*a):
-    o, s = fn(*a[:-1], initial_state_BHKV=a[-1], segment_ids_BT=seg, scale=scale,
-              return_final_state=True, **kw)
+    init = {'initial_state_BHKV': a[-1]} if with_s0 else {}
+    o, s = fn(*a[:len(a) - with_s0], segment_ids_BT=seg, scale=scale, return_final_state=True,
+              **init, **kw)
+    s = getattr(s, 'S_BHLKV', s)
     total = jnp.sum(o * cot_o.astype(o.dtype)) + jnp.sum(s * cot_s.astype(s.dtype))
     return total, (o, s)
   return f
 
 
 @pytest.mark.parametrize('layout', ['none', 'packed'])
-def test_gdn_states_equal_fp64_oracle(layout):
-  """Initial and final state through the kernels (the streams start from S0; the backward is
-  seeded with the final state's cotangent and returns S0's) == the fp64 recurrent oracle, values
-  and gradients, with GQA, a partial chunk, scale != 1 and, packed, a second document (which
-  starts empty and whose state is the final one) and trailing padding."""
-  B, T, C, scale = 2, 45, 16, 0.7
-  data = lm.make_data(10, B, T, fam=GDN, G=1, H=2, K=16, V=32)
+@pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
+def test_states_equal_fp64_oracle(fam, layout):
+  """Final state (log-linear: the Fenwick levels, from the packed kernels' streams) and, for GDN,
+  the initial state through the kernels (the streams start from S0; the backward is seeded with
+  the final state's cotangent and returns S0's) == the fp64 recurrent oracle, values and
+  gradients, with GQA, a partial chunk, scale != 1 and, packed, a second document (which starts
+  empty and whose state is the final one) and trailing padding."""
+  B, T, C, scale, L = 2, 45, 16, 0.7, 7
+  data = lm.make_data(10, B, T, fam=fam, G=1, H=2, K=16, V=32, L=L, lam='softplus')
   seg = None
   if layout == 'packed':
     seg = np.ones((B, T), np.int32)
@@ -198,34 +203,35 @@ def test_gdn_states_equal_fp64_oracle(layout):
     seg[1, 40:] = 0
     seg = jnp.asarray(seg)
   rng = np.random.default_rng(4)
-  cot_o, cot_s = (jnp.asarray(rng.standard_normal(shape)) for shape in ((B, T, 2, 32),
-                                                                         (B, 2, 16, 32)))
+  state_shape = (B, 2) + ((L,) if fam.lam else ()) + (16, 32)
+  cot_o, cot_s = (jnp.asarray(rng.standard_normal(x)) for x in ((B, T, 2, 32), state_shape))
+  with_s0 = not fam.lam
   S0 = rng.standard_normal((B, 2, 16, 32))
 
   def run(fn, dtype, **kw):
-    args = args_of(data, GDN, dtype) + (jnp.asarray(S0, dtype),)
-    loss = _loss_with_states(fn, seg, cot_o, cot_s, scale, **kw)
+    args = args_of(data, fam, dtype) + ((jnp.asarray(S0, dtype),) if with_s0 else ())
+    loss = _loss_with_states(fn, seg, cot_o, cot_s, scale, with_s0, **kw)
     return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args))), has_aux=True))(*args)
 
   with jax.enable_x64(True):
-    (_, (o_ref, s_ref)), g_ref = run(delta.gdn_recurrent, jnp.float64)
-    (_, (o, s)), g = run(pk.gdn_chunked, jnp.float32, chunk_size=C, interpret=True)
+    (_, (o_ref, s_ref)), g_ref = run(fam.recurrent, jnp.float64)
+    (_, (o, s)), g = run(kernel_of(fam), jnp.float32, chunk_size=C, interpret=True)
   assert_close(o, o_ref, **lm.fwd_tol(o_ref), name='output')
   assert_close(s, s_ref, **lm.fwd_tol(s_ref), name='final state')
-  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dS0'), g, g_ref, strict=True):
+  names = ('dq', 'dk', 'dv', 'dg', 'dbeta') + (('dlam',) if fam.lam else ('dS0',))
+  for name, x, y in zip(names, g, g_ref, strict=True):
     assert x.dtype == jnp.float32
-    assert_close(x, y, **(GRAD_GATES if name in ('dg', 'dbeta') else GRAD), name=name)
+    assert_close(x, y, **(GRAD if name in ('dq', 'dk', 'dv', 'dS0') else GRAD_GATES), name=name)
 
 
-def test_log_linear_states_and_short_chunks_fall_back_to_xla_form():
+def test_log_linear_initial_state_and_short_chunks_fall_back_to_xla_form():
   data = lm.make_data(8, 2, 40, fam=LL)
   args = args_of(data, LL, jnp.float32)
-  kw = dict(chunk_size=16, return_final_state=True)
-  o, state = jax.jit(functools.partial(pk.loglinear_gdn_chunked, interpret=True, **kw))(*args)
-  o_ref, state_ref = jax.jit(functools.partial(lm.FAMILIES['loglinear_gdn'].chunked, **kw))(*args)
+  _, state = LL.chunked(*args, chunk_size=16, return_final_state=True)
+  o = jax.jit(functools.partial(pk.loglinear_gdn_chunked, interpret=True, chunk_size=16))(
+      *args, initial_state=state)
+  o_ref = jax.jit(functools.partial(LL.chunked, chunk_size=16))(*args, initial_state=state)
   np.testing.assert_array_equal(o, o_ref)
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_ref)):
-    np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match='chunk_size'):
     pk.loglinear_gdn_chunked(*args, chunk_size=24)
 
@@ -274,15 +280,17 @@ def test_every_kernel_lowers_for_cuda():
         text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
             *shapes[:n], seg).lower(lowering_platforms=('cuda',)).as_text()
         assert text.count('__gpu$xla.gpu.triton') == (4 if with_ids else 2), (fam.name, with_ids)
-    # GDN with initial and final states: the kernels' state input / output variants
-    def loss(*a):
-      o, s = pk.gdn_chunked(*a[:5], initial_state_BHKV=a[5], segment_ids_BT=a[6],
-                            return_final_state=True)
-      return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
-    text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(
-        *shapes[:5], S((B, H, K, V), jnp.float32), seg).lower(
-            lowering_platforms=('cuda',)).as_text()
-    assert text.count('__gpu$xla.gpu.triton') == 4
+    # final states (and GDN's initial state): the kernels' state input / output variants; the
+    # log-linear final state takes the packed kernels only
+    for fam, n, state in ((GDN, 6, S((B, H, K, V), jnp.float32)), (LL, 6, shapes[5])):
+      def loss(*a, fam=fam):
+        init = {} if fam.lam else {'initial_state_BHKV': a[5]}
+        o, s = kernel_of(fam)(*a[:5 + bool(fam.lam)], segment_ids_BT=a[6],
+                              return_final_state=True, **init)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(getattr(s, 'S_BHLKV', s))
+      text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
+          *shapes[:5], state, seg).lower(lowering_platforms=('cuda',)).as_text()
+      assert text.count('__gpu$xla.gpu.triton') == (2 if fam.lam else 4), fam.name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,27 +342,32 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
 
 
 @pytest.mark.gpu
-def test_gpu_bf16_states():
-  """GDN with an initial and a final state at a GPU shape (two packed documents, padding): values
-  and gradients (S0's included, the final state weighted in the loss) on bf16 inputs against the
-  fp32 XLA form (kernels.md 9.3)."""
-  check_bf16_states(T=4096, interpret=False)
+@pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
+def test_gpu_bf16_states(fam):
+  """States at a GPU shape (two packed documents, padding): the final state (and GDN's initial
+  state) on bf16 inputs against the fp32 XLA form, values and gradients (kernels.md 9.3)."""
+  check_bf16_states(fam, T=4096, interpret=False)
 
 
-def check_bf16_states(T, interpret):
-  (q, k, v, g, beta, _), cot = _gpu_inputs(2, T, 1, 8, 128, 128)
+def check_bf16_states(fam, T, interpret):
+  (q, k, v, g, beta, lam), cot = _gpu_inputs(2, T, 1, 8, 128, 128)
+  L = lam.shape[-1]
+  with_s0 = not fam.lam
   S0 = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 128, 128), jnp.float32)
-  cot_s = jax.random.normal(jax.random.PRNGKey(6), (2, 8, 128, 128), jnp.float32)
+  cot_s = jax.random.normal(jax.random.PRNGKey(6),
+                            (2, 8) + ((L,) if fam.lam else ()) + (128, 128), jnp.float32)
   seg = jnp.asarray(np.repeat([[1] * (T // 4) + [2] * (T // 2) + [0] * (T // 4)], 2, 0))
-  loss = lambda fn, **kw: _loss_with_states(fn, seg, cot, cot_s, 128 ** -0.5, **kw)  # noqa: E731
-  args = (q, k, v, g, beta, S0)
-  grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=tuple(range(6)), has_aux=True))  # noqa
-  (_, (o, s)), got = grad(loss(pk.gdn_chunked, interpret=interpret))(*args)
+  loss = lambda fn, **kw: _loss_with_states(fn, seg, cot, cot_s, 128 ** -0.5,  # noqa: E731
+                                            with_s0, **kw)
+  args = (q, k, v, g, beta) + ((lam,) if fam.lam else (S0,))
+  grad = lambda f: jax.jit(jax.value_and_grad(  # noqa: E731
+      f, argnums=tuple(range(len(args))), has_aux=True))
+  (_, (o, s)), got = grad(loss(kernel_of(fam), interpret=interpret))(*args)
   with jax.default_matmul_precision('highest'):
-    (_, (o_ref, s_ref)), want = grad(loss(delta.gdn_chunked))(
-        *[a.astype(jnp.float32) for a in args])
+    (_, (o_ref, s_ref)), want = grad(loss(fam.chunked))(*[a.astype(jnp.float32) for a in args])
   assert_close(o.astype(jnp.float32), o_ref, rel=5e-3, name='output')
   assert_close(s, s_ref, rel=5e-3, name='final state')
-  for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dS0'), got, want, strict=True):
+  names = ('dq', 'dk', 'dv', 'dg', 'dbeta') + (('dlam',) if fam.lam else ('dS0',))
+  for name, x, y in zip(names, got, want, strict=True):
     assert_close(x.astype(jnp.float32), y, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
                  name=name)
