@@ -18,15 +18,16 @@ wired through jax.custom_vjp; q/k gradients of grouped heads are summed over the
 Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 followed
 by padding, decided at run time: the fast aligned kernels; packed documents: the same kernels in
 packed mode, levels from positions inside each document and one masked stream per level >= 1,
-about 7x slower fwd+bwd on the H200), chunk_size >= 16. Both models are linear in
-their state, so the kernels run from an empty state and XLA adds the rest beside them
-(lloglin.ops.delta.state_terms, O(T K V) einsums): the initial state's reads (SSD) and the final
-state (SSD, and log-linear SSD's Fenwick levels), so a chunked prefill runs through the kernels.
-A log-linear initial state (its positions continue from t_B), chunk_size < 16 and (with segment
-ids) T beyond the capacity of the L levels fall back, explicitly, to the lloglin.ops XLA chunked
-form (same results, XLA speed), so no argument is ever silently ignored. Feature axes are
-zero-padded to powers of two (>= 16) and T to whole chunks; batches whose arrays would reach 2^31
-elements are split so that no kernel offset overflows int32.
+about 7x slower fwd+bwd on the H200), chunk_size >= 16. Both models are linear in their state,
+so the kernels run from an empty state and XLA adds the rest beside them
+(lloglin.ops.delta.state_terms, O(T K V) einsums): the initial state's reads and the final state
+(log-linear: the Fenwick levels), so chunked prefill and its continuation run through the
+kernels. A log-linear initial state also moves the positions (they continue from its t_B): the
+packed kernels then run with every level. chunk_size < 16 and T beyond the capacity of the L
+levels fall back, explicitly, to the lloglin.ops XLA chunked form (same results, XLA speed), so
+no argument is ever silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T
+to whole chunks; batches whose arrays would reach 2^31 elements are split so that no kernel
+offset overflows int32.
 """
 
 import functools
@@ -59,6 +60,7 @@ class _Static(NamedTuple):
   levels: int | None          # None: hierarchy off (plain SSD)
   interpret: bool
   config: KernelConfig
+  offset: bool = False        # positions continue an initial state's t_B (packed mode, all levels)
 
 
 def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, reverse, out_dtype,
@@ -73,7 +75,8 @@ def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, rever
   fn = functools.partial(level_scan, heads=heads, chunk_size=st.chunk_size, reverse=reverse,
                          levels=st.levels, out_dtype=out_dtype, block_v=st.config.block_v,
                          num_warps=st.config.num_warps, num_stages=st.config.num_stages,
-                         precise_states=precise_states, interpret=st.interpret)
+                         precise_states=precise_states, all_levels=st.offset,
+                         interpret=st.interpret)
   return in_row_batches(fn, (a, b, c, g_BHP, lam_BHLP, qx, pos_BP, doc_BP), per_row,
                         f'pallas loglinear kernels (T={P}, heads={heads})',
                         out_axes=0 if qx is None else (0, 1))
@@ -132,23 +135,30 @@ _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 @functools.partial(jax.jit, static_argnames=('chunk_size', 'scale', 'with_levels', 'interpret',
                                              'config'))
-def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, *, chunk_size, scale,
-         with_levels, interpret, config):
+def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, t0_B=None, *, chunk_size,
+         scale, with_levels, interpret, config):
+  """o_BTHV from an empty state; t0_B (log-linear): the first document's positions start there
+  (the packed kernels, every level)."""
   B, T, G, K = q_BTGK.shape
   V = v_BTHV.shape[-1]
+  if t0_B is not None and segment_ids_BT is None:
+    segment_ids_BT = hierarchy.dense_segment_ids(B, T)
   (q, k, v, g, lam), real_BP = padded_inputs(
       [q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL if with_levels else None], segment_ids_BT,
       chunk_size, [pow2(K), pow2(K), pow2(V), None, None])
   pos_BP = doc_BP = None
   if segment_ids_BT is not None:
-    lay = delta.layout_of(segment_ids_BT, B, T, None, g.shape[1])
+    lay = delta.layout_of(segment_ids_BT, B, T, t0_B, g.shape[1])
     pos_BP = jnp.where(real_BP, lay.pos_BT, -1)
     doc_BP = lay.doc_BT
   H = v_BTHV.shape[2]
   config = launch_config(config, LOGLINEAR_SSD_CONFIG if with_levels else SSD_CONFIG, B * H, V)
   st = _Static(chunk_size, float(scale), lam_BTHL.shape[-1] if with_levels else None, interpret,
-               config)
-  if segment_ids_BT is None:
+               config, t0_B is not None)
+  if st.offset:
+    o_BPHV = _mixer(q, k, v, g, lam, pos_BP, doc_BP, st)
+    (o_BPHV,) = delta.sanitize(real_BP, o_BPHV)
+  elif segment_ids_BT is None:
     o_BPHV = _mixer(q, k, v, g, lam, None, None, st)
   else:
     # Rows holding one document from position 0 (the trainer passes segment ids even then) take
@@ -166,25 +176,27 @@ def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_st
                           return_final_state=False, interpret=False, config=None):
   """Log-linear Mamba-2 (lloglin.ops.loglinear.loglinear_ssd_chunked) through the Pallas kernels.
 
-  The final state comes from XLA beside the kernels (module docstring); initial_state,
-  chunk_size < 16 and (with segment ids) T > 2^(L-1) run the XLA form.
+  The initial state's reads and the final state come from XLA beside the kernels (module
+  docstring); chunk_size < 16 and T > 2^(L-1) run the XLA form.
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
                            initial_state=initial_state, chunk_size=chunk_size)
   T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
-  if initial_state is not None or chunk_size < 16 or T > hierarchy.capacity(L):
+  if chunk_size < 16 or T > hierarchy.capacity(L):
     return ops_loglinear.loglinear_ssd_chunked(
         q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, initial_state=initial_state,
         segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
         return_final_state=return_final_state)
-  o_BTHV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, chunk_size=chunk_size,
-                scale=float(scale), with_levels=True, interpret=interpret, config=config)
-  if not return_final_state:
+  t0_B = None if initial_state is None else jnp.asarray(initial_state.t_B, jnp.int32)
+  o_BTHV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, t0_B,
+                chunk_size=chunk_size, scale=float(scale), with_levels=True, interpret=interpret,
+                config=config)
+  if initial_state is None and not return_final_state:
     return o_BTHV
   return ops_loglinear.loglinear_ssd_state_terms(
-      o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT=segment_ids_BT,
-      scale=scale, return_final_state=True)
+      o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, initial_state=initial_state,
+      segment_ids_BT=segment_ids_BT, scale=scale, return_final_state=return_final_state)
 
 
 def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segment_ids_BT=None,

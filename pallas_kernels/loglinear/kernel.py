@@ -238,7 +238,8 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
 
 def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_BP=None,
                doc_BP=None, *, heads, chunk_size, reverse, levels=None, out_dtype=jnp.float32,
-               block_v=32, num_warps=4, num_stages=1, precise_states=False, interpret=False):
+               block_v=32, num_warps=4, num_stages=1, precise_states=False, all_levels=False,
+               interpret=False):
   """Runs the chunk scan (module docstring) over P = N * chunk_size padded tokens.
 
   Feature axes are powers of two >= 16; a/b/c/qx have X heads (G groups or H heads; head h reads
@@ -250,6 +251,8 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_B
   every higher level a stream with per-token masks.
   precise_states: state reads and writes as two bf16 matmuls (hi + lo, `_dot_state`); the
   backward's dq and dk passes use it, since dg sums their errors over the whole sequence.
+  all_levels: positions do not start at 0 (they continue an initial state's), so every one of
+  the L levels may occur, not only those a length-P sequence reaches (packed mode).
   Returns out_BPHV [, dlam_JBHLP].
   """
   B, P, _, Ka = a_BPXA.shape
@@ -264,7 +267,7 @@ def level_scan(a_BPXA, b_BPXA, c_BPXV, g_BHP, lam_BHLP=None, qx_BPXV=None, pos_B
   if levels is None:
     intra_levels, streams, lam_levels = 1, (None,), 0
   else:
-    hi = min(levels, (P - 1).bit_length() + 1)
+    hi = levels if all_levels else min(levels, (P - 1).bit_length() + 1)
     intra_levels = hi if packed else min(lo, hi)
     streams = tuple(range(lo, hi))
     lam_levels = hi

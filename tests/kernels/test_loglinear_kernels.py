@@ -182,63 +182,68 @@ def test_launch_config_keeps_the_grid_full():
       block_v=32)
 
 
+@pytest.mark.parametrize('layout', ['none', 'packed'])
 @pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
-def test_prefill_states_equal_fp64_oracle(hierarchy):
-  """Final state (both models; log-linear: the Fenwick levels) and initial state (SSD) through
-  the kernels plus XLA's state terms == the fp64 recurrent oracle, values and gradients (into
-  the initial state, out of the final one), with packed documents, GQA, a partial chunk, and
-  scale != 1."""
-  B, T, C, scale = 2, 45, 16, 0.7
-  data = lm.make_data(9, B, T, fam=FAM, G=1, H=2, K=16, V=32, L=7, lam='softplus')
-  seg = np.ones((B, T), np.int32)
-  seg[0, 20:] = 2
-  seg[1, 40:] = 0
+def test_states_equal_fp64_oracle(hierarchy, layout):
+  """A chunked continuation through the kernels plus XLA's state terms: initial state (log-linear:
+  a FenwickState after 37 tokens, so positions continue from there and the packed kernels run
+  with every level) and final state == the fp64 recurrent oracle, values and gradients (into the
+  initial state, out of the final one), with GQA, a partial chunk, scale != 1 and, packed, a
+  second document (starting empty) and trailing padding."""
+  B, T0, T, C, scale = 2, 37, 45, 16, 0.7
+  data = lm.make_data(9, B, T0 + T, fam=FAM, G=1, H=2, K=16, V=32, L=8, lam='softplus')
+  seg = None
+  if layout == 'packed':
+    seg = np.ones((B, T), np.int32)
+    seg[0, 20:] = 2
+    seg[1, 40:] = 0
+    seg = jnp.asarray(seg)
+  n = 5 if hierarchy else 4
+  oracle = ops_loglinear.loglinear_ssd_recurrent if hierarchy else ops_ssd.ssd_recurrent
+  kernel = pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked
+  state_kw = 'initial_state' if hierarchy else 'initial_state_BHKV'
+  with jax.enable_x64(True):
+    prefix = tuple(x[:, :T0] for x in args_of(data, jnp.float64, hierarchy))
+    _, state0 = jax.jit(functools.partial(oracle, return_final_state=True))(*prefix[:n])
+  S0 = np.asarray(state0.S_BHLKV if hierarchy else state0)
   rng = np.random.default_rng(3)
   cot_o = rng.standard_normal((B, T, 2, 32))
-  cot_s = rng.standard_normal((B, 2) + ((7,) if hierarchy else ()) + (16, 32))
-  S0 = None if hierarchy else rng.standard_normal((B, 2, 16, 32))
-  if hierarchy:
-    oracle = ops_loglinear.loglinear_ssd_recurrent
-  else:
-    oracle = ops_ssd.ssd_recurrent
-  kernel = pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked
+  cot_s = rng.standard_normal(S0.shape)
 
-  def loss(fn, dtype, **kw):
-    def f(*a):
-      state = {} if hierarchy else {'initial_state_BHKV': a[-1]}
-      o, s = fn(*a[:len(a) - (not hierarchy)], segment_ids_BT=jnp.asarray(seg), scale=scale,
-                return_final_state=True, **state, **kw)
+  def run(fn, dtype, **kw):
+    def loss(*a):
+      init = hierarchy_ops.FenwickState(a[n], state0.t_B) if hierarchy else a[n]
+      o, s = fn(*a[:n], segment_ids_BT=seg, scale=scale, return_final_state=True,
+                **{state_kw: init}, **kw)
       s = s.S_BHLKV if hierarchy else s
       total = jnp.sum(o * jnp.asarray(cot_o, dtype)) + jnp.sum(s * jnp.asarray(cot_s, dtype))
       return total, (o, s)
-    return f
-
-  def run(fn, dtype, **kw):
-    args = args_of(data, dtype, hierarchy) + (() if hierarchy else (jnp.asarray(S0, dtype),))
-    return jax.jit(jax.value_and_grad(loss(fn, dtype, **kw), argnums=tuple(range(len(args))),
-                                      has_aux=True))(*args)
+    args = tuple(x[:, T0:] for x in args_of(data, dtype, hierarchy)) + (jnp.asarray(S0, dtype),)
+    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n + 1)), has_aux=True))(*args)
 
   with jax.enable_x64(True):
     (_, (o_ref, s_ref)), g_ref = run(oracle, jnp.float64)
     (_, (o, s)), g = run(kernel, jnp.float32, chunk_size=C, interpret=True)
   assert_close(o, o_ref, **lm.fwd_tol(o_ref), name='output')
   assert_close(s, s_ref, **lm.fwd_tol(s_ref), name='final state')
-  names = ('dq', 'dk', 'dv', 'dg') + (('dlam',) if hierarchy else ('dS0',))
-  for name, x, y in zip(names, g, g_ref):
+  if hierarchy:   # only the buckets a state after T0 tokens holds (level 0, and l where bit l - 1
+    # of T0 - 1 is set) are inputs of the function: the others are 0 in any reachable state
+    held = np.array([l == 0 or (T0 - 1) >> (l - 1) & 1 for l in range(8)], bool)
+    g, g_ref = (x[:-1] + (x[-1][:, :, held],) for x in (g, g_ref))
+  names = ('dq', 'dk', 'dv', 'dg') + (('dlam',) if hierarchy else ()) + ('dS0',)
+  for name, x, y in zip(names, g, g_ref, strict=True):
     assert_close(x, y, **(GRAD_GATES if name in ('dg', 'dlam') else GRAD), name=name)
 
 
-def test_log_linear_initial_state_and_short_chunks_fall_back_to_xla_form():
+def test_short_chunks_fall_back_to_xla_form():
   data = lm.make_data(8, 2, 40, fam=FAM)
   args = args_of(data, jnp.float32, True)
-  _, state = ops_loglinear.loglinear_ssd_chunked(*args, chunk_size=16, return_final_state=True)
-  o = pk.loglinear_ssd_chunked(*args, initial_state=state, chunk_size=16, interpret=True)
-  o_ref = ops_loglinear.loglinear_ssd_chunked(*args, initial_state=state, chunk_size=16)
-  np.testing.assert_array_equal(o, o_ref)
-  o, s = pk.ssd_chunked(*args[:4], chunk_size=8, return_final_state=True, interpret=True)
-  o_ref, s_ref = ops_ssd.ssd_chunked(*args[:4], chunk_size=8, return_final_state=True)
-  np.testing.assert_array_equal(o, o_ref)
-  np.testing.assert_array_equal(s, s_ref)
+  for kernel, op, a in ((pk.loglinear_ssd_chunked, ops_loglinear.loglinear_ssd_chunked, args),
+                        (pk.ssd_chunked, ops_ssd.ssd_chunked, args[:4])):
+    kw = dict(chunk_size=8, return_final_state=True)
+    out = jax.jit(functools.partial(kernel, interpret=True, **kw))(*a)
+    for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(jax.jit(functools.partial(op, **kw))(*a))):
+      np.testing.assert_array_equal(x, y)
   with pytest.raises(ValueError, match='chunk_size'):
     pk.ssd_chunked(*args[:4], chunk_size=24)
 
