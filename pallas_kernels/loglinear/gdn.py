@@ -47,9 +47,10 @@ padding, decided at run time with lax.cond: the aligned kernels; packed document
 kernels), chunk_size >= 16; plain GDN's initial state (the streams start from it; its cotangent
 is the backward's carried dS after chunk 0) and final states (the carried states after the last
 chunk; their cotangent seeds the backward; log-linear GDN's FenwickState from the packed
-kernels' streams, one per level >= 1, plus level 0 = beta k v^T of the last token). Log-linear
-GDN's initial state (its positions continue from t_B), chunk_size < 16 and T beyond the capacity
-of the L levels run the XLA form, so no argument is ever silently ignored. Feature
+kernels' streams, one per level >= 1, plus level 0 = beta k v^T of the last token; its initial
+FenwickState enters as those streams' initial states, positions continuing from its t_B).
+chunk_size < 16 and T beyond the capacity of the L levels run the XLA form, so no argument is
+ever silently ignored. Feature
 axes are zero-padded to powers of two (>= 16) and T to whole chunks; batches whose arrays would
 reach 2^31 elements are split (pallas_kernels.loglinear.common). Launch defaults: GDN_CONFIG and
 LOGLINEAR_GDN_CONFIG (common.py, tuned on an H200). On an H200 the GDN kernels are correct (bf16
@@ -284,15 +285,16 @@ def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, with_state_grads, mm_d
       dinit_ref[x] = E
 
 
-def _streams(levels, C, P, packed=False):
+def _streams(levels, C, P, packed=False, all_levels=False):
   """(intra_levels, streams, lam_levels) of a length-P scan. Plain GDN (levels None): one stream.
   Log-linear: aligned, the levels < log2 C + 1 inside chunks and one stream per level above, up
-  to the levels P positions reach; packed, every level inside chunks (document positions) and a
-  stream for every level >= 1 (sources in earlier chunks)."""
+  to the levels P positions reach (all_levels: positions continue an initial state's, so all
+  L); packed, every level inside chunks (document positions) and a stream for every level >= 1
+  (sources in earlier chunks)."""
   if levels is None:
     return 1, (None,), 0
   lo = C.bit_length()
-  hi = min(levels, (P - 1).bit_length() + 1)
+  hi = levels if all_levels else min(levels, (P - 1).bit_length() + 1)
   if packed:
     return hi, tuple(range(1, hi)), hi
   return min(lo, hi), tuple(range(lo, hi)), hi
@@ -321,8 +323,9 @@ def _mask_specs(masks, X, P):
 
 
 def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, masks=None,
-             init_BHXKV=None, *, chunk_size, levels=None, with_states=False, with_final=False,
-             out_dtype=jnp.float32, block_v=32, num_warps=8, num_stages=2, interpret=False):
+             init_BHXKV=None, *, chunk_size, levels=None, all_levels=False, with_states=False,
+             with_final=False, out_dtype=jnp.float32, block_v=32, num_warps=8, num_stages=2,
+             interpret=False):
   """The forward chunk scan of the module docstring over P = N * chunk_size padded tokens,
   feature axes powers of two >= 16. q/k: G groups (head h reads h // (H // G)), already scaled; w
   and tb = T_g diag(beta) (rows t, columns s of its chunk): per head, from `_wy`. levels: the L of
@@ -339,7 +342,7 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, mask
   R = H // G
   BV = min(block_v, V)
   packed = masks is not None
-  intra_levels, streams, lam_levels = _streams(levels, C, P, packed)
+  intra_levels, streams, lam_levels = _streams(levels, C, P, packed, all_levels)
   X = len(streams)
   in_specs = [pl.BlockSpec((None, P, None, K), lambda b, h, j: (b, 0, h // R, 0))] * 2 + [
       pl.BlockSpec((None, P, None, K), lambda b, h, j: (b, 0, h, 0)),
@@ -380,8 +383,8 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, mask
 
 def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV, lam_BHLP=None,
                  masks=None, tb_BPHC=None, v_BPHV=None, dfinal_BHXKV=None, *, chunk_size,
-                 levels=None, mm_dtype=jnp.float32, block_v=32, num_warps=8, num_stages=2,
-                 interpret=False):
+                 levels=None, all_levels=False, mm_dtype=jnp.float32, block_v=32, num_warps=8,
+                 num_stages=2, interpret=False):
   """Reverse chunk scan: cotangents of the inter-chunk operands (module docstring, Backward).
 
   Aligned (masks None): returns dqt, dk2, dw as [J, B, P, H, K] (partial sums over the J feature
@@ -396,7 +399,7 @@ def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV,
   BV = min(block_v, V)
   J = V // BV
   packed = masks is not None
-  _, streams, lam_levels = _streams(levels, C, P, packed)
+  _, streams, lam_levels = _streams(levels, C, P, packed, all_levels)
   X, M = states_BHXMV.shape[2:4]
   tok = lambda width: pl.BlockSpec((None, P, None, width), lambda b, h, j: (b, 0, h, 0))
   blk = pl.BlockSpec((None, P, None, BV), lambda b, h, j: (b, 0, h, j))
@@ -449,7 +452,8 @@ class _Static(NamedTuple):
   levels: int | None          # None: plain GDN
   interpret: bool
   config: KernelConfig
-  final_state: bool = False   # plain GDN: also return the stream's state after the sequence
+  final_state: bool = False   # also return the streams' states after the sequence
+  offset: bool = False        # log-linear: positions continue an initial state's t_B
 
 
 def _wy(k_BPGK, g_BPH, beta_BPH, C):
@@ -486,13 +490,13 @@ class _Packed(NamedTuple):
   keep_BXP: jax.Array         # no reset of stream x in this token's chunk
 
 
-def _packed_masks(segment_ids_BT, P, levels, C):
+def _packed_masks(segment_ids_BT, P, levels, C, t0_B=None):
   """_Packed of the rows (hierarchy.level_stream_masks; resets inside a chunk as in
   delta.chunked_recurrence: a token reads a stream only before the first reset of its chunk and
-  writes it only after the last)."""
+  writes it only after the last); t0_B: the first document's positions start there."""
   B, T = segment_ids_BT.shape
-  lay = delta.layout_of(segment_ids_BT, B, T, None, P)
-  streams = _streams(levels, C, P, True)[1]
+  lay = delta.layout_of(segment_ids_BT, B, T, t0_B, P)
+  streams = _streams(levels, C, P, True, t0_B is not None)[1]
   if levels is None:
     real = lay.real_BT[None]
     reset, write, read = lay.start_BT[None], real, real
@@ -508,14 +512,14 @@ def _packed_masks(segment_ids_BT, P, levels, C):
                  to_B(jnp.broadcast_to(rc[..., -1:] == 0, rc.shape)))
 
 
-def _rho(lam_BPHL, packed, levels, C, heads):
+def _rho(lam_BPHL, packed, st, heads):
   """rho_BHXP = lam of each stream's level (1 for plain GDN) x its read mask."""
   read_BHXP = packed.read_BXP[:, None]
   if lam_BPHL is None:
     B, _, X, P = read_BHXP.shape
     return jnp.broadcast_to(read_BHXP, (B, heads, X, P))
   P = lam_BPHL.shape[1]
-  streams = list(_streams(levels, C, P, True)[1])
+  streams = list(_streams(st.levels, st.chunk_size, P, True, st.offset)[1])
   lam_BHXP = jnp.transpose(lam_BPHL[..., streams].astype(jnp.float32), (0, 2, 3, 1))
   return lam_BHXP * read_BHXP
 
@@ -547,7 +551,7 @@ def _prep(q, k, v, g, beta, lam, packed, st):
   k2 = k_BNCHK * jnp.exp(G_BNCH[:, :, -1:] - G_BNCH)[..., None]
   u = ein('bnhts,bnshv->bnthv', tb_BNHTS, v_BNCHV)
   aeff_BNHTS = ein('bnhts,bnhsu->bnhtu', a_BNHTS, tb_BNHTS)     # lower triangular
-  intra_levels = _streams(st.levels, C, P, packed is not None)[0]
+  intra_levels = _streams(st.levels, C, P, packed is not None, st.offset)[0]
   if packed is None:
     idx = jnp.arange(C)
     lvl_BNTS = jnp.broadcast_to(hierarchy.level_index(idx[:, None], idx[None, :]), (B, N, C, C))
@@ -576,14 +580,14 @@ def _scan_forward(q, k, v, g, beta, lam, s0, packed, st, with_states):
   w_BPHK, tb_BPHC = _wy(k, g, beta, C)
   g_BHP, lam_BHLP = gate_layouts(g, lam)
   masks = None if packed is None else (
-      packed.pos_BP, packed.doc_BP, _rho(lam, packed, st.levels, C, H), packed.wm_BXP,
+      packed.pos_BP, packed.doc_BP, _rho(lam, packed, st, H), packed.wm_BXP,
       packed.keep_BXP)
   cfg = st.config
-  fn = functools.partial(gdn_scan, chunk_size=C, levels=st.levels, with_states=with_states,
-                         with_final=st.final_state, out_dtype=v.dtype, block_v=cfg.block_v,
+  fn = functools.partial(gdn_scan, chunk_size=C, levels=st.levels, all_levels=st.offset,
+                         with_states=with_states, with_final=st.final_state, out_dtype=v.dtype, block_v=cfg.block_v,
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                          interpret=st.interpret)
-  X = len(_streams(st.levels, C, P, packed is not None)[1])
+  X = len(_streams(st.levels, C, P, packed is not None, st.offset)[1])
   # the stored states (backward only) are the largest array: X x K x V floats per chunk and head
   per_row = P * H * max(K, V, C, 0 if lam is None else lam.shape[-1], X,
                        X * K * V // C if with_states else 0)
@@ -633,7 +637,8 @@ def _mixer_bwd(st, res, cotangents):
   if states is not None:
     g_BHP, lam_BHLP = gate_layouts(g, lam)
     cfg = st.config
-    fn = functools.partial(gdn_scan_bwd, chunk_size=C, levels=st.levels, mm_dtype=q.dtype,
+    fn = functools.partial(gdn_scan_bwd, chunk_size=C, levels=st.levels, all_levels=st.offset,
+                           mm_dtype=q.dtype,
                            block_v=cfg.block_v, num_warps=cfg.num_warps,
                            num_stages=cfg.num_stages, interpret=st.interpret)
     J = V // min(cfg.block_v, V)
@@ -649,7 +654,7 @@ def _mixer_bwd(st, res, cotangents):
       du = outs[3]
       dg_part, drho = outs[4], outs[5] if lam is not None else None
     else:
-      masks = (packed.pos_BP, packed.doc_BP, _rho(lam, packed, st.levels, C, H), packed.wm_BXP,
+      masks = (packed.pos_BP, packed.doc_BP, _rho(lam, packed, st, H), packed.wm_BXP,
                packed.keep_BXP)
       outs = in_row_batches(
           lambda *a: fn(*a[:7], None, a[7:12], a[12], a[13], a[14]),
@@ -666,7 +671,7 @@ def _mixer_bwd(st, res, cotangents):
         lo = C.bit_length()
         dlam = dlam.at[..., lo:lo + X].set(drho_BPHX)
       else:
-        streams = list(_streams(st.levels, C, P, True)[1])
+        streams = list(_streams(st.levels, C, P, True, st.offset)[1])
         read_BPX = jnp.moveaxis(packed.read_BXP, 1, 2)
         dlam = dlam.at[..., streams].set(drho_BPHX * read_BPX[:, :, None])
   dq, dk, dv, dg, dbeta, dlam_intra = vjp((do, dqt, dk2, dw, du, dtb))
@@ -681,42 +686,42 @@ def _mixer_bwd(st, res, cotangents):
 _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 
-def _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, packed, st):
+def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, st):
   """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels
-  (packed: with the document masks of segment_ids_BT). Returns (o_BTHV, final stream states
-  [B, H, X, K, V] or None)."""
+  (packed: with the document masks of segment_ids_BT, positions from t0_B). s0_BHXKV: initial
+  stream states or None. Returns (o_BTHV, final stream states [B, H, X, K, V] or None)."""
   T, K = q.shape[1], q.shape[3]
   V = v.shape[3]
   Kp, Vp = pow2(K), pow2(V)
   (q, k, v, g, beta, lam), _ = padded_inputs(
       [q * st.scale, k, v, g, beta, lam], segment_ids_BT, st.chunk_size,
       [Kp, Kp, Vp, None, None, None])
-  masks = _packed_masks(segment_ids_BT, g.shape[1], st.levels, st.chunk_size) if packed else None
-  s0 = None if s0_BHKV is None else jnp.pad(
-      s0_BHKV.astype(jnp.float32), ((0, 0), (0, 0), (0, Kp - K), (0, Vp - V)))[:, :, None]
+  masks = (_packed_masks(segment_ids_BT, g.shape[1], st.levels, st.chunk_size, t0_B) if packed
+           else None)
+  s0 = None if s0_BHXKV is None else jnp.pad(
+      s0_BHXKV.astype(jnp.float32), ((0, 0),) * 3 + ((0, Kp - K), (0, Vp - V)))
   o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
   return o_BPHV[:, :T, :, :V], None if final is None else final[..., :K, :V]
 
 
 @functools.partial(jax.jit, static_argnames=('st',))
-def _run(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, st):
-  """(o_BTHV, final stream states or None) of the kernels. Log-linear final states take the
-  packed kernels, whose streams cover every level >= 1 (the aligned ones keep the levels inside a
-  chunk in no state)."""
-  if st.final_state and st.levels is not None:
+def _run(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, st):
+  """(o_BTHV, final stream states or None) of the kernels. Log-linear states take the packed
+  kernels, whose streams cover every level >= 1 (the aligned ones keep the levels inside a chunk
+  in no state), and with an initial state (st.offset) positions from t0_B."""
+  if st.levels is not None and (st.final_state or st.offset):
     if segment_ids_BT is None:
       segment_ids_BT = hierarchy.dense_segment_ids(*v.shape[:2])
-    o, final = _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, True, st)
+    o, final = _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, True, st)
     (o,) = delta.sanitize(segment_ids_BT > 0, o)
     return o, final
+  path = functools.partial(_kernel_path, q, k, v, g, beta, lam, s0_BHXKV, None, segment_ids_BT)
   if segment_ids_BT is None:
-    return _kernel_path(q, k, v, g, beta, lam, s0_BHKV, None, False, st)
+    return path(False, st)
   # Rows of one document from position 0 (what the trainer passes for unpacked data) take the
   # aligned kernels; packed rows the packed ones (document masks, a stream per level).
-  o, final = lax.cond(
-      one_document_per_row(segment_ids_BT),
-      lambda: _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, False, st),
-      lambda: _kernel_path(q, k, v, g, beta, lam, s0_BHKV, segment_ids_BT, True, st))
+  o, final = lax.cond(one_document_per_row(segment_ids_BT), lambda: path(False, st),
+                      lambda: path(True, st))
   (o,) = delta.sanitize(segment_ids_BT > 0, o)
   return o, final
 
@@ -738,8 +743,8 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
   B, _, H, V = v_BTHV.shape
   st = _Static(chunk_size, float(scale), None, interpret,
                launch_config(config, GDN_CONFIG, B * H, V), bool(return_final_state))
-  o, final = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, initial_state_BHKV,
-                  segment_ids_BT, st)
+  s0 = None if initial_state_BHKV is None else initial_state_BHKV[:, :, None]
+  o, final = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, s0, None, segment_ids_BT, st)
   return (o, final[:, :, 0]) if return_final_state else o
 
 
@@ -749,35 +754,49 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
                           segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
                           interpret=False, config=None):
   """Log-linear Gated DeltaNet (lloglin.ops.loglinear.loglinear_gdn_chunked) through the Pallas
-  kernels, its final FenwickState included (the packed kernels: a stream per level).
-
-  initial_state, chunk_size < 16 and T > 2^(L-1) run the XLA form (module docstring).
+  kernels, initial and final FenwickStates included (the packed kernels: a stream per level,
+  positions continuing the initial state's t_B). chunk_size < 16 and T > 2^(L-1) run the XLA
+  form (module docstring).
   """
   _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                            beta_BTH=beta_BTH, lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
                            initial_state=initial_state, chunk_size=chunk_size)
   T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
-  if initial_state is not None or chunk_size < 16 or T > hierarchy.capacity(L):
+  if chunk_size < 16 or T > hierarchy.capacity(L):
     return ops_loglinear.loglinear_gdn_chunked(
         q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, initial_state=initial_state,
         segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
         return_final_state=return_final_state)
   B, _, H, V = v_BTHV.shape
   st = _Static(chunk_size, float(scale), L, interpret,
-               launch_config(config, LOGLINEAR_GDN_CONFIG, B * H, V), bool(return_final_state))
-  o, streams_BHXKV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, None, segment_ids_BT,
-                          st)
-  if not return_final_state:
-    return o
-  return o, _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, segment_ids_BT, L)
+               launch_config(config, LOGLINEAR_GDN_CONFIG, B * H, V), bool(return_final_state),
+               initial_state is not None)
+  s0 = t0_B = None
+  if initial_state is not None:   # the streams after position t0 - 1; level 0 is never read
+    t0_B = jnp.asarray(initial_state.t_B, jnp.int32)
+    s0 = jnp.moveaxis(hierarchy.fenwick_to_level_streams(initial_state.S_BHLKV, t0_B)[1:], 0, 2)
+  o, streams_BHXKV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, s0, t0_B,
+                          segment_ids_BT, st)
+  state = None
+  if return_final_state:
+    state = _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, segment_ids_BT, L, t0_B)
+  if t0_B is not None:   # positions past the levels' capacity: NaN, as in the XLA form
+    lay = delta.layout_of(segment_ids_BT, B, T, t0_B)
+    over_BT = lay.real_BT & (lay.pos_BT >= hierarchy.capacity(L))
+    o = jnp.where(over_BT[:, :, None, None], jnp.nan, o)
+    if state is not None:
+      over_B = state.t_B > hierarchy.capacity(L)
+      state = state._replace(S_BHLKV=jnp.where(over_B[:, None, None, None, None], jnp.nan,
+                                               state.S_BHLKV))
+  return o if state is None else (o, state)
 
 
-def _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, segment_ids_BT, levels):
+def _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, segment_ids_BT, levels, t0_B):
   """The FenwickState after the sequence from the packed kernels' final streams (levels 1 ..
   X): level 0's stream, reset and written at every token, holds beta k v^T of the last token;
   levels above X are empty (hierarchy.level_streams_to_fenwick, as the XLA form)."""
   B, T, H, _ = v_BTHV.shape
-  lay = delta.layout_of(segment_ids_BT, B, T)
+  lay = delta.layout_of(segment_ids_BT, B, T, t0_B)
   last_B = T - 1 - jnp.argmax(lay.real_BT[:, ::-1], axis=1)     # 0 for a row of padding only
   pick = lambda x: jnp.take_along_axis(x, last_B.reshape((B, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
   real_B = jnp.any(lay.real_BT, axis=1)

@@ -173,44 +173,52 @@ def test_one_level_and_all_padding():
     assert_close(x, y, rel=1e-5, name=name)
 
 
-def _loss_with_states(fn, seg, cot_o, cot_s, scale, with_s0=True, **kw):
-  """(args... [, S0]) -> (<o, cot_o> + <final state, cot_s>, (o, final state)); a FenwickState
-  contributes its level states."""
+def _loss_with_states(fn, seg, cot_o, cot_s, scale, initial, **kw):
+  """(args..., S0) -> (<o, cot_o> + <final state, cot_s>, (o, final state)); initial(S0) is the
+  initial-state keyword; a FenwickState contributes its level states."""
   def f(*a):
-    init = {'initial_state_BHKV': a[-1]} if with_s0 else {}
-    o, s = fn(*a[:len(a) - with_s0], segment_ids_BT=seg, scale=scale, return_final_state=True,
-              **init, **kw)
+    o, s = fn(*a[:-1], segment_ids_BT=seg, scale=scale, return_final_state=True,
+              **initial(a[-1]), **kw)
     s = getattr(s, 'S_BHLKV', s)
     total = jnp.sum(o * cot_o.astype(o.dtype)) + jnp.sum(s * cot_s.astype(s.dtype))
     return total, (o, s)
   return f
 
 
+def _initial(fam, t0_B):
+  """S0 -> the initial-state keyword of fam's chunked function."""
+  if fam.lam:
+    return lambda S0: {'initial_state': hierarchy.FenwickState(S0, t0_B)}
+  return lambda S0: {'initial_state_BHKV': S0}
+
+
 @pytest.mark.parametrize('layout', ['none', 'packed'])
 @pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
 def test_states_equal_fp64_oracle(fam, layout):
-  """Final state (log-linear: the Fenwick levels, from the packed kernels' streams) and, for GDN,
-  the initial state through the kernels (the streams start from S0; the backward is seeded with
-  the final state's cotangent and returns S0's) == the fp64 recurrent oracle, values and
-  gradients, with GQA, a partial chunk, scale != 1 and, packed, a second document (which starts
-  empty and whose state is the final one) and trailing padding."""
-  B, T, C, scale, L = 2, 45, 16, 0.7, 7
-  data = lm.make_data(10, B, T, fam=fam, G=1, H=2, K=16, V=32, L=L, lam='softplus')
+  """A chunked continuation through the kernels: initial state (the state after 37 tokens; the
+  streams start from it, log-linear positions continue from its t_B) and final state
+  (log-linear: the Fenwick levels from the packed kernels' streams) == the fp64 recurrent oracle,
+  values and gradients (into S0, out of the final state), with GQA, a partial chunk, scale != 1
+  and, packed, a second document (starting empty, its state the final one) and padding."""
+  B, T0, T, C, scale, L = 2, 37, 45, 16, 0.7, 8
+  data = lm.make_data(10, B, T0 + T, fam=fam, G=1, H=2, K=16, V=32, L=L, lam='softplus')
   seg = None
   if layout == 'packed':
     seg = np.ones((B, T), np.int32)
     seg[0, 20:] = 2
     seg[1, 40:] = 0
     seg = jnp.asarray(seg)
+  with jax.enable_x64(True):
+    prefix = tuple(x[:, :T0] for x in args_of(data, fam, jnp.float64))
+    _, state0 = jax.jit(functools.partial(fam.recurrent, return_final_state=True))(*prefix)
+  S0 = np.asarray(getattr(state0, 'S_BHLKV', state0))
   rng = np.random.default_rng(4)
-  state_shape = (B, 2) + ((L,) if fam.lam else ()) + (16, 32)
-  cot_o, cot_s = (jnp.asarray(rng.standard_normal(x)) for x in ((B, T, 2, 32), state_shape))
-  with_s0 = not fam.lam
-  S0 = rng.standard_normal((B, 2, 16, 32))
+  cot_o, cot_s = (jnp.asarray(rng.standard_normal(x)) for x in ((B, T, 2, 32), S0.shape))
+  initial = _initial(fam, jnp.full((B,), T0, jnp.int32))
 
   def run(fn, dtype, **kw):
-    args = args_of(data, fam, dtype) + ((jnp.asarray(S0, dtype),) if with_s0 else ())
-    loss = _loss_with_states(fn, seg, cot_o, cot_s, scale, with_s0, **kw)
+    args = tuple(x[:, T0:] for x in args_of(data, fam, dtype)) + (jnp.asarray(S0, dtype),)
+    loss = _loss_with_states(fn, seg, cot_o, cot_s, scale, initial, **kw)
     return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args))), has_aux=True))(*args)
 
   with jax.enable_x64(True):
@@ -218,20 +226,24 @@ def test_states_equal_fp64_oracle(fam, layout):
     (_, (o, s)), g = run(kernel_of(fam), jnp.float32, chunk_size=C, interpret=True)
   assert_close(o, o_ref, **lm.fwd_tol(o_ref), name='output')
   assert_close(s, s_ref, **lm.fwd_tol(s_ref), name='final state')
-  names = ('dq', 'dk', 'dv', 'dg', 'dbeta') + (('dlam',) if fam.lam else ('dS0',))
+  if fam.lam:   # only the buckets a state after T0 tokens holds are inputs (tests of SSD: same)
+    held = np.array([l == 0 or (T0 - 1) >> (l - 1) & 1 for l in range(L)], bool)
+    g, g_ref = (x[:-1] + (x[-1][:, :, held],) for x in (g, g_ref))
+  names = ('dq', 'dk', 'dv', 'dg', 'dbeta') + (('dlam',) if fam.lam else ()) + ('dS0',)
   for name, x, y in zip(names, g, g_ref, strict=True):
     assert x.dtype == jnp.float32
     assert_close(x, y, **(GRAD if name in ('dq', 'dk', 'dv', 'dS0') else GRAD_GATES), name=name)
 
 
-def test_log_linear_initial_state_and_short_chunks_fall_back_to_xla_form():
+def test_short_chunks_fall_back_to_xla_form():
   data = lm.make_data(8, 2, 40, fam=LL)
-  args = args_of(data, LL, jnp.float32)
-  _, state = LL.chunked(*args, chunk_size=16, return_final_state=True)
-  o = jax.jit(functools.partial(pk.loglinear_gdn_chunked, interpret=True, chunk_size=16))(
-      *args, initial_state=state)
-  o_ref = jax.jit(functools.partial(LL.chunked, chunk_size=16))(*args, initial_state=state)
-  np.testing.assert_array_equal(o, o_ref)
+  for fam in (GDN, LL):
+    args = args_of(data, fam, jnp.float32)
+    kw = dict(chunk_size=8, return_final_state=True)
+    out = jax.jit(functools.partial(kernel_of(fam), interpret=True, **kw))(*args)
+    ref = jax.jit(functools.partial(fam.chunked, **kw))(*args)
+    for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+      np.testing.assert_array_equal(x, y)
   with pytest.raises(ValueError, match='chunk_size'):
     pk.loglinear_gdn_chunked(*args, chunk_size=24)
 
@@ -344,22 +356,26 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
 @pytest.mark.gpu
 @pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
 def test_gpu_bf16_states(fam):
-  """States at a GPU shape (two packed documents, padding): the final state (and GDN's initial
-  state) on bf16 inputs against the fp32 XLA form, values and gradients (kernels.md 9.3)."""
+  """A continuation at a GPU shape (the state after 512 tokens, then two packed documents and
+  padding): initial and final state on bf16 inputs against the fp32 XLA form, values and
+  gradients (kernels.md 9.3)."""
   check_bf16_states(fam, T=4096, interpret=False)
 
 
-def check_bf16_states(fam, T, interpret):
-  (q, k, v, g, beta, lam), cot = _gpu_inputs(2, T, 1, 8, 128, 128)
-  L = lam.shape[-1]
-  with_s0 = not fam.lam
-  S0 = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 128, 128), jnp.float32)
-  cot_s = jax.random.normal(jax.random.PRNGKey(6),
-                            (2, 8) + ((L,) if fam.lam else ()) + (128, 128), jnp.float32)
+def check_bf16_states(fam, T, interpret, T0=512):
+  inputs, _ = _gpu_inputs(2, T0 + T, 1, 8, 128, 128)
+  args = tuple(inputs[:5]) + ((inputs[5],) if fam.lam else ())
+  _, state0 = jax.jit(functools.partial(fam.chunked, return_final_state=True))(
+      *[x[:, :T0].astype(jnp.float32) for x in args])
+  S0 = getattr(state0, 'S_BHLKV', state0)
+  rng = np.random.default_rng(6)
+  cot, cot_s = (jnp.asarray(rng.standard_normal(x), jnp.float32)
+                for x in ((2, T, 8, 128), S0.shape))
   seg = jnp.asarray(np.repeat([[1] * (T // 4) + [2] * (T // 2) + [0] * (T // 4)], 2, 0))
+  initial = _initial(fam, jnp.full((2,), T0, jnp.int32))
   loss = lambda fn, **kw: _loss_with_states(fn, seg, cot, cot_s, 128 ** -0.5,  # noqa: E731
-                                            with_s0, **kw)
-  args = (q, k, v, g, beta) + ((lam,) if fam.lam else (S0,))
+                                            initial, **kw)
+  args = tuple(x[:, T0:] for x in args) + (S0,)
   grad = lambda f: jax.jit(jax.value_and_grad(  # noqa: E731
       f, argnums=tuple(range(len(args))), has_aux=True))
   (_, (o, s)), got = grad(loss(kernel_of(fam), interpret=interpret))(*args)
@@ -367,7 +383,7 @@ def check_bf16_states(fam, T, interpret):
     (_, (o_ref, s_ref)), want = grad(loss(fam.chunked))(*[a.astype(jnp.float32) for a in args])
   assert_close(o.astype(jnp.float32), o_ref, rel=5e-3, name='output')
   assert_close(s, s_ref, rel=5e-3, name='final state')
-  names = ('dq', 'dk', 'dv', 'dg', 'dbeta') + (('dlam',) if fam.lam else ('dS0',))
+  names = ('dq', 'dk', 'dv', 'dg', 'dbeta') + (('dlam',) if fam.lam else ()) + ('dS0',)
   for name, x, y in zip(names, got, want, strict=True):
     assert_close(x.astype(jnp.float32), y, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
                  name=name)
