@@ -111,6 +111,17 @@ def _stream_masks(packed, c, x, lv, lo, sl, lam, mask_refs):
   return rho, read, jnp.max(keep_ref[x, sl]) > 0, wm_ref[x, sl]
 
 
+def _carry_loop(body, N, n, shape, init_ref, out_ref):
+  """body over the N chunks, carrying n fp32 states of `shape`: read from init_ref (None: zeros),
+  the last ones written to out_ref (None: dropped)."""
+  init = tuple(jnp.zeros(shape, jnp.float32) if init_ref is None else init_ref[x]
+               for x in range(n))
+  last = lax.fori_loop(0, N, body, init)
+  if out_ref is not None:
+    for x, S in enumerate(last):
+      out_ref[x] = S
+
+
 def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_states, with_init,
                 with_final, mm_dtype):
   refs = list(refs)
@@ -186,12 +197,7 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_sta
     o_ref[sl, :] = out.astype(o_ref.dtype)
     return new_states
 
-  init = tuple(init_ref[x] if with_init else jnp.zeros((K, BV), jnp.float32)
-               for x in range(len(streams)))
-  final = lax.fori_loop(0, N, body, init)
-  if with_final:
-    for x, S in enumerate(final):
-      final_ref[x] = S
+  _carry_loop(body, N, len(streams), (K, BV), init_ref, final_ref)
 
 
 def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, with_state_grads, mm_dtype):
@@ -277,12 +283,7 @@ def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, with_state_grads, mm_d
     dg_ref[sl] = jnp.full((C,), gam * dgam, jnp.float32)
     return tuple(new)
 
-  init = tuple(dfinal_ref[x] if with_state_grads else jnp.zeros((K, BV), jnp.float32)
-               for x in range(len(streams)))
-  dinit = lax.fori_loop(0, N, body, init)
-  if with_state_grads:
-    for x, E in enumerate(dinit):
-      dinit_ref[x] = E
+  _carry_loop(body, N, len(streams), (K, BV), dfinal_ref, dinit_ref)
 
 
 def _streams(levels, C, P, packed=False, all_levels=False):

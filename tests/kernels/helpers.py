@@ -34,3 +34,14 @@ def assert_bf16_kernel_matches_fp32(kernel_fn, reference_fn, args, cot, grad_nam
   for name, x, y in zip(grad_names, got, want, strict=True):
     assert_close(x.astype(jnp.float32), y, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
                  name=name)
+
+
+def continuation_segments(layout, B, T):
+  """Segment ids of the state tests: None, or (layout 'packed') a second document from t = 20 in
+  row 0 (it starts empty; its state is the final one) and padding from t = 40 in row 1."""
+  if layout != 'packed':
+    return None
+  seg = np.ones((B, T), np.int32)
+  seg[0, 20:] = 2
+  seg[1, 40:] = 0
+  return jnp.asarray(seg)

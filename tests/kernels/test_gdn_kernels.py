@@ -14,7 +14,8 @@ from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from pallas_kernels import loglinear as pk
 from pallas_kernels.loglinear.common import in_row_batches
-from tests.kernels.helpers import assert_bf16_kernel_matches_fp32, assert_rows_match_alone
+from tests.kernels.helpers import (assert_bf16_kernel_matches_fp32, assert_rows_match_alone,
+                                   continuation_segments)
 from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
@@ -202,12 +203,7 @@ def test_states_equal_fp64_oracle(fam, layout):
   and, packed, a second document (starting empty, its state the final one) and padding."""
   B, T0, T, C, scale, L = 2, 37, 45, 16, 0.7, 8
   data = lm.make_data(10, B, T0 + T, fam=fam, G=1, H=2, K=16, V=32, L=L, lam='softplus')
-  seg = None
-  if layout == 'packed':
-    seg = np.ones((B, T), np.int32)
-    seg[0, 20:] = 2
-    seg[1, 40:] = 0
-    seg = jnp.asarray(seg)
+  seg = continuation_segments(layout, B, T)
   with jax.enable_x64(True):
     prefix = tuple(x[:, :T0] for x in args_of(data, fam, jnp.float64))
     _, state0 = jax.jit(functools.partial(fam.recurrent, return_final_state=True))(*prefix)

@@ -14,7 +14,8 @@ from lloglin.ops import hierarchy as hierarchy_ops
 from lloglin.ops import loglinear as ops_loglinear
 from lloglin.ops import ssd as ops_ssd
 from pallas_kernels import loglinear as pk
-from tests.kernels.helpers import assert_bf16_kernel_matches_fp32, assert_rows_match_alone
+from tests.kernels.helpers import (assert_bf16_kernel_matches_fp32, assert_rows_match_alone,
+                                   continuation_segments)
 from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
@@ -192,12 +193,7 @@ def test_states_equal_fp64_oracle(hierarchy, layout):
   second document (starting empty) and trailing padding."""
   B, T0, T, C, scale = 2, 37, 45, 16, 0.7
   data = lm.make_data(9, B, T0 + T, fam=FAM, G=1, H=2, K=16, V=32, L=8, lam='softplus')
-  seg = None
-  if layout == 'packed':
-    seg = np.ones((B, T), np.int32)
-    seg[0, 20:] = 2
-    seg[1, 40:] = 0
-    seg = jnp.asarray(seg)
+  seg = continuation_segments(layout, B, T)
   n = 5 if hierarchy else 4
   oracle = ops_loglinear.loglinear_ssd_recurrent if hierarchy else ops_ssd.ssd_recurrent
   kernel = pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked
