@@ -18,7 +18,7 @@ class KernelConfig(NamedTuple):
 
 
 # Each kernel's default: the fastest fwd+bwd of those tried on one H200 at 16 heads x 128, bf16
-# (2026-11-29; `bench_mixers.py --kernel_configs`, rows in benchmarks/RESULTS.md), Mtok/s at
+# (2026-11-30; `bench_mixers.py --kernel_configs`, rows in benchmarks/RESULTS.md), Mtok/s at
 # T = 8192 (B = 8) for (block_v, num_warps, num_stages):
 #   Mamba-2 SSD: 64,4,2 17.8; 64,4,1 17.6; 32,4,2 15.7; 32,4,1 13.3; 64,8,1 10.4; 32,8,2 7.5.
 #   Log-linear Mamba-2: 32,8,2 2.05; 32,8,1 1.82; 16,4,1 1.78; 32,4,2 1.65; 64,4,1 0.95.
