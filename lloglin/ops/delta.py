@@ -198,11 +198,12 @@ def quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, segment_ids_BT, sc
 
 
 def state_terms(o_BTHV, q_BTHK, k_BTHK, v_BTHV, g_BTH, lay, *, initial_BHMKV, read_BTHM,
-                write_BTHL, carry_BHLM, return_final_state):
+                write_BTL, carry_BLM, return_final_state):
   """Completes a Mamba-2-type run computed from a zero state (a kernel's) with what the state
   adds: exact, since SSD and log-linear SSD are linear in their state (the delta rule is not).
   q/k/v/g: heads expanded, q scaled, padding zeroed; G_t = sum_{r <= t} g_r along the row; M
-  initial and L final state slots (one each for SSD, the Fenwick levels for log-linear SSD):
+  initial and L final state slots (one each for SSD, the Fenwick levels for log-linear SSD;
+  which slot a token or an initial slot goes to does not depend on the head):
     o_t += sum_m read[t, m] exp(G_t) q_t . S0^m             (tokens of the row's first document)
     S^l  = sum_s write[s, l] exp(G_end - G_s) k_s v_s^T      (tokens of the row's last document)
          + sum_m carry[l, m] exp(G_end) S0^m                  (when the last document is the first)
@@ -222,10 +223,10 @@ def state_terms(o_BTHV, q_BTHK, k_BTHK, v_BTHV, g_BTH, lay, *, initial_BHMKV, re
   last_BT = lay.real_BT & (lay.doc_BT == lay.doc_BT[:, -1:])
   kw_BTHK = jnp.where(last_BT[..., None, None],
                       jnp.exp(G_end_BH[:, None] - G_BTH)[..., None] * k_BTHK.astype(acc), 0)
-  S_BHLKV = jnp.einsum('bthl,bthk,bthv->bhlkv', write_BTHL.astype(acc), kw_BTHK,
+  S_BHLKV = jnp.einsum('btl,bthk,bthv->bhlkv', write_BTL.astype(acc), kw_BTHK,
                        v_BTHV.astype(acc), precision=HIGHEST)
   if initial_BHMKV is not None:
-    kept_BHLKV = jnp.einsum('bhlm,bhmkv->bhlkv', carry_BHLM.astype(acc),
+    kept_BHLKV = jnp.einsum('blm,bhmkv->bhlkv', carry_BLM.astype(acc),
                             initial_BHMKV.astype(acc), precision=HIGHEST)
     continues_B = lay.doc_BT[:, -1] == 0
     S_BHLKV = S_BHLKV + jnp.where(continues_B[:, None, None, None, None],

@@ -249,22 +249,19 @@ def loglinear_ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *
   t0_B = None if initial_state is None else jnp.asarray(initial_state.t_B, jnp.int32)
   lay, q, k, v, g, _ = delta.quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, None,
                                               segment_ids_BT, scale, t0_B)
-  B, T, H = v.shape[:3]
   acc = delta.acc_dtype(q, k, v, g, lam_BTHL)
   (lam,) = delta.sanitize(lay.real_BT, lam_BTHL.astype(acc))
   p_B = lay.count_B - 1
   write_BTL = jax.nn.one_hot(hierarchy.level_index(p_B[:, None], lay.pos_BT), L, dtype=acc)
-  init = read_BTHM = carry_BHLM = None
+  init = read_BTHM = carry_BLM = None
   if initial_state is not None:
     init = initial_state.S_BHLKV
     read_BTHM = _initial_read_weights(lay, lam, t0_B)
     lvl_BM = hierarchy.level_index(p_B[:, None], _initial_representatives(t0_B, L))
-    carry_BHLM = jnp.broadcast_to(jnp.swapaxes(jax.nn.one_hot(lvl_BM, L, dtype=acc), 1, 2)[:, None],
-                                  (B, H, L, L))
-  out = delta.state_terms(
-      o_BTHV, q, k, v, g, lay, initial_BHMKV=init, read_BTHM=read_BTHM,
-      write_BTHL=jnp.broadcast_to(write_BTL[:, :, None], (B, T, H, L)), carry_BHLM=carry_BHLM,
-      return_final_state=return_final_state)
+    carry_BLM = jnp.swapaxes(jax.nn.one_hot(lvl_BM, L, dtype=acc), 1, 2)
+  out = delta.state_terms(o_BTHV, q, k, v, g, lay, initial_BHMKV=init, read_BTHM=read_BTHM,
+                          write_BTL=write_BTL, carry_BLM=carry_BLM,
+                          return_final_state=return_final_state)
   o, S_BHLKV = out if return_final_state else (out, None)
   o = _poison(o, _overflow_BT(lay, L))
   if not return_final_state:

@@ -78,12 +78,11 @@ def ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV
   lay, q, k, v, g, _ = delta.quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, None,
                                               segment_ids_BT, scale)
   B, T, H = v.shape[:3]
-  ones = jnp.ones((B, T, H, 1), g.dtype)
   out = delta.state_terms(
       o_BTHV, q, k, v, g, lay,
       initial_BHMKV=None if initial_state_BHKV is None else initial_state_BHKV[:, :, None],
-      read_BTHM=ones, write_BTHL=ones, carry_BHLM=jnp.ones((B, H, 1, 1), g.dtype),
-      return_final_state=return_final_state)
+      read_BTHM=jnp.ones((B, T, H, 1), g.dtype), write_BTL=jnp.ones((B, T, 1), g.dtype),
+      carry_BLM=jnp.ones((B, 1, 1), g.dtype), return_final_state=return_final_state)
   return (out[0], out[1][:, :, 0]) if return_final_state else out
 
 
