@@ -97,7 +97,8 @@ def jax_inputs(tokens: int, seq_len: int, heads: int, dim: int, key) -> dict:
       g_fox=jax.nn.log_sigmoid(4 + jax.random.normal(ks[3], (B, T, H))))
 
 
-SCAN_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")  # pallas_kernels.loglinear
+# mixers whose Pallas kernels take a KernelConfig (pallas_kernels.loglinear, .path_attention)
+KERNEL_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 
 
 def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
@@ -107,8 +108,9 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
 
   segments: pass segment_ids_BT (one document per row), as the trainer always does, so the
   packed-sequence path of each form is the one timed. kernel_config: (block_v, num_warps,
-  num_stages) for the Pallas kernels of SCAN_MIXERS (None: their defaults). interpret: run the
-  Pallas kernels in interpret mode (None: off a GPU, for CPU smoke runs).
+  num_stages) for the scan kernels, (block_size, num_warps, num_stages) for PaTH's (None: their
+  defaults). interpret: run the Pallas kernels in interpret mode (None: off a GPU, for CPU smoke
+  runs).
   """
   scale = x["q"].shape[-1] ** -0.5
   seg = {"segment_ids_BT": jnp.ones(x["q"].shape[:2], jnp.int32)} if segments else {}
@@ -131,7 +133,9 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     interpret = jax.default_backend() != "gpu"
   if impl.startswith("pallas") and interpret:
     seg = {**seg, "interpret": True}
-  if kernel_config is not None:
+  if kernel_config is not None and mixer.startswith("path"):   # (block_size, warps, stages)
+    seg = {**seg, "block_size": kernel_config[0], "config": mod.KernelConfig(*kernel_config[1:])}
+  elif kernel_config is not None:
     seg = {**seg, "config": mod.KernelConfig(*kernel_config)}
 
   if mixer in ("mamba2", "loglinear_mamba2"):
@@ -310,7 +314,7 @@ def run_throughput(args) -> list[Row]:
       for impl in args.impls:
         if impl == "fla" or (impl == "cudnn") != (mixer == "attention"):
           continue
-        sweep = args.kernel_configs if impl.startswith("pallas") and mixer in SCAN_MIXERS else []
+        sweep = args.kernel_configs if impl == "pallas" and mixer in KERNEL_MIXERS else []
         for cfg in sweep or [None]:
           for mode in args.modes:
             def timer(mixer=mixer, impl=impl, mode=mode, x=x, cfg=cfg):
@@ -447,8 +451,9 @@ def parse_args(argv=None):
   p.add_argument("--segments", action="store_true",
                  help="lloglin rows get segment_ids_BT (one document per row), as in training")
   p.add_argument("--kernel_configs", type=kernel_configs, default=[],
-                 help="launch configurations to time the Pallas rows of the scan mixers with, "
-                      "as flat block_v,num_warps,num_stages triples (default: their defaults)")
+                 help="launch configurations to time the Pallas rows with, as flat "
+                      "block_v,num_warps,num_stages triples for the scan mixers and "
+                      "block_size,num_warps,num_stages for PaTH (default: their defaults)")
   p.add_argument("--memory", type=csv, default=[], help="mixers for the memory-vs-T section")
   p.add_argument("--memory_seqlens", type=lambda s: [int(x) for x in csv(s)],
                  default=[8192, 32768, 131072])

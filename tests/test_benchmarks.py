@@ -46,11 +46,13 @@ def test_skip_and_merge_of_per_T_runs(tmp_path, capsys):
 def test_kernel_config_sweep_rows(tmp_path, capsys):
   """--kernel_configs: one Pallas row per launch configuration (interpret mode on the CPU),
   each compared with the same XLA row; a malformed list is refused with the reason."""
-  result = bench_mixers.main(["--tokens", "64", "--seqlens", "64", "--mixers", "gdn",
+  result = bench_mixers.main(["--tokens", "64", "--seqlens", "64", "--mixers", "gdn,path",
                               "--impls", "pallas,xla", "--modes", "fwd",
                               "--kernel_configs", "16,4,1,32,4,1", "--out", str(tmp_path)])
-  assert sorted(r["impl"] for r in result["rows"]) == ["pallas_bv16w4s1", "pallas_bv32w4s1",
-                                                        "xla"]
+  for mixer in ("gdn", "path"):   # PaTH: the triple's first number is the block size
+    rows = [r for r in result["rows"] if r["mixer"] == mixer]
+    assert sorted(r["impl"] for r in rows) == ["pallas_bv16w4s1", "pallas_bv32w4s1", "xla"]
+    assert all(r["mtok_s"] for r in rows), rows
   out = capsys.readouterr().out
   assert out.count("| gdn | 64 | fwd |") == 2 and "(pallas_bv16w4s1) |" in out
   xla_column = [line.split("|")[5].strip() for line in out.splitlines()

@@ -1,5 +1,5 @@
 """PaTH attention (and PaTH-FoX) as a Pallas GPU kernel; see `kernel.py`."""
 
-from pallas_kernels.path_attention.kernel import path_attention, supports
+from pallas_kernels.path_attention.kernel import KernelConfig, path_attention, supports
 
-__all__ = ["path_attention", "supports"]
+__all__ = ["KernelConfig", "path_attention", "supports"]

@@ -42,6 +42,7 @@ Pallas kernel.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +53,12 @@ from lloglin.ops.path import _keys_to_end, _prepare, _ut_transform
 
 _LOG2E = 1.4426950408889634
 _MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf - inf
-# Triton launch parameters of every PaTH kernel: those of all H200 figures in RESULTS (not swept).
-_COMPILER_PARAMS = dict(num_warps=4, num_stages=2)
+class KernelConfig(NamedTuple):
+  """Triton launch parameters of the three PaTH kernels (the tile is `block_size`). Default: those
+  of every H200 figure in benchmarks/RESULTS.md so far (not swept yet: `bench_mixers.py
+  --kernel_configs` with the PaTH mixers sweeps block_size, num_warps, num_stages)."""
+  num_warps: int = 4
+  num_stages: int = 2
 
 
 def _dot(a, b, *, trans_a=False, trans_b=False):
@@ -309,13 +314,14 @@ def _specs(B, H, G, L, Tp, C, K, V, M, *, gate, seg, key_major):
   return specs, chunk
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, interpret):
-  return _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config, interpret):
+  return _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config,
                      interpret)[0]
 
 
-def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, interpret):
+def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config,
+                interpret):
   B, H, L, Tp, K = qlv_BHLTK.shape
   G, V, M = klv_BGLTK.shape[1], v_BTGV.shape[-1], Tp // C
   specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, gate=gate_BHT is not None,
@@ -328,7 +334,7 @@ def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C
                  pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))],
       out_shape=[jax.ShapeDtypeStruct((B, Tp, H, V), v_BTGV.dtype),
                  jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)],
-      compiler_params=pltriton.CompilerParams(**_COMPILER_PARAMS),
+      compiler_params=pltriton.CompilerParams(**config._asdict()),
       interpret=interpret,
       name="path_attention_fwd",
   )(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT)
@@ -336,7 +342,7 @@ def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C
   return o_BTHV, res
 
 
-def _attend_bwd(scale, C, interpret, res, do_BTHV):
+def _attend_bwd(scale, C, config, interpret, res, do_BTHV):
   qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, o_BTHV, lse_BHT = res
   B, H, L, Tp, K = qlv_BHLTK.shape
   G, V, M = klv_BGLTK.shape[1], v_BTGV.shape[-1], Tp // C
@@ -347,7 +353,7 @@ def _attend_bwd(scale, C, interpret, res, do_BTHV):
   args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT, delta_BHT)
   common = dict(scale=scale, C=C, M=M, L=L)
   flags = dict(gate=gate_BHT is not None, seg=seg_BT is not None)
-  params = pltriton.CompilerParams(**_COMPILER_PARAMS)
+  params = pltriton.CompilerParams(**config._asdict())
 
   specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, key_major=False, **flags)
   here = [pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h, 0)),
@@ -406,14 +412,16 @@ def supports(head_dim, value_dim, block_size):
 
 
 def path_attention(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segment_ids_BT=None,
-                   scale=None, block_size=64, return_k_cache=False, interpret=False):
+                   scale=None, block_size=64, return_k_cache=False, interpret=False,
+                   config=KernelConfig()):
   """PaTH attention with the semantics and outputs of `lloglin.ops.path.path_blockwise`.
 
   Differentiable (XLA preprocessing by autodiff, Pallas forward/backward kernels by custom_vjp).
   `interpret=True` runs the kernels through Pallas' interpreter (CPU tests). `block_size` (the
   UT chunk and the kernels' tile) and the head dims must be powers of two >= 16 (Triton tiles);
   T need not be a multiple of `block_size` (the tail chunk is zero-padded). `segment_ids_BT`
-  (packed documents numbered from 1, 0 = padding) is handled inside the kernels.
+  (packed documents numbered from 1, 0 = padding) is handled inside the kernels. `config`: the
+  kernels' launch parameters (KernelConfig).
   """
   if not _tileable(block_size):
     raise ValueError(f"block_size: expected a power of two >= 16, got {block_size!r}")
@@ -431,7 +439,7 @@ def path_attention(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segm
   gate_BHT = None if gate_BTH is None else pad(gate_BTH.astype(jnp.float32)).swapaxes(1, 2)
   seg_BT = None if segment_ids_BT is None else pad(segment_ids_BT.astype(jnp.int32))
   o_BTHV = _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, pad(v_BTGV), gate_BHT, seg_BT, float(scale), C,
-                   bool(interpret))[:, :T]
+                   KernelConfig(*config), bool(interpret))[:, :T]
   if not return_k_cache:
     return o_BTHV
   # Keys at their chunk end are rounded to k's dtype first, as in path_blockwise.

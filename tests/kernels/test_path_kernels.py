@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lloglin.ops import path
-from pallas_kernels.path_attention import path_attention
+from pallas_kernels.path_attention import KernelConfig, path_attention
 from tests.ops.helpers import assert_close
 from tests.ops.test_path import ARGS, call, cast, forward_and_grads, make_inputs
 
@@ -90,7 +90,8 @@ def test_forward_and_backward_lower_for_cuda():
           sd((B, T, G), jnp.float32), sd((B, T, H), jnp.float32), sd((B, T), jnp.int32))
 
   def loss(q, k, v, w, beta, g, seg):
-    return path_attention(q, k, v, w, beta, g_BTH=g, segment_ids_BT=seg).astype(
+    return path_attention(q, k, v, w, beta, g_BTH=g, segment_ids_BT=seg,
+                          config=KernelConfig(num_warps=8, num_stages=3)).astype(
         jnp.float32).sum()
 
   dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", platform="gpu", num_cores=132)
@@ -100,6 +101,8 @@ def test_forward_and_backward_lower_for_cuda():
   text = lowered.as_text()
   for name in ("path_attention_fwd", "path_attention_bwd_dq", "path_attention_bwd_dkv"):
     assert name in text
+  # the launch configuration reaches all three kernels
+  assert text.count("num_warps = 8 : i32") == 3 and text.count("num_stages = 3 : i32") == 3
 
 
 # ------------------------------------------------------------------------------- GPU -----------
