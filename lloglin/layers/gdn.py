@@ -42,8 +42,8 @@ def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *
   """The full-sequence gated delta rule (log-linear when lam_BTHL is given) for
   model.mixer_impl, for training and for prefill (return_final_state).
 
-  This is the one place where a Pallas kernel gets selected ('pallas'; interpreted off GPU; 'auto'
-  per the layer's auto_pallas_kernel). The kernels take packed documents too and return final
+  This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
+  'pallas'; interpreted off GPU). The kernels take packed documents too and return final
   states (pallas_kernels.loglinear.gdn docstring).
   """
   kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
@@ -62,9 +62,11 @@ def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *
 class GatedDeltaNet(nnx.Module):
   mixer_name = "gdn"
   loglinear = False
-  # 'auto' takes the Pallas kernel on Hopper: on an H200 it passed the GPU tests and trained
-  # (fwd+bwd) 1.3-1.7x faster than the XLA chunked form at T = 2K-32K (benchmarks/RESULTS.md).
-  auto_pallas_kernel = True
+  # 'auto' takes the Pallas kernels on Hopper. On an H200 (benchmarks/RESULTS.md) both passed the
+  # GPU tests; GDN trained (fwd+bwd) 1.5-1.8x faster than its XLA chunked form at T = 2K-32K.
+  # Log-linear GDN's kernel ran at 0.65 / 0.49 / 0.25 Mtok/s at 2K / 8K / 32K; its XLA form's
+  # fwd+bwd never finished inside a timing section, while the lighter XLA log-linear Mamba-2 ran
+  # at 0.46 / 0.36 and ran out of memory at 32K: not a same-run ratio yet.
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     opts = mixer_options(cfg, self.mixer_name, dict(
@@ -99,8 +101,7 @@ class GatedDeltaNet(nnx.Module):
     self.o_proj = dense(H * V, D, **kw)
     self.level_scales = LevelScales(D, H, cfg.max_seq_len, **kw) if self.loglinear else None
     self.impl = resolve_mixer_impl(cfg.mixer_impl, self.mixer_name,
-                                   has_kernel=HAS_PALLAS_KERNEL,
-                                   auto_kernel=self.auto_pallas_kernel)
+                                   has_kernel=HAS_PALLAS_KERNEL)
     self.chunk_size, self.dtype = cfg.chunk_size, cfg.compute_dtype
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
@@ -171,6 +172,3 @@ class LogLinearGatedDeltaNet(GatedDeltaNet):
   """Gated DeltaNet with the log-linear (Fenwick) hierarchy of states, weighted by lambda."""
   mixer_name = "loglinear_gdn"
   loglinear = True
-  # Its kernel runs on an H200 but its fwd+bwd was not timed against the XLA form (0.35 Mtok/s at
-  # T = 8K, and 3.7 GiB of stored states at B = 1): 'auto' keeps XLA until that comparison.
-  auto_pallas_kernel = False

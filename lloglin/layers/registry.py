@@ -56,14 +56,12 @@ def on_hopper_gpu() -> bool:
   return device.platform == "gpu" and capability is not None and float(capability) >= 9.0
 
 
-def resolve_mixer_impl(impl: str, mixer: str, *, has_kernel: bool, auto_kernel: bool = True
-                       ) -> str:
+def resolve_mixer_impl(impl: str, mixer: str, *, has_kernel: bool) -> str:
   """'pallas' or 'xla' for a model.mixer_impl value.
 
-  'auto' picks the mixer's Pallas kernel on Hopper-or-newer GPUs (unless auto_kernel is False: a
-  kernel not yet checked and timed on such a GPU) and the XLA form elsewhere; 'pallas' forces the
-  kernel (off GPU it runs in interpret mode: slow, for tests); 'xla' forces the chunked XLA form.
-  A mixer without a kernel rejects 'pallas'.
+  'auto' picks the mixer's Pallas kernel on Hopper-or-newer GPUs and the XLA form elsewhere;
+  'pallas' forces the kernel (off GPU it runs in interpret mode: slow, for tests); 'xla' forces
+  the chunked XLA form. A mixer without a kernel rejects 'pallas'.
   """
   if impl not in MIXER_IMPLS:
     raise ValueError(f"model.mixer_impl={impl!r}; expected one of {MIXER_IMPLS}")
@@ -71,5 +69,5 @@ def resolve_mixer_impl(impl: str, mixer: str, *, has_kernel: bool, auto_kernel: 
     raise ValueError(f"model.mixer_impl='pallas': mixer {mixer!r} has no Pallas kernel yet; "
                      f"use 'auto' or 'xla'")
   if impl == "auto":
-    return "pallas" if has_kernel and auto_kernel and on_hopper_gpu() else "xla"
+    return "pallas" if has_kernel and on_hopper_gpu() else "xla"
   return impl
