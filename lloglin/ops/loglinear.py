@@ -33,7 +33,7 @@ from lloglin.ops.hierarchy import FenwickState
 
 __all__ = [f'loglinear_{base}_{form}' for base in ('ssd', 'gdn')
            for form in ('recurrent', 'quadratic', 'chunked', 'step')] + [
-               'loglinear_ssd_state_terms', 'FenwickState']
+               'loglinear_ssd_state_terms', 'nan_past_capacity', 'FenwickState']
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -46,6 +46,16 @@ def _poison(x, overflow):
 
 def _overflow_BT(lay, levels):
   return lay.real_BT & (lay.pos_BT >= hierarchy.capacity(levels))
+
+
+def nan_past_capacity(o_BTHV, state, lay, levels):
+  """(o_BTHV, state) with NaN outputs at positions past the capacity of `levels` and a NaN final
+  FenwickState (None: none) whose step count exceeds it: an overflow cannot raise inside jit."""
+  o_BTHV = _poison(o_BTHV, _overflow_BT(lay, levels))
+  if state is not None:
+    state = FenwickState(_poison(state.S_BHLKV, state.t_B > hierarchy.capacity(levels)),
+                         state.t_B)
+  return o_BTHV, state
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,11 +273,9 @@ def loglinear_ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *
                           write_BTL=write_BTL, carry_BLM=carry_BLM,
                           return_final_state=return_final_state)
   o, S_BHLKV = out if return_final_state else (out, None)
-  o = _poison(o, _overflow_BT(lay, L))
-  if not return_final_state:
-    return o
-  S_BHLKV = _poison(S_BHLKV, lay.count_B > hierarchy.capacity(L))
-  return o, FenwickState(S_BHLKV, lay.count_B)
+  o, state = nan_past_capacity(o, None if S_BHLKV is None else FenwickState(S_BHLKV, lay.count_B),
+                               lay, L)
+  return (o, state) if return_final_state else o
 
 
 def loglinear_ssd_step(q_BGK, k_BGK, v_BHV, g_BH, lam_BHL, state, *, scale=1.0):

@@ -710,19 +710,16 @@ def _run(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, st):
   """(o_BTHV, final stream states or None) of the kernels. Log-linear states take the packed
   kernels, whose streams cover every level >= 1 (the aligned ones keep the levels inside a chunk
   in no state), and with an initial state (st.offset) positions from t0_B."""
-  if st.levels is not None and (st.final_state or st.offset):
-    if segment_ids_BT is None:
-      segment_ids_BT = hierarchy.dense_segment_ids(*v.shape[:2])
-    o, final = _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, True, st)
-    (o,) = delta.sanitize(segment_ids_BT > 0, o)
-    return o, final
-  path = functools.partial(_kernel_path, q, k, v, g, beta, lam, s0_BHXKV, None, segment_ids_BT)
+  every_level = st.levels is not None and (st.final_state or st.offset)
+  if every_level and segment_ids_BT is None:
+    segment_ids_BT = hierarchy.dense_segment_ids(*v.shape[:2])
+  path = functools.partial(_kernel_path, q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT)
   if segment_ids_BT is None:
     return path(False, st)
   # Rows of one document from position 0 (what the trainer passes for unpacked data) take the
   # aligned kernels; packed rows the packed ones (document masks, a stream per level).
-  o, final = lax.cond(one_document_per_row(segment_ids_BT), lambda: path(False, st),
-                      lambda: path(True, st))
+  o, final = path(True, st) if every_level else lax.cond(
+      one_document_per_row(segment_ids_BT), lambda: path(False, st), lambda: path(True, st))
   (o,) = delta.sanitize(segment_ids_BT > 0, o)
   return o, final
 
@@ -778,26 +775,20 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
     s0 = jnp.moveaxis(hierarchy.fenwick_to_level_streams(initial_state.S_BHLKV, t0_B)[1:], 0, 2)
   o, streams_BHXKV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, s0, t0_B,
                           segment_ids_BT, st)
-  state = None
-  if return_final_state:
-    state = _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, segment_ids_BT, L, t0_B)
-  if t0_B is not None:   # positions past the levels' capacity: NaN, as in the XLA form
-    lay = delta.layout_of(segment_ids_BT, B, T, t0_B)
-    over_BT = lay.real_BT & (lay.pos_BT >= hierarchy.capacity(L))
-    o = jnp.where(over_BT[:, :, None, None], jnp.nan, o)
-    if state is not None:
-      over_B = state.t_B > hierarchy.capacity(L)
-      state = state._replace(S_BHLKV=jnp.where(over_B[:, None, None, None, None], jnp.nan,
-                                               state.S_BHLKV))
-  return o if state is None else (o, state)
+  if t0_B is None and not return_final_state:
+    return o
+  lay = delta.layout_of(segment_ids_BT, B, T, t0_B)
+  state = (_fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, lay, L)
+           if return_final_state else None)
+  o, state = ops_loglinear.nan_past_capacity(o, state, lay, L)   # positions past the levels
+  return (o, state) if return_final_state else o
 
 
-def _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, segment_ids_BT, levels, t0_B):
+def _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, lay, levels):
   """The FenwickState after the sequence from the packed kernels' final streams (levels 1 ..
   X): level 0's stream, reset and written at every token, holds beta k v^T of the last token;
   levels above X are empty (hierarchy.level_streams_to_fenwick, as the XLA form)."""
   B, T, H, _ = v_BTHV.shape
-  lay = delta.layout_of(segment_ids_BT, B, T, t0_B)
   last_B = T - 1 - jnp.argmax(lay.real_BT[:, ::-1], axis=1)     # 0 for a row of padding only
   pick = lambda x: jnp.take_along_axis(x, last_B.reshape((B, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
   real_B = jnp.any(lay.real_BT, axis=1)
