@@ -354,8 +354,9 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
 def test_gpu_bf16_states(fam):
   """A continuation at a GPU shape (the state after 512 tokens, then two packed documents and
   padding): initial and final state on bf16 inputs against the fp32 XLA form, values and
-  gradients (kernels.md 9.3)."""
-  check_bf16_states(fam, T=4096, interpret=False)
+  gradients (kernels.md 9.3). Log-linear GDN at half the length: its fp32 XLA reference's
+  gradient ran out of memory at 4096 beside the other GPU tests (pytest -n 4, one H200)."""
+  check_bf16_states(fam, T=2048 if fam.lam else 4096, interpret=False)
 
 
 def check_bf16_states(fam, T, interpret, T0=512):
