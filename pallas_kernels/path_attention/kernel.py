@@ -74,15 +74,16 @@ def _num_levels(M):
 # ---------------------------------------------------------------- preprocessing (XLA) ----------
 
 def _preprocess(q_BTHK, k_BTGK, w_BTGK, beta_BTG, C, M, acc):
-  """Level-0 copies, the segment tree of chunk products and the in-chunk logits (T = M * C).
+  """Query/key copies per level and in-chunk logits; T already padded to M * C.
 
-  Returns qhat_BGRMCK (queries at their chunk start), kn_BGMCK (keys at their chunk end), the
-  tree tree_BGNKK (all in acc), z_BHTC (float32) and, for the decode cache, (kn, w, u).
+  Returns qlv_BHLTK, klv_BGLTK (dtype of q/k), z_BHTC (float32) and, for the decode cache,
+  (knew_BGMCK, w_BGMCK, u_BGMCK) in acc.
   """
   B, T, H, K = q_BTHK.shape
   G = k_BTGK.shape[2]
   R, L = H // G, _num_levels(M)
-  ein = functools.partial(jnp.einsum, precision=_copy_precision(q_BTHK.dtype))
+  prec = "highest" if jnp.dtype(q_BTHK.dtype).itemsize >= 4 else None
+  ein = functools.partial(jnp.einsum, precision=prec)
   hi = functools.partial(jnp.einsum, precision="highest")
   chunk = lambda x: x.astype(acc).reshape((B, M, C) + x.shape[2:])
   q_BGRMCK = chunk(q_BTHK).reshape(B, M, C, G, R, K).transpose(0, 3, 4, 1, 2, 5)
@@ -101,48 +102,55 @@ def _preprocess(q_BTHK, k_BTGK, w_BTGK, beta_BTG, C, M, acc):
                       - hi("bgrmti,bgmis->bgrmts", qw_BGRMCC, x_BGMCC))
   qhat_BGRMCK = q_BGRMCK - hi("bgrmti,bgmik->bgrmtk", qw_BGRMCC, u_BGMCK)
 
-  # Segment tree of aligned block products, level s: blk[a] = P_{(a+1)2^s - 1} ... P_{a 2^s},
-  # chunks padded with identities to 2^L; the levels are concatenated (offsets: _tree_index).
+  # Segment tree of aligned block products, blk[s][a] = P_{(a+1)2^s - 1} ... P_{a 2^s}.
   eye_KK = jnp.eye(K, dtype=acc)
   p_BGMKK = eye_KK - hi("bgmck,bgmcl->bgmkl", w_BGMCK, u_BGMCK)
-  blk = [jnp.concatenate([p_BGMKK, jnp.broadcast_to(eye_KK, (B, G, 2**L - M, K, K))], axis=2)]
-  for _ in range(L - 1):
+  p_BGMKK = jnp.concatenate(
+      [p_BGMKK, jnp.broadcast_to(eye_KK, (B, G, 2**L - M, K, K))], axis=2)
+  blk = [p_BGMKK]
+  for _ in range(L - 2):
     blk.append(ein("bgakl,bgalm->bgakm", blk[-1][:, :, 1::2], blk[-1][:, :, 0::2]))
+
+  qlv, klv = [], []
+  q_cur, k_cur = qhat_BGRMCK, kn_BGMCK
+  for s in range(L):  # level l = s + 1: boundaries at multiples of 2^s chunks
+    qlv.append(q_cur)
+    klv.append(k_cur)
+    if s == L - 1:
+      break
+    # Queries with bit s set cross the block just below their boundary (even blocks); keys
+    # with it clear cross the block just above theirs (odd blocks).
+    q_cur = _cross_blocks(q_cur, blk[s][:, :, 0::2], s, True,
+                          functools.partial(ein, "bgrahck,bgakl->bgrahcl"))
+    k_cur = _cross_blocks(k_cur, blk[s][:, :, 1::2], s, False,
+                          functools.partial(ein, "bgahck,bgalk->bgahcl"))
+
+  qlv_BHLTK = jnp.stack(qlv, 3).reshape(B, H, L, T, K).astype(q_BTHK.dtype)
+  klv_BGLTK = jnp.stack(klv, 2).reshape(B, G, L, T, K).astype(k_BTGK.dtype)
   z_BHTC = z_BGRMCC.reshape(B, H, T, C).astype(jnp.float32)
-  return qhat_BGRMCK, kn_BGMCK, jnp.concatenate(blk, axis=2), z_BHTC, (kn_BGMCK, w_BGMCK, u_BGMCK)
+  return qlv_BHLTK, klv_BGLTK, z_BHTC, (kn_BGMCK, w_BGMCK, u_BGMCK)
 
 
-def _copy_precision(dtype):
-  """HIGHEST for float32 inputs; default (TF32) for 16-bit ones, whose copies are rounded anyway."""
-  return "highest" if jnp.dtype(dtype).itemsize >= 4 else None
+def _cross_blocks(x_XMCK, blk_BGAKK, s, upper, apply):
+  """Moves the rows of half of the chunks across one aligned block of 2^s chunks.
 
-
-def _cross(x_XMCK, tree_BGNKK, s, *, query, precision):
-  """Copies at level s -> level s + 1 (s may be traced).
-
-  Queries whose chunk has bit s set cross the aligned block of 2^s chunks just below their
-  boundary (`x P`); keys whose chunk has bit s clear cross the block just above (`x P^T`); the
-  other rows pass through. The blocks are gathered per chunk from the flat tree.
+  Chunks are grouped in pairs of 2^s-chunk halves (axis -3 padded to whole pairs); pair a's
+  upper (`upper=True`) or lower half is transformed by `apply(half_...AhCK, blk_BGAKK[:, :, a])`,
+  the other half passes through. No per-chunk gather of the K x K blocks.
   """
-  M = x_XMCK.shape[-3]
-  L = (tree_BGNKK.shape[2] + 2).bit_length() - 2  # the tree holds 2^(L+1) - 2 blocks
-  c_M = jnp.arange(M)
-  moves_M = ((c_M >> s) & 1) == (1 if query else 0)
-  start = 2 ** (L + 1) - jnp.left_shift(2, L - s)  # level s's offset in the flat tree
-  idx_M = jnp.where(moves_M, start + (c_M >> s) + (-1 if query else 1), 0)
-  blk_BGMKK = jnp.take(tree_BGNKK, idx_M, axis=2)
-  if query:
-    y = jnp.einsum("bgrmck,bgmkl->bgrmcl", x_XMCK, blk_BGMKK, precision=precision)
+  M, h = x_XMCK.shape[-3], 2**s
+  A = -(-M // (2 * h))
+  pad = [(0, 0)] * x_XMCK.ndim
+  pad[-3] = (0, 2 * h * A - M)
+  x = jnp.pad(x_XMCK, pad)
+  x = x.reshape(x.shape[:-3] + (A, 2, h) + x.shape[-2:])
+  lower, upper_half = x[..., 0, :, :, :], x[..., 1, :, :, :]
+  if upper:
+    upper_half = apply(upper_half, blk_BGAKK[:, :, :A])
   else:
-    y = jnp.einsum("bgmck,bgmlk->bgmcl", x_XMCK, blk_BGMKK, precision=precision)
-  return jnp.where(moves_M[:, None, None], y, x_XMCK)
-
-
-def _level_inputs(s, q_BGRMCK, k_BGMCK, dtypes):
-  """A level's copies in the kernels' layout and dtypes: [B, H, T, K] and [B, G, T, K]."""
-  B, G, R, M, C, K = q_BGRMCK.shape
-  return (jnp.full((1,), s, jnp.int32), q_BGRMCK.reshape(B, G * R, M * C, K).astype(dtypes[0]),
-          k_BGMCK.reshape(B, G, M * C, K).astype(dtypes[1]))
+    lower = apply(lower, blk_BGAKK[:, :, :A])
+  x = jnp.stack([lower, upper_half], axis=-4)
+  return x.reshape(x.shape[:-5] + (2 * h * A,) + x.shape[-2:])[..., :M, :, :]
 
 
 # ---------------------------------------------------------------- kernels ----------------------
@@ -162,50 +170,47 @@ def _opt(ref, idx):
   return None if ref is None else ref[idx]
 
 
-def _causal(C):
-  return jnp.arange(C)[:, None] >= jnp.arange(C)[None, :]
-
-
-def _fwd_kernel(lv_ref, q_ref, k_ref, z_ref, v_ref, g_ref, seg_ref, stats_refs, m_out, l_out,
-                acc_out, *, scale, C, M):
-  """One query chunk of one head at one level: the key chunks below its level boundary, added
-  to the running softmax (m, l, acc); the first call (z given) starts from the diagonal tile."""
+def _fwd_kernel(qlv_ref, klv_ref, z_ref, v_ref, g_ref, seg_ref, o_ref, lse_ref, *, scale, C, M, L):
+  """One query chunk of one head: diagonal tile, then the key chunks of every level."""
   i = M - 1 - pl.program_id(2)
-  lv = lv_ref[0]
   qk_scale = scale * _LOG2E
   rows = pl.ds(i * C, C)
   gq_C, sq_C = _opt(g_ref, rows), _opt(seg_ref, rows)
-  if z_ref is not None:
-    s_CC = _tile(z_ref[...], gq_C, gq_C, sq_C, sq_C, qk_scale, _causal(C))
-    m_C = jnp.max(s_CC, axis=1)
-    p_CC = jnp.exp2(s_CC - m_C[:, None])
-    carry = m_C, jnp.sum(p_CC, axis=1), _dot(p_CC.astype(v_ref.dtype), v_ref[rows, :])
-  else:
-    carry = tuple(ref[...] for ref in stats_refs)
-  mid = (i >> lv) << lv
-  q_CK = q_ref[rows, :]
+  causal_CC = jnp.arange(C)[:, None] >= jnp.arange(C)[None, :]
+  s_CC = _tile(z_ref[...], gq_C, gq_C, sq_C, sq_C, qk_scale, causal_CC)
+  m_C = jnp.max(s_CC, axis=1)
+  p_CC = jnp.exp2(s_CC - m_C[:, None])
+  l_C = jnp.sum(p_CC, axis=1)
+  o_CV = _dot(p_CC.astype(v_ref.dtype), v_ref[rows, :])
 
-  def step(t, carry):
-    m_C, l_C, o_CV = carry
-    cols = pl.ds((mid - 1 - t) * C, C)
-    s_CC = _tile(_dot(q_CK, k_ref[cols, :], trans_b=True), gq_C, _opt(g_ref, cols),
-                 sq_C, _opt(seg_ref, cols), qk_scale)
-    m_new_C = jnp.maximum(m_C, jnp.max(s_CC, axis=1))
-    alpha_C = jnp.exp2(m_C - m_new_C)
-    p_CC = jnp.exp2(s_CC - m_new_C[:, None])
-    l_C = alpha_C * l_C + jnp.sum(p_CC, axis=1)
-    o_CV = alpha_C[:, None] * o_CV + _dot(p_CC.astype(v_ref.dtype), v_ref[cols, :])
-    return m_new_C, l_C, o_CV
+  def level(lv, carry):
+    bit = (i >> lv) & 1
+    mid = (i >> lv) << lv
+    q_CK = qlv_ref[lv, rows, :]
 
-  m_out[...], l_out[...], acc_out[...] = jax.lax.fori_loop(0, ((i >> lv) & 1) << lv, step, carry)
+    def step(t, carry):
+      m_C, l_C, o_CV = carry
+      cols = pl.ds((mid - 1 - t) * C, C)
+      s_CC = _tile(_dot(q_CK, klv_ref[lv, cols, :], trans_b=True), gq_C, _opt(g_ref, cols),
+                   sq_C, _opt(seg_ref, cols), qk_scale)
+      m_new_C = jnp.maximum(m_C, jnp.max(s_CC, axis=1))
+      alpha_C = jnp.exp2(m_C - m_new_C)
+      p_CC = jnp.exp2(s_CC - m_new_C[:, None])
+      l_C = alpha_C * l_C + jnp.sum(p_CC, axis=1)
+      o_CV = alpha_C[:, None] * o_CV + _dot(p_CC.astype(v_ref.dtype), v_ref[cols, :])
+      return m_new_C, l_C, o_CV
+
+    return jax.lax.fori_loop(0, bit << lv, step, carry)
+
+  m_C, l_C, o_CV = jax.lax.fori_loop(0, L, level, (m_C, l_C, o_CV))
+  o_ref[...] = (o_CV / l_C[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = m_C + jnp.log2(l_C)
 
 
-def _dq_kernel(lv_ref, q_ref, k_ref, z_ref, v_ref, g_ref, seg_ref, do_ref, lse_ref, delta_ref,
-               dq_ref, dgq_ref, dz_ref, *, scale, C, M):
-  """dQ of one query chunk of one head at one level and its gate row sums; with z given (the
-  first call), also the diagonal tile's dz and row sums."""
+def _dq_kernel(qlv_ref, klv_ref, z_ref, v_ref, g_ref, seg_ref, do_ref, lse_ref, delta_ref,
+               dqlv_ref, dz_ref, dgq_ref, *, scale, C, M, L):
+  """dQ^l (all levels), dz and the gate row sums of one query chunk of one head."""
   i = M - 1 - pl.program_id(2)
-  lv = lv_ref[0]
   qk_scale = scale * _LOG2E
   rows = pl.ds(i * C, C)
   gq_C, sq_C = _opt(g_ref, rows), _opt(seg_ref, rows)
@@ -216,36 +221,38 @@ def _dq_kernel(lv_ref, q_ref, k_ref, z_ref, v_ref, g_ref, seg_ref, do_ref, lse_r
     p_CC = jnp.exp2(s_CC - lse_C[:, None])
     return p_CC * (_dot(do_CV, v_CV, trans_b=True) - delta_C[:, None])
 
-  dg_C = jnp.zeros((C,), jnp.float32)
-  if z_ref is not None:
-    ds_CC = grad_logits(_tile(z_ref[...], gq_C, gq_C, sq_C, sq_C, qk_scale, _causal(C)),
-                        v_ref[rows, :])
-    dz_ref[...] = scale * ds_CC
-    dg_C = jnp.sum(ds_CC, axis=1)
-  mid = (i >> lv) << lv
-  q_CK = q_ref[rows, :]
+  causal_CC = jnp.arange(C)[:, None] >= jnp.arange(C)[None, :]
+  ds_CC = grad_logits(_tile(z_ref[...], gq_C, gq_C, sq_C, sq_C, qk_scale, causal_CC),
+                      v_ref[rows, :])
+  dz_ref[...] = scale * ds_CC
+  dg_C = jnp.sum(ds_CC, axis=1)
 
-  def step(t, carry):
-    dq_CK, dg_C = carry
-    cols = pl.ds((mid - 1 - t) * C, C)
-    k_CK = k_ref[cols, :]
-    s_CC = _tile(_dot(q_CK, k_CK, trans_b=True), gq_C, _opt(g_ref, cols), sq_C,
-                 _opt(seg_ref, cols), qk_scale)
-    ds_CC = grad_logits(s_CC, v_ref[cols, :])
-    return dq_CK + _dot(ds_CC.astype(k_CK.dtype), k_CK), dg_C + jnp.sum(ds_CC, axis=1)
+  def level(lv, dg_C):
+    bit = (i >> lv) & 1
+    mid = (i >> lv) << lv
+    q_CK = qlv_ref[lv, rows, :]
 
-  dq_CK, dg_C = jax.lax.fori_loop(0, ((i >> lv) & 1) << lv, step,
-                                  (jnp.zeros(q_CK.shape, jnp.float32), dg_C))
-  dq_ref[...] = scale * dq_CK
-  dgq_ref[...] = scale * dg_C
+    def step(t, carry):
+      dq_CK, dg_C = carry
+      cols = pl.ds((mid - 1 - t) * C, C)
+      k_CK = klv_ref[lv, cols, :]
+      s_CC = _tile(_dot(q_CK, k_CK, trans_b=True), gq_C, _opt(g_ref, cols), sq_C,
+                   _opt(seg_ref, cols), qk_scale)
+      ds_CC = grad_logits(s_CC, v_ref[cols, :])
+      return dq_CK + _dot(ds_CC.astype(k_CK.dtype), k_CK), dg_C + jnp.sum(ds_CC, axis=1)
+
+    dq_CK, dg_C = jax.lax.fori_loop(0, bit << lv, step,
+                                    (jnp.zeros(q_CK.shape, jnp.float32), dg_C))
+    dqlv_ref[lv, :, :] = (scale * dq_CK).astype(dqlv_ref.dtype)
+    return dg_C
+
+  dgq_ref[...] = scale * jax.lax.fori_loop(0, L, level, dg_C)
 
 
-def _dkv_kernel(lv_ref, q_ref, k_ref, z_ref, v_ref, g_ref, seg_ref, do_ref, lse_ref, delta_ref,
-                dk_ref, dv_ref, dgk_ref, *, scale, C, M):
-  """dK, dv and the gate column sums of one key chunk, for one query head at one level; with z
-  given (the first call), the diagonal tile's dv and column sums too."""
+def _dkv_kernel(qlv_ref, klv_ref, z_ref, v_ref, g_ref, seg_ref, do_ref, lse_ref, delta_ref,
+                dklv_ref, dv_ref, dgk_ref, *, scale, C, M, L):
+  """dK^l (all levels), dv and the gate column sums of one key chunk, for one query head."""
   j = pl.program_id(2)
-  lv = lv_ref[0]
   qk_scale = scale * _LOG2E
   cols = pl.ds(j * C, C)
   gk_C, sk_C = _opt(g_ref, cols), _opt(seg_ref, cols)
@@ -258,196 +265,138 @@ def _dkv_kernel(lv_ref, q_ref, k_ref, z_ref, v_ref, g_ref, seg_ref, do_ref, lse_
     ds_CC = p_CC * (_dot(do_CV, v_CV, trans_b=True) - delta_ref[rows][:, None])
     return p_CC, ds_CC, do_CV
 
-  dv_CV = jnp.zeros(v_CV.shape, jnp.float32)
-  dg_C = jnp.zeros((C,), jnp.float32)
-  if z_ref is not None:
-    p_CC, ds_CC, do_CV = grads(
-        _tile(z_ref[...], gk_C, gk_C, sk_C, sk_C, qk_scale, _causal(C)), cols)
-    dv_CV = _dot(p_CC.astype(do_CV.dtype), do_CV, trans_a=True)
-    dg_C = jnp.sum(ds_CC, axis=0)
-  start = ((j >> lv) + 1) << lv  # first query chunk above j's boundary at this level
-  k_CK = k_ref[cols, :]
+  causal_CC = jnp.arange(C)[:, None] >= jnp.arange(C)[None, :]
+  p_CC, ds_CC, do_CV = grads(
+      _tile(z_ref[...], gk_C, gk_C, sk_C, sk_C, qk_scale, causal_CC), cols)
+  dv_CV = _dot(p_CC.astype(do_CV.dtype), do_CV, trans_a=True)
+  dg_C = jnp.sum(ds_CC, axis=0)
 
-  def step(t, carry):
-    dk_CK, dv_CV, dg_C = carry
-    rows = pl.ds((start + t) * C, C)
-    q_CK = q_ref[rows, :]
-    s_CC = _tile(_dot(q_CK, k_CK, trans_b=True), _opt(g_ref, rows), gk_C, _opt(seg_ref, rows),
-                 sk_C, qk_scale)
-    p_CC, ds_CC, do_CV = grads(s_CC, rows)
-    dv_CV = dv_CV + _dot(p_CC.astype(do_CV.dtype), do_CV, trans_a=True)
-    dk_CK = dk_CK + _dot(ds_CC.astype(q_CK.dtype), q_CK, trans_a=True)
-    return dk_CK, dv_CV, dg_C + jnp.sum(ds_CC, axis=0)
+  def level(lv, carry):
+    clear = 1 - ((j >> lv) & 1)
+    start = ((j >> lv) + 1) << lv  # first query chunk above j's boundary at this level
+    k_CK = klv_ref[lv, cols, :]
 
-  trips = (1 - ((j >> lv) & 1)) * jnp.clip(M - start, 0, 1 << lv)
-  dk_CK, dv_CV, dg_C = jax.lax.fori_loop(
-      0, trips, step, (jnp.zeros(k_CK.shape, jnp.float32), dv_CV, dg_C))
-  dk_ref[...] = scale * dk_CK
+    def step(t, carry):
+      dk_CK, dv_CV, dg_C = carry
+      rows = pl.ds((start + t) * C, C)
+      q_CK = qlv_ref[lv, rows, :]
+      s_CC = _tile(_dot(q_CK, k_CK, trans_b=True), _opt(g_ref, rows), gk_C, _opt(seg_ref, rows),
+                   sk_C, qk_scale)
+      p_CC, ds_CC, do_CV = grads(s_CC, rows)
+      dv_CV = dv_CV + _dot(p_CC.astype(do_CV.dtype), do_CV, trans_a=True)
+      dk_CK = dk_CK + _dot(ds_CC.astype(q_CK.dtype), q_CK, trans_a=True)
+      return dk_CK, dv_CV, dg_C + jnp.sum(ds_CC, axis=0)
+
+    trips = clear * jnp.clip(M - start, 0, 1 << lv)
+    dk_CK, dv_CV, dg_C = jax.lax.fori_loop(
+        0, trips, step, (jnp.zeros(k_CK.shape, jnp.float32),) + carry)
+    dklv_ref[lv, :, :] = scale * dk_CK
+    return dv_CV, dg_C
+
+  dv_CV, dg_C = jax.lax.fori_loop(0, L, level, (dv_CV, dg_C))
   dv_ref[...] = dv_CV
   dgk_ref[...] = -scale * dg_C
 
 
-class _Call(NamedTuple):
-  """Static sizes and options shared by the level calls of one attention."""
-  B: int
-  H: int
-  G: int
-  Tp: int
-  C: int
-  K: int
-  V: int
-  scale: float
-  config: KernelConfig
-  interpret: bool
-
-  @property
-  def M(self):
-    return self.Tp // self.C
-
-  def specs(self, *, first, gate, seg, key_major):
-    """BlockSpecs of the shared inputs (level, q, k, z, v, gate, seg) on grid (H, B, M)."""
-    R, M, C, Tp = self.H // self.G, self.M, self.C, self.Tp
-    chunk = (lambda n: n) if key_major else (lambda n: M - 1 - n)
-    specs = [
-        pl.BlockSpec((1,), lambda h, b, n: (0,)),
-        pl.BlockSpec((None, None, Tp, self.K), lambda h, b, n: (b, h, 0, 0)),
-        pl.BlockSpec((None, None, Tp, self.K), lambda h, b, n: (b, h // R, 0, 0)),
-        pl.BlockSpec((None, None, C, C), lambda h, b, n: (b, h, chunk(n), 0)) if first else None,
-        pl.BlockSpec((None, C, None, self.V), lambda h, b, n: (b, chunk(n), h // R, 0))
-        if key_major else pl.BlockSpec((None, Tp, None, self.V), lambda h, b, n: (b, 0, h // R, 0)),
-        pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0)) if gate else None,
-        pl.BlockSpec((None, Tp), lambda h, b, n: (b, 0)) if seg else None,
-    ]
-    return specs, chunk
-
-  def __call__(self, kernel, name, in_specs, out_specs, out_shape, *args):
-    return pl.pallas_call(
-        functools.partial(kernel, scale=self.scale, C=self.C, M=self.M),
-        grid=(self.H, self.B, self.M), in_specs=in_specs, out_specs=out_specs,
-        out_shape=out_shape, compiler_params=pltriton.CompilerParams(**self.config._asdict()),
-        interpret=self.interpret, name=name)(*args)
+def _specs(B, H, G, L, Tp, C, K, V, M, *, gate, seg, key_major):
+  """BlockSpecs of the shared kernel inputs (qlv, klv, z, v, gate, seg) on grid (H, B, M)."""
+  R = H // G
+  chunk = (lambda n: n) if key_major else (lambda n: M - 1 - n)
+  specs = [
+      pl.BlockSpec((None, None, L, Tp, K), lambda h, b, n: (b, h, 0, 0, 0)),
+      pl.BlockSpec((None, None, L, Tp, K), lambda h, b, n: (b, h // R, 0, 0, 0)),
+      pl.BlockSpec((None, None, C, C), lambda h, b, n: (b, h, chunk(n), 0)),
+      pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h // R, 0)) if key_major
+      else pl.BlockSpec((None, Tp, None, V), lambda h, b, n: (b, 0, h // R, 0)),
+      pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0)) if gate else None,
+      pl.BlockSpec((None, Tp), lambda h, b, n: (b, 0)) if seg else None,
+  ]
+  return specs, chunk
 
 
-def _fwd_level(call, lv, q_BHTK, k_BGTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, stats):
-  """The forward kernel at one level; `stats` = (m_BHT, l_BHT, acc_BTHV), None on the first."""
-  B, H, Tp, V = call.B, call.H, call.Tp, call.V
-  specs, chunk = call.specs(first=stats is None, gate=gate_BHT is not None,
-                            seg=seg_BT is not None, key_major=False)
-  row = pl.BlockSpec((None, None, call.C), lambda h, b, n: (b, h, chunk(n)))
-  acc = pl.BlockSpec((None, call.C, None, V), lambda h, b, n: (b, chunk(n), h, 0))
-  stat_specs = [row, row, acc]
-  in_stats = None if stats is None else tuple(stat_specs)
-  shapes = [jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)] * 2 + [
-      jax.ShapeDtypeStruct((B, Tp, H, V), jnp.float32)]
-  return tuple(call(_fwd_kernel, "path_attention_fwd", specs + [in_stats], stat_specs, shapes,
-                    lv, q_BHTK, k_BGTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, stats))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config, interpret):
+  return _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config,
+                     interpret)[0]
 
 
-def _bwd_level(call, lv, q_BHTK, k_BGTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT,
-               delta_BHT):
-  """The dq and dkv kernels at one level (the first: z given, also the diagonal tiles).
-
-  Returns dq_BHTK, dk_BHTK (per query head), dv_BTHV, dgate_BHT (float32) and dz_BHTC or None.
-  """
-  B, H, Tp, C, K, V = call.B, call.H, call.Tp, call.C, call.K, call.V
-  first = z_BHTC is not None
-  flags = dict(first=first, gate=gate_BHT is not None, seg=seg_BT is not None)
-  args = (lv, q_BHTK, k_BGTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT, delta_BHT)
-  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
-
-  specs, chunk = call.specs(key_major=False, **flags)
-  row = pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))
-  here = [pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h, 0)), row, row]
-  dq_BHTK, dgq_BHT, dz_BHTC = call(
-      _dq_kernel, "path_attention_bwd_dq", specs + here,
-      [pl.BlockSpec((None, None, C, K), lambda h, b, n: (b, h, chunk(n), 0)), row,
-       pl.BlockSpec((None, None, C, C), lambda h, b, n: (b, h, chunk(n), 0)) if first else None],
-      [f32(B, H, Tp, K), f32(B, H, Tp), f32(B, H, Tp, C) if first else None], *args)
-
-  specs, _ = call.specs(key_major=True, **flags)
-  full = [pl.BlockSpec((None, Tp, None, V), lambda h, b, n: (b, 0, h, 0)),
-          pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0)),
-          pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0))]
-  dk_BHTK, dv_BTHV, dgk_BHT = call(
-      _dkv_kernel, "path_attention_bwd_dkv", specs + full,
-      [pl.BlockSpec((None, None, C, K), lambda h, b, n: (b, h, n, 0)),
-       pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, n, h, 0)),
-       pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, n))],
-      [f32(B, H, Tp, K), f32(B, Tp, H, V), f32(B, H, Tp)], *args)
-  return dq_BHTK, dk_BHTK, dv_BTHV, dgq_BHT + dgk_BHT, dz_BHTC
-
-
-# ---------------------------------------------------------------- custom_vjp -------------------
-# The copies of level s + 1 are those of level s after one `_cross`. The forward carries them up
-# through the levels, one level's copies alive at a time. The backward runs the levels downward,
-# rebuilding each level's copies from level 0 (s crosses, O(L^2) block products in all) and
-# chaining the copies' cotangents back through `_cross`: memory stays linear in T.
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _attend(qhat_BGRMCK, kn_BGMCK, tree_BGNKK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call, dtypes):
-  return _attend_fwd(qhat_BGRMCK, kn_BGMCK, tree_BGNKK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call,
-                     dtypes)[0]
-
-
-def _attend_fwd(qhat_BGRMCK, kn_BGMCK, tree_BGNKK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call,
-                dtypes):
-  L = _num_levels(call.M)
-  cross = functools.partial(_cross, tree_BGNKK=tree_BGNKK, precision=_copy_precision(dtypes[0]))
-  fixed = (v_BTGV, gate_BHT, seg_BT)
-  stats = _fwd_level(call, *_level_inputs(0, qhat_BGRMCK, kn_BGMCK, dtypes), z_BHTC, *fixed, None)
-
-  def level(s, carry):
-    q_BGRMCK = cross(carry[0], s=s - 1, query=True)
-    k_BGMCK = cross(carry[1], s=s - 1, query=False)
-    lv, q_BHTK, k_BGTK = _level_inputs(s, q_BGRMCK, k_BGMCK, dtypes)
-    return q_BGRMCK, k_BGMCK, _fwd_level(call, lv, q_BHTK, k_BGTK, None, *fixed, carry[2])
-
-  _, _, (m_BHT, l_BHT, acc_BTHV) = jax.lax.fori_loop(
-      1, L, level, (qhat_BGRMCK, kn_BGMCK, stats))
-  o_BTHV = (acc_BTHV / l_BHT.swapaxes(1, 2)[..., None]).astype(v_BTGV.dtype)
-  lse_BHT = m_BHT + jnp.log2(l_BHT)
-  res = (qhat_BGRMCK, kn_BGMCK, tree_BGNKK, z_BHTC, v_BTGV, gate_BHT, seg_BT, o_BTHV, lse_BHT)
+def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config,
+                interpret):
+  B, H, L, Tp, K = qlv_BHLTK.shape
+  G, V, M = klv_BGLTK.shape[1], v_BTGV.shape[-1], Tp // C
+  specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, gate=gate_BHT is not None,
+                        seg=seg_BT is not None, key_major=False)
+  o_BTHV, lse_BHT = pl.pallas_call(
+      functools.partial(_fwd_kernel, scale=scale, C=C, M=M, L=L),
+      grid=(H, B, M),
+      in_specs=specs,
+      out_specs=[pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h, 0)),
+                 pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))],
+      out_shape=[jax.ShapeDtypeStruct((B, Tp, H, V), v_BTGV.dtype),
+                 jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)],
+      compiler_params=pltriton.CompilerParams(**config._asdict()),
+      interpret=interpret,
+      name="path_attention_fwd",
+  )(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT)
+  res = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, o_BTHV, lse_BHT)
   return o_BTHV, res
 
 
-def _attend_bwd(call, dtypes, res, do_BTHV):
-  qhat_BGRMCK, kn_BGMCK, tree_BGNKK, z_BHTC, v_BTGV, gate_BHT, seg_BT, o_BTHV, lse_BHT = res
-  B, G, R, M, C, K = qhat_BGRMCK.shape
-  L = _num_levels(M)
+def _attend_bwd(scale, C, config, interpret, res, do_BTHV):
+  qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, o_BTHV, lse_BHT = res
+  B, H, L, Tp, K = qlv_BHLTK.shape
+  G, V, M = klv_BGLTK.shape[1], v_BTGV.shape[-1], Tp // C
+  R = H // G
   delta_BHT = jnp.einsum("bthv,bthv->bht", o_BTHV.astype(jnp.float32),
                          do_BTHV.astype(jnp.float32))
-  fixed = (v_BTGV, gate_BHT, seg_BT, do_BTHV.astype(o_BTHV.dtype), lse_BHT, delta_BHT)
-  cross = functools.partial(_cross, precision=_copy_precision(dtypes[0]))
+  do_BTHV = do_BTHV.astype(o_BTHV.dtype)
+  args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT, delta_BHT)
+  common = dict(scale=scale, C=C, M=M, L=L)
+  flags = dict(gate=gate_BHT is not None, seg=seg_BT is not None)
+  params = pltriton.CompilerParams(**config._asdict())
 
-  def level(s, q_BGRMCK, k_BGMCK, z_BHTC, carry):
-    """Adds level s's gradients; carry[:2] = cotangents of level s + 1's copies -> level s's."""
-    gq_BGRMCK, gk_BGMCK, dtree_BGNKK, dv_BTHV, dgate_BHT = carry
-    dq_BHTK, dk_BHTK, dv_l, dgate_l, dz_BHTC = _bwd_level(
-        call, *_level_inputs(s, q_BGRMCK, k_BGMCK, dtypes), z_BHTC, *fixed)
-    up_q, dtree_q = jax.vjp(lambda x, t: cross(x, t, s, query=True), q_BGRMCK, tree_BGNKK)[1](
-        gq_BGRMCK)
-    up_k, dtree_k = jax.vjp(lambda x, t: cross(x, t, s, query=False), k_BGMCK, tree_BGNKK)[1](
-        gk_BGMCK)
-    return (dq_BHTK.reshape(qhat_BGRMCK.shape) + up_q,
-            dk_BHTK.reshape(B, G, R, M, C, K).sum(2) + up_k,
-            dtree_BGNKK + dtree_q + dtree_k, dv_BTHV + dv_l, dgate_BHT + dgate_l), dz_BHTC
+  specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, key_major=False, **flags)
+  here = [pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h, 0)),
+          pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n))),
+          pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))]
+  dqlv_BHLTK, dz_BHTC, dgq_BHT = pl.pallas_call(
+      functools.partial(_dq_kernel, **common),
+      grid=(H, B, M),
+      in_specs=specs + here,
+      out_specs=[pl.BlockSpec((None, None, L, C, K), lambda h, b, n: (b, h, 0, chunk(n), 0)),
+                 pl.BlockSpec((None, None, C, C), lambda h, b, n: (b, h, chunk(n), 0)),
+                 pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))],
+      out_shape=[jax.ShapeDtypeStruct(qlv_BHLTK.shape, qlv_BHLTK.dtype),
+                 jax.ShapeDtypeStruct(z_BHTC.shape, z_BHTC.dtype),
+                 jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)],
+      compiler_params=params,
+      interpret=interpret,
+      name="path_attention_bwd_dq",
+  )(*args)
 
-  def upper_level(n, carry):
-    s = L - 1 - n
-    climb = lambda query: lambda u, x: cross(x, tree_BGNKK, u, query=query)  # noqa: E731
-    q_BGRMCK = jax.lax.fori_loop(0, s, climb(True), qhat_BGRMCK)
-    k_BGMCK = jax.lax.fori_loop(0, s, climb(False), kn_BGMCK)
-    return level(s, q_BGRMCK, k_BGMCK, None, carry)[0]
+  specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, key_major=True, **flags)
+  full = [pl.BlockSpec((None, Tp, None, V), lambda h, b, n: (b, 0, h, 0)),
+          pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0)),
+          pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0))]
+  dklv_BHLTK, dv_BTHV, dgk_BHT = pl.pallas_call(
+      functools.partial(_dkv_kernel, **common),
+      grid=(H, B, M),
+      in_specs=specs + full,
+      out_specs=[pl.BlockSpec((None, None, L, C, K), lambda h, b, n: (b, h, 0, n, 0)),
+                 pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, n, h, 0)),
+                 pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, n))],
+      out_shape=[jax.ShapeDtypeStruct((B, H, L, Tp, K), jnp.float32),
+                 jax.ShapeDtypeStruct((B, Tp, H, V), jnp.float32),
+                 jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)],
+      compiler_params=params,
+      interpret=interpret,
+      name="path_attention_bwd_dkv",
+  )(*args)
 
-  zeros = lambda x: jnp.zeros(x.shape, jnp.float32)  # noqa: E731
-  carry = (zeros(qhat_BGRMCK), zeros(kn_BGMCK), zeros(tree_BGNKK), zeros(o_BTHV),
-           zeros(lse_BHT))
-  carry = jax.lax.fori_loop(0, L - 1, upper_level, carry)
-  (dqhat, dkn, dtree, dv_BTHV, dgate_BHT), dz_BHTC = level(0, qhat_BGRMCK, kn_BGMCK, z_BHTC,
-                                                           carry)
-  dv_BTGV = dv_BTHV.reshape(B, M * C, G, R, -1).sum(3).astype(v_BTGV.dtype)
-  dgate_BHT = None if gate_BHT is None else dgate_BHT.astype(gate_BHT.dtype)
-  return dqhat, dkn, dtree, dz_BHTC, dv_BTGV, dgate_BHT, None
+  dklv_BGLTK = dklv_BHLTK.reshape(B, G, R, L, Tp, K).sum(2).astype(klv_BGLTK.dtype)
+  dv_BTGV = dv_BTHV.reshape(B, Tp, G, R, V).sum(3).astype(v_BTGV.dtype)
+  dgate_BHT = None if gate_BHT is None else (dgq_BHT + dgk_BHT).astype(gate_BHT.dtype)
+  return dqlv_BHLTK, dklv_BGLTK, dz_BHTC, dv_BTGV, dgate_BHT, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -485,13 +434,12 @@ def path_attention(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segm
   C = block_size
   M = -(-T // C)
   pad = lambda x: jnp.pad(x, [(0, 0), (0, M * C - T)] + [(0, 0)] * (x.ndim - 2))
-  qhat_BGRMCK, kn_BGMCK, tree_BGNKK, z_BHTC, chunked = _preprocess(
+  qlv_BHLTK, klv_BGLTK, z_BHTC, chunked = _preprocess(
       pad(q_BTHK), pad(k_BTGK), pad(w_BTGK), pad(beta_BTG), C, M, acc)
   gate_BHT = None if gate_BTH is None else pad(gate_BTH.astype(jnp.float32)).swapaxes(1, 2)
   seg_BT = None if segment_ids_BT is None else pad(segment_ids_BT.astype(jnp.int32))
-  call = _Call(B, H, G, M * C, C, K, V, float(scale), KernelConfig(*config), bool(interpret))
-  o_BTHV = _attend(qhat_BGRMCK, kn_BGMCK, tree_BGNKK, z_BHTC, pad(v_BTGV), gate_BHT, seg_BT, call,
-                   (q_BTHK.dtype, k_BTGK.dtype))[:, :T]
+  o_BTHV = _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, pad(v_BTGV), gate_BHT, seg_BT, float(scale), C,
+                   KernelConfig(*config), bool(interpret))[:, :T]
   if not return_k_cache:
     return o_BTHV
   # Keys at their chunk end are rounded to k's dtype first, as in path_blockwise.

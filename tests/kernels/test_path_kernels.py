@@ -101,24 +101,8 @@ def test_forward_and_backward_lower_for_cuda():
   text = lowered.as_text()
   for name in ("path_attention_fwd", "path_attention_bwd_dq", "path_attention_bwd_dkv"):
     assert name in text
-  # the launch configuration reaches all six kernel calls (each kernel twice: level 0 with the
-  # diagonal tiles, and the levels above inside a loop)
-  assert text.count("num_warps = 8 : i32") == 6 and text.count("num_stages = 3 : i32") == 6
-
-
-def test_memory_grows_linearly_in_length():
-  """Compiled fwd+bwd temporaries (XLA's memory analysis, interpret mode) at 4x the tokens stay
-  within 4.2x: one level's query / key copies are alive at a time (all levels at once grew them
-  5.0-5.4x here, T log T)."""
-  def temp_bytes(T):
-    x = [jax.ShapeDtypeStruct((1, T, 2, 32), jnp.float32)] * 4 + [
-        jax.ShapeDtypeStruct((1, T, 2), jnp.float32)]
-    loss = lambda *a: path_attention(*a, block_size=16, interpret=True).sum()  # noqa: E731
-    compiled = jax.jit(jax.grad(loss, argnums=tuple(range(5)))).lower(*x).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
-
-  small, mid, large = (temp_bytes(T) for T in (256, 1024, 4096))
-  assert mid / small < 4.2 and large / mid < 4.2, (small, mid, large)
+  # the launch configuration reaches all three kernels
+  assert text.count("num_warps = 8 : i32") == 3 and text.count("num_stages = 3 : i32") == 3
 
 
 # ------------------------------------------------------------------------------- GPU -----------
