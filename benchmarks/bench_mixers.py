@@ -320,7 +320,8 @@ def run_throughput(args) -> list[Row]:
             def timer(mixer=mixer, impl=impl, mode=mode, x=x, cfg=cfg):
               fn, fargs = jax_case(mixer, impl, x, args.segments, cfg)
               return time_jax(fn, fargs, backward=mode == "fwdbwd")
-            label = (impl + ("_bv{}w{}s{}".format(*cfg) if cfg else "")
+            tile = "bs" if mixer.startswith("path") else "bv"  # PaTH's block size, scans' block_v
+            label = (impl + (f"_{tile}{{}}w{{}}s{{}}".format(*cfg) if cfg else "")
                      + ("_segments" if args.segments else ""))
             if skipped(f"lloglin_{mixer}[{label}]", mode, args.skip):
               continue

@@ -49,9 +49,10 @@ def test_kernel_config_sweep_rows(tmp_path, capsys):
   result = bench_mixers.main(["--tokens", "64", "--seqlens", "64", "--mixers", "gdn,path",
                               "--impls", "pallas,xla", "--modes", "fwd",
                               "--kernel_configs", "16,4,1,32,4,1", "--out", str(tmp_path)])
-  for mixer in ("gdn", "path"):   # PaTH: the triple's first number is the block size
+  for mixer, tile in (("gdn", "bv"), ("path", "bs")):  # PaTH: the block size comes first
     rows = [r for r in result["rows"] if r["mixer"] == mixer]
-    assert sorted(r["impl"] for r in rows) == ["pallas_bv16w4s1", "pallas_bv32w4s1", "xla"]
+    assert sorted(r["impl"] for r in rows) == [f"pallas_{tile}16w4s1", f"pallas_{tile}32w4s1",
+                                               "xla"]
     assert all(r["mtok_s"] for r in rows), rows
   out = capsys.readouterr().out
   assert out.count("| gdn | 64 | fwd |") == 2 and "(pallas_bv16w4s1) |" in out

@@ -38,7 +38,8 @@ Status (H200, 16 heads x 128, 65,536 tokens, benchmarks/bench_mixers.py): below 
 parallel_path_attn (forward+backward 1.20 / 0.789 / 0.389 Mtok/s at T = 2K / 8K / 32K, 0.69x /
 0.75x / 0.97x its anchors). XLA's cost model puts most of the bytes in `_preprocess` and its
 autodiff (copies per level), so the next step is building the copies (and their backward) in a
-Pallas kernel.
+Pallas kernel. Compiled fwd+bwd memory at batch 1: 2.58 / 12.0 / 55.5 GiB at T = 8K / 32K / 131K
+(T log T). One level's copies at a time in XLA made it linear but cost 2.5x the time (reverted).
 """
 
 import functools
@@ -54,9 +55,9 @@ from lloglin.ops.path import _keys_to_end, _prepare, _ut_transform
 _LOG2E = 1.4426950408889634
 _MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf - inf
 class KernelConfig(NamedTuple):
-  """Triton launch parameters of the three PaTH kernels (the tile is `block_size`). Default: those
-  of every H200 figure in benchmarks/RESULTS.md so far (not swept yet: `bench_mixers.py
-  --kernel_configs` with the PaTH mixers sweeps block_size, num_warps, num_stages)."""
+  """Triton launch parameters of the three PaTH kernels (the tile is `block_size`). The default
+  was the fastest of six (block_size, warps, stages) tried on the H200 at T = 8192 (`bench_mixers.py
+  --kernel_configs`, benchmarks/RESULTS.md)."""
   num_warps: int = 4
   num_stages: int = 2
 
