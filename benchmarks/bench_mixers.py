@@ -321,7 +321,7 @@ def run_throughput(args) -> list[Row]:
               fn, fargs = jax_case(mixer, impl, x, args.segments, cfg)
               return time_jax(fn, fargs, backward=mode == "fwdbwd")
             tile = "bs" if mixer.startswith("path") else "bv"  # PaTH's block size, scans' block_v
-            label = (impl + (f"_{tile}{{}}w{{}}s{{}}".format(*cfg) if cfg else "")
+            label = (impl + (f"_{tile}{cfg[0]}w{cfg[1]}s{cfg[2]}" if cfg else "")
                      + ("_segments" if args.segments else ""))
             if skipped(f"lloglin_{mixer}[{label}]", mode, args.skip):
               continue

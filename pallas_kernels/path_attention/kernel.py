@@ -54,6 +54,8 @@ from lloglin.ops.path import _keys_to_end, _prepare, _ut_transform
 
 _LOG2E = 1.4426950408889634
 _MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf - inf
+
+
 class KernelConfig(NamedTuple):
   """Triton launch parameters of the three PaTH kernels (the tile is `block_size`). The default
   was the fastest of six (block_size, warps, stages) tried on the H200 at T = 8192 (`bench_mixers.py
