@@ -12,6 +12,8 @@ False with it, as fla), w_rank (32), w_conv (3; 0 = no short conv), qk_norm (Fal
 RMSNorm of q and k). w, beta and g are computed in float32.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -32,20 +34,17 @@ from pallas_kernels import path_attention as pallas_path
 HAS_PALLAS_KERNEL = True
 
 
-def path_sequence(impl: str, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, *, segment_ids_BT,
-                  block_size: int):
-  """Full-sequence PaTH attention for model.mixer_impl.
+def path_sequence_fn(impl: str, head_dim: int, value_dim: int, block_size: int):
+  """The full-sequence PaTH function for model.mixer_impl, with `path_blockwise`'s signature.
 
   This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
   'pallas'; interpreted off GPU). Sizes the kernel cannot tile (head dims or chunk size that
   are not powers of two >= 16, `pallas_path.supports`) run the blockwise XLA form instead.
   """
-  if impl == "pallas" and pallas_path.supports(q_BTHK.shape[-1], v_BTGV.shape[-1], block_size):
-    return pallas_path.path_attention(
-        q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH=g_BTH, segment_ids_BT=segment_ids_BT,
-        block_size=block_size, interpret=jax.default_backend() != "gpu")
-  return path_blockwise(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH=g_BTH,
-                        segment_ids_BT=segment_ids_BT, block_size=block_size)
+  if impl == "pallas" and pallas_path.supports(head_dim, value_dim, block_size):
+    return functools.partial(pallas_path.path_attention,
+                             interpret=jax.default_backend() != "gpu")
+  return path_blockwise
 
 
 @register_mixer("path")
@@ -85,9 +84,12 @@ class PathAttention(nnx.Module):
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
     q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH = self._path_inputs(
         x_BTD, full_sequence_convs(segment_ids_BT))
-    o_BTHK = path_sequence(self.impl, q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH,
-                           segment_ids_BT=segment_ids_BT, block_size=self.chunk_size)
+    o_BTHK = self._sequence_fn()(q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH=g_BTH,
+                                 segment_ids_BT=segment_ids_BT, block_size=self.chunk_size)
     return self._output(o_BTHK)
+
+  def _sequence_fn(self):
+    return path_sequence_fn(self.impl, self.head_dim, self.head_dim, self.chunk_size)
 
   def _path_inputs(self, x_BTD, conv):
     """Projections, w short conv and gates: (q, k, v, w, beta, g) of the PaTH op. Shared by
@@ -121,13 +123,14 @@ class PathAttention(nnx.Module):
     return MixerCache(conv_BWC, core)
 
   def prefill(self, x_BTD, cache: MixerCache, lengths_B=None):
-    """Blockwise PaTH over right-padded prompts; the cache holds their keys transformed to each
-    row's end (ops.path.path_prefill)."""
+    """PaTH over right-padded prompts (the kernel or the blockwise form, as model.mixer_impl
+    picks); the cache holds their keys transformed to each row's end (ops.path.path_prefill)."""
     S = cache.core.k_BSGK.shape[1]
     x_BTD, _, conv, conv_BWC = start_prefill(x_BTD, cache, lengths_B, S)
     q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH = self._path_inputs(x_BTD, conv)
     o_BTHK, core = path_prefill(q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH=g_BTH,
-                                length_B=lengths_B, cache_size=S, block_size=self.chunk_size)
+                                length_B=lengths_B, cache_size=S, block_size=self.chunk_size,
+                                sequence_fn=self._sequence_fn())
     core = jax.tree.map(lambda new, old: new.astype(old.dtype), core, cache.core)
     return self._output(o_BTHK), MixerCache(tuple(conv_BWC), core)
 

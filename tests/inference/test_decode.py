@@ -15,6 +15,7 @@ import pytest
 
 from lloglin.layers import mixer_names
 from lloglin.models import build_model
+from pallas_kernels import path_attention as pallas_path
 from tests.inference.helpers import assert_close_to_scale, tiny_config
 
 LENGTHS, NEW = (512, 70, 63, 1), 256
@@ -50,12 +51,19 @@ def test_decode_logits_equal_the_full_forward(pattern, mode, layers):
   assert_close_to_scale(decoded_BNV, jnp.take_along_axis(ref_BTV, positions_BN[..., None], 1))
 
 
-@pytest.mark.parametrize("pattern", ["mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn"])
-def test_prefill_through_the_pallas_kernels(pattern):
-  """mixer_impl='pallas' (interpret mode here): prefill runs the kernels, its final states
-  included, and decoding after it still equals the full forward (shorter than above: the
-  interpreter is slow)."""
-  model = build_model(tiny_config(pattern, mixer_impl="pallas", chunk_size=16))
+@pytest.mark.parametrize("pattern", ["mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn",
+                                     "path", "path_fox"])
+def test_prefill_through_the_pallas_kernels(pattern, monkeypatch):
+  """mixer_impl='pallas' (interpret mode here): prefill runs the kernels, its final states (PaTH:
+  its keys moved to each row's end) included, and decoding after it still equals the full
+  forward (shorter than above: the interpreter is slow)."""
+  kernel_calls = []
+  if pattern.startswith("path"):  # head dim 16: the smallest the PaTH kernel tiles
+    kernel = pallas_path.path_attention
+    monkeypatch.setattr(pallas_path, "path_attention", lambda *a, **kw: (
+        kernel_calls.append(kw.get("return_k_cache", False)), kernel(*a, **kw))[1])
+  model = build_model(tiny_config(pattern, mixer_impl="pallas", chunk_size=16,
+                                  head_dim=16 if pattern.startswith("path") else 8))
   lengths = jnp.asarray([70, 33, 1], jnp.int32)
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, 64, (3, 86)), jnp.int32)
 
@@ -73,3 +81,5 @@ def test_prefill_through_the_pallas_kernels(pattern):
   ref_BTV, decoded_BNV = run(model, tokens)
   positions_BN = lengths[:, None] - 1 + jnp.arange(17)
   assert_close_to_scale(decoded_BNV, jnp.take_along_axis(ref_BTV, positions_BN[..., None], 1))
+  if pattern.startswith("path"):  # the forward and the prefill (with the key cache) took it
+    assert sorted(kernel_calls) == [False, True]
