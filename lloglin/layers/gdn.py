@@ -64,9 +64,8 @@ class GatedDeltaNet(nnx.Module):
   loglinear = False
   # 'auto' takes the Pallas kernels on Hopper. On an H200 (benchmarks/RESULTS.md) both passed the
   # GPU tests; GDN trained (fwd+bwd) 1.56x faster than its XLA chunked form at T = 8K (same run).
-  # Log-linear GDN's kernel ran at 0.65 / 0.49 / 0.25 Mtok/s at 2K / 8K / 32K; its XLA form's
-  # fwd+bwd never finished inside a timing section, while the lighter XLA log-linear Mamba-2 ran
-  # at 0.46 / 0.36 and ran out of memory at 32K: not a same-run ratio yet.
+  # Log-linear GDN's kernel ran at 0.65 / 0.49 / 0.25 Mtok/s at 2K / 8K / 32K; its XLA form at
+  # 0.338 at 8K (timed alone in another call of the same machine kind: 1.44x, not same-run).
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     opts = mixer_options(cfg, self.mixer_name, dict(

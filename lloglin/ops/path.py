@@ -313,13 +313,13 @@ def path_cache_init(batch_size, cache_size, num_groups, head_dim, value_dim, *, 
 
 
 def path_prefill(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, length_B=None,
-                 cache_size=None, scale=None, block_size=64, sequence_fn=None):
+                 cache_size=None, scale=None, block_size=64, sequence_fn=path_blockwise):
   """Blockwise forward over a prompt plus the decode cache that continues it.
 
   `length_B` (optional) right-pads: row b holds `length_B[b]` prompt tokens, the rest is padding
   (zeroed, output 0) and decoding continues at position `length_B[b]`. `cache_size` (>= T,
   default T) is the capacity S of the returned cache. `sequence_fn` computes the forward and the
-  keys at the sequence end (`path_blockwise`, the default, or a kernel with its signature and
+  keys at the sequence end (`path_blockwise`, or a kernel with its signature and
   `return_k_cache`). Returns `(o_BTHV, PathCache)`; the cache dtype is that of k and v, the gate
   cumsums are float32 (float64 for float64 inputs).
   """
@@ -334,7 +334,7 @@ def path_prefill(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, length
   else:
     length_B = length_B.astype(jnp.int32)
     segment_ids_BT = (jnp.arange(T)[None, :] < length_B[:, None]).astype(jnp.int32)
-  o_BTHV, k_end_BTGK = (sequence_fn or path_blockwise)(
+  o_BTHV, k_end_BTGK = sequence_fn(
       q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH=g_BTH, segment_ids_BT=segment_ids_BT,
       scale=scale, block_size=block_size, return_k_cache=True)
   v_BTGV, g_BTH = sanitize_padding(segment_ids_BT, v_BTGV, g_BTH)

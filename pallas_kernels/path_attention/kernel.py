@@ -39,7 +39,7 @@ parallel_path_attn (forward+backward 1.20 / 0.789 / 0.389 Mtok/s at T = 2K / 8K 
 0.75x / 0.97x its anchors). XLA's cost model puts most of the bytes in `_preprocess` and its
 autodiff (copies per level), so the next step is building the copies (and their backward) in a
 Pallas kernel. Compiled fwd+bwd memory at batch 1: 2.58 / 12.0 / 55.5 GiB at T = 8K / 32K / 131K
-(T log T). One level's copies at a time in XLA made it linear but cost 2.5x the time (reverted).
+(T log T). One level's copies at a time in XLA made it linear but cost 2.1-2.5x the time (reverted).
 """
 
 import functools

@@ -57,11 +57,14 @@ def test_prefill_through_the_pallas_kernels(pattern, monkeypatch):
   """mixer_impl='pallas' (interpret mode here): prefill runs the kernels, its final states (PaTH:
   its keys moved to each row's end) included, and decoding after it still equals the full
   forward (shorter than above: the interpreter is slow)."""
-  kernel_calls = []
+  kernel_calls = []  # return_k_cache of each PaTH kernel call
   if pattern.startswith("path"):  # head dim 16: the smallest the PaTH kernel tiles
     kernel = pallas_path.path_attention
-    monkeypatch.setattr(pallas_path, "path_attention", lambda *a, **kw: (
-        kernel_calls.append(kw.get("return_k_cache", False)), kernel(*a, **kw))[1])
+
+    def recording_kernel(*args, **kwargs):
+      kernel_calls.append(kwargs.get("return_k_cache", False))
+      return kernel(*args, **kwargs)
+    monkeypatch.setattr(pallas_path, "path_attention", recording_kernel)
   model = build_model(tiny_config(pattern, mixer_impl="pallas", chunk_size=16,
                                   head_dim=16 if pattern.startswith("path") else 8))
   lengths = jnp.asarray([70, 33, 1], jnp.int32)
