@@ -25,7 +25,8 @@ so the kernels are block-sparse FlashAttention over precomputed copies, with the
 `tril(Q K^T - tril(Q W^T) x)` (x = T diag(beta) SL(W K^T)) precomputed per chunk. Memory is
 O(T (K log(T/C) + C)) per head plus O(T K^2 / C) per key head; no T x T matrix exists.
 
-  _preprocess   XLA, differentiable by autodiff: UT pieces, copies Q^l, K^l, in-chunk logits z.
+  _copies       XLA, differentiable by autodiff: the chunk pieces (common._chunk_pieces), then
+                every level's copies Q^l, K^l.
   _attend       custom_vjp. Forward kernel: per (head, batch, query chunk), diagonal tile, then
                 every level's key chunks, online softmax in exp2 with fp32 statistics; saves the
                 log-sum-exp. Backward kernels (FlashAttention-2 split): dq (per query chunk:
@@ -36,86 +37,37 @@ default (TF32) precision for 16-bit inputs.
 
 Status (H200, 16 heads x 128, 65,536 tokens, benchmarks/bench_mixers.py): below fla's
 parallel_path_attn (forward+backward 1.20 / 0.789 / 0.389 Mtok/s at T = 2K / 8K / 32K, 0.69x /
-0.75x / 0.97x its anchors). XLA's cost model puts most of the bytes in `_preprocess` and its
+0.75x / 0.97x its anchors). XLA's cost model puts most of the bytes in `_copies` and its
 autodiff (copies per level), so the next step is building the copies (and their backward) in a
 Pallas kernel. Compiled fwd+bwd memory at batch 1: 2.58 / 12.0 / 55.5 GiB at T = 8K / 32K / 131K
-(T log T). One level's copies at a time in XLA made it linear but cost 2.1-2.5x the time (reverted).
+(T log T). One level's copies at a time with Pallas crosses made it linear (2.09 / 8.88 / 35.0
+GiB) at 0.53x / 0.54x / 0.63x the fwd+bwd speed at 2K / 8K / 32K (2026-11-30, same H200).
+For long contexts where memory binds: `linear_memory.path_attention_linear_memory`.
 """
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
-from lloglin.ops.path import _keys_to_end, _prepare, _ut_transform
+from pallas_kernels.path_attention.common import (
+    KernelConfig, copy_precision, diagonal_dkv, diagonal_tile, dkv_step, dq_step,
+    keys_below, num_levels, output_delta, probs, queries_above, run, segment_tree, softmax_start,
+    softmax_step, sum_groups, token_side)
 
-_LOG2E = 1.4426950408889634
-_MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf - inf
-
-
-class KernelConfig(NamedTuple):
-  """Triton launch parameters of the three PaTH kernels (the tile is `block_size`). The default
-  was the fastest of six (block_size, warps, stages) tried on the H200 at T = 8192 (`bench_mixers.py
-  --kernel_configs`, benchmarks/RESULTS.md)."""
-  num_warps: int = 4
-  num_stages: int = 2
+# ---------------------------------------------------------------- copies (XLA) -----------------
 
 
-def _dot(a, b, *, trans_a=False, trans_b=False):
-  """2-D matmul with float32 accumulation; `trans_*` contracts over the other axis."""
-  dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
-  return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
-
-
-def _num_levels(M):
-  return max(1, (M - 1).bit_length())
-
-
-# ---------------------------------------------------------------- preprocessing (XLA) ----------
-
-def _preprocess(q_BTHK, k_BTGK, w_BTGK, beta_BTG, C, M, acc):
-  """Query/key copies per level and in-chunk logits; T already padded to M * C.
-
-  Returns qlv_BHLTK, klv_BGLTK (dtype of q/k), z_BHTC (float32) and, for the decode cache,
-  (knew_BGMCK, w_BGMCK, u_BGMCK) in acc.
-  """
-  B, T, H, K = q_BTHK.shape
-  G = k_BTGK.shape[2]
-  R, L = H // G, _num_levels(M)
-  prec = "highest" if jnp.dtype(q_BTHK.dtype).itemsize >= 4 else None
-  ein = functools.partial(jnp.einsum, precision=prec)
-  hi = functools.partial(jnp.einsum, precision="highest")
-  chunk = lambda x: x.astype(acc).reshape((B, M, C) + x.shape[2:])
-  q_BGRMCK = chunk(q_BTHK).reshape(B, M, C, G, R, K).transpose(0, 3, 4, 1, 2, 5)
-  k_BGMCK, w_BGMCK = (chunk(x).transpose(0, 3, 1, 2, 4) for x in (k_BTGK, w_BTGK))
-  beta_BGMC = chunk(beta_BTG).transpose(0, 3, 1, 2)
-
-  # UT pieces per chunk (as lloglin.ops.path._intra_chunk).
-  ut_BGMCC = _ut_transform(w_BGMCK, beta_BGMC)
-  bw_BGMCK = beta_BGMC[..., None] * w_BGMCK
-  u_BGMCK = hi("bgmij,bgmjk->bgmik", ut_BGMCC, bw_BGMCK)
-  x_BGMCC = hi("bgmij,bgmjs->bgmis", ut_BGMCC,
-               jnp.tril(hi("bgmjk,bgmsk->bgmjs", bw_BGMCK, k_BGMCK), -1))
-  kn_BGMCK = k_BGMCK - hi("bgmis,bgmik->bgmsk", x_BGMCC, w_BGMCK)
-  qw_BGRMCC = jnp.tril(hi("bgrmtk,bgmik->bgrmti", q_BGRMCK, w_BGMCK))
-  z_BGRMCC = jnp.tril(hi("bgrmtk,bgmsk->bgrmts", q_BGRMCK, k_BGMCK)
-                      - hi("bgrmti,bgmis->bgrmts", qw_BGRMCC, x_BGMCC))
-  qhat_BGRMCK = q_BGRMCK - hi("bgrmti,bgmik->bgrmtk", qw_BGRMCC, u_BGMCK)
-
-  # Segment tree of aligned block products, blk[s][a] = P_{(a+1)2^s - 1} ... P_{a 2^s}.
-  eye_KK = jnp.eye(K, dtype=acc)
-  p_BGMKK = eye_KK - hi("bgmck,bgmcl->bgmkl", w_BGMCK, u_BGMCK)
-  p_BGMKK = jnp.concatenate(
-      [p_BGMKK, jnp.broadcast_to(eye_KK, (B, G, 2**L - M, K, K))], axis=2)
-  blk = [p_BGMKK]
-  for _ in range(L - 2):
-    blk.append(ein("bgakl,bgalm->bgakm", blk[-1][:, :, 1::2], blk[-1][:, :, 0::2]))
-
+def _copies(chunks, dtypes):
+  """Every level's query / key copies, qlv_BHLTK and klv_BGLTK (in the dtypes of q and k)."""
+  B, G, R, M, C, K = chunks.qhat_BGRMCK.shape
+  L = num_levels(M)
+  precision = copy_precision(dtypes[0])
+  blk = segment_tree(chunks.w_BGMCK, chunks.u_BGMCK, L, precision)
+  ein = functools.partial(jnp.einsum, precision=precision)
   qlv, klv = [], []
-  q_cur, k_cur = qhat_BGRMCK, kn_BGMCK
+  q_cur, k_cur = chunks.qhat_BGRMCK, chunks.kn_BGMCK
   for s in range(L):  # level l = s + 1: boundaries at multiples of 2^s chunks
     qlv.append(q_cur)
     klv.append(k_cur)
@@ -127,11 +79,9 @@ def _preprocess(q_BTHK, k_BTGK, w_BTGK, beta_BTG, C, M, acc):
                           functools.partial(ein, "bgrahck,bgakl->bgrahcl"))
     k_cur = _cross_blocks(k_cur, blk[s][:, :, 1::2], s, False,
                           functools.partial(ein, "bgahck,bgalk->bgahcl"))
-
-  qlv_BHLTK = jnp.stack(qlv, 3).reshape(B, H, L, T, K).astype(q_BTHK.dtype)
-  klv_BGLTK = jnp.stack(klv, 2).reshape(B, G, L, T, K).astype(k_BTGK.dtype)
-  z_BHTC = z_BGRMCC.reshape(B, H, T, C).astype(jnp.float32)
-  return qlv_BHLTK, klv_BGLTK, z_BHTC, (kn_BGMCK, w_BGMCK, u_BGMCK)
+  qlv_BHLTK = jnp.stack(qlv, 3).reshape(B, G * R, L, M * C, K).astype(dtypes[0])
+  klv_BGLTK = jnp.stack(klv, 2).reshape(B, G, L, M * C, K).astype(dtypes[1])
+  return qlv_BHLTK, klv_BGLTK
 
 
 def _cross_blocks(x_XMCK, blk_BGAKK, s, upper, apply):
@@ -158,246 +108,135 @@ def _cross_blocks(x_XMCK, blk_BGAKK, s, upper, apply):
 
 # ---------------------------------------------------------------- kernels ----------------------
 
-def _tile(s_CC, gq_C, gk_C, sq_C, sk_C, qk_scale, mask_CC=None):
-  """Logits of one tile in log2 units: `qk_scale (z + G_t - G_s)`, masked on the exponent."""
-  s_CC = s_CC * qk_scale
-  if gq_C is not None:
-    s_CC = s_CC + (gq_C[:, None] - gk_C[None, :]) * qk_scale
-  if sq_C is not None:
-    same_CC = sq_C[:, None] == sk_C[None, :]
-    mask_CC = same_CC if mask_CC is None else mask_CC & same_CC
-  return s_CC if mask_CC is None else jnp.where(mask_CC, s_CC, _MASKED)
-
-
-def _opt(ref, idx):
-  return None if ref is None else ref[idx]
-
-
-def _fwd_kernel(qlv_ref, klv_ref, z_ref, v_ref, g_ref, seg_ref, o_ref, lse_ref, *, scale, C, M, L):
+def _fwd_kernel(qlv_ref, klv_ref, z_ref, v_ref, g_ref, seg_ref, o_ref, lse_ref, *, scale, qk_scale,
+                C, M, L):
   """One query chunk of one head: diagonal tile, then the key chunks of every level."""
   i = M - 1 - pl.program_id(2)
-  qk_scale = scale * _LOG2E
   rows = pl.ds(i * C, C)
-  gq_C, sq_C = _opt(g_ref, rows), _opt(seg_ref, rows)
-  causal_CC = jnp.arange(C)[:, None] >= jnp.arange(C)[None, :]
-  s_CC = _tile(z_ref[...], gq_C, gq_C, sq_C, sq_C, qk_scale, causal_CC)
-  m_C = jnp.max(s_CC, axis=1)
-  p_CC = jnp.exp2(s_CC - m_C[:, None])
-  l_C = jnp.sum(p_CC, axis=1)
-  o_CV = _dot(p_CC.astype(v_ref.dtype), v_ref[rows, :])
+  here = token_side(g_ref, seg_ref, rows)
+  carry = softmax_start(diagonal_tile(z_ref[...], here, qk_scale), v_ref[rows, :])
 
   def level(lv, carry):
-    bit = (i >> lv) & 1
-    mid = (i >> lv) << lv
+    mid, trips = keys_below(i, lv)
     q_CK = qlv_ref[lv, rows, :]
 
     def step(t, carry):
-      m_C, l_C, o_CV = carry
       cols = pl.ds((mid - 1 - t) * C, C)
-      s_CC = _tile(_dot(q_CK, klv_ref[lv, cols, :], trans_b=True), gq_C, _opt(g_ref, cols),
-                   sq_C, _opt(seg_ref, cols), qk_scale)
-      m_new_C = jnp.maximum(m_C, jnp.max(s_CC, axis=1))
-      alpha_C = jnp.exp2(m_C - m_new_C)
-      p_CC = jnp.exp2(s_CC - m_new_C[:, None])
-      l_C = alpha_C * l_C + jnp.sum(p_CC, axis=1)
-      o_CV = alpha_C[:, None] * o_CV + _dot(p_CC.astype(v_ref.dtype), v_ref[cols, :])
-      return m_new_C, l_C, o_CV
+      return softmax_step(carry, q_CK, klv_ref[lv, cols, :], v_ref[cols, :], here,
+                           token_side(g_ref, seg_ref, cols), qk_scale)
 
-    return jax.lax.fori_loop(0, bit << lv, step, carry)
+    return jax.lax.fori_loop(0, trips, step, carry)
 
-  m_C, l_C, o_CV = jax.lax.fori_loop(0, L, level, (m_C, l_C, o_CV))
+  m_C, l_C, o_CV = jax.lax.fori_loop(0, L, level, carry)
   o_ref[...] = (o_CV / l_C[:, None]).astype(o_ref.dtype)
   lse_ref[...] = m_C + jnp.log2(l_C)
 
 
 def _dq_kernel(qlv_ref, klv_ref, z_ref, v_ref, g_ref, seg_ref, do_ref, lse_ref, delta_ref,
-               dqlv_ref, dz_ref, dgq_ref, *, scale, C, M, L):
+               dqlv_ref, dz_ref, dgq_ref, *, scale, qk_scale, C, M, L):
   """dQ^l (all levels), dz and the gate row sums of one query chunk of one head."""
   i = M - 1 - pl.program_id(2)
-  qk_scale = scale * _LOG2E
   rows = pl.ds(i * C, C)
-  gq_C, sq_C = _opt(g_ref, rows), _opt(seg_ref, rows)
-  do_CV, lse_C, delta_C = do_ref[...], lse_ref[...], delta_ref[...]
-
-  def grad_logits(s_CC, v_CV):
-    """dS = P (dO v^T - delta), the gradient w.r.t. the natural-unit logits."""
-    p_CC = jnp.exp2(s_CC - lse_C[:, None])
-    return p_CC * (_dot(do_CV, v_CV, trans_b=True) - delta_C[:, None])
-
-  causal_CC = jnp.arange(C)[:, None] >= jnp.arange(C)[None, :]
-  ds_CC = grad_logits(_tile(z_ref[...], gq_C, gq_C, sq_C, sq_C, qk_scale, causal_CC),
-                      v_ref[rows, :])
+  here = token_side(g_ref, seg_ref, rows)
+  stats = (lse_ref[...], delta_ref[...], do_ref[...])
+  _, ds_CC = probs(diagonal_tile(z_ref[...], here, qk_scale), v_ref[rows, :], stats)
   dz_ref[...] = scale * ds_CC
-  dg_C = jnp.sum(ds_CC, axis=1)
 
   def level(lv, dg_C):
-    bit = (i >> lv) & 1
-    mid = (i >> lv) << lv
+    mid, trips = keys_below(i, lv)
     q_CK = qlv_ref[lv, rows, :]
 
     def step(t, carry):
-      dq_CK, dg_C = carry
       cols = pl.ds((mid - 1 - t) * C, C)
-      k_CK = klv_ref[lv, cols, :]
-      s_CC = _tile(_dot(q_CK, k_CK, trans_b=True), gq_C, _opt(g_ref, cols), sq_C,
-                   _opt(seg_ref, cols), qk_scale)
-      ds_CC = grad_logits(s_CC, v_ref[cols, :])
-      return dq_CK + _dot(ds_CC.astype(k_CK.dtype), k_CK), dg_C + jnp.sum(ds_CC, axis=1)
+      return dq_step(carry, q_CK, klv_ref[lv, cols, :], v_ref[cols, :], here,
+                      token_side(g_ref, seg_ref, cols), qk_scale, stats)
 
-    dq_CK, dg_C = jax.lax.fori_loop(0, bit << lv, step,
-                                    (jnp.zeros(q_CK.shape, jnp.float32), dg_C))
+    dq_CK, dg_C = jax.lax.fori_loop(0, trips, step, (jnp.zeros(q_CK.shape, jnp.float32), dg_C))
     dqlv_ref[lv, :, :] = (scale * dq_CK).astype(dqlv_ref.dtype)
     return dg_C
 
-  dgq_ref[...] = scale * jax.lax.fori_loop(0, L, level, dg_C)
+  dgq_ref[...] = scale * jax.lax.fori_loop(0, L, level, jnp.sum(ds_CC, axis=1))
 
 
 def _dkv_kernel(qlv_ref, klv_ref, z_ref, v_ref, g_ref, seg_ref, do_ref, lse_ref, delta_ref,
-                dklv_ref, dv_ref, dgk_ref, *, scale, C, M, L):
+                dklv_ref, dv_ref, dgk_ref, *, scale, qk_scale, C, M, L):
   """dK^l (all levels), dv and the gate column sums of one key chunk, for one query head."""
   j = pl.program_id(2)
-  qk_scale = scale * _LOG2E
   cols = pl.ds(j * C, C)
-  gk_C, sk_C = _opt(g_ref, cols), _opt(seg_ref, cols)
+  here = token_side(g_ref, seg_ref, cols)
   v_CV = v_ref[...]
-
-  def grads(s_CC, rows):
-    """(P, dS) of a tile whose queries are `rows`."""
-    p_CC = jnp.exp2(s_CC - lse_ref[rows][:, None])
-    do_CV = do_ref[rows, :]
-    ds_CC = p_CC * (_dot(do_CV, v_CV, trans_b=True) - delta_ref[rows][:, None])
-    return p_CC, ds_CC, do_CV
-
-  causal_CC = jnp.arange(C)[:, None] >= jnp.arange(C)[None, :]
-  p_CC, ds_CC, do_CV = grads(
-      _tile(z_ref[...], gk_C, gk_C, sk_C, sk_C, qk_scale, causal_CC), cols)
-  dv_CV = _dot(p_CC.astype(do_CV.dtype), do_CV, trans_a=True)
-  dg_C = jnp.sum(ds_CC, axis=0)
+  stats = lambda rows: (lse_ref[rows], delta_ref[rows], do_ref[rows, :])  # noqa: E731
+  carry = diagonal_dkv(z_ref[...], here, qk_scale, v_CV, stats(cols))
 
   def level(lv, carry):
-    clear = 1 - ((j >> lv) & 1)
-    start = ((j >> lv) + 1) << lv  # first query chunk above j's boundary at this level
+    start, trips = queries_above(j, lv, M)
     k_CK = klv_ref[lv, cols, :]
 
     def step(t, carry):
-      dk_CK, dv_CV, dg_C = carry
       rows = pl.ds((start + t) * C, C)
-      q_CK = qlv_ref[lv, rows, :]
-      s_CC = _tile(_dot(q_CK, k_CK, trans_b=True), _opt(g_ref, rows), gk_C, _opt(seg_ref, rows),
-                   sk_C, qk_scale)
-      p_CC, ds_CC, do_CV = grads(s_CC, rows)
-      dv_CV = dv_CV + _dot(p_CC.astype(do_CV.dtype), do_CV, trans_a=True)
-      dk_CK = dk_CK + _dot(ds_CC.astype(q_CK.dtype), q_CK, trans_a=True)
-      return dk_CK, dv_CV, dg_C + jnp.sum(ds_CC, axis=0)
+      return dkv_step(carry, qlv_ref[lv, rows, :], k_CK, v_CV, token_side(g_ref, seg_ref, rows),
+                       here, qk_scale, stats(rows))
 
-    trips = clear * jnp.clip(M - start, 0, 1 << lv)
     dk_CK, dv_CV, dg_C = jax.lax.fori_loop(
         0, trips, step, (jnp.zeros(k_CK.shape, jnp.float32),) + carry)
     dklv_ref[lv, :, :] = scale * dk_CK
     return dv_CV, dg_C
 
-  dv_CV, dg_C = jax.lax.fori_loop(0, L, level, (dv_CV, dg_C))
+  dv_CV, dg_C = jax.lax.fori_loop(0, L, level, carry)
   dv_ref[...] = dv_CV
   dgk_ref[...] = -scale * dg_C
 
 
-def _specs(B, H, G, L, Tp, C, K, V, M, *, gate, seg, key_major):
-  """BlockSpecs of the shared kernel inputs (qlv, klv, z, v, gate, seg) on grid (H, B, M)."""
-  R = H // G
-  chunk = (lambda n: n) if key_major else (lambda n: M - 1 - n)
-  specs = [
-      pl.BlockSpec((None, None, L, Tp, K), lambda h, b, n: (b, h, 0, 0, 0)),
-      pl.BlockSpec((None, None, L, Tp, K), lambda h, b, n: (b, h // R, 0, 0, 0)),
-      pl.BlockSpec((None, None, C, C), lambda h, b, n: (b, h, chunk(n), 0)),
-      pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h // R, 0)) if key_major
-      else pl.BlockSpec((None, Tp, None, V), lambda h, b, n: (b, 0, h // R, 0)),
-      pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0)) if gate else None,
-      pl.BlockSpec((None, Tp), lambda h, b, n: (b, 0)) if seg else None,
-  ]
-  return specs, chunk
+# ---------------------------------------------------------------- custom_vjp -------------------
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call):
+  return _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config, interpret):
-  return _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config,
-                     interpret)[0]
-
-
-def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, scale, C, config,
-                interpret):
-  B, H, L, Tp, K = qlv_BHLTK.shape
-  G, V, M = klv_BGLTK.shape[1], v_BTGV.shape[-1], Tp // C
-  specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, gate=gate_BHT is not None,
-                        seg=seg_BT is not None, key_major=False)
-  o_BTHV, lse_BHT = pl.pallas_call(
-      functools.partial(_fwd_kernel, scale=scale, C=C, M=M, L=L),
-      grid=(H, B, M),
-      in_specs=specs,
-      out_specs=[pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h, 0)),
-                 pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))],
-      out_shape=[jax.ShapeDtypeStruct((B, Tp, H, V), v_BTGV.dtype),
-                 jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)],
-      compiler_params=pltriton.CompilerParams(**config._asdict()),
-      interpret=interpret,
-      name="path_attention_fwd",
-  )(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT)
+def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call):
+  L = qlv_BHLTK.shape[2]
+  specs, chunk = call.specs(levels=L, first=True, gate=gate_BHT is not None,
+                            seg=seg_BT is not None, key_major=False)
+  o_BTHV, lse_BHT = call(
+      _fwd_kernel, "path_attention_fwd", specs,
+      [call.values_spec(chunk), call.rows_spec(chunk)],
+      [jax.ShapeDtypeStruct((call.B, call.Tp, call.H, call.V), v_BTGV.dtype),
+       jax.ShapeDtypeStruct((call.B, call.H, call.Tp), jnp.float32)],
+      qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, L=L)
   res = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, o_BTHV, lse_BHT)
   return o_BTHV, res
 
 
-def _attend_bwd(scale, C, config, interpret, res, do_BTHV):
+def _attend_bwd(call, res, do_BTHV):
   qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, o_BTHV, lse_BHT = res
   B, H, L, Tp, K = qlv_BHLTK.shape
-  G, V, M = klv_BGLTK.shape[1], v_BTGV.shape[-1], Tp // C
-  R = H // G
-  delta_BHT = jnp.einsum("bthv,bthv->bht", o_BTHV.astype(jnp.float32),
-                         do_BTHV.astype(jnp.float32))
-  do_BTHV = do_BTHV.astype(o_BTHV.dtype)
-  args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT, delta_BHT)
-  common = dict(scale=scale, C=C, M=M, L=L)
-  flags = dict(gate=gate_BHT is not None, seg=seg_BT is not None)
-  params = pltriton.CompilerParams(**config._asdict())
+  G, C, V = call.G, call.C, call.V
+  delta_BHT = output_delta(o_BTHV, do_BTHV)
+  args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV.astype(o_BTHV.dtype),
+          lse_BHT, delta_BHT)
+  flags = dict(levels=L, first=True, gate=gate_BHT is not None, seg=seg_BT is not None,
+               backward=True)
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
 
-  specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, key_major=False, **flags)
-  here = [pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, chunk(n), h, 0)),
-          pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n))),
-          pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))]
-  dqlv_BHLTK, dz_BHTC, dgq_BHT = pl.pallas_call(
-      functools.partial(_dq_kernel, **common),
-      grid=(H, B, M),
-      in_specs=specs + here,
-      out_specs=[pl.BlockSpec((None, None, L, C, K), lambda h, b, n: (b, h, 0, chunk(n), 0)),
-                 pl.BlockSpec((None, None, C, C), lambda h, b, n: (b, h, chunk(n), 0)),
-                 pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, chunk(n)))],
-      out_shape=[jax.ShapeDtypeStruct(qlv_BHLTK.shape, qlv_BHLTK.dtype),
-                 jax.ShapeDtypeStruct(z_BHTC.shape, z_BHTC.dtype),
-                 jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)],
-      compiler_params=params,
-      interpret=interpret,
-      name="path_attention_bwd_dq",
-  )(*args)
+  specs, chunk = call.specs(key_major=False, **flags)
+  dqlv_BHLTK, dz_BHTC, dgq_BHT = call(
+      _dq_kernel, "path_attention_bwd_dq", specs,
+      [pl.BlockSpec((None, None, L, C, K), lambda h, b, n: (b, h, 0, chunk(n), 0)),
+       pl.BlockSpec((None, None, C, C), lambda h, b, n: (b, h, chunk(n), 0)),
+       call.rows_spec(chunk)],
+      [jax.ShapeDtypeStruct(qlv_BHLTK.shape, qlv_BHLTK.dtype), f32(*z_BHTC.shape), f32(B, H, Tp)],
+      *args, L=L)
 
-  specs, chunk = _specs(B, H, G, L, Tp, C, K, V, M, key_major=True, **flags)
-  full = [pl.BlockSpec((None, Tp, None, V), lambda h, b, n: (b, 0, h, 0)),
-          pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0)),
-          pl.BlockSpec((None, None, Tp), lambda h, b, n: (b, h, 0))]
-  dklv_BHLTK, dv_BTHV, dgk_BHT = pl.pallas_call(
-      functools.partial(_dkv_kernel, **common),
-      grid=(H, B, M),
-      in_specs=specs + full,
-      out_specs=[pl.BlockSpec((None, None, L, C, K), lambda h, b, n: (b, h, 0, n, 0)),
-                 pl.BlockSpec((None, C, None, V), lambda h, b, n: (b, n, h, 0)),
-                 pl.BlockSpec((None, None, C), lambda h, b, n: (b, h, n))],
-      out_shape=[jax.ShapeDtypeStruct((B, H, L, Tp, K), jnp.float32),
-                 jax.ShapeDtypeStruct((B, Tp, H, V), jnp.float32),
-                 jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)],
-      compiler_params=params,
-      interpret=interpret,
-      name="path_attention_bwd_dkv",
-  )(*args)
+  specs, chunk = call.specs(key_major=True, **flags)
+  dklv_BHLTK, dv_BTHV, dgk_BHT = call(
+      _dkv_kernel, "path_attention_bwd_dkv", specs,
+      [pl.BlockSpec((None, None, L, C, K), lambda h, b, n: (b, h, 0, n, 0)),
+       call.values_spec(chunk), call.rows_spec(chunk)],
+      [f32(B, H, L, Tp, K), f32(B, Tp, H, V), f32(B, H, Tp)], *args, L=L)
 
-  dklv_BGLTK = dklv_BHLTK.reshape(B, G, R, L, Tp, K).sum(2).astype(klv_BGLTK.dtype)
-  dv_BTGV = dv_BTHV.reshape(B, Tp, G, R, V).sum(3).astype(v_BTGV.dtype)
+  dklv_BGLTK = dklv_BHLTK.reshape(B, G, H // G, L, Tp, K).sum(2).astype(klv_BGLTK.dtype)
+  dv_BTGV = sum_groups(dv_BTHV, G).astype(v_BTGV.dtype)
   dgate_BHT = None if gate_BHT is None else (dgq_BHT + dgk_BHT).astype(gate_BHT.dtype)
   return dqlv_BHLTK, dklv_BGLTK, dz_BHTC, dv_BTGV, dgate_BHT, None
 
@@ -405,13 +244,8 @@ def _attend_bwd(scale, C, config, interpret, res, do_BTHV):
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
-def _tileable(n):
-  return isinstance(n, int) and n >= 16 and not n & (n - 1)
-
-
-def supports(head_dim, value_dim, block_size):
-  """Whether the kernels take these sizes (Triton tiles: powers of two >= 16)."""
-  return _tileable(head_dim) and _tileable(value_dim) and _tileable(block_size)
+def _attend_copies(chunks, v_BTGV, gate_BHT, seg_BT, call, dtypes):
+  return _attend(*_copies(chunks, dtypes), chunks.z_BHTC, v_BTGV, gate_BHT, seg_BT, call)
 
 
 def path_attention(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segment_ids_BT=None,
@@ -424,29 +258,8 @@ def path_attention(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segm
   UT chunk and the kernels' tile) and the head dims must be powers of two >= 16 (Triton tiles);
   T need not be a multiple of `block_size` (the tail chunk is zero-padded). `segment_ids_BT`
   (packed documents numbered from 1, 0 = padding) is handled inside the kernels. `config`: the
-  kernels' launch parameters (KernelConfig).
+  kernels' launch parameters (KernelConfig). Memory grows as T log T (every level's copies);
+  `path_attention_linear_memory` trades speed for linear memory.
   """
-  if not _tileable(block_size):
-    raise ValueError(f"block_size: expected a power of two >= 16, got {block_size!r}")
-  (B, T, H, G, K, V), arrays, acc, scale, gate_BTH = _prepare(
-      q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT, scale)
-  for name, d in (("q_BTHK", K), ("v_BTGV", V)):
-    if not _tileable(d):
-      raise ValueError(f"{name}: expected a head dim that is a power of two >= 16, got {d}")
-  q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG = arrays
-  C = block_size
-  M = -(-T // C)
-  pad = lambda x: jnp.pad(x, [(0, 0), (0, M * C - T)] + [(0, 0)] * (x.ndim - 2))
-  qlv_BHLTK, klv_BGLTK, z_BHTC, chunked = _preprocess(
-      pad(q_BTHK), pad(k_BTGK), pad(w_BTGK), pad(beta_BTG), C, M, acc)
-  gate_BHT = None if gate_BTH is None else pad(gate_BTH.astype(jnp.float32)).swapaxes(1, 2)
-  seg_BT = None if segment_ids_BT is None else pad(segment_ids_BT.astype(jnp.int32))
-  o_BTHV = _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, pad(v_BTGV), gate_BHT, seg_BT, float(scale), C,
-                   KernelConfig(*config), bool(interpret))[:, :T]
-  if not return_k_cache:
-    return o_BTHV
-  # Keys at their chunk end are rounded to k's dtype first, as in path_blockwise.
-  kn_BGMCK, w_BGMCK, u_BGMCK = chunked
-  kn_BGMCK = kn_BGMCK.astype(k_BTGK.dtype).astype(acc)
-  k_end_BTGK = _keys_to_end(*(x.transpose(0, 2, 1, 3, 4) for x in (kn_BGMCK, w_BGMCK, u_BGMCK)))
-  return o_BTHV, k_end_BTGK[:, :T].astype(k_BTGK.dtype)
+  return run(_attend_copies, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT,
+              scale, block_size, return_k_cache, interpret, config)

@@ -1,6 +1,7 @@
-"""PaTH Pallas kernels (pallas_kernels.path_attention): interpret mode on CPU against the fp64
-oracle and the XLA blockwise form (values, decode cache, gradients), lowering for CUDA, and
-bf16 checks on a GPU (kernels.md 6.6 shapes, 9.2/9.3 tolerances)."""
+"""PaTH Pallas kernels (pallas_kernels.path_attention), the default and the linear-memory
+variant: interpret mode on CPU against the fp64 oracle and the XLA blockwise form (values, decode
+cache, gradients), lowering for CUDA, compiled memory against T, and bf16 checks on a GPU
+(kernels.md 6.6 shapes, 9.2/9.3 tolerances)."""
 
 import functools
 
@@ -10,15 +11,17 @@ import numpy as np
 import pytest
 
 from lloglin.ops import path
-from pallas_kernels.path_attention import KernelConfig, path_attention
+from pallas_kernels.path_attention import (KernelConfig, path_attention,
+                                           path_attention_linear_memory)
 from tests.ops.helpers import assert_close
 from tests.ops.test_path import ARGS, call, cast, forward_and_grads, make_inputs
 
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-kernel = jit(functools.partial(path_attention, interpret=True),
-             static_argnames=("block_size", "return_k_cache"))
+KERNELS = [path_attention, path_attention_linear_memory]
+jitted = {fn: jit(functools.partial(fn, interpret=True),
+                  static_argnames=("block_size", "return_k_cache")) for fn in KERNELS}
 blockwise = jit(path.path_blockwise, static_argnames=("block_size", "return_k_cache"))
-interpret_kernel = functools.partial(path_attention, interpret=True)
+by_kernel = pytest.mark.parametrize("fn", KERNELS, ids=lambda fn: fn.__name__)
 
 
 def segments(B, T):
@@ -30,6 +33,7 @@ def segments(B, T):
   return jnp.asarray(ids)
 
 
+@by_kernel
 @pytest.mark.parametrize("T, C, gate, beta_range, seg", [
     (1, 16, True, (0.0, 2.0), False),
     (17, 16, False, (1.5, 2.0), False),
@@ -37,7 +41,7 @@ def segments(B, T):
     (100, 16, True, (0.0, 2.0), True),
     (200, 16, True, (1.5, 2.0), False),  # 13 chunks: 4 levels, a partial top block
 ])
-def test_forward_matches_oracle_and_blockwise(T, C, gate, beta_range, seg):
+def test_forward_matches_oracle_and_blockwise(fn, T, C, gate, beta_range, seg):
   B, H, G, K, V = 2, 4, 2, 32, 16  # GQA: two query heads per key head
   x = make_inputs(T, B, T, H, G, K, V, beta_range=beta_range, gate=gate)
   segment_ids = segments(B, T) if seg else None
@@ -45,7 +49,8 @@ def test_forward_matches_oracle_and_blockwise(T, C, gate, beta_range, seg):
     ref = np.asarray(call(jit(path.path_quadratic), cast(x, jnp.float64),
                           segment_ids_BT=segment_ids))
   x32 = cast(x, jnp.float32)
-  out, k_cache = call(kernel, x32, segment_ids_BT=segment_ids, block_size=C, return_k_cache=True)
+  out, k_cache = call(jitted[fn], x32, segment_ids_BT=segment_ids, block_size=C,
+                      return_k_cache=True)
   assert out.shape == (B, T, H, V) and out.dtype == jnp.float32
   assert_close(np.asarray(out), ref, rel=1e-5, maxabs=1e-5 * max(1, np.abs(ref).max()),
                name=f"o T={T}")
@@ -55,8 +60,9 @@ def test_forward_matches_oracle_and_blockwise(T, C, gate, beta_range, seg):
   assert_close(np.asarray(k_cache), np.asarray(k_cache_b), rel=1e-5, name="k_cache")
 
 
+@by_kernel
 @pytest.mark.parametrize("beta_range, tol", [((0.0, 2.0), 5e-4), ((1.5, 2.0), 1e-3)])
-def test_gradients_match_oracle(beta_range, tol):
+def test_gradients_match_oracle(fn, beta_range, tol):
   """custom_vjp (Pallas dq/dkv kernels + autodiff of the XLA copies) vs grad of the fp64 oracle;
   72 tokens in chunks of 16 reach 3 levels; GQA, FoX gate and packed documents."""
   B, T, H, G, K, V = 1, 72, 4, 2, 16, 16
@@ -66,23 +72,32 @@ def test_gradients_match_oracle(beta_range, tol):
   with jax.enable_x64(True):
     _, ref = forward_and_grads(path.path_quadratic, cast(x, jnp.float64), do, segment_ids)
     ref = [np.asarray(r) for r in ref]
-  _, out = forward_and_grads(interpret_kernel, cast(x, jnp.float32), do.astype(jnp.float32),
-                             segment_ids, block_size=16)
+  _, out = forward_and_grads(functools.partial(fn, interpret=True), cast(x, jnp.float32),
+                             do.astype(jnp.float32), segment_ids, block_size=16)
   for name, o, r in zip(ARGS, out, ref):
     assert_close(np.asarray(o), r, rel=1e-4 if name[0] in "qkv" else tol, name=f"d{name}")
 
 
-def test_bad_arguments_raise():
+@by_kernel
+def test_bad_arguments_raise(fn):
   x = cast(make_inputs(0, 1, 8, 2, 2, 16, 16), jnp.float32)
   with pytest.raises(ValueError, match="block_size"):
-    call(path_attention, x, block_size=48)
+    call(fn, x, block_size=48)
   x12 = cast(make_inputs(0, 1, 8, 2, 2, 12, 16), jnp.float32)
   with pytest.raises(ValueError, match="q_BTHK.*12"):
-    call(path_attention, x12, interpret=True)
+    call(fn, x12, interpret=True)
 
 
-def test_forward_and_backward_lower_for_cuda():
-  """Cross-lowering on CPU (jax-stack.md 2.7): the three Triton kernels lower for an H200."""
+@pytest.mark.parametrize("fn, names, calls", [
+    # the default: the three attention kernels, each called once
+    (path_attention, (), 3),
+    # one level at a time: each attention kernel twice (level 0 with the diagonal tiles, the
+    # levels above inside a loop); the copy kernels launch with their own parameters
+    (path_attention_linear_memory, ("path_cross", "path_tree_grad"), 6)],
+    ids=lambda a: getattr(a, "__name__", None))
+def test_forward_and_backward_lower_for_cuda(fn, names, calls):
+  """Cross-lowering on CPU (jax-stack.md 2.7): every Triton kernel lowers for an H200 and the
+  launch configuration reaches the attention kernels."""
   B, T, H, G, K = 1, 200, 4, 2, 128
   sd = jax.ShapeDtypeStruct
   args = (sd((B, T, H, K), jnp.bfloat16), sd((B, T, G, K), jnp.bfloat16),
@@ -90,19 +105,37 @@ def test_forward_and_backward_lower_for_cuda():
           sd((B, T, G), jnp.float32), sd((B, T, H), jnp.float32), sd((B, T), jnp.int32))
 
   def loss(q, k, v, w, beta, g, seg):
-    return path_attention(q, k, v, w, beta, g_BTH=g, segment_ids_BT=seg,
-                          config=KernelConfig(num_warps=8, num_stages=3)).astype(
-        jnp.float32).sum()
+    return fn(q, k, v, w, beta, g_BTH=g, segment_ids_BT=seg,
+              config=KernelConfig(num_warps=8, num_stages=3)).astype(jnp.float32).sum()
 
   dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", platform="gpu", num_cores=132)
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
     lowered = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower(
         lowering_platforms=("cuda",))
   text = lowered.as_text()
-  for name in ("path_attention_fwd", "path_attention_bwd_dq", "path_attention_bwd_dkv"):
+  for name in ("path_attention_fwd", "path_attention_bwd_dq", "path_attention_bwd_dkv") + names:
     assert name in text
-  # the launch configuration reaches all three kernels
-  assert text.count("num_warps = 8 : i32") == 3 and text.count("num_stages = 3 : i32") == 3
+  assert text.count("num_stages = 3 : i32") == calls
+  if fn is path_attention:
+    assert text.count("num_warps = 8 : i32") == calls
+
+
+@pytest.mark.parametrize("fn, lo, hi", [(path_attention_linear_memory, 3.5, 4.2),
+                                         (path_attention, 4.6, 6.0)],
+                         ids=lambda a: getattr(a, "__name__", None))
+def test_memory_grows_linearly_in_length(fn, lo, hi):
+  """Compiled fwd+bwd temporaries (XLA's memory analysis, interpret mode) at 4x the tokens
+  (1024 -> 4096): within 4.2x for the linear-memory variant, one level's query / key copies
+  alive at a time (4.03x); more for the default kernels, every level's at once (T log T: 5.0x)."""
+  def temp_bytes(T):
+    x = [jax.ShapeDtypeStruct((1, T, 2, 32), jnp.float32)] * 4 + [
+        jax.ShapeDtypeStruct((1, T, 2), jnp.float32)]
+    loss = lambda *a: fn(*a, block_size=16, interpret=True).sum()  # noqa: E731
+    compiled = jax.jit(jax.grad(loss, argnums=tuple(range(5)))).lower(*x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  small, large = temp_bytes(1024), temp_bytes(4096)
+  assert lo < large / small < hi, (small, large)
 
 
 # ------------------------------------------------------------------------------- GPU -----------
@@ -122,11 +155,12 @@ def gpu_forward_and_grads(fn, x, do_BTHV, segment_ids_BT):
 
 
 @pytest.mark.gpu
+@by_kernel
 @pytest.mark.parametrize("B, T, G, H, K, gate, seg", [
     (5, 512, 2, 8, 128, True, False), (3, 1024, 2, 8, 64, True, False),
     (2, 2000, 1, 4, 64, False, False), (1, 4000, 1, 2, 128, False, False),
     (1, 2048, 2, 8, 64, True, True)])
-def test_gpu_bf16_matches_fp32_xla(B, T, G, H, K, gate, seg):
+def test_gpu_bf16_matches_fp32_xla(fn, B, T, G, H, K, gate, seg):
   x = gpu_inputs(T, B, T, G, H, K, gate)
   segment_ids = None
   if seg:  # cu_seqlens [0, 15, 333, 2048]
@@ -135,7 +169,7 @@ def test_gpu_bf16_matches_fp32_xla(B, T, G, H, K, gate, seg):
   with jax.default_matmul_precision("highest"):
     ref, ref_grads = gpu_forward_and_grads(path.path_blockwise, cast(x, jnp.float32), do,
                                            segment_ids)
-  out, grads = gpu_forward_and_grads(path_attention, x, do, segment_ids)
+  out, grads = gpu_forward_and_grads(fn, x, do, segment_ids)
   assert_close(np.asarray(out), np.asarray(ref), rel=5e-3, name="o")
   for name, o, r in zip(ARGS, grads, ref_grads):
     if r is not None:
