@@ -3,13 +3,14 @@
   python benchmarks/bench_decode.py                       # 138m and 1b, bf16 and int8
   python benchmarks/bench_decode.py --models 1b,8b --torch  # plus torch eager / compile baselines
   python benchmarks/bench_decode.py --check 256           # plus a 256-step logits comparison
+  python benchmarks/bench_decode.py --formats bf16 --backends triton,mosaic  # both kernels
 
 Random weights (speed does not depend on values), a KV cache of --max_len positions whose first
 --prompt positions hold random keys/values, then --steps greedy tokens in ONE jitted
 lax.fori_loop per implementation (no Python dispatch per token), median of --repeats runs after a
 compile run. Roofline = (bytes of the packed weights + the cache read at the mean position) /
 the device-to-device copy bandwidth measured in the same run (bytes read + written).
---check N runs both implementations teacher-forced on the reference's tokens for N steps and
+--check N runs the reference and each fused variant teacher-forced on the reference's tokens for N steps and
 prints the relative logits error at steps 1 and N and its maximum. Results: a table on stdout,
 one JSON line per row in $OUT/bench_decode.json when OUT is set (or --out).
 """
@@ -24,6 +25,8 @@ import time
 SHAPES = {
     "tiny": dict(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                  head_dim=16, mlp_dim=128),
+    "tiny64": dict(vocab_size=256, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                   head_dim=64, mlp_dim=256),  # the Mosaic GPU kernel's 64-row tiles
     "138m": dict(vocab_size=32000, d_model=768, num_layers=12, num_heads=12, num_kv_heads=12,
                  head_dim=64, mlp_dim=3072),
     "1b": dict(vocab_size=128256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8,
@@ -46,13 +49,19 @@ def parse_args(argv=None):
   p.add_argument("--torch", action="store_true", help="also torch eager and torch.compile")
   p.add_argument("--no_fused", action="store_true", help="baselines only")
   p.add_argument("--tilings", default="",
-                 help="';'-separated fused-kernel variants, each 'field=value,...' over "
-                      "default_tiling (e.g. 'rows=16,num_warps=8'); the first is checked")
+                 help="';'-separated fused-kernel variants, each 'field=value,...' over the "
+                      "backend's default tiling (e.g. 'rows=16,num_warps=8'; the field "
+                      "'backend=mosaic' picks kernel_mgpu.py)")
+  p.add_argument("--backends", default="",
+                 help="comma-separated fused backends (triton, mosaic): every variant runs on "
+                      "each")
   p.add_argument("--out", default="")
   p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, interpret mode")
   args = p.parse_args(argv)
   if args.smoke:
-    args.models, args.formats, args.prompt, args.max_len = "tiny", "bf16", 8, 64
+    mosaic = "mosaic" in args.backends + args.tilings
+    args.models, args.formats, args.prompt = "tiny64" if mosaic else "tiny", "bf16", 8
+    args.max_len = 128 if mosaic else 64
     args.steps, args.repeats, args.check = 2, 1, min(args.check, 2) or 2
   return args
 
@@ -213,7 +222,8 @@ def main(argv=None):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import jax.numpy as jnp
-  from pallas_kernels.fused_decode import (FusedConfig, decode_step_reference, default_tiling,
+  from pallas_kernels.fused_decode import (FusedConfig, decode_step_reference,
+                                           default_mosaic_tiling, default_tiling,
                                            fused_decode_step, init_cache, num_sms,
                                            random_weights)
 
@@ -232,12 +242,17 @@ def main(argv=None):
         f.write(json.dumps(row) + "\n")
 
   variants = [dict(kv.split("=") for kv in v.split(",")) for v in args.tilings.split(";") if v]
+  if args.backends:
+    variants = [dict(v, backend=b) for b in args.backends.split(",") for v in variants or [{}]]
 
   def fused_variant(c, overrides):
-    tiling = default_tiling(c, 1 if args.smoke else num_sms(), args.max_len)
+    overrides = dict(overrides)
+    backend = overrides.pop("backend", "triton")
+    tiling = (default_mosaic_tiling if backend == "mosaic" else default_tiling)(
+        c, 1 if args.smoke else num_sms(), args.max_len)
     tiling = dataclasses.replace(tiling, **{k: int(v) for k, v in overrides.items()})
-    return tiling, lambda w, cache, tok, pos: fused_decode_step(
-        w, cache, tok, pos, interpret=args.smoke, tiling=tiling)
+    return backend, tiling, lambda w, cache, tok, pos: fused_decode_step(
+        w, cache, tok, pos, interpret=args.smoke, tiling=tiling, backend=backend)
   for name in args.models.split(","):
     for fmt in args.formats.split(","):
       c = FusedConfig(**SHAPES[name], weight_format=fmt)
@@ -254,11 +269,11 @@ def main(argv=None):
       base = dict(model=name, format=fmt, prompt=args.prompt, max_len=args.max_len,
                   steps=args.steps, weight_bytes=w.nbytes(), roofline_ms=roofline_ms,
                   bandwidth=bandwidth)
-      impls = [("jax_jit_step", None, decode_step_reference)]
+      impls = [("jax_jit_step", None, None, decode_step_reference)]
       if not args.no_fused:
         impls += [(f"fused_kernel{i or ''}", *fused_variant(c, v))
                   for i, v in enumerate(variants or [{}])]
-      for impl, tiling, step in impls:
+      for impl, backend, tiling, step in impls:
         gen = make_generate(jax, jnp, step, args.steps)
         try:
           sec, cache = time_generate(gen, w, cache, args.prompt, args.repeats)
@@ -266,14 +281,19 @@ def main(argv=None):
           print(f"FAIL {name} {fmt} {impl}: {type(e).__name__}: {str(e)[:2000]}", flush=True)
           continue
         ms = sec / args.steps * 1e3
-        record(**base, impl=impl, ms_per_token=ms, tokens_per_s=1e3 / ms,
+        record(**base, impl=impl, backend=backend, ms_per_token=ms, tokens_per_s=1e3 / ms,
                roofline_fraction=roofline_ms / ms,
                tiling=None if tiling is None else dataclasses.asdict(tiling))
-      if args.check and not args.no_fused:
-        rel, agree = check_logits(jax, jnp, impls[1][2], decode_step_reference, w, cache,
-                                  args.prompt, args.check)
-        record(**base, impl="check", steps_checked=args.check, rel_first=rel[0],
-               rel_last=rel[-1], rel_max=max(rel), argmax_agreement=agree)
+      for impl, backend, _, step in impls[1:] if args.check else ():
+        try:
+          rel, agree = check_logits(jax, jnp, step, decode_step_reference, w, cache,
+                                    args.prompt, args.check)
+        except Exception as e:  # noqa: BLE001
+          print(f"FAIL {name} {fmt} {impl} check: {type(e).__name__}: {str(e)[:2000]}",
+                flush=True)
+          continue
+        record(**base, impl="check", checked=impl, backend=backend, steps_checked=args.check,
+               rel_first=rel[0], rel_last=rel[-1], rel_max=max(rel), argmax_agreement=agree)
       del w, cache
       if args.torch:
         import torch
@@ -291,14 +311,17 @@ def main(argv=None):
         del step
         torch.cuda.empty_cache()
 
-  print(f"\n{'model':6} {'fmt':5} {'impl':14} {'ms/token':>9} {'tok/s':>8} {'roofline':>8}")
+  print(f"\n{'model':6} {'fmt':5} {'impl':14} {'backend':7} {'ms/token':>9} {'tok/s':>8} "
+        f"{'roofline':>8}")
   for r in rows:
     if r["impl"] == "check":
-      print(f"{r['model']:6} {r['format']:5} check {r['steps_checked']} steps: rel first "
+      print(f"{r['model']:6} {r['format']:5} check {r['checked']} ({r['backend']}) "
+            f"{r['steps_checked']} steps: rel first "
             f"{r['rel_first']:.2e} last {r['rel_last']:.2e} max {r['rel_max']:.2e}, argmax "
             f"agreement {r['argmax_agreement']:.3f}")
     else:
-      print(f"{r['model']:6} {r['format']:5} {r['impl']:14} {r['ms_per_token']:9.3f} "
+      print(f"{r['model']:6} {r['format']:5} {r['impl']:14} {str(r.get('backend')):7} "
+            f"{r['ms_per_token']:9.3f} "
             f"{r['tokens_per_s']:8.0f} {r['roofline_fraction']:8.1%}  (roofline "
             f"{r['roofline_ms']:.3f} ms)")
   return rows

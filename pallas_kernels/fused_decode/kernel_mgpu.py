@@ -1,0 +1,295 @@
+"""The fused batch-1 decode step of kernel.py as one persistent Mosaic GPU kernel (`plgpu.kernel`).
+
+Same step and numerics as kernel.py's Triton kernel (weights.py's rule: vectors entering a matrix
+product rounded to the activation dtype, float32 products and sums, float32 residual), same
+phases per layer (qkv, attn, o, gu, down), items taken round-robin by a grid of at most the SM
+count, one warpgroup per block. What differs:
+- Weights stream GMEM -> SMEM by TMA: every GEMV phase is one `plgpu.emit_pipeline` over
+  (this block's items, column tiles), `stages` [rows, chunk] tiles in flight, so a block's
+  weight stream runs on from one item into the next. A tile is multiplied in registers (WGMMA
+  layout, rows % 64 == 0) and summed over its columns into a float32 [rows] accumulator, as in
+  gemv_mgpu.py (which streamed the 1.24B decode matrices at XLA's bandwidth on the H200).
+- Each block writes the phase's input vector (RMS-normalised residual, attention output or MLP
+  hidden) into its own SMEM from registers, recomputing the norm's rstd from the float32
+  residual: no TMA ever reads data written in this launch (no async-proxy fence needed).
+- Grid barrier: every block signals an `arrive` GMEM semaphore (release, GPU scope, after a
+  warpgroup barrier); block 0 waits for all of them and signals `release` by num_blocks; each
+  block waits for and takes one unit of `release` (acquire). Both end at zero, as `pl.get_global`
+  semaphores must. With num_blocks == 1 (the interpreter, which has no semaphores) it is skipped.
+- Attention: one item per query head, over the whole cache of its kv group (no split-K yet, so
+  no merge: at most num_heads blocks busy in that phase; `splits` is not a field). RoPE without
+  register concatenation: q and k are kept as two [K/2] halves; the cache is read as two
+  [seq_block, K/2] column-half tiles, score = rowsum(K1 q1) + rowsum(K2 q2). The item of the
+  group's first head appends the rotated key and the value to the cache; every item scores the
+  current token from registers, so no item reads what another writes in this phase.
+- No cross-phase weight streaming: a phase's pipeline drains before its grid barrier (stage 4 of
+  the port, the SMEM ring across barriers, is not done).
+
+Status: bf16 and f32 weights; correct in Mosaic GPU's interpreter (one block) and lowers for CUDA
+at the 1.24B shape; not yet run on a GPU, hence not the default backend. int8 is refused.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.fused_decode.kernel import _pow2_divisor
+from pallas_kernels.fused_decode.weights import FusedWeights
+
+f32 = jnp.float32
+_TILE = plgpu.Layout.WGMMA
+_ROWS = plgpu.Layout.WGMMA.reduce(1)   # a [rows] vector: one value per tile row
+_COLS = plgpu.Layout.WGMMA.reduce(0)   # a [cols] vector broadcast over tile rows
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicTiling:
+  """Static work split. rows: output rows per GEMV item (a multiple of 64, the WGMMA layout's);
+  chunk: weight columns per TMA tile; stages: tiles in flight per block; seq_block: cache
+  positions per attention tile (a multiple of 64)."""
+  num_blocks: int
+  rows: int = 64
+  chunk: int = 128
+  stages: int = 4
+  seq_block: int = 64
+
+
+def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling:
+  """rows 64 (the most items per phase), chunk 128 with 4 tiles in flight (two matrices in the
+  gate/up phase: 128 KB of SMEM in bf16), cache tiles of up to 128 positions."""
+  del config
+  return MosaicTiling(num_blocks=num_blocks, seq_block=_pow2_divisor(max_len, 128))
+
+
+def check_mosaic(config, tiling: MosaicTiling, max_len: int):
+  """ValueError naming the first field of the tiling or model the kernel cannot serve."""
+  c, t = config, tiling
+  n_out = (c.qkv_rows, c.d_model, c.mlp_dim, c.vocab_size)
+  n_in = (c.d_model, c.num_heads * c.head_dim, c.mlp_dim)
+  checks = [("weight_format", c.weight_format, c.weight_format in ("bf16", "f32"),
+             "'bf16' or 'f32' (int8 is not implemented in the Mosaic GPU kernel)"),
+            ("num_blocks", t.num_blocks, t.num_blocks >= 1, ">= 1"),
+            ("rows", t.rows, t.rows % 64 == 0 and all(n % t.rows == 0 for n in n_out),
+             f"a multiple of 64 dividing {n_out}"),
+            ("chunk", t.chunk, t.chunk % 64 == 0 and all(n % t.chunk == 0 for n in n_in),
+             f"a multiple of 64 dividing {n_in}"),
+            ("stages", t.stages, t.stages >= 1, ">= 1"),
+            ("seq_block", t.seq_block, t.seq_block % 64 == 0 and max_len % t.seq_block == 0,
+             f"a multiple of 64 dividing the cache length {max_len}"),
+            ("head_dim", c.head_dim, c.head_dim % 16 == 0, "a multiple of 16"),
+            ("d_model", c.d_model, c.d_model % 128 == 0, "a multiple of 128")]
+  for name, value, ok, expected in checks:
+    if not ok:
+      raise ValueError(f"fused decode (mosaic): {name}={value!r}; expected {expected}")
+
+
+def _grid_barrier(sems, nb: int):
+  """All blocks wait here until every block arrived (see the module docstring)."""
+  arrive, release = sems.at[0], sems.at[1]
+  plgpu.semaphore_signal(arrive, 1, memory_scope="gpu")
+
+  @pl.when(lax.axis_index("blocks") == 0)
+  def _():
+    plgpu.semaphore_wait(arrive, nb, memory_scope="gpu")
+    plgpu.semaphore_signal(release, nb, memory_scope="gpu")
+  plgpu.semaphore_wait(release, 1, memory_scope="gpu")
+
+
+def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish):
+  """finish(n0, [W_m[n0:n0+rows] @ x for each m]) over this block's row tiles; mats are [N, Din]
+  GMEM views, x_smem holds the input (activation dtype) in its first n_in entries."""
+  pid, nb, rows, tk = lax.axis_index("blocks"), t.num_blocks, t.rows, t.chunk
+  n_items, steps = n_out // rows, n_in // tk
+  mine = n_items if nb == 1 else (n_items - pid + nb - 1) // nb
+
+  def step(idx, *refs):
+    i, k = idx
+    *w_smems, accs = refs
+    x = plgpu.load(x_smem.at[pl.ds(k * tk, tk)], layout=_COLS).astype(f32)
+    xb = lax.broadcast_in_dim(x, (rows, tk), [1])
+    keep = jnp.where(k == 0, 0.0, 1.0).astype(f32)
+    accs = tuple(acc * keep + (plgpu.load(w, layout=_TILE).astype(f32) * xb).sum(axis=1)
+                 for w, acc in zip(w_smems, accs))
+
+    @pl.when(k == steps - 1)
+    def _():
+      finish((pid + i * nb) * rows, accs)
+    return accs
+
+  zero = plgpu.layout_cast(jnp.zeros((rows,), f32), _ROWS)
+  pipeline = plgpu.emit_pipeline(
+      step, grid=(mine, steps),
+      in_specs=[plgpu.BlockSpec((rows, tk), lambda i, k: (pid + i * nb, k)) for _ in mats],
+      max_concurrent_steps=t.stages, init_carry=tuple(zero for _ in mats))
+
+  @pl.when(mine > 0)
+  def _():
+    pipeline(*mats)
+
+
+def _to_smem(vec, x_smem):
+  """Stores a strided-layout [n] vector as the first n entries of x_smem."""
+  x_smem[pl.ds(0, vec.shape[0])] = vec.astype(x_smem.dtype)
+
+
+def _normed_to_smem(x_ref, norm, eps: float, x_smem):
+  """x_smem[:D] = RMSNorm(x) * norm in the activation dtype (every block recomputes rstd)."""
+  x = x_ref[...]
+  rstd = lax.rsqrt(jnp.sum(x * x) / x.shape[0] + eps)
+  _to_smem(x * rstd * norm[...], x_smem)
+
+
+def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
+  ins = jax.tree.unflatten(treedef, refs[:n_in])
+  k_ref, v_ref = ins["cache"]
+  logits_ref, x_ref, qkv_ref, attn_ref, h_ref, x_smem = refs[n_in:]
+  w = ins["w"]
+  L, D, H, G, K, F, V = (c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.head_dim,
+                         c.mlp_dim, c.vocab_size)
+  R, K2, bs, nb = H // G, K // 2, t.seq_block, t.num_blocks
+  act, cdt = c.act_dtype, c.cache_dtype
+  pid = lax.axis_index("blocks")
+  pos = ins["pos"][0]
+  scale = K**-0.5
+  sems = pl.get_global(plgpu.SemaphoreType.REGULAR((2,))) if nb > 1 else None
+  barrier = (lambda: _grid_barrier(sems, nb)) if nb > 1 else (lambda: None)
+
+  def residual_add(n0, ys):
+    x_ref[pl.ds(n0, t.rows)] = plgpu.load(x_ref.at[pl.ds(n0, t.rows)], layout=_ROWS,
+                                          optimized=False) + ys[0]
+
+  @pl.when(pid == 0)
+  def _():
+    e = w.embed[ins["token"][0]].astype(f32)
+    x_ref[...] = e if w.sembed is None else e * w.sembed[ins["token"][0]]
+
+  def layer(l, carry):
+    # qkv: rows of [q heads; k groups; v groups] into qkv_ref [(H + 2G) K].
+    barrier()
+    _normed_to_smem(x_ref, w.attn_norm.at[l], c.norm_eps, x_smem)
+
+    def qkv_store(n0, ys):
+      qkv_ref[pl.ds(n0, t.rows)] = ys[0]
+    _gemv_phase(t, [w.wqkv.at[l]], c.qkv_rows, D, x_smem, qkv_store)
+
+    # attn: item = query head h of kv group g, over the cache positions < pos.
+    barrier()
+
+    def attn_item(j, carry):
+      h = pid + j * nb
+      g = h // R
+      half = lambda row, i: plgpu.load(qkv_ref.at[pl.ds(row * K + i * K2, K2)], layout=_COLS,
+                                       optimized=False)
+      cs = plgpu.load(ins["rope"].at[0], layout=_COLS, optimized=False)
+      sn = plgpu.load(ins["rope"].at[1], layout=_COLS, optimized=False)
+      rot = lambda a, b: (a * cs - b * sn, b * cs + a * sn)
+      q1, q2 = rot(half(h, 0), half(h, 1))
+      k1, k2 = rot(half(H + g, 0), half(H + g, 1))
+      k1, k2 = k1.astype(cdt), k2.astype(cdt)
+      vn = plgpu.load(qkv_ref.at[pl.ds((H + G + g) * K, K)], layout=_COLS,
+                      optimized=False).astype(cdt)
+
+      @pl.when(h % R == 0)
+      def _():
+        k_ref[l, pos, g, pl.ds(0, K2)] = k1
+        k_ref[l, pos, g, pl.ds(K2, K2)] = k2
+        v_ref[l, pos, g, :] = vn
+
+      k1, k2, vn = k1.astype(f32), k2.astype(f32), vn.astype(f32)
+      lnew = (jnp.sum(q1 * k1) + jnp.sum(q2 * k2)) * scale
+      qb1, qb2 = (lax.broadcast_in_dim(q, (bs, K2), [1]) for q in (q1, q2))
+
+      def block(idx, kc1, kc2, vc, carry):
+        m, lsum, acc = carry
+        t0 = idx[0] * bs
+        dot = lambda kc, qb: (plgpu.load(kc, layout=_TILE).astype(f32) * qb).sum(axis=1)
+        logit = (dot(kc1, qb1) + dot(kc2, qb2)) * scale
+        tpos = t0 + plgpu.broadcasted_iota(jnp.int32, (bs,), 0, layout=_ROWS)
+        valid = tpos < pos
+        logit = jnp.where(valid, logit, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(logit))
+        alpha = jnp.exp(m - m_new)
+        p = jnp.exp(logit - m_new)
+        vt = plgpu.load(vc, layout=_TILE).astype(f32)
+        vt = jnp.where(lax.broadcast_in_dim(valid, (bs, K), [0]), vt, 0.0)
+        acc = acc * alpha + (lax.broadcast_in_dim(p, (bs, K), [0]) * vt).sum(axis=0)
+        return m_new, lsum * alpha + jnp.sum(p), acc
+
+      spec = lambda cols: plgpu.BlockSpec((bs, cols), lambda j: (j, 0))
+      pipeline = plgpu.emit_pipeline(block, grid=((pos + bs - 1) // bs,),
+                                     in_specs=[spec(K2), spec(K2), spec(K)],
+                                     max_concurrent_steps=2, init_carry=(lnew, 1.0, vn))
+      kv = lambda ref, c0, n: ref.at[l, :, g, pl.ds(c0, n)]
+      m, lsum, acc = lax.cond(pos > 0,
+                              lambda: pipeline(kv(k_ref, 0, K2), kv(k_ref, K2, K2),
+                                               kv(v_ref, 0, K)),
+                              lambda: (lnew, jnp.float32(1.0), vn))
+      attn_ref[pl.ds(h * K, K)] = (acc / lsum).astype(act)
+      return carry
+
+    lax.fori_loop(0, H if nb == 1 else (H - pid + nb - 1) // nb, attn_item, 0)
+
+    # o: x += Wo attn.
+    barrier()
+    _to_smem(attn_ref[...], x_smem)
+    _gemv_phase(t, [w.wo.at[l]], D, H * K, x_smem, residual_add)
+
+    # gu: h = silu(Wgate n(x)) * Wup n(x).
+    barrier()
+    _normed_to_smem(x_ref, w.mlp_norm.at[l], c.norm_eps, x_smem)
+
+    def gu_store(n0, ys):
+      gate, up = ys
+      h_ref[pl.ds(n0, t.rows)] = (gate / (1.0 + jnp.exp(-gate)) * up).astype(act)
+    _gemv_phase(t, [w.wgate.at[l], w.wup.at[l]], F, D, x_smem, gu_store)
+
+    # down: x += Wdown h.
+    barrier()
+    _to_smem(h_ref[...], x_smem)
+    _gemv_phase(t, [w.wdown.at[l]], D, F, x_smem, residual_add)
+    return carry
+
+  lax.fori_loop(0, L, layer, 0)
+
+  barrier()
+  _normed_to_smem(x_ref, w.final_norm, c.norm_eps, x_smem)
+
+  def head_store(n0, ys):
+    logits_ref[pl.ds(n0, t.rows)] = ys[0]
+  _gemv_phase(t, [w.lm_head()[0]], V, D, x_smem, head_store)
+
+
+@functools.partial(jax.jit, static_argnames=("tiling", "interpret"), donate_argnums=(1,))
+def fused_decode_call_mgpu(weights: FusedWeights, cache, token, position, *,
+                           tiling: MosaicTiling, interpret: bool = False):
+  """Logits [V] (float32) and the updated cache (donated, written in place through refs)."""
+  c = weights.config
+  S = cache[0].shape[1]
+  check_mosaic(c, tiling, S)
+  G, K, H = c.num_kv_heads, c.head_dim, c.num_heads
+  L, D = c.num_layers, c.d_model
+  inv_freq = c.rope_theta ** (-jnp.arange(K // 2, dtype=f32) * 2 / K)
+  ang = jnp.asarray(position, f32) * inv_freq
+  # The o-projection's [L, D, H, K] rows as [L, D, H K] (a free reshape) for 2-D TMA tiles.
+  w = dataclasses.replace(weights, wo=weights.wo.reshape(L, D, H * K))
+  cache_refs = tuple(jax.new_ref(x) for x in cache)
+  ins = {"w": w, "token": jnp.asarray(token, jnp.int32).reshape(1),
+         "pos": jnp.asarray(position, jnp.int32).reshape(1),
+         "rope": jnp.stack([jnp.cos(ang), jnp.sin(ang)]), "cache": cache_refs}
+  flat, treedef = jax.tree.flatten(ins)
+  sds = jax.ShapeDtypeStruct
+  out_type = [sds((c.vocab_size,), f32), sds((D,), f32), sds((c.qkv_rows,), f32),
+              sds((H * K,), c.act_dtype), sds((c.mlp_dim,), c.act_dtype)]
+  smem = plgpu.SMEM((max(D, H * K, c.mlp_dim),), c.act_dtype)
+  kernel = plgpu.kernel(
+      functools.partial(_kernel, c, tiling, treedef, len(flat)), out_type=out_type,
+      scratch_types=[smem], grid=(tiling.num_blocks,), grid_names=("blocks",),
+      interpret=plgpu.InterpretGPUParams() if interpret else None,
+      kernel_name="fused_decode_mgpu")
+  logits = kernel(*flat)[0]
+  return logits, tuple(r[...] for r in cache_refs)
