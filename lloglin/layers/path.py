@@ -9,7 +9,9 @@
 
 Options (`model.mixer_options.path` / `.path_fox`): low_rank_w (default: True without GQA,
 False with it, as fla), w_rank (32), w_conv (3; 0 = no short conv), qk_norm (False: per-head
-RMSNorm of q and k). w, beta and g are computed in float32.
+RMSNorm of q and k), linear_memory (False: where the Pallas kernels run, those whose fwd+bwd
+memory grows linearly in T instead of T log T, at about half the speed; for long contexts where
+memory binds). w, beta and g are computed in float32.
 """
 
 import functools
@@ -34,16 +36,20 @@ from pallas_kernels import path_attention as pallas_path
 HAS_PALLAS_KERNEL = True
 
 
-def path_sequence_fn(impl: str, head_dim: int, value_dim: int, block_size: int):
+def path_sequence_fn(impl: str, head_dim: int, value_dim: int, block_size: int,
+                     linear_memory: bool = False):
   """The full-sequence PaTH function for model.mixer_impl, with `path_blockwise`'s signature.
 
   This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'; interpreted off GPU). Sizes the kernel cannot tile (head dims or chunk size that
-  are not powers of two >= 16, `pallas_path.supports`) run the blockwise XLA form instead.
+  'pallas'; interpreted off GPU): `path_attention`, or with `linear_memory` the slower
+  `path_attention_linear_memory` whose memory is linear in T. Sizes the kernels cannot tile
+  (head dims or chunk size that are not powers of two >= 16, `pallas_path.supports`) run the
+  blockwise XLA form instead (its memory is linear in T too).
   """
   if impl == "pallas" and pallas_path.supports(head_dim, value_dim, block_size):
-    return functools.partial(pallas_path.path_attention,
-                             interpret=jax.default_backend() != "gpu")
+    kernel = (pallas_path.path_attention_linear_memory if linear_memory
+              else pallas_path.path_attention)
+    return functools.partial(kernel, interpret=jax.default_backend() != "gpu")
   return path_blockwise
 
 
@@ -55,7 +61,10 @@ class PathAttention(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     H, G, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model
     opts = mixer_options(cfg, self.mixer_name, dict(
-        low_rank_w=H == G, w_rank=32, w_conv=3, qk_norm=False))
+        low_rank_w=H == G, w_rank=32, w_conv=3, qk_norm=False, linear_memory=False))
+    if not isinstance(opts["linear_memory"], bool):
+      raise ValueError(f"model.mixer_options.{self.mixer_name}.linear_memory="
+                       f"{opts['linear_memory']!r}; expected True or False")
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
     self.q_proj = dense(D, H * K, **kw)
     self.k_proj = dense(D, G * K, **kw)
@@ -78,6 +87,7 @@ class PathAttention(nnx.Module):
     self.impl = resolve_mixer_impl(cfg.mixer_impl, self.mixer_name,
                                    has_kernel=HAS_PALLAS_KERNEL)
     self.chunk_size = cfg.chunk_size
+    self.linear_memory = opts["linear_memory"]
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # no position encoding: the Householder products carry the order
@@ -89,7 +99,8 @@ class PathAttention(nnx.Module):
     return self._output(o_BTHK)
 
   def _sequence_fn(self):
-    return path_sequence_fn(self.impl, self.head_dim, self.head_dim, self.chunk_size)
+    return path_sequence_fn(self.impl, self.head_dim, self.head_dim, self.chunk_size,
+                            self.linear_memory)
 
   def _path_inputs(self, x_BTD, conv):
     """Projections, w short conv and gates: (q, k, v, w, beta, g) of the PaTH op. Shared by
