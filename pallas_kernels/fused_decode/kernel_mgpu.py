@@ -25,12 +25,13 @@ count, one warpgroup per block. What differs:
 - No cross-phase weight streaming: a phase's pipeline drains before its grid barrier (stage 4 of
   the port, the SMEM ring across barriers, is not done).
 
-Status: bf16 and f32 weights; correct in Mosaic GPU's interpreter (one block) and lowers for CUDA
-at the 1.24B shape; not yet run on a GPU, hence not the default backend. int8 is refused.
+Status: f32, bf16 and int8 weights; correct in Mosaic GPU's interpreter (one block) and lowers
+for CUDA at the 1.24B shape; not yet run on a GPU, hence not the default backend.
 """
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -60,10 +61,14 @@ class MosaicTiling:
 
 
 def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling:
-  """rows 64 (the most items per phase), chunk 128 with 4 tiles in flight (two matrices in the
-  gate/up phase: 128 KB of SMEM in bf16), cache tiles of up to 128 positions."""
-  del config
-  return MosaicTiling(num_blocks=num_blocks, seq_block=_pow2_divisor(max_len, 128))
+  """rows 64 (the most items per phase), 256-byte tile rows (chunk 128 in bf16) with 4 tiles in
+  flight (two matrices in the gate/up phase: 128 KB of SMEM), cache tiles of up to 128
+  positions."""
+  c = config
+  width = 256 // jnp.dtype(c.act_dtype if c.weight_format != "int8" else jnp.int8).itemsize
+  n_in = math.gcd(c.d_model, c.num_heads * c.head_dim, c.mlp_dim)
+  return MosaicTiling(num_blocks=num_blocks, chunk=_pow2_divisor(n_in, width),
+                      seq_block=_pow2_divisor(max_len, 128))
 
 
 def check_mosaic(config, tiling: MosaicTiling, max_len: int):
@@ -71,9 +76,7 @@ def check_mosaic(config, tiling: MosaicTiling, max_len: int):
   c, t = config, tiling
   n_out = (c.qkv_rows, c.d_model, c.mlp_dim, c.vocab_size)
   n_in = (c.d_model, c.num_heads * c.head_dim, c.mlp_dim)
-  checks = [("weight_format", c.weight_format, c.weight_format in ("bf16", "f32"),
-             "'bf16' or 'f32' (int8 is not implemented in the Mosaic GPU kernel)"),
-            ("num_blocks", t.num_blocks, t.num_blocks >= 1, ">= 1"),
+  checks = [("num_blocks", t.num_blocks, t.num_blocks >= 1, ">= 1"),
             ("rows", t.rows, t.rows % 64 == 0 and all(n % t.rows == 0 for n in n_out),
              f"a multiple of 64 dividing {n_out}"),
             ("chunk", t.chunk, t.chunk % 64 == 0 and all(n % t.chunk == 0 for n in n_in),
@@ -101,8 +104,10 @@ def _grid_barrier(sems, nb: int):
 
 
 def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish):
-  """finish(n0, [W_m[n0:n0+rows] @ x for each m]) over this block's row tiles; mats are [N, Din]
-  GMEM views, x_smem holds the input (activation dtype) in its first n_in entries."""
+  """finish(n0, [W_m[n0:n0+rows] @ x for each m]) over this block's row tiles; mats are pairs
+  (rows [N, Din], per-row scales [N] or None) of GMEM views (int8 rows are exact in float32;
+  their scales multiply the float32 row sums, as in kernel.py); x_smem holds the input
+  (activation dtype) in its first n_in entries."""
   pid, nb, rows, tk = lax.axis_index("blocks"), t.num_blocks, t.rows, t.chunk
   n_items, steps = n_out // rows, n_in // tk
   mine = n_items if nb == 1 else (n_items - pid + nb - 1) // nb
@@ -118,7 +123,10 @@ def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish):
 
     @pl.when(k == steps - 1)
     def _():
-      finish((pid + i * nb) * rows, accs)
+      n0 = (pid + i * nb) * rows
+      finish(n0, [acc if s is None else acc * plgpu.load(s.at[pl.ds(n0, rows)], layout=_ROWS,
+                                                          optimized=False)
+                  for acc, (_, s) in zip(accs, mats)])
     return accs
 
   zero = plgpu.layout_cast(jnp.zeros((rows,), f32), _ROWS)
@@ -129,7 +137,7 @@ def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish):
 
   @pl.when(mine > 0)
   def _():
-    pipeline(*mats)
+    pipeline(*(m for m, _ in mats))
 
 
 def _to_smem(vec, x_smem):
@@ -159,6 +167,9 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
   sems = pl.get_global(plgpu.SemaphoreType.REGULAR((2,))) if nb > 1 else None
   barrier = (lambda: _grid_barrier(sems, nb)) if nb > 1 else (lambda: None)
 
+  def layer_mat(rows_ref, scale_ref, l):
+    return rows_ref.at[l], None if scale_ref is None else scale_ref.at[l]
+
   def residual_add(n0, ys):
     x_ref[pl.ds(n0, t.rows)] = plgpu.load(x_ref.at[pl.ds(n0, t.rows)], layout=_ROWS,
                                           optimized=False) + ys[0]
@@ -175,7 +186,7 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
 
     def qkv_store(n0, ys):
       qkv_ref[pl.ds(n0, t.rows)] = ys[0]
-    _gemv_phase(t, [w.wqkv.at[l]], c.qkv_rows, D, x_smem, qkv_store)
+    _gemv_phase(t, [layer_mat(w.wqkv, w.sqkv, l)], c.qkv_rows, D, x_smem, qkv_store)
 
     # attn: item = query head h of kv group g, over the cache positions < pos.
     barrier()
@@ -237,7 +248,7 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     # o: x += Wo attn.
     barrier()
     _to_smem(attn_ref[...], x_smem)
-    _gemv_phase(t, [w.wo.at[l]], D, H * K, x_smem, residual_add)
+    _gemv_phase(t, [layer_mat(w.wo, w.so, l)], D, H * K, x_smem, residual_add)
 
     # gu: h = silu(Wgate n(x)) * Wup n(x).
     barrier()
@@ -246,12 +257,13 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     def gu_store(n0, ys):
       gate, up = ys
       h_ref[pl.ds(n0, t.rows)] = (gate / (1.0 + jnp.exp(-gate)) * up).astype(act)
-    _gemv_phase(t, [w.wgate.at[l], w.wup.at[l]], F, D, x_smem, gu_store)
+    _gemv_phase(t, [layer_mat(w.wgate, w.sgate, l), layer_mat(w.wup, w.sup, l)], F, D, x_smem,
+                gu_store)
 
     # down: x += Wdown h.
     barrier()
     _to_smem(h_ref[...], x_smem)
-    _gemv_phase(t, [w.wdown.at[l]], D, F, x_smem, residual_add)
+    _gemv_phase(t, [layer_mat(w.wdown, w.sdown, l)], D, F, x_smem, residual_add)
     return carry
 
   lax.fori_loop(0, L, layer, 0)
@@ -261,7 +273,7 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
 
   def head_store(n0, ys):
     logits_ref[pl.ds(n0, t.rows)] = ys[0]
-  _gemv_phase(t, [w.lm_head()[0]], V, D, x_smem, head_store)
+  _gemv_phase(t, [w.lm_head()], V, D, x_smem, head_store)
 
 
 @functools.partial(jax.jit, static_argnames=("tiling", "interpret"), donate_argnums=(1,))
