@@ -4,6 +4,7 @@
   python3 benchmarks/bench_mixers.py --shape h48d64        # the log-linear paper's shape
   python3 benchmarks/bench_mixers.py --mixers path,attention --impls pallas,cudnn,fla
   python3 benchmarks/bench_mixers.py --memory path         # compiled fwd+bwd memory vs T
+  python3 benchmarks/bench_mixers.py --mixers path --impls pallas,pallas_linear_memory
   python3 benchmarks/bench_mixers.py --merge a/rows_h16d128.jsonl b/rows_h16d128.jsonl
   python3 benchmarks/bench_mixers.py --impls pallas --mixers gdn --kernel_configs 32,8,2,16,8,1
 
@@ -11,6 +12,9 @@ Every call processes 65,536 tokens (B = 65536 / T), bf16 q/k/v, fp32 gates, lamb
 beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward+backward
 (gradients of every input):
   pallas  lloglin's Pallas kernel (pallas_kernels), when the package provides it
+  pallas_linear_memory
+          PaTH's kernels with memory linear in T (path_attention_linear_memory; PaTH and PaTH-FoX
+          only, not in the default --impls)
   xla     lloglin.ops' chunked / blockwise XLA form
   cudnn   jax.nn.dot_product_attention(implementation="cudnn", is_causal=True) (attention rows)
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
@@ -50,6 +54,7 @@ TOKENS = 65536  # per call, as in h200-anchors.md (--tokens for CPU smoke runs)
 SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
 MIXERS = ("attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 IMPLS = ("pallas", "xla", "cudnn", "fla")
+OPT_IN_IMPLS = ("pallas_linear_memory",)  # known to --impls, not in its default
 # The peer each lloglin kernel is compared with (fla's operator of the same math).
 PEER = {"mamba2": "fla_simple_gla", "loglinear_mamba2": "fla_log_linear_attn",
         "gdn": "fla_gated_delta_rule", "path": "fla_parallel_path_attn"}
@@ -120,7 +125,9 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     return (lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                                          implementation=impl),
             (x["q"], x["k"], x["v"]))
-  if impl == "pallas":
+  if impl == "pallas_linear_memory" and not mixer.startswith("path"):
+    raise ImportError(f"{mixer} has no {impl} row")
+  if impl.startswith("pallas"):
     if mixer.startswith("path"):
       from pallas_kernels import path_attention as mod
     else:
@@ -150,7 +157,8 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
         () if mixer == "gdn" else (x["lam"],))
     return (lambda *a: op(*a, chunk_size=64, scale=scale, **seg)), args
   if mixer in ("path", "path_fox"):
-    op = mod.path_attention if impl == "pallas" else path.path_blockwise
+    op = (path.path_blockwise if impl == "xla" else mod.path_attention_linear_memory
+          if impl == "pallas_linear_memory" else mod.path_attention)
     gate = {"g_BTH": x["g_fox"]} if mixer == "path_fox" else {}
     return (lambda q, k, v, w, b: op(q, k, v, w, b, scale=scale, **gate, **seg),
             (x["q"], x["k"], x["v"], x["w"], x["beta2"]))
@@ -312,9 +320,10 @@ def run_throughput(args) -> list[Row]:
     x = jax_inputs(args.tokens, T, heads, dim, jax.random.key(T))
     for mixer in args.mixers:
       for impl in args.impls:
-        if impl == "fla" or (impl == "cudnn") != (mixer == "attention"):
+        if impl == "fla" or (impl == "cudnn") != (mixer == "attention") or (
+            impl in OPT_IN_IMPLS and not mixer.startswith("path")):
           continue
-        sweep = args.kernel_configs if impl == "pallas" and mixer in KERNEL_MIXERS else []
+        sweep = args.kernel_configs if impl.startswith("pallas") and mixer in KERNEL_MIXERS else []
         for cfg in sweep or [None]:
           for mode in args.modes:
             def timer(mixer=mixer, impl=impl, mode=mode, x=x, cfg=cfg):
@@ -398,7 +407,7 @@ def run_memory(args) -> list[dict]:
   for T in args.memory_seqlens:
     x = jax_inputs(T, T, heads, dim, jax.random.key(0))  # batch 1
     for mixer in args.memory:
-      for impl in [i for i in args.impls if i in ("pallas", "xla", "cudnn")]:
+      for impl in [i for i in args.impls if i in ("pallas", "xla", "cudnn") + OPT_IN_IMPLS]:
         try:
           fn, fargs = jax_case(mixer, impl, x)
           gib = compiled_bytes(fn, fargs, backward=True) / 2**30
@@ -470,7 +479,7 @@ def parse_args(argv=None):
   p.add_argument("--out", default=os.environ.get("OUT", "bench_mixers_out"))
   args = p.parse_args(argv)
   for name, given, known in (("--mixers", args.mixers + args.memory, MIXERS),
-                             ("--impls", args.impls, IMPLS), ("--modes", args.modes,
+                             ("--impls", args.impls, IMPLS + OPT_IN_IMPLS), ("--modes", args.modes,
                                                               ("fwd", "fwdbwd"))):
     bad = sorted(set(given) - set(known))
     if bad:

@@ -63,6 +63,19 @@ def test_kernel_config_sweep_rows(tmp_path, capsys):
     bench_mixers.main(["--kernel_configs", "16,4"])
   assert "triples" in capsys.readouterr().err
 
+def test_linear_memory_impl_times_path_only(tmp_path, capsys):
+  """--impls pallas_linear_memory (opt-in): a PaTH row and a PaTH memory row under that label;
+  mixers without the variant get none."""
+  result = bench_mixers.main(["--tokens", "32", "--seqlens", "32", "--mixers", "mamba2,path",
+                              "--impls", "pallas_linear_memory", "--modes", "fwd", "--memory",
+                              "path", "--memory_seqlens", "32", "--out", str(tmp_path)])
+  assert [(r["mixer"], r["impl"]) for r in result["rows"]] == [("path", "pallas_linear_memory")]
+  assert result["rows"][0]["mtok_s"] > 0
+  assert [(m["impl"], m["seq_len"]) for m in result["memory"]] == [("pallas_linear_memory", 32)]
+  assert result["memory"][0]["fwdbwd_gib"] > 0
+  assert "ROW lloglin_path[pallas_linear_memory]" in capsys.readouterr().out
+
+
 def test_bad_arguments_name_the_problem(capsys):
   for argv, message in ((["--mixers", "mamba3"], "unknown ['mamba3']"),
                         (["--seqlens", "1000"], "does not divide")):
