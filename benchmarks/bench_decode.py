@@ -10,9 +10,9 @@ Random weights (speed does not depend on values), a KV cache of --max_len positi
 lax.fori_loop per implementation (no Python dispatch per token), median of --repeats runs after a
 compile run. Roofline = (bytes of the packed weights + the cache read at the mean position) /
 the device-to-device copy bandwidth measured in the same run (bytes read + written).
---check N runs the reference and each fused variant teacher-forced on the reference's tokens for N steps and
-prints the relative logits error at steps 1 and N and its maximum. Results: a table on stdout,
-one JSON line per row in $OUT/bench_decode.json when OUT is set (or --out).
+--check N runs the reference and each fused variant teacher-forced on the reference's tokens for
+N steps and prints the relative logits error at steps 1 and N and its maximum. Results: a table
+on stdout, one JSON line per row in $OUT/bench_decode.json when OUT is set (or --out).
 """
 
 import argparse

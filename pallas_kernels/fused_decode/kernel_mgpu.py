@@ -9,15 +9,23 @@ count, one warpgroup per block. What differs:
   weight stream runs on from one item into the next. A tile is multiplied in registers (WGMMA
   layout, rows % 64 == 0) and summed over its columns into a float32 [rows] accumulator, as in
   gemv_mgpu.py (which streamed the 1.24B decode matrices at XLA's bandwidth on the H200).
+- A phase with fewer row tiles than blocks (the 1.24B model's qkv / o / down: 48 / 32 / 32 tiles
+  of 64 rows) is split by columns too (`_splits`: 2 / 4 / 4 at 132 blocks), each item writing a
+  float32 partial sum. The readers add them: attention sums the qkv parts; the o and down parts
+  are added to the residual by every block when it normalises the residual for the next GEMV
+  phase, block 0 storing the sum in the other of two residual buffers (ping-pong, so no block
+  reads what is being written in the same phase).
 - Each block writes the phase's input vector (RMS-normalised residual, attention output or MLP
   hidden) into its own SMEM from registers, recomputing the norm's rstd from the float32
   residual: no TMA ever reads data written in this launch (no async-proxy fence needed).
-- Grid barrier: every block signals an `arrive` GMEM semaphore (release, GPU scope, after a
-  warpgroup barrier); block 0 waits for all of them and signals `release` by num_blocks; each
-  block waits for and takes one unit of `release` (acquire). Both end at zero, as `pl.get_global`
-  semaphores must. With num_blocks == 1 (the interpreter, which has no semaphores) it is skipped.
-- Attention: one item per query head, over the whole cache of its kv group (no split-K yet, so
-  no merge: at most num_heads blocks busy in that phase; `splits` is not a field). RoPE without
+- Grid barrier k: every block signals an `arrive` GMEM semaphore (release, GPU scope, after a
+  warpgroup barrier); block 0 waits for all of them (taking them back) and signals `release`
+  once; every block polls `release` until it reaches k (loads, no atomics: no contention, one
+  fence.acquire). After the last barrier the blocks arrive once more and block 0 takes `release`
+  back to zero, as `pl.get_global` semaphores must end. With num_blocks == 1 (the interpreter,
+  which has no semaphores) barriers are skipped.
+- Attention: one item per query head, over the whole cache of its kv group (not split over the
+  cache, so no merge of partial softmaxes, but at most num_heads blocks busy). RoPE without
   register concatenation: q and k are kept as two [K/2] halves; the cache is read as two
   [seq_block, K/2] column-half tiles, score = rowsum(K1 q1) + rowsum(K2 q2). The item of the
   group's first head appends the rotated key and the value to the cache; every item scores the
@@ -43,6 +51,7 @@ from pallas_kernels.fused_decode.kernel import _pow2_divisor
 from pallas_kernels.fused_decode.weights import FusedWeights
 
 f32 = jnp.float32
+_PHASES = 5  # grid barriers per layer
 _TILE = plgpu.Layout.WGMMA
 _ROWS = plgpu.Layout.WGMMA.reduce(1)   # a [rows] vector: one value per tile row
 _COLS = plgpu.Layout.WGMMA.reduce(0)   # a [cols] vector broadcast over tile rows
@@ -52,12 +61,14 @@ _COLS = plgpu.Layout.WGMMA.reduce(0)   # a [cols] vector broadcast over tile row
 class MosaicTiling:
   """Static work split. rows: output rows per GEMV item (a multiple of 64, the WGMMA layout's);
   chunk: weight columns per TMA tile; stages: tiles in flight per block; seq_block: cache
-  positions per attention tile (a multiple of 64)."""
+  positions per attention tile (a multiple of 64); items: GEMV items a phase with fewer row
+  tiles is split into, by columns, at most (0: num_blocks; see `_splits`)."""
   num_blocks: int
   rows: int = 64
   chunk: int = 128
   stages: int = 4
   seq_block: int = 64
+  items: int = 0
 
 
 def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling:
@@ -82,6 +93,7 @@ def check_mosaic(config, tiling: MosaicTiling, max_len: int):
             ("chunk", t.chunk, t.chunk % 64 == 0 and all(n % t.chunk == 0 for n in n_in),
              f"a multiple of 64 dividing {n_in}"),
             ("stages", t.stages, t.stages >= 1, ">= 1"),
+            ("items", t.items, t.items >= 0, ">= 0"),
             ("seq_block", t.seq_block, t.seq_block % 64 == 0 and max_len % t.seq_block == 0,
              f"a multiple of 64 dividing the cache length {max_len}"),
             ("head_dim", c.head_dim, c.head_dim % 16 == 0, "a multiple of 16"),
@@ -91,31 +103,51 @@ def check_mosaic(config, tiling: MosaicTiling, max_len: int):
       raise ValueError(f"fused decode (mosaic): {name}={value!r}; expected {expected}")
 
 
-def _grid_barrier(sems, nb: int):
-  """All blocks wait here until every block arrived (see the module docstring)."""
+def _grid_barrier(sems, nb: int, k, last: bool = False):
+  """Grid barrier number k (1, 2, ...) of this launch; `last` also returns the semaphores to
+  zero (see the module docstring)."""
   arrive, release = sems.at[0], sems.at[1]
-  plgpu.semaphore_signal(arrive, 1, memory_scope="gpu")
+  first = lax.axis_index("blocks") == 0
 
-  @pl.when(lax.axis_index("blocks") == 0)
-  def _():
-    plgpu.semaphore_wait(arrive, nb, memory_scope="gpu")
-    plgpu.semaphore_signal(release, nb, memory_scope="gpu")
-  plgpu.semaphore_wait(release, 1, memory_scope="gpu")
+  def arrive_all():
+    plgpu.semaphore_signal(arrive, 1, memory_scope="gpu")
+
+    @pl.when(first)
+    def _():
+      plgpu.semaphore_wait(arrive, nb, memory_scope="gpu")
+  arrive_all()
+  pl.when(first)(lambda: plgpu.semaphore_signal(release, 1, memory_scope="gpu"))
+  plgpu.semaphore_wait(release, k, decrement=False, memory_scope="gpu")
+  if last:
+    arrive_all()  # every block has seen release == k: block 0 may now take it back
+    pl.when(first)(lambda: plgpu.semaphore_wait(release, k, memory_scope="gpu"))
 
 
-def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish):
-  """finish(n0, [W_m[n0:n0+rows] @ x for each m]) over this block's row tiles; mats are pairs
-  (rows [N, Din], per-row scales [N] or None) of GMEM views (int8 rows are exact in float32;
-  their scales multiply the float32 row sums, as in kernel.py); x_smem holds the input
-  (activation dtype) in its first n_in entries."""
+def _splits(t: MosaicTiling, n_out: int, n_in: int) -> int:
+  """Column splits of a GEMV phase: the largest divisor of its column tiles that keeps
+  row tiles x splits <= t.items (or num_blocks), so that a phase with few output rows (the
+  1.24B model's o and down projections have 32 row tiles) still streams from most SMs."""
+  target, steps = t.items or t.num_blocks, n_in // t.chunk
+  return max(s for s in range(1, steps + 1) if steps % s == 0 and (n_out // t.rows) * s <= target
+             or s == 1)
+
+
+def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish, splits: int = 1):
+  """finish(n0, split, [W_m[n0:n0+rows, cols of split] @ x for each m]) over this block's
+  items (row tile, column split); mats are pairs (rows [N, Din], per-row scales [N] or None) of
+  GMEM views (int8 rows are exact in float32; their scales multiply the float32 row sums, as in
+  kernel.py); x_smem holds the input (activation dtype) in its first n_in entries."""
   pid, nb, rows, tk = lax.axis_index("blocks"), t.num_blocks, t.rows, t.chunk
-  n_items, steps = n_out // rows, n_in // tk
+  n_items, steps = n_out // rows * splits, n_in // tk // splits
   mine = n_items if nb == 1 else (n_items - pid + nb - 1) // nb
+  item = lambda i: pid + i * nb
+  split = lambda i: item(i) % splits
 
   def step(idx, *refs):
     i, k = idx
     *w_smems, accs = refs
-    x = plgpu.load(x_smem.at[pl.ds(k * tk, tk)], layout=_COLS).astype(f32)
+    col = (split(i) * steps + k) * tk
+    x = plgpu.load(x_smem.at[pl.ds(col, tk)], layout=_COLS).astype(f32)
     xb = lax.broadcast_in_dim(x, (rows, tk), [1])
     keep = jnp.where(k == 0, 0.0, 1.0).astype(f32)
     accs = tuple(acc * keep + (plgpu.load(w, layout=_TILE).astype(f32) * xb).sum(axis=1)
@@ -123,16 +155,17 @@ def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish):
 
     @pl.when(k == steps - 1)
     def _():
-      n0 = (pid + i * nb) * rows
-      finish(n0, [acc if s is None else acc * plgpu.load(s.at[pl.ds(n0, rows)], layout=_ROWS,
-                                                          optimized=False)
-                  for acc, (_, s) in zip(accs, mats)])
+      n0 = item(i) // splits * rows
+      finish(n0, split(i), [
+          acc if s is None else acc * plgpu.load(s.at[pl.ds(n0, rows)], layout=_ROWS,
+                                                 optimized=False)
+          for acc, (_, s) in zip(accs, mats)])
     return accs
 
   zero = plgpu.layout_cast(jnp.zeros((rows,), f32), _ROWS)
+  tile = lambda i, k: (item(i) // splits, split(i) * steps + k)
   pipeline = plgpu.emit_pipeline(
-      step, grid=(mine, steps),
-      in_specs=[plgpu.BlockSpec((rows, tk), lambda i, k: (pid + i * nb, k)) for _ in mats],
+      step, grid=(mine, steps), in_specs=[plgpu.BlockSpec((rows, tk), tile) for _ in mats],
       max_concurrent_steps=t.stages, init_carry=tuple(zero for _ in mats))
 
   @pl.when(mine > 0)
@@ -145,9 +178,8 @@ def _to_smem(vec, x_smem):
   x_smem[pl.ds(0, vec.shape[0])] = vec.astype(x_smem.dtype)
 
 
-def _normed_to_smem(x_ref, norm, eps: float, x_smem):
+def _normed_to_smem(x, norm, eps: float, x_smem):
   """x_smem[:D] = RMSNorm(x) * norm in the activation dtype (every block recomputes rstd)."""
-  x = x_ref[...]
   rstd = lax.rsqrt(jnp.sum(x * x) / x.shape[0] + eps)
   _to_smem(x * rstd * norm[...], x_smem)
 
@@ -155,7 +187,7 @@ def _normed_to_smem(x_ref, norm, eps: float, x_smem):
 def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
   ins = jax.tree.unflatten(treedef, refs[:n_in])
   k_ref, v_ref = ins["cache"]
-  logits_ref, x_ref, qkv_ref, attn_ref, h_ref, x_smem = refs[n_in:]
+  logits_ref, xs_ref, qkv_ref, o_ref, d_ref, attn_ref, h_ref, x_smem = refs[n_in:]
   w = ins["w"]
   L, D, H, G, K, F, V = (c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.head_dim,
                          c.mlp_dim, c.vocab_size)
@@ -165,45 +197,62 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
   pos = ins["pos"][0]
   scale = K**-0.5
   sems = pl.get_global(plgpu.SemaphoreType.REGULAR((2,))) if nb > 1 else None
-  barrier = (lambda: _grid_barrier(sems, nb)) if nb > 1 else (lambda: None)
+  barrier = (lambda k, last=False: _grid_barrier(sems, nb, k, last)) if nb > 1 else (
+      lambda k, last=False: None)
 
   def layer_mat(rows_ref, scale_ref, l):
     return rows_ref.at[l], None if scale_ref is None else scale_ref.at[l]
 
-  def residual_add(n0, ys):
-    x_ref[pl.ds(n0, t.rows)] = plgpu.load(x_ref.at[pl.ds(n0, t.rows)], layout=_ROWS,
-                                          optimized=False) + ys[0]
+  def store_to(parts_ref):
+    def store(n0, s, ys):
+      parts_ref[s, pl.ds(n0, t.rows)] = ys[0]
+    return store
+
+  def residual(a, parts_ref):
+    """The residual stream: xs[a] plus the partial sums of the last o / down phase (each block
+    adds them; block 0 also stores the sum in xs[1 - a], which no block reads in this phase)."""
+    x = xs_ref[a]
+    for s in range(parts_ref.shape[0]):
+      x = x + parts_ref[s]
+
+    @pl.when(pid == 0)
+    def _():
+      xs_ref[1 - a] = x
+    return x
 
   @pl.when(pid == 0)
   def _():
     e = w.embed[ins["token"][0]].astype(f32)
-    x_ref[...] = e if w.sembed is None else e * w.sembed[ins["token"][0]]
+    xs_ref[0] = e if w.sembed is None else e * w.sembed[ins["token"][0]]
+    for s in range(d_ref.shape[0]):
+      d_ref[s] = jnp.zeros((D,), f32)
 
   def layer(l, carry):
-    # qkv: rows of [q heads; k groups; v groups] into qkv_ref [(H + 2G) K].
-    barrier()
-    _normed_to_smem(x_ref, w.attn_norm.at[l], c.norm_eps, x_smem)
-
-    def qkv_store(n0, ys):
-      qkv_ref[pl.ds(n0, t.rows)] = ys[0]
-    _gemv_phase(t, [layer_mat(w.wqkv, w.sqkv, l)], c.qkv_rows, D, x_smem, qkv_store)
+    # qkv: rows of [q heads; k groups; v groups], column-split partial sums in qkv_ref.
+    k0 = 1 + _PHASES * l  # this layer's first grid barrier
+    barrier(k0)
+    _normed_to_smem(residual(0, d_ref), w.attn_norm.at[l], c.norm_eps, x_smem)
+    _gemv_phase(t, [layer_mat(w.wqkv, w.sqkv, l)], c.qkv_rows, D, x_smem, store_to(qkv_ref),
+                qkv_ref.shape[0])
 
     # attn: item = query head h of kv group g, over the cache positions < pos.
-    barrier()
+    barrier(k0 + 1)
 
     def attn_item(j, carry):
       h = pid + j * nb
       g = h // R
-      half = lambda row, i: plgpu.load(qkv_ref.at[pl.ds(row * K + i * K2, K2)], layout=_COLS,
-                                       optimized=False)
+      part = lambda s, c0, n: plgpu.load(qkv_ref.at[s, pl.ds(c0, n)], layout=_COLS,
+                                         optimized=False)
+      qkv = lambda c0, n: sum(part(s, c0, n) for s in range(1, qkv_ref.shape[0])) + part(
+          0, c0, n)
+      half = lambda row, i: qkv(row * K + i * K2, K2)
       cs = plgpu.load(ins["rope"].at[0], layout=_COLS, optimized=False)
       sn = plgpu.load(ins["rope"].at[1], layout=_COLS, optimized=False)
       rot = lambda a, b: (a * cs - b * sn, b * cs + a * sn)
       q1, q2 = rot(half(h, 0), half(h, 1))
       k1, k2 = rot(half(H + g, 0), half(H + g, 1))
       k1, k2 = k1.astype(cdt), k2.astype(cdt)
-      vn = plgpu.load(qkv_ref.at[pl.ds((H + G + g) * K, K)], layout=_COLS,
-                      optimized=False).astype(cdt)
+      vn = qkv((H + G + g) * K, K).astype(cdt)
 
       @pl.when(h % R == 0)
       def _():
@@ -245,33 +294,35 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
 
     lax.fori_loop(0, H if nb == 1 else (H - pid + nb - 1) // nb, attn_item, 0)
 
-    # o: x += Wo attn.
-    barrier()
+    # o: partial sums of Wo attn into o_ref (added to the residual by the next phase).
+    barrier(k0 + 2)
     _to_smem(attn_ref[...], x_smem)
-    _gemv_phase(t, [layer_mat(w.wo, w.so, l)], D, H * K, x_smem, residual_add)
+    _gemv_phase(t, [layer_mat(w.wo, w.so, l)], D, H * K, x_smem, store_to(o_ref),
+                o_ref.shape[0])
 
     # gu: h = silu(Wgate n(x)) * Wup n(x).
-    barrier()
-    _normed_to_smem(x_ref, w.mlp_norm.at[l], c.norm_eps, x_smem)
+    barrier(k0 + 3)
+    _normed_to_smem(residual(1, o_ref), w.mlp_norm.at[l], c.norm_eps, x_smem)
 
-    def gu_store(n0, ys):
+    def gu_store(n0, s, ys):
       gate, up = ys
       h_ref[pl.ds(n0, t.rows)] = (gate / (1.0 + jnp.exp(-gate)) * up).astype(act)
     _gemv_phase(t, [layer_mat(w.wgate, w.sgate, l), layer_mat(w.wup, w.sup, l)], F, D, x_smem,
                 gu_store)
 
-    # down: x += Wdown h.
-    barrier()
+    # down: partial sums of Wdown h into d_ref.
+    barrier(k0 + 4)
     _to_smem(h_ref[...], x_smem)
-    _gemv_phase(t, [layer_mat(w.wdown, w.sdown, l)], D, F, x_smem, residual_add)
+    _gemv_phase(t, [layer_mat(w.wdown, w.sdown, l)], D, F, x_smem, store_to(d_ref),
+                d_ref.shape[0])
     return carry
 
   lax.fori_loop(0, L, layer, 0)
 
-  barrier()
-  _normed_to_smem(x_ref, w.final_norm, c.norm_eps, x_smem)
+  barrier(1 + _PHASES * L, last=True)
+  _normed_to_smem(residual(0, d_ref), w.final_norm, c.norm_eps, x_smem)
 
-  def head_store(n0, ys):
+  def head_store(n0, s, ys):
     logits_ref[pl.ds(n0, t.rows)] = ys[0]
   _gemv_phase(t, [w.lm_head()], V, D, x_smem, head_store)
 
@@ -295,7 +346,10 @@ def fused_decode_call_mgpu(weights: FusedWeights, cache, token, position, *,
          "rope": jnp.stack([jnp.cos(ang), jnp.sin(ang)]), "cache": cache_refs}
   flat, treedef = jax.tree.flatten(ins)
   sds = jax.ShapeDtypeStruct
-  out_type = [sds((c.vocab_size,), f32), sds((D,), f32), sds((c.qkv_rows,), f32),
+  splits = [_splits(tiling, n_out, n_in) for n_out, n_in in
+            ((c.qkv_rows, D), (D, H * K), (D, c.mlp_dim))]
+  out_type = [sds((c.vocab_size,), f32), sds((2, D), f32),
+              *(sds((s, n), f32) for s, n in zip(splits, (c.qkv_rows, D, D))),
               sds((H * K,), c.act_dtype), sds((c.mlp_dim,), c.act_dtype)]
   smem = plgpu.SMEM((max(D, H * K, c.mlp_dim),), c.act_dtype)
   kernel = plgpu.kernel(
