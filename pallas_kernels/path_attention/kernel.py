@@ -25,7 +25,7 @@ so the kernels are block-sparse FlashAttention over precomputed copies, with the
 `tril(Q K^T - tril(Q W^T) x)` (x = T diag(beta) SL(W K^T)) precomputed per chunk. Memory is
 O(T (K log(T/C) + C)) per head plus O(T K^2 / C) per key head; no T x T matrix exists.
 
-  _copies       XLA, differentiable by autodiff: the chunk pieces (common._chunk_pieces), then
+  _copies       XLA, differentiable by autodiff: the chunk pieces (common.chunk_pieces), then
                 every level's copies Q^l, K^l.
   _attend       custom_vjp. Forward kernel: per (head, batch, query chunk), diagonal tile, then
                 every level's key chunks, online softmax in exp2 with fp32 statistics; saves the
@@ -57,7 +57,6 @@ from pallas_kernels.path_attention.common import (
     softmax_step, sum_groups, token_side)
 
 # ---------------------------------------------------------------- copies (XLA) -----------------
-
 
 def _copies(chunks, dtypes):
   """Every level's query / key copies, qlv_BHLTK and klv_BGLTK (in the dtypes of q and k)."""

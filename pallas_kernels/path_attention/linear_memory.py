@@ -1,13 +1,13 @@
 """PaTH attention kernels whose memory grows linearly in T: one level's query / key copies at a
 time. An opt-in beside the default `kernel.py` (same arguments and outputs), for long contexts
-where memory binds: `model.mixer_options.path.linear_memory=True` selects it.
+where memory binds: `model.mixer_options.path.linear_memory=True` (or `.path_fox`) selects it.
 
 Trade-off, measured on one H200 (2026-11-30, benchmarks/bench_mixers.py, 16 heads x 128, bf16,
 batch 1 for memory and 65,536 tokens per call for speed): compiled fwd+bwd memory 2.09 / 8.88 /
 35.0 GiB at T = 8K / 32K / 131K (linear; the default kernels 2.58 / 12.0 / 55.5 GiB, T log T), but
 fwd+bwd 0.640 / 0.431 / 0.245 Mtok/s at T = 2K / 8K / 32K against the default's 1.208 / 0.799 /
-0.391 (0.53x / 0.54x / 0.63x). Pick it when the default's T log T copies do not fit (at 131K they
-are 20 GiB more per layer and head group); otherwise the default is about twice as fast.
+0.391 (0.53x / 0.54x / 0.63x). Pick it when the default's T log T copies do not fit (20 GiB
+more per PaTH layer at 131K in that shape); otherwise the default is about twice as fast.
 
 Algorithm: that of `kernel.py` (dyadic levels; query chunk i and key chunk j meet at level
 `bit_length(i ^ j)` through copies Q^l, K^l moved there by aligned block products of the chunks'
@@ -15,8 +15,8 @@ compact-WY factors, a segment tree). The copies of level l + 1 are those of leve
 cross (a chunk's rows times one tree block), so only one level's copies exist at a time: memory
 O(T (K + C)) per head plus O(T K^2 / C) per key head (the tree); no T x T matrix exists.
 
-  common._chunk_pieces  XLA, differentiable by autodiff: UT pieces, level-0 copies, in-chunk z;
-                        `segment_tree` concatenated into one flat tree (offsets: _tree_start).
+  common.chunk_pieces  XLA, differentiable by autodiff: UT pieces, level-0 copies, in-chunk z;
+                       `segment_tree` concatenated into one flat tree (offsets: _tree_start).
   _attend       custom_vjp over the levels. Forward: level 0 (with the diagonal tiles), then a
                 fori_loop that crosses the copies up one level (`path_cross` kernel) and runs
                 the attention kernel of that level on the running softmax (m, l, acc).
@@ -45,7 +45,6 @@ from pallas_kernels.path_attention.common import (
     sum_groups, token_side)
 
 # ---------------------------------------------------------------- copy moves (Pallas) ----------
-
 
 def _tree_levels(tree_BGNKK):
   return (tree_BGNKK.shape[2] + 2).bit_length() - 2  # the flat tree holds 2^(L+1) - 2 blocks
