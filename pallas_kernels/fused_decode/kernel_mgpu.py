@@ -20,10 +20,11 @@ count, one warpgroup per block. What differs:
   residual: no TMA ever reads data written in this launch (no async-proxy fence needed).
 - Grid barrier k: every block signals an `arrive` GMEM semaphore (release, GPU scope, after a
   warpgroup barrier); block 0 waits for all of them (taking them back) and signals `release`
-  once; every block polls `release` until it reaches k (loads, no atomics: no contention, one
-  fence.acquire). After the last barrier the blocks arrive once more and block 0 takes `release`
-  back to zero, as `pl.get_global` semaphores must end. With num_blocks == 1 (the interpreter,
-  which has no semaphores) barriers are skipped.
+  once; every block polls `release` until it reaches k (`pl.semaphore_read`: acquire loads, no
+  atomics, so no contention). After the last barrier the blocks arrive once more and block 0
+  takes `release` back to zero, as `pl.get_global` semaphores must end. Polls are bounded (about
+  a second); a block that timed out waits no more and the logits come back NaN (as kernel.py's).
+  With num_blocks == 1 (the interpreter, which has no semaphores) barriers are skipped.
 - Attention: one item per query head, over the whole cache of its kv group (not split over the
   cache, so no merge of partial softmaxes, but at most num_heads blocks busy). RoPE without
   register concatenation: q and k are kept as two [K/2] halves; the cache is read as two
@@ -52,6 +53,7 @@ from pallas_kernels.fused_decode.weights import FusedWeights
 
 f32 = jnp.float32
 _PHASES = 5  # grid barriers per layer
+_SPIN_LIMIT = 1 << 20  # polls of a grid barrier before giving up (about a second on a GPU)
 _TILE = plgpu.Layout.WGMMA
 _ROWS = plgpu.Layout.WGMMA.reduce(1)   # a [rows] vector: one value per tile row
 _COLS = plgpu.Layout.WGMMA.reduce(0)   # a [cols] vector broadcast over tile rows
@@ -103,24 +105,39 @@ def check_mosaic(config, tiling: MosaicTiling, max_len: int):
       raise ValueError(f"fused decode (mosaic): {name}={value!r}; expected {expected}")
 
 
-def _grid_barrier(sems, nb: int, k, last: bool = False):
+def _spin(sem, target, limit):
+  """Whether semaphore `sem` reached `target` within `limit` polls (acquire loads)."""
+  value, _ = lax.while_loop(lambda c: (c[0] < target) & (c[1] < limit),
+                            lambda c: (pl.semaphore_read(sem), c[1] + 1),
+                            (pl.semaphore_read(sem), 0))
+  return (value >= target).astype(jnp.int32)
+
+
+def _grid_barrier(sems, nb: int, k, ok, last: bool = False):
   """Grid barrier number k (1, 2, ...) of this launch; `last` also returns the semaphores to
-  zero (see the module docstring)."""
+  zero (see the module docstring). ok (int32 0/1): no barrier of this block timed out so far;
+  returns it updated. After a time-out a block waits no more (a grid whose blocks are not all
+  resident then ends in about a second with NaN logits instead of hanging the GPU)."""
   arrive, release = sems.at[0], sems.at[1]
   first = lax.axis_index("blocks") == 0
+  limit = ok * _SPIN_LIMIT
 
   def arrive_all():
     plgpu.semaphore_signal(arrive, 1, memory_scope="gpu")
 
-    @pl.when(first)
-    def _():
-      plgpu.semaphore_wait(arrive, nb, memory_scope="gpu")
-  arrive_all()
+    def take():  # block 0: every block arrived; take the arrivals back
+      got = _spin(arrive, nb, limit)
+      pl.when(got == 1)(lambda: plgpu.semaphore_wait(arrive, nb, memory_scope="gpu"))
+      return got
+    return lax.cond(first, take, lambda: jnp.int32(1))
+  ok = ok * arrive_all()
   pl.when(first)(lambda: plgpu.semaphore_signal(release, 1, memory_scope="gpu"))
-  plgpu.semaphore_wait(release, k, decrement=False, memory_scope="gpu")
+  ok = ok * _spin(release, k, limit)
   if last:
-    arrive_all()  # every block has seen release == k: block 0 may now take it back
-    pl.when(first)(lambda: plgpu.semaphore_wait(release, k, memory_scope="gpu"))
+    done = arrive_all()  # every block has seen release == k: block 0 may now take it back
+    pl.when(first & (done == 1))(lambda: plgpu.semaphore_wait(release, k, memory_scope="gpu"))
+    ok = ok * done
+  return ok
 
 
 def _splits(t: MosaicTiling, n_out: int, n_in: int) -> int:
@@ -187,7 +204,7 @@ def _normed_to_smem(x, norm, eps: float, x_smem):
 def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
   ins = jax.tree.unflatten(treedef, refs[:n_in])
   k_ref, v_ref = ins["cache"]
-  logits_ref, xs_ref, qkv_ref, o_ref, d_ref, attn_ref, h_ref, x_smem = refs[n_in:]
+  logits_ref, ok_ref, xs_ref, qkv_ref, o_ref, d_ref, attn_ref, h_ref, x_smem = refs[n_in:]
   w = ins["w"]
   L, D, H, G, K, F, V = (c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.head_dim,
                          c.mlp_dim, c.vocab_size)
@@ -197,8 +214,8 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
   pos = ins["pos"][0]
   scale = K**-0.5
   sems = pl.get_global(plgpu.SemaphoreType.REGULAR((2,))) if nb > 1 else None
-  barrier = (lambda k, last=False: _grid_barrier(sems, nb, k, last)) if nb > 1 else (
-      lambda k, last=False: None)
+  barrier = (lambda k, ok, last=False: _grid_barrier(sems, nb, k, ok, last)) if nb > 1 else (
+      lambda k, ok, last=False: ok)
 
   def layer_mat(rows_ref, scale_ref, l):
     return rows_ref.at[l], None if scale_ref is None else scale_ref.at[l]
@@ -227,16 +244,16 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     for s in range(d_ref.shape[0]):
       d_ref[s] = jnp.zeros((D,), f32)
 
-  def layer(l, carry):
+  def layer(l, ok):
     # qkv: rows of [q heads; k groups; v groups], column-split partial sums in qkv_ref.
     k0 = 1 + _PHASES * l  # this layer's first grid barrier
-    barrier(k0)
+    ok = barrier(k0, ok)
     _normed_to_smem(residual(0, d_ref), w.attn_norm.at[l], c.norm_eps, x_smem)
     _gemv_phase(t, [layer_mat(w.wqkv, w.sqkv, l)], c.qkv_rows, D, x_smem, store_to(qkv_ref),
                 qkv_ref.shape[0])
 
     # attn: item = query head h of kv group g, over the cache positions < pos.
-    barrier(k0 + 1)
+    ok = barrier(k0 + 1, ok)
 
     def attn_item(j, carry):
       h = pid + j * nb
@@ -295,13 +312,13 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     lax.fori_loop(0, H if nb == 1 else (H - pid + nb - 1) // nb, attn_item, 0)
 
     # o: partial sums of Wo attn into o_ref (added to the residual by the next phase).
-    barrier(k0 + 2)
+    ok = barrier(k0 + 2, ok)
     _to_smem(attn_ref[...], x_smem)
     _gemv_phase(t, [layer_mat(w.wo, w.so, l)], D, H * K, x_smem, store_to(o_ref),
                 o_ref.shape[0])
 
     # gu: h = silu(Wgate n(x)) * Wup n(x).
-    barrier(k0 + 3)
+    ok = barrier(k0 + 3, ok)
     _normed_to_smem(residual(1, o_ref), w.mlp_norm.at[l], c.norm_eps, x_smem)
 
     def gu_store(n0, s, ys):
@@ -311,15 +328,14 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
                 gu_store)
 
     # down: partial sums of Wdown h into d_ref.
-    barrier(k0 + 4)
+    ok = barrier(k0 + 4, ok)
     _to_smem(h_ref[...], x_smem)
     _gemv_phase(t, [layer_mat(w.wdown, w.sdown, l)], D, F, x_smem, store_to(d_ref),
                 d_ref.shape[0])
-    return carry
+    return ok
 
-  lax.fori_loop(0, L, layer, 0)
-
-  barrier(1 + _PHASES * L, last=True)
+  ok = lax.fori_loop(0, L, layer, jnp.int32(1))
+  ok_ref[pid] = barrier(1 + _PHASES * L, ok, last=True)
   _normed_to_smem(residual(0, d_ref), w.final_norm, c.norm_eps, x_smem)
 
   def head_store(n0, s, ys):
@@ -348,7 +364,7 @@ def fused_decode_call_mgpu(weights: FusedWeights, cache, token, position, *,
   sds = jax.ShapeDtypeStruct
   splits = [_splits(tiling, n_out, n_in) for n_out, n_in in
             ((c.qkv_rows, D), (D, H * K), (D, c.mlp_dim))]
-  out_type = [sds((c.vocab_size,), f32), sds((2, D), f32),
+  out_type = [sds((c.vocab_size,), f32), sds((tiling.num_blocks,), jnp.int32), sds((2, D), f32),
               *(sds((s, n), f32) for s, n in zip(splits, (c.qkv_rows, D, D))),
               sds((H * K,), c.act_dtype), sds((c.mlp_dim,), c.act_dtype)]
   smem = plgpu.SMEM((max(D, H * K, c.mlp_dim),), c.act_dtype)
@@ -357,5 +373,5 @@ def fused_decode_call_mgpu(weights: FusedWeights, cache, token, position, *,
       scratch_types=[smem], grid=(tiling.num_blocks,), grid_names=("blocks",),
       interpret=plgpu.InterpretGPUParams() if interpret else None,
       kernel_name="fused_decode_mgpu")
-  logits = kernel(*flat)[0]
-  return logits, tuple(r[...] for r in cache_refs)
+  logits, ok = kernel(*flat)[:2]
+  return jnp.where(jnp.all(ok == 1), logits, jnp.nan), tuple(r[...] for r in cache_refs)
