@@ -31,8 +31,10 @@ count, one warpgroup per block. What differs:
   [seq_block, K/2] column-half tiles, score = rowsum(K1 q1) + rowsum(K2 q2). The item of the
   group's first head appends the rotated key and the value to the cache; every item scores the
   current token from registers, so no item reads what another writes in this phase.
-- No cross-phase weight streaming: a phase's pipeline drains before its grid barrier (stage 4 of
-  the port, the SMEM ring across barriers, is not done).
+- Across grid barriers only an L2 prefetch: before each barrier a block requests the first
+  `stages` weight tiles of its next GEMV item into L2 (TMA prefetch), so their HBM latency
+  overlaps the barrier; the pipeline itself still starts, and drains, inside its phase (the
+  issue's SMEM ring that streams weights across barriers is not built).
 
 Status: f32, bf16 and int8 weights; correct in Mosaic GPU's interpreter (one block) and lowers
 for CUDA at the 1.24B shape; not yet run on a GPU, hence not the default backend.
@@ -64,13 +66,16 @@ class MosaicTiling:
   """Static work split. rows: output rows per GEMV item (a multiple of 64, the WGMMA layout's);
   chunk: weight columns per TMA tile; stages: tiles in flight per block; seq_block: cache
   positions per attention tile (a multiple of 64); items: GEMV items a phase with fewer row
-  tiles is split into, by columns, at most (0: num_blocks; see `_splits`)."""
+  tiles is split into, by columns, at most (0: num_blocks; see `_splits`); prefetch: 1 to
+  request each block's first `stages` tiles of the next GEMV phase into L2 before every grid
+  barrier, 0 not to."""
   num_blocks: int
   rows: int = 64
   chunk: int = 128
   stages: int = 4
   seq_block: int = 64
   items: int = 0
+  prefetch: int = 1
 
 
 def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling:
@@ -96,6 +101,7 @@ def check_mosaic(config, tiling: MosaicTiling, max_len: int):
              f"a multiple of 64 dividing {n_in}"),
             ("stages", t.stages, t.stages >= 1, ">= 1"),
             ("items", t.items, t.items >= 0, ">= 0"),
+            ("prefetch", t.prefetch, t.prefetch in (0, 1), "0 or 1"),
             ("seq_block", t.seq_block, t.seq_block % 64 == 0 and max_len % t.seq_block == 0,
              f"a multiple of 64 dividing the cache length {max_len}"),
             ("head_dim", c.head_dim, c.head_dim % 16 == 0, "a multiple of 16"),
@@ -149,16 +155,36 @@ def _splits(t: MosaicTiling, n_out: int, n_in: int) -> int:
              or s == 1)
 
 
-def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish, splits: int = 1):
+def _items(t: MosaicTiling, n_out: int, n_in: int, splits: int):
+  """(items, column tiles per item, tile(i, k): the (row tile, column tile) of step k of this
+  block's i-th item) of a GEMV phase; item = row tile x splits + split, taken round-robin."""
+  pid, nb = lax.axis_index("blocks"), t.num_blocks
+  steps = n_in // t.chunk // splits
+  tile = lambda i, k: ((pid + i * nb) // splits, (pid + i * nb) % splits * steps + k)
+  return n_out // t.rows * splits, steps, tile
+
+
+def _prefetch(t: MosaicTiling, mats, n_out: int, n_in: int, splits: int):
+  """Requests this block's first weight tiles of a GEMV phase into L2 (TMA prefetch), issued
+  before the grid barrier that starts the phase: the HBM latency of the pipeline's first
+  `stages` tiles overlaps the barrier (weights never depend on activations)."""
+  n_items, steps, tile = _items(t, n_out, n_in, splits)
+  for k in range(min(t.stages, steps) if t.prefetch else 0):
+    r, col = tile(0, k)
+    for m, _ in mats:
+      plgpu.async_prefetch(m.at[pl.ds(r * t.rows, t.rows), pl.ds(col * t.chunk, t.chunk)],
+                           predicate=lax.axis_index("blocks") < n_items)
+
+
+def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, splits: int, x_smem, finish):
   """finish(n0, split, [W_m[n0:n0+rows, cols of split] @ x for each m]) over this block's
   items (row tile, column split); mats are pairs (rows [N, Din], per-row scales [N] or None) of
   GMEM views (int8 rows are exact in float32; their scales multiply the float32 row sums, as in
   kernel.py); x_smem holds the input (activation dtype) in its first n_in entries."""
   pid, nb, rows, tk = lax.axis_index("blocks"), t.num_blocks, t.rows, t.chunk
-  n_items, steps = n_out // rows * splits, n_in // tk // splits
+  n_items, steps, tile = _items(t, n_out, n_in, splits)
   mine = n_items if nb == 1 else (n_items - pid + nb - 1) // nb
-  item = lambda i: pid + i * nb
-  split = lambda i: item(i) % splits
+  split = lambda i: (pid + i * nb) % splits
 
   def step(idx, *refs):
     i, k = idx
@@ -172,7 +198,7 @@ def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish, sp
 
     @pl.when(k == steps - 1)
     def _():
-      n0 = item(i) // splits * rows
+      n0 = tile(i, k)[0] * rows
       finish(n0, split(i), [
           acc if s is None else acc * plgpu.load(s.at[pl.ds(n0, rows)], layout=_ROWS,
                                                  optimized=False)
@@ -180,7 +206,6 @@ def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, x_smem, finish, sp
     return accs
 
   zero = plgpu.layout_cast(jnp.zeros((rows,), f32), _ROWS)
-  tile = lambda i, k: (item(i) // splits, split(i) * steps + k)
   pipeline = plgpu.emit_pipeline(
       step, grid=(mine, steps), in_specs=[plgpu.BlockSpec((rows, tk), tile) for _ in mats],
       max_concurrent_steps=t.stages, init_carry=tuple(zero for _ in mats))
@@ -245,12 +270,18 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
       d_ref[s] = jnp.zeros((D,), f32)
 
   def layer(l, ok):
+    # GEMV phases: (matrices, output rows, input columns, column splits)
+    qkv_p = ([layer_mat(w.wqkv, w.sqkv, l)], c.qkv_rows, D, qkv_ref.shape[0])
+    o_p = ([layer_mat(w.wo, w.so, l)], D, H * K, o_ref.shape[0])
+    gu_p = ([layer_mat(w.wgate, w.sgate, l), layer_mat(w.wup, w.sup, l)], F, D, 1)
+    down_p = ([layer_mat(w.wdown, w.sdown, l)], D, F, d_ref.shape[0])
+
     # qkv: rows of [q heads; k groups; v groups], column-split partial sums in qkv_ref.
     k0 = 1 + _PHASES * l  # this layer's first grid barrier
+    _prefetch(t, *qkv_p)
     ok = barrier(k0, ok)
     _normed_to_smem(residual(0, d_ref), w.attn_norm.at[l], c.norm_eps, x_smem)
-    _gemv_phase(t, [layer_mat(w.wqkv, w.sqkv, l)], c.qkv_rows, D, x_smem, store_to(qkv_ref),
-                qkv_ref.shape[0])
+    _gemv_phase(t, *qkv_p, x_smem, store_to(qkv_ref))
 
     # attn: item = query head h of kv group g, over the cache positions < pos.
     ok = barrier(k0 + 1, ok)
@@ -312,35 +343,37 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     lax.fori_loop(0, H if nb == 1 else (H - pid + nb - 1) // nb, attn_item, 0)
 
     # o: partial sums of Wo attn into o_ref (added to the residual by the next phase).
+    _prefetch(t, *o_p)
     ok = barrier(k0 + 2, ok)
     _to_smem(attn_ref[...], x_smem)
-    _gemv_phase(t, [layer_mat(w.wo, w.so, l)], D, H * K, x_smem, store_to(o_ref),
-                o_ref.shape[0])
+    _gemv_phase(t, *o_p, x_smem, store_to(o_ref))
 
     # gu: h = silu(Wgate n(x)) * Wup n(x).
+    _prefetch(t, *gu_p)
     ok = barrier(k0 + 3, ok)
     _normed_to_smem(residual(1, o_ref), w.mlp_norm.at[l], c.norm_eps, x_smem)
 
     def gu_store(n0, s, ys):
       gate, up = ys
       h_ref[pl.ds(n0, t.rows)] = (gate / (1.0 + jnp.exp(-gate)) * up).astype(act)
-    _gemv_phase(t, [layer_mat(w.wgate, w.sgate, l), layer_mat(w.wup, w.sup, l)], F, D, x_smem,
-                gu_store)
+    _gemv_phase(t, *gu_p, x_smem, gu_store)
 
     # down: partial sums of Wdown h into d_ref.
+    _prefetch(t, *down_p)
     ok = barrier(k0 + 4, ok)
     _to_smem(h_ref[...], x_smem)
-    _gemv_phase(t, [layer_mat(w.wdown, w.sdown, l)], D, F, x_smem, store_to(d_ref),
-                d_ref.shape[0])
+    _gemv_phase(t, *down_p, x_smem, store_to(d_ref))
     return ok
 
   ok = lax.fori_loop(0, L, layer, jnp.int32(1))
+  head_p = ([w.lm_head()], V, D, 1)
+  _prefetch(t, *head_p)
   ok_ref[pid] = barrier(1 + _PHASES * L, ok, last=True)
   _normed_to_smem(residual(0, d_ref), w.final_norm, c.norm_eps, x_smem)
 
   def head_store(n0, s, ys):
     logits_ref[pl.ds(n0, t.rows)] = ys[0]
-  _gemv_phase(t, [w.lm_head()], V, D, x_smem, head_store)
+  _gemv_phase(t, *head_p, x_smem, head_store)
 
 
 @functools.partial(jax.jit, static_argnames=("tiling", "interpret"), donate_argnums=(1,))
