@@ -80,13 +80,14 @@ class MosaicTiling:
 
 def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling:
   """rows 64 (the most items per phase), 256-byte tile rows (chunk 128 in bf16) with 4 tiles in
-  flight (two matrices in the gate/up phase: 128 KB of SMEM), cache tiles of up to 128
-  positions."""
+  flight (two matrices in the gate/up phase: 128 KB of SMEM), cache tiles of up to 8192
+  elements per head (128 positions at head_dim 64: a float32 value tile of 64 registers per
+  thread)."""
   c = config
   width = 256 // jnp.dtype(c.act_dtype if c.weight_format != "int8" else jnp.int8).itemsize
   n_in = math.gcd(c.d_model, c.num_heads * c.head_dim, c.mlp_dim)
   return MosaicTiling(num_blocks=num_blocks, chunk=_pow2_divisor(n_in, width),
-                      seq_block=_pow2_divisor(max_len, 128))
+                      seq_block=_pow2_divisor(max_len, max(64, 8192 // c.head_dim)))
 
 
 def check_mosaic(config, tiling: MosaicTiling, max_len: int):
