@@ -25,12 +25,14 @@ count, one warpgroup per block. What differs:
   takes `release` back to zero, as `pl.get_global` semaphores must end. Polls are bounded (about
   a second); a block that timed out waits no more and the logits come back NaN (as kernel.py's).
   With num_blocks == 1 (the interpreter, which has no semaphores) barriers are skipped.
-- Attention: one item per query head, over the whole cache of its kv group (not split over the
-  cache, so no merge of partial softmaxes, but at most num_heads blocks busy). RoPE without
-  register concatenation: q and k are kept as two [K/2] halves; the cache is read as two
-  [seq_block, K/2] column-half tiles, score = rowsum(K1 q1) + rowsum(K2 q2). The item of the
-  group's first head appends the rotated key and the value to the cache; every item scores the
-  current token from registers, so no item reads what another writes in this phase.
+- Attention: item = (query head, split of its kv group's cache tiles), NS splits per head
+  (`_attn_splits`: about one item per block). RoPE without register concatenation: q and k are
+  kept as two [K/2] halves; the cache is read as two [seq_block, K/2] column-half tiles, score =
+  rowsum(K1 q1) + rowsum(K2 q2). Split 0 of the group's first head appends the rotated key and
+  the value to the cache; split 0 of every head scores the current token from registers, so no
+  item reads what another writes in this phase. Splits 0..NS-2 store their partial softmax and
+  signal a per-(layer, head) GMEM semaphore; split NS-1, a later item of the round-robin order
+  (so the wait cannot deadlock), waits for them, takes the semaphore back to zero and merges.
 - Across grid barriers only an L2 prefetch: before each barrier a block requests the first
   `stages` weight tiles of its next GEMV item into L2 (TMA prefetch), so their HBM latency
   overlaps the barrier; the pipeline itself still starts, and drains, inside its phase (the
@@ -165,6 +167,11 @@ def _items(t: MosaicTiling, n_out: int, n_in: int, splits: int):
   return n_out // t.rows * splits, steps, tile
 
 
+def _attn_splits(t: MosaicTiling, num_heads: int) -> int:
+  """Cache splits per query head: about one attention item per block (at most 16)."""
+  return max(1, min(16, (t.items or t.num_blocks) // num_heads))
+
+
 def _prefetch(t: MosaicTiling, mats, n_out: int, n_in: int, splits: int):
   """Requests this block's first weight tiles of a GEMV phase into L2 (TMA prefetch), issued
   before the grid barrier that starts the phase: the HBM latency of the pipeline's first
@@ -230,16 +237,19 @@ def _normed_to_smem(x, norm, eps: float, x_smem):
 def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
   ins = jax.tree.unflatten(treedef, refs[:n_in])
   k_ref, v_ref = ins["cache"]
-  logits_ref, ok_ref, xs_ref, qkv_ref, o_ref, d_ref, attn_ref, h_ref, x_smem = refs[n_in:]
+  (logits_ref, ok_ref, xs_ref, qkv_ref, o_ref, d_ref, attn_ref, h_ref, po_ref, pm_ref, ps_ref,
+   x_smem) = refs[n_in:]
   w = ins["w"]
   L, D, H, G, K, F, V = (c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.head_dim,
                          c.mlp_dim, c.vocab_size)
-  R, K2, bs, nb = H // G, K // 2, t.seq_block, t.num_blocks
+  R, K2, bs, nb, NS = H // G, K // 2, t.seq_block, t.num_blocks, pm_ref.shape[1]
   act, cdt = c.act_dtype, c.cache_dtype
   pid = lax.axis_index("blocks")
   pos = ins["pos"][0]
   scale = K**-0.5
-  sems = pl.get_global(plgpu.SemaphoreType.REGULAR((2,))) if nb > 1 else None
+  # [barrier arrivals, barrier releases, one attention counter per (layer, head) if NS > 1]
+  n_sems = 2 + (L * H if NS > 1 else 0)
+  sems = pl.get_global(plgpu.SemaphoreType.REGULAR((n_sems,))) if nb > 1 else None
   barrier = (lambda k, ok, last=False: _grid_barrier(sems, nb, k, ok, last)) if nb > 1 else (
       lambda k, ok, last=False: ok)
 
@@ -284,15 +294,15 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     _normed_to_smem(residual(0, d_ref), w.attn_norm.at[l], c.norm_eps, x_smem)
     _gemv_phase(t, *qkv_p, x_smem, store_to(qkv_ref))
 
-    # attn: item = query head h of kv group g, over the cache positions < pos.
+    # attn: item = (query head h of kv group g, split s of the cache positions < pos).
     ok = barrier(k0 + 1, ok)
 
-    def attn_item(j, carry):
-      h = pid + j * nb
+    def attn_item(j, ok):
+      h, s = (pid + j * nb) // NS, (pid + j * nb) % NS
       g = h // R
-      part = lambda s, c0, n: plgpu.load(qkv_ref.at[s, pl.ds(c0, n)], layout=_COLS,
+      part = lambda i, c0, n: plgpu.load(qkv_ref.at[i, pl.ds(c0, n)], layout=_COLS,
                                          optimized=False)
-      qkv = lambda c0, n: sum(part(s, c0, n) for s in range(1, qkv_ref.shape[0])) + part(
+      qkv = lambda c0, n: sum(part(i, c0, n) for i in range(1, qkv_ref.shape[0])) + part(
           0, c0, n)
       half = lambda row, i: qkv(row * K + i * K2, K2)
       cs = plgpu.load(ins["rope"].at[0], layout=_COLS, optimized=False)
@@ -303,25 +313,27 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
       k1, k2 = k1.astype(cdt), k2.astype(cdt)
       vn = qkv((H + G + g) * K, K).astype(cdt)
 
-      @pl.when(h % R == 0)
+      @pl.when((h % R == 0) & (s == 0))
       def _():
         k_ref[l, pos, g, pl.ds(0, K2)] = k1
         k_ref[l, pos, g, pl.ds(K2, K2)] = k2
         v_ref[l, pos, g, :] = vn
 
       k1, k2, vn = k1.astype(f32), k2.astype(f32), vn.astype(f32)
-      lnew = (jnp.sum(q1 * k1) + jnp.sum(q2 * k2)) * scale
+      # Split 0 also owns the current token: its running softmax starts from it.
+      first = (s == 0).astype(f32)
+      m0 = jnp.where(s == 0, (jnp.sum(q1 * k1) + jnp.sum(q2 * k2)) * scale, -jnp.inf)
       qb1, qb2 = (lax.broadcast_in_dim(q, (bs, K2), [1]) for q in (q1, q2))
 
       def block(idx, kc1, kc2, vc, carry):
         m, lsum, acc = carry
-        t0 = idx[0] * bs
+        t0 = (s + idx[0] * NS) * bs
         dot = lambda kc, qb: (plgpu.load(kc, layout=_TILE).astype(f32) * qb).sum(axis=1)
         logit = (dot(kc1, qb1) + dot(kc2, qb2)) * scale
         tpos = t0 + plgpu.broadcasted_iota(jnp.int32, (bs,), 0, layout=_ROWS)
         valid = tpos < pos
         logit = jnp.where(valid, logit, -jnp.inf)
-        m_new = jnp.maximum(m, jnp.max(logit))
+        m_new = jnp.maximum(m, jnp.max(logit))  # finite: a tile's first position is < pos
         alpha = jnp.exp(m - m_new)
         p = jnp.exp(logit - m_new)
         vt = plgpu.load(vc, layout=_TILE).astype(f32)
@@ -329,19 +341,49 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
         acc = acc * alpha + (lax.broadcast_in_dim(p, (bs, K), [0]) * vt).sum(axis=0)
         return m_new, lsum * alpha + jnp.sum(p), acc
 
-      spec = lambda cols: plgpu.BlockSpec((bs, cols), lambda j: (j, 0))
-      pipeline = plgpu.emit_pipeline(block, grid=((pos + bs - 1) // bs,),
-                                     in_specs=[spec(K2), spec(K2), spec(K)],
-                                     max_concurrent_steps=2, init_carry=(lnew, 1.0, vn))
+      # split s reads cache tiles s, s + NS, ... below pos
+      mine = jnp.maximum((pos + bs - 1) // bs - s + NS - 1, 0) // NS
+      spec = lambda cols: plgpu.BlockSpec((bs, cols), lambda i: (s + i * NS, 0))
+      pipeline = plgpu.emit_pipeline(block, grid=(mine,), in_specs=[spec(K2), spec(K2), spec(K)],
+                                     max_concurrent_steps=2, init_carry=(m0, first, vn * first))
       kv = lambda ref, c0, n: ref.at[l, :, g, pl.ds(c0, n)]
-      m, lsum, acc = lax.cond(pos > 0,
+      m, lsum, acc = lax.cond(mine > 0,
                               lambda: pipeline(kv(k_ref, 0, K2), kv(k_ref, K2, K2),
                                                kv(v_ref, 0, K)),
-                              lambda: (lnew, jnp.float32(1.0), vn))
-      attn_ref[pl.ds(h * K, K)] = (acc / lsum).astype(act)
-      return carry
+                              lambda: (m0, first, vn * first))
+      if NS == 1:
+        attn_ref[pl.ds(h * K, K)] = (acc / lsum).astype(act)
+        return ok
+      # Splits 0 .. NS-2 store their partial softmax and signal the head's counter; split NS-1
+      # (a later item: it never waits for a block that waits for it) waits for them, takes the
+      # counter back to zero and merges. Without semaphores (num_blocks == 1) the items run in
+      # order, so the others are done.
+      sem = sems.at[2 + l * H + h] if nb > 1 else None
 
-    lax.fori_loop(0, H if nb == 1 else (H - pid + nb - 1) // nb, attn_item, 0)
+      @pl.when(s < NS - 1)
+      def _():
+        po_ref[h, s, :] = acc
+        pm_ref[h, s] = m
+        ps_ref[h, s] = lsum
+        if nb > 1:
+          plgpu.semaphore_signal(sem, 1, memory_scope="gpu")
+
+      def merge():
+        got = _spin(sem, NS - 1, ok * _SPIN_LIMIT) if nb > 1 else jnp.int32(1)
+        if nb > 1:
+          pl.when(got == 1)(lambda: plgpu.semaphore_wait(sem, NS - 1, memory_scope="gpu"))
+        ms = [pm_ref[h, i] for i in range(NS - 1)] + [m]
+        mx = functools.reduce(jnp.maximum, ms)
+        wts = [jnp.exp(mi - mx) for mi in ms]
+        total = sum(wi * ps_ref[h, i] for i, wi in enumerate(wts[:-1])) + wts[-1] * lsum
+        o = sum(wi * plgpu.load(po_ref.at[h, i], layout=_COLS, optimized=False)
+                for i, wi in enumerate(wts[:-1])) + wts[-1] * acc
+        attn_ref[pl.ds(h * K, K)] = (o / total).astype(act)
+        return got
+      return ok * lax.cond(s == NS - 1, merge, lambda: jnp.int32(1))
+
+    n_attn = H * NS if nb == 1 else (H * NS - pid + nb - 1) // nb
+    ok = lax.fori_loop(0, n_attn, attn_item, ok)
 
     # o: partial sums of Wo attn into o_ref (added to the residual by the next phase).
     _prefetch(t, *o_p)
@@ -398,9 +440,11 @@ def fused_decode_call_mgpu(weights: FusedWeights, cache, token, position, *,
   sds = jax.ShapeDtypeStruct
   splits = [_splits(tiling, n_out, n_in) for n_out, n_in in
             ((c.qkv_rows, D), (D, H * K), (D, c.mlp_dim))]
+  NS = _attn_splits(tiling, H)
   out_type = [sds((c.vocab_size,), f32), sds((tiling.num_blocks,), jnp.int32), sds((2, D), f32),
               *(sds((s, n), f32) for s, n in zip(splits, (c.qkv_rows, D, D))),
-              sds((H * K,), c.act_dtype), sds((c.mlp_dim,), c.act_dtype)]
+              sds((H * K,), c.act_dtype), sds((c.mlp_dim,), c.act_dtype),
+              sds((H, NS, K), f32), sds((H, NS), f32), sds((H, NS), f32)]
   smem = plgpu.SMEM((max(D, H * K, c.mlp_dim),), c.act_dtype)
   kernel = plgpu.kernel(
       functools.partial(_kernel, c, tiling, treedef, len(flat)), out_type=out_type,
