@@ -154,8 +154,8 @@ def _splits(t: MosaicTiling, n_out: int, n_in: int) -> int:
   row tiles x splits <= t.items (or num_blocks), so that a phase with few output rows (the
   1.24B model's o and down projections have 32 row tiles) still streams from most SMs."""
   target, steps = t.items or t.num_blocks, n_in // t.chunk
-  return max(s for s in range(1, steps + 1) if steps % s == 0 and (n_out // t.rows) * s <= target
-             or s == 1)
+  fits = [s for s in range(2, steps + 1) if steps % s == 0 and n_out // t.rows * s <= target]
+  return max(fits, default=1)
 
 
 def _items(t: MosaicTiling, n_out: int, n_in: int, splits: int):
