@@ -1,9 +1,12 @@
-"""Test-wide setup: 8 fake CPU devices (for sharding tests), and the GPU marker."""
+"""Test-wide setup: 8 fake CPU devices (for sharding tests), no GPU memory preallocation, and the
+GPU marker."""
 
 import os
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# `pytest -n 4 -m gpu` runs four processes on one GPU: each would otherwise reserve 75% of it.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
