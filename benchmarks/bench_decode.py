@@ -51,7 +51,7 @@ def parse_args(argv=None):
   p.add_argument("--tilings", default="",
                  help="';'-separated fused-kernel variants, each 'field=value,...' over the "
                       "backend's default tiling (e.g. 'rows=16,num_warps=8'; the field "
-                      "'backend=mosaic' picks kernel_mgpu.py)")
+                      "'backend=triton|mosaic' picks the kernel, else default_backend's)")
   p.add_argument("--backends", default="",
                  help="comma-separated fused backends (triton, mosaic): every variant runs on "
                       "each")
@@ -222,7 +222,7 @@ def main(argv=None):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import jax.numpy as jnp
-  from pallas_kernels.fused_decode import (FusedConfig, decode_step_reference,
+  from pallas_kernels.fused_decode import (FusedConfig, decode_step_reference, default_backend,
                                            default_mosaic_tiling, default_tiling,
                                            fused_decode_step, init_cache, num_sms,
                                            random_weights)
@@ -247,7 +247,7 @@ def main(argv=None):
 
   def fused_variant(c, overrides):
     overrides = dict(overrides)
-    backend = overrides.pop("backend", "triton")
+    backend = overrides.pop("backend", None) or default_backend(c, args.max_len, args.smoke)
     tiling = (default_mosaic_tiling if backend == "mosaic" else default_tiling)(
         c, 1 if args.smoke else num_sms(), args.max_len)
     tiling = dataclasses.replace(tiling, **{k: int(v) for k, v in overrides.items()})

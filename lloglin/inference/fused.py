@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pallas_kernels.fused_decode import FusedConfig, FusedWeights, fused_decode_step, pack_weights
+from pallas_kernels.fused_decode import (FusedConfig, FusedWeights, fused_decode_step,
+                                         mosaic_supported, pack_weights)
 
 WEIGHT_FORMATS = ("f32", "bf16", "int8")
-# Formats the kernel has been checked in on a GPU (tests/kernels/test_fused_decode.py); 'auto'
-# picks the kernel only for these ('fused' runs any format).
+# Formats both kernel backends have been checked in on a GPU (tests/kernels/test_fused_decode.py,
+# an H200); 'auto' picks the kernel only for these ('fused' runs any format).
 GPU_CHECKED_FORMATS = ("bf16", "int8")
 
 
@@ -48,6 +49,12 @@ def fused_decode_supported(model) -> tuple[bool, str]:
     if not ok:
       return False, reason
   return True, ""
+
+
+def mosaic_serves(model, fmt: str, max_len: int) -> bool:
+  """Whether the kernel's Mosaic GPU backend (its default on Hopper) serves `model` at cache
+  length `max_len`; `model` must pass `fused_decode_supported`."""
+  return mosaic_supported(jax.eval_shape(partial(pack_weights, model, fmt)).config, max_len)
 
 
 def weight_format(model, weights_dtype: str | None) -> str:

@@ -14,9 +14,10 @@ architecture, any batch). 'fused' runs one prompt through the fused whole-model 
 (pallas_kernels.fused_decode via lloglin.inference.fused: attention-only Llama-style models,
 batch 1; the prompt is prefilled by the plain DecoderLM.prefill, then each token is one kernel
 launch, in interpret mode off GPU); it raises a ValueError saying why where it does not apply.
-'auto' picks 'fused' for one prompt of a supported model of width <= FUSED_AUTO_MAX_D_MODEL (where
-it was measured faster) on a Hopper-or-newer GPU, in a weight format the kernel has been checked
-in on a GPU (bf16, int8), and 'plain' otherwise.
+'auto' picks 'fused' for one prompt of a supported model on a Hopper-or-newer GPU, in a weight
+format the kernel has been checked in on a GPU (bf16, int8), where it was measured faster: at any
+width when the kernel's Mosaic GPU backend (its default on Hopper) serves the model, up to
+FUSED_AUTO_MAX_D_MODEL when only its Triton backend does; and 'plain' otherwise.
 `weights_dtype` ('f32' | 'bf16' | 'int8'; default that of the compute dtype) is the fused
 path's weight format; 'int8' (weight-only quantisation) changes the logits.
 """
@@ -31,13 +32,16 @@ import numpy as np
 from flax import nnx
 
 from lloglin.inference.fused import (GPU_CHECKED_FORMATS, FusedStep, fused_cache,
-                                     fused_decode_supported, packed_weights, weight_format)
+                                     fused_decode_supported, mosaic_serves, packed_weights,
+                                     weight_format)
 from lloglin.inference.sampling import check_sampling, sample_token
 from lloglin.layers.registry import on_hopper_gpu
 
 DECODE_IMPLS = ("auto", "plain", "fused")
-# 'auto' takes the fused kernel up to this width: on an H200 it beat the plain jitted step at
-# d_model 768 and 2048 (138M, 1.24B) and lost at 4096 (~8B: 9.98 vs 6.05 ms/token), see
+# 'auto' takes the fused kernel's Mosaic GPU backend at any width (on an H200 it beat the plain
+# jitted step at 138M, 1.24B and 8B: 0.393 / 1.016 / 4.544 against 0.536 / 1.629 / 6.034
+# ms/token, bf16) and its Triton backend, for models only that one serves, up to this width (it
+# beat the plain step at d_model 768 and 2048 and lost at 4096: 9.98 vs 6.05 ms/token); see
 # benchmarks/RESULTS.md (fused decode).
 FUSED_AUTO_MAX_D_MODEL = 2048
 _BUCKET = 64  # prompt and cache lengths are rounded up to a multiple: fewer compilations
@@ -69,9 +73,11 @@ def resolve_decode_impl(impl: str, model, batch_size: int, fmt: str = "bf16") ->
     if not ok:
       raise ValueError(f"impl='fused': {reason}")
     return "fused"
-  measured_faster = model.cfg.d_model <= FUSED_AUTO_MAX_D_MODEL
-  return ("fused" if ok and fmt in GPU_CHECKED_FORMATS and measured_faster and on_hopper_gpu()
-          else "plain")
+  if not (ok and fmt in GPU_CHECKED_FORMATS and on_hopper_gpu()):
+    return "plain"
+  measured_faster = (model.cfg.d_model <= FUSED_AUTO_MAX_D_MODEL
+                     or mosaic_serves(model, fmt, _BUCKET))
+  return "fused" if measured_faster else "plain"
 
 
 def _sample(logits_BV, key, i, sampling: Sampling):

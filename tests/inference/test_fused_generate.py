@@ -16,6 +16,7 @@ from lloglin.inference.fused import (FusedStep, fused_cache, fused_decode_suppor
 from lloglin.inference.generate import generate, resolve_decode_impl
 from lloglin.layers.registry import on_hopper_gpu
 from lloglin.models import build_model
+from pallas_kernels.fused_decode import default_backend
 from tests.inference.helpers import assert_close_to_scale, tiny_config
 
 PROMPT = [int(t) for t in np.random.default_rng(0).integers(0, 64, 20)]
@@ -74,6 +75,18 @@ def test_fused_stop_tokens_streaming_and_sampling(model):
           == generate(model, [PROMPT], NEW, impl="plain", **sampling))
 
 
+def test_fused_takes_the_mosaic_kernel_where_it_serves_the_model():
+  """A model with 64-row tiles (head_dim 64, widths multiple of 128) decodes through the Mosaic
+  GPU kernel (its interpreter here), token for token as the plain step."""
+  net = build_model(tiny_config("attention", num_layers=2, max_seq_len=128, d_model=128,
+                                num_heads=2, num_kv_heads=1, head_dim=64, mlp_dim=128,
+                                attention_impl="xla"), seed=2)
+  config = packed_weights(net, "f32").config
+  assert default_backend(config, 64, interpret=True) == "mosaic"
+  assert default_backend(config, 64) == ("mosaic" if on_hopper_gpu() else "triton")
+  assert (generate(net, [PROMPT], 8, impl="fused") == generate(net, [PROMPT], 8, impl="plain"))
+
+
 def test_weights_are_packed_once_per_model_and_repacked_when_they_change(model):
   weights = packed_weights(model, "f32")
   assert packed_weights(model, "f32") is weights
@@ -95,17 +108,21 @@ def test_auto_picks_plain_off_hopper_and_for_batches(model):
 
 
 
-def test_auto_keeps_the_plain_step_for_wide_models_on_hopper(model, monkeypatch):
-  """The fused kernel lost to the plain step at d_model 4096 on an H200: 'auto' must not take it
-  there, and must take it for the narrow test model when the GPU is a Hopper."""
+def test_auto_width_limit_holds_for_the_triton_backend_only(model, monkeypatch):
+  """On an H200 the Triton kernel lost to the plain step at d_model 4096, the Mosaic kernel won
+  at every width (8B included): on a Hopper 'auto' takes the narrow test model, not a wide model
+  only the Triton kernel serves (head_dim 8), and a wide model the Mosaic kernel serves."""
   # the module, not the `generate` function that lloglin.inference exports under its name
   generate_module = importlib.import_module("lloglin.inference.generate")
   monkeypatch.setattr(generate_module, "on_hopper_gpu", lambda: True)
   assert resolve_decode_impl("auto", model, 1, "bf16") == "fused"
-  wide = build_model(tiny_config(layer_pattern="attention", max_seq_len=128,
-                                 d_model=2 * generate_module.FUSED_AUTO_MAX_D_MODEL))
+  width = 2 * generate_module.FUSED_AUTO_MAX_D_MODEL
+  wide = build_model(tiny_config(layer_pattern="attention", max_seq_len=128, d_model=width))
   assert resolve_decode_impl("auto", wide, 1, "bf16") == "plain"
   assert resolve_decode_impl("fused", wide, 1, "bf16") == "fused"
+  wide_64 = build_model(tiny_config(layer_pattern="attention", max_seq_len=128, d_model=width,
+                                    num_heads=2, num_kv_heads=1, head_dim=64, mlp_dim=128))
+  assert resolve_decode_impl("auto", wide_64, 1, "bf16") == "fused"
 
 @pytest.mark.gpu
 def test_auto_picks_fused_on_hopper_in_gpu_checked_formats(model):
