@@ -33,10 +33,25 @@ count, one warpgroup per block. What differs:
   item reads what another writes in this phase. Splits 0..NS-2 store their partial softmax and
   signal a per-(layer, head) GMEM semaphore; split NS-1, a later item of the round-robin order
   (so the wait cannot deadlock), waits for them, takes the semaphore back to zero and merges.
-- Across grid barriers only an L2 prefetch: before each barrier a block requests the first
-  `stages` weight tiles of its next GEMV item into L2 (TMA prefetch), so their HBM latency
-  overlaps the barrier; the pipeline itself still starts, and drains, inside its phase (the
-  issue's SMEM ring that streams weights across barriers is not built).
+- Across grid barriers, by default, only an L2 prefetch: before each barrier a block requests
+  the first `stages` weight tiles of its next GEMV item into L2 (TMA prefetch), so their HBM
+  latency overlaps the barrier; the pipeline itself still starts, and drains, inside its phase.
+- Opt-in (`MosaicTiling.ring`): one SMEM weight ring for the whole step instead of a pipeline
+  per phase (FlashFormer's weight stream). Weights do not depend on activations, so a block's
+  sequence of weight tiles over the step (every GEMV phase of every layer, then the LM head) is
+  static; it is walked as one stream, tile number q in slot q % stages, one TMA barrier per slot
+  (two rings of `stages` [rows, chunk] slots: the gate/up phase streams two matrices, the other
+  phases use the first). Each slot a phase frees is refilled at once with the stream's tile
+  `stages` positions on, this phase's or, near its end, the next phase's (the down phase's next
+  is the next layer's qkv, or the LM head), so when a block reaches a grid barrier the next
+  phase's first tiles are already in flight or in SMEM, also across the attention phase; only
+  the x vector waits for the barrier. SMEM at the 1.24B shape (bf16 or int8, stages 4): 210 KB
+  a block against 146 KB without the ring (the ring, 128 KB, is live for the whole kernel, next
+  to the attention pipeline's 64 KB). Correct in the interpreter (whose race check flags only
+  the slot-refill-after-read pattern that emit_pipeline shows too) and lowers for CUDA at grid
+  132; unmeasured (2026-11-30, no GPU time left). To measure it: `benchmarks/bench_decode.py
+  --models 1b,138m --formats bf16 --backends mosaic --tilings "ring=0;ring=1" --steps 32
+  --repeats 3 --check 32` (carry/s8_ring.sh).
 
 `fused_decode_step` runs it by default wherever it serves the model on a Hopper GPU
 (`default_backend`); kernel.py stays available as backend='triton'.
@@ -88,7 +103,8 @@ class MosaicTiling:
   positions per attention tile (a multiple of 64); items: GEMV items a phase with fewer row
   tiles is split into, by columns, at most (0: num_blocks; see `_splits`); prefetch: 1 to
   request each block's first `stages` tiles of the next GEMV phase into L2 before every grid
-  barrier, 0 not to."""
+  barrier, 0 not to; ring: stream the weights through one SMEM ring across phases and grid
+  barriers (see the module docstring; prefetch is then unused), unmeasured, so off."""
   num_blocks: int
   rows: int = 64
   chunk: int = 128
@@ -96,6 +112,7 @@ class MosaicTiling:
   seq_block: int = 64
   items: int = 0
   prefetch: int = 1
+  ring: bool = False
 
 
 def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling:
@@ -123,6 +140,7 @@ def check_mosaic(config, tiling: MosaicTiling, max_len: int):
             ("stages", t.stages, t.stages >= 1, ">= 1"),
             ("items", t.items, t.items >= 0, ">= 0"),
             ("prefetch", t.prefetch, t.prefetch in (0, 1), "0 or 1"),
+            ("ring", t.ring, t.ring in (False, True), "False or True"),
             ("seq_block", t.seq_block, t.seq_block % 64 == 0 and max_len % t.seq_block == 0,
              f"a multiple of 64 dividing the cache length {max_len}"),
             ("head_dim", c.head_dim, c.head_dim % 16 == 0, "a multiple of 16"),
@@ -202,15 +220,20 @@ def _prefetch(t: MosaicTiling, mats, n_out: int, n_in: int, splits: int):
                            predicate=lax.axis_index("blocks") < n_items)
 
 
-def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, splits: int, x_smem, finish):
-  """finish(n0, split, [W_m[n0:n0+rows, cols of split] @ x for each m]) over this block's
-  items (row tile, column split); mats are pairs (rows [N, Din], per-row scales [N] or None) of
-  GMEM views (int8 rows are exact in float32; their scales multiply the float32 row sums, as in
-  kernel.py); x_smem holds the input (activation dtype) in its first n_in entries."""
-  pid, nb, rows, tk = lax.axis_index("blocks"), t.num_blocks, t.rows, t.chunk
+def _plan(t: MosaicTiling, n_out: int, n_in: int, splits: int):
+  """(this block's items, column tiles per item, tile(i, k), split(i)) of a GEMV phase."""
+  pid, nb = lax.axis_index("blocks"), t.num_blocks
   n_items, steps, tile = _items(t, n_out, n_in, splits)
   mine = n_items if nb == 1 else (n_items - pid + nb - 1) // nb
   split = lambda i: (pid + i * nb) % splits
+  return mine, steps, tile, split
+
+
+def _tile_step(t: MosaicTiling, mats, steps: int, tile, split, x_smem, finish):
+  """The step both forms of a GEMV phase run on a weight tile in SMEM: step((i, k), *w_smems,
+  accs) adds (tile of each matrix) @ x[its columns] to the float32 row sums accs; the item's
+  last step calls finish (see `_gemv_phase`)."""
+  rows, tk = t.rows, t.chunk
 
   def step(idx, *refs):
     i, k = idx
@@ -230,15 +253,88 @@ def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, splits: int, x_sme
                                                  optimized=False)
           for acc, (_, s) in zip(accs, mats)])
     return accs
+  return step
 
-  zero = plgpu.layout_cast(jnp.zeros((rows,), f32), _ROWS)
+
+def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, splits: int, x_smem, finish):
+  """finish(n0, split, [W_m[n0:n0+rows, cols of split] @ x for each m]) over this block's
+  items (row tile, column split); mats are pairs (rows [N, Din], per-row scales [N] or None) of
+  GMEM views (int8 rows are exact in float32; their scales multiply the float32 row sums, as in
+  kernel.py); x_smem holds the input (activation dtype) in its first n_in entries."""
+  mine, steps, tile, split = _plan(t, n_out, n_in, splits)
+  step = _tile_step(t, mats, steps, tile, split, x_smem, finish)
+  zero = plgpu.layout_cast(jnp.zeros((t.rows,), f32), _ROWS)
   pipeline = plgpu.emit_pipeline(
-      step, grid=(mine, steps), in_specs=[plgpu.BlockSpec((rows, tk), tile) for _ in mats],
+      step, grid=(mine, steps), in_specs=[plgpu.BlockSpec((t.rows, t.chunk), tile) for _ in mats],
       max_concurrent_steps=t.stages, init_carry=tuple(zero for _ in mats))
 
   @pl.when(mine > 0)
   def _():
     pipeline(*(m for m, _ in mats))
+
+
+def _ring_tiles(t: MosaicTiling, ring, phase):
+  """(n, issue) of a GEMV phase in the ring form: this block's n weight tiles (items x column
+  tiles, one tile per matrix), and issue(q, i), which starts the TMA of its tile i into the
+  ring's slot for stream position q (matrix m into ring m: the gate/up phase fills two)."""
+  mats, n_out, n_in, splits = phase
+  mine, steps, tile, _ = _plan(t, n_out, n_in, splits)
+
+  def issue(q, i):
+    r, col = tile(i // steps, i % steps)
+    slot = q % t.stages
+    for (m, _), buf, bar in zip(mats, *ring):
+      plgpu.copy_gmem_to_smem(m.at[pl.ds(r * t.rows, t.rows), pl.ds(col * t.chunk, t.chunk)],
+                              buf.at[slot], bar.at[slot])
+  return mine * steps, issue
+
+
+def _ring_refill(t: MosaicTiling, ring, nxt):
+  """refill(q, i): issues tile i of the phase that follows in the stream at position q; nxt
+  lists (predicate, phase) pairs (the down phase is followed by the next layer's qkv or, after
+  the last layer, by the LM head)."""
+  nexts = [(when, *_ring_tiles(t, ring, p)) for when, p in nxt]
+
+  def refill(q, i):
+    for when, n, issue in nexts:
+      pl.when(when & (i < n))(lambda issue=issue: issue(q, i))
+  return refill
+
+
+def _ring_top_up(t: MosaicTiling, refill, q, n):
+  """After a phase of n tiles that ended at stream position q: issues the next phase's first
+  tiles that the phase freed no slot for (those below stages - n), so that the next phase
+  finds min(stages, its tiles) tiles issued (before the grid barrier that starts it)."""
+  for i in range(t.stages):
+    pl.when(i < t.stages - n)(lambda i=i: refill(q + i, i))
+
+
+def _ring_phase(t: MosaicTiling, ring, phase, nxt, q, x_smem, finish):
+  """`_gemv_phase` read from the ring: consumes this block's tiles at stream positions q, q+1,
+  ... (slot q % stages; the first ones were issued before the phase), refilling each slot it
+  frees with the stream's tile `stages` positions on: this phase's or, near its end, the next
+  phase's (`_ring_refill`), so weight tiles keep streaming across the grid barrier. Returns
+  the next phase's first position."""
+  mats, n_out, n_in, splits = phase
+  mine, steps, tile, split = _plan(t, n_out, n_in, splits)
+  step = _tile_step(t, mats, steps, tile, split, x_smem, finish)
+  n, issue = _ring_tiles(t, ring, phase)
+  refill = _ring_refill(t, ring, nxt)
+  bufs, bars = ring
+
+  def body(j, accs):
+    slot = (q + j) % t.stages
+    for _, bar in zip(mats, bars):
+      plgpu.barrier_wait(bar.at[slot])
+    accs = step((j // steps, j % steps), *(buf.at[slot] for _, buf in zip(mats, bufs)), accs)
+    f = j + t.stages
+    lax.cond(f < n, lambda: issue(q + f, f), lambda: refill(q + f, f - n))
+    return accs
+
+  zero = plgpu.layout_cast(jnp.zeros((t.rows,), f32), _ROWS)
+  lax.fori_loop(0, n, body, tuple(zero for _ in mats))
+  _ring_top_up(t, refill, q + n, n)
+  return q + n
 
 
 def _to_smem(vec, x_smem):
@@ -256,7 +352,8 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
   ins = jax.tree.unflatten(treedef, refs[:n_in])
   k_ref, v_ref = ins["cache"]
   (logits_ref, ok_ref, xs_ref, qkv_ref, o_ref, d_ref, attn_ref, h_ref, po_ref, pm_ref, ps_ref,
-   x_smem) = refs[n_in:]
+   x_smem, *ring) = refs[n_in:]
+  ring = (ring[:2], ring[2:]) if t.ring else None  # ([slots] x 2 streams, [TMA barriers] x 2)
   w = ins["w"]
   L, D, H, G, K, F, V = (c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.head_dim,
                          c.mlp_dim, c.vocab_size)
@@ -298,19 +395,36 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     for s in range(d_ref.shape[0]):
       d_ref[s] = jnp.zeros((D,), f32)
 
-  def layer(l, ok):
-    # GEMV phases: (matrices, output rows, input columns, column splits)
-    qkv_p = ([layer_mat(w.wqkv, w.sqkv, l)], c.qkv_rows, D, qkv_ref.shape[0])
-    o_p = ([layer_mat(w.wo, w.so, l)], D, H * K, o_ref.shape[0])
-    gu_p = ([layer_mat(w.wgate, w.sgate, l), layer_mat(w.wup, w.sup, l)], F, D, 1)
-    down_p = ([layer_mat(w.wdown, w.sdown, l)], D, F, d_ref.shape[0])
+  def phases(l):
+    """Layer l's GEMV phases: (matrices, output rows, input columns, column splits)."""
+    return (([layer_mat(w.wqkv, w.sqkv, l)], c.qkv_rows, D, qkv_ref.shape[0]),
+            ([layer_mat(w.wo, w.so, l)], D, H * K, o_ref.shape[0]),
+            ([layer_mat(w.wgate, w.sgate, l), layer_mat(w.wup, w.sup, l)], F, D, 1),
+            ([layer_mat(w.wdown, w.sdown, l)], D, F, d_ref.shape[0]))
+  head_p = ([w.lm_head()], V, D, 1)
+
+  def gemv(phase, nxt, q, finish):
+    """A GEMV phase by its own pipeline, or from the ring (then it returns the stream position
+    after it; nxt: `_ring_refill`'s list of the phases that may follow)."""
+    if ring is None:
+      _gemv_phase(t, *phase, x_smem, finish)
+      return q
+    return _ring_phase(t, ring, phase, nxt, q, x_smem, finish)
+
+  def prefetch(phase):  # the ring issues the next phase's tiles itself
+    if ring is None:
+      _prefetch(t, *phase)
+
+  def layer(l, carry):
+    ok, q = carry  # q: the ring's stream position (None without the ring)
+    qkv_p, o_p, gu_p, down_p = phases(l)
 
     # qkv: rows of [q heads; k groups; v groups], column-split partial sums in qkv_ref.
     k0 = 1 + _PHASES * l  # this layer's first grid barrier
-    _prefetch(t, *qkv_p)
+    prefetch(qkv_p)
     ok = barrier(k0, ok)
     _normed_to_smem(residual(0, d_ref), w.attn_norm.at[l], c.norm_eps, x_smem)
-    _gemv_phase(t, *qkv_p, x_smem, store_to(qkv_ref))
+    q = gemv(qkv_p, [(True, o_p)], q, store_to(qkv_ref))
 
     # attn: item = (query head h of kv group g, split s of the cache positions < pos).
     ok = barrier(k0 + 1, ok)
@@ -404,37 +518,41 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     ok = lax.fori_loop(0, n_attn, attn_item, ok)
 
     # o: partial sums of Wo attn into o_ref (added to the residual by the next phase).
-    _prefetch(t, *o_p)
+    prefetch(o_p)
     ok = barrier(k0 + 2, ok)
     _to_smem(attn_ref[...], x_smem)
-    _gemv_phase(t, *o_p, x_smem, store_to(o_ref))
+    q = gemv(o_p, [(True, gu_p)], q, store_to(o_ref))
 
     # gu: h = silu(Wgate n(x)) * Wup n(x).
-    _prefetch(t, *gu_p)
+    prefetch(gu_p)
     ok = barrier(k0 + 3, ok)
     _normed_to_smem(residual(1, o_ref), w.mlp_norm.at[l], c.norm_eps, x_smem)
 
     def gu_store(n0, s, ys):
       gate, up = ys
       h_ref[pl.ds(n0, t.rows)] = (gate / (1.0 + jnp.exp(-gate)) * up).astype(act)
-    _gemv_phase(t, *gu_p, x_smem, gu_store)
+    q = gemv(gu_p, [(True, down_p)], q, gu_store)
 
     # down: partial sums of Wdown h into d_ref.
-    _prefetch(t, *down_p)
+    prefetch(down_p)
     ok = barrier(k0 + 4, ok)
     _to_smem(h_ref[...], x_smem)
-    _gemv_phase(t, *down_p, x_smem, store_to(d_ref))
-    return ok
+    nxt = [(l < L - 1, phases(l + 1)[0]), (l == L - 1, head_p)] if ring else None
+    q = gemv(down_p, nxt, q, store_to(d_ref))
+    return ok, q
 
-  ok = lax.fori_loop(0, L, layer, jnp.int32(1))
-  head_p = ([w.lm_head()], V, D, 1)
-  _prefetch(t, *head_p)
+  q = None
+  if ring is not None:  # the stream's first tiles (layer 0's qkv), before the first barrier
+    q = jnp.int32(0)
+    _ring_top_up(t, _ring_refill(t, ring, [(True, phases(0)[0])]), q, 0)
+  ok, q = lax.fori_loop(0, L, layer, (jnp.int32(1), q))
+  prefetch(head_p)
   ok_ref[pid] = barrier(1 + _PHASES * L, ok, last=True)
   _normed_to_smem(residual(0, d_ref), w.final_norm, c.norm_eps, x_smem)
 
   def head_store(n0, s, ys):
     logits_ref[pl.ds(n0, t.rows)] = ys[0]
-  _gemv_phase(t, *head_p, x_smem, head_store)
+  gemv(head_p, [], q, head_store)
 
 
 @functools.partial(jax.jit, static_argnames=("tiling", "interpret"), donate_argnums=(1,))
@@ -463,10 +581,14 @@ def fused_decode_call_mgpu(weights: FusedWeights, cache, token, position, *,
               *(sds((s, n), f32) for s, n in zip(splits, (c.qkv_rows, D, D))),
               sds((H * K,), c.act_dtype), sds((c.mlp_dim,), c.act_dtype),
               sds((H, NS, K), f32), sds((H, NS), f32), sds((H, NS), f32)]
-  smem = plgpu.SMEM((max(D, H * K, c.mlp_dim),), c.act_dtype)
+  scratch = [plgpu.SMEM((max(D, H * K, c.mlp_dim),), c.act_dtype)]
+  if tiling.ring:  # two streams (gate and up) of `stages` weight tiles, one TMA barrier a slot
+    ring_tile = (tiling.stages, tiling.rows, tiling.chunk)
+    scratch += [plgpu.SMEM(ring_tile, weights.wqkv.dtype) for _ in range(2)]
+    scratch += [plgpu.Barrier(num_barriers=tiling.stages) for _ in range(2)]
   kernel = plgpu.kernel(
       functools.partial(_kernel, c, tiling, treedef, len(flat)), out_type=out_type,
-      scratch_types=[smem], grid=(tiling.num_blocks,), grid_names=("blocks",),
+      scratch_types=scratch, grid=(tiling.num_blocks,), grid_names=("blocks",),
       interpret=plgpu.InterpretGPUParams() if interpret else None,
       kernel_name="fused_decode_mgpu")
   logits, ok = kernel(*flat)[:2]
