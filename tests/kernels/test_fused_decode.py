@@ -3,6 +3,8 @@ GPU; interpret mode, one block) against the reference in their weight formats, C
 cross-lowering at the 1.24B shape, and on a GPU the kernels against the reference over 256 steps
 after a 512-token prompt."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ from lloglin.models.config import ModelConfig
 from lloglin.models.decoder import build_model
 from pallas_kernels.fused_decode import (FusedConfig, MosaicTiling, Tiling, decode_step_reference,
                                          default_mosaic_tiling, default_tiling, fused_decode_step,
-                                         init_cache, pack_weights, random_weights)
+                                         init_cache, num_sms, pack_weights, random_weights)
 from pallas_kernels.fused_decode.kernel import fused_decode_call
 from pallas_kernels.fused_decode.kernel_mgpu import fused_decode_call_mgpu
 from pallas_kernels.fused_decode.weights import dequantize, quantize_rows
@@ -106,18 +108,23 @@ def test_bad_tiling_is_rejected():
     FusedConfig(**TINY, weight_format="fp8")
 
 
-@pytest.mark.parametrize("fmt,tol,items", [("f32", 1e-5, 16), ("bf16", 1e-2, 0),
-                                           ("int8", 1e-2, 16)])
-def test_mosaic_kernel_interpret_matches_reference(fmt, tol, items):
+@pytest.mark.parametrize("fmt,tol,items,ring,stages", [
+    ("f32", 1e-5, 16, False, 2), ("bf16", 1e-2, 0, False, 2), ("int8", 1e-2, 16, False, 2),
+    ("f32", 1e-5, 16, True, 2), ("bf16", 1e-2, 0, True, 3), ("int8", 1e-2, 16, True, 12)])
+def test_mosaic_kernel_interpret_matches_reference(fmt, tol, items, ring, stages):
   """Steps at position 0, inside the first cache tile and across two tiles, caches too; items=16
-  splits the qkv / o / down projections by columns into 2 / 4 / 4 partial sums. bf16
+  splits the qkv / o / down projections by columns into 2 / 4 / 4 partial sums. The SMEM ring
+  (8 to 16 tiles a phase here) with 3 slots wraps around inside and across phases; with 12,
+  more than any phase's tiles, each phase's tiles are all issued before it (the top-up after a
+  short phase). bf16
   activations (bf16 and int8 weights) get kernels.md 9.3's tolerance: the attention output is
   rounded to bf16, and where the kernel's float32 online softmax rounds it one ulp away from the
   reference's (seen at the 4th bf16 step here: one element of one head), the logits move by
   ~2e-3."""
   c = FusedConfig(**TINY_MOSAIC, weight_format=fmt)
   weights = random_weights(c, jax.random.key(0), tied=fmt != "f32")
-  tiling = MosaicTiling(num_blocks=1, chunk=64, stages=2, seq_block=64, items=items)
+  tiling = MosaicTiling(num_blocks=1, chunk=64, stages=stages, seq_block=64, items=items,
+                        ring=ring)
   cache_ref = _prompted_cache(c, 128)
   cache_ker = jax.tree.map(jnp.copy, cache_ref)
   ref = jax.jit(decode_step_reference)
@@ -148,6 +155,9 @@ def test_mosaic_bad_input_is_rejected():
   with pytest.raises(ValueError, match="seq_block"):
     fused_decode_step(weights, init_cache(c, 96), 1, 0, interpret=True,
                       tiling=MosaicTiling(num_blocks=1, seq_block=64), backend="mosaic")
+  with pytest.raises(ValueError, match="ring"):
+    fused_decode_step(weights, cache(), 1, 0, interpret=True,
+                      tiling=MosaicTiling(num_blocks=1, ring=2), backend="mosaic")
   tiny = FusedConfig(**TINY)
   with pytest.raises(ValueError, match="fused decode \\(mosaic\\)"):
     fused_decode_step(random_weights(tiny, jax.random.key(0)), init_cache(tiny, 64), 1, 0,
@@ -167,11 +177,13 @@ def _lower_at_llama_1b(fmt, call, tiling_fn):
         lowering_platforms=("cuda",)).as_text()
 
 
+@pytest.mark.parametrize("ring", [False, True])
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
-def test_mosaic_kernel_lowers_for_cuda_at_llama_1b_shape(fmt):
+def test_mosaic_kernel_lowers_for_cuda_at_llama_1b_shape(fmt, ring):
   """Grid 132: Mosaic GPU lowers every phase here (layouts, TMA, semaphores) and checks the
-  shared memory of its pipelines."""
-  text = _lower_at_llama_1b(fmt, fused_decode_call_mgpu, default_mosaic_tiling)
+  shared memory of its pipelines (with the ring 210 KB a block, of the H200's 227 KB)."""
+  tiling_fn = lambda *a: dataclasses.replace(default_mosaic_tiling(*a), ring=ring)
+  text = _lower_at_llama_1b(fmt, fused_decode_call_mgpu, tiling_fn)
   assert "fused_decode_mgpu" in text
 
 
@@ -181,7 +193,7 @@ def test_kernel_lowers_for_cuda_at_llama_1b_shape(fmt):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "mosaic"])
+@pytest.mark.parametrize("backend", ["triton", "mosaic", "mosaic-ring"])
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 def test_kernel_matches_reference_over_256_steps_on_gpu(backend, fmt):
   """kernels.md 9.3: 256 teacher-forced steps after a 512-token prompt, rel <= 1e-2 per step and
@@ -200,7 +212,12 @@ def test_kernel_matches_reference_over_256_steps_on_gpu(backend, fmt):
     return jax.lax.scan(body, (jnp.int32(1), cache), jnp.arange(steps))[1]
 
   ref_logits, ref_tokens = jax.jit(lambda: run(decode_step_reference, None))()
-  fused = lambda w, cache, tok, pos: fused_decode_step(w, cache, tok, pos, backend=backend)
+  tiling = None
+  if backend == "mosaic-ring":
+    backend, tiling = "mosaic", dataclasses.replace(
+        default_mosaic_tiling(c, num_sms(), cache[0].shape[1]), ring=True)
+  fused = lambda w, cache, tok, pos: fused_decode_step(w, cache, tok, pos, backend=backend,
+                                                       tiling=tiling)
   fused_logits, fused_tokens = jax.jit(lambda: run(fused, ref_tokens))()
   errs = [rel(a, b) for a, b in zip(fused_logits, ref_logits)]
   assert max(errs) < 1e-2, max(errs)
