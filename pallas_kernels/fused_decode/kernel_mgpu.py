@@ -273,12 +273,12 @@ def _gemv_phase(t: MosaicTiling, mats, n_out: int, n_in: int, splits: int, x_sme
     pipeline(*(m for m, _ in mats))
 
 
-def _ring_tiles(t: MosaicTiling, ring, phase):
-  """(n, issue) of a GEMV phase in the ring form: this block's n weight tiles (items x column
-  tiles, one tile per matrix), and issue(q, i), which starts the TMA of its tile i into the
-  ring's slot for stream position q (matrix m into ring m: the gate/up phase fills two)."""
-  mats, n_out, n_in, splits = phase
-  mine, steps, tile, _ = _plan(t, n_out, n_in, splits)
+def _ring_tiles(t: MosaicTiling, ring, mats, plan):
+  """(n, issue) of a GEMV phase (its matrices and `_plan`) in the ring form: this block's n
+  weight tiles (items x column tiles, one tile per matrix), and issue(q, i), which starts the
+  TMA of its tile i into the ring's slot for stream position q (matrix m into ring m: the
+  gate/up phase fills two)."""
+  mine, steps, tile, _ = plan
 
   def issue(q, i):
     r, col = tile(i // steps, i % steps)
@@ -293,7 +293,8 @@ def _ring_refill(t: MosaicTiling, ring, nxt):
   """refill(q, i): issues tile i of the phase that follows in the stream at position q; nxt
   lists (predicate, phase) pairs (the down phase is followed by the next layer's qkv or, after
   the last layer, by the LM head)."""
-  nexts = [(when, *_ring_tiles(t, ring, p)) for when, p in nxt]
+  nexts = [(when, *_ring_tiles(t, ring, mats, _plan(t, *dims)))
+           for when, (mats, *dims) in nxt]
 
   def refill(q, i):
     for when, n, issue in nexts:
@@ -315,10 +316,11 @@ def _ring_phase(t: MosaicTiling, ring, phase, nxt, q, x_smem, finish):
   frees with the stream's tile `stages` positions on: this phase's or, near its end, the next
   phase's (`_ring_refill`), so weight tiles keep streaming across the grid barrier. Returns
   the next phase's first position."""
-  mats, n_out, n_in, splits = phase
-  mine, steps, tile, split = _plan(t, n_out, n_in, splits)
+  mats, *dims = phase
+  plan = _plan(t, *dims)
+  _, steps, tile, split = plan
   step = _tile_step(t, mats, steps, tile, split, x_smem, finish)
-  n, issue = _ring_tiles(t, ring, phase)
+  n, issue = _ring_tiles(t, ring, mats, plan)
   refill = _ring_refill(t, ring, nxt)
   bufs, bars = ring
 
@@ -537,7 +539,7 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
     prefetch(down_p)
     ok = barrier(k0 + 4, ok)
     _to_smem(h_ref[...], x_smem)
-    nxt = [(l < L - 1, phases(l + 1)[0]), (l == L - 1, head_p)] if ring else None
+    nxt = [(l < L - 1, phases(l + 1)[0]), (l == L - 1, head_p)] if ring is not None else None
     q = gemv(down_p, nxt, q, store_to(d_ref))
     return ok, q
 
