@@ -19,6 +19,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.cli import int_tuples  # noqa: E402
+
 SHAPES = {  # (N output rows, D input columns) of bench_decode.py's models, gate and up fused
     "1b_qkv": (3072, 2048), "1b_o": (2048, 2048), "1b_gate_up": (16384, 2048),
     "1b_down": (2048, 8192), "1b_head": (128256, 2048),
@@ -29,18 +32,11 @@ CONFIGS = [(64, 128, 1, 4), (64, 128, 2, 4), (64, 256, 1, 4), (64, 128, 1, 8), (
            (128, 128, 2, 6), (64, 256, 2, 6), (128, 64, 4, 8)]
 
 
-def configs(text: str) -> list[tuple[int, int, int, int]]:
-  values = [int(v) for v in text.split(",") if v]
-  if len(values) % 4 or any(v < 1 for v in values):
-    raise argparse.ArgumentTypeError(
-        f"{text!r}: expected rows,tk,splits,stages quadruples of positive integers")
-  return [tuple(values[i:i + 4]) for i in range(0, len(values), 4)]
-
-
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--shapes", default=",".join(s for s in SHAPES if s != "toy"))
-  p.add_argument("--configs", type=configs, default=CONFIGS)
+  p.add_argument("--configs", type=int_tuples(("rows", "tk", "splits", "stages")),
+                 default=CONFIGS)
   p.add_argument("--calls", type=int, default=50)
   p.add_argument("--smoke", action="store_true", help="CPU: Mosaic GPU interpreter, toy shape")
   p.add_argument("--out", default="")
@@ -56,7 +52,6 @@ def main(argv=None):
   if args.smoke:
     os.environ["JAX_PLATFORMS"] = "cpu"
     args.shapes, args.calls = "toy", 2
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import jax.numpy as jnp
 

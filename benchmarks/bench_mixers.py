@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from benchmarks.cli import int_tuples  # noqa: E402
 from benchmarks.timing import median_seconds  # noqa: E402
 
 TOKENS = 65536  # per call, as in h200-anchors.md (--tokens for CPU smoke runs)
@@ -440,15 +441,6 @@ def versions() -> dict:
   return found
 
 
-def kernel_configs(text: str) -> list[tuple[int, int, int]]:
-  """'32,8,2,16,8,1' -> [(32, 8, 2), (16, 8, 1)] (block_v, num_warps, num_stages)."""
-  values = [int(v) for v in text.split(",") if v]
-  if len(values) % 3 or any(v < 1 for v in values):
-    raise argparse.ArgumentTypeError(
-        f"{text!r}: expected block_v,num_warps,num_stages triples of positive integers")
-  return [tuple(values[i:i + 3]) for i in range(0, len(values), 3)]
-
-
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
@@ -460,7 +452,8 @@ def parse_args(argv=None):
   p.add_argument("--modes", type=csv, default=["fwd", "fwdbwd"])
   p.add_argument("--segments", action="store_true",
                  help="lloglin rows get segment_ids_BT (one document per row), as in training")
-  p.add_argument("--kernel_configs", type=kernel_configs, default=[],
+  p.add_argument("--kernel_configs", default=[],
+                 type=int_tuples(("block_v", "num_warps", "num_stages")),
                  help="launch configurations to time the Pallas rows with, as flat "
                       "block_v,num_warps,num_stages triples for the scan mixers and "
                       "block_size,num_warps,num_stages for PaTH (default: their defaults)")
