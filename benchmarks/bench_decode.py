@@ -5,6 +5,7 @@
   python benchmarks/bench_decode.py --check 256           # plus a 256-step logits comparison
   python benchmarks/bench_decode.py --formats bf16 --backends triton,mosaic  # both kernels
   python benchmarks/bench_decode.py --backends mosaic --tilings "ring=0;ring=1"  # Mosaic SMEM ring
+  python benchmarks/bench_decode.py --backends mosaic --tilings "barrier=counter"  # grid barrier
 
 Random weights (speed does not depend on values), a KV cache of --max_len positions whose first
 --prompt positions hold random keys/values, then --steps greedy tokens in ONE jitted
@@ -51,9 +52,9 @@ def parse_args(argv=None):
   p.add_argument("--no_fused", action="store_true", help="baselines only")
   p.add_argument("--tilings", default="",
                  help="';'-separated fused-kernel variants, each 'field=value,...' over the "
-                      "backend's default tiling (e.g. 'rows=16,num_warps=8', or 'ring=1' for "
-                      "the Mosaic kernel; the field 'backend=triton|mosaic' picks the kernel, "
-                      "else default_backend's)")
+                      "backend's default tiling (e.g. 'rows=16,num_warps=8', or 'ring=1' and "
+                      "'barrier=counter' for the Mosaic kernel; the field "
+                      "'backend=triton|mosaic' picks the kernel, else default_backend's)")
   p.add_argument("--backends", default="",
                  help="comma-separated fused backends (triton, mosaic): every variant runs on "
                       "each")
@@ -247,12 +248,15 @@ def main(argv=None):
   if args.backends:
     variants = [dict(v, backend=b) for b in args.backends.split(",") for v in variants or [{}]]
 
+  def field_value(default, text):  # the field's type: int, bool (0 / 1) or str
+    return text if isinstance(default, str) else type(default)(int(text))
+
   def fused_variant(c, overrides):
     overrides = dict(overrides)
     backend = overrides.pop("backend", None) or default_backend(c, args.max_len, args.smoke)
     tiling = (default_mosaic_tiling if backend == "mosaic" else default_tiling)(
         c, 1 if args.smoke else num_sms(), args.max_len)
-    tiling = dataclasses.replace(tiling, **{k: type(getattr(tiling, k))(int(v))  # int or bool
+    tiling = dataclasses.replace(tiling, **{k: field_value(getattr(tiling, k), v)
                                             for k, v in overrides.items()})
     return backend, tiling, lambda w, cache, tok, pos: fused_decode_step(
         w, cache, tok, pos, interpret=args.smoke, tiling=tiling, backend=backend)
