@@ -107,7 +107,6 @@ def test_auto_picks_plain_off_hopper_and_for_batches(model):
             == generate(model, [PROMPT], NEW, impl="plain"))
 
 
-
 def test_auto_width_limit_holds_for_the_triton_backend_only(model, monkeypatch):
   """On an H200 the Triton kernel lost to the plain step at d_model 4096, the Mosaic kernel won
   at every width (8B included): on a Hopper 'auto' takes the narrow test model, not a wide model
@@ -123,6 +122,7 @@ def test_auto_width_limit_holds_for_the_triton_backend_only(model, monkeypatch):
   wide_64 = build_model(tiny_config(layer_pattern="attention", max_seq_len=128, d_model=width,
                                     num_heads=2, num_kv_heads=1, head_dim=64, mlp_dim=128))
   assert resolve_decode_impl("auto", wide_64, 1, "bf16") == "fused"
+
 
 @pytest.mark.gpu
 def test_auto_picks_fused_on_hopper_in_gpu_checked_formats(model):
