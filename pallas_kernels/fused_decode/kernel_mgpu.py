@@ -75,7 +75,12 @@ What still limits it (hypotheses, not measured separately): the grid barriers, 8
 fewer or cheaper barriers (each is three dependent GMEM round trips plus block 0's CAS); and
 int8 no faster than bf16: its tiles hold twice the elements per byte and are widened to float32
 element by element in the WGMMA register layout, so the per-SM multiply-add work doubles while
-the bytes halve (the int8 step's non-barrier part, ~0.6 ms, is the bf16 step's).
+the bytes halve (the int8 step's non-barrier part, ~0.6 ms, is the bf16 step's). The widening is
+the likely cost: Mosaic GPU converts int8 to float32 with one `arith.sitofp` per element
+(`FragmentedArray.astype` in jax 0.11.2), an integer-to-float conversion that the CUDA guide's
+throughput table puts at 16 per clock per SM on sm_90, about 0.3 ms for the 1.24B weights on 132
+SMs; its int8 -> bf16 path (byte permutes and a bf16x2 subtract, exact for int8) or a
+magic-number conversion would be cheaper (not tried).
 """
 
 import dataclasses
