@@ -7,8 +7,9 @@ mixer is all it takes to use it from `model.layer_pattern`.
 
 from collections.abc import Callable
 
-import jax
 from flax import nnx
+
+from pallas_kernels.device import on_hopper_gpu
 
 _MIXERS: dict[str, Callable[..., nnx.Module]] = {}
 
@@ -47,13 +48,6 @@ def mixer_options(cfg, mixer: str, defaults: dict) -> dict:
     raise ValueError(f"unknown option(s) {unknown} in model.mixer_options.{mixer}; valid: "
                      f"{sorted(defaults)}")
   return {**defaults, **given}
-
-
-def on_hopper_gpu() -> bool:
-  """True when the default device is an NVIDIA GPU of compute capability 9.0 or newer (Hopper+)."""
-  device = jax.devices()[0]
-  capability = getattr(device, "compute_capability", None)
-  return device.platform == "gpu" and capability is not None and float(capability) >= 9.0
 
 
 def resolve_mixer_impl(impl: str, mixer: str, *, has_kernel: bool) -> str:

@@ -6,6 +6,7 @@ it serves the model: 1.45x the Triton kernel at 1.24B on an H200) or the Triton 
 
 import jax
 
+from pallas_kernels.device import on_hopper_gpu
 from pallas_kernels.fused_decode.kernel import Tiling, default_tiling, fused_decode_call
 from pallas_kernels.fused_decode.kernel_mgpu import (MosaicTiling, check_mosaic,
                                                      default_mosaic_tiling,
@@ -42,9 +43,8 @@ def default_backend(config: FusedConfig, max_len: int, interpret: bool = False) 
   """'mosaic' where kernel_mgpu.py serves the model on a Hopper-or-newer GPU (Mosaic GPU needs
   one) or in interpret mode, else 'triton'. On an H200 the Mosaic kernel took 1.016 against
   1.473 ms/token at 1.24B bf16 and 0.393 against 0.458 at 138M (kernel_mgpu.py)."""
-  dev = jax.devices()[0]
-  hopper = dev.platform == "gpu" and float(getattr(dev, "compute_capability", 0)) >= 9.0
-  return "mosaic" if (interpret or hopper) and mosaic_supported(config, max_len) else "triton"
+  return ("mosaic" if (interpret or on_hopper_gpu()) and mosaic_supported(config, max_len)
+          else "triton")
 
 
 def fused_decode_step(weights: FusedWeights, cache, token, position, *, interpret: bool = False,

@@ -409,9 +409,8 @@ def fused_decode_call(weights: FusedWeights, cache, token, position, *, tiling: 
   _check(c, tiling, S)
   G, K, H = c.num_kv_heads, c.head_dim, c.num_heads
   R, NS = H // G, tiling.splits
-  inv_freq = c.rope_theta ** (-jnp.arange(K // 2, dtype=f32) * 2 / K)
   ins = {"w": weights, "token": jnp.asarray(token, jnp.int32).reshape(1),
-         "pos": jnp.asarray(position, jnp.int32).reshape(1), "inv_freq": inv_freq}
+         "pos": jnp.asarray(position, jnp.int32).reshape(1), "inv_freq": c.rope_inv_freq()}
   flat, treedef = jax.tree.flatten(ins)
   # [barrier counter, barrier time-outs, one attention counter per (layer, kv group)]
   sync = jnp.zeros((2 + c.num_layers * G,), jnp.int32)

@@ -600,10 +600,9 @@ def fused_decode_call_mgpu(weights: FusedWeights, cache, token, position, *,
   c = weights.config
   S = cache[0].shape[1]
   check_mosaic(c, tiling, S)
-  G, K, H = c.num_kv_heads, c.head_dim, c.num_heads
+  K, H = c.head_dim, c.num_heads
   L, D = c.num_layers, c.d_model
-  inv_freq = c.rope_theta ** (-jnp.arange(K // 2, dtype=f32) * 2 / K)
-  ang = jnp.asarray(position, f32) * inv_freq
+  ang = jnp.asarray(position, f32) * c.rope_inv_freq()
   # The o-projection's [L, D, H, K] rows as [L, D, H K] (a free reshape) for 2-D TMA tiles.
   w = dataclasses.replace(weights, wo=weights.wo.reshape(L, D, H * K))
   cache_refs = tuple(jax.new_ref(x) for x in cache)

@@ -53,6 +53,11 @@ class FusedConfig:
   def qkv_rows(self) -> int:
     return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
 
+  def rope_inv_freq(self) -> jax.Array:
+    """[head_dim / 2] float32 RoPE frequencies (rotate-half, as lloglin.ops.attention)."""
+    K = self.head_dim
+    return self.rope_theta ** (-jnp.arange(K // 2, dtype=jnp.float32) * 2 / K)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
