@@ -148,13 +148,13 @@ def torch_step_fn(c, fmt: str, max_len: int, prompt: int):
   def lin(n_out, n_in):
     w = torch.randn(n_out, n_in, device=dev) * n_in**-0.5
     if fmt == "int8":
-      s = w.abs().amax(1, keepdim=True) / 127
-      return ((w / s).round().to(torch.int8), s.to(dt))
+      s = w.abs().amax(1) / 127  # 1-D: inductor's int8 weight-only matmul takes no other shape
+      return ((w / s[:, None]).round().to(torch.int8), s.to(dt))
     return (w.to(dt), None)
 
   def mm(x, ws):
     w, s = ws
-    return F.linear(x, w.to(dt)) * s.T if s is not None else F.linear(x, w)
+    return F.linear(x, w.to(dt)) * s if s is not None else F.linear(x, w)
 
   layers = [dict(qkv=lin((H + 2 * G) * K, D), o=lin(D, H * K), gate=lin(Fd, D), up=lin(Fd, D),
                  down=lin(D, Fd)) for _ in range(L)]
@@ -308,7 +308,9 @@ def main(argv=None):
         for impl, fn in (("torch_eager", step),
                          ("torch_compile", None)):
           try:
-            fn = fn or torch.compile(step, mode="reduce-overhead", fullgraph=True)
+            if fn is None:  # a fresh dynamo state per model: no guards left from the last one
+              torch._dynamo.reset()
+              fn = torch.compile(step, mode="reduce-overhead", fullgraph=True)
             ms = time_torch(fn, args.prompt, args.steps, args.repeats) / args.steps * 1e3
           except Exception as e:  # noqa: BLE001
             print(f"FAIL {name} {fmt} {impl}: {type(e).__name__}: {str(e)[-3000:]}", flush=True)

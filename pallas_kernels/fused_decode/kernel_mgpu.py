@@ -112,10 +112,10 @@ class MosaicTiling:
   positions per attention tile (a multiple of 64); items: GEMV items a phase with fewer row
   tiles is split into, by columns, at most (0: num_blocks; see `_splits`); prefetch: 1 to
   request each block's first `stages` tiles of the next GEMV phase into L2 before every grid
-  barrier, 0 not to; ring: stream the weights through one SMEM ring across phases and grid
-  barriers (see the module docstring; prefetch is then unused), unmeasured, so off; barrier:
-  the grid barrier's protocol, 'coordinator' (measured) or 'counter' (unmeasured; see
-  `_grid_barrier`)."""
+  barrier, 0 not to (used only without the ring); ring: stream the weights through one SMEM
+  ring across phases and grid barriers (see the module docstring), False for a pipeline per
+  phase; barrier: the grid barrier's protocol, 'counter' or 'coordinator' (`_grid_barrier`).
+  The defaults (ring, counter) are the fastest measured (module docstring)."""
   num_blocks: int
   rows: int = 64
   chunk: int = 128
@@ -123,8 +123,8 @@ class MosaicTiling:
   seq_block: int = 64
   items: int = 0
   prefetch: int = 1
-  ring: bool = False
-  barrier: str = "coordinator"
+  ring: bool = True
+  barrier: str = "counter"
 
 
 def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling:
@@ -265,6 +265,16 @@ def _plan(t: MosaicTiling, n_out: int, n_in: int, splits: int):
   return mine, steps, tile, split
 
 
+def _widen(w):
+  """A weight tile in float32. int8 goes through bfloat16, which holds every int8 exactly:
+  Mosaic GPU converts int8 -> bf16 four elements at a time (byte permutes and a bf16x2
+  subtract) and bf16 -> f32 by a shift, where a direct int8 -> f32 cast is one integer-to-float
+  conversion per element, an instruction of low throughput on sm_90."""
+  if w.dtype == jnp.int8:
+    w = w.astype(jnp.bfloat16)
+  return w.astype(f32)
+
+
 def _tile_step(t: MosaicTiling, mats, steps: int, tile, split, x_smem, finish):
   """The step both forms of a GEMV phase run on a weight tile in SMEM: step((i, k), *w_smems,
   accs) adds (tile of each matrix) @ x[its columns] to the float32 row sums accs; the item's
@@ -278,7 +288,7 @@ def _tile_step(t: MosaicTiling, mats, steps: int, tile, split, x_smem, finish):
     x = plgpu.load(x_smem.at[pl.ds(col, tk)], layout=_COLS).astype(f32)
     xb = lax.broadcast_in_dim(x, (rows, tk), [1])
     keep = jnp.where(k == 0, 0.0, 1.0).astype(f32)
-    accs = tuple(acc * keep + (plgpu.load(w, layout=_TILE).astype(f32) * xb).sum(axis=1)
+    accs = tuple(acc * keep + (_widen(plgpu.load(w, layout=_TILE)) * xb).sum(axis=1)
                  for w, acc in zip(w_smems, accs))
 
     @pl.when(k == steps - 1)

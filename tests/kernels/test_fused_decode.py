@@ -203,12 +203,15 @@ def test_kernel_lowers_for_cuda_at_llama_1b_shape(fmt):
   assert "fused_decode" in _lower_at_llama_1b(fmt, fused_decode_call, default_tiling)
 
 
-# The Mosaic kernel's options not yet measured, run as GPU test cases of their own.
-MOSAIC_VARIANTS = {"mosaic-ring": dict(ring=True), "mosaic-counter": dict(barrier="counter")}
+# The Mosaic kernel's non-default forms, run as GPU test cases of their own: a pipeline per
+# phase with the coordinator barrier (its first measured form) and each change on its own.
+MOSAIC_VARIANTS = {"mosaic-per-phase": dict(ring=False, barrier="coordinator"),
+                   "mosaic-no-ring": dict(ring=False),
+                   "mosaic-coordinator": dict(barrier="coordinator")}
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "mosaic", "mosaic-ring", "mosaic-counter"])
+@pytest.mark.parametrize("backend", ["triton", "mosaic", *MOSAIC_VARIANTS])
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 def test_kernel_matches_reference_over_256_steps_on_gpu(backend, fmt):
   """kernels.md 9.3: 256 teacher-forced steps after a 512-token prompt, rel <= 1e-2 per step and
