@@ -11,7 +11,10 @@ Random weights (speed does not depend on values), a KV cache of --max_len positi
 --prompt positions hold random keys/values, then --steps greedy tokens in ONE jitted
 lax.fori_loop per implementation (no Python dispatch per token), median of --repeats runs after a
 compile run. Roofline = (bytes of the packed weights + the cache read at the mean position) /
-the device-to-device copy bandwidth measured in the same run (bytes read + written).
+the device-to-device copy bandwidth measured in the same run (bytes read + written): the larger
+of an XLA loop's and, when torch is importable, torch `copy_`'s as h200-anchors.md measures it
+(the XLA loop read 3.3 TB/s on the H200 where torch's copy reaches 4.25, and a fused 8B step
+streamed its weights at 3.6: the XLA figure alone understates the roofline).
 --check N runs the reference and each fused variant teacher-forced on the reference's tokens for
 N steps and prints the relative logits error at steps 1 and N and its maximum. Results: a table
 on stdout, one JSON line per row in $OUT/bench_decode.json when OUT is set (or --out).
@@ -82,6 +85,31 @@ def copy_bandwidth(jax, jnp, passes: int = 20):
     x = sweep(x).block_until_ready()
     best = min(best, time.perf_counter() - t0)
   return 2 * x.nbytes * passes / best
+
+
+def torch_copy_bandwidth(repeats: int = 20):
+  """Bytes/s (read + written) of torch's `copy_` between two 2 GiB bf16 buffers, median of
+  `repeats` (peers_h200.py's copy ceiling), or None without torch and a CUDA device."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  if not torch.cuda.is_available():
+    return None
+  x = torch.empty(1 << 30, dtype=torch.bfloat16, device="cuda").normal_()
+  y = torch.empty_like(x)
+  times = []
+  for i in range(repeats + 5):  # the first 5 warm up
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    y.copy_(x)
+    end.record()
+    end.synchronize()
+    times += [start.elapsed_time(end) * 1e-3] if i >= 5 else []
+  nbytes = 2 * x.numel() * x.element_size()
+  del x, y
+  torch.cuda.empty_cache()
+  return nbytes / sorted(times)[len(times) // 2]
 
 
 def make_generate(jax, jnp, step, steps: int):
@@ -232,9 +260,11 @@ def main(argv=None):
 
   out_path = args.out or (os.path.join(os.environ["OUT"], "bench_decode.json")
                           if os.environ.get("OUT") else "")
-  bandwidth = 4.3e12 if args.smoke else copy_bandwidth(jax, jnp)
-  print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; device {jax.devices()[0].device_kind}",
-        flush=True)
+  measured = {} if args.smoke else dict(xla=copy_bandwidth(jax, jnp), torch=torch_copy_bandwidth())
+  bandwidth = max((b for b in measured.values() if b), default=4.3e12)
+  sources = ", ".join(f"{k} {b / 1e12:.2f}" for k, b in measured.items() if b) or "assumed"
+  print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s ({sources}); device "
+        f"{jax.devices()[0].device_kind}", flush=True)
   rows = []
 
   def record(**row):

@@ -39,7 +39,7 @@ from lloglin.layers.registry import on_hopper_gpu
 
 DECODE_IMPLS = ("auto", "plain", "fused")
 # 'auto' takes the fused kernel's Mosaic GPU backend at any width (on an H200 it beat the plain
-# jitted step at 138M, 1.24B and 8B: 0.393 / 1.016 / 4.544 against 0.536 / 1.629 / 6.034
+# jitted step at 138M, 1.24B and 8B: 0.313 / 0.876 / 4.147 against 0.643 / 1.642 / 6.029
 # ms/token, bf16) and its Triton backend, for models only that one serves, up to this width (it
 # beat the plain step at d_model 768 and 2048 and lost at 4096: 9.98 vs 6.05 ms/token); see
 # benchmarks/RESULTS.md (fused decode).

@@ -4,9 +4,9 @@ Same step and numerics as kernel.py's Triton kernel (weights.py's rule: vectors 
 product rounded to the activation dtype, float32 products and sums, float32 residual), same
 phases per layer (qkv, attn, o, gu, down), items taken round-robin by a grid of at most the SM
 count, one warpgroup per block. What differs:
-- Weights stream GMEM -> SMEM by TMA: every GEMV phase is one `plgpu.emit_pipeline` over
-  (this block's items, column tiles), `stages` [rows, chunk] tiles in flight, so a block's
-  weight stream runs on from one item into the next. A tile is multiplied in registers (WGMMA
+- Weights stream GMEM -> SMEM by TMA, `stages` [rows, chunk] tiles in flight per block, over
+  (this block's items, column tiles) of each GEMV phase and on across phases (the ring, below).
+  A tile is multiplied in registers (WGMMA
   layout, rows % 64 == 0) and summed over its columns into a float32 [rows] accumulator, as in
   gemv_mgpu.py (which streamed the 1.24B decode matrices at XLA's bandwidth on the H200).
 - A phase with fewer row tiles than blocks (the 1.24B model's qkv / o / down: 48 / 32 / 32 tiles
@@ -18,16 +18,14 @@ count, one warpgroup per block. What differs:
 - Each block writes the phase's input vector (RMS-normalised residual, attention output or MLP
   hidden) into its own SMEM from registers, recomputing the norm's rstd from the float32
   residual: no TMA ever reads data written in this launch (no async-proxy fence needed).
-- Grid barrier k: every block signals an `arrive` GMEM semaphore (release, GPU scope, after a
-  warpgroup barrier); block 0 waits for all of them (taking them back) and signals `release`
-  once; every block polls `release` until it reaches k (`pl.semaphore_read`: acquire loads, no
-  atomics, so no contention). After the last barrier the blocks arrive once more and block 0
-  takes `release` back to zero, as `pl.get_global` semaphores must end. Polls are bounded (about
-  a second); a block that timed out waits no more and the logits come back NaN (as kernel.py's).
-  With num_blocks == 1 (the interpreter, which has no semaphores) barriers are skipped.
-  `MosaicTiling(barrier="counter")` (unmeasured: built after the device time was spent) has
-  every block add to one counter and poll it, one GMEM round trip after the last arrival
-  instead of four (`_grid_barrier`).
+- Grid barriers (`_grid_barrier`), by default 'counter': every block adds 1 to one GMEM
+  semaphore (release, GPU scope, after a warpgroup barrier) and polls it until k x num_blocks
+  (`pl.semaphore_read`: acquire loads), one GMEM round trip after the last arrival; after the
+  last barrier block 0 takes it back to zero, as `pl.get_global` semaphores must end.
+  'coordinator' (the first form): block 0 collects the arrivals and signals a release that the
+  others poll, four dependent round trips. Polls are bounded (about a second); a block that timed
+  out waits no more and the logits come back NaN (as kernel.py's). With num_blocks == 1 (the
+  interpreter, which has no semaphores) barriers are skipped.
 - Attention: item = (query head, split of its kv group's cache tiles), NS splits per head
   (`_attn_splits`: about one item per block). RoPE without register concatenation: q and k are
   kept as two [K/2] halves; the cache is read as two [seq_block, K/2] column-half tiles, score =
@@ -36,51 +34,41 @@ count, one warpgroup per block. What differs:
   item reads what another writes in this phase. Splits 0..NS-2 store their partial softmax and
   signal a per-(layer, head) GMEM semaphore; split NS-1, a later item of the round-robin order
   (so the wait cannot deadlock), waits for them, takes the semaphore back to zero and merges.
-- Across grid barriers, by default, only an L2 prefetch: before each barrier a block requests
-  the first `stages` weight tiles of its next GEMV item into L2 (TMA prefetch), so their HBM
-  latency overlaps the barrier; the pipeline itself still starts, and drains, inside its phase.
-- Opt-in (`MosaicTiling.ring`): one SMEM weight ring for the whole step instead of a pipeline
-  per phase (FlashFormer's weight stream). Weights do not depend on activations, so a block's
-  sequence of weight tiles over the step (every GEMV phase of every layer, then the LM head) is
-  static; it is walked as one stream, tile number q in slot q % stages, one TMA barrier per slot
-  (two rings of `stages` [rows, chunk] slots: the gate/up phase streams two matrices, the other
-  phases use the first). Each slot a phase frees is refilled at once with the stream's tile
-  `stages` positions on, this phase's or, near its end, the next phase's (the down phase's next
-  is the next layer's qkv, or the LM head), so when a block reaches a grid barrier the next
-  phase's first tiles are already in flight or in SMEM, also across the attention phase; only
-  the x vector waits for the barrier. SMEM at the 1.24B shape (bf16 or int8, stages 4): 210 KB
-  a block against 146 KB without the ring (the ring, 128 KB, is live for the whole kernel, next
-  to the attention pipeline's 64 KB). Correct in the interpreter (whose race check flags only
-  the slot-refill-after-read pattern that emit_pipeline shows too) and lowers for CUDA at grid
-  132; unmeasured (2026-11-30, no GPU time left). To measure it: `benchmarks/bench_decode.py
-  --models 1b,138m --formats bf16 --backends mosaic --tilings "ring=0;ring=1" --steps 32
-  --repeats 3 --check 32` (carry/s8_ring.sh).
+- Weights stream through one SMEM ring for the whole step (`MosaicTiling.ring`, default;
+  FlashFormer's weight stream). Weights do not depend on activations, so a block's sequence of
+  weight tiles over the step (every GEMV phase of every layer, then the LM head) is static; it
+  is walked as one stream, tile number q in slot q % stages, one TMA barrier per slot (two rings
+  of `stages` [rows, chunk] slots: the gate/up phase streams two matrices, the other phases use
+  the first). Each slot a phase frees is refilled at once with the stream's tile `stages`
+  positions on, this phase's or, near its end, the next phase's (the down phase's next is the
+  next layer's qkv, or the LM head), so when a block reaches a grid barrier the next phase's
+  first tiles are already in flight or in SMEM, also across the attention phase; only the x
+  vector waits for the barrier. SMEM at the 1.24B shape (bf16 or int8, stages 4): 210 KB a block
+  (the ring, 128 KB, is live for the whole kernel, next to the attention pipeline's 64 KB).
+  `ring=False`: a pipeline per phase (`plgpu.emit_pipeline`, filled and drained inside it) with
+  an L2 prefetch of the next phase's first tiles before each barrier (146 KB of SMEM).
+- int8 tiles are widened to float32 through bfloat16 (`_widen`).
 
 `fused_decode_step` runs it by default wherever it serves the model on a Hopper GPU
 (`default_backend`); kernel.py stays available as backend='triton'.
 
-Measured (one H200, jax 0.11.2, 2026-11-30, commit ce5f5c9; copy bandwidth 3.29 TB/s; prompt
-512, 8K cache, 32 greedy steps in one jitted loop, `benchmarks/bench_decode.py --models 1b,138m
---formats bf16 --backends triton,mosaic --steps 32 --repeats 3 --check 32`, then `--models 1b
---formats int8` and `--models 8b --formats bf16 --backends mosaic`), ms/token (fraction of the
-copy roofline): 1.24B bf16 1.016 (74%) against 1.473 for kernel.py and 1.629 for the jitted
-`decode_step_reference`; 138M bf16 0.393 (23%) against 0.458 and 0.536; 1.24B int8 1.041 (37%
-of the int8 roofline) against 1.131 and 1.452; 8B bf16 4.544 (100%) against 6.034 for the jitted
-step. Logits over 32 teacher-forced steps within 6.5e-3 (1.24B) / 6.1e-3 (138M) / 1.0e-2 (8B) of
-the reference, greedy tokens all equal; the GPU tests (256 steps after a 512-token prompt, bf16
-and int8) pass. A diagnostic run the same day: at 1.24B lowering 3.8 s and compiling 3.0 s; a
-Mosaic kernel of `_grid_barrier` alone, 81 of them at grid 132, takes 0.439 ms: 5.4 us each.
-What still limits it (hypotheses, not measured separately): the grid barriers, 81 at 1.24B
-(~0.44 ms of the 1.016) and 61 at 138M (~0.33 of 0.393 ms), so the 138M target of 0.2 ms needs
-fewer or cheaper barriers (each is three dependent GMEM round trips plus block 0's CAS); and
-int8 no faster than bf16: its tiles hold twice the elements per byte and are widened to float32
-element by element in the WGMMA register layout, so the per-SM multiply-add work doubles while
-the bytes halve (the int8 step's non-barrier part, ~0.6 ms, is the bf16 step's). The widening is
-the likely cost: Mosaic GPU converts int8 to float32 with one `arith.sitofp` per element
-(`FragmentedArray.astype` in jax 0.11.2), an integer-to-float conversion that the CUDA guide's
-throughput table puts at 16 per clock per SM on sm_90, about 0.3 ms for the 1.24B weights on 132
-SMs; its int8 -> bf16 path (byte permutes and a bf16x2 subtract, exact for int8) or a
-magic-number conversion would be cheaper (not tried).
+Measured (one H200, jax 0.11.2, 2026-11-30; benchmarks/RESULTS.md, "The SMEM weight ring and the
+counter barrier on the GPU"): `benchmarks/bench_decode.py --models 1b,138m --formats bf16,int8
+--backends triton,mosaic --steps 32 --repeats 3 --check 32 --torch` (and `--models 8b`), ms per
+token: 1.24B bf16 0.876 against 1.494 for kernel.py, 1.642 for the jitted
+`decode_step_reference` and 4.767 for torch.compile (67% of a 4.25 TB/s copy roofline); 138M
+bf16 0.313 (0.461, 0.643, 2.212); 1.24B int8 0.902 (1.151, 1.602); 8B bf16 4.147 against 6.029
+for the jitted step (86%). Logits over 32 teacher-forced steps within 6.5e-3 of the reference,
+greedy tokens all equal; the GPU tests (256 steps after a 512-token prompt, bf16 and int8, the
+default and each non-default form) pass. Ring and counter barrier each made the step faster:
+at 1.24B bf16 1.030 ms (pipeline per phase, coordinator) -> 0.948 (ring) / 0.930 (counter) ->
+0.869 (both); at 138M 0.382 -> 0.373 / 0.319 -> 0.308. A Mosaic kernel of 81 grid barriers
+alone at grid 132: coordinator 4.7 us, counter 3.7 us a barrier.
+What still limits it (hypotheses): the grid barriers (61 at 138M, ~0.23 ms of its 0.313; the
+0.2 ms target needs fewer barriers a layer or cheaper ones), and for int8 the per-SM arithmetic
+of one warpgroup multiplying every weight element in registers (twice the elements per byte of
+bf16): the int8 step is no faster than bf16; two consumer warpgroups a block or the GEMV on the
+tensor cores (WGMMA, x as an N = 8 operand) are the untried fixes.
 """
 
 import dataclasses
@@ -177,11 +165,11 @@ def _grid_barrier(sems, nb: int, k, ok, last: bool = False, protocol: str = "coo
   returns it updated. After a time-out a block waits no more (a grid whose blocks are not all
   resident then ends in about a second with NaN logits instead of hanging the GPU).
 
-  'coordinator' (the module docstring's; 5.4 us a barrier on the H200): after the last arrival
-  four dependent GMEM operations (block 0's poll, take-back and release signal, the others'
-  poll). 'counter' (unmeasured): every block adds 1 to one counter and polls it until k * nb,
-  so one poll after the last arrival; the second semaphore counts the blocks past the last
-  barrier, after which block 0 takes both back to zero (nobody polls them any more)."""
+  'counter' (3.7 us a barrier alone on the H200): every block adds 1 to one counter and polls
+  it until k * nb, so one poll after the last arrival; the second semaphore counts the blocks
+  past the last barrier, after which block 0 takes both back to zero (nobody polls them any
+  more). 'coordinator' (4.7 us): block 0 polls the arrivals, takes them back and signals a
+  release that the others poll, four dependent GMEM operations after the last arrival."""
   first = lax.axis_index("blocks") == 0
   limit = ok * _SPIN_LIMIT
   if protocol == "counter":
