@@ -5,7 +5,6 @@
   python benchmarks/bench_decode.py --check 256           # plus a 256-step logits comparison
   python benchmarks/bench_decode.py --formats bf16 --backends triton,mosaic  # both kernels
   python benchmarks/bench_decode.py --backends mosaic --tilings "ring=0;ring=1"  # Mosaic SMEM ring
-  python benchmarks/bench_decode.py --backends mosaic --tilings "barrier=counter"  # grid barrier
 
 Random weights (speed does not depend on values), a KV cache of --max_len positions whose first
 --prompt positions hold random keys/values, then --steps greedy tokens in ONE jitted
@@ -55,8 +54,8 @@ def parse_args(argv=None):
   p.add_argument("--no_fused", action="store_true", help="baselines only")
   p.add_argument("--tilings", default="",
                  help="';'-separated fused-kernel variants, each 'field=value,...' over the "
-                      "backend's default tiling (e.g. 'rows=16,num_warps=8', or 'ring=1' and "
-                      "'barrier=counter' for the Mosaic kernel; the field "
+                      "backend's default tiling (e.g. 'rows=16,num_warps=8', or 'ring=0' for the "
+                      "Mosaic kernel; the field "
                       "'backend=triton|mosaic' picks the kernel, else default_backend's)")
   p.add_argument("--backends", default="",
                  help="comma-separated fused backends (triton, mosaic): every variant runs on "
@@ -98,14 +97,16 @@ def torch_copy_bandwidth(repeats: int = 20):
     return None
   x = torch.empty(1 << 30, dtype=torch.bfloat16, device="cuda").normal_()
   y = torch.empty_like(x)
+  for _ in range(5):  # warm-up
+    y.copy_(x)
   times = []
-  for i in range(repeats + 5):  # the first 5 warm up
+  for _ in range(repeats):
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     y.copy_(x)
     end.record()
     end.synchronize()
-    times += [start.elapsed_time(end) * 1e-3] if i >= 5 else []
+    times.append(start.elapsed_time(end) * 1e-3)
   nbytes = 2 * x.numel() * x.element_size()
   del x, y
   torch.cuda.empty_cache()

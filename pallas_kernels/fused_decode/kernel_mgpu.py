@@ -18,14 +18,14 @@ count, one warpgroup per block. What differs:
 - Each block writes the phase's input vector (RMS-normalised residual, attention output or MLP
   hidden) into its own SMEM from registers, recomputing the norm's rstd from the float32
   residual: no TMA ever reads data written in this launch (no async-proxy fence needed).
-- Grid barriers (`_grid_barrier`), by default 'counter': every block adds 1 to one GMEM
-  semaphore (release, GPU scope, after a warpgroup barrier) and polls it until k x num_blocks
-  (`pl.semaphore_read`: acquire loads), one GMEM round trip after the last arrival; after the
-  last barrier block 0 takes it back to zero, as `pl.get_global` semaphores must end.
-  'coordinator' (the first form): block 0 collects the arrivals and signals a release that the
-  others poll, four dependent round trips. Polls are bounded (about a second); a block that timed
-  out waits no more and the logits come back NaN (as kernel.py's). With num_blocks == 1 (the
-  interpreter, which has no semaphores) barriers are skipped.
+- Grid barrier k (`_grid_barrier`): every block adds 1 to one GMEM semaphore (release, GPU
+  scope, after a warpgroup barrier) and polls it until k x num_blocks (`pl.semaphore_read`:
+  acquire loads), one GMEM round trip after the last arrival; after the last barrier block 0
+  takes it back to zero, as `pl.get_global` semaphores must end. Polls are bounded (about a
+  second); a block that timed out waits no more and the logits come back NaN (as kernel.py's).
+  With num_blocks == 1 (the interpreter, which has no semaphores) barriers are skipped. (A
+  first form, block 0 collecting the arrivals and signalling a release, four dependent round
+  trips, was slower on the H200 and was removed: see Measured.)
 - Attention: item = (query head, split of its kv group's cache tiles), NS splits per head
   (`_attn_splits`: about one item per block). RoPE without register concatenation: q and k are
   kept as two [K/2] halves; the cache is read as two [seq_block, K/2] column-half tiles, score =
@@ -60,10 +60,11 @@ token: 1.24B bf16 0.876 against 1.494 for kernel.py, 1.642 for the jitted
 bf16 0.313 (0.461, 0.643, 2.212); 1.24B int8 0.902 (1.151, 1.602); 8B bf16 4.147 against 6.029
 for the jitted step (86%). Logits over 32 teacher-forced steps within 6.5e-3 of the reference,
 greedy tokens all equal; the GPU tests (256 steps after a 512-token prompt) pass for the
-default (bf16, int8) and, in bf16, for each non-default form. Ring and counter barrier each made the step faster:
-at 1.24B bf16 1.030 ms (pipeline per phase, coordinator) -> 0.948 (ring) / 0.930 (counter) ->
-0.869 (both); at 138M 0.382 -> 0.373 / 0.319 -> 0.308. A Mosaic kernel of 81 grid barriers
-alone at grid 132: coordinator 4.7 us, counter 3.7 us a barrier.
+default (bf16, int8) and, in bf16, for the ring and this barrier each on its own. Ring and
+barrier each made the step faster: at 1.24B bf16 1.030 ms (pipeline per phase, the first barrier
+form) -> 0.948 (ring) / 0.930 (this barrier) -> 0.869 (both); at 138M 0.382 -> 0.373 / 0.319 ->
+0.308 (commit 09d7997, which still had the first form). A Mosaic kernel of 81 grid barriers alone at grid 132: 4.7 us a
+barrier for the first form, 3.7 us for this one.
 What still limits it (hypotheses): the grid barriers (61 at 138M, ~0.23 ms of its 0.313; the
 0.2 ms target needs fewer barriers a layer or cheaper ones), and for int8 the per-SM arithmetic
 of one warpgroup multiplying every weight element in registers (twice the elements per byte of
@@ -90,7 +91,6 @@ _SPIN_LIMIT = 1 << 20  # polls of a grid barrier before giving up (about a secon
 _TILE = plgpu.Layout.WGMMA
 _ROWS = plgpu.Layout.WGMMA.reduce(1)   # a [rows] vector: one value per tile row
 _COLS = plgpu.Layout.WGMMA.reduce(0)   # a [cols] vector broadcast over tile rows
-BARRIERS = ("coordinator", "counter")  # grid barrier protocols (`_grid_barrier`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +101,8 @@ class MosaicTiling:
   tiles is split into, by columns, at most (0: num_blocks; see `_splits`); prefetch: 1 to
   request each block's first `stages` tiles of the next GEMV phase into L2 before every grid
   barrier, 0 not to (used only without the ring); ring: stream the weights through one SMEM
-  ring across phases and grid barriers (see the module docstring), False for a pipeline per
-  phase; barrier: the grid barrier's protocol, 'counter' or 'coordinator' (`_grid_barrier`).
-  The defaults (ring, counter) are the fastest measured (module docstring)."""
+  ring across phases and grid barriers (see the module docstring; the faster measured), False
+  for a pipeline per phase."""
   num_blocks: int
   rows: int = 64
   chunk: int = 128
@@ -112,7 +111,6 @@ class MosaicTiling:
   items: int = 0
   prefetch: int = 1
   ring: bool = True
-  barrier: str = "counter"
 
 
 def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling:
@@ -141,7 +139,6 @@ def check_mosaic(config, tiling: MosaicTiling, max_len: int):
             ("items", t.items, t.items >= 0, ">= 0"),
             ("prefetch", t.prefetch, t.prefetch in (0, 1), "0 or 1"),
             ("ring", t.ring, t.ring in (False, True), "False or True"),
-            ("barrier", t.barrier, t.barrier in BARRIERS, f"one of {BARRIERS}"),
             ("seq_block", t.seq_block, t.seq_block % 64 == 0 and max_len % t.seq_block == 0,
              f"a multiple of 64 dividing the cache length {max_len}"),
             ("head_dim", c.head_dim, c.head_dim % 16 == 0, "a multiple of 16"),
@@ -159,53 +156,29 @@ def _spin(sem, target, limit):
   return (value >= target).astype(jnp.int32)
 
 
-def _grid_barrier(sems, nb: int, k, ok, last: bool = False, protocol: str = "counter"):
-  """Grid barrier number k (1, 2, ...) of this launch; `last` also returns the semaphores to
-  zero (see the module docstring). ok (int32 0/1): no barrier of this block timed out so far;
-  returns it updated. After a time-out a block waits no more (a grid whose blocks are not all
-  resident then ends in about a second with NaN logits instead of hanging the GPU).
-
-  'counter' (3.7 us a barrier alone on the H200): every block adds 1 to one counter and polls
-  it until k * nb, so one poll after the last arrival; the second semaphore counts the blocks
-  past the last barrier, after which block 0 takes both back to zero (nobody polls them any
-  more). 'coordinator' (4.7 us): block 0 polls the arrivals, takes them back and signals a
-  release that the others poll, four dependent GMEM operations after the last arrival."""
-  first = lax.axis_index("blocks") == 0
+def _grid_barrier(sems, nb: int, k, ok, last: bool = False):
+  """Grid barrier number k (1, 2, ...) of this launch (see the module docstring). ok (int32
+  0/1): no barrier of this block timed out so far; returns it updated. After a time-out a block
+  waits no more (a grid whose blocks are not all resident then ends in about a second with NaN
+  logits instead of hanging the GPU). sems[0] counts the arrivals (k * nb after barrier k);
+  `last`: sems[1] counts the blocks past the last barrier, after which block 0 takes both back
+  to zero (nobody polls them any more)."""
+  count, done = sems.at[0], sems.at[1]
   limit = ok * _SPIN_LIMIT
-  if protocol == "counter":
-    count, done = sems.at[0], sems.at[1]
-    plgpu.semaphore_signal(count, 1, memory_scope="gpu")
-    ok = ok * _spin(count, k * nb, limit)
-    if last:
-      plgpu.semaphore_signal(done, 1, memory_scope="gpu")
-
-      def take():
-        got = _spin(done, nb, limit)
-
-        @pl.when(got == 1)
-        def _():
-          plgpu.semaphore_wait(done, nb, memory_scope="gpu")
-          plgpu.semaphore_wait(count, k * nb, memory_scope="gpu")
-        return got
-      ok = ok * lax.cond(first, take, lambda: jnp.int32(1))
-    return ok
-  arrive, release = sems.at[0], sems.at[1]
-
-  def arrive_all():
-    plgpu.semaphore_signal(arrive, 1, memory_scope="gpu")
-
-    def take():  # block 0: every block arrived; take the arrivals back
-      got = _spin(arrive, nb, limit)
-      pl.when(got == 1)(lambda: plgpu.semaphore_wait(arrive, nb, memory_scope="gpu"))
-      return got
-    return lax.cond(first, take, lambda: jnp.int32(1))
-  ok = ok * arrive_all()
-  pl.when(first)(lambda: plgpu.semaphore_signal(release, 1, memory_scope="gpu"))
-  ok = ok * _spin(release, k, limit)
+  plgpu.semaphore_signal(count, 1, memory_scope="gpu")
+  ok = ok * _spin(count, k * nb, limit)
   if last:
-    done = arrive_all()  # every block has seen release == k: block 0 may now take it back
-    pl.when(first & (done == 1))(lambda: plgpu.semaphore_wait(release, k, memory_scope="gpu"))
-    ok = ok * done
+    plgpu.semaphore_signal(done, 1, memory_scope="gpu")
+
+    def take():
+      got = _spin(done, nb, limit)
+
+      @pl.when(got == 1)
+      def _():
+        plgpu.semaphore_wait(done, nb, memory_scope="gpu")
+        plgpu.semaphore_wait(count, k * nb, memory_scope="gpu")
+      return got
+    ok = ok * lax.cond(lax.axis_index("blocks") == 0, take, lambda: jnp.int32(1))
   return ok
 
 
@@ -401,7 +374,7 @@ def _kernel(c, t: MosaicTiling, treedef, n_in: int, *refs):
   # [the grid barrier's two, one attention counter per (layer, head) if NS > 1]
   n_sems = 2 + (L * H if NS > 1 else 0)
   sems = pl.get_global(plgpu.SemaphoreType.REGULAR((n_sems,))) if nb > 1 else None
-  barrier = (lambda k, ok, last=False: _grid_barrier(sems, nb, k, ok, last, t.barrier)
+  barrier = (lambda k, ok, last=False: _grid_barrier(sems, nb, k, ok, last)
              ) if nb > 1 else (lambda k, ok, last=False: ok)
 
   def layer_mat(rows_ref, scale_ref, l):

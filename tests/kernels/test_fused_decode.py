@@ -158,9 +158,6 @@ def test_mosaic_bad_input_is_rejected():
   with pytest.raises(ValueError, match="ring"):
     fused_decode_step(weights, cache(), 1, 0, interpret=True,
                       tiling=MosaicTiling(num_blocks=1, ring=2), backend="mosaic")
-  with pytest.raises(ValueError, match="barrier"):
-    fused_decode_step(weights, cache(), 1, 0, interpret=True,
-                      tiling=MosaicTiling(num_blocks=1, barrier="fast"), backend="mosaic")
   tiny = FusedConfig(**TINY)
   with pytest.raises(ValueError, match="fused decode \\(mosaic\\)"):
     fused_decode_step(random_weights(tiny, jax.random.key(0)), init_cache(tiny, 64), 1, 0,
@@ -190,24 +187,13 @@ def test_mosaic_kernel_lowers_for_cuda_at_llama_1b_shape(fmt, ring):
   assert "fused_decode_mgpu" in text
 
 
-def test_mosaic_counter_barrier_lowers_for_cuda_at_llama_1b_shape():
-  """The 'counter' grid barrier (not runnable in the interpreter, which has no semaphores)
-  lowers at grid 132 and changes the kernel."""
-  texts = [_lower_at_llama_1b("bf16", fused_decode_call_mgpu, lambda *a, b=b: dataclasses.replace(
-      default_mosaic_tiling(*a), barrier=b)) for b in ("coordinator", "counter")]
-  assert "fused_decode_mgpu" in texts[1] and texts[0] != texts[1]
-
-
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 def test_kernel_lowers_for_cuda_at_llama_1b_shape(fmt):
   assert "fused_decode" in _lower_at_llama_1b(fmt, fused_decode_call, default_tiling)
 
 
-# The Mosaic kernel's non-default forms, run as GPU test cases of their own: a pipeline per
-# phase with the coordinator barrier (its first measured form) and each change on its own.
-MOSAIC_VARIANTS = {"mosaic-per-phase": dict(ring=False, barrier="coordinator"),
-                   "mosaic-no-ring": dict(ring=False),
-                   "mosaic-coordinator": dict(barrier="coordinator")}
+# The Mosaic kernel's non-default form, a GPU test case of its own: a pipeline per phase.
+MOSAIC_VARIANTS = {"mosaic-per-phase": dict(ring=False)}
 
 
 @pytest.mark.gpu
