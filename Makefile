@@ -1,5 +1,6 @@
 # Two commands: `make train` (the embedded default: MQAR on CPU) and `make test` (the whole suite).
-# Both create .venv on first use with Python >= 3.12 (from PATH or pyenv).
+# Both create .venv on first use with Python >= 3.12 (from PATH or pyenv): the pinned requirements,
+# then the package itself (pip install -e . --no-deps).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ ARGS ?=
 
 .PHONY: train test test-fast clean-venv
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt pyproject.toml
 	@bash scripts/make_venv.sh $(VENV) requirements.txt
 	@touch $@
 

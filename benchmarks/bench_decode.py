@@ -1,10 +1,10 @@
 """Batch-1 decode on one GPU: the fused whole-model kernel against the plain jitted step.
 
-  python benchmarks/bench_decode.py                       # 138m and 1b, bf16 and int8
-  python benchmarks/bench_decode.py --models 1b,8b --torch  # plus torch eager / compile baselines
-  python benchmarks/bench_decode.py --check 256           # plus a 256-step logits comparison
-  python benchmarks/bench_decode.py --formats bf16 --backends triton,mosaic  # both kernels
-  python benchmarks/bench_decode.py --backends mosaic --tilings "ring=0;ring=1"  # Mosaic SMEM ring
+  python -m benchmarks.bench_decode                       # 138m and 1b, bf16 and int8
+  python -m benchmarks.bench_decode --models 1b,8b --torch  # plus torch eager / compile baselines
+  python -m benchmarks.bench_decode --check 256           # plus a 256-step logits comparison
+  python -m benchmarks.bench_decode --formats bf16 --backends triton,mosaic  # both kernels
+  python -m benchmarks.bench_decode --backends mosaic --tilings "ring=0;ring=1"  # Mosaic SMEM ring
 
 Random weights (speed does not depend on values), a KV cache of --max_len positions whose first
 --prompt positions hold random keys/values, then --steps greedy tokens in ONE jitted
@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
 SHAPES = {
@@ -251,7 +250,6 @@ def main(argv=None):
   args = parse_args(argv)
   if args.smoke:
     os.environ["JAX_PLATFORMS"] = "cpu"
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import jax.numpy as jnp
   from pallas_kernels.fused_decode import (FusedConfig, decode_step_reference, default_backend,

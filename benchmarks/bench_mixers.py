@@ -1,12 +1,12 @@
 """Sequence-mixer throughput on one GPU: lloglin's kernels, its XLA forms and the peers, one run.
 
-  python3 benchmarks/bench_mixers.py                       # 16 heads x 128, T = 2K/8K/32K
-  python3 benchmarks/bench_mixers.py --shape h48d64        # the log-linear paper's shape
-  python3 benchmarks/bench_mixers.py --mixers path,attention --impls pallas,cudnn,fla
-  python3 benchmarks/bench_mixers.py --memory path         # compiled fwd+bwd memory vs T
-  python3 benchmarks/bench_mixers.py --mixers path --impls pallas,pallas_linear_memory
-  python3 benchmarks/bench_mixers.py --merge a/rows_h16d128.jsonl b/rows_h16d128.jsonl
-  python3 benchmarks/bench_mixers.py --impls pallas --mixers gdn --kernel_configs 32,8,2,16,8,1
+  python -m benchmarks.bench_mixers                       # 16 heads x 128, T = 2K/8K/32K
+  python -m benchmarks.bench_mixers --shape h48d64        # the log-linear paper's shape
+  python -m benchmarks.bench_mixers --mixers path,attention --impls pallas,cudnn,fla
+  python -m benchmarks.bench_mixers --memory path         # compiled fwd+bwd memory vs T
+  python -m benchmarks.bench_mixers --mixers path --impls pallas,pallas_linear_memory
+  python -m benchmarks.bench_mixers --merge a/rows_h16d128.jsonl b/rows_h16d128.jsonl
+  python -m benchmarks.bench_mixers --impls pallas --mixers gdn --kernel_configs 32,8,2,16,8,1
 
 Every call processes 65,536 tokens (B = 65536 / T), bf16 q/k/v, fp32 gates, lambda, PaTH's w and
 beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward+backward
@@ -43,7 +43,6 @@ from collections.abc import Callable
 # torch and jax share the GPU: jax grows its pool on demand and leaves room for torch.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -1,8 +1,8 @@
 """Optimizer-state memory and step time: AdamW vs GaLore (and other low-rank methods).
 
 Each method runs in its own process so the device's peak-memory statistics are its own:
-  python benchmarks/bench_optimizer_memory.py --shape 1b --methods adamw,galore --rank 512
-  python benchmarks/bench_optimizer_memory.py --shape smoke        # seconds, on CPU
+  python -m benchmarks.bench_optimizer_memory --shape 1b --methods adamw,galore --rank 512
+  python -m benchmarks.bench_optimizer_memory --shape smoke        # seconds, on CPU
 Prints one JSON line per method and, with --out, writes them all to a JSON file.
 """
 
@@ -72,8 +72,9 @@ def main():
     return
   results = []
   for method in a.methods.split(","):
-    args = [sys.executable, __file__, "--one", method, "--shape", a.shape, "--rank", str(a.rank),
-            "--steps", str(a.steps), "--batch", str(a.batch), "--seq_len", str(a.seq_len)]
+    args = [sys.executable, "-m", "benchmarks.bench_optimizer_memory", "--one", method,
+            "--shape", a.shape, "--rank", str(a.rank), "--steps", str(a.steps),
+            "--batch", str(a.batch), "--seq_len", str(a.seq_len)]
     out = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ))
     if out.returncode:
       print(out.stderr[-3000:], file=sys.stderr)

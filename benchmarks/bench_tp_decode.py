@@ -1,10 +1,10 @@
 """Decode tokens/s under tensor parallelism: standard vs ladder vs parallel residual, and the
 no-communication upper bound.
 
-  python benchmarks/bench_tp_decode.py                  # 1b and 8b, batch 1..64, TP = all GPUs
-  python benchmarks/bench_tp_decode.py --models 8b --batches 1,4 --modes standard,ladder
-  python benchmarks/bench_tp_decode.py --smoke          # CPU, 8 fake devices, tiny shape
-  python benchmarks/bench_tp_decode.py --from_jsonl rows.jsonl --plot tp.png  # table + plot only
+  python -m benchmarks.bench_tp_decode                  # 1b and 8b, batch 1..64, TP = all GPUs
+  python -m benchmarks.bench_tp_decode --models 8b --batches 1,4 --modes standard,ladder
+  python -m benchmarks.bench_tp_decode --smoke          # CPU, 8 fake devices, tiny shape
+  python -m benchmarks.bench_tp_decode --from_jsonl rows.jsonl --plot tp.png  # table + plot only
 
 Llama shapes (random bf16 weights; speed does not depend on the values): `1b` is Llama-3.2-1B
 (d 2048, 16 layers, 32 heads, 8 kv heads, MLP 8192, vocab 128256), `8b` is Llama-3.1-8B (d 4096,
@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
 SHAPES = {
@@ -111,7 +110,6 @@ def main(argv=None):
 
 def run(args) -> list[dict]:
   _set_xla_flags(args.smoke)
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import jax.numpy as jnp
   import numpy as np

@@ -1,10 +1,10 @@
 """End-to-end training throughput of ~350M / ~1B LMs: tokens/s and model FLOPs utilisation (MFU).
 
-  python3 benchmarks/bench_train_step.py --archs transformer,loglinear_mamba2 --seq_len 16384
-  python3 benchmarks/bench_train_step.py --archs transformer,path_fox --seq_len 4096
-  python3 benchmarks/bench_train_step.py --size 1b --archs transformer --seq_len 2048 \
+  python -m benchmarks.bench_train_step --archs transformer,loglinear_mamba2 --seq_len 16384
+  python -m benchmarks.bench_train_step --archs transformer,path_fox --seq_len 4096
+  python -m benchmarks.bench_train_step --size 1b --archs transformer --seq_len 2048 \
       --tokens 16384 --mesh data=1,tensor=2 --residual_modes standard,ladder   # 2 GPUs
-  python3 benchmarks/bench_train_step.py --size smoke --seq_len 64 --tokens 256  # CPU
+  python -m benchmarks.bench_train_step --size smoke --seq_len 64 --tokens 256  # CPU
 
 One AdamW train step (bf16 compute unless --dtype, fp32 parameters, the trainer's jitted step)
 on random tokens, median over --steps after a compile step, every architecture in this one
@@ -29,15 +29,10 @@ mesh's device count); the table gives ladder / standard per architecture and mes
 
 import argparse
 import json
-import os
 import statistics
-import sys
+from types import SimpleNamespace as NS
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from types import SimpleNamespace as NS  # noqa: E402
-
-from lloglin.parallel.ladder import RESIDUAL_MODES  # noqa: E402
+from lloglin.parallel.ladder import RESIDUAL_MODES
 
 ARCHS = ("transformer", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 ATTENTION_LIKE = {"attention", "path", "path_fox"}

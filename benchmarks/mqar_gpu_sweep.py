@@ -3,7 +3,7 @@ device (GPU or CPU), within a wall-clock deadline; then the table and plot of
 benchmarks/run_mixer_experiments.py (best accuracy over learning rates, as Zoology and the
 log-linear paper report).
 
-  python benchmarks/mqar_gpu_sweep.py --workers 8 --deadline 255 \
+  python -m benchmarks.mqar_gpu_sweep --workers 8 --deadline 255 \
       --workdir /tmp/mqar --report_dir /tmp/mqar/report       # defaults: see --help
 
 Each run is run_mixer_experiments.run in its own process (this script with --job), config
@@ -29,9 +29,8 @@ import sys
 import time
 from typing import NamedTuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import run_mixer_experiments as rme  # noqa: E402
+from benchmarks import run_mixer_experiments as rme
 
 EXPERIMENT = "mqar_lrsweep"
 
@@ -143,7 +142,7 @@ def sweep(args, argv: list[str]) -> dict:
         pending.remove(job)
         os.makedirs(os.path.join(root, job.name), exist_ok=True)
         log = open(os.path.join(root, job.name, "log.txt"), "a")
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--job",
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.mqar_gpu_sweep", *argv, "--job",
                                  f"{job.mixer},{job.kv},{job.lr!r},{job.seed}"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -212,13 +211,13 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   if args.job:
-    rme.COMMAND = "python benchmarks/mqar_gpu_sweep.py " + shlex.join(argv[:argv.index("--job")])
+    rme.COMMAND = "python -m benchmarks.mqar_gpu_sweep " + shlex.join(argv[:argv.index("--job")])
     mixer, kv, lr, seed = args.job.split(",")
     train_job(args, Job(mixer, int(kv), float(lr), int(seed)))
     return
   # This process only schedules and writes the report: it leaves the accelerator to the workers.
   rme.jax.config.update("jax_platforms", "cpu")
-  rme.COMMAND = "python benchmarks/mqar_gpu_sweep.py " + shlex.join(argv)
+  rme.COMMAND = "python -m benchmarks.mqar_gpu_sweep " + shlex.join(argv)
   status = sweep(args, argv)
   counts = {}
   for s in status.values():

@@ -1,6 +1,6 @@
 """Runs every variant of configs/duality.py and writes a table (markdown) and curves (PNG).
 
-  python benchmarks/run_duality_experiment.py --data_path ../shared/data/tinyshakespeare.txt \
+  python -m benchmarks.run_duality_experiment --data_path ../shared/data/tinyshakespeare.txt \
       --workdir runs/duality --out benchmarks/duality
 """
 

@@ -1,12 +1,12 @@
 """The sequence-mixer experiments of issue 3 at toy scale: runs, tables and plots.
 
-  python benchmarks/run_mixer_experiments.py mqar [--kv 4,8,12,16] [--mixers ...] [--steps N]
-  python benchmarks/run_mixer_experiments.py mqar_long --kv 16,32,64   # 256-token rows
-  python benchmarks/run_mixer_experiments.py flipflop [--steps N]
-  python benchmarks/run_mixer_experiments.py shakespeare \
+  python -m benchmarks.run_mixer_experiments mqar [--kv 4,8,12,16] [--mixers ...] [--steps N]
+  python -m benchmarks.run_mixer_experiments mqar_long --kv 16,32,64   # 256-token rows
+  python -m benchmarks.run_mixer_experiments flipflop [--steps N]
+  python -m benchmarks.run_mixer_experiments shakespeare \
       --data_path ../shared/data/tinyshakespeare.txt
-  python benchmarks/run_mixer_experiments.py report        # tables and PNGs from saved runs
-  python benchmarks/mqar_gpu_sweep.py ...  # MQAR x learning rates, runs in parallel (mqar_lrsweep*)
+  python -m benchmarks.run_mixer_experiments report        # tables and PNGs from saved runs
+  python -m benchmarks.mqar_gpu_sweep ...  # MQAR x learning rates, runs in parallel (mqar_lrsweep*)
 
 Each run trains through lloglin.training.trainer.train with a config from configs/
 (mqar_sweep.py, flipflop.py, shakespeare_mixers.py) and saves <workdir>/<experiment>/<run>/
@@ -26,10 +26,9 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MQAR_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")
@@ -420,7 +419,7 @@ def main():
                       help="config override key=value (repeatable), e.g. model.d_model=64")
   args = parser.parse_args()
   global COMMAND
-  COMMAND = "python benchmarks/run_mixer_experiments.py " + " ".join(sys.argv[1:])
+  COMMAND = "python -m benchmarks.run_mixer_experiments " + " ".join(sys.argv[1:])
   # mqar_lrsweep*: the learning-rate sweeps of benchmarks/mqar_gpu_sweep.py.
   experiments = (("mqar", "mqar_long", "mqar_lrsweep", "mqar_lrsweep_long", "flipflop",
                   "shakespeare") if args.experiment == "report" else (args.experiment,))

@@ -2,7 +2,7 @@
 CPU: no GPU needed.
 
   pip install --no-deps --target /tmp/tritonsite triton==3.6.0
-  TRITON_SITE=/tmp/tritonsite python benchmarks/triton_resources.py --mixers loglinear_gdn \
+  PYTHONPATH=/tmp/tritonsite python -m benchmarks.triton_resources --mixers loglinear_gdn \
       --seqlens 2048,8192,32768 --warps 4,8 --stages 1,2
 
 jax lowers every pallas_call of a mixer's forward + backward (bench_mixers' cases, 65,536 tokens,
@@ -23,14 +23,12 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import jax  # noqa: E402
-from jax._src.pallas.triton import pallas_call_registration  # noqa: E402
+import jax
+from jax._src.pallas.triton import pallas_call_registration
 
-from benchmarks import bench_mixers  # noqa: E402
+from benchmarks import bench_mixers
 
 
 def triton_modules(mixer: str, shape: str, seq_len: int) -> list[str]:
@@ -90,13 +88,11 @@ def main(argv=None):
   p.add_argument("--stages", type=lambda s: [int(x) for x in csv(s)], default=[1, 2])
   p.add_argument("--workdir", default="/tmp/triton_resources")
   args = p.parse_args(argv)
-  if os.environ.get("TRITON_SITE"):
-    sys.path.insert(0, os.environ["TRITON_SITE"])
   try:
     import triton  # noqa: F401
   except ImportError:
     p.error("the triton package is not importable: install it (see the module docstring) and "
-            "point TRITON_SITE at it")
+            "put its folder on PYTHONPATH")
   os.makedirs(args.workdir, exist_ok=True)
   rows = []
   for mixer in args.mixers:

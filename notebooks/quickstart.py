@@ -13,20 +13,19 @@
 # %% [markdown]
 # # lloglin quick start
 # Train a small Transformer on multi-query associative recall (MQAR), then load the exported
-# weights back and run it. Runs on CPU in about a minute. On Colab (GPU runtime), first clone
-# your copy of the repository, `%cd` into it and `!pip install -r requirements.txt`.
+# weights back and run it. Runs on CPU in about a minute, from a checkout of the repository (it
+# reads `configs/`) with lloglin installed (`make train` or `pip install -e .` does that). On Colab
+# (GPU runtime), first `!git clone` your copy of the repository, `%cd` into it and
+# `!pip install -e ".[gpu]"`.
 
 # %%
 import os
-import sys
-
-if os.path.basename(os.getcwd()) == "notebooks":
-  os.chdir("..")
-sys.path.insert(0, os.getcwd())
-
 import tempfile
 
 import numpy as np
+
+if os.path.basename(os.getcwd()) == "notebooks":
+  os.chdir("..")  # the repository root, where configs/ is
 
 from configs import mqar
 from lloglin.training.loading import load_model

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Create (if needed) a Python >= 3.12 virtual environment and install a requirements file into it.
+# Create (if needed) a Python >= 3.12 virtual environment, install a requirements file into it and
+# the lloglin package itself (editable, without dependencies: the requirements pin them), so that
+# scripts, notebooks and tests import lloglin from anywhere.
 # usage: make_venv.sh VENV_DIR REQUIREMENTS_FILE
 set -euo pipefail
 venv=$1
 reqs=$2
+repo=$(cd "$(dirname "$0")/.." && pwd)
 
 find_python() {
   for cand in python3.12 python3.13 python3; do  # 3.12 first: the GPU machines run 3.12
@@ -29,3 +32,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "installing $reqs into $venv"
 "$venv/bin/python" -m pip install -q -r "$reqs"
+if ! "$venv/bin/python" -c 'import importlib.metadata as m; m.distribution("lloglin")' 2>/dev/null; then
+  echo "installing lloglin (editable) into $venv"
+  "$venv/bin/python" -m pip install -q --no-deps -e "$repo"
+fi

@@ -1,6 +1,7 @@
-"""Test-wide setup: 8 fake CPU devices (for sharding tests), no GPU memory preallocation, and the
-GPU marker."""
+"""Test-wide setup: 8 fake CPU devices (for sharding tests), no GPU memory preallocation, the
+GPU marker, and fixtures shared across folders (real text, a tiny trained run)."""
 
+import fcntl
 import os
 
 # Must happen before jax is imported anywhere.
@@ -10,6 +11,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from tests.helpers import run_script  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,3 +34,25 @@ def shakespeare_path():
   if not os.path.exists(path):
     pytest.skip(f"{path} not present (real text is only on the project's machines)")
   return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_run(tmp_path_factory):
+  """Workdir of configs/mqar.py:tiny trained on a small text corpus (byte tokenizer, seq_len 32).
+
+  Trained once per test session: pytest-xdist workers share it through a lock file in the
+  session's temporary folder."""
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    shared = shared.parent  # the session's folder, above every worker's own
+  work = shared / "tiny_lm_run"
+  with open(shared / "tiny_lm_run.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (work / "export").is_dir():
+      text = shared / "tiny_corpus.txt"
+      text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+      result = run_script("train.py", "--config", "configs/mqar.py:tiny", f"--workdir={work}",
+                          "--config.data.source=text", f"--config.data.path={text}",
+                          "--config.model.max_seq_len=64")
+      assert result.returncode == 0, result.stderr[-3000:]
+  return work

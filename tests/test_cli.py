@@ -8,15 +8,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, run_script as run
+
 TINY = ["--config", "configs/mqar.py:tiny"]
-
-
-def run(script, *args, env=None, timeout=300):
-  full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-  full_env.pop("XLA_FLAGS", None)  # one CPU device per process
-  return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -49,22 +43,28 @@ def test_missing_and_empty_text_data_are_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_then_eval_from_the_directory_alone(tmp_path):
-  text = tmp_path / "corpus.txt"
-  text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
-  work = tmp_path / "work"
-  result = run("train.py", *TINY, f"--workdir={work}", "--config.data.source=text",
-               f"--config.data.path={text}", "--config.model.max_seq_len=64")
+def test_eval_with_todays_flags_from_the_workdir_alone(tiny_lm_run, tmp_path):
+  """`eval.py --checkpoint DIR` plus the lm shorthand flags: the lm suite on configs/lm.py."""
+  out = tmp_path / "eval"
+  result = run("eval.py", f"--checkpoint={tiny_lm_run}", f"--out={out}", "--num_batches=2",
+               "--prompt=the quick", "--max_new_tokens=8", "--temperature=0.7", "--top_k=5")
   assert result.returncode == 0, result.stderr[-3000:]
-  for target in (work, work / "export"):
-    out = tmp_path / f"eval_{target.name}"
-    result = run("eval.py", f"--checkpoint={target}", f"--out={out}", "--num_batches=2",
-                 "--prompt=the quick", "--max_new_tokens=8", "--temperature=0.7", "--top_k=5")
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.load(open(out / "eval.json"))
-    assert report["eval_perplexity"] > 1 and len(report["eval_loss_per_position"]) == 32
-    assert 1 <= len(report["generation"]["tokens"]) <= 8
-    assert (out / "per_position_loss.png").stat().st_size > 1000
+  report = json.load(open(out / "report.json"))
+  assert report["suite"] == "lm" and report["checkpoint"] == str(tiny_lm_run)
+  flagged = {"num_batches": 2, "prompt": "the quick", "max_new_tokens": 8, "temperature": 0.7,
+             "top_k": 5}
+  assert {k: report["config"][k] for k in flagged} == flagged
+  results = report["results"]
+  assert results["eval_perplexity"] > 1 and len(results["eval_loss_per_position"]) == 32
+  assert 1 <= len(results["generation"]["tokens"]) <= 8
+  assert report["figures"] == ["per_position_loss.png"]
+  assert (out / "per_position_loss.png").stat().st_size > 1000
+
+
+def test_eval_names_an_unknown_suite_and_the_known_ones():
+  result = run("eval.py", "--suite", "nope", timeout=120)
+  assert result.returncode != 0
+  assert "unknown suite 'nope'; known suites:" in result.stderr and "lm" in result.stderr
 
 
 def _free_port():

@@ -7,6 +7,7 @@ mismatched refresh policies) are checked to break the equality the way §2.1 say
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,8 +140,9 @@ def test_clipping_on_the_full_gradient_vs_on_the_projected_one():
     assert norm_low < norm_full - 1e-3
     step_projected = jax.tree.map(jnp.subtract, projected, params)
     step_adapted = jax.tree.map(jnp.subtract, adapted, params)
-    for a, b in zip(jax.tree.leaves(step_projected), jax.tree.leaves(step_adapted)):
-      np.testing.assert_allclose(a, b * norm_low / norm_full, rtol=1e-10, atol=1e-15)
+    chex.assert_trees_all_close(
+        step_projected, jax.tree.map(lambda x: x * norm_low / norm_full, step_adapted),
+        rtol=1e-10, atol=1e-15)
 
 
 def test_clipping_in_the_projected_space_keeps_equality():

@@ -1,5 +1,6 @@
 """S as Kronecker factors: definitions, sources, seeding and bad input."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,8 +80,7 @@ def test_make_projections_equals_make_projection_per_leaf():
   for outer, inner in (("a", "w"), ("b", "w"), ("b", "v")):
     one = optim.make_projection(specs[outer][inner], params[outer][inner], seed=4,
                                 path=f"{outer}/{inner}", refresh_index=3, worker_index=2)
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(tree[outer][inner]), strict=True):
-      np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    chex.assert_trees_all_close(one, tree[outer][inner], rtol=0, atol=1e-6)
 
 
 def test_specs_by_rule_selects_by_path_and_ndim():

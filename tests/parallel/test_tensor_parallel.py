@@ -1,5 +1,6 @@
 """Tensor parallelism (shard_map + psum) equals the single-device model, forward and backward."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,9 +44,7 @@ def test_tp_gradients_equal_single_device(mode):
   mesh, _, state = on_mesh(model, dict(data=2, tensor=4))
   params_s, rest_s = nnx.split_state(state, nnx.Param, ...)
   out = sharding.use_mesh(mesh, jax.jit(jax.grad(loss)))(params_s, rest_s)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(ref), nnx.to_flat_state(out)):
-    np.testing.assert_allclose(b.get_value(), a.get_value(), atol=2e-6, rtol=1e-4,
-                               err_msg=str(path))
+  chex.assert_trees_all_close(out, ref, atol=2e-6, rtol=1e-4)
 
 
 def test_parameters_are_split_by_heads_and_mlp_width():
