@@ -1,4 +1,6 @@
-"""Flip-flop language modelling (PaTH paper, papers.md §8.2): one layer, two heads, 64 wide.
+"""Flip-flop language modelling (the PaTH paper's toy): one layer, two heads, 64 wide.
+
+The task and the settings taken from the paper: docs/papers.md#synthetic-tasks.
 
 `configs/flipflop.py:<mixer>`, mixer in path | attention (RoPE) | path_fox. Trains on FFL(0.8)
 (lloglin/data/flipflop.py) with the loss on the read answers only; the validation split is
