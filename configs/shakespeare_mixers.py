@@ -2,8 +2,8 @@
 
 `configs/shakespeare_mixers.py:<mixer>` for each mixer in MLP_DIM below; pass the text with
 --config.data.path=/path/to/tinyshakespeare.txt (or leave data.name = tiny_shakespeare for
-tfds). benchmarks/run_mixer_experiments.py shakespeare trains all of them and writes the
-validation-loss table and curves.
+tfds). `python -m experiments.run_mixer_experiments shakespeare` trains all of them and writes
+the validation-loss table and curves.
 
 Every model: byte vocabulary, d_model 128, 2 layers of (mixer + SwiGLU), 128-token rows, 400
 steps of batch 16 (~0.8M bytes, about one pass over the training text). The

@@ -1,4 +1,5 @@
-"""Transformed-gradient training == adapter training, in float64 (docs/papers.md#optimizer-duality).
+"""Transformed-gradient training == adapter training, in float64
+(docs/literature.md#optimizer-duality).
 
 Each test runs the two views on the 2-layer MLP of `helpers` and compares the parameter
 trajectories step by step; the caveats (decoupled weight decay, global-norm clipping,
