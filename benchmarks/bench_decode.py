@@ -88,7 +88,7 @@ def copy_bandwidth(jax, jnp, passes: int = 20):
 
 def torch_copy_bandwidth(repeats: int = 20):
   """Bytes/s (read + written) of torch's `copy_` between two 2 GiB bf16 buffers, median of
-  `repeats` (peers_h200.py's copy ceiling), or None without torch and a CUDA device."""
+  `repeats` (the copy ceiling of RESULTS.md's anchors), or None without torch and a CUDA device."""
   try:
     import torch
   except ImportError:
