@@ -11,9 +11,9 @@ Random weights (speed does not depend on values), a KV cache of --max_len positi
 lax.fori_loop per implementation (no Python dispatch per token), median of --repeats runs after a
 compile run. Roofline = (bytes of the packed weights + the cache read at the mean position) /
 the device-to-device copy bandwidth measured in the same run (bytes read + written): the larger
-of an XLA loop's and, when torch is importable, torch `copy_`'s as h200-anchors.md measures it
-(the XLA loop read 3.3 TB/s on the H200 where torch's copy reaches 4.25, and a fused 8B step
-streamed its weights at 3.6: the XLA figure alone understates the roofline).
+of an XLA loop's and, when torch is importable, torch `copy_`'s. The XLA loop alone understates
+the machine (benchmarks/RESULTS.md, fused decode: a fused step streamed its weights faster than
+that loop copies).
 --check N runs the reference and each fused variant teacher-forced on the reference's tokens for
 N steps and prints the relative logits error at steps 1 and N and its maximum. Results: a table
 on stdout, one JSON line per row in $OUT/bench_decode.json when OUT is set (or --out).
@@ -87,7 +87,7 @@ def copy_bandwidth(jax, jnp, passes: int = 20):
 
 def torch_copy_bandwidth(repeats: int = 20):
   """Bytes/s (read + written) of torch's `copy_` between two 2 GiB bf16 buffers, median of
-  `repeats` (peers_h200.py's copy ceiling), or None without torch and a CUDA device."""
+  `repeats` (the copy ceiling of RESULTS.md's anchors), or None without torch and a CUDA device."""
   try:
     import torch
   except ImportError:

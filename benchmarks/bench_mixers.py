@@ -9,8 +9,8 @@
   python -m benchmarks.bench_mixers --impls pallas --mixers gdn --kernel_configs 32,8,2,16,8,1
 
 Every call processes 65,536 tokens (B = 65536 / T), bf16 q/k/v, fp32 gates, lambda, PaTH's w and
-beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward+backward
-(gradients of every input):
+beta (the shapes of the published peer figures). Rows, for each mixer and T, forward and
+forward+backward (gradients of every input):
   pallas  lloglin's Pallas kernel (pallas_kernels), when the package provides it
   pallas_linear_memory
           PaTH's kernels with memory linear in T (path_attention_linear_memory; PaTH and PaTH-FoX
@@ -19,10 +19,10 @@ beta (h200-anchors.md's shapes). Rows, for each mixer and T, forward and forward
   cudnn   jax.nn.dot_product_attention(implementation="cudnn", is_causal=True) (attention rows)
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
           chunk_gated_delta_rule, parallel_path_attn) and torch SDPA, when fla/torch import
-fla's gated backward refuses Hopper with triton < 3.7.1 (fla issue 640); as in
-../shared/bench/peers_h200.py the guard is lifted here for timing only. On a fresh machine fla's
-Triton autotuning took 60-80 s per operator and shape on an H200: keep TRITON_CACHE_DIR between
-runs, or run one process per T under its own timeout and --merge the row logs.
+fla's gated backward refuses Hopper with triton < 3.7.1 (fla issue 640); the guard is lifted here
+for timing only. On a fresh machine fla's Triton autotuning takes about a minute per operator and
+shape: keep TRITON_CACHE_DIR between runs, or run one process per T under its own timeout and
+--merge the row logs.
 
 JAX rows are timed as the median over repeats of a jitted call loop closed by
 block_until_ready; torch rows with triton.testing.do_bench (median). Throughput is million
@@ -50,7 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 from benchmarks.cli import int_tuples  # noqa: E402
 from benchmarks.timing import median_seconds  # noqa: E402
 
-TOKENS = 65536  # per call, as in h200-anchors.md (--tokens for CPU smoke runs)
+TOKENS = 65536  # per call, as the published peer figures (--tokens for CPU smoke runs)
 SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
 MIXERS = ("attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 IMPLS = ("pallas", "xla", "cudnn", "fla")

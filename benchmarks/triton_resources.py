@@ -12,11 +12,10 @@ pipeline stages and reports `metadata.shared` (the H200 gives a block 227 KB) an
 package's `ptxas -v` on the PTX, registers per thread and bytes of register spills per thread
 (255 registers is the ceiling; spills go to local memory, i.e. L1/L2/HBM traffic).
 
-Calibration (2026-11-29): for the log-linear GDN backward at two stages the H200 asked for 112 KB
-more than this script reports (286,720 vs 172,032 bytes at T = 2048, the same 16 KB per level
-growth at 8K / 32K), while the plain GDN backward, 144 KB here, ran: XLA's Triton pipeline
-differs from the triton package's. Use the figures to compare configurations and to see what
-grows with T, not as exact budgets. Relies on jax's private Pallas lowering entry point.
+XLA's Triton pipeline differs from the triton package's, so a GPU can ask for more shared
+memory than this script reports (the calibration against an H200 is in benchmarks/RESULTS.md,
+"Every T in one command per T"): use the figures to compare configurations and to see what grows
+with T, not as exact budgets. Relies on jax's private Pallas lowering entry point.
 """
 
 import argparse

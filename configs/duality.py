@@ -2,7 +2,7 @@
 
 One method per variant, all at the same rank with new projections every 200 steps:
   :adamw  :galore (SVD)  :random_sketch (Gaussian)  :onesided_lora (SVD)  :onesided_lora_gaussian
-benchmarks/run_duality_experiment.py runs them all and writes the table and curves.
+`python -m experiments.run_duality_experiment` runs them all and writes the numbers and curves.
 The text: tfds tiny_shakespeare by default, or --config.data.path=/path/to/tinyshakespeare.txt.
 """
 
@@ -25,7 +25,8 @@ def get_config(arg: str | None = None):
   set_model_size(c, d_model=128, num_layers=4, num_heads=4, head_dim=32, mlp_dim=384)
   c.optim.learning_rate = 2e-3
   c.optim.warmup_steps = 50
-  c.optim.weight_decay = 0.0  # decoupled decay breaks the duality (papers.md 2.1)
+  # Decoupled weight decay breaks the duality (docs/literature.md#optimizer-duality).
+  c.optim.weight_decay = 0.0
   c.optim.rank = 32
   c.optim.refresh_every = 200
   c.train.num_steps = 800

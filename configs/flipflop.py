@@ -1,8 +1,10 @@
-"""Flip-flop language modelling (PaTH paper, papers.md §8.2): one layer, two heads, 64 wide.
+"""Flip-flop language modelling (the PaTH paper's toy): one layer, two heads, 64 wide.
+
+The task and the settings taken from the paper: docs/literature.md#synthetic-tasks.
 
 `configs/flipflop.py:<mixer>`, mixer in path | attention (RoPE) | path_fox. Trains on FFL(0.8)
 (lloglin/data/flipflop.py) with the loss on the read answers only; the validation split is
-FFL(data.flipflop.val_p_ignore). benchmarks/run_mixer_experiments.py flipflop
+FFL(data.flipflop.val_p_ignore). `python -m experiments.run_mixer_experiments flipflop`
 trains each mixer and measures the read error on FFL(0.8), FFL(0.98) (sparse) and FFL(0.1)
 (dense).
 

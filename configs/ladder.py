@@ -1,7 +1,7 @@
 """Ladder Residual at toy scale: a 6-layer byte-level LM on tiny_shakespeare in each residual mode.
 
   python train.py --config configs/ladder.py:standard --workdir runs/ladder_standard \
-      --config.data.path=../shared/data/tinyshakespeare.txt
+      --config.data.path=/path/to/tinyshakespeare.txt
   (variants: standard | ladder | parallel | desync; desync only differs from standard under
    tensor parallelism, e.g. --config.mesh.tensor=2)
 
@@ -10,10 +10,11 @@ layers, then a short fine-tune at a lower learning rate):
 
   python -m lloglin.training.hybrid --source runs/ladder_standard \
       --config configs/ladder.py:hybrid --workdir runs/ladder_hybrid \
-      --config.data.path=../shared/data/tinyshakespeare.txt
+      --config.data.path=/path/to/tinyshakespeare.txt
 
-Every variant has the same data, model size, optimizer and step count, so validation losses
-compare at equal steps (benchmarks/RESULTS.md).
+Without --config.data.path the text comes from tensorflow-datasets (tiny_shakespeare, one
+download). Every variant has the same data, model size, optimizer and step count, so validation
+losses compare at equal steps (benchmarks/RESULTS.md).
 """
 
 from configs.base import get_base_config, set_model_size

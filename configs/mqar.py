@@ -3,8 +3,8 @@
 `make train` runs it. Variants: `configs/mqar.py:tiny` (a few-second smoke run for tests).
 On MQAR a 2-layer Transformer sits at ~1/num_kv_pairs accuracy (it recalls *a* value of the
 context) until induction heads form. Width 128 and 128 sequences a batch make that happen early
-(near step 625 with 4 pairs in 32 tokens; width 64 or batch 64 take thousands of steps): see
-benchmarks/mqar_phase_sweep.py and benchmarks/RESULTS.md.
+in a short run; the sweep that chose them (experiments/mqar_phase_sweep.py) and its table are in
+benchmarks/RESULTS.md.
 """
 
 from configs.base import get_base_config, set_model_size, smoke_run

@@ -1,10 +1,10 @@
 """MQAR at equal model width for the recurrent mixers and their log-linear versions (the
-log-linear attention paper's synthetic test, papers.md §8.3), sized for a CPU.
+log-linear attention paper's synthetic test, docs/literature.md#reference-results), sized for a CPU.
 
 `configs/mqar_sweep.py:<mixer>` with mixer in mamba2 | loglinear_mamba2 | gdn | loglinear_gdn;
 sweep the pairs with `--config.data.mqar.num_kv_pairs=N` (N <= 16). `:<mixer>,long` has rows of
 256 tokens (9 levels) and vocabulary 256, for up to 64 pairs.
-benchmarks/run_mixer_experiments.py mqar runs the whole sweep and plots it.
+`python -m experiments.run_mixer_experiments mqar` runs the whole sweep and plots it.
 
 Every model: d_model 64, ONE layer (mixer + SwiGLU 128), sequences of 64 tokens (7 log-linear
 levels), vocabulary 64 (keys from [1, 32), values from [32, 64)). The recurrent state is the
@@ -15,8 +15,7 @@ which is the point of the comparison.
 Reduced from the papers (Zoology / log-linear: 2+ layers, longer sequences, many epochs) to fit
 a shared 2-core CPU: one layer is enough for these mixers, whose short convolutions move each key
 into its value's position, and with learning rate 1e-2 it learns MQAR in a few hundred steps
-(measured: Gated DeltaNet, 4 pairs, 92% after 400 steps; 2 layers at 3e-3 were still at 37%
-after 1000 steps).
+where two layers at 3e-3 took far longer (benchmarks/RESULTS.md, MQAR and mixer experiments).
 """
 
 from configs.base import get_base_config, set_model_size

@@ -1,9 +1,9 @@
 """Every mixer on tiny_shakespeare bytes at equal parameter count (~460K), sized for a CPU.
 
 `configs/shakespeare_mixers.py:<mixer>` for each mixer in MLP_DIM below; pass the text with
---config.data.path=../shared/data/tinyshakespeare.txt (or leave data.name = tiny_shakespeare for
-tfds). benchmarks/run_mixer_experiments.py shakespeare trains all of them and writes the
-validation-loss table and curves.
+--config.data.path=/path/to/tinyshakespeare.txt (or leave data.name = tiny_shakespeare for
+tfds). `python -m experiments.run_mixer_experiments shakespeare` trains all of them and writes
+the validation-loss table and curves.
 
 Every model: byte vocabulary, d_model 128, 2 layers of (mixer + SwiGLU), 128-token rows, 400
 steps of batch 16 (~0.8M bytes, about one pass over the training text). The
@@ -33,7 +33,7 @@ def get_config(arg: str | None = None):
   c.data.val_fraction = 0.1
   c.model.layer_pattern = arg
   set_model_size(c, d_model=128, num_layers=2, num_heads=4, head_dim=32, mlp_dim=MLP_DIM[arg])
-  c.model.chunk_size = 128  # one chunk per row: exact, and faster on a CPU (measured for PaTH)
+  c.model.chunk_size = 128  # one chunk per row: exact, and the cheapest on a CPU at this length
   base = arg.removeprefix("loglinear_")
   if base in MIXER_OPTIONS:
     c.model.mixer_options[arg] = MIXER_OPTIONS[base]

@@ -1,5 +1,5 @@
-"""benchmarks/mqar_gpu_sweep.py (parallel MQAR sweep with a deadline) and the records and report of
-benchmarks/run_mixer_experiments.py that it relies on."""
+"""experiments/mqar_gpu_sweep.py (parallel MQAR sweep with a deadline) and the records and report
+of experiments/run_mixer_experiments.py that it relies on."""
 
 import json
 import os
@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from benchmarks import mqar_gpu_sweep as sweep
-from benchmarks import run_mixer_experiments as rme
+from experiments import mqar_gpu_sweep as sweep
+from experiments import run_mixer_experiments as rme
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_sweep(tmp_path, *flags):
-  cmd = [sys.executable, "-m", "benchmarks.mqar_gpu_sweep", "--variant", "short", "--kv", "4",
+  cmd = [sys.executable, "-m", "experiments.mqar_gpu_sweep", "--variant", "short", "--kv", "4",
          "--mixers", "mamba2,loglinear_mamba2", "--lrs", "1e-2,3e-3", "--workers", "2",
          "--workdir", str(tmp_path / "runs"), "--report_dir", str(tmp_path / "report"), *flags]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
@@ -36,7 +36,7 @@ def test_sweep_trains_every_job_and_reports_best_over_learning_rates(tmp_path):
     assert record["config"]["train"]["num_steps"] == 4
     assert record["config"]["train"]["eval_every"] == 2
     assert 0.0 <= record["final"]["eval_accuracy"] <= 1.0
-    assert record["command"].startswith("python -m benchmarks.mqar_gpu_sweep --variant short")
+    assert record["command"].startswith("python -m experiments.mqar_gpu_sweep --variant short")
   table = (tmp_path / "report" / "mixer_experiments" / "mqar_lrsweep.md").read_text()
   for mixer in ("mamba2", "loglinear_mamba2"):
     assert f"| {mixer} | 4 |" in table

@@ -1,5 +1,5 @@
 """Flip-flop language modelling (Liu et al. 2023, "Exposing Attention Glitches with Flip-Flop
-Language Modeling"; the PaTH paper's state-tracking toy, papers.md §8.2).
+Language Modeling"; the PaTH paper's state-tracking toy; docs/literature.md#synthetic-tasks).
 
 A flip-flop string is seq_len / 2 instruction-bit pairs: "w b" writes bit b to a one-bit memory,
 "i b" is ignored, "r b" reads the memory, so b must equal the bit of the latest "w". FFL(p):

@@ -1,4 +1,5 @@
-"""The dual adapters: θ = θ0 + Sᵀφ with θ0 and S frozen and φ trained (papers.md §2.1).
+"""The dual adapters: θ = θ0 + Sᵀφ with θ0 and S frozen and φ trained
+(docs/literature.md#optimizer-duality).
 
 For each projected parameter the adapter φ has the low-rank shape of S(G):
   left       W = W0 + P B       B (r, n)     one-sided LoRA with P frozen (LoRA-FA)
@@ -12,8 +13,8 @@ Everything works on plain parameter pytrees, so an NNX model uses it through nnx
 (`nnx_adapter_loss`). Training φ with an optimizer `tx` follows the same trajectory as
 `low_rank_projection(tx, specs)` on θ, provided both views refresh at the same steps with the
 same policy (`refresh_adapters` is the adapter-side twin of the transform's refresh) and the
-caveats of papers.md hold: weight decay and clipping act on φ here but on θ (or on the full
-gradient) in the projected view.
+caveats of docs/literature.md#optimizer-duality hold: weight decay and clipping act on φ here but on
+θ (or on the full gradient) in the projected view.
 """
 
 from typing import Any, Callable

@@ -3,8 +3,8 @@
 `low_rank_projection(inner, specs)` feeds `inner` the tree S(g) (low-rank leaves where a
 parameter is projected, the full gradient elsewhere), keeps `inner`'s state in that space and
 returns Sᵀ(inner's update). With a fixed S this is exactly adapter training of
-θ = θ0 + Sᵀφ (papers.md §2.1), which `lloglin.optim.adapters` implements; the tests check the
-two trajectories agree to 1e-12 in float64.
+θ = θ0 + Sᵀφ (docs/literature.md#optimizer-duality), which `lloglin.optim.adapters` implements; the
+tests check the two trajectories agree to 1e-12 in float64.
 
 Refresh: every `refresh_every` steps (and at step 0) new factors are made (SVD of that step's
 gradient, or a fresh random draw). `refresh_policy="keep"` carries `inner`'s state over

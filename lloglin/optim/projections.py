@@ -2,9 +2,10 @@
 
 A parameter of shape `shape` is viewed as a matrix of shape (m, n), with
 m = prod(shape[:split]) and n = prod(shape[split:]) (row-major reshape, no copy). On that matrix
-S acts as S(G) = Pᵀ G Q, where a missing factor means the identity:
+S acts as S(G) = Pᵀ G Q, where a missing factor means the identity (the dual adapters:
+docs/literature.md#optimizer-duality):
 
-  side        factors   S(G)        low-rank shape  dual adapter (papers.md §2.1)
+  side        factors   S(G)        low-rank shape  dual adapter
   left        P         Pᵀ G        (r, n)          W = W0 + P B     (GaLore left, LoRA-FA)
   right       Q         G Q         (m, r)          W = W0 + A Qᵀ    (GaLore right)
   two_sided   P, Q      Pᵀ G Q      (r1, r2)        W = W0 + P C Qᵀ  (S = Qᵀ ⊗ Pᵀ)

@@ -18,7 +18,7 @@ def tiny_config(layer_pattern: str, **overrides) -> ModelConfig:
 
 
 def assert_close_to_scale(out, ref, rel=1e-4):
-  """max |out - ref| <= rel * max |ref| (kernels.md §9: errors relative to the logit scale)."""
+  """max |out - ref| <= rel * max |ref| (docs/correctness.md#error-metric)."""
   out, ref = np.asarray(out), np.asarray(ref)
   assert np.isfinite(out).all()
   err, scale = np.abs(out - ref).max(), np.abs(ref).max()

@@ -4,8 +4,9 @@ One batch of right-padded prompts of lengths 512, 70, 63 and 1 (chunk 64: ends m
 chunk boundary - 1, and after one token) goes through DecoderLM.prefill, then 256 tokens per row
 through decode_step (one lax.scan, teacher-forced). The logits at every one of these positions
 must equal the full forward's of the row alone (the forward is causal, so row b's logits at
-positions < length_b + 256 only see its own tokens); kernels.md §9: float32, error <= 1e-4 of the
-logit scale. 512 + 256 tokens cross the Fenwick carries up to 2^9.
+positions < length_b + 256 only see its own tokens): float32, error <= 1e-4 of the logit scale
+(docs/correctness.md#decode-against-the-full-forward). 512 + 256 tokens cross the Fenwick carries
+up to 2^9.
 """
 
 import jax

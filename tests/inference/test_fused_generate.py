@@ -108,9 +108,10 @@ def test_auto_picks_plain_off_hopper_and_for_batches(model):
 
 
 def test_auto_width_limit_holds_for_the_triton_backend_only(model, monkeypatch):
-  """On an H200 the Triton kernel lost to the plain step at d_model 4096, the Mosaic kernel won
-  at every width (8B included): on a Hopper 'auto' takes the narrow test model, not a wide model
-  only the Triton kernel serves (head_dim 8), and a wide model the Mosaic kernel serves."""
+  """'auto' takes the Triton kernel only up to FUSED_AUTO_MAX_D_MODEL and the Mosaic kernel at
+  any width (where each was measured faster than the plain step: benchmarks/RESULTS.md, fused
+  decode): on a Hopper it takes the narrow test model, not a wide model only the Triton kernel
+  serves (head_dim 8), and a wide model the Mosaic kernel serves."""
   # the module, not the `generate` function that lloglin.inference exports under its name
   generate_module = importlib.import_module("lloglin.inference.generate")
   monkeypatch.setattr(generate_module, "on_hopper_gpu", lambda: True)

@@ -1,4 +1,5 @@
-"""A 2-layer MLP regression problem and the two training views of papers.md §2.1, for the tests.
+"""A 2-layer MLP regression problem and the two training views of the optimizer duality
+(docs/literature.md#optimizer-duality), for the tests.
 
 `run_projected` trains θ with low_rank_projection(opt, specs); `run_adapters` trains φ in
 θ = θ0 + Sᵀφ with the same optimizer, refreshing at the same steps. Both return the parameter

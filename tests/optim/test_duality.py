@@ -1,8 +1,9 @@
-"""The duality of papers.md §2.1: transformed-gradient training == adapter training, in float64.
+"""Transformed-gradient training == adapter training, in float64
+(docs/literature.md#optimizer-duality).
 
 Each test runs the two views on the 2-layer MLP of `helpers` and compares the parameter
 trajectories step by step; the caveats (decoupled weight decay, global-norm clipping,
-mismatched refresh policies) are checked to break the equality the way §2.1 says.
+mismatched refresh policies) are checked to break the equality the way that page says.
 """
 
 import functools

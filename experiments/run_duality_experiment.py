@@ -1,7 +1,9 @@
-"""Runs every variant of configs/duality.py and writes a table (markdown) and curves (PNG).
+"""Runs every variant of configs/duality.py and writes the numbers (JSON) and curves (PNG).
 
-  python -m benchmarks.run_duality_experiment --data_path ../shared/data/tinyshakespeare.txt \
-      --workdir runs/duality --out benchmarks/duality
+From the repository root:
+
+  python -m experiments.run_duality_experiment --data_path /path/to/tinyshakespeare.txt \
+      --workdir runs/duality --out experiments/results/duality
 """
 
 import argparse
@@ -18,7 +20,7 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--data_path", required=True)
   p.add_argument("--workdir", default="runs/duality")
-  p.add_argument("--out", default="benchmarks/duality")
+  p.add_argument("--out", default="experiments/results/duality")
   p.add_argument("--steps", type=int, default=0, help="override train.num_steps (0 = config)")
   a = p.parse_args()
   logging.basicConfig(level=logging.WARNING)

@@ -1,15 +1,16 @@
 """MQAR at equal width over mixers x pairs x learning rates x seeds, several runs at a time on one
 device (GPU or CPU), within a wall-clock deadline; then the table and plot of
-benchmarks/run_mixer_experiments.py (best accuracy over learning rates, as Zoology and the
-log-linear paper report).
+experiments/run_mixer_experiments.py (best accuracy over learning rates, as Zoology and the
+log-linear paper report). From the repository root:
 
-  python -m benchmarks.mqar_gpu_sweep --workers 8 --deadline 255 \
+  python -m experiments.mqar_gpu_sweep --workers 8 --deadline 255 \
       --workdir /tmp/mqar --report_dir /tmp/mqar/report       # defaults: see --help
 
 Each run is run_mixer_experiments.run in its own process (this script with --job), config
 configs/mqar_sweep.py:<mixer>,long (or :<mixer> with --variant short), saving
 <workdir>/mqar_lrsweep[_long]/<mixer>_kv<N>_lr<lr>_seed<s>/ (run.json, metrics.jsonl, result.json;
-copy these back under runs/mixer_experiments/ and `run_mixer_experiments.py report` redraws).
+copy these back under runs/mixer_experiments/ and `python -m experiments.run_mixer_experiments
+report` redraws).
 Workers take GPU memory on demand (XLA_PYTHON_CLIENT_PREALLOCATE=false), each at most a share of
 it, and share a persistent compilation cache: the pairs and the seed change only the data, so a
 job whose program (mixer, learning rate) a running job is still compiling waits behind jobs with
@@ -29,10 +30,12 @@ import sys
 import time
 from typing import NamedTuple
 
-
-from benchmarks import run_mixer_experiments as rme
+from experiments import run_mixer_experiments as rme
 
 EXPERIMENT = "mqar_lrsweep"
+COMMAND = "python -m experiments.mqar_gpu_sweep "
+# Workers run this module with `-m`: the repository root (above experiments/) must be importable.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Job(NamedTuple):
@@ -78,6 +81,7 @@ def worker_env(args) -> dict:
   if args.compile_cache:
     env.update(JAX_COMPILATION_CACHE_DIR=os.path.abspath(args.compile_cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
   return env
 
 
@@ -142,7 +146,7 @@ def sweep(args, argv: list[str]) -> dict:
         pending.remove(job)
         os.makedirs(os.path.join(root, job.name), exist_ok=True)
         log = open(os.path.join(root, job.name, "log.txt"), "a")
-        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.mqar_gpu_sweep", *argv, "--job",
+        proc = subprocess.Popen([sys.executable, "-m", __spec__.name, *argv, "--job",
                                  f"{job.mixer},{job.kv},{job.lr!r},{job.seed}"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -189,7 +193,7 @@ def parse_args(argv):
                  help="persistent compilation cache shared by the workers (default "
                       "<workdir>/jax_cache; 'none' turns it off)")
   p.add_argument("--workdir", default="runs/mixer_experiments")
-  p.add_argument("--report_dir", default=rme.HERE)
+  p.add_argument("--report_dir", default=rme.RESULTS_DIR)
   p.add_argument("--set", action="append", default=[],
                  help="config override key=value (repeatable), e.g. model.mixer_impl=xla")
   p.add_argument("--job", default="", help=argparse.SUPPRESS)  # mixer,kv,lr,seed: one run
@@ -211,13 +215,13 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   if args.job:
-    rme.COMMAND = "python -m benchmarks.mqar_gpu_sweep " + shlex.join(argv[:argv.index("--job")])
+    rme.COMMAND = COMMAND + shlex.join(argv[:argv.index("--job")])
     mixer, kv, lr, seed = args.job.split(",")
     train_job(args, Job(mixer, int(kv), float(lr), int(seed)))
     return
   # This process only schedules and writes the report: it leaves the accelerator to the workers.
   rme.jax.config.update("jax_platforms", "cpu")
-  rme.COMMAND = "python -m benchmarks.mqar_gpu_sweep " + shlex.join(argv)
+  rme.COMMAND = COMMAND + shlex.join(argv)
   status = sweep(args, argv)
   counts = {}
   for s in status.values():

@@ -1,7 +1,9 @@
 """When does a small Transformer break through on MQAR? Sweeps a few default-config candidates.
 
-Runs without ml_collections (plain namespaces), so it works on the bare GPU machines too:
-  python -m benchmarks.mqar_phase_sweep --steps 3000 --out sweep.json
+Runs without ml_collections (plain namespaces), so it works on the bare GPU machines too. From
+the repository root:
+
+  python -m experiments.mqar_phase_sweep --steps 3000 --out sweep.json
 """
 
 import argparse

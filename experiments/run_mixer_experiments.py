@@ -1,19 +1,18 @@
-"""The sequence-mixer experiments of issue 3 at toy scale: runs, tables and plots.
+"""The sequence-mixer experiments at toy scale: runs, tables and plots. From the repository root:
 
-  python -m benchmarks.run_mixer_experiments mqar [--kv 4,8,12,16] [--mixers ...] [--steps N]
-  python -m benchmarks.run_mixer_experiments mqar_long --kv 16,32,64   # 256-token rows
-  python -m benchmarks.run_mixer_experiments flipflop [--steps N]
-  python -m benchmarks.run_mixer_experiments shakespeare \
-      --data_path ../shared/data/tinyshakespeare.txt
-  python -m benchmarks.run_mixer_experiments report        # tables and PNGs from saved runs
-  python -m benchmarks.mqar_gpu_sweep ...  # MQAR x learning rates, runs in parallel (mqar_lrsweep*)
+  python -m experiments.run_mixer_experiments mqar [--kv 4,8,12,16] [--mixers ...] [--steps N]
+  python -m experiments.run_mixer_experiments mqar_long --kv 16,32,64   # 256-token rows
+  python -m experiments.run_mixer_experiments flipflop [--steps N]
+  python -m experiments.run_mixer_experiments shakespeare --data_path /path/to/tinyshakespeare.txt
+  python -m experiments.run_mixer_experiments report    # tables and PNGs from saved runs
+  python -m experiments.mqar_gpu_sweep ...  # MQAR x learning rates, in parallel (mqar_lrsweep*)
 
 Each run trains through lloglin.training.trainer.train with a config from configs/
 (mqar_sweep.py, flipflop.py, shakespeare_mixers.py) and saves <workdir>/<experiment>/<run>/
 result.json; a run whose result exists is skipped, so an interrupted sweep resumes. `report`
 (also run at the end of every experiment) writes <report_dir>/mixer_experiments/<experiment>.md
 and .json (the tables, with the machine, versions and commands) and <report_dir>/<experiment>.png
-(report_dir defaults to benchmarks/).
+(report_dir defaults to experiments/results/). Measured tables: benchmarks/RESULTS.md.
 """
 
 import argparse
@@ -26,11 +25,10 @@ import platform
 import sys
 import time
 
-
 import jax
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MQAR_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")
 FLIPFLOP_MIXERS = ("path", "attention", "path_fox")
 # (name, p_ignore of FFL(p)) of the three test distributions of Liu et al. 2023.
@@ -284,7 +282,7 @@ def flipflop_report(records):
 
 def shakespeare(args):
   if not args.data_path:
-    raise SystemExit("shakespeare needs --data_path (e.g. ../shared/data/tinyshakespeare.txt)")
+    raise SystemExit("shakespeare needs --data_path (e.g. /path/to/tinyshakespeare.txt)")
   results = []
   for mixer in args.mixers or SHAKESPEARE_MIXERS:
     cfg = load_config("shakespeare_mixers", mixer, args.set + [f"data.path={args.data_path!r}"])
@@ -343,7 +341,7 @@ def saved(experiment, workdir):
 def stopped_record(run_dir) -> dict | None:
   """The record of a run stopped before its end (no result.json), or None if it never evaluated:
   its run.json with the last evaluation in metrics.jsonl as `final`, and `stopped` = that step and
-  the reason from stopped.json (written by whatever stopped it, e.g. benchmarks/mqar_gpu_sweep.py).
+  the reason from stopped.json (written by whatever stopped it, e.g. experiments/mqar_gpu_sweep.py).
   """
   paths = {n: os.path.join(run_dir, n) for n in ("run.json", "metrics.jsonl", "stopped.json")}
   if not (os.path.exists(paths["run.json"]) and os.path.exists(paths["metrics.jsonl"])):
@@ -413,14 +411,15 @@ def main():
   parser.add_argument("--steps", type=int, default=0, help="override train.num_steps")
   parser.add_argument("--tag", default="", help="suffix of the run names (e.g. _long)")
   parser.add_argument("--data_path", default="")
-  parser.add_argument("--report_dir", default=HERE,
-                      help="where the PNGs and mixer_experiments/ tables go (default benchmarks/)")
+  parser.add_argument("--report_dir", default=RESULTS_DIR,
+                      help="where the PNGs and mixer_experiments/ tables go "
+                           "(default experiments/results/)")
   parser.add_argument("--set", action="append", default=[],
                       help="config override key=value (repeatable), e.g. model.d_model=64")
   args = parser.parse_args()
   global COMMAND
-  COMMAND = "python -m benchmarks.run_mixer_experiments " + " ".join(sys.argv[1:])
-  # mqar_lrsweep*: the learning-rate sweeps of benchmarks/mqar_gpu_sweep.py.
+  COMMAND = "python -m experiments.run_mixer_experiments " + " ".join(sys.argv[1:])
+  # mqar_lrsweep*: the learning-rate sweeps of experiments/mqar_gpu_sweep.py.
   experiments = (("mqar", "mqar_long", "mqar_lrsweep", "mqar_lrsweep_long", "flipflop",
                   "shakespeare") if args.experiment == "report" else (args.experiment,))
   if args.experiment != "report":

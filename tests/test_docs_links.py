@@ -1,0 +1,71 @@
+"""Links into the documentation resolve: every `docs/<page>.md#<heading>` named in a source file or
+a markdown page, and every relative link of the markdown pages, points at an existing file and,
+where it names one, at an existing heading (GitHub's anchor rules). Docstrings link to these
+headings, so renaming one breaks the build instead of the link."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tracked(*patterns):
+  out = subprocess.run(["git", "ls-files", *patterns], cwd=ROOT, capture_output=True, text=True)
+  if out.returncode:
+    pytest.skip("not a git checkout")
+  return out.stdout.split()
+
+
+def anchors(path):
+  """GitHub's anchors of a markdown file: lower case, punctuation dropped, spaces to hyphens,
+  repeats numbered."""
+  seen, out, in_code = {}, set(), False
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.startswith("```"):
+        in_code = not in_code
+      match = None if in_code else re.match(r"#{1,6} (.*)", line)
+      if match:
+        slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+        out.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+  return out
+
+
+def references():
+  """(where, target file, anchor or '') of every documentation link in the repository."""
+  refs = []
+  for path in tracked("*.py", "*.md"):
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+      text = f.read()
+    for m in re.finditer(r"\bdocs/[\w/.-]+\.md(?:#[\w-]+)?", text):
+      target, _, anchor = m.group(0).partition("#")
+      refs.append((path, target, anchor))
+    if path.endswith(".md"):
+      for m in re.finditer(r"\]\(([^)\s#]*)(?:#([\w-]+))?\)", text):
+        link, anchor = m.group(1), m.group(2) or ""
+        if not re.match(r"\w+://", link):
+          target = os.path.normpath(os.path.join(os.path.dirname(path), link or
+                                                 os.path.basename(path)))
+          refs.append((path, target, anchor))
+  return refs
+
+
+def test_documentation_links_resolve():
+  broken = []
+  for where, target, anchor in references():
+    full = os.path.join(ROOT, target)
+    if not os.path.exists(full):
+      broken.append(f"{where}: {target} does not exist")
+    elif anchor and full.endswith(".md") and anchor not in anchors(full):
+      broken.append(f"{where}: {target} has no heading #{anchor}")
+  assert not broken, "\n".join(broken)
+
+
+def test_anchor_rules(tmp_path):
+  page = tmp_path / "p.md"
+  page.write_text("# Title\n## Decode: O(log T) states\n```\n# not a heading\n```\n## Title\n")
+  assert anchors(page) == {"title", "decode-olog-t-states", "title-1"}
