@@ -1,4 +1,4 @@
-"""Token-level losses."""
+"""Losses: token-level cross-entropy (LM), pairwise Bradley-Terry (reward models)."""
 
 import jax
 import jax.numpy as jnp
@@ -13,3 +13,11 @@ def masked_cross_entropy(logits_BTV, targets_BT, mask_BT):
   loss_BT = (logz_BT - target_logit_BT) * mask_BT
   correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT) * mask_BT
   return loss_BT, correct_BT
+
+
+def bradley_terry(r_chosen_B, r_rejected_B):
+  """Per-pair Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) = softplus(-(margin)), in
+  float32 or wider; its mean is the reward model's loss."""
+  margin_B = jnp.asarray(r_chosen_B - r_rejected_B)
+  margin_B = margin_B.astype(jnp.promote_types(margin_B.dtype, jnp.float32))
+  return jax.nn.softplus(-margin_B)
