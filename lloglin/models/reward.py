@@ -3,8 +3,9 @@
 The trunk is a DecoderLM (embedding, blocks of any `layer_pattern`, final norm) without an LM
 head: it is built tied, so it holds no head parameter, and `model.tie_embeddings` has no effect
 here. Its parameter paths are the DecoderLM's under `trunk/`, so an LM export initialises it
-directly (lloglin.training.tasks.init_from_export). The head maps the final hidden state at the
-last non-padding token of each row to one number.
+directly (lloglin.training.tasks.init_from_export). The reward head (`head`, d_model -> 1 with
+a bias; named like the LM head, so the low-rank optimizers' default mask leaves it whole) maps
+the final hidden state at the last non-padding token of each row to one number.
 
 Padding convention: rows are right-padded, and padding is where `segment_ids_BT == 0` (any
 non-zero id is a token of the sequence). The reward is read at the last position whose id is
@@ -33,7 +34,7 @@ class RewardModel(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.trunk = DecoderLM(dataclasses.replace(cfg, tie_embeddings=True), rngs=rngs)
-    self.score = dense(cfg.d_model, 1, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+    self.head = dense(cfg.d_model, 1, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                        use_bias=True, rngs=rngs)
 
   def __call__(self, tokens_BT, *, segment_ids_BT=None, positions_BT=None):
@@ -44,7 +45,7 @@ class RewardModel(nnx.Module):
     h_BTD = self.trunk.hidden(tokens_BT, segment_ids_BT=segment_ids_BT,
                               positions_BT=positions_BT)
     h_BD = h_BTD[jnp.arange(B), last_token_index(segment_ids_BT)]
-    return self.score(h_BD)[:, 0].astype(jnp.float32)
+    return self.head(h_BD)[:, 0].astype(jnp.float32)
 
 
 def build_reward_model(cfg: ModelConfig, *, seed: int = 0) -> RewardModel:

@@ -112,9 +112,9 @@ def init_from_export(task: Task, model: nnx.Module, path: str) -> None:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   source = export.load_params(path, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), source_like))
-  if task.drops_lm_head and "head" in source:
-    source = nnx.State({k: v for k, v in source.items() if k != "head"})
-  params = nnx.state(target, nnx.Param)
+  source = {key: x for key, x in nnx.to_flat_state(source)
+            if not (task.drops_lm_head and key[0] == "head")}
+  params = dict(nnx.to_flat_state(nnx.state(target, nnx.Param)))
   if _shapes(source) != _shapes(params):
     ours, theirs = target.cfg.to_dict(), source_cfg.to_dict()
     if task.drops_lm_head:  # the head is dropped: how it was tied does not matter
@@ -123,8 +123,9 @@ def init_from_export(task: Task, model: nnx.Module, path: str) -> None:
     raise ValueError(
         f"init_from={path!r}: the export's parameters do not fit the model; model config fields "
         f"(export, this model): {differ}. Export model config: {theirs}; this model: {ours}")
-  nnx.update(target, jax.tree.map(lambda new, old: new.astype(old.dtype), source, params))
+  nnx.update(target, nnx.from_flat_state(
+      {key: x.replace(x.get_value().astype(params[key].dtype)) for key, x in source.items()}))
 
 
-def _shapes(state) -> dict:
-  return {path: tuple(x.shape) for path, x in nnx.to_flat_state(state)}
+def _shapes(flat: dict) -> dict:
+  return {key: tuple(x.shape) for key, x in flat.items()}
