@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from lloglin import optim
-from lloglin.training.tasks import lm
+from lloglin.training.losses import lm_eval_sums, lm_loss
 
 RESERVED_METRICS = ("loss", "grad_norm")
 
@@ -56,7 +56,7 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation):
 
 def make_program(optim_cfg, model: nnx.Module, *, num_steps: int,
                  first_batch: Callable[[], dict] | None = None,
-                 loss: Callable = lm.loss) -> Program:
+                 loss: Callable = lm_loss) -> Program:
   """Builds the optimizer named by `optim_cfg.name` and the train state and step for `loss`.
 
   Adapter methods with SVD projections take their first factors from the gradient on the
@@ -104,7 +104,7 @@ def _finish_step(state, updated: dict, loss, grads, terms: dict):
   return new_state, {"loss": loss, **terms, "grad_norm": grad_norm}
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, loss: Callable = lm.loss):
+def make_train_step(graphdef, tx: optax.GradientTransformation, loss: Callable = lm_loss):
 
   def train_step(state, batch):
     params, rest = state["params"], state["rest"]
@@ -118,7 +118,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss: Callable =
   return jax.jit(train_step, donate_argnums=0)
 
 
-def make_adapter_train_step(graphdef, setup: optim.AdapterSetup, loss: Callable = lm.loss):
+def make_adapter_train_step(graphdef, setup: optim.AdapterSetup, loss: Callable = lm_loss):
   """Trains φ of θ = θ0 + Sᵀφ; every `refresh_every` steps merges φ into θ0 and draws new S."""
 
   def loss_at(frozen, adapters, projections, rest, batch):
@@ -152,7 +152,7 @@ def make_adapter_train_step(graphdef, setup: optim.AdapterSetup, loss: Callable 
   return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(graphdef, eval_sums: Callable = lm.eval_sums):
+def make_eval_step(graphdef, eval_sums: Callable = lm_eval_sums):
   """The jitted (params, rest, batch) -> the task's sums over one batch (its `eval_sums`)."""
 
   def eval_step(params, rest, batch):

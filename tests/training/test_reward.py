@@ -17,7 +17,6 @@ from lloglin.training.loading import load_model
 from lloglin.training.metrics import read_metrics
 from lloglin.training.step import effective_params, make_eval_step, make_program
 from lloglin.training.tasks import get_task, reward
-from tests.optim.conftest import _fast_compile  # noqa: F401  (a fixture)
 from tests.training.test_train import assert_resumes_exactly, tiny_config
 
 NUM_STEPS = 40
@@ -42,8 +41,9 @@ def test_bradley_terry_loss_and_gradient_match_the_float64_formula():
 def _config(**train):
   """configs/reward.py:tiny with errors easy enough to learn in NUM_STEPS steps, evaluated on
   256 pairs (chance: 0.5 +- 0.03)."""
-  cfg = tiny_config(reward_config, num_steps=NUM_STEPS, checkpoint_every=20, eval_every=20,
-                    eval_steps=16, **train)
+  train = dict(dict(num_steps=NUM_STEPS, checkpoint_every=20, eval_every=20, eval_steps=16),
+               **train)
+  cfg = tiny_config(reward_config, **train)
   cfg.data.preferences.num_errors = 3
   cfg.data.preferences.num_val_examples = 256
   return cfg
@@ -93,7 +93,6 @@ def test_export_and_checkpoint_load_back_with_the_trained_rewards(reward_run):
       np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=f"{path} {key}")
 
 
-@pytest.mark.usefixtures("_fast_compile")
 @pytest.mark.parametrize("optim", [dict(name="galore"),
                                    dict(name="onesided_lora", projection="svd")])
 def test_low_rank_optimizers_train_the_reward_model(optim):
@@ -117,3 +116,15 @@ def test_low_rank_optimizers_train_the_reward_model(optim):
 
 def _flat(params) -> dict:
   return {path: np.array(x) for path, x in nnx.to_flat_state(params)}
+
+
+@pytest.mark.slow
+def test_reward_trains_on_a_data_fsdp_tensor_mesh_like_on_one_device(tmp_path):
+  def run(name, **mesh):
+    cfg = _config(num_steps=3, eval_every=3, checkpoint_every=3)
+    cfg.mesh.update(mesh)
+    trainer.train(cfg, str(tmp_path / name))
+    return [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
+
+  one = run("one", data=1, fsdp=1, tensor=1)
+  np.testing.assert_allclose(run("mesh", data=2, fsdp=2, tensor=2), one, rtol=2e-5)
