@@ -1,25 +1,10 @@
-"""The Task record, the task registry, and what every task shares (eval summing, init from an
-LM export).
+"""The Task record, the task registry, and what tasks share: summing eval batches, and loading
+an LM export into a model (`init_from`).
 
-A task is a training objective. It names
-- `build_model(mcfg, seed)`: the model, randomly initialised, from a ModelConfig;
-- `make_dataset(data_cfg, split=, seq_len=, batch_size=, seed=, process_index=,
-  process_count=)`: an iterator of batches in the task's format, with `vocab_size`,
-  `get_state()` / `set_state()` (the exact-resume position; lloglin.data.Dataset);
-- `loss(model, batch) -> (scalar, {name: scalar})`: the scalar is minimised and logged as
-  "loss", the named terms are logged beside it (and must not be "loss" or "grad_norm");
-- `eval_sums(model, batch) -> {name: array}`: per-batch sums that `evaluate` adds up;
-- `evaluate(eval_step, params, rest, dataset, num_batches, mesh) -> {name: value}`: the eval
-  metrics from the jitted `eval_sums`; they must include "eval_loss" (keep_best ranks by it);
-  scalars are logged, anything else (a per-position curve) is returned only;
-- `example_batch(seq_len)`: a one-row batch of the format, zeros (its shapes let a checkpoint
-  be rebuilt without the data, e.g. for SVD adapter factors);
-- `lm_part(model)`: the DecoderLM inside the model that `init_from` loads an LM export into,
-  and `drops_lm_head`: whether the export's LM head is dropped (a reward trunk has no head);
-- `sequences_per_row`: sequences of seq_len tokens in one batch row (tokens/s logging).
-
-The loop (lloglin.training.trainer), the step functions (lloglin.training.step), checkpoints
-and export serve every task unchanged; `c.task` names the task, "lm" by default.
+The loop (lloglin.training.trainer), the step functions (lloglin.training.step), every
+optimizer, meshes, checkpoints and export serve every task unchanged; `c.task` names the task
+("lm" by default), and the saved config records it, so that lloglin.training.loading rebuilds
+the task's model.
 """
 
 import dataclasses
@@ -38,7 +23,25 @@ DEFAULT_TASK = "lm"
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """A training objective; the fields are described in the module docstring."""
+  """A training objective.
+
+  build_model(mcfg, *, seed) -> nnx.Module: the model, randomly initialised, from a ModelConfig.
+  make_dataset(data_cfg, *, split, seq_len, batch_size, seed, process_index, process_count):
+    an iterator of batches in the task's format, with `vocab_size` and `get_state()` /
+    `set_state()` (the exact-resume position), as lloglin.data.Dataset.
+  loss(model, batch) -> (scalar, {name: scalar}): the scalar is minimised and logged as "loss",
+    the named terms are logged beside it (and must not be "loss" or "grad_norm").
+  eval_sums(model, batch) -> {name: array}: sums over one batch, which `evaluate` adds up.
+  evaluate(eval_step, params, rest, dataset, num_batches, mesh) -> {name: value}: the eval
+    metrics from the jitted `eval_sums` (`summed_evaluation` builds one from a finaliser). They
+    include "eval_loss" (train.keep_best ranks checkpoints by it); scalars are logged, other
+    values (a per-position curve) only returned.
+  example_batch(seq_len) -> dict: a one-row batch of the format (zeros); its shapes rebuild a
+    checkpoint's state without the data (SVD adapter factors).
+  lm_part(model) -> DecoderLM: the part of the model that `init_from` loads an LM export into;
+  drops_lm_head: whether the export's LM head is dropped there (a reward trunk has no head).
+  sequences_per_row: sequences of seq_len tokens in one batch row (for tokens/s).
+  """
   name: str
   build_model: Callable[..., nnx.Module]
   make_dataset: Callable
