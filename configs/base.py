@@ -10,7 +10,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.seq_len = 256  # tokens per training sequence
-  c.batch_size = 32  # global batch (sequences per step, over all processes)
+  c.batch_size = 32  # global batch (rows per step, over all processes)
+  # The training objective (lloglin.training.tasks): "lm" (next-token prediction on the data
+  # sources mqar | text | flipflop) or "reward" (a reward model: the decoder trunk and a scalar
+  # head, Bradley-Terry loss on preference pairs; data.source synthetic_preferences |
+  # preference_jsonl). The task decides the model, batches, loss and eval metrics.
+  c.task = "lm"
+  # A params-only LM export (a training workdir's export/) whose weights initialise the model:
+  # all of them for "lm", the trunk for "reward" (the LM head is dropped). "" = random init.
+  # The model section must describe the same shapes (a ValueError lists the fields that differ).
+  c.init_from = ""
 
   # --- model (lloglin.models.ModelConfig; the vocabulary size comes from the data when 0)
   c.model = ml_collections.ConfigDict()
@@ -49,16 +58,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
 
-  # --- data (lloglin.data.make_dataset)
+  # --- data (lloglin.data.make_dataset; preference pairs: lloglin.data.preferences)
   c.data = ml_collections.ConfigDict()
-  c.data.source = "mqar"  # mqar | text | flipflop
+  # task lm: mqar | text | flipflop; task reward: synthetic_preferences | preference_jsonl
+  c.data.source = "mqar"
   c.data.name = ""  # tfds dataset name for source=text (tiny_shakespeare, lm1b, wikitext...)
-  c.data.path = ""  # local .txt / .jsonl file or a directory of them (wins over name)
+  # local .txt / .jsonl file or a directory of them (wins over name); for preference_jsonl a
+  # .jsonl file of {"prompt", "chosen", "rejected"} records (prompts truncated from the left)
+  c.data.path = ""
   c.data.text_key = "text"  # field holding the text in .jsonl records and tfds examples
   c.data.tfds_data_dir = ""  # where tfds keeps prepared datasets ("" = tfds default)
   c.data.tokenizer = "byte"  # byte | sentencepiece | tiktoken
   c.data.tokenizer_path = ""  # sentencepiece .model file, or tiktoken encoding name
-  c.data.val_fraction = 0.05  # held-out tail of local files when they have no split
+  c.data.val_fraction = 0.05  # held-out tail of local files (or .jsonl records) as validation
   c.data.mqar = ml_collections.ConfigDict()
   c.data.mqar.vocab_size = 8192
   c.data.mqar.num_kv_pairs = 8
@@ -72,6 +84,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.flipflop.val_p_ignore = 0.8  # validation: 0.8 in distribution, 0.98 sparse, 0.1 dense
   c.data.flipflop.num_train_examples = 1_000_000
   c.data.flipflop.num_val_examples = 1_000
+  # Synthetic preference pairs (lloglin/data/preferences.py): the chosen response repeats words
+  # of the prompt, the rejected one has num_errors words that are not in it.
+  c.data.preferences = ml_collections.ConfigDict()
+  c.data.preferences.vocab_size = 32  # 0 padding, 1 separator, words [2, vocab_size)
+  c.data.preferences.prompt_len = 8
+  c.data.preferences.min_response_len = 2
+  c.data.preferences.max_response_len = 6
+  c.data.preferences.num_errors = 1
+  c.data.preferences.num_train_examples = 100_000
+  c.data.preferences.num_val_examples = 1_000
 
   # --- optimisation
   c.optim = ml_collections.ConfigDict()

@@ -1,4 +1,5 @@
-"""train.py and eval.py as a user runs them: errors on bad input, eval outputs, two processes."""
+"""train.py and eval.py as a user runs them: errors on bad input, eval outputs, the reward task,
+two processes."""
 
 import json
 import os
@@ -65,6 +66,21 @@ def test_eval_names_an_unknown_suite_and_the_known_ones():
   result = run("eval.py", "--suite", "nope", timeout=120)
   assert result.returncode != 0
   assert "unknown suite 'nope'; known suites:" in result.stderr and "lm" in result.stderr
+
+
+@pytest.mark.slow
+def test_reward_task_trains_and_resumes_through_train_py(tmp_path):
+  args = ["--config", "configs/reward.py:tiny", f"--workdir={tmp_path}"]
+  result = run("train.py", *args, "--config.train.num_steps=10")
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = run("train.py", *args, "--config.train.num_steps=14")  # the same run, continued
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from step 10" in result.stderr
+  final = json.loads(result.stdout[result.stdout.index("{"):])["final"]
+  assert 0 <= final["eval_accuracy"] <= 1 and final["eval_pairs"] == 32
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records if "margin" in r] == [5, 10, 14]
+  assert json.load(open(tmp_path / "export" / "config.json"))["task"] == "reward"
 
 
 def _free_port():

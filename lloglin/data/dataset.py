@@ -105,7 +105,7 @@ def make_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: i
   Each batch maps "inputs", "targets", "segment_ids", "positions" (int32) and "loss_mask"
   (float32) to [batch_size, seq_len] arrays; batch_size is this process's share of the batch.
   """
-  _check_arguments(split, seq_len, batch_size, seed, process_index, process_count)
+  check_arguments(split, seq_len, batch_size, seed, process_index, process_count)
   if data_cfg.source == "mqar":
     source = MqarExamples(data_cfg.mqar, split=split, seq_len=seq_len, seed=seed)
     tokenizer, vocab_size = None, data_cfg.mqar.vocab_size
@@ -123,7 +123,8 @@ def make_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: i
                  vocab_size=vocab_size, tokenizer=tokenizer)
 
 
-def _check_arguments(split, seq_len, batch_size, seed, process_index, process_count):
+def check_arguments(split, seq_len, batch_size, seed, process_index, process_count):
+  """Raises ValueError naming the first make_dataset argument that is out of range."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is unknown; expected one of {SPLITS}")
   for name, value in [("seq_len", seq_len), ("batch_size", batch_size),

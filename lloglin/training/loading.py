@@ -4,14 +4,14 @@ or a params-only export."""
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lloglin.models import ModelConfig, build_model
+from lloglin.models import ModelConfig
 from lloglin.training import export
 from lloglin.training.checkpoint import Checkpointer, read_config
 from lloglin.training.step import effective_params, make_program
+from lloglin.training.tasks import task_of
 
 
 def _checkpoint_dir(path: str) -> str:
@@ -20,21 +20,25 @@ def _checkpoint_dir(path: str) -> str:
 
 
 def load_model(path: str) -> tuple[nnx.Module, dict]:
-  """(model, experiment config as a dict) from `path`; the config rebuilds the model."""
+  """(model, experiment config as a dict) from `path`; the config's task and model sections
+  rebuild the model (a DecoderLM for the lm task, a RewardModel for reward, ...)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint path {path} does not exist")
   if export.is_export(path):
     config = export.read_export_config(path)
-    model = build_model(ModelConfig.from_dict(config["model"]))
+    model = task_of(config).build_model(ModelConfig.from_dict(config["model"]))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params = export.load_params(path, params)
     return nnx.merge(graphdef, params, rest), config
   ckpt_dir = _checkpoint_dir(path)
   config = read_config(ckpt_dir)
-  model = build_model(ModelConfig.from_dict(config["model"]))
+  task = task_of(config)
+  model = task.build_model(ModelConfig.from_dict(config["model"]))
   optim_cfg = ml_collections.ConfigDict(config["optim"])
+  # The example batch is only traced: it gives SVD adapters their factors' shapes.
   program = lambda: make_program(optim_cfg, model, num_steps=config["train"]["num_steps"],
-                                 first_batch=lambda: _dummy_batch(config["seq_len"]))
+                                 first_batch=lambda: task.example_batch(config["seq_len"]),
+                                 loss=task.loss)
   graphdef, abstract_state = program().graphdef, jax.eval_shape(lambda: program().state)
   ckpt = Checkpointer(ckpt_dir, async_save=False)
   try:
@@ -46,9 +50,3 @@ def load_model(path: str) -> tuple[nnx.Module, dict]:
   _, state, _, _ = restored
   return nnx.merge(graphdef, effective_params(state), state["rest"]), config
 
-
-def _dummy_batch(seq_len: int) -> dict:
-  """A batch of the right shapes (only traced: it gives SVD adapters their factors' shapes)."""
-  zeros = jnp.zeros((1, seq_len), jnp.int32)
-  return {"inputs": zeros, "targets": zeros, "segment_ids": zeros + 1, "positions": zeros,
-          "loss_mask": jnp.ones((1, seq_len), jnp.float32)}

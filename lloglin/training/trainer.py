@@ -2,6 +2,8 @@
 
 `train(cfg, workdir)` runs (or resumes) the experiment described by an ml_collections config.
 Re-running the same command resumes from the newest readable checkpoint in `workdir`.
+The objective is the task `cfg.task` names (lloglin.training.tasks): it gives the model, the
+data, the loss and its logged terms, and the eval metrics; everything else here is shared.
 """
 
 import logging
@@ -13,11 +15,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lloglin import optim
-from lloglin.data import make_dataset
-from lloglin.evals.lm import evaluate
-from lloglin.models import ModelConfig, build_model, count_params
+from lloglin.models import ModelConfig, count_params
 from lloglin.parallel import distributed, mesh as mesh_lib, sharding
-from lloglin.training import export
+from lloglin.training import export, tasks
 from lloglin.training.checkpoint import Checkpointer
 from lloglin.training.metrics import MetricWriter
 from lloglin.training.step import effective_params, make_eval_step, make_program
@@ -40,14 +40,27 @@ def model_config(cfg, vocab_size: int) -> ModelConfig:
 
 
 def make_datasets(cfg):
-  """This process's training and validation iterators (each process reads its own shard)."""
+  """This process's training and validation iterators of the task's batches (each process reads
+  its own shard)."""
   n, i = jax.process_count(), jax.process_index()
   if cfg.batch_size % n:
     raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the process count {n}")
   kw = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size // n, seed=cfg.seed,
             process_index=i, process_count=n)
+  make_dataset = tasks.task_of(cfg).make_dataset
   return (make_dataset(cfg.data, split="train", **kw),
           make_dataset(cfg.data, split="validation", **kw))
+
+
+def init_model(cfg, vocab_size: int):
+  """(model, its ModelConfig): the task's model, seeded by cfg.seed, and loaded from the LM export
+  `cfg.init_from` where that is set."""
+  task = tasks.task_of(cfg)
+  mcfg = model_config(cfg, vocab_size)
+  model = task.build_model(mcfg, seed=cfg.seed)
+  if cfg.get("init_from"):
+    tasks.init_from_export(task, model, cfg.init_from)
+  return model, mcfg
 
 
 def train(cfg, workdir: str) -> dict:
@@ -56,16 +69,17 @@ def train(cfg, workdir: str) -> dict:
   log.info("process %d of %d processes, %d of %d devices; each process reads its own data shard",
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
   mesh = mesh_lib.make_mesh(cfg.get("mesh"))
+  task = tasks.task_of(cfg)
   train_ds, val_ds = make_datasets(cfg)
-  mcfg = model_config(cfg, train_ds.vocab_size)
-  model = build_model(mcfg, seed=cfg.seed)
+  model, mcfg = init_model(cfg, train_ds.vocab_size)
   num_steps = cfg.train.num_steps
   program = make_program(cfg.optim, model, num_steps=num_steps,
-                         first_batch=lambda: peek(train_ds, mesh))
+                         first_batch=lambda: peek(train_ds, mesh), loss=task.loss)
   graphdef, state, schedule = program.graphdef, program.state, program.schedule
   state = sharding.shard_state(state, model, mesh)
   saved_config = cfg.to_dict()
   saved_config["model"] = mcfg.to_dict()
+  saved_config["task"] = task.name  # load_model rebuilds the task's model from it
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints,
                       keep_best=cfg.train.keep_best, async_save=cfg.train.async_checkpointing)
@@ -82,9 +96,9 @@ def train(cfg, workdir: str) -> dict:
   del model
 
   train_step = sharding.use_mesh(mesh, program.train_step)
-  eval_step = sharding.use_mesh(mesh, make_eval_step(graphdef))
+  eval_step = sharding.use_mesh(mesh, make_eval_step(graphdef, task.eval_sums))
   effective = jax.jit(effective_params)
-  tokens_per_step = cfg.batch_size * cfg.seq_len
+  tokens_per_step = cfg.batch_size * cfg.seq_len * task.sequences_per_row
   last = {}
   bar = tqdm(total=num_steps, initial=start, disable=not (is_main and cfg.train.progress_bar),
              desc="train", dynamic_ncols=True)
@@ -107,12 +121,14 @@ def train(cfg, workdir: str) -> dict:
       bar.update(1)
       eval_metrics = None
       if step % cfg.train.eval_every == 0 or is_last:
-        eval_metrics = evaluate(eval_step, effective(state), state["rest"], val_ds,
-                                cfg.train.eval_steps, mesh)
-        writer.write(step, {k: v for k, v in eval_metrics.items() if k != "eval_loss_per_position"})
+        eval_metrics = task.evaluate(eval_step, effective(state), state["rest"], val_ds,
+                                     cfg.train.eval_steps, mesh)
+        scalars = {k: v for k, v in eval_metrics.items() if np.ndim(v) == 0}
+        writer.write(step, scalars)
         last.update(eval_metrics)
-        bar.write(f"step {step}: eval loss {eval_metrics['eval_loss']:.4f}, "
-                  f"accuracy {eval_metrics['eval_accuracy']:.4f}")
+        bar.write(f"step {step}: " + ", ".join(
+            f"{k.removeprefix('eval_')} {v:.4f}" if isinstance(v, float)
+            else f"{k.removeprefix('eval_')} {v}" for k, v in scalars.items()))
         t0 = time.perf_counter()
       if step % cfg.train.checkpoint_every == 0 or is_last:
         _check_finite(state)

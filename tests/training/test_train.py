@@ -1,4 +1,8 @@
-"""The training loop end to end on the tiny MQAR config: outputs, resume, and every failure mode."""
+"""The training loop end to end on the tiny MQAR config: outputs, resume, and every failure mode.
+
+`tiny_config`, `losses`, `interrupt_after` and `assert_resumes_exactly` serve the other tasks'
+loop tests too (tests/training/test_reward.py).
+"""
 
 import errno
 import json
@@ -16,8 +20,9 @@ from lloglin.training.checkpoint import CheckpointSaveError, Checkpointer
 from lloglin.training.metrics import read_metrics
 
 
-def tiny_config(**train_overrides):
-  cfg = mqar.get_config("tiny")
+def tiny_config(experiment=mqar, **train_overrides):
+  """The `:tiny` variant of a configs/ module, logged every step, saved every 5 steps."""
+  cfg = experiment.get_config("tiny")
   cfg.train.log_every = 1
   cfg.train.checkpoint_every = 5
   cfg.train.async_checkpointing = False
@@ -47,7 +52,7 @@ class _Interrupt(Exception):
   pass
 
 
-def _interrupt_after(monkeypatch, num_calls):
+def interrupt_after(monkeypatch, num_calls):
   """Makes the train step raise after `num_calls` steps, like a kill between checkpoints."""
   real = trainer.make_program
 
@@ -65,19 +70,28 @@ def _interrupt_after(monkeypatch, num_calls):
   monkeypatch.setattr(trainer, "make_program", make)
 
 
+def assert_resumes_exactly(cfg, straight, workdir, monkeypatch, stop_after: int):
+  """Runs `cfg` in `workdir`, killed after `stop_after` steps, then again (which resumes): every
+  logged metric but the timing equals that of the uninterrupted run in `straight`."""
+  with monkeypatch.context() as m:
+    interrupt_after(m, stop_after)
+    with pytest.raises(_Interrupt):
+      trainer.train(cfg, str(workdir))
+  assert max(losses(workdir)) == stop_after
+  trainer.train(cfg, str(workdir))  # the same command again resumes from the last checkpoint
+
+  def records(path):
+    return [{k: v for k, v in r.items() if k != "tokens_per_second"}
+            for r in read_metrics(os.path.join(path, "metrics.jsonl"))]
+
+  assert sorted(losses(workdir)) == list(range(1, cfg.train.num_steps + 1))
+  assert records(workdir) == records(straight)
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
   cfg = tiny_config(num_steps=20)
   trainer.train(cfg, str(tmp_path / "straight"))
-  with monkeypatch.context() as m:
-    _interrupt_after(m, 13)
-    with pytest.raises(_Interrupt):
-      trainer.train(cfg, str(tmp_path / "resumed"))
-  assert max(losses(tmp_path / "resumed")) == 13
-  trainer.train(cfg, str(tmp_path / "resumed"))  # the same command again resumes from step 10
-  straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
-  assert sorted(resumed) == list(range(1, 21))
-  np.testing.assert_array_equal([resumed[s] for s in range(1, 21)],
-                                [straight[s] for s in range(1, 21)])
+  assert_resumes_exactly(cfg, tmp_path / "straight", tmp_path / "resumed", monkeypatch, 13)
 
 
 def _poison_batches_from(monkeypatch, step):

@@ -1,0 +1,75 @@
+"""The task registry, and `init_from`: an LM export initialising an LM or a reward trunk."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import mqar, reward as reward_config
+from lloglin.models import build_model
+from lloglin.training import export, trainer
+from lloglin.training.tasks import get_task, register_task, task_of
+
+VOCAB = 64
+
+
+def test_unknown_task_lists_the_known_ones():
+  with pytest.raises(ValueError, match=r"task='rl' is unknown; expected one of \['lm', 'reward'\]"):
+    get_task("rl")
+  with pytest.raises(ValueError, match="task 'lm' is already registered"):
+    register_task(dataclasses.replace(get_task("reward"), name="lm"))
+  assert task_of({}) is get_task("lm")  # configs saved before tasks existed
+
+
+def _flat(module) -> dict:
+  return {path: np.asarray(x) for path, x in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+
+
+@pytest.fixture
+def lm_export(tmp_path):
+  """(export dir, the LM): an untied LM of configs/mqar.py:tiny's shape, exported."""
+  cfg = mqar.get_config("tiny")
+  cfg.model.tie_embeddings = False
+  mcfg = trainer.model_config(cfg, VOCAB)
+  lm = build_model(mcfg, seed=7)
+  config = dict(cfg.to_dict(), model=mcfg.to_dict(), task="lm")
+  export.export_params(str(tmp_path / "export"), nnx.state(lm, nnx.Param), config)
+  return str(tmp_path / "export"), lm
+
+
+def _reward_config(init_from, **model):
+  cfg = reward_config.get_config("tiny")
+  cfg.model.update(mqar.get_config("tiny").model.to_dict(), **model)
+  cfg.init_from = init_from
+  return cfg
+
+
+def test_init_from_loads_the_lm_export_into_the_reward_trunk(lm_export):
+  path, lm = lm_export
+  model, _ = trainer.init_model(_reward_config(path), VOCAB)
+  fresh, _ = trainer.init_model(_reward_config(""), VOCAB)
+  expected = {k: v for k, v in _flat(lm).items() if k[0] != "head"}
+  got = _flat(model.trunk)
+  assert got.keys() == expected.keys()
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+  jax.tree.map(np.testing.assert_array_equal, _flat(model.head), _flat(fresh.head))
+
+
+def test_init_from_loads_every_parameter_of_an_lm(lm_export):
+  path, lm = lm_export
+  cfg = mqar.get_config("tiny")
+  cfg.model.tie_embeddings = False
+  cfg.init_from = path
+  model, _ = trainer.init_model(cfg, VOCAB)
+  jax.tree.map(np.testing.assert_array_equal, _flat(model), _flat(lm))
+
+
+def test_init_from_a_differently_shaped_export_names_both_configs(lm_export, tmp_path):
+  path, _ = lm_export
+  with pytest.raises(ValueError, match=r"'d_model': \(32, 48\).*Export model config"):
+    trainer.init_model(_reward_config(path, d_model=48), VOCAB)
+  with pytest.raises(FileNotFoundError, match="not a params-only export"):
+    trainer.init_model(_reward_config(str(tmp_path)), VOCAB)
