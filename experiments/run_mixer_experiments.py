@@ -204,7 +204,7 @@ def flipflop_evals(cfg, run_dir):
   from flax import nnx
 
   from lloglin.data import make_dataset
-  from lloglin.evals.lm import evaluate
+  from lloglin.training.tasks.lm import evaluate
   from lloglin.parallel import distributed
   from lloglin.training.loading import load_model
   from lloglin.training.step import make_eval_step

@@ -81,6 +81,8 @@ def test_reward_task_trains_and_resumes_through_train_py(tmp_path):
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in records if "margin" in r] == [5, 10, 14]
   assert json.load(open(tmp_path / "export" / "config.json"))["task"] == "reward"
+  result = run("eval.py", f"--checkpoint={tmp_path}")  # the lm suite refuses a reward model
+  assert result.returncode != 0 and "task 'reward'" in result.stderr
 
 
 def _free_port():

@@ -14,16 +14,10 @@ import jax
 import numpy as np
 
 import lloglin
+from lloglin.training.metrics import progress  # noqa: F401  (re-exported for suites)
 
 REPORT_FILE = "report.json"
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
-
-
-def progress(iterable, *, desc: str, total: int | None = None):
-  """A tqdm progress bar over `iterable` (a widget in notebooks), shown by process 0 only."""
-  from tqdm.auto import tqdm
-  return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True,
-              disable=jax.process_index() != 0)
 
 
 def save_figure(fig, path: str, *, dpi: int = 120) -> str:

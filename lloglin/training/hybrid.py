@@ -20,7 +20,7 @@ import os
 
 from flax import nnx
 
-from lloglin.evals.lm import evaluate
+from lloglin.training.tasks.lm import evaluate
 from lloglin.models import ModelConfig
 from lloglin.models.decoder import with_residual_mode
 from lloglin.parallel import mesh as mesh_lib, sharding

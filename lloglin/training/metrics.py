@@ -1,9 +1,18 @@
-"""Metrics to JSONL and TensorBoard event files (tensorboardX: no TensorFlow needed)."""
+"""Metrics to JSONL and TensorBoard event files (tensorboardX: no TensorFlow needed), and the
+progress bars of long loops."""
 
 import json
 import os
 
+import jax
 import numpy as np
+
+
+def progress(iterable, *, desc: str, total: int | None = None):
+  """A tqdm progress bar over `iterable` (a widget in notebooks), shown by process 0 only."""
+  from tqdm.auto import tqdm
+  return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True,
+              disable=jax.process_index() != 0)
 
 
 class MetricWriter:

@@ -11,17 +11,23 @@ import ml_collections
 from flax import nnx
 
 from lloglin.data import make_dataset, make_tokenizer
-from lloglin.evals.lm.metrics import evaluate, plot_per_position_loss
+from lloglin.evals.lm.metrics import plot_per_position_loss
 from lloglin.evals.registry import register_suite
 from lloglin.inference.generate import generate
 from lloglin.parallel import distributed
 from lloglin.training.loading import load_model
 from lloglin.training.step import make_eval_step
+from lloglin.training.tasks.lm import evaluate
 
 
 @register_suite("lm", needs_checkpoint=True)
 def run(config, *, checkpoint: str, out_dir: str) -> dict:
   model, train_config = load_model(checkpoint)
+  task = train_config.get("task", "lm")
+  if task != "lm":
+    raise ValueError(f"checkpoint={checkpoint!r} holds a model of task {task!r}; the lm suite "
+                     "evaluates language models (task 'lm'). The run's own eval metrics are in "
+                     "its metrics.jsonl")
   cfg = ml_collections.ConfigDict(train_config)
   if config.data_path:
     cfg.data.source, cfg.data.path = "text", config.data_path

@@ -17,6 +17,7 @@ from flax import nnx
 from lloglin.models import DecoderLM, ModelConfig, build_model as build_lm
 from lloglin.parallel import distributed
 from lloglin.training import export
+from lloglin.training.metrics import progress
 
 DEFAULT_TASK = "lm"
 
@@ -81,17 +82,30 @@ def task_of(config) -> Task:
   return get_task(config.get("task", DEFAULT_TASK))
 
 
+def sum_eval_batches(eval_step, params, rest, dataset, num_batches: int, mesh, *,
+                     progress_desc: str | None = None) -> dict:
+  """The elementwise sum of `eval_step(params, rest, batch)` over the first `num_batches` batches
+  of `dataset` (rewound first, so every evaluation sees the same batches), on the host.
+  `progress_desc` shows a progress bar with that label."""
+  dataset.set_state({"epoch": 0, "index": 0})
+  batches = range(num_batches)
+  if progress_desc is not None:
+    batches = progress(batches, desc=progress_desc)
+  totals = None
+  for _ in batches:
+    out = jax.device_get(eval_step(params, rest, distributed.global_batch(next(dataset), mesh)))
+    totals = out if totals is None else jax.tree.map(np.add, totals, out)
+  return totals
+
+
 def summed_evaluation(finish: Callable[[dict], dict]) -> Callable:
   """An `evaluate` that adds up the eval sums of the first `num_batches` batches of the dataset
-  (rewound first, so every evaluation sees the same batches) and returns `finish(totals)`."""
+  (`sum_eval_batches`) and returns `finish(totals)`."""
 
-  def evaluate(eval_step, params, rest, dataset, num_batches: int, mesh) -> dict:
-    dataset.set_state({"epoch": 0, "index": 0})
-    totals = None
-    for _ in range(num_batches):
-      out = jax.device_get(eval_step(params, rest, distributed.global_batch(next(dataset), mesh)))
-      totals = out if totals is None else jax.tree.map(np.add, totals, out)
-    return finish(totals)
+  def evaluate(eval_step, params, rest, dataset, num_batches: int, mesh, *,
+               progress_desc: str | None = None) -> dict:
+    return finish(sum_eval_batches(eval_step, params, rest, dataset, num_batches, mesh,
+                                   progress_desc=progress_desc))
 
   return evaluate
 
