@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lloglin.ops import _checks
+from lloglin.ops import checks
 from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
@@ -176,9 +176,9 @@ def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_st
   The initial state's reads and the final state come from XLA beside the kernels (module
   docstring); chunk_size < 16 and T > 2^(L-1) run the XLA form.
   """
-  _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                           lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
-                           initial_state=initial_state, chunk_size=chunk_size)
+  checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                          lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
+                          initial_state=initial_state, chunk_size=chunk_size)
   T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
   if chunk_size < 16 or T > hierarchy.capacity(L):
     return ops_loglinear.loglinear_ssd_chunked(
@@ -204,9 +204,9 @@ def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segme
   The initial state's reads and the final state come from XLA beside the kernels (module
   docstring); chunk_size < 16 runs the XLA form.
   """
-  _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                           segment_ids_BT=segment_ids_BT, initial_state_BHKV=initial_state_BHKV,
-                           chunk_size=chunk_size)
+  checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                          segment_ids_BT=segment_ids_BT, initial_state_BHKV=initial_state_BHKV,
+                          chunk_size=chunk_size)
   if chunk_size < 16:
     return ops_ssd.ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH,
                                initial_state_BHKV=initial_state_BHKV,

@@ -66,7 +66,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from lloglin.ops import _checks
+from lloglin.ops import checks
 from lloglin.ops import delta
 from lloglin.ops import hierarchy
 from lloglin.ops import loglinear as ops_loglinear
@@ -730,9 +730,9 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
   """Gated DeltaNet (lloglin.ops.delta.gdn_chunked) through the Pallas kernels, initial and
   final states included; chunk_size < 16 runs the XLA form (module docstring).
   """
-  _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                           beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
-                           initial_state_BHKV=initial_state_BHKV, chunk_size=chunk_size)
+  checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                          beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
+                          initial_state_BHKV=initial_state_BHKV, chunk_size=chunk_size)
   if chunk_size < 16:
     return delta.gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
                              initial_state_BHKV=initial_state_BHKV, segment_ids_BT=segment_ids_BT,
@@ -756,9 +756,9 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
   positions continuing the initial state's t_B). chunk_size < 16 and T > 2^(L-1) run the XLA
   form (module docstring).
   """
-  _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                           beta_BTH=beta_BTH, lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
-                           initial_state=initial_state, chunk_size=chunk_size)
+  checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                          beta_BTH=beta_BTH, lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
+                          initial_state=initial_state, chunk_size=chunk_size)
   T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
   if chunk_size < 16 or T > hierarchy.capacity(L):
     return ops_loglinear.loglinear_gdn_chunked(

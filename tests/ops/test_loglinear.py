@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lloglin.ops import _checks, hierarchy
+from lloglin.ops import checks, hierarchy
 from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
@@ -81,12 +81,12 @@ def test_positions_beyond_the_levels_give_nan():
 
 def test_check_finite():
   g = np.zeros((2, 8, 2))
-  _checks.check_finite(g_BTH=g)
+  checks.check_finite(g_BTH=g)
   g[1, 3, 0] = np.nan
   with pytest.raises(ValueError, match=r'g_BTH.*finite.*\(1, 3, 0\)'):
-    _checks.check_finite(g_BTH=g, lam_BTHL=np.ones((2, 8, 2, 4)))
+    checks.check_finite(g_BTH=g, lam_BTHL=np.ones((2, 8, 2, 4)))
   from jax.experimental import checkify
-  checked = jax.jit(checkify.checkify(lambda g: (_checks.check_finite(g_BTH=g), g)[1]))
+  checked = jax.jit(checkify.checkify(lambda g: (checks.check_finite(g_BTH=g), g)[1]))
   err, _ = checked(jnp.asarray(g))
   with pytest.raises(Exception, match='g_BTH'):
     err.throw()
