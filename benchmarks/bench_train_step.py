@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from types import SimpleNamespace as NS  # noqa: E402
 
-from lloglin.parallel.ladder import RESIDUAL_MODES  # noqa: E402
+from lloglin.models.ladder import RESIDUAL_MODES  # noqa: E402
 
 ARCHS = ("transformer", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 ATTENTION_LIKE = {"attention", "path", "path_fox"}
