@@ -1,4 +1,4 @@
-"""Gated DeltaNet (GDN) ops (kernels.md §2): the delta rule with a per-head gated decay.
+"""Gated DeltaNet (GDN) ops: the delta rule with a per-head gated decay.
 
     S_t = A_t S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T (scale * q_t)
     A_t = exp(g_t) (I - beta_t k_t k_t^T)
