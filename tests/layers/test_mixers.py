@@ -279,3 +279,18 @@ def test_auto_mixer_impl_per_mixer(mixer, monkeypatch):
   assert make_mixer(mixer, cfg, rngs=nnx.Rngs(0)).dispatch.kernel
   monkeypatch.setattr(registry, "on_hopper_gpu", lambda: False)
   assert not make_mixer(mixer, cfg, rngs=nnx.Rngs(0)).dispatch.kernel
+
+
+def test_kernel_dispatch_interprets_only_off_gpu(monkeypatch):
+  """The one kernel decision: forced or not, 'auto' only where available on Hopper, and a kernel
+  compiled on a GPU, interpreted elsewhere."""
+  from lloglin.layers import registry
+  from lloglin.layers.registry import KernelDispatch, kernel_dispatch
+  monkeypatch.setattr(registry, "on_hopper_gpu", lambda: True)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert kernel_dispatch(True) == KernelDispatch(kernel=True, interpret=False)
+  assert kernel_dispatch(None) == KernelDispatch(kernel=True, interpret=False)
+  assert kernel_dispatch(None, available=False) == KernelDispatch(kernel=False, interpret=False)
+  assert kernel_dispatch(False) == KernelDispatch(kernel=False, interpret=False)
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert kernel_dispatch(True) == KernelDispatch(kernel=True, interpret=True)
