@@ -102,7 +102,7 @@ def jax_inputs(tokens: int, seq_len: int, heads: int, dim: int, key) -> dict:
       g_fox=jax.nn.log_sigmoid(4 + jax.random.normal(ks[3], (B, T, H))))
 
 
-# mixers whose Pallas kernels take a KernelConfig (pallas_kernels.loglinear, .path_attention)
+# mixers whose Pallas kernels take a KernelConfig (pallas_kernels.mamba2, .gdn, .path)
 KERNEL_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 
 
@@ -129,11 +129,13 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     raise ImportError(f"{mixer} has no {impl} row")
   if impl.startswith("pallas"):
     if mixer.startswith("path"):
-      from pallas_kernels import path_attention as mod
+      from pallas_kernels import path as mod
+    elif mixer.endswith("gdn"):
+      from pallas_kernels import gdn as mod
     else:
-      from pallas_kernels import loglinear as mod
+      from pallas_kernels import mamba2 as mod
   elif impl == "xla":
-    from lloglin.ops import delta, loglinear, path, ssd
+    from lloglin.ops import gdn, loglinear, mamba2, path
   else:
     raise ImportError(f"{mixer} has no {impl} row")
   if interpret is None:
@@ -147,12 +149,12 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
 
   if mixer in ("mamba2", "loglinear_mamba2"):
     name = "ssd_chunked" if mixer == "mamba2" else "loglinear_ssd_chunked"
-    op = getattr(mod if impl == "pallas" else (ssd if mixer == "mamba2" else loglinear), name)
+    op = getattr(mod if impl == "pallas" else (mamba2 if mixer == "mamba2" else loglinear), name)
     args = (x["q"], x["k"], x["v"], x["g"]) + (() if mixer == "mamba2" else (x["lam"],))
     return (lambda *a: op(*a, chunk_size=64, scale=scale, **seg)), args
   if mixer in ("gdn", "loglinear_gdn"):
     name = "gdn_chunked" if mixer == "gdn" else "loglinear_gdn_chunked"
-    op = getattr(mod if impl == "pallas" else (delta if mixer == "gdn" else loglinear), name)
+    op = getattr(mod if impl == "pallas" else (gdn if mixer == "gdn" else loglinear), name)
     args = (x["qn"], x["kn"], x["v"], x["g"], x["beta"]) + (
         () if mixer == "gdn" else (x["lam"],))
     return (lambda *a: op(*a, chunk_size=64, scale=scale, **seg)), args

@@ -13,7 +13,7 @@ one GPU gives TP=1 sanity figures (no all-reduce, all modes equal up to noise).
 
 Modes: the residual modes `standard`, `ladder`, `parallel`, and `nocomm`: the `desync` residual
 mode with `desync_every` larger than the layer count, so every module skips its all-reduce except
-the last one before the head (lloglin.parallel.ladder.layer_wirings keeps it): the same compute
+the last one before the head (lloglin.models.ladder.layer_wirings keeps it): the same compute
 with (almost) no communication, an upper bound for any overlap scheme.
 
 Each configuration: caches of prompt_len + new_tokens positions (the first prompt_len treated as
@@ -117,7 +117,8 @@ def run(args) -> list[dict]:
 
   from lloglin.models import ModelConfig
   from lloglin.models.decoder import DecoderLM
-  from lloglin.parallel import hlo, mesh as mesh_lib, tp_decode
+  from lloglin.inference import tp_decode
+  from lloglin.parallel import hlo, mesh as mesh_lib
 
   tp = args.tp or jax.device_count()
   mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, tensor=tp))

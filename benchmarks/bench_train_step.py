@@ -32,7 +32,7 @@ import json
 import statistics
 from types import SimpleNamespace as NS
 
-from lloglin.parallel.ladder import RESIDUAL_MODES
+from lloglin.models.ladder import RESIDUAL_MODES
 
 ARCHS = ("transformer", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 ATTENTION_LIKE = {"attention", "path", "path_fox"}

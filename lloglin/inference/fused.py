@@ -5,6 +5,7 @@ DecoderLM.prefill, one chunked forward; its per-layer KV caches (RoPE-rotated ke
 [1, S, G, K] each) are stacked into the kernel's layout ([L, S, G, K] in its cache dtype), and
 every new token is then one `fused_decode_step` (interpret mode off GPU: slow, for tests).
 
+`pack_weights` extracts the model's arrays and hands them to the kernel package's `pack_arrays`.
 Weight formats ('f32', 'bf16', 'int8'; weights.py in the kernel says how each rounds): the
 default follows the model's compute dtype ('f32' for float32, 'bf16' for 16-bit). 'int8' is
 weight-only quantisation (per-output-row scales): it changes the logits, so it can change the
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pallas_kernels.fused_decode import (FusedConfig, FusedWeights, fused_decode_step,
-                                         mosaic_supported, pack_weights)
+                                         mosaic_supported, pack_arrays)
 
 WEIGHT_FORMATS = ("f32", "bf16", "int8")
 # Formats both kernel backends have been checked in on a GPU (tests/kernels/test_fused_decode.py,
@@ -29,9 +30,10 @@ WEIGHT_FORMATS = ("f32", "bf16", "int8")
 GPU_CHECKED_FORMATS = ("bf16", "int8")
 
 
-def fused_decode_supported(model) -> tuple[bool, str]:
-  """(True, '') when the fused kernel computes `model`'s decode step, else (False, why not)."""
-  cfg = model.cfg
+def _unsupported(cfg, *, tiles: bool) -> str:
+  """Why the fused decode cannot run a model of `cfg` ('' when it can): the packed weight layout
+  (attention-only blocks with a SwiGLU MLP, standard residuals) and, with `tiles`, the kernels'
+  tiling (power-of-two head dim and query heads per kv head)."""
   R = cfg.num_heads // cfg.num_kv_heads
   pow2 = lambda n: n > 0 and n & (n - 1) == 0
   checks = [
@@ -40,15 +42,45 @@ def fused_decode_supported(model) -> tuple[bool, str]:
       (cfg.residual_mode == "standard",
        f"model.residual_mode={cfg.residual_mode!r}; the fused kernel runs 'standard' residuals"),
       (cfg.mlp_dim > 0, "model.mlp_dim=0; the fused kernel expects a SwiGLU MLP in every block"),
-      (pow2(cfg.head_dim) and cfg.head_dim >= 4,
-       f"model.head_dim={cfg.head_dim}; the fused kernel needs a power of two >= 4"),
-      (pow2(R), f"model.num_heads / model.num_kv_heads = {R}; the fused kernel needs a power of "
-                f"two"),
   ]
-  for ok, reason in checks:
-    if not ok:
-      return False, reason
-  return True, ""
+  if tiles:
+    checks += [
+        (pow2(cfg.head_dim) and cfg.head_dim >= 4,
+         f"model.head_dim={cfg.head_dim}; the fused kernel needs a power of two >= 4"),
+        (pow2(R), f"model.num_heads / model.num_kv_heads = {R}; the fused kernel needs a power "
+                  f"of two"),
+    ]
+  return next((reason for ok, reason in checks if not ok), "")
+
+
+def fused_decode_supported(model) -> tuple[bool, str]:
+  """(True, '') when the fused kernel computes `model`'s decode step, else (False, why not)."""
+  reason = _unsupported(model.cfg, tiles=True)
+  return not reason, reason
+
+
+def pack_weights(model, dtype: str = "bf16") -> FusedWeights:
+  """FusedWeights of a DecoderLM (attention-only, standard residual, with an MLP) in weight
+  format `dtype`: its arrays stacked over layers, packed by the kernel package's `pack_arrays`."""
+  cfg = model.cfg
+  reason = _unsupported(cfg, tiles=False)
+  if reason:
+    raise ValueError(reason)
+  config = FusedConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, num_layers=cfg.num_layers,
+                       num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                       head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm_eps=cfg.norm_eps,
+                       rope_theta=cfg.rope_theta, weight_format=dtype)
+  blocks = list(model.blocks)
+  stack = lambda get: jnp.stack([get(b)[...] for b in blocks])
+  return pack_arrays(
+      config, embed_VD=model.embed.embedding[...],
+      attn_norm_LD=stack(lambda b: b.mixer_norm.scale),
+      wq_LDN=stack(lambda b: b.mixer.q_proj.kernel), wk_LDN=stack(lambda b: b.mixer.k_proj.kernel),
+      wv_LDN=stack(lambda b: b.mixer.v_proj.kernel), wo_LND=stack(lambda b: b.mixer.o_proj.kernel),
+      mlp_norm_LD=stack(lambda b: b.mlp_norm.scale), wgate_LDF=stack(lambda b: b.mlp.gate.kernel),
+      wup_LDF=stack(lambda b: b.mlp.up.kernel), wdown_LFD=stack(lambda b: b.mlp.down.kernel),
+      final_norm_D=model.final_norm.scale[...],
+      head_DV=None if model.head is None else model.head.kernel[...])
 
 
 def mosaic_serves(model, fmt: str, max_len: int) -> bool:

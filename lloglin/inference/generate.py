@@ -35,7 +35,7 @@ from lloglin.inference.fused import (GPU_CHECKED_FORMATS, FusedStep, fused_cache
                                      fused_decode_supported, mosaic_serves, packed_weights,
                                      weight_format)
 from lloglin.inference.sampling import check_sampling, sample_token
-from lloglin.layers.registry import on_hopper_gpu
+from lloglin.layers.registry import kernel_dispatch
 
 DECODE_IMPLS = ("auto", "plain", "fused")
 # 'auto' takes the fused kernel's Mosaic GPU backend at any width (on an H200 it beat the plain
@@ -73,7 +73,7 @@ def resolve_decode_impl(impl: str, model, batch_size: int, fmt: str = "bf16") ->
     if not ok:
       raise ValueError(f"impl='fused': {reason}")
     return "fused"
-  if not (ok and fmt in GPU_CHECKED_FORMATS and on_hopper_gpu()):
+  if not kernel_dispatch(None, available=ok and fmt in GPU_CHECKED_FORMATS).kernel:
     return "plain"
   measured_faster = (model.cfg.d_model <= FUSED_AUTO_MAX_D_MODEL
                      or mosaic_serves(model, fmt, _BUCKET))
@@ -190,7 +190,7 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
   if impl == "fused":
     net = packed_weights(model, fmt)
     cache = fused_cache(cache, net.config)
-    step = FusedStep(interpret=jax.default_backend() != "gpu")
+    step = FusedStep(interpret=kernel_dispatch(True).interpret)
   if on_token is None:
     out_BN, count = _decode_loop(net, first_B, cache, key, step=step,
                                  sampling=sampling, max_new_tokens=max_new_tokens,

@@ -1,4 +1,5 @@
-"""Causal softmax attention with RoPE and grouped-query heads (the Transformer baseline mixer)."""
+"""Causal softmax attention with RoPE and grouped-query heads (the Transformer baseline mixer),
+and its tensor-parallel plan (`tp_param_axes`, `tp_call`: lloglin.parallel.tensor_parallel)."""
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,55 @@ class Attention(nnx.Module):
                                              cache.k_BSGK, cache.v_BSGK, t_B)
     y_BD = self.o_proj(o_BHK.reshape(B, self.num_heads * self.head_dim).astype(x_BD.dtype))
     return y_BD, KVCache(k_BSGK, v_BSGK, t_B + 1)
+
+  # Tensor parallelism (lloglin.parallel.tensor_parallel): device r of tp holds query heads
+  # [r*H/tp, (r+1)*H/tp); kv heads are split when tp divides their count G, else replicated, and
+  # device r reads group r // (tp/G) (attention_kv_split).
+
+  def tp_param_axes(self, tp: int) -> dict:
+    kv = "kv_heads" if attention_kv_split(self.num_heads, self.num_kv_heads, tp) else None
+    return {"q_proj.kernel": ("embed", "heads"), "k_proj.kernel": ("embed", kv),
+            "v_proj.kernel": ("embed", kv), "o_proj.kernel": ("heads", "embed")}
+
+  def tp_qkv(self, x_BTD, positions_BT, *, tp: int, axis_name: str):
+    """This device's RoPE-rotated queries [B, T, H/tp, K] and keys/values [B, T, G', K].
+
+    G' = G/tp when the kv heads are split, else 1 (the group this device's query heads read).
+    """
+    B, T, _ = x_BTD.shape
+    H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
+    q_BTHK = self.q_proj(x_BTD).reshape(B, T, H // tp, K)
+    if attention_kv_split(H, G, tp):
+      k_BTGK = self.k_proj(x_BTD).reshape(B, T, G // tp, K)
+      v_BTGK = self.v_proj(x_BTD).reshape(B, T, G // tp, K)
+    else:
+      g = jax.lax.axis_index(axis_name) // (tp // G)
+      k_BTGK = jax.lax.dynamic_slice_in_dim(self.k_proj(x_BTD).reshape(B, T, G, K), g, 1, axis=2)
+      v_BTGK = jax.lax.dynamic_slice_in_dim(self.v_proj(x_BTD).reshape(B, T, G, K), g, 1, axis=2)
+    q_BTHK = apply_rope(q_BTHK, positions_BT, self.rope_theta)
+    k_BTGK = apply_rope(k_BTGK, positions_BT, self.rope_theta)
+    return q_BTHK, k_BTGK, v_BTGK
+
+  def tp_call(self, x_BTD, *, tp: int, axis_name: str, segment_ids_BT=None, positions_BT=None):
+    """This device's partial output: its heads' attention through the row-parallel o_proj."""
+    B, T, _ = x_BTD.shape
+    q_BTHK, k_BTGK, v_BTGK = self.tp_qkv(x_BTD, positions_BT, tp=tp, axis_name=axis_name)
+    o_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT=segment_ids_BT,
+                              implementation=self.tensor_parallel_impl)
+    return self.o_proj(o_BTHK.reshape(B, T, -1))
+
+
+def attention_kv_split(num_heads: int, num_kv_heads: int, tp: int) -> bool:
+  """True when the kv heads are split over tp; False when they are replicated (tp % G == 0)."""
+  if num_heads % tp:
+    raise ValueError(f"tensor parallelism tp={tp} must divide model.num_heads={num_heads}")
+  if num_kv_heads % tp == 0:
+    return True
+  if tp % num_kv_heads == 0:
+    return False
+  raise ValueError(f"tensor parallelism tp={tp} and model.num_kv_heads={num_kv_heads}: one must "
+                   f"divide the other (kv heads are split when tp divides them, replicated "
+                   f"when they divide tp)")
 
 
 def write_and_attend(q_BHK, k_BGK, v_BGK, k_cache_BSGK, v_cache_BSGK, t_B):

@@ -26,31 +26,30 @@ from lloglin.layers.gates import a_log_init, dt_bias_init, l2_normalize
 from lloglin.layers.linear import dense
 from lloglin.layers.loglinear import LevelScales
 from lloglin.layers.norms import GatedRMSNorm
-from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
+from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
+                                     register_mixer)
 from lloglin.ops.attention import sanitize_padding
-from lloglin.ops.delta import gdn_chunked, gdn_step
+from lloglin.ops.gdn import gdn_chunked, gdn_step
 from lloglin.ops.loglinear import loglinear_gdn_chunked, loglinear_gdn_step
-from pallas_kernels import loglinear as pallas_loglinear
+from pallas_kernels import gdn as pallas_gdn
 
 
-# pallas_kernels.loglinear serves this mixer ('pallas' selects it).
+# pallas_kernels.gdn serves this mixer ('pallas' selects it).
 HAS_PALLAS_KERNEL = True
 
 
-def gdn_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, segment_ids_BT,
-                 chunk_size: int, scale: float, return_final_state: bool = False):
-  """The full-sequence gated delta rule (log-linear when lam_BTHL is given) for
-  model.mixer_impl, for training and for prefill (return_final_state).
-
-  This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'; interpreted off GPU). The kernels take packed documents too and return final
-  states (pallas_kernels.loglinear.gdn docstring).
+def gdn_sequence(dispatch: KernelDispatch, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *,
+                 segment_ids_BT, chunk_size: int, scale: float, return_final_state: bool = False):
+  """The full-sequence gated delta rule (log-linear when lam_BTHL is given) as `dispatch` says
+  (the layer's model.mixer_impl, decided by registry.mixer_dispatch), for training and for
+  prefill (return_final_state). The kernels take packed documents too and return final states
+  (pallas_kernels.gdn.chunked docstring).
   """
   kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
             return_final_state=return_final_state)
-  if impl == "pallas":
-    kw["interpret"] = jax.default_backend() != "gpu"
-    loglinear_op, gdn_op = pallas_loglinear.loglinear_gdn_chunked, pallas_loglinear.gdn_chunked
+  if dispatch.kernel:
+    kw["interpret"] = dispatch.interpret
+    loglinear_op, gdn_op = pallas_gdn.loglinear_gdn_chunked, pallas_gdn.gdn_chunked
   else:
     loglinear_op, gdn_op = loglinear_gdn_chunked, gdn_chunked
   if lam_BTHL is not None:
@@ -99,8 +98,7 @@ class GatedDeltaNet(nnx.Module):
                              param_dtype=cfg.weight_dtype)
     self.o_proj = dense(H * V, D, **kw)
     self.level_scales = LevelScales(D, H, cfg.max_seq_len, **kw) if self.loglinear else None
-    self.impl = resolve_mixer_impl(cfg.mixer_impl, self.mixer_name,
-                                   has_kernel=HAS_PALLAS_KERNEL)
+    self.dispatch = mixer_dispatch(cfg.mixer_impl, self.mixer_name, has_kernel=HAS_PALLAS_KERNEL)
     self.chunk_size, self.dtype = cfg.chunk_size, cfg.compute_dtype
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
@@ -108,7 +106,7 @@ class GatedDeltaNet(nnx.Module):
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
     q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL = self._gdn_inputs(
         x_BTD, full_sequence_convs(segment_ids_BT))
-    o_BTHV = gdn_sequence(self.impl, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
+    o_BTHV = gdn_sequence(self.dispatch, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
                           segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
                           scale=self.head_dim**-0.5)
     return self._output(o_BTHV, x_BTD)
@@ -146,7 +144,7 @@ class GatedDeltaNet(nnx.Module):
     state after each row."""
     x_BTD, segment_ids_BT, conv, conv_BWC = start_prefill(x_BTD, cache, lengths_B)
     q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL = self._gdn_inputs(x_BTD, conv)
-    o_BTHV, core = gdn_sequence(self.impl, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
+    o_BTHV, core = gdn_sequence(self.dispatch, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
                                 segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
                                 scale=self.head_dim**-0.5, return_final_state=True)
     return self._output(o_BTHV, x_BTD), MixerCache(tuple(conv_BWC), core)

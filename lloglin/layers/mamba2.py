@@ -25,31 +25,30 @@ from lloglin.layers.gates import a_log_init, dt_bias_init
 from lloglin.layers.linear import dense
 from lloglin.layers.loglinear import LevelScales
 from lloglin.layers.norms import GatedRMSNorm
-from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
+from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
+                                     register_mixer)
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.loglinear import loglinear_ssd_chunked, loglinear_ssd_step
-from lloglin.ops.ssd import ssd_chunked, ssd_step
-from pallas_kernels import loglinear as pallas_loglinear
+from lloglin.ops.mamba2 import ssd_chunked, ssd_step
+from pallas_kernels import mamba2 as pallas_mamba2
 
 
-# pallas_kernels.loglinear serves this mixer (so 'auto' picks it on Hopper GPUs).
+# pallas_kernels.mamba2 serves this mixer (so 'auto' picks it on Hopper GPUs).
 HAS_PALLAS_KERNEL = True
 
 
-def ssd_sequence(impl: str, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, segment_ids_BT,
-                 chunk_size: int, return_final_state: bool = False):
-  """The full-sequence SSD (log-linear SSD when lam_BTHL is given) for model.mixer_impl, for
-  training and for prefill (return_final_state).
-
-  This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'; interpreted off GPU). The kernels take packed documents too, and return final states
-  (pallas_kernels.loglinear docstring).
+def ssd_sequence(dispatch: KernelDispatch, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *,
+                 segment_ids_BT, chunk_size: int, return_final_state: bool = False):
+  """The full-sequence SSD (log-linear SSD when lam_BTHL is given) as `dispatch` says (the
+  layer's model.mixer_impl, decided by registry.mixer_dispatch), for training and for prefill
+  (return_final_state). The kernels take packed documents too, and return final states
+  (pallas_kernels.mamba2.chunked docstring).
   """
   kw = dict(segment_ids_BT=segment_ids_BT, chunk_size=chunk_size,
             return_final_state=return_final_state)
-  if impl == "pallas":
-    kw["interpret"] = jax.default_backend() != "gpu"
-    loglinear_op, ssd_op = pallas_loglinear.loglinear_ssd_chunked, pallas_loglinear.ssd_chunked
+  if dispatch.kernel:
+    kw["interpret"] = dispatch.interpret
+    loglinear_op, ssd_op = pallas_mamba2.loglinear_ssd_chunked, pallas_mamba2.ssd_chunked
   else:
     loglinear_op, ssd_op = loglinear_ssd_chunked, ssd_chunked
   if lam_BTHL is not None:
@@ -88,8 +87,7 @@ class Mamba2(nnx.Module):
                              eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
     self.out_proj = dense(d_inner, D, **kw)
     self.level_scales = (LevelScales(D, H, cfg.max_seq_len, **kw) if self.loglinear else None)
-    self.impl = resolve_mixer_impl(cfg.mixer_impl, self.mixer_name,
-                                   has_kernel=HAS_PALLAS_KERNEL)
+    self.dispatch = mixer_dispatch(cfg.mixer_impl, self.mixer_name, has_kernel=HAS_PALLAS_KERNEL)
     self.chunk_size = cfg.chunk_size
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
@@ -97,7 +95,7 @@ class Mamba2(nnx.Module):
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
     (q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL), skip = self._ssd_inputs(
         x_BTD, full_sequence_convs(segment_ids_BT))
-    y_BTHP = ssd_sequence(self.impl, q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL,
+    y_BTHP = ssd_sequence(self.dispatch, q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL,
                           segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size)
     return self._output(y_BTHP, *skip)
 
@@ -138,7 +136,7 @@ class Mamba2(nnx.Module):
     each row's prompt."""
     x_BTD, segment_ids_BT, conv, conv_BWC = start_prefill(x_BTD, cache, lengths_B)
     (q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL), skip = self._ssd_inputs(x_BTD, conv)
-    y_BTHP, core = ssd_sequence(self.impl, q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL,
+    y_BTHP, core = ssd_sequence(self.dispatch, q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL,
                                 segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
                                 return_final_state=True)
     return self._output(y_BTHP, *skip), MixerCache(tuple(conv_BWC), core)

@@ -17,3 +17,18 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x_BTD):
     return self.down(jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD))
+
+  # Tensor parallelism (lloglin.parallel.tensor_parallel): gate / up split by columns, down by
+  # rows, so __call__ on the local shards gives this device's partial sum as it is.
+
+  def tp_param_axes(self, tp: int) -> dict:
+    hidden = self.gate.kernel.shape[1]
+    if hidden % tp:
+      raise ValueError(f"tensor parallelism tp={tp} must divide the MLP width model.mlp_dim="
+                       f"{hidden}")
+    return {"gate.kernel": ("embed", "mlp"), "up.kernel": ("embed", "mlp"),
+            "down.kernel": ("mlp", "embed")}
+
+  def tp_call(self, x_BTD, *, tp: int, axis_name: str):
+    del tp, axis_name  # the local shards' __call__ is this device's share
+    return self(x_BTD)

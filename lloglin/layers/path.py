@@ -26,30 +26,31 @@ from lloglin.layers.conv import ShortConv
 from lloglin.layers.gates import l2_normalize
 from lloglin.layers.linear import dense
 from lloglin.layers.norms import RMSNorm
-from lloglin.layers.registry import mixer_options, register_mixer, resolve_mixer_impl
+from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
+                                     register_mixer)
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.path import path_blockwise, path_cache_init, path_prefill, path_step
-from pallas_kernels import path_attention as pallas_path
+from pallas_kernels import path as pallas_path
 
 
-# pallas_kernels.path_attention serves this mixer (so 'auto' picks it on Hopper GPUs).
+# pallas_kernels.path serves this mixer (so 'auto' picks it on Hopper GPUs).
 HAS_PALLAS_KERNEL = True
 
 
-def path_sequence_fn(impl: str, head_dim: int, value_dim: int, block_size: int,
+def path_sequence_fn(dispatch: KernelDispatch, head_dim: int, value_dim: int, block_size: int,
                      linear_memory: bool = False):
-  """The full-sequence PaTH function for model.mixer_impl, with `path_blockwise`'s signature.
+  """The full-sequence PaTH function as `dispatch` says (the layer's model.mixer_impl, decided by
+  registry.mixer_dispatch), with `path_blockwise`'s signature.
 
-  This is the one place where a Pallas kernel gets selected (under 'auto' on Hopper GPUs, or
-  'pallas'; interpreted off GPU): `path_attention`, or with `linear_memory` the slower
+  The kernel is `path_attention`, or with `linear_memory` the slower
   `path_attention_linear_memory` whose memory is linear in T. Sizes the kernels cannot tile
   (head dims or chunk size that are not powers of two >= 16, `pallas_path.supports`) run the
   blockwise XLA form instead (its memory is linear in T too).
   """
-  if impl == "pallas" and pallas_path.supports(head_dim, value_dim, block_size):
+  if dispatch.kernel and pallas_path.supports(head_dim, value_dim, block_size):
     kernel = (pallas_path.path_attention_linear_memory if linear_memory
               else pallas_path.path_attention)
-    return functools.partial(kernel, interpret=jax.default_backend() != "gpu")
+    return functools.partial(kernel, interpret=dispatch.interpret)
   return path_blockwise
 
 
@@ -84,8 +85,7 @@ class PathAttention(nnx.Module):
       self.q_norm = self.k_norm = None
     self.o_proj = dense(H * K, D, **kw)
     self.num_heads, self.num_kv_heads, self.head_dim = H, G, K
-    self.impl = resolve_mixer_impl(cfg.mixer_impl, self.mixer_name,
-                                   has_kernel=HAS_PALLAS_KERNEL)
+    self.dispatch = mixer_dispatch(cfg.mixer_impl, self.mixer_name, has_kernel=HAS_PALLAS_KERNEL)
     self.chunk_size = cfg.chunk_size
     self.linear_memory = opts["linear_memory"]
 
@@ -99,7 +99,7 @@ class PathAttention(nnx.Module):
     return self._output(o_BTHK)
 
   def _sequence_fn(self):
-    return path_sequence_fn(self.impl, self.head_dim, self.head_dim, self.chunk_size,
+    return path_sequence_fn(self.dispatch, self.head_dim, self.head_dim, self.chunk_size,
                             self.linear_memory)
 
   def _path_inputs(self, x_BTD, conv):

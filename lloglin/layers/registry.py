@@ -5,8 +5,10 @@ and called as `mixer(x_BTD, segment_ids_BT=..., positions_BT=...) -> y_BTD`. Reg
 mixer is all it takes to use it from `model.layer_pattern`.
 """
 
+import dataclasses
 from collections.abc import Callable
 
+import jax
 from flax import nnx
 
 from pallas_kernels.device import on_hopper_gpu
@@ -50,8 +52,28 @@ def mixer_options(cfg, mixer: str, defaults: dict) -> dict:
   return {**defaults, **given}
 
 
-def resolve_mixer_impl(impl: str, mixer: str, *, has_kernel: bool) -> str:
-  """'pallas' or 'xla' for a model.mixer_impl value.
+@dataclasses.dataclass(frozen=True)
+class KernelDispatch:
+  """How a mixer (or the fused decode step) runs: through its Pallas kernel or not (`kernel`),
+  and the kernel in Pallas interpret mode (`interpret`: no GPU; slow, for tests) or compiled."""
+  kernel: bool
+  interpret: bool
+
+
+def kernel_dispatch(choice: bool | None, *, available: bool = True) -> KernelDispatch:
+  """The one decision of kernel vs XLA and of interpret mode, for every mixer (`mixer_dispatch`)
+  and for the fused decode step (lloglin.inference.generate).
+
+  choice True forces the kernel, False the XLA form; None ('auto') picks the kernel where
+  `available` and the default device is a Hopper-or-newer GPU. A kernel off GPU runs in
+  interpret mode.
+  """
+  kernel = (available and on_hopper_gpu()) if choice is None else choice
+  return KernelDispatch(kernel, kernel and jax.default_backend() != "gpu")
+
+
+def mixer_dispatch(impl: str, mixer: str, *, has_kernel: bool) -> KernelDispatch:
+  """The KernelDispatch of a model.mixer_impl value.
 
   'auto' picks the mixer's Pallas kernel on Hopper-or-newer GPUs and the XLA form elsewhere;
   'pallas' forces the kernel (off GPU it runs in interpret mode: slow, for tests); 'xla' forces
@@ -62,6 +84,5 @@ def resolve_mixer_impl(impl: str, mixer: str, *, has_kernel: bool) -> str:
   if impl == "pallas" and not has_kernel:
     raise ValueError(f"model.mixer_impl='pallas': mixer {mixer!r} has no Pallas kernel yet; "
                      f"use 'auto' or 'xla'")
-  if impl == "auto":
-    return "pallas" if has_kernel and on_hopper_gpu() else "xla"
-  return impl
+  return kernel_dispatch({"auto": None, "xla": False, "pallas": True}[impl],
+                         available=has_kernel)

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from lloglin.parallel.ladder import check_residual_options
+from lloglin.models.ladder import check_residual_options
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
            "float64": jnp.float64}
@@ -33,7 +33,7 @@ class ModelConfig:
   chunk_size: int = 64
   mixer_impl: str = "auto"
   mixer_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-  # Residual wiring (lloglin.parallel.ladder): standard | ladder | parallel | desync. Layers below
+  # Residual wiring (lloglin.models.ladder): standard | ladder | parallel | desync. Layers below
   # residual_start_layer stay standard (hybrid models). Desync keeps the all-reduce of
   # `desync_reduce` (mlp | mixer | both) on every `desync_every`-th layer and skips the others.
   residual_mode: str = "standard"

@@ -1,7 +1,7 @@
 """Decoder-only LM: embedding, pre-norm blocks (mixer + SwiGLU), final norm, tied or untied head.
 
 The blocks are joined by `cfg.residual_mode` (standard | ladder | parallel | desync; see
-lloglin.parallel.ladder). Under a mesh with a `tensor` axis larger than 1 (set by
+lloglin.models.ladder). Under a mesh with a `tensor` axis larger than 1 (set by
 `jax.set_mesh`, as the trainer does) the block stack runs tensor-parallel inside one shard_map
 (lloglin.parallel.tensor_parallel); otherwise it runs as plain code that XLA may shard by the
 input shardings (data parallelism, FSDP). Every residual mode has the same parameters, so a
@@ -24,8 +24,9 @@ from lloglin.layers import make_mixer
 from lloglin.layers.linear import dense
 from lloglin.layers.mlp import SwiGLU
 from lloglin.layers.norms import RMSNorm
+from lloglin.models import ladder
 from lloglin.models.config import ModelConfig
-from lloglin.parallel import ladder, mesh as mesh_lib, sharding, tensor_parallel
+from lloglin.parallel import mesh as mesh_lib, sharding, tensor_parallel
 
 
 class Block(nnx.Module):
@@ -124,7 +125,7 @@ class DecoderLM(nnx.Module):
 
   # Cached decoding: init_cache, prefill (the prompt, chunked forms), decode_step (one token,
   # the *_step ops). Every residual mode; one device or data parallel (tensor-parallel decoding
-  # of attention-only models: lloglin.parallel.tp_decode).
+  # of attention-only models: lloglin.inference.tp_decode).
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None) -> DecoderCache:
     """An empty cache for batch_size rows of up to max_len tokens (prompt + generated).
@@ -184,7 +185,7 @@ class DecoderLM(nnx.Module):
     x is [B, T, D] (prefill) or [B, D] (decode). Returns (final-normed x, new caches)."""
     if mesh_lib.tensor_size() > 1:
       raise ValueError("cached decoding runs without tensor parallelism (mesh 'tensor' axis of "
-                       "size 1); for attention-only models use lloglin.parallel.tp_decode")
+                       "size 1); for attention-only models use lloglin.inference.tp_decode")
     new = list(caches)
 
     def mixer_fn(i):

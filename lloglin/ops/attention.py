@@ -11,14 +11,15 @@ never reaches outputs or gradients; outputs at padding positions are 0.
 import jax
 import jax.numpy as jnp
 
-from lloglin.ops import _checks
+from lloglin.ops import checks
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _acc_dtype(*xs):
-  """float64 when any input is float64, else float32 (the accumulation dtype)."""
-  return jnp.float64 if any(x.dtype == jnp.float64 for x in xs) else jnp.float32
+def acc_dtype(*arrays):
+  """The accumulation dtype of every mixer op: float32, or float64 when an input is float64
+  (None entries skipped)."""
+  return jnp.result_type(jnp.float32, *[x.dtype for x in arrays if x is not None])
 
 
 def sanitize_padding(segment_ids_BT, *xs_BT):
@@ -41,11 +42,11 @@ def sanitize_padding(segment_ids_BT, *xs_BT):
 
 def _check_qkv(q_BTHK, k_BSGK, v_BSGV, segment_ids_BT):
   """Validates self-attention inputs; returns (B, T, H, G, K)."""
-  dims, _ = _checks.check_shapes(
+  dims, _ = checks.check_shapes(
       q_BTHK=q_BTHK, k_BSGK=k_BSGK, v_BSGV=v_BSGV, segment_ids_BT=segment_ids_BT)
-  _checks.check_floating(q_BTHK=q_BTHK, k_BSGK=k_BSGK, v_BSGV=v_BSGV)
-  _checks.check_groups(dims, "k_BSGK", "q_BTHK")
-  _checks.check_segment_ids(segment_ids_BT)
+  checks.check_floating(q_BTHK=q_BTHK, k_BSGK=k_BSGK, v_BSGV=v_BSGV)
+  checks.check_groups(dims, "k_BSGK", "q_BTHK")
+  checks.check_segment_ids(segment_ids_BT)
   if dims["S"] != dims["T"]:
     raise ValueError(f"k_BSGK: expected S = T = {dims['T']} key positions (causal self-attention)"
                      f", got S={dims['S']}")
@@ -70,7 +71,7 @@ def causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, *, segment_ids_BT=None, s
   B, T, H, G, K = _check_qkv(q_BTHK, k_BSGK, v_BSGV, segment_ids_BT)
   scale = K**-0.5 if scale is None else scale
   q_BTHK, k_BSGK, v_BSGV = sanitize_padding(segment_ids_BT, q_BTHK, k_BSGK, v_BSGV)
-  acc = _acc_dtype(q_BTHK, k_BSGK, v_BSGV)
+  acc = acc_dtype(q_BTHK, k_BSGK, v_BSGV)
   q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
   logits_BGRTS = scale * jnp.einsum(
       "btgrk,bsgk->bgrts", q_BTGRK, k_BSGK, precision=HIGHEST, preferred_element_type=acc)
@@ -115,21 +116,21 @@ def attention_step(q_BHK, k_cache_BSGK, v_cache_BSGV, length_B, *, scale=None):
   The caller has already written the current token's key/value at position `length_B - 1`.
   Rows with `length_B == 0` return 0.
   """
-  dims, _ = _checks.check_shapes(q_BHK=q_BHK, k_cache_BSGK=k_cache_BSGK,
-                                 v_cache_BSGV=v_cache_BSGV, length_B=length_B)
-  _checks.check_floating(q_BHK=q_BHK, k_cache_BSGK=k_cache_BSGK, v_cache_BSGV=v_cache_BSGV)
-  _checks.check_groups(dims, "k_cache_BSGK", "q_BHK")
+  dims, _ = checks.check_shapes(q_BHK=q_BHK, k_cache_BSGK=k_cache_BSGK,
+                                v_cache_BSGV=v_cache_BSGV, length_B=length_B)
+  checks.check_floating(q_BHK=q_BHK, k_cache_BSGK=k_cache_BSGK, v_cache_BSGV=v_cache_BSGV)
+  checks.check_groups(dims, "k_cache_BSGK", "q_BHK")
   B, H, K, S, G = (dims[a] for a in "BHKSG")
   scale = K**-0.5 if scale is None else scale
-  acc = _acc_dtype(q_BHK, k_cache_BSGK, v_cache_BSGV)
+  acc = acc_dtype(q_BHK, k_cache_BSGK, v_cache_BSGV)
   q_BGRK = q_BHK.reshape(B, G, H // G, K)
   logits_BGRS = scale * jnp.einsum(
       "bgrk,bsgk->bgrs", q_BGRK, k_cache_BSGK, precision=HIGHEST, preferred_element_type=acc)
   valid_B11S = (jnp.arange(S)[None, :] < length_B[:, None])[:, None, None]
-  return _masked_softmax_read(logits_BGRS, valid_B11S, v_cache_BSGV).reshape(B, H, -1)
+  return masked_softmax_read(logits_BGRS, valid_B11S, v_cache_BSGV).reshape(B, H, -1)
 
 
-def _masked_softmax_read(logits_BGRS, valid_BGRS, v_BSGV):
+def masked_softmax_read(logits_BGRS, valid_BGRS, v_BSGV):
   """`softmax(logits) @ v` over valid positions; all-invalid rows give 0 (never NaN)."""
   logits_BGRS = jnp.where(valid_BGRS, logits_BGRS, -jnp.inf)
   m_BGR1 = jnp.max(logits_BGRS, axis=-1, keepdims=True)
@@ -148,12 +149,12 @@ def apply_rope(x_BTHK, positions_BT, theta=10000.0):
   Pair `(x[..., i], x[..., i + K/2])` is rotated by angle `position * theta^(-2i/K)`. Computed in
   float32 (float64 for float64 input); returns the dtype of `x_BTHK`.
   """
-  dims, _ = _checks.check_shapes(x_BTHK=x_BTHK, positions_BT=positions_BT)
+  dims, _ = checks.check_shapes(x_BTHK=x_BTHK, positions_BT=positions_BT)
   K = dims["K"]
   if K % 2:
     raise ValueError(f"x_BTHK: expected an even head dim K, got shape {tuple(x_BTHK.shape)}")
   dtype = x_BTHK.dtype
-  acc = _acc_dtype(x_BTHK)
+  acc = acc_dtype(x_BTHK)
   inv_freq_K = theta ** (-(jnp.arange(K, dtype=acc) % (K // 2)) * 2 / K)
   angle_BT1K = (positions_BT.astype(acc)[..., None] * inv_freq_K)[:, :, None]
   x_BTHK = x_BTHK.astype(acc)

@@ -2,9 +2,10 @@
 
     O = (Aeff o M^H) V,   M^H[t, s] = lam_t^(level(t, s)),   level(t, s) = bit_length(t XOR s)
 
-with Aeff the base model's effective attention (ssd.py: q = C, k = B, v = Delta x, g = Delta A;
-delta.py: the gated delta rule) and t, s positions inside the document. lam_BTHL holds L levels
-per token and head (the layer configures L, e.g. 15); a sequence needs ceil(log2 T) + 1 of them.
+with Aeff the base model's effective attention (mamba2.py: q = C, k = B, v = Delta x,
+g = Delta A; gdn.py: the gated delta rule) and t, s positions inside the document. lam_BTHL holds
+L levels per token and head (the layer configures L, e.g. 15); a sequence needs ceil(log2 T) + 1
+of them.
 With lam == 1 every form reduces to its base model.
 
 Forms (same arguments for both bases; the GDN functions take beta_BTH after g_BTH):
@@ -12,7 +13,7 @@ Forms (same arguments for both bases; the GDN functions take beta_BTH after g_BT
   *_quadratic  the masked effective-attention matrix, O(T^2 d), oracle
   *_chunked    level-parallel masked scans (§3.5 b): one intra-chunk pass with the level mask, and
                one chunk-state recurrence per level (vmapped as a stream axis of
-               delta.chunked_recurrence; Mamba-2 is the W = 0, U = V case of §5)
+               linear_recurrence.chunked_recurrence; Mamba-2 is the W = 0, U = V case of §5)
   *_step       one decode token on a FenwickState(S_BHLKV, t_B)
 
 States: `initial_state` / the returned final state are `hierarchy.FenwickState`s, so a chunked
@@ -25,10 +26,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lloglin.ops import _checks
-from lloglin.ops import delta
+from lloglin.ops import checks
+from lloglin.ops import gdn
 from lloglin.ops import hierarchy
-from lloglin.ops import ssd
+from lloglin.ops import linear_recurrence
+from lloglin.ops import mamba2
+from lloglin.ops.attention import acc_dtype
 from lloglin.ops.hierarchy import FenwickState
 
 __all__ = [f'loglinear_{base}_{form}' for base in ('ssd', 'gdn')
@@ -66,8 +69,8 @@ def _fenwick_step(q_BHK, k_BHK, v_BHV, g_BH, beta_BH, lam_BHL, state, acc):
   """Carry, transition of every level, level 0 <- beta k v^T, read o = sum_l lam^l S^l^T q."""
   L = state.S_BHLKV.shape[2]
   S = hierarchy.fenwick_carry(state.S_BHLKV.astype(acc), state.t_B)
-  S = delta.transition(S, k_BHK, g_BH, beta_BH)
-  S = S.at[:, :, 0].set(delta.outer_write(k_BHK, v_BHV, beta_BH, acc))
+  S = linear_recurrence.transition(S, k_BHK, g_BH, beta_BH)
+  S = S.at[:, :, 0].set(linear_recurrence.outer_write(k_BHK, v_BHV, beta_BH, acc))
   o_BHV = jnp.einsum('bhk,bhl,bhlkv->bhv', q_BHK.astype(acc), lam_BHL.astype(acc), S,
                      precision=HIGHEST)
   overflow_B = hierarchy.fenwick_overflow(state.t_B, L)
@@ -76,27 +79,27 @@ def _fenwick_step(q_BHK, k_BHK, v_BHV, g_BH, beta_BH, lam_BHL, state, acc):
 
 
 def _step(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, lam_BHL, state, scale):
-  dims = _checks.check_step_args(q_BGK=q_BGK, k_BGK=k_BGK, v_BHV=v_BHV, g_BH=g_BH,
-                                 beta_BH=beta_BH, lam_BHL=lam_BHL, state=state)
+  dims = checks.check_step_args(q_BGK=q_BGK, k_BGK=k_BGK, v_BHV=v_BHV, g_BH=g_BH,
+                                beta_BH=beta_BH, lam_BHL=lam_BHL, state=state)
   H = dims['H']
-  acc = delta.acc_dtype(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, lam_BHL, state.S_BHLKV)
-  o_BHV, state = _fenwick_step(delta.expand_groups(q_BGK, H) * scale,
-                               delta.expand_groups(k_BGK, H), v_BHV, g_BH, beta_BH, lam_BHL,
-                               state, acc)
+  acc = acc_dtype(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, lam_BHL, state.S_BHLKV)
+  o_BHV, state = _fenwick_step(linear_recurrence.expand_groups(q_BGK, H) * scale,
+                               linear_recurrence.expand_groups(k_BGK, H), v_BHV, g_BH, beta_BH,
+                               lam_BHL, state, acc)
   return o_BHV.astype(v_BHV.dtype), state
 
 
 def _recurrent(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state,
                segment_ids_BT, scale, return_final_state):
-  dims = _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                                  beta_BTH=beta_BTH, lam_BTHL=lam_BTHL,
-                                  segment_ids_BT=segment_ids_BT, initial_state=initial_state)
+  dims = checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                                 beta_BTH=beta_BTH, lam_BTHL=lam_BTHL,
+                                 segment_ids_BT=segment_ids_BT, initial_state=initial_state)
   B, T, H, K, V, L = (dims[a] for a in 'BTHKVL')
-  acc = delta.acc_dtype(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL)
-  lay = delta.layout_of(segment_ids_BT, B, T)
-  q, k, v, g, beta, lam = delta.sanitize(
-      lay.real_BT, delta.expand_groups(q_BTGK, H) * scale, delta.expand_groups(k_BTGK, H),
-      v_BTHV, g_BTH, beta_BTH, lam_BTHL)
+  acc = acc_dtype(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL)
+  lay = linear_recurrence.layout_of(segment_ids_BT, B, T)
+  q, k, v, g, beta, lam = linear_recurrence.sanitize(
+      lay.real_BT, linear_recurrence.expand_groups(q_BTGK, H) * scale,
+      linear_recurrence.expand_groups(k_BTGK, H), v_BTHV, g_BTH, beta_BTH, lam_BTHL)
   state0 = (hierarchy.fenwick_zeros(B, H, L, K, V, acc) if initial_state is None
             else FenwickState(initial_state.S_BHLKV.astype(acc),
                               jnp.asarray(initial_state.t_B, jnp.int32)))
@@ -123,23 +126,24 @@ def _recurrent(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_sta
 
 def _quadratic(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state,
                segment_ids_BT, scale):
-  dims = _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                                  beta_BTH=beta_BTH, lam_BTHL=lam_BTHL,
-                                  segment_ids_BT=segment_ids_BT, initial_state=initial_state)
+  dims = checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                                 beta_BTH=beta_BTH, lam_BTHL=lam_BTHL,
+                                 segment_ids_BT=segment_ids_BT, initial_state=initial_state)
   L = dims['L']
   t0_B = None if initial_state is None else initial_state.t_B
-  lay, q, k, v, g, beta = delta.quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
-                                                 segment_ids_BT, scale, t0_B)
+  lay, q, k, v, g, beta = linear_recurrence.quadratic_inputs(
+      q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, segment_ids_BT, scale, t0_B)
   if beta is None:
-    aeff_BHTS, qinit_BTHK = ssd.ssd_effective_attention(q, k, g)
+    aeff_BHTS, qinit_BTHK = mamba2.ssd_effective_attention(q, k, g)
   else:
-    aeff_BHTS, qinit_BTHK = delta.gdn_effective_attention(q, k, g, beta)
+    aeff_BHTS, qinit_BTHK = gdn.gdn_effective_attention(q, k, g, beta)
   acc = aeff_BHTS.dtype
-  (lam,) = delta.sanitize(lay.real_BT, lam_BTHL.astype(acc))
+  (lam,) = linear_recurrence.sanitize(lay.real_BT, lam_BTHL.astype(acc))
   onehot_BTSL = jax.nn.one_hot(hierarchy.pair_levels(lay.pos_BT, lay.doc_BT, lay.real_BT, L), L,
                                dtype=acc)
   mask_BHTS = jnp.einsum('bthl,btsl->bhts', lam, onehot_BTSL, precision=HIGHEST)
-  o_BTHV = delta.quadratic_output(aeff_BHTS, qinit_BTHK, mask_BHTS, v, lay, None).astype(acc)
+  o_BTHV = linear_recurrence.quadratic_output(aeff_BHTS, qinit_BTHK, mask_BHTS, v, lay,
+                                              None).astype(acc)
   if initial_state is not None:
     first = (lay.real_BT & (lay.doc_BT == 0))[..., None, None]
     o_BTHV = o_BTHV + jnp.where(first, jnp.einsum(
@@ -169,21 +173,22 @@ def _initial_read_weights(lay, lam_BTHL, t0_B):
 
 def _chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state, segment_ids_BT,
              chunk_size, scale, return_final_state):
-  dims = _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                                  beta_BTH=beta_BTH, lam_BTHL=lam_BTHL,
-                                  segment_ids_BT=segment_ids_BT, initial_state=initial_state,
-                                  chunk_size=chunk_size)
+  dims = checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                                 beta_BTH=beta_BTH, lam_BTHL=lam_BTHL,
+                                 segment_ids_BT=segment_ids_BT, initial_state=initial_state,
+                                 chunk_size=chunk_size)
   B, T, G, H, K, V, L = (dims[a] for a in 'BTGHKVL')
   R, C = H // G, chunk_size
-  acc = delta.acc_dtype(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL)
+  acc = acc_dtype(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL)
   t0_B = None if initial_state is None else jnp.asarray(initial_state.t_B, jnp.int32)
-  ci = delta.chunk_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, segment_ids_BT, C, scale, t0_B)
+  ci = linear_recurrence.chunk_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, segment_ids_BT,
+                                      C, scale, t0_B)
   lay = ci.lay
-  lam_BNGRCL = delta.to_chunks(lam_BTHL, lay, C, G).astype(acc)
+  lam_BNGRCL = linear_recurrence.to_chunks(lam_BTHL, lay, C, G).astype(acc)
 
   # Intra-chunk: every level, from document positions (chunks need not align with documents).
-  lvl_BNCC = delta.chunk_pairs(lambda pos, doc, real: hierarchy.pair_levels(pos, doc, real, L),
-                               lay, C)
+  lvl_BNCC = linear_recurrence.chunk_pairs(
+      lambda pos, doc, real: hierarchy.pair_levels(pos, doc, real, L), lay, C)
   intra_BNGRCC = jnp.einsum('bngrtl,bntsl->bngrts', lam_BNGRCL,
                             jax.nn.one_hot(lvl_BNCC, L, dtype=acc), precision=HIGHEST)
 
@@ -194,7 +199,7 @@ def _chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state
   hi = L if initial_state is not None else min(L, hierarchy.num_levels(T))
   levels = list(range(lo, hi))
   reset_XBP, write_XBP, read_XBP = hierarchy.level_stream_masks(lay.pos_BT, lay.real_BT, levels)
-  read_XBNC = delta.tokens_to_chunks(read_XBP, C)
+  read_XBNC = linear_recurrence.tokens_to_chunks(read_XBP, C)
   rho_XBNGRC = (jnp.moveaxis(lam_BNGRCL[..., lo:hi], -1, 0)
                 * read_XBNC[:, :, :, None, None, :].astype(acc))
   if initial_state is None:
@@ -202,12 +207,12 @@ def _chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state
   else:
     streams_LBHKV = hierarchy.fenwick_to_level_streams(initial_state.S_BHLKV.astype(acc), t0_B)
     init_XBGRKV = streams_LBHKV[lo:hi].reshape(len(levels), B, G, R, K, V)
-  o_BNGRCV, S_XBGRKV = delta.chunked_recurrence(
+  o_BNGRCV, S_XBGRKV = linear_recurrence.chunked_recurrence(
       ci.q_BNGCK, ci.k_BNGCK, ci.v_BNGRCV, ci.g_BNGRC, ci.beta_BNGRC, intra_BNGRCC,
-      delta.tokens_to_chunks(reset_XBP, C), delta.tokens_to_chunks(write_XBP, C), rho_XBNGRC,
-      init_XBGRKV)
+      linear_recurrence.tokens_to_chunks(reset_XBP, C),
+      linear_recurrence.tokens_to_chunks(write_XBP, C), rho_XBNGRC, init_XBGRKV)
 
-  o_BTHV = _poison(delta.from_chunks(o_BNGRCV, T), _overflow_BT(lay, L)[:, :T])
+  o_BTHV = _poison(linear_recurrence.from_chunks(o_BNGRCV, T), _overflow_BT(lay, L)[:, :T])
   o_BTHV = o_BTHV.astype(v_BTHV.dtype)
   if not return_final_state:
     return o_BTHV
@@ -252,15 +257,15 @@ def loglinear_ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *
                               return_final_state=False):
   """Completes o_BTHV computed from an empty state and positions from 0 (the Pallas kernels')
   into loglinear_ssd_chunked's result with initial_state (a FenwickState; o_BTHV must then come
-  from positions offset by its t_B) and return_final_state (delta.state_terms; the final
-  state's level l holds the sources s of the last document with level(p, s) = l, p its last
+  from positions offset by its t_B) and return_final_state (linear_recurrence.state_terms; the
+  final state's level l holds the sources s of the last document with level(p, s) = l, p its last
   position). Returns o_BTHV [and the FenwickState after the sequence]."""
   L = lam_BTHL.shape[-1]
   t0_B = None if initial_state is None else jnp.asarray(initial_state.t_B, jnp.int32)
-  lay, q, k, v, g, _ = delta.quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, None,
-                                              segment_ids_BT, scale, t0_B)
-  acc = delta.acc_dtype(q, k, v, g, lam_BTHL)
-  (lam,) = delta.sanitize(lay.real_BT, lam_BTHL.astype(acc))
+  lay, q, k, v, g, _ = linear_recurrence.quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, None,
+                                                          segment_ids_BT, scale, t0_B)
+  acc = acc_dtype(q, k, v, g, lam_BTHL)
+  (lam,) = linear_recurrence.sanitize(lay.real_BT, lam_BTHL.astype(acc))
   p_B = lay.count_B - 1
   write_BTL = jax.nn.one_hot(hierarchy.level_index(p_B[:, None], lay.pos_BT), L, dtype=acc)
   init = read_BTHM = carry_BLM = None
@@ -269,9 +274,9 @@ def loglinear_ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *
     read_BTHM = _initial_read_weights(lay, lam, t0_B)
     lvl_BM = hierarchy.level_index(p_B[:, None], _initial_representatives(t0_B, L))
     carry_BLM = jnp.swapaxes(jax.nn.one_hot(lvl_BM, L, dtype=acc), 1, 2)
-  out = delta.state_terms(o_BTHV, q, k, v, g, lay, initial_BHMKV=init, read_BTHM=read_BTHM,
-                          write_BTL=write_BTL, carry_BLM=carry_BLM,
-                          return_final_state=return_final_state)
+  out = linear_recurrence.state_terms(o_BTHV, q, k, v, g, lay, initial_BHMKV=init,
+                                      read_BTHM=read_BTHM, write_BTL=write_BTL,
+                                      carry_BLM=carry_BLM, return_final_state=return_final_state)
   o, S_BHLKV = out if return_final_state else (out, None)
   o, state = nan_past_capacity(o, None if S_BHLKV is None else FenwickState(S_BHLKV, lay.count_B),
                                lay, L)

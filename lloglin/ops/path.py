@@ -32,8 +32,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lloglin.ops import _checks
-from lloglin.ops.attention import HIGHEST, _acc_dtype, _masked_softmax_read, sanitize_padding
+from lloglin.ops import checks
+from lloglin.ops.attention import HIGHEST, acc_dtype, masked_softmax_read, sanitize_padding
 
 
 class PathCache(NamedTuple):
@@ -59,18 +59,18 @@ def _validate(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT):
   """Returns (B, T, H, G, K, V)."""
   arrays = dict(q_BTHK=q_BTHK, k_BTGK=k_BTGK, v_BTGV=v_BTGV, w_BTGK=w_BTGK, beta_BTG=beta_BTG,
                 g_BTH=g_BTH)
-  dims, _ = _checks.check_shapes(**arrays, segment_ids_BT=segment_ids_BT)
-  _checks.check_floating(**arrays)
-  _checks.check_groups(dims, "k_BTGK", "q_BTHK")
-  _checks.check_segment_ids(segment_ids_BT)
+  dims, _ = checks.check_shapes(**arrays, segment_ids_BT=segment_ids_BT)
+  checks.check_floating(**arrays)
+  checks.check_groups(dims, "k_BTGK", "q_BTHK")
+  checks.check_segment_ids(segment_ids_BT)
   return tuple(dims[a] for a in "BTHGKV")
 
 
-def _prepare(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT, scale):
+def prepare_inputs(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT, scale):
   """Validates, zeroes padding, and returns the dims, acc dtype, scale and gate cumsum G_BTH."""
   dims = _validate(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT)
   arrays = sanitize_padding(segment_ids_BT, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH)
-  acc = _acc_dtype(*(x for x in arrays if x is not None))
+  acc = acc_dtype(*(x for x in arrays if x is not None))
   scale = dims[4]**-0.5 if scale is None else scale
   g_BTH = arrays[-1]
   gate_BTH = None if g_BTH is None else jnp.cumsum(g_BTH.astype(acc), axis=1)
@@ -99,7 +99,7 @@ def path_recurrent(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segm
 
   O(T^2 K^2) time and O(T K^2) carry per group; meant for tests (use float64 inputs).
   """
-  dims, arrays, acc, scale, gate_BTH = _prepare(
+  dims, arrays, acc, scale, gate_BTH = prepare_inputs(
       q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT, scale)
   B, T, H, G, K, _ = dims
   q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG = arrays
@@ -127,7 +127,7 @@ def path_recurrent(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segm
   return _softmax_read(z_BGRTS, gate_BTH, segment_ids_BT, v_BTGV, scale, acc)
 
 
-def _ut_transform(w_XCK, beta_XC):
+def ut_transform(w_XCK, beta_XC):
   """Compact-WY factor of one chunk (leading axes X batched): `T = (I + SL(diag(beta) W W^T))^-1`.
 
   Returns `T_XCC` with `H_C ... H_1 = I - W^T T diag(beta) W` (SL = strictly lower triangle).
@@ -149,7 +149,7 @@ def _intra_chunk(q_XCRK, k_XCK, w_XCK, beta_XC):
     k_new_XCK: keys moved to the chunk end, H_last ... H_{s+1} k_s,
     u_XCK: `T diag(beta) W`, so the chunk product is `I - W^T U`.
   """
-  ut_XCC = _ut_transform(w_XCK, beta_XC)
+  ut_XCC = ut_transform(w_XCK, beta_XC)
   u_XCK = jnp.einsum("...ij,...jk->...ik", ut_XCC, beta_XC[..., None] * w_XCK, precision=HIGHEST)
   # x[i, s] = sum_j T[i, j] beta_j w_j.k_s over j > s.
   wk_XCC = jnp.tril(jnp.einsum("...jk,...sk->...js", w_XCK, k_XCK, precision=HIGHEST), -1)
@@ -165,7 +165,7 @@ def _intra_chunk(q_XCRK, k_XCK, w_XCK, beta_XC):
 def path_quadratic(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segment_ids_BT=None,
                    scale=None):
   """Oracle from one UT transform over the whole sequence (T x T solve and logits)."""
-  dims, arrays, acc, scale, gate_BTH = _prepare(
+  dims, arrays, acc, scale, gate_BTH = prepare_inputs(
       q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT, scale)
   B, T, H, G, K, _ = dims
   q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG = arrays
@@ -201,7 +201,7 @@ def path_blockwise(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segm
   """
   if not isinstance(block_size, int) or block_size < 1:
     raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
-  dims, arrays, acc, scale, gate_BTH = _prepare(
+  dims, arrays, acc, scale, gate_BTH = prepare_inputs(
       q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT, scale)
   B, T, H, G, K, V = dims
   q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG = arrays
@@ -275,11 +275,11 @@ def path_blockwise(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, segm
   o_BTHV = o_BTHV.astype(v_BTGV.dtype)
   if not return_k_cache:
     return o_BTHV
-  k_end_BTGK = _keys_to_end(k_new_BMGCK.astype(acc), w_BMGCK, u_BMGCK)[:, :T]
+  k_end_BTGK = keys_to_end(k_new_BMGCK.astype(acc), w_BMGCK, u_BMGCK)[:, :T]
   return o_BTHV, k_end_BTGK.astype(k_BTGK.dtype)
 
 
-def _keys_to_end(k_new_BMGCK, w_BMGCK, u_BMGCK):
+def keys_to_end(k_new_BMGCK, w_BMGCK, u_BMGCK):
   """Keys at their chunk end -> keys at the sequence end, `[B, M * C, G, K]`.
 
   Reverse scan over chunks carrying the dense suffix product S_m = P_{M-1} ... P_{m+1}, with the
@@ -323,7 +323,7 @@ def path_prefill(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, length
   `return_k_cache`). Returns `(o_BTHV, PathCache)`; the cache dtype is that of k and v, the gate
   cumsums are float32 (float64 for float64 inputs).
   """
-  dims, _ = _checks.check_shapes(q_BTHK=q_BTHK, length_B=length_B)
+  dims, _ = checks.check_shapes(q_BTHK=q_BTHK, length_B=length_B)
   B, T = dims["B"], dims["T"]
   cache_size = T if cache_size is None else cache_size
   if cache_size < T:
@@ -341,7 +341,7 @@ def path_prefill(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_BTH=None, length
   pad = ((0, 0), (0, cache_size - T), (0, 0), (0, 0))
   gate_BSH = None
   if g_BTH is not None:
-    acc = _acc_dtype(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH)
+    acc = acc_dtype(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH)
     gate_BSH = jnp.pad(jnp.cumsum(g_BTH.astype(acc), axis=1), pad[:3])
   cache = PathCache(jnp.pad(k_end_BTGK, pad), jnp.pad(v_BTGV, pad), gate_BSH, length_B)
   return o_BTHV, cache
@@ -361,15 +361,15 @@ def path_step(q_BHK, k_BGK, v_BGV, w_BGK, beta_BG, cache, *, g_BH=None, scale=No
         f"cache.gate_BSH={'None' if cache.gate_BSH is None else 'an array'}")
   arrays = dict(q_BHK=q_BHK, k_BGK=k_BGK, v_BGV=v_BGV, w_BGK=w_BGK, beta_BG=beta_BG, g_BH=g_BH)
   # The cache binds the letters first, so a mismatch is reported on the step's arguments.
-  dims, _ = _checks.check_shapes(
+  dims, _ = checks.check_shapes(
       **{"cache.k_BSGK": cache.k_BSGK, "cache.v_BSGV": cache.v_BSGV,
          "cache.gate_BSH": cache.gate_BSH, "cache.length_B": cache.length_B}, **arrays)
-  _checks.check_floating(**arrays)
-  _checks.check_groups(dims, "k_BGK", "q_BHK")
+  checks.check_floating(**arrays)
+  checks.check_groups(dims, "k_BGK", "q_BHK")
   B, H, G, K, V, S = (dims[a] for a in "BHGKVS")
   R = H // G
   scale = K**-0.5 if scale is None else scale
-  acc = _acc_dtype(q_BHK, k_BGK, v_BGV, w_BGK, beta_BG, cache.k_BSGK)
+  acc = acc_dtype(q_BHK, k_BGK, v_BGV, w_BGK, beta_BG, cache.k_BSGK)
   t_B = cache.length_B
   w_BGK = w_BGK.astype(acc)
   k_BSGK = cache.k_BSGK.astype(acc)
@@ -389,6 +389,6 @@ def path_step(q_BHK, k_BGK, v_BGV, w_BGK, beta_BG, cache, *, g_BH=None, scale=No
     gate_diff_BGRS = (gate_t_BH[:, None] - gate_BSH).reshape(B, S, G, R).transpose(0, 2, 3, 1)
     logits_BGRS = logits_BGRS + gate_diff_BGRS.astype(acc)
   valid_B11S = (jnp.arange(S)[None, :] <= t_B[:, None])[:, None, None]
-  o_BGRV = _masked_softmax_read(scale * logits_BGRS, valid_B11S, v_BSGV)
+  o_BGRV = masked_softmax_read(scale * logits_BGRS, valid_B11S, v_BSGV)
   o_BHV = o_BGRV.reshape(B, H, V).astype(v_BGV.dtype)
   return o_BHV, PathCache(k_BSGK, v_BSGV, gate_BSH, t_B + 1)

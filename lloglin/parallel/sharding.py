@@ -5,8 +5,8 @@ rules below map each name to mesh axes. Changing the mesh shape alone (`c.mesh`)
 train step into data-parallel, FSDP or tensor-parallel training.
 
 Where a parameter's logical axes come from (first match wins), see `param_logical_axes`:
-  1. a tensor-parallel plan of the module that owns it (lloglin.parallel.tensor_parallel: the
-     built-in attention and SwiGLU plans, or a mixer's own `tp_param_axes`);
+  1. the tensor-parallel plan of the module that owns it (its `tp_param_axes`, as the built-in
+     Attention and SwiGLU layers and any mixer may declare: lloglin.parallel.tensor_parallel);
   2. `sharding` metadata on the nnx Variable (`nnx.with_partitioning(init, ('embed', 'heads'))`
      or `nnx.Param(..., sharding=(...))`);
   3. the decoder's own names (token embedding, untied head, norm scales);
@@ -47,7 +47,7 @@ _DECODER_PARAMS = {
 }
 
 
-def _keys(keypath) -> tuple:
+def keypath_keys(keypath) -> tuple:
   """A jax keypath as plain keys, without the Variable's trailing `.value`."""
   out = []
   for k in keypath:
@@ -114,7 +114,7 @@ def param_logical_axes(model: nnx.Module, tp: int = 1) -> dict[tuple, tuple]:
   `tp` is the tensor-parallel degree: some plans change with it (e.g. GQA key/value projections
   are replicated when the kv-head count is not a multiple of tp).
   """
-  from lloglin.parallel import tensor_parallel  # the plans know the layers; import lazily
+  from lloglin.parallel import tensor_parallel  # it imports this module; import lazily
   axes: dict[tuple, tuple] = {}
   planned: set[tuple] = set()
   for path, node in nnx.iter_graph(model):
@@ -160,7 +160,7 @@ def tree_specs(tree, axes_by_path: Mapping[tuple, tuple], mesh, **kw):
 
   def leaf_spec(keypath, x):
     shape = tuple(x.shape)
-    keys = _keys(keypath)
+    keys = keypath_keys(keypath)
     for start in range(len(keys)):
       names = axes_by_path.get(keys[start:])
       if names is not None and len(names) == len(shape):

@@ -5,7 +5,7 @@ device of a tensor group holds the full residual stream and 1/tp of each layer: 
 input projections (Q, K, V; SwiGLU gate and up) give it a slice of the heads / hidden units, its
 row-parallel output projection (attention out, SwiGLU down) gives a *partial sum* of the module
 output, and one `psum` over `tensor` completes it. Where that psum is consumed is the residual
-mode's business (lloglin.parallel.ladder).
+mode's business (lloglin.models.ladder).
 
 Heads: device r of tp holds query heads [r*H/tp, (r+1)*H/tp). Grouped-query attention: when the
 kv-head count G is a multiple of tp the key/value projections are split too (device r holds
@@ -35,8 +35,8 @@ Logical names: `embed` (model dim D), `heads`, `kv_heads`, `mlp` (split over `te
 else or None (whole). Parameters not listed are whole on every device. A mixer without these
 methods still works under tensor parallelism: it runs replicated (all its parameters whole, the
 same computation on every device of a tensor group, its output counted once), which is correct
-but gains nothing. Built-in layers that cannot be edited here get their plans registered with
-`register_plan` below (Attention and SwiGLU).
+but gains nothing. The built-in Attention and SwiGLU layers (lloglin.layers) declare theirs the
+same way; this module knows no layer.
 """
 
 import dataclasses
@@ -47,9 +47,6 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from lloglin.layers.attention import Attention
-from lloglin.layers.mlp import SwiGLU
-from lloglin.ops.attention import apply_rope, causal_attention
 from lloglin.parallel import sharding
 from lloglin.parallel.mesh import current_mesh
 
@@ -63,18 +60,8 @@ class Plan:
   call: Callable[..., jax.Array]
 
 
-_PLANS: dict[type, Plan] = {}
-
-
-def register_plan(cls: type, plan: Plan):
-  """Registers the tensor-parallel plan of a layer class (for classes that cannot grow methods)."""
-  _PLANS[cls] = plan
-
-
 def plan_for(module) -> Plan | None:
-  for cls in type(module).__mro__:
-    if cls in _PLANS:
-      return _PLANS[cls]
+  """The plan a module declares (`tp_param_axes` and `tp_call`), or None (run replicated)."""
   if callable(getattr(module, "tp_param_axes", None)) and callable(getattr(module, "tp_call",
                                                                            None)):
     return Plan(param_axes=lambda m, tp: m.tp_param_axes(tp),
@@ -92,73 +79,6 @@ def module_call(module, x, *, tp: int, axis_name: str | None = AXIS, **kwargs):
     return plan.call(module, x, tp=tp, axis_name=axis_name, **kwargs)
   y = module(x, **kwargs)  # replicated module: count its output once in the psum
   return jnp.where(jax.lax.axis_index(axis_name) == 0, y, jnp.zeros((), y.dtype))
-
-
-# ----------------------------------------------------------------------------------------------
-# Built-in plans: grouped-query attention and SwiGLU.
-
-
-def attention_kv_split(num_heads: int, num_kv_heads: int, tp: int) -> bool:
-  """True when the kv heads are split over tp; False when they are replicated (tp % G == 0)."""
-  if num_heads % tp:
-    raise ValueError(f"tensor parallelism tp={tp} must divide model.num_heads={num_heads}")
-  if num_kv_heads % tp == 0:
-    return True
-  if tp % num_kv_heads == 0:
-    return False
-  raise ValueError(f"tensor parallelism tp={tp} and model.num_kv_heads={num_kv_heads}: one must "
-                   f"divide the other (kv heads are split when tp divides them, replicated "
-                   f"when they divide tp)")
-
-
-def _attention_axes(attn: Attention, tp: int) -> dict:
-  kv = "kv_heads" if attention_kv_split(attn.num_heads, attn.num_kv_heads, tp) else None
-  return {"q_proj.kernel": ("embed", "heads"), "k_proj.kernel": ("embed", kv),
-          "v_proj.kernel": ("embed", kv), "o_proj.kernel": ("heads", "embed")}
-
-
-def attention_local_qkv(attn: Attention, x_BTD, positions_BT, *, tp: int, axis_name: str):
-  """This device's RoPE-rotated queries [B, T, H/tp, K] and keys/values [B, T, G', K].
-
-  G' = G/tp when the kv heads are split, else 1 (the group this device's query heads read).
-  """
-  B, T, _ = x_BTD.shape
-  H, G, K = attn.num_heads, attn.num_kv_heads, attn.head_dim
-  q_BTHK = attn.q_proj(x_BTD).reshape(B, T, H // tp, K)
-  if attention_kv_split(H, G, tp):
-    k_BTGK = attn.k_proj(x_BTD).reshape(B, T, G // tp, K)
-    v_BTGK = attn.v_proj(x_BTD).reshape(B, T, G // tp, K)
-  else:
-    g = jax.lax.axis_index(axis_name) // (tp // G)
-    k_BTGK = jax.lax.dynamic_slice_in_dim(attn.k_proj(x_BTD).reshape(B, T, G, K), g, 1, axis=2)
-    v_BTGK = jax.lax.dynamic_slice_in_dim(attn.v_proj(x_BTD).reshape(B, T, G, K), g, 1, axis=2)
-  q_BTHK = apply_rope(q_BTHK, positions_BT, attn.rope_theta)
-  k_BTGK = apply_rope(k_BTGK, positions_BT, attn.rope_theta)
-  return q_BTHK, k_BTGK, v_BTGK
-
-
-def _attention_call(attn: Attention, x_BTD, *, tp, axis_name, segment_ids_BT=None,
-                    positions_BT=None):
-  B, T, _ = x_BTD.shape
-  q_BTHK, k_BTGK, v_BTGK = attention_local_qkv(attn, x_BTD, positions_BT, tp=tp,
-                                               axis_name=axis_name)
-  o_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT=segment_ids_BT,
-                            implementation=attn.tensor_parallel_impl)
-  return attn.o_proj(o_BTHK.reshape(B, T, -1))  # row-parallel: a partial sum
-
-
-def _swiglu_axes(mlp: SwiGLU, tp: int) -> dict:
-  hidden = mlp.gate.kernel.shape[1]
-  if hidden % tp:
-    raise ValueError(f"tensor parallelism tp={tp} must divide the MLP width model.mlp_dim={hidden}")
-  return {"gate.kernel": ("embed", "mlp"), "up.kernel": ("embed", "mlp"),
-          "down.kernel": ("mlp", "embed")}
-
-
-register_plan(Attention, Plan(param_axes=_attention_axes, call=_attention_call))
-# SwiGLU's own __call__ is already right on local shards: gate/up columns, down rows.
-register_plan(SwiGLU, Plan(param_axes=_swiglu_axes,
-                           call=lambda mlp, x, tp, axis_name: mlp(x)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,8 +103,8 @@ def shard_map_modules(modules: nnx.Module, body: Callable, *args, tp: int, mesh=
   leaves_kp, treedef = jax.tree_util.tree_flatten_with_path(state)
   axes = sharding.param_logical_axes(modules, tp)
   leaves = [x for _, x in leaves_kp]
-  param_specs = [sharding.spec_for(axes.get(sharding._keys(kp)), x.shape, mesh, only=(AXIS,),
-                                   fsdp_fallback=False) for kp, x in leaves_kp]
+  param_specs = [sharding.spec_for(axes.get(sharding.keypath_keys(kp)), x.shape, mesh,
+                                   only=(AXIS,), fsdp_fallback=False) for kp, x in leaves_kp]
   arg_specs = list(arg_specs or [None] * len(args))
   present = [i for i, a in enumerate(args) if a is not None]
   in_specs = [P() if arg_specs[i] is None else arg_specs[i] for i in present]

@@ -1,76 +1,20 @@
-"""Fused whole-model batch-1 decode (FlashFormer-style): pack a DecoderLM's weights, then run one
+"""Fused whole-model batch-1 decode (FlashFormer-style): pack a Llama-style decoder's weights
+(`pack_arrays`, from arrays the model side extracts: lloglin.inference.fused), then run one
 decode step in one persistent Pallas GPU kernel: Mosaic GPU (kernel_mgpu.py, the default where
 it serves the model: 1.45x the Triton kernel at 1.24B on an H200) or the Triton lowering
 (kernel.py; any GPU Triton runs on, and models the Mosaic kernel's 64-row tiles do not fit).
-`decode_step_reference` is the same step in plain jnp (the oracle and baseline)."""
+`step.py` picks the backend and launches it; `decode_step_reference` is the same step in plain
+jnp (the oracle and baseline)."""
 
-import jax
-
-from pallas_kernels.device import on_hopper_gpu
-from pallas_kernels.fused_decode.kernel import Tiling, default_tiling, fused_decode_call
-from pallas_kernels.fused_decode.kernel_mgpu import (MosaicTiling, check_mosaic,
-                                                     default_mosaic_tiling,
-                                                     fused_decode_call_mgpu)
+from pallas_kernels.fused_decode.kernel import Tiling, default_tiling
+from pallas_kernels.fused_decode.kernel_mgpu import MosaicTiling, default_mosaic_tiling
 from pallas_kernels.fused_decode.reference import decode_step_reference
+from pallas_kernels.fused_decode.step import (BACKENDS, default_backend, fused_decode_step,
+                                              mosaic_supported, num_sms)
 from pallas_kernels.fused_decode.weights import (FusedConfig, FusedWeights, init_cache,
-                                                 pack_weights, random_weights)
+                                                 pack_arrays, random_weights)
 
 __all__ = ["BACKENDS", "FusedConfig", "FusedWeights", "MosaicTiling", "Tiling",
            "decode_step_reference", "default_backend", "default_mosaic_tiling", "default_tiling",
-           "fused_decode_step", "init_cache", "mosaic_supported", "num_sms", "pack_weights",
+           "fused_decode_step", "init_cache", "mosaic_supported", "num_sms", "pack_arrays",
            "random_weights"]
-
-BACKENDS = ("triton", "mosaic")
-
-
-def num_sms() -> int:
-  """Multiprocessors of the first GPU (132 on an H200); 1 without a GPU."""
-  dev = jax.devices()[0]
-  return getattr(dev, "core_count", 1) if dev.platform == "gpu" else 1
-
-
-def mosaic_supported(config: FusedConfig, max_len: int) -> bool:
-  """Whether kernel_mgpu.py serves this model and cache length (64-row tiles: see
-  `check_mosaic`)."""
-  try:
-    check_mosaic(config, default_mosaic_tiling(config, 1, max_len), max_len)
-  except ValueError:
-    return False
-  return True
-
-
-def default_backend(config: FusedConfig, max_len: int, interpret: bool = False) -> str:
-  """'mosaic' where kernel_mgpu.py serves the model on a Hopper-or-newer GPU (Mosaic GPU needs
-  one) or in interpret mode, else 'triton'. On an H200 the Mosaic kernel took 0.876 against
-  1.494 ms/token at 1.24B bf16 and 0.313 against 0.461 at 138M (kernel_mgpu.py)."""
-  return ("mosaic" if (interpret or on_hopper_gpu()) and mosaic_supported(config, max_len)
-          else "triton")
-
-
-def fused_decode_step(weights: FusedWeights, cache, token, position, *, interpret: bool = False,
-                      tiling: Tiling | MosaicTiling | None = None, backend: str | None = None):
-  """Logits [V] (float32) for `token` at `position` and the cache with its keys/values written.
-
-  The cache (k, v: [L, S, G, K], from `init_cache`) is donated and updated in place. `backend`
-  'mosaic' runs kernel_mgpu.py (with a `MosaicTiling`), 'triton' kernel.py (with a `Tiling`);
-  None follows the tiling's type, or without one `default_backend`. Interpret mode runs the
-  kernel on CPU with one block (each grid barrier is then already met).
-  """
-  if backend is None:
-    backend = ("mosaic" if isinstance(tiling, MosaicTiling) else "triton" if tiling else
-               default_backend(weights.config, cache[0].shape[1], interpret))
-  if backend not in BACKENDS:
-    raise ValueError(f"backend={backend!r}; expected None or one of {BACKENDS}")
-  mosaic = backend == "mosaic"
-  if tiling is None:
-    blocks = 1 if interpret else num_sms()
-    tiling = (default_mosaic_tiling if mosaic else default_tiling)(
-        weights.config, blocks, cache[0].shape[1])
-  expected = MosaicTiling if mosaic else Tiling
-  if not isinstance(tiling, expected):
-    raise ValueError(f"tiling={tiling!r}; backend {backend!r} expects a {expected.__name__}")
-  if interpret and tiling.num_blocks != 1:
-    raise ValueError(f"tiling.num_blocks={tiling.num_blocks}; interpret mode runs blocks one "
-                     f"after another, so grid barriers need num_blocks=1")
-  call = fused_decode_call_mgpu if mosaic else fused_decode_call
-  return call(weights, cache, token, position, tiling=tiling, interpret=interpret)

@@ -71,7 +71,7 @@ class Tiling:
   prefetch: int = 0
 
 
-def _pow2_divisor(n: int, cap: int) -> int:
+def pow2_divisor(n: int, cap: int) -> int:
   """Largest power of two <= cap dividing n."""
   d = 1
   while d * 2 <= cap and n % (d * 2) == 0:
@@ -83,9 +83,9 @@ def default_tiling(config, num_blocks: int, max_len: int) -> Tiling:
   """The fastest measured split (rows 16, 8 warps), fitted to the model: about one attention
   item per block, cache blocks of 2048 elements per head."""
   c = config
-  splits = _pow2_divisor(1 << 30, max(1, min(32, num_blocks // c.num_kv_heads)))
-  seq_block = _pow2_divisor(max_len, max(1, 2048 // c.head_dim))
-  rows = _pow2_divisor(math.gcd(c.head_dim, c.d_model, c.mlp_dim, c.vocab_size), 16)
+  splits = pow2_divisor(1 << 30, max(1, min(32, num_blocks // c.num_kv_heads)))
+  seq_block = pow2_divisor(max_len, max(1, 2048 // c.head_dim))
+  rows = pow2_divisor(math.gcd(c.head_dim, c.d_model, c.mlp_dim, c.vocab_size), 16)
   return Tiling(num_blocks=num_blocks, rows=rows, seq_block=seq_block, splits=splits)
 
 
@@ -247,9 +247,9 @@ def _kernel(c, t: Tiling, interpret: bool, treedef, n_in: int, *refs):
                          c.mlp_dim, c.vocab_size)
   R, K2, NS, bs, nb = H // G, K // 2, t.splits, t.seq_block, t.num_blocks
   act, cdt = c.act_dtype, c.cache_dtype
-  cD = _pow2_divisor(D, t.chunk)
-  cF = _pow2_divisor(F, t.chunk)
-  hb = _pow2_divisor(H, max(1, t.chunk // K))
+  cD = pow2_divisor(D, t.chunk)
+  cF = pow2_divisor(F, t.chunk)
+  hb = pow2_divisor(H, max(1, t.chunk // K))
   token = ins["token"][0]
   pos = ins["pos"][0]
   scale = K**-0.5

@@ -8,7 +8,8 @@ count, one warpgroup per block. What differs:
   (this block's items, column tiles) of each GEMV phase and on across phases (the ring, below).
   A tile is multiplied in registers (WGMMA
   layout, rows % 64 == 0) and summed over its columns into a float32 [rows] accumulator, as in
-  gemv_mgpu.py (which streamed the 1.24B decode matrices at XLA's bandwidth on the H200).
+  experiments/gemv_mgpu/gemv_mgpu.py (which streamed the 1.24B decode matrices at XLA's
+  bandwidth on the H200).
 - A phase with fewer row tiles than blocks (the 1.24B model's qkv / o / down: 48 / 32 / 32 tiles
   of 64 rows) is split by columns too (`_splits`: 2 / 4 / 4 at 132 blocks), each item writing a
   float32 partial sum. The readers add them: attention sums the qkv parts; the o and down parts
@@ -82,7 +83,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.fused_decode.kernel import _pow2_divisor
+from pallas_kernels.fused_decode.kernel import pow2_divisor
 from pallas_kernels.fused_decode.weights import FusedWeights
 
 f32 = jnp.float32
@@ -121,8 +122,8 @@ def default_mosaic_tiling(config, num_blocks: int, max_len: int) -> MosaicTiling
   c = config
   width = 256 // jnp.dtype(c.act_dtype if c.weight_format != "int8" else jnp.int8).itemsize
   n_in = math.gcd(c.d_model, c.num_heads * c.head_dim, c.mlp_dim)
-  return MosaicTiling(num_blocks=num_blocks, chunk=_pow2_divisor(n_in, width),
-                      seq_block=_pow2_divisor(max_len, max(64, 8192 // c.head_dim)))
+  return MosaicTiling(num_blocks=num_blocks, chunk=pow2_divisor(n_in, width),
+                      seq_block=pow2_divisor(max_len, max(64, 8192 // c.head_dim)))
 
 
 def check_mosaic(config, tiling: MosaicTiling, max_len: int):

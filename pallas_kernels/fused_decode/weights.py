@@ -144,33 +144,6 @@ def pack_arrays(config: FusedConfig, *, embed_VD, attn_norm_LD, wq_LDN, wk_LDN, 
                       final_norm=f32(final_norm_D), head=head, shead=shead, config=c)
 
 
-def pack_weights(model, dtype: str = "bf16") -> FusedWeights:
-  """FusedWeights of a lloglin DecoderLM (attention-only, standard residual, with an MLP)."""
-  cfg = model.cfg
-  if set(cfg.mixers) != {"attention"}:
-    raise ValueError(f"model.layer_pattern={cfg.layer_pattern!r}; fused decode supports "
-                     f"attention-only models")
-  if cfg.residual_mode != "standard":
-    raise ValueError(f"model.residual_mode={cfg.residual_mode!r}; expected 'standard'")
-  if not cfg.mlp_dim:
-    raise ValueError("model.mlp_dim=0; fused decode expects a SwiGLU MLP in every block")
-  config = FusedConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, num_layers=cfg.num_layers,
-                       num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-                       head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, norm_eps=cfg.norm_eps,
-                       rope_theta=cfg.rope_theta, weight_format=dtype)
-  blocks = list(model.blocks)
-  stack = lambda get: jnp.stack([get(b)[...] for b in blocks])
-  return pack_arrays(
-      config, embed_VD=model.embed.embedding[...],
-      attn_norm_LD=stack(lambda b: b.mixer_norm.scale),
-      wq_LDN=stack(lambda b: b.mixer.q_proj.kernel), wk_LDN=stack(lambda b: b.mixer.k_proj.kernel),
-      wv_LDN=stack(lambda b: b.mixer.v_proj.kernel), wo_LND=stack(lambda b: b.mixer.o_proj.kernel),
-      mlp_norm_LD=stack(lambda b: b.mlp_norm.scale), wgate_LDF=stack(lambda b: b.mlp.gate.kernel),
-      wup_LDF=stack(lambda b: b.mlp.up.kernel), wdown_LFD=stack(lambda b: b.mlp.down.kernel),
-      final_norm_D=model.final_norm.scale[...],
-      head_DV=None if model.head is None else model.head.kernel[...])
-
-
 def random_weights(config: FusedConfig, key, *, tied: bool = True) -> FusedWeights:
   """Random weights of Llama-like scale (for benchmarks and tests; speed ignores values)."""
   c = config

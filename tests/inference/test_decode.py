@@ -16,7 +16,7 @@ import pytest
 
 from lloglin.layers import mixer_names
 from lloglin.models import build_model
-from pallas_kernels import path_attention as pallas_path
+from pallas_kernels import path as pallas_path
 from tests.inference.helpers import assert_close_to_scale, tiny_config
 
 LENGTHS, NEW = (512, 70, 63, 1), 256

@@ -14,6 +14,7 @@ from flax import nnx
 from lloglin.inference.fused import (FusedStep, fused_cache, fused_decode_supported,
                                      packed_weights)
 from lloglin.inference.generate import generate, resolve_decode_impl
+from lloglin.layers import registry
 from lloglin.layers.registry import on_hopper_gpu
 from lloglin.models import build_model
 from pallas_kernels.fused_decode import default_backend
@@ -114,7 +115,7 @@ def test_auto_width_limit_holds_for_the_triton_backend_only(model, monkeypatch):
   serves (head_dim 8), and a wide model the Mosaic kernel serves."""
   # the module, not the `generate` function that lloglin.inference exports under its name
   generate_module = importlib.import_module("lloglin.inference.generate")
-  monkeypatch.setattr(generate_module, "on_hopper_gpu", lambda: True)
+  monkeypatch.setattr(registry, "on_hopper_gpu", lambda: True)
   assert resolve_decode_impl("auto", model, 1, "bf16") == "fused"
   width = 2 * generate_module.FUSED_AUTO_MAX_D_MODEL
   wide = build_model(tiny_config(layer_pattern="attention", max_seq_len=128, d_model=width))

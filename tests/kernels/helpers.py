@@ -45,3 +45,8 @@ def continuation_segments(layout, B, T):
   seg[0, 20:] = 2
   seg[1, 40:] = 0
   return jnp.asarray(seg)
+
+
+def one_document_rows():
+  """Two rows, each one document from position 0 (ids 1 and 7), the second then padded."""
+  return np.array([[1] * 40, [7] * 29 + [0] * 11], np.int32)

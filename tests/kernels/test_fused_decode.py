@@ -12,9 +12,10 @@ import pytest
 
 from lloglin.models.config import ModelConfig
 from lloglin.models.decoder import build_model
+from lloglin.inference.fused import pack_weights
 from pallas_kernels.fused_decode import (FusedConfig, MosaicTiling, Tiling, decode_step_reference,
                                          default_mosaic_tiling, default_tiling, fused_decode_step,
-                                         init_cache, num_sms, pack_weights, random_weights)
+                                         init_cache, num_sms, random_weights)
 from pallas_kernels.fused_decode.kernel import fused_decode_call
 from pallas_kernels.fused_decode.kernel_mgpu import fused_decode_call_mgpu
 from pallas_kernels.fused_decode.weights import dequantize, quantize_rows

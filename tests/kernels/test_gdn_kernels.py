@@ -1,7 +1,7 @@
-"""pallas_kernels.loglinear GDN kernels: the Pallas forward (interpret mode on CPU) equals the
-lloglin.ops chunked forms and the fp64 oracles, and their gradients equal jax.grad of the fp64
-oracle (kernels.md §9.2); every kernel lowers for CUDA from CPU (jax-stack.md 2.7); GPU checks at
-the §9.3 shapes and tolerances (skipped without a GPU)."""
+"""pallas_kernels.gdn (GDN and log-linear GDN): the Pallas forward (interpret mode on CPU)
+equals the lloglin.ops chunked forms and the fp64 oracles, and their gradients equal jax.grad of
+the fp64 oracle (kernels.md §9.2); every kernel lowers for CUDA from CPU (jax-stack.md 2.7); GPU
+checks at the §9.3 shapes and tolerances (skipped without a GPU)."""
 
 import functools
 
@@ -10,12 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lloglin.ops import delta
 from lloglin.ops import hierarchy
-from pallas_kernels import loglinear as pk
-from pallas_kernels.loglinear.common import in_row_batches
+from pallas_kernels import gdn as pk
 from tests.kernels.helpers import (assert_bf16_kernel_matches_fp32, assert_rows_match_alone,
-                                   continuation_segments)
+                                   continuation_segments, one_document_rows)
 from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
@@ -130,11 +128,6 @@ def test_gradients_equal_fp64_oracle(fam):
     assert_close(x, y, **(GRAD if name in ('dq', 'dk', 'dv') else GRAD_GATES), name=name)
 
 
-def one_document_rows():
-  """Two rows, each one document from position 0 (ids 1 and 7), the second then padded."""
-  return np.array([[1] * 40, [7] * 29 + [0] * 11], np.int32)
-
-
 @pytest.mark.parametrize('layout', ['packed', 'one_document'])
 @pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
 def test_packed_documents(fam, layout):
@@ -242,19 +235,6 @@ def test_short_chunks_fall_back_to_xla_form():
       np.testing.assert_array_equal(x, y)
   with pytest.raises(ValueError, match='chunk_size'):
     pk.loglinear_gdn_chunked(*args, chunk_size=24)
-
-
-def test_batch_split_below_2_31_elements():
-  """in_row_batches (shared with the Mamba-2 kernels): rows that would pass 2^31 elements run in
-  slices of the batch, outputs concatenated on their batch axis; one row too large raises."""
-  x = jnp.arange(5 * 3, dtype=jnp.float32).reshape(5, 3)
-  fn = lambda a, b: (a * 2, jnp.moveaxis(a, 0, 1) + b[:, 0])
-  out = in_row_batches(fn, (x, x), 2**30, 'test', out_axes=(0, 1))   # 1 row per slice
-  np.testing.assert_array_equal(out[0], x * 2)
-  np.testing.assert_array_equal(out[1], x.T + x[:, 0])
-  with pytest.raises(ValueError, match='2\\^31'):
-    in_row_batches(fn, (x, x), 2**31, 'test')
-
 
 
 def test_forward_at_64k_tokens_is_not_sized_by_the_backward_states():

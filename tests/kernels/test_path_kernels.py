@@ -1,4 +1,4 @@
-"""PaTH Pallas kernels (pallas_kernels.path_attention), the default and the linear-memory
+"""PaTH Pallas kernels (pallas_kernels.path), the default and the linear-memory
 variant: interpret mode on CPU against the fp64 oracle and the XLA blockwise form (values, decode
 cache, gradients), lowering for CUDA, compiled memory against T, and bf16 checks on a GPU
 (kernels.md 6.6 shapes, 9.2/9.3 tolerances)."""
@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from lloglin.ops import path
-from pallas_kernels.path_attention import (KernelConfig, path_attention,
-                                           path_attention_linear_memory)
+from pallas_kernels.path import KernelConfig, path_attention, path_attention_linear_memory
 from tests.ops.helpers import assert_close
 from tests.ops.test_path import ARGS, call, cast, forward_and_grads, make_inputs
 

@@ -203,7 +203,7 @@ def test_bad_options_raise_clear_errors(name):
   with pytest.raises(ValueError, match=f"mixer_options.{name}.*valid"):
     build(name, mixer_options={name: {"no_such_option": 1}})
   if has_pallas_kernel(name):
-    assert build(name, mixer_impl="pallas").impl == "pallas"
+    assert build(name, mixer_impl="pallas").dispatch.kernel
   else:
     with pytest.raises(ValueError, match="mixer_impl='pallas'"):
       build(name, mixer_impl="pallas")
@@ -276,6 +276,21 @@ def test_auto_mixer_impl_per_mixer(mixer, monkeypatch):
   from lloglin.layers import registry
   cfg = tiny_config(layer_pattern=mixer, mixer_impl="auto")
   monkeypatch.setattr(registry, "on_hopper_gpu", lambda: True)
-  assert make_mixer(mixer, cfg, rngs=nnx.Rngs(0)).impl == "pallas"
+  assert make_mixer(mixer, cfg, rngs=nnx.Rngs(0)).dispatch.kernel
   monkeypatch.setattr(registry, "on_hopper_gpu", lambda: False)
-  assert make_mixer(mixer, cfg, rngs=nnx.Rngs(0)).impl == "xla"
+  assert not make_mixer(mixer, cfg, rngs=nnx.Rngs(0)).dispatch.kernel
+
+
+def test_kernel_dispatch_interprets_only_off_gpu(monkeypatch):
+  """The one kernel decision: forced or not, 'auto' only where available on Hopper, and a kernel
+  compiled on a GPU, interpreted elsewhere."""
+  from lloglin.layers import registry
+  from lloglin.layers.registry import KernelDispatch, kernel_dispatch
+  monkeypatch.setattr(registry, "on_hopper_gpu", lambda: True)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert kernel_dispatch(True) == KernelDispatch(kernel=True, interpret=False)
+  assert kernel_dispatch(None) == KernelDispatch(kernel=True, interpret=False)
+  assert kernel_dispatch(None, available=False) == KernelDispatch(kernel=False, interpret=False)
+  assert kernel_dispatch(False) == KernelDispatch(kernel=False, interpret=False)
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert kernel_dispatch(True) == KernelDispatch(kernel=True, interpret=True)

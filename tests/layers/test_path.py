@@ -10,8 +10,9 @@ from flax import nnx
 
 from lloglin.layers import make_mixer
 from lloglin.layers.path import path_sequence_fn
+from lloglin.layers.registry import KernelDispatch
 from lloglin.ops.path import path_blockwise
-from pallas_kernels import path_attention as pallas_path
+from pallas_kernels import path as pallas_path
 from tests.layers.test_mixers import tiny_config
 
 
@@ -40,9 +41,10 @@ def test_linear_memory_option_reaches_the_kernel(name, linear_memory, monkeypatc
 
 
 def test_xla_form_and_untileable_sizes_ignore_the_option():
-  assert path_sequence_fn("xla", 16, 16, 16, linear_memory=True) is path_blockwise
-  assert path_sequence_fn("pallas", 12, 12, 16, linear_memory=True) is path_blockwise
-  assert path_sequence_fn("pallas", 16, 16, 16, linear_memory=True).func is (
+  xla, kernel = KernelDispatch(False, False), KernelDispatch(True, True)
+  assert path_sequence_fn(xla, 16, 16, 16, linear_memory=True) is path_blockwise
+  assert path_sequence_fn(kernel, 12, 12, 16, linear_memory=True) is path_blockwise
+  assert path_sequence_fn(kernel, 16, 16, 16, linear_memory=True).func is (
       pallas_path.path_attention_linear_memory)
 
 

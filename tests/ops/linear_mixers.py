@@ -1,10 +1,10 @@
 """Shared cases for the linear-mixer op tests (test_linear_mixers, test_loglinear, and the kernel
 tests under tests/kernels).
 
-Each op family (ssd, gdn, loglinear_ssd, loglinear_gdn) has the same four forms and the same
-arguments, so every check here takes a `Family`. Inputs come from numpy (no compile per shape);
-jitted functions are cached per (function, static arguments) so that tests sharing shapes share
-compiles; the fp64 oracles at T = 300 are computed once per family.
+Each op family (mamba2, gdn, loglinear_mamba2, loglinear_gdn: the mixer names) has the same four
+forms and the same arguments, so every check here takes a `Family`. Inputs come from numpy (no
+compile per shape); jitted functions are cached per (function, static arguments) so that tests
+sharing shapes share compiles; the fp64 oracles at T = 300 are computed once per family.
 Tolerances: kernels.md §9.2 (fp32 ops vs fp64 oracles).
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lloglin.ops import delta, hierarchy, loglinear, ssd
+from lloglin.ops import gdn, hierarchy, loglinear, mamba2
 from tests.ops.helpers import assert_close
 
 LEVELS = 10                      # serves T <= 512
@@ -55,25 +55,26 @@ class Family:
 
 
 FAMILIES = {
-    'ssd': Family('ssd', ssd.ssd_recurrent, ssd.ssd_quadratic, ssd.ssd_chunked, ssd.ssd_step,
-                  beta=False, lam=False),
-    'gdn': Family('gdn', delta.gdn_recurrent, delta.gdn_quadratic, delta.gdn_chunked,
-                  delta.gdn_step, beta=True, lam=False),
-    'loglinear_ssd': Family('loglinear_ssd', loglinear.loglinear_ssd_recurrent,
-                            loglinear.loglinear_ssd_quadratic, loglinear.loglinear_ssd_chunked,
-                            loglinear.loglinear_ssd_step, beta=False, lam=True),
+    'mamba2': Family('mamba2', mamba2.ssd_recurrent, mamba2.ssd_quadratic, mamba2.ssd_chunked,
+                     mamba2.ssd_step, beta=False, lam=False),
+    'gdn': Family('gdn', gdn.gdn_recurrent, gdn.gdn_quadratic, gdn.gdn_chunked, gdn.gdn_step,
+                  beta=True, lam=False),
+    'loglinear_mamba2': Family('loglinear_mamba2', loglinear.loglinear_ssd_recurrent,
+                               loglinear.loglinear_ssd_quadratic, loglinear.loglinear_ssd_chunked,
+                               loglinear.loglinear_ssd_step, beta=False, lam=True),
     'loglinear_gdn': Family('loglinear_gdn', loglinear.loglinear_gdn_recurrent,
                             loglinear.loglinear_gdn_quadratic, loglinear.loglinear_gdn_chunked,
                             loglinear.loglinear_gdn_step, beta=True, lam=True),
 }
-BASE = {'loglinear_ssd': 'ssd', 'loglinear_gdn': 'gdn'}
+BASE = {'loglinear_mamba2': 'mamba2', 'loglinear_gdn': 'gdn'}
 
 
 def make_data(seed, B, T, *, fam, G=1, H=2, K=16, V=16, L=LEVELS, tau=None, beta_scale=1.0,
               lam='randn', g_zero_frac=0.0):
   """float64 numpy inputs (kernels.md §9.2). GDN families: q/k L2-normalised, g = logsigmoid(N(0,1))
-  / tau (tau = 1 by default). SSD families: the Mamba-2 parameterisation (dt = softplus(N(0,1) - 4),
-  A = -exp(U(0,1)), g = dt A, v = dt x) unless tau is given, then g = logsigmoid(N(0,1)) / tau."""
+  / tau (tau = 1 by default). Mamba-2 families: the Mamba-2 parameterisation (dt =
+  softplus(N(0,1) - 4), A = -exp(U(0,1)), g = dt A, v = dt x) unless tau is given, then
+  g = logsigmoid(N(0,1)) / tau."""
   rng = np.random.default_rng(seed)
   q = rng.standard_normal((B, T, G, K))
   k = rng.standard_normal((B, T, G, K))

@@ -1,6 +1,6 @@
 """lloglin.ops.loglinear: what only the log-linear Mamba-2 / GDN have (kernels.md §3-§5, §9).
 
-The chain they share with SSD and GDN (recurrent == quadratic == chunked == decode, packing,
+The chain they share with Mamba-2 and GDN (recurrent == quadratic == chunked == decode, packing,
 gradients, GQA, bf16, bad shapes) runs in test_linear_mixers.py.
 """
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lloglin.ops import _checks, hierarchy
+from lloglin.ops import checks, hierarchy
 from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
@@ -64,7 +64,7 @@ def test_too_few_levels(fam):
 def test_positions_beyond_the_levels_give_nan():
   """Dynamic positions (packed documents, initial states) >= 2^(L-1) cannot raise inside jit:
   their outputs and the states after them are NaN; earlier positions are unaffected."""
-  fam = lm.FAMILIES['loglinear_ssd']
+  fam = lm.FAMILIES['loglinear_mamba2']
   data = lm.make_data(9, 2, 10, fam=fam, L=3)              # 3 levels serve positions 0..3
   seg = np.asarray([[1] * 4 + [2] * 4 + [0] * 2, [1] * 6 + [2] * 4], np.int32)
   bad = np.zeros((2, 10), bool)
@@ -81,25 +81,25 @@ def test_positions_beyond_the_levels_give_nan():
 
 def test_check_finite():
   g = np.zeros((2, 8, 2))
-  _checks.check_finite(g_BTH=g)
+  checks.check_finite(g_BTH=g)
   g[1, 3, 0] = np.nan
   with pytest.raises(ValueError, match=r'g_BTH.*finite.*\(1, 3, 0\)'):
-    _checks.check_finite(g_BTH=g, lam_BTHL=np.ones((2, 8, 2, 4)))
+    checks.check_finite(g_BTH=g, lam_BTHL=np.ones((2, 8, 2, 4)))
   from jax.experimental import checkify
-  checked = jax.jit(checkify.checkify(lambda g: (_checks.check_finite(g_BTH=g), g)[1]))
+  checked = jax.jit(checkify.checkify(lambda g: (checks.check_finite(g_BTH=g), g)[1]))
   err, _ = checked(jnp.asarray(g))
   with pytest.raises(Exception, match='g_BTH'):
     err.throw()
 
 
-@pytest.mark.parametrize('name', ['ssd', 'loglinear_ssd'])
+@pytest.mark.parametrize('name', ['mamba2', 'loglinear_mamba2'])
 def test_state_terms_complete_a_run_from_an_empty_state(name):
   """What the Pallas kernels rely on: a run from an empty state (log-linear: at the positions the
   initial state continues) plus *_state_terms == the chunked form with the initial state and its
   final state, over packed documents (lm.packed_continuation). fp64."""
-  from lloglin.ops import loglinear, ssd
+  from lloglin.ops import loglinear, mamba2
   fam = lm.FAMILIES[name]
-  terms = loglinear.loglinear_ssd_state_terms if fam.lam else ssd.ssd_state_terms
+  terms = loglinear.loglinear_ssd_state_terms if fam.lam else mamba2.ssd_state_terms
   data = lm.make_data(12, 3, 60, fam=fam, lam='softplus')
   with jax.enable_x64(True):
     seg_j, state, rest = lm.packed_continuation(fam, data)

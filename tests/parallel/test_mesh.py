@@ -59,7 +59,7 @@ def test_optimizer_state_follows_its_parameter():
   axes = sharding.param_logical_axes(model, 2)
   specs = sharding.tree_specs({"params": params, "opt": opt_state}, axes, mesh)
   q = ("blocks", 0, "mixer", "q_proj", "kernel")
-  flat = {sharding._keys(kp): s for kp, s in jax.tree_util.tree_leaves_with_path(
+  flat = {sharding.keypath_keys(kp): s for kp, s in jax.tree_util.tree_leaves_with_path(
       specs, is_leaf=lambda s: isinstance(s, P))}
   assert flat[("params",) + q] == P("fsdp", "tensor")
   assert flat[("opt", 0, "mu") + q] == P("fsdp", "tensor")

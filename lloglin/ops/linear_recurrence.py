@@ -1,4 +1,5 @@
-"""Gated DeltaNet (GDN) ops, and the linear-recurrence machinery every mixer op shares.
+"""The linear-recurrence machinery shared by the Mamba-2 (SSD), Gated DeltaNet and log-linear ops
+(mamba2.py, gdn.py, loglinear.py).
 
 Per head h (q/k from group h // (H // G)), tokens t = 0..T-1 (kernels.md §0, §2):
 
@@ -6,7 +7,7 @@ Per head h (q/k from group h // (H // G)), tokens t = 0..T-1 (kernels.md §0, §
     A_t = exp(g_t) (I - beta_t k_t k_t^T)   (GDN)      A_t = exp(g_t) I, beta = 1   (Mamba-2 SSD)
 
 The Mamba-2 case is the delta rule without the k k^T term, so the functions below take
-`beta=None` for it and ssd.py calls them. Forms (same arguments and layouts everywhere):
+`beta=None` for it and mamba2.py calls them. Forms (same arguments and layouts everywhere):
   *_recurrent  token-by-token lax.scan (oracle; also returns the final state)
   *_quadratic  O = (Aeff o mask) V with the effective attention matrix of §0 (oracle)
   *_chunked    chunked form (§1.2 / §2.2, UT/WY transform per chunk), any T, chunk size a power of 2
@@ -36,17 +37,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lloglin.ops import _checks
+from lloglin.ops import checks
 from lloglin.ops import hierarchy
-
-__all__ = ['gdn_recurrent', 'gdn_quadratic', 'gdn_chunked', 'gdn_step', 'chunked_recurrence']
+from lloglin.ops.attention import acc_dtype
 
 HIGHEST = lax.Precision.HIGHEST
-
-
-def acc_dtype(*arrays):
-  """float32, or float64 when an input is float64."""
-  return jnp.result_type(jnp.float32, *[x.dtype for x in arrays if x is not None])
 
 
 def _ein(acc):
@@ -84,8 +79,8 @@ def outer_write(k_BHK, v_BHV, beta_BH, acc):
 
 def linear_step(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, state_BHKV, *, scale):
   """One token of the plain recurrence: returns (o_BHV, new state_BHKV)."""
-  dims = _checks.check_step_args(q_BGK=q_BGK, k_BGK=k_BGK, v_BHV=v_BHV, g_BH=g_BH,
-                                 beta_BH=beta_BH, state_BHKV=state_BHKV)
+  dims = checks.check_step_args(q_BGK=q_BGK, k_BGK=k_BGK, v_BHV=v_BHV, g_BH=g_BH,
+                                beta_BH=beta_BH, state_BHKV=state_BHKV)
   H = dims['H']
   acc = acc_dtype(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, state_BHKV)
   q_BHK = expand_groups(q_BGK, H).astype(acc) * scale
@@ -124,9 +119,9 @@ def layout_of(segment_ids_BT, batch, seq_len, t0_B=None, padded_len=None):
 def linear_recurrent(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV,
                      segment_ids_BT, scale, return_final_state):
   """Token-by-token lax.scan oracle of the plain recurrence (SSD when beta_BTH is None)."""
-  dims = _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                                  beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
-                                  initial_state_BHKV=initial_state_BHKV)
+  dims = checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                                 beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
+                                 initial_state_BHKV=initial_state_BHKV)
   B, T, H, K, V = (dims[a] for a in 'BTHKV')
   acc = acc_dtype(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH)
   lay = layout_of(segment_ids_BT, B, T)
@@ -149,31 +144,6 @@ def linear_recurrent(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_B
 
 # ------------------------------------------------------------------------------------------------
 # Quadratic oracle
-
-
-def gdn_effective_attention(q_BTHK, k_BTHK, g_BTH, beta_BTH):
-  """Aeff[t, s] = q_t^T A_t ... A_{s+1} beta_s k_s (s <= t) by the §0 loop, vectorised over t.
-
-  Returns (aeff_BHTS, qinit_BTHK) with qinit_t = A_0 ... A_t q_t (reads an initial state).
-  """
-  acc = acc_dtype(q_BTHK, k_BTHK, g_BTH, beta_BTH)
-  T = q_BTHK.shape[1]
-  tpos = jnp.arange(T)
-
-  def body(u_BHTK, xs):
-    s, k_s, g_s, beta_s = xs
-    active = (tpos >= s)[None, None, :]
-    dot_BHT = jnp.einsum('bhtk,bhk->bht', u_BHTK, k_s, precision=HIGHEST)
-    col_BHT = jnp.where(active, beta_s[..., None] * dot_BHT, 0)
-    new = jnp.exp(g_s)[..., None, None] * (
-        u_BHTK - (beta_s[..., None] * dot_BHT)[..., None] * k_s[:, :, None, :])
-    return jnp.where(active[..., None], new, u_BHTK), col_BHT
-
-  u0 = jnp.moveaxis(q_BTHK.astype(acc), 1, 2)
-  xs = (tpos, jnp.moveaxis(k_BTHK.astype(acc), 1, 0), jnp.moveaxis(g_BTH.astype(acc), 1, 0),
-        jnp.moveaxis(beta_BTH.astype(acc), 1, 0))
-  u, cols_SBHT = lax.scan(body, u0, xs, reverse=True)
-  return jnp.transpose(cols_SBHT, (1, 2, 3, 0)), jnp.moveaxis(u, 2, 1)
 
 
 def quadratic_output(aeff_BHTS, qinit_BTHK, mask_BHTS, v_BTHV, lay, initial_state_BHKV):
@@ -378,9 +348,9 @@ def linear_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHK
                    segment_ids_BT, chunk_size, scale, return_final_state):
   """Chunked form of the plain recurrence (SSD when beta_BTH is None); one stream, reset at
   document starts."""
-  dims = _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                                  beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
-                                  initial_state_BHKV=initial_state_BHKV, chunk_size=chunk_size)
+  dims = checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                                 beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
+                                 initial_state_BHKV=initial_state_BHKV, chunk_size=chunk_size)
   B, T, G, H, K, V = (dims[a] for a in 'BTGHKV')
   acc = acc_dtype(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH)
   ci = chunk_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, segment_ids_BT, chunk_size, scale)
@@ -398,41 +368,3 @@ def linear_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHK
       S0.reshape(1, B, G, H // G, K, V))
   o_BTHV = from_chunks(o_BNGRCV, T).astype(v_BTHV.dtype)
   return (o_BTHV, S_XBGRKV.reshape(B, H, K, V)) if return_final_state else o_BTHV
-
-
-# ------------------------------------------------------------------------------------------------
-# Public GDN ops
-
-
-def gdn_recurrent(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,
-                  segment_ids_BT=None, scale=1.0, return_final_state=False):
-  """Gated DeltaNet, token by token (oracle). Returns o_BTHV [and the final state_BHKV]."""
-  return linear_recurrent(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
-                          initial_state_BHKV=initial_state_BHKV, segment_ids_BT=segment_ids_BT,
-                          scale=scale, return_final_state=return_final_state)
-
-
-def gdn_quadratic(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,
-                  segment_ids_BT=None, scale=1.0):
-  """Gated DeltaNet as O = (Aeff o same-document mask) V, O(T^2 d) (oracle)."""
-  _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                           beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
-                           initial_state_BHKV=initial_state_BHKV)
-  lay, q, k, v, g, beta = quadratic_inputs(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
-                                           segment_ids_BT, scale)
-  aeff_BHTS, qinit_BTHK = gdn_effective_attention(q, k, g, beta)
-  mask_BHTS = hierarchy.same_document_pairs(lay.doc_BT, lay.real_BT)[:, None]
-  return quadratic_output(aeff_BHTS, qinit_BTHK, mask_BHTS, v, lay, initial_state_BHKV)
-
-
-def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,
-                segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False):
-  """Gated DeltaNet in chunks (UT/WY transform per chunk). Returns o_BTHV [and state_BHKV]."""
-  return linear_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
-                        initial_state_BHKV=initial_state_BHKV, segment_ids_BT=segment_ids_BT,
-                        chunk_size=chunk_size, scale=scale, return_final_state=return_final_state)
-
-
-def gdn_step(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, state_BHKV, *, scale=1.0):
-  """One decode token: returns (o_BHV, new state_BHKV)."""
-  return linear_step(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, state_BHKV, scale=scale)

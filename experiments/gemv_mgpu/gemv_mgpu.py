@@ -8,11 +8,12 @@ streams its [rows, tk] weight tiles and the matching x slices through shared mem
 summed over its columns into a float32 [rows] accumulator; the `splits` partial sums are added
 in XLA. Bytes, not FLOPs, bound it: no tensor cores.
 
-Measured (one H200, 2026-11-30, `benchmarks/bench_gemv.py`; benchmarks/RESULTS.md): its GPU test
+Measured (one H200, 2026-11-30, `bench_gemv.py` here; benchmarks/RESULTS.md): its GPU test
 passes, and on the three largest decode matrices (117-525 MB) it takes 0.94-1.02x the time of
-XLA's GEMV: a TMA pipeline streams weights at the read bandwidth. kernel_mgpu.py's `_tile_step`
-does the same tile arithmetic inside the fused decode (x there is staged in SMEM once per phase,
-not streamed); this standalone form stays as the microbenchmark of that step.
+XLA's GEMV: a TMA pipeline streams weights at the read bandwidth. The `_tile_step` of
+pallas_kernels/fused_decode/kernel_mgpu.py does the same tile arithmetic inside the fused decode
+(x there is staged in SMEM once per phase, not streamed); this standalone form stays as the
+microbenchmark of that step.
 """
 
 import jax

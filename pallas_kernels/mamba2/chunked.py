@@ -1,9 +1,8 @@
-"""Pallas kernels for chunked log-linear Mamba-2 and plain Mamba-2 SSD (hierarchy off); the Gated
-DeltaNet and log-linear Gated DeltaNet kernels (gdn_chunked, loglinear_gdn_chunked) live in
-pallas_kernels/loglinear/gdn.py and are re-exported here.
+"""Chunked log-linear Mamba-2 and plain Mamba-2 SSD (hierarchy off) through the Pallas kernel of
+kernel.py: launch (padding, batch splits, the aligned / packed choice) and the jax.custom_vjp.
 
 Same signatures and semantics as lloglin.ops.loglinear.loglinear_ssd_chunked and
-lloglin.ops.ssd.ssd_chunked, plus `interpret` (run the kernels through the Pallas interpreter,
+lloglin.ops.mamba2.ssd_chunked, plus `interpret` (run the kernels through the Pallas interpreter,
 for CPU tests). One kernel (kernel.level_scan, Pallas Triton lowering) serves every pass:
 
   forward   o   = causal(q, k, v)                     (scale folded into q)
@@ -20,9 +19,9 @@ by padding, decided at run time: the fast aligned kernels; packed documents: the
 packed mode, levels from positions inside each document and one masked stream per level >= 1,
 about 7x slower fwd+bwd on the H200), chunk_size >= 16. Both models are linear in their state,
 so the kernels run from an empty state and XLA adds the rest beside them
-(lloglin.ops.delta.state_terms, O(T K V) einsums): the initial state's reads and the final state
-(log-linear: the Fenwick levels), so chunked prefill and its continuation run through the
-kernels. A log-linear initial state also moves the positions (they continue from its t_B): the
+(lloglin.ops.linear_recurrence.state_terms, O(T K V) einsums): the initial state's reads and the
+final state (log-linear: the Fenwick levels), so chunked prefill and its continuation run through
+the kernels. A log-linear initial state also moves the positions (they continue from its t_B): the
 packed kernels then run with every level. chunk_size < 16 and T beyond the capacity of the L
 levels fall back, explicitly, to the lloglin.ops XLA chunked form (same results, XLA speed), so
 no argument is ever silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T
@@ -37,19 +36,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lloglin.ops import _checks
-from lloglin.ops import delta
+from lloglin.ops import checks
 from lloglin.ops import hierarchy
+from lloglin.ops import linear_recurrence
 from lloglin.ops import loglinear as ops_loglinear
-from lloglin.ops import ssd as ops_ssd
-from pallas_kernels.loglinear.common import (LOGLINEAR_SSD_CONFIG, SSD_CONFIG, KernelConfig,
-                                             gate_layouts, in_row_batches, launch_config,
-                                             one_document_per_row, padded_inputs, pow2)
-from pallas_kernels.loglinear.gdn import gdn_chunked, loglinear_gdn_chunked
-from pallas_kernels.loglinear.kernel import level_scan
+from lloglin.ops import mamba2 as ops_mamba2
+from pallas_kernels.linear_recurrence import (LOGLINEAR_SSD_CONFIG, SSD_CONFIG, KernelConfig,
+                                              gate_layouts, in_row_batches, launch_config,
+                                              one_document_per_row, padded_inputs, pow2)
+from pallas_kernels.mamba2.kernel import level_scan
 
-__all__ = ['loglinear_ssd_chunked', 'ssd_chunked', 'gdn_chunked', 'loglinear_gdn_chunked',
-           'KernelConfig']
+__all__ = ['loglinear_ssd_chunked', 'ssd_chunked']
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -148,7 +145,7 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, t0_B=None, *, 
       chunk_size, [pow2(K), pow2(K), pow2(V), None, None])
   pos_BP = doc_BP = None
   if segment_ids_BT is not None:
-    lay = delta.layout_of(segment_ids_BT, B, T, t0_B, g.shape[1])
+    lay = linear_recurrence.layout_of(segment_ids_BT, B, T, t0_B, g.shape[1])
     pos_BP = jnp.where(real_BP, lay.pos_BT, -1)
     doc_BP = lay.doc_BT
   H = v_BTHV.shape[2]
@@ -164,7 +161,7 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, t0_B=None, *, 
   # fwd+bwd at 0.37 Mtok/s against 2.7 aligned. Offset positions always take the packed ones.
   o_BPHV = packed() if st.offset else lax.cond(one_document_per_row(segment_ids_BT), aligned,
                                                  packed)
-  (o_BPHV,) = delta.sanitize(real_BP, o_BPHV)
+  (o_BPHV,) = linear_recurrence.sanitize(real_BP, o_BPHV)
   return o_BPHV[:, :T, :, :V]
 
 
@@ -176,9 +173,9 @@ def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_st
   The initial state's reads and the final state come from XLA beside the kernels (module
   docstring); chunk_size < 16 and T > 2^(L-1) run the XLA form.
   """
-  _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                           lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
-                           initial_state=initial_state, chunk_size=chunk_size)
+  checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                          lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
+                          initial_state=initial_state, chunk_size=chunk_size)
   T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
   if chunk_size < 16 or T > hierarchy.capacity(L):
     return ops_loglinear.loglinear_ssd_chunked(
@@ -199,24 +196,24 @@ def loglinear_ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, *, initial_st
 def ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, *, initial_state_BHKV=None, segment_ids_BT=None,
                 chunk_size=64, scale=1.0, return_final_state=False, interpret=False,
                 config=None):
-  """Mamba-2 SSD (lloglin.ops.ssd.ssd_chunked): the same kernels with the hierarchy off.
+  """Mamba-2 SSD (lloglin.ops.mamba2.ssd_chunked): the same kernels with the hierarchy off.
 
   The initial state's reads and the final state come from XLA beside the kernels (module
   docstring); chunk_size < 16 runs the XLA form.
   """
-  _checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
-                           segment_ids_BT=segment_ids_BT, initial_state_BHKV=initial_state_BHKV,
-                           chunk_size=chunk_size)
+  checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                          segment_ids_BT=segment_ids_BT, initial_state_BHKV=initial_state_BHKV,
+                          chunk_size=chunk_size)
   if chunk_size < 16:
-    return ops_ssd.ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH,
-                               initial_state_BHKV=initial_state_BHKV,
-                               segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
-                               return_final_state=return_final_state)
+    return ops_mamba2.ssd_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH,
+                                  initial_state_BHKV=initial_state_BHKV,
+                                  segment_ids_BT=segment_ids_BT, chunk_size=chunk_size,
+                                  scale=scale, return_final_state=return_final_state)
   o_BTHV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, None, segment_ids_BT, chunk_size=chunk_size,
                 scale=float(scale), with_levels=False, interpret=interpret, config=config)
   if initial_state_BHKV is None and not return_final_state:
     return o_BTHV
-  return ops_ssd.ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH,
-                                 initial_state_BHKV=initial_state_BHKV,
-                                 segment_ids_BT=segment_ids_BT, scale=scale,
-                                 return_final_state=return_final_state)
+  return ops_mamba2.ssd_state_terms(o_BTHV, q_BTGK, k_BTGK, v_BTHV, g_BTH,
+                                    initial_state_BHKV=initial_state_BHKV,
+                                    segment_ids_BT=segment_ids_BT, scale=scale,
+                                    return_final_state=return_final_state)

@@ -1,6 +1,7 @@
-"""pallas_kernels.loglinear: the Pallas kernels (interpret mode on CPU) equal the lloglin.ops
-chunked forms and the fp64 oracles, forward and backward (kernels.md §9.2); every kernel lowers
-for CUDA from CPU (jax-stack.md 2.7); GPU checks at the §9.3 shapes and tolerances."""
+"""pallas_kernels.mamba2 (Mamba-2 SSD and log-linear Mamba-2): the Pallas kernels (interpret
+mode on CPU) equal the lloglin.ops chunked forms and the fp64 oracles, forward and backward
+(kernels.md §9.2); every kernel lowers for CUDA from CPU (jax-stack.md 2.7); GPU checks at the
+§9.3 shapes and tolerances."""
 
 import functools
 import math
@@ -12,14 +13,14 @@ import pytest
 
 from lloglin.ops import hierarchy as hierarchy_ops
 from lloglin.ops import loglinear as ops_loglinear
-from lloglin.ops import ssd as ops_ssd
-from pallas_kernels import loglinear as pk
+from lloglin.ops import mamba2 as ops_mamba2
+from pallas_kernels import mamba2 as pk
 from tests.kernels.helpers import (assert_bf16_kernel_matches_fp32, assert_rows_match_alone,
-                                   continuation_segments)
+                                   continuation_segments, one_document_rows)
 from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
-FAM = lm.FAMILIES['loglinear_ssd']
+FAM = lm.FAMILIES['loglinear_mamba2']
 GRAD = dict(rel=1e-4)            # dq, dk, dv (kernels.md §9.2)
 GRAD_GATES = dict(rel=5e-4)      # dg, dlam
 
@@ -49,9 +50,9 @@ def test_forward_equals_oracle_and_xla_form(T, C):
 
 @pytest.mark.parametrize('T,C', [(17, 16), (100, 32)])
 def test_ssd_forward_equals_oracle(T, C):
-  data = lm.make_data(3, 2, T, fam=lm.FAMILIES['ssd'], K=32, V=32)
+  data = lm.make_data(3, 2, T, fam=lm.FAMILIES['mamba2'], K=32, V=32)
   with jax.enable_x64(True):
-    ref = lm.jitted(ops_ssd.ssd_recurrent)(*args_of(data, jnp.float64, False))
+    ref = lm.jitted(ops_mamba2.ssd_recurrent)(*args_of(data, jnp.float64, False))
     out = kernel_fn(False, C)(*args_of(data, jnp.float32, False))
   assert_close(out, ref, **lm.fwd_tol(ref), name=f'ssd kernel T={T} C={C}')
 
@@ -61,7 +62,7 @@ def test_lam_ones_reduces_to_ssd_and_gqa_head_dims():
   g = logsigmoid / 0.1 (in-chunk exponents reach hundreds: masks must act before exp)."""
   data = lm.make_data(4, 2, 100, fam=FAM, G=1, H=2, K=32, V=64, tau=0.1, lam='ones')
   with jax.enable_x64(True):
-    ref = lm.jitted(ops_ssd.ssd_recurrent)(*args_of(data, jnp.float64, False))
+    ref = lm.jitted(ops_mamba2.ssd_recurrent)(*args_of(data, jnp.float64, False))
     out_ll = kernel_fn(True, 32)(*args_of(data, jnp.float32, True))
     out_ssd = kernel_fn(False, 32)(*args_of(data, jnp.float32, False))
   assert_close(out_ll, ref, **lm.fwd_tol(ref), name='loglinear, lam = 1')
@@ -86,7 +87,7 @@ def _loss(fn, cot):
   return lambda *a: jnp.sum(fn(*a).astype(cot.dtype) * cot)
 
 
-@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear_mamba2', 'mamba2'])
 def test_gradients_equal_fp64_oracle(hierarchy):
   """custom_vjp (Pallas backward kernels) == jax.grad of the fp64 recurrent oracle, with GQA,
   a partial last chunk and scale != 1."""
@@ -97,7 +98,7 @@ def test_gradients_equal_fp64_oracle(hierarchy):
   if hierarchy:
     oracle = functools.partial(ops_loglinear.loglinear_ssd_recurrent, scale=scale)
   else:
-    oracle = functools.partial(ops_ssd.ssd_recurrent, scale=scale)
+    oracle = functools.partial(ops_mamba2.ssd_recurrent, scale=scale)
   with jax.enable_x64(True):
     ref = jax.jit(jax.grad(_loss(oracle, jnp.asarray(cot)), argnums=tuple(range(n))))(
         *args_of(data, jnp.float64, hierarchy))
@@ -125,20 +126,8 @@ def test_bf16_dg_does_not_drift_over_a_long_sequence():
   for name, x, y in zip(('dg', 'dlam'), got, want):
     assert_close(x, y, rel=2e-2, name=name)
 
-def one_document_rows():
-  """Two rows, each one document from position 0 (ids 1 and 7), the second then padded."""
-  return np.array([[1] * 40, [7] * 29 + [0] * 11], np.int32)
-
-
-def test_one_document_per_row_predicate():
-  assert bool(pk.one_document_per_row(jnp.asarray(one_document_rows())))
-  assert not bool(pk.one_document_per_row(jnp.asarray(lm.packed_segment_ids())))
-  assert not bool(pk.one_document_per_row(jnp.asarray([[0, 1, 1, 1]])))   # padding first
-  assert not bool(pk.one_document_per_row(jnp.asarray([[1, 1, 0, 1]])))   # a gap, then more
-
-
 @pytest.mark.parametrize('layout', ['packed', 'one_document'])
-@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear_mamba2', 'mamba2'])
 def test_packed_documents(hierarchy, layout):
   """Packed rows (documents of 1 and 15 tokens, padding between and after) and rows of one
   document then padding (run by the aligned kernels), NaN-poisoned: kernel == fp64 recurrent
@@ -151,10 +140,10 @@ def test_packed_documents(hierarchy, layout):
   n = 5 if hierarchy else 4
   kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked,
                           segment_ids_BT=seg, chunk_size=16, interpret=True)
-  rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy else ops_ssd.ssd_chunked,
-                          segment_ids_BT=seg, chunk_size=16)
+  rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy
+                          else ops_mamba2.ssd_chunked, segment_ids_BT=seg, chunk_size=16)
   oracle = functools.partial(ops_loglinear.loglinear_ssd_recurrent if hierarchy
-                             else ops_ssd.ssd_recurrent, segment_ids_BT=seg)
+                             else ops_mamba2.ssd_recurrent, segment_ids_BT=seg)
   with jax.enable_x64(True):
     ref = jax.jit(oracle)(*args_of(data, jnp.float64, hierarchy))
     out, got = jax.jit(jax.value_and_grad(_loss(kfn, cot), argnums=tuple(range(n))))(
@@ -168,23 +157,8 @@ def test_packed_documents(hierarchy, layout):
     assert_close(x, y, **GRAD_GATES, name=name)
 
 
-def test_launch_config_keeps_the_grid_full():
-  from pallas_kernels.loglinear import common
-  given = pk.KernelConfig(16, 2, 3)
-  assert common.launch_config(given, common.SSD_CONFIG, 1, 128) == given
-  # B x H = 128 fills the GPU at the tuned width; a quarter of that (T = 32K) takes narrower
-  # blocks, never below 16; V is padded to a power of two first.
-  assert common.launch_config(None, common.SSD_CONFIG, 128, 128) == common.SSD_CONFIG
-  assert common.launch_config(None, common.SSD_CONFIG, 32, 128).block_v == 32
-  assert common.launch_config(None, common.GDN_CONFIG, 32, 128).block_v == 32
-  assert common.launch_config(None, common.GDN_CONFIG, 1, 128).block_v == 16
-  assert common.launch_config(None, common.GDN_CONFIG, 256, 40).block_v == 64
-  assert common.launch_config(None, common.GDN_CONFIG, 32, 100) == common.GDN_CONFIG._replace(
-      block_v=32)
-
-
 @pytest.mark.parametrize('layout', ['none', 'packed'])
-@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear_mamba2', 'mamba2'])
 def test_states_equal_fp64_oracle(hierarchy, layout):
   """A chunked continuation through the kernels plus XLA's state terms: initial state (log-linear:
   a FenwickState after 37 tokens, so positions continue from there and the packed kernels run
@@ -195,7 +169,7 @@ def test_states_equal_fp64_oracle(hierarchy, layout):
   data = lm.make_data(9, B, T0 + T, fam=FAM, G=1, H=2, K=16, V=32, L=8, lam='softplus')
   seg = continuation_segments(layout, B, T)
   n = 5 if hierarchy else 4
-  oracle = ops_loglinear.loglinear_ssd_recurrent if hierarchy else ops_ssd.ssd_recurrent
+  oracle = ops_loglinear.loglinear_ssd_recurrent if hierarchy else ops_mamba2.ssd_recurrent
   kernel = pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked
   state_kw = 'initial_state' if hierarchy else 'initial_state_BHKV'
   with jax.enable_x64(True):
@@ -235,7 +209,7 @@ def test_short_chunks_fall_back_to_xla_form():
   data = lm.make_data(8, 2, 40, fam=FAM)
   args = args_of(data, jnp.float32, True)
   for kernel, op, a in ((pk.loglinear_ssd_chunked, ops_loglinear.loglinear_ssd_chunked, args),
-                        (pk.ssd_chunked, ops_ssd.ssd_chunked, args[:4])):
+                        (pk.ssd_chunked, ops_mamba2.ssd_chunked, args[:4])):
     kw = dict(chunk_size=8, return_final_state=True)
     out = jax.jit(functools.partial(kernel, interpret=True, **kw))(*a)
     for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(jax.jit(functools.partial(op, **kw))(*a))):
@@ -282,7 +256,7 @@ def _gpu_inputs(B, T, G, H, K, V, seed=0):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear', 'ssd'])
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear_mamba2', 'mamba2'])
 def test_gpu_bf16_prefill_states(hierarchy):
   """Prefill at a GPU shape, two packed documents and padding: output and final state (kernels
   plus XLA's state terms) on bf16 inputs against the XLA chunked form on their float32 copies
@@ -297,7 +271,7 @@ def check_bf16_prefill_states(hierarchy, T, interpret):
   kw = dict(segment_ids_BT=jnp.asarray(seg, jnp.int32), scale=128 ** -0.5,
             return_final_state=True)
   kfn = pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked
-  rfn = ops_loglinear.loglinear_ssd_chunked if hierarchy else ops_ssd.ssd_chunked
+  rfn = ops_loglinear.loglinear_ssd_chunked if hierarchy else ops_mamba2.ssd_chunked
   o, state = jax.jit(functools.partial(kfn, interpret=interpret, **kw))(*args)
   with jax.default_matmul_precision('highest'):
     o_ref, state_ref = jax.jit(functools.partial(rfn, **kw))(*[a.astype(jnp.float32)
@@ -330,5 +304,5 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, hierarchy, cu_seqlens):
   kw = dict(scale=D ** -0.5, segment_ids_BT=seg)
   kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked, **kw)
   rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy
-                          else ops_ssd.ssd_chunked, **kw)
+                          else ops_mamba2.ssd_chunked, **kw)
   assert_bf16_kernel_matches_fp32(kfn, rfn, args, cot, ('dq', 'dk', 'dv', 'dg', 'dlam')[:n])

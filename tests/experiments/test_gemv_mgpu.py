@@ -1,5 +1,6 @@
-"""Mosaic GPU batch-1 GEMV (pallas_kernels.fused_decode.gemv_mgpu): Mosaic GPU's interpreter
-against a float64 product, bad sizes refused, and lowering for CUDA on the CPU."""
+"""The Mosaic GPU batch-1 GEMV experiment (experiments/gemv_mgpu): the kernel in Mosaic GPU's
+interpreter against a float64 product, bad sizes refused, lowering for CUDA on the CPU, and its
+benchmark end to end on the CPU."""
 
 import functools
 
@@ -8,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.fused_decode.gemv_mgpu import gemv
+from experiments.gemv_mgpu import bench_gemv
+from experiments.gemv_mgpu.gemv_mgpu import gemv
 
 
 @pytest.mark.parametrize("N, D, rows, tk, splits, stages", [
@@ -54,3 +56,13 @@ def test_gpu_matches_xla():
   for rows, tk, splits, stages in ((64, 128, 2, 4), (128, 128, 1, 6)):
     out = jax.jit(functools.partial(gemv, rows=rows, tk=tk, splits=splits, stages=stages))(w, x)
     assert float(jnp.abs(out - ref).max()) <= 1e-3 * float(jnp.abs(ref).max())
+
+
+def test_gemv_benchmark_smoke(capsys):
+  """bench_gemv --smoke: XLA and the Mosaic GPU kernel (interpreter) checked and timed; a config
+  that does not fit the shape is reported and skipped, not fatal."""
+  rows = bench_gemv.main(["--smoke", "--configs", "64,128,2,2,96,128,1,2"])
+  assert [(r["impl"], r["config"]) for r in rows] == [("xla", None),
+                                                      ("mosaic_gemv", (64, 128, 2, 2))]
+  assert all(r["max_rel_err"] <= 1e-2 and r["us"] > 0 for r in rows)
+  assert "SKIP toy mosaic_gemv (96, 128, 1, 2): ValueError: rows" in capsys.readouterr().out

@@ -98,7 +98,7 @@ def check_finite(**arrays):
 def check_mixer_args(*, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH=None, lam_BTHL=None,
                      segment_ids_BT=None, initial_state_BHKV=None, initial_state=None,
                      chunk_size=None):
-  """Validates the full-sequence arguments shared by ssd/delta/loglinear; returns the axis sizes.
+  """Validates the full-sequence arguments shared by mamba2/gdn/loglinear; returns the axis sizes.
 
   `initial_state` is a log-linear FenwickState (S_BHLKV, t_B); `initial_state_BHKV` the plain state.
   """

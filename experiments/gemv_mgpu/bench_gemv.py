@@ -1,10 +1,10 @@
-"""Batch-1 GEMV on one GPU: the Mosaic GPU kernel (pallas_kernels.fused_decode.gemv_mgpu) against
-XLA's `W @ x`, at the weight shapes of the decode benchmark's models, as a fraction of the copy
-bandwidth measured in the same run.
+"""Batch-1 GEMV on one GPU: the Mosaic GPU kernel (experiments.gemv_mgpu.gemv_mgpu) against XLA's
+`W @ x`, at the weight shapes of the decode benchmark's models, as a fraction of the copy
+bandwidth measured in the same run. Run from the repository root:
 
-  python -m benchmarks.bench_gemv                                  # every shape, default configs
-  python -m benchmarks.bench_gemv --shapes 1b_down --configs 64,128,4,4,128,256,2,2
-  python -m benchmarks.bench_gemv --smoke                          # CPU: interpreter, toy shapes
+  python -m experiments.gemv_mgpu.bench_gemv                       # every shape, default configs
+  python -m experiments.gemv_mgpu.bench_gemv --shapes 1b_down --configs 64,128,4,4,128,256,2,2
+  python -m experiments.gemv_mgpu.bench_gemv --smoke               # CPU: interpreter, toy shapes
 
 A config is rows,tk,splits,stages (output rows per block, columns per tile, column splits, tiles
 in flight); one that does not fit (shared memory, divisibility) is reported and skipped. Each row
@@ -55,7 +55,7 @@ def main(argv=None):
 
   from benchmarks.bench_decode import copy_bandwidth
   from benchmarks.timing import median_seconds
-  from pallas_kernels.fused_decode.gemv_mgpu import gemv
+  from experiments.gemv_mgpu.gemv_mgpu import gemv
 
   bandwidth = 4.3e12 if args.smoke else copy_bandwidth(jax, jnp)
   print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; device {jax.devices()[0].device_kind}",

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels.path_attention.common import (
+from pallas_kernels.path.common import (
     KernelConfig, copy_precision, diagonal_dkv, diagonal_tile, dkv_step, dq_step,
     keys_below, num_levels, output_delta, probs, queries_above, run, segment_tree, softmax_start,
     softmax_step, sum_groups, token_side)

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from lloglin.models import build_model
-from lloglin.parallel import sharding, tp_decode
+from lloglin.inference import tp_decode
+from lloglin.parallel import sharding
 from tests.parallel.helpers import on_mesh, tiny_config, tokens
 
 

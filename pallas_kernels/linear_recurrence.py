@@ -1,13 +1,17 @@
-"""Pieces shared by the Pallas kernels of pallas_kernels.loglinear (Mamba-2 / SSD and GDN):
-launch configuration, padding, the one-document-per-row predicate, batch splitting."""
+"""Pieces shared by the chunked linear-recurrence kernels, pallas_kernels.mamba2 (SSD and
+log-linear Mamba-2) and pallas_kernels.gdn (GDN and log-linear GDN): launch configuration,
+padding, the one-document-per-row predicate, batch splitting, and two helpers of the kernel
+bodies (`dot`, `level_masks`)."""
 
 from typing import NamedTuple
 
 import jax.numpy as jnp
+from jax import lax
 
-from lloglin.ops import delta
+from lloglin.ops import linear_recurrence
 
 MAX_ELEMENTS = 2**31 - 1
+HIGHEST = lax.Precision.HIGHEST
 
 
 class KernelConfig(NamedTuple):
@@ -65,7 +69,7 @@ def padded_inputs(arrays, segment_ids_BT, chunk_size, feature_dims):
   real_BP = None
   if segment_ids_BT is not None:
     real_BP = jnp.pad(segment_ids_BT > 0, ((0, 0), (0, P - T)))
-    out = delta.sanitize(real_BP, *out)
+    out = linear_recurrence.sanitize(real_BP, *out)
   return [x if x is None or d is None
           else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, d - x.shape[-1])])
           for x, d in zip(out, feature_dims, strict=True)], real_BP
@@ -102,3 +106,19 @@ def in_row_batches(fn, args, per_row, name, out_axes=0):
     return jnp.concatenate(pieces, axis=out_axes)
   axes = out_axes if isinstance(out_axes, tuple) else (out_axes,) * len(pieces[0])
   return tuple(jnp.concatenate([p[i] for p in pieces], axis=a) for i, a in enumerate(axes))
+
+
+# ------------------------------------------------------------------------------------------------
+# Inside the kernels
+
+
+def dot(x, y, mm_dtype, contract=(1, 0)):
+  """x @ y (contract=(1, 0)), x @ y^T ((1, 1)) or x^T @ y ((0, 0)); fp32 accumulation."""
+  return lax.dot_general(x.astype(mm_dtype), y.astype(mm_dtype),
+                         (((contract[0],), (contract[1],)), ((), ())), precision=HIGHEST,
+                         preferred_element_type=jnp.float32)
+
+
+def level_masks(x, levels):
+  """[lvl == l for l < levels] with lvl = bit_length(x), x = pos_t XOR pos_s >= 0."""
+  return [x == 0] + [(x >> (l - 1)) == 1 for l in range(1, levels)]

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from lloglin.ops.path import _keys_to_end, _prepare, _ut_transform
+from lloglin.ops.path import keys_to_end, prepare_inputs, ut_transform
 
 LOG2E = 1.4426950408889634
 _MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf - inf
@@ -133,7 +133,7 @@ def chunk_pieces(q_BTHK, k_BTGK, w_BTGK, beta_BTG, C, M, acc):
   k_BGMCK, w_BGMCK = (chunk(x).transpose(0, 3, 1, 2, 4) for x in (k_BTGK, w_BTGK))
   beta_BGMC = chunk(beta_BTG).transpose(0, 3, 1, 2)
 
-  ut_BGMCC = _ut_transform(w_BGMCK, beta_BGMC)
+  ut_BGMCC = ut_transform(w_BGMCK, beta_BGMC)
   bw_BGMCK = beta_BGMC[..., None] * w_BGMCK
   u_BGMCK = hi("bgmij,bgmjk->bgmik", ut_BGMCC, bw_BGMCK)
   x_BGMCC = hi("bgmij,bgmjs->bgmis", ut_BGMCC,
@@ -285,7 +285,7 @@ def run(attend, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT,
   and k) and, with `return_k_cache`, the keys moved to the sequence end."""
   if not tileable(block_size):
     raise ValueError(f"block_size: expected a power of two >= 16, got {block_size!r}")
-  (B, T, H, G, K, V), arrays, acc, scale, gate_BTH = _prepare(
+  (B, T, H, G, K, V), arrays, acc, scale, gate_BTH = prepare_inputs(
       q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT, scale)
   for name, d in (("q_BTHK", K), ("v_BTGV", V)):
     if not tileable(d):
@@ -304,6 +304,6 @@ def run(attend, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT,
     return o_BTHV
   # Keys at their chunk end are rounded to k's dtype first, as in path_blockwise.
   kn_BGMCK = chunks.kn_BGMCK.astype(k_BTGK.dtype).astype(acc)
-  k_end_BTGK = _keys_to_end(*(x.transpose(0, 2, 1, 3, 4)
-                              for x in (kn_BGMCK, chunks.w_BGMCK, chunks.u_BGMCK)))
+  k_end_BTGK = keys_to_end(*(x.transpose(0, 2, 1, 3, 4)
+                             for x in (kn_BGMCK, chunks.w_BGMCK, chunks.u_BGMCK)))
   return o_BTHV, k_end_BTGK[:, :T].astype(k_BTGK.dtype)

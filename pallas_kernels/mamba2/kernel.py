@@ -9,7 +9,7 @@ position 0), with G the in-chunk inclusive cumsum of the log-decay g, it compute
 
 with lvl(t, s) = bit_length(t XOR s) (kernels.md §3.1), or lam = 1 when the hierarchy is off
 (plain SSD). The forward pass is causal(q, k, v); the backward pass is causal(dO, v, k) = dq,
-anti(v, dO, q) = dk and anti(k, q, dO) = dv (pallas_kernels/loglinear/__init__.py).
+anti(v, dO, q) = dk and anti(k, q, dO) = dv (chunked.py).
 
 One program per (batch, head, block of c's feature axis) scans the chunks sequentially (forward or
 backward in time) inside a fori_loop. Pairs inside a chunk are the masked, decay-weighted
@@ -31,7 +31,7 @@ Backend: the Pallas Triton lowering (pl.pallas_call + pltriton.CompilerParams; j
 with fp32 accumulation; states, decays and level weights are fp32 (per-token decay weights scale
 the rows of a state read after the matmul, so they are never rounded; with precise_states, used by
 the backward's dq / dk passes, a state enters its matmuls as hi + lo bf16 halves). Offsets stay
-below 2^31: the caller splits larger batches (pallas_kernels/loglinear/__init__.py).
+below 2^31: the caller splits larger batches (chunked.py).
 """
 
 import functools
@@ -42,14 +42,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-HIGHEST = lax.Precision.HIGHEST
-
-
-def _dot(x, y, mm_dtype, contract=(1, 0)):
-  """x @ y (contract=(1, 0)), x @ y^T ((1, 1)) or x^T @ y ((0, 0)); fp32 accumulation."""
-  return lax.dot_general(x.astype(mm_dtype), y.astype(mm_dtype),
-                         (((contract[0],), (contract[1],)), ((), ())), precision=HIGHEST,
-                         preferred_element_type=jnp.float32)
+from pallas_kernels.linear_recurrence import dot, level_masks
 
 
 def _split(x, mm_dtype):
@@ -67,14 +60,9 @@ def _dot_state(x, y, mm_dtype, precise, contract=(1, 0)):
   dg error reached 2.4e-2 at T = 8192 (kernels.md 9.3 allows 2e-2) and grows like sqrt(T). With
   the split it is ~10x smaller (measured in interpret mode)."""
   if not precise or mm_dtype == jnp.float32:
-    return _dot(x, y, mm_dtype, contract)
+    return dot(x, y, mm_dtype, contract)
   hi, lo = _split(y, mm_dtype)
-  return _dot(x, hi, mm_dtype, contract) + _dot(x, lo, mm_dtype, contract)
-
-
-def _level_masks(x, levels):
-  """[lvl == l for l < levels] with lvl = bit_length(x), x = pos_t XOR pos_s >= 0."""
-  return [x == 0] + [(x >> (l - 1)) == 1 for l in range(1, levels)]
+  return dot(x, hi, mm_dtype, contract) + dot(x, lo, mm_dtype, contract)
 
 
 def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, with_dlam,
@@ -93,7 +81,7 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
   col = lax.broadcasted_iota(jnp.int32, (C, C), 1)
   causal = (col >= row) if reverse else (row >= col)
   # aligned: chunk starts are multiples of C, so lvl(t, s) = bit_length(i XOR j)
-  aligned_masks = None if packed else _level_masks(row ^ col, intra_levels)
+  aligned_masks = None if packed else level_masks(row ^ col, intra_levels)
 
   def body(i, states):
     c = N - 1 - i if reverse else i
@@ -111,25 +99,25 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
       pos, doc = pos_ref[sl], doc_ref[sl]
       real = pos >= 0
       pair = causal & (doc[:, None] == doc[None, :]) & real[:, None] & real[None, :]
-      masks = _level_masks(pos[:, None] ^ pos[None, :], intra_levels) if lam_levels else None
+      masks = level_masks(pos[:, None] ^ pos[None, :], intra_levels) if lam_levels else None
     else:
       pair, masks = causal, aligned_masks
     if reverse:
       expo = jnp.where(pair, G[None, :] - G[:, None], -jnp.inf)
     else:
       expo = jnp.where(pair, G[:, None] - G[None, :], -jnp.inf)
-    pd = _dot(a, b, mm_dtype, (1, 1)) * jnp.exp(expo)
+    pd = dot(a, b, mm_dtype, (1, 1)) * jnp.exp(expo)
     p = pd
     if lam_levels:
       w = jnp.zeros((C, C), jnp.float32)
       for l, mask in enumerate(masks):
         w = w + jnp.where(mask, lam[l][None, :] if reverse else lam[l][:, None], 0.0)
       p = pd * w
-    out = _dot(p, v, mm_dtype)
+    out = dot(p, v, mm_dtype)
     dlam = {}
     if with_dlam:
       qx = qx_ref[sl, :]
-      z = pd * _dot(qx, v, mm_dtype, (1, 1))
+      z = pd * dot(qx, v, mm_dtype, (1, 1))
       dlam = {l: jnp.sum(jnp.where(mask, z, 0.0), axis=1) for l, mask in enumerate(masks)}
 
     if packed and lam_levels:
@@ -147,15 +135,15 @@ def _kernel(*refs, C, N, intra_levels, streams, lam_levels, reverse, packed, wit
       # causal: t here, s before (exp(G_t + gs_prev - G_s)); reverse: s here, t after
       nexpo = (G[:, None] + jnp.sum(gn) - Gn[None, :]) if not reverse else (
           Gn[None, :] + gs - G[:, None])
-      nmasks = _level_masks(pos[:, None] ^ posn[None, :], near)
+      nmasks = level_masks(pos[:, None] ^ posn[None, :], near)
       lamn = [lam_ref[l, sn] for l in range(near)] if reverse else lam
       wn = jnp.zeros((C, C), jnp.float32)
       for l in range(1, near):
         wn = wn + jnp.where(nmasks[l], lamn[l][None, :] if reverse else lamn[l][:, None], 0.0)
-      pn = _dot(a, bn, mm_dtype, (1, 1)) * jnp.exp(jnp.where(npair, nexpo, -jnp.inf))
-      out = out + _dot(pn * wn, vn, mm_dtype)
+      pn = dot(a, bn, mm_dtype, (1, 1)) * jnp.exp(jnp.where(npair, nexpo, -jnp.inf))
+      out = out + dot(pn * wn, vn, mm_dtype)
       if with_dlam:
-        zn = pn * _dot(qx, vn, mm_dtype, (1, 1))
+        zn = pn * dot(qx, vn, mm_dtype, (1, 1))
         for l in range(1, near):
           dlam[l] = dlam[l] + jnp.sum(jnp.where(nmasks[l], zn, 0.0), axis=1)
 

@@ -8,7 +8,7 @@ inside the same shard_map as training, with the same residual wiring (ladder: ea
 all-reduces are consumed one module later), so the benchmark measures exactly the trained model.
 
 This is the simple path for the benchmark and tests: one token per step for every row, full
-attention over the cache buffer with a length mask; not the fused decode of lloglin.inference.
+attention over the cache buffer with a length mask; not the fused decode of fused.py.
 """
 
 from functools import partial
@@ -18,8 +18,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lloglin.layers.attention import Attention, write_and_attend
-from lloglin.parallel import ladder, sharding, tensor_parallel
+from lloglin.layers.attention import Attention, attention_kv_split, write_and_attend
+from lloglin.models import ladder
+from lloglin.models.decoder import build_model
+from lloglin.parallel import sharding, tensor_parallel
 from lloglin.parallel.mesh import axis_size, tensor_size
 
 AXIS = tensor_parallel.AXIS
@@ -27,7 +29,7 @@ AXIS = tensor_parallel.AXIS
 
 def cache_heads(cfg, tp: int) -> int:
   """Gc: the kv-head axis of the global cache (see the module docstring)."""
-  split = tensor_parallel.attention_kv_split(cfg.num_heads, cfg.num_kv_heads, tp)
+  split = attention_kv_split(cfg.num_heads, cfg.num_kv_heads, tp)
   return cfg.num_kv_heads if split else tp
 
 
@@ -58,8 +60,7 @@ def _attention_decode(attn: Attention, x_B1D, cache, pos_B, *, tp: int):
   """One token of attention for each row at position pos_B, writing its key/value into the
   (local) cache; returns (partial output [B, 1, D], new cache)."""
   B = x_B1D.shape[0]
-  q_B1HK, k_B1GK, v_B1GK = tensor_parallel.attention_local_qkv(
-      attn, x_B1D, pos_B[:, None], tp=tp, axis_name=AXIS)
+  q_B1HK, k_B1GK, v_B1GK = attn.tp_qkv(x_B1D, pos_B[:, None], tp=tp, axis_name=AXIS)
   o_BHK, k_BSGK, v_BSGK = write_and_attend(q_B1HK[:, 0], k_B1GK[:, 0], v_B1GK[:, 0], *cache,
                                            pos_B)
   return attn.o_proj(o_BHK.reshape(B, 1, -1).astype(x_B1D.dtype)), (k_BSGK, v_BSGK)
@@ -131,8 +132,6 @@ def make_generate(graphdef, num_steps: int):
 def init_sharded_params(cfg, mesh, *, seed: int = 0):
   """(graphdef, state) of a freshly initialised model, created directly in its sharded layout
   on `mesh` (no host copy: for models larger than one device's share)."""
-  from lloglin.models.decoder import build_model  # models import parallel; import lazily
-
   abstract = nnx.eval_shape(lambda: build_model(cfg, seed=seed))
   graphdef, abstract_state = nnx.split(abstract)
   axes = sharding.param_logical_axes(abstract, axis_size(mesh, AXIS))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lloglin.models import build_model
+from lloglin.models import build_model, ladder
 from lloglin.models.decoder import with_residual_mode
-from lloglin.parallel import hlo, ladder
+from lloglin.parallel import hlo
 from tests.parallel.helpers import hidden_on_mesh, on_mesh, tiny_config, tokens
 
 

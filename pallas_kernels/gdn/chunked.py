@@ -1,0 +1,398 @@
+"""Chunked Gated DeltaNet and log-linear Gated DeltaNet through the Pallas kernels of kernel.py:
+launch (padding, packed-document masks, batch splits), the parallel per-chunk part in XLA and the
+jax.custom_vjp that wires the forward and reverse scans (the algorithm: kernel.py's docstring).
+
+Same signatures and semantics as lloglin.ops.gdn.gdn_chunked and
+lloglin.ops.loglinear.loglinear_gdn_chunked, plus `interpret` and `config`.
+
+Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 then
+padding, decided at run time with lax.cond: the aligned kernels; packed documents: the packed
+kernels), chunk_size >= 16; plain GDN's initial state (the streams start from it; its cotangent
+is the backward's carried dS after chunk 0) and final states (the carried states after the last
+chunk; their cotangent seeds the backward; log-linear GDN's FenwickState from the packed
+kernels' streams, one per level >= 1, plus level 0 = beta k v^T of the last token; its initial
+FenwickState enters as those streams' initial states, positions continuing from its t_B).
+chunk_size < 16 and T beyond the capacity of the L levels run the XLA form, so no argument is
+ever silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T to whole
+chunks; batches whose arrays would reach 2^31 elements are split
+(pallas_kernels.linear_recurrence, which also holds the launch defaults GDN_CONFIG and
+LOGLINEAR_GDN_CONFIG, tuned on an H200). On an H200 the GDN kernels are correct (bf16 within
+kernels.md 9.3) and about 5x slower than fla's (benchmarks/RESULTS.md).
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lloglin.ops import checks
+from lloglin.ops import gdn as ops_gdn
+from lloglin.ops import hierarchy
+from lloglin.ops import linear_recurrence
+from lloglin.ops import loglinear as ops_loglinear
+from pallas_kernels.gdn.kernel import gdn_scan, gdn_scan_bwd, stream_levels
+from pallas_kernels.linear_recurrence import (GDN_CONFIG, LOGLINEAR_GDN_CONFIG, KernelConfig,
+                                              gate_layouts, in_row_batches, launch_config,
+                                              one_document_per_row, padded_inputs, pow2)
+
+__all__ = ['gdn_chunked', 'loglinear_gdn_chunked']
+
+HIGHEST = lax.Precision.HIGHEST
+
+
+class _Static(NamedTuple):
+  chunk_size: int
+  scale: float
+  levels: int | None          # None: plain GDN
+  interpret: bool
+  config: KernelConfig
+  final_state: bool = False   # also return the streams' states after the sequence
+  offset: bool = False        # log-linear: positions continue an initial state's t_B
+
+
+def _wy(k_BPGK, g_BPH, beta_BPH, C):
+  """Per-chunk UT/WY transform in XLA (parallel over chunks): W_BPHK and T_g diag(beta) as
+  tb_BPHC (fp32; U = tb V is formed in the kernel)."""
+  B, P, _, K = k_BPGK.shape
+  H = beta_BPH.shape[2]
+  N = P // C
+  f32 = jnp.float32
+  ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
+  k_BNCHK = linear_recurrence.expand_groups(k_BPGK, H).reshape(B, N, C, H, K)
+  g_BNHC = jnp.moveaxis(g_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
+  beta_BNHC = jnp.moveaxis(beta_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
+  strict_CC = jnp.tril(jnp.ones((C, C), bool), -1)
+  seg_BNHCC = jnp.cumsum(jnp.where(strict_CC, g_BNHC[..., :, None], 0), axis=-2)
+  decay_BNHCC = jnp.exp(jnp.where(jnp.tril(jnp.ones((C, C), bool)), seg_BNHCC, -jnp.inf))
+  kk_BNHCC = ein('bnthk,bnshk->bnhts', k_BNCHK, k_BNCHK)
+  a_BNHCC = jnp.where(strict_CC, beta_BNHC[..., :, None] * decay_BNHCC * kk_BNHCC, 0)
+  eye = jnp.broadcast_to(jnp.eye(C, dtype=f32), a_BNHCC.shape)
+  tg_BNHCC = lax.linalg.triangular_solve(a_BNHCC, eye, left_side=True, lower=True,
+                                         unit_diagonal=True)
+  w = ein('bnhts,bnhs,bnshk->bnthk', tg_BNHCC, beta_BNHC * jnp.exp(jnp.cumsum(g_BNHC, axis=-1)),
+          k_BNCHK.astype(f32))
+  tb = jnp.moveaxis(tg_BNHCC * beta_BNHC[..., None, :], 2, 3)
+  return w.reshape(B, P, H, K), tb.reshape(B, P, H, C)
+
+
+class _Packed(NamedTuple):
+  """Per-token arrays of packed rows (padded to P): kernel inputs and the masks behind them."""
+  pos_BP: jax.Array           # position inside the document, -1 at padding
+  doc_BP: jax.Array
+  read_BXP: jax.Array         # stream x read here (read weight rho = lam of its level x mask)
+  wm_BXP: jax.Array           # stream x written here (and no reset after it in the chunk)
+  keep_BXP: jax.Array         # no reset of stream x in this token's chunk
+
+
+def _packed_masks(segment_ids_BT, P, levels, C, t0_B=None):
+  """_Packed of the rows (hierarchy.level_stream_masks; resets inside a chunk as in
+  linear_recurrence.chunked_recurrence: a token reads a stream only before the first reset of its
+  chunk and writes it only after the last); t0_B: the first document's positions start there."""
+  B, T = segment_ids_BT.shape
+  lay = linear_recurrence.layout_of(segment_ids_BT, B, T, t0_B, P)
+  streams = stream_levels(levels, C, P, True, t0_B is not None)[1]
+  if levels is None:
+    real = lay.real_BT[None]
+    reset, write, read = lay.start_BT[None], real, real
+  else:
+    reset, write, read = hierarchy.level_stream_masks(lay.pos_BT, lay.real_BT, streams)
+  chunks = lambda x: x.reshape(x.shape[:-1] + (P // C, C))
+  rc = jnp.cumsum(chunks(reset).astype(jnp.int32), axis=-1)
+  flat = lambda x: x.reshape(x.shape[:-2] + (P,))
+  f32 = jnp.float32
+  to_B = lambda x: jnp.moveaxis(flat(x).astype(f32), 0, 1)
+  return _Packed(jnp.where(lay.real_BT, lay.pos_BT, -1), lay.doc_BT,
+                 to_B(chunks(read) & (rc == 0)), to_B(chunks(write) & (rc == rc[..., -1:])),
+                 to_B(jnp.broadcast_to(rc[..., -1:] == 0, rc.shape)))
+
+
+def _rho(lam_BPHL, packed, st, heads):
+  """rho_BHXP = lam of each stream's level (1 for plain GDN) x its read mask."""
+  read_BHXP = packed.read_BXP[:, None]
+  if lam_BPHL is None:
+    B, _, X, P = read_BHXP.shape
+    return jnp.broadcast_to(read_BHXP, (B, heads, X, P))
+  P = lam_BPHL.shape[1]
+  streams = list(stream_levels(st.levels, st.chunk_size, P, True, st.offset)[1])
+  lam_BHXP = jnp.transpose(lam_BPHL[..., streams].astype(jnp.float32), (0, 2, 3, 1))
+  return lam_BHXP * read_BHXP
+
+
+def _prep(q, k, v, g, beta, lam, packed, st):
+  """The parallel per-chunk part in XLA (padded arrays, fp32), differentiated for the backward:
+  the intra-chunk output (Aeff o M) V and the inter-chunk operands qt = e^G q - (q k^T o D) W,
+  k2 = e^{G_C - G} k, W, U = T_g diag(beta) V and tb = T_g diag(beta) (per head, [B, P, H, *]).
+  M: aligned, the levels inside a chunk (causal for GDN); packed, pairs of one document weighted
+  by the level of their document positions."""
+  B, P, _, K = q.shape
+  H, V = v.shape[2:]
+  C = st.chunk_size
+  N = P // C
+  f32 = jnp.float32
+  ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
+  w_BPHK, tb_BPHC = _wy(k, g, beta, C)
+  heads = lambda x: linear_recurrence.expand_groups(x, H).astype(f32).reshape(B, N, C, H, K)
+  q_BNCHK, k_BNCHK = heads(q), heads(k)
+  v_BNCHV = v.astype(f32).reshape(B, N, C, H, V)
+  G_BNCH = jnp.cumsum(g.astype(f32).reshape(B, N, C, H), axis=2)
+  G_BNHC = jnp.moveaxis(G_BNCH, 2, 3)
+  causal = jnp.tril(jnp.ones((C, C), bool))
+  a_BNHTS = ein('bnthk,bnshk->bnhts', q_BNCHK, k_BNCHK) * jnp.exp(
+      jnp.where(causal, G_BNHC[..., :, None] - G_BNHC[..., None, :], -jnp.inf))
+  tb_BNHTS = jnp.moveaxis(tb_BPHC.reshape(B, N, C, H, C), 3, 2)
+  w_BNCHK = w_BPHK.reshape(B, N, C, H, K)
+  qt = q_BNCHK * jnp.exp(G_BNCH)[..., None] - ein('bnhts,bnshk->bnthk', a_BNHTS, w_BNCHK)
+  k2 = k_BNCHK * jnp.exp(G_BNCH[:, :, -1:] - G_BNCH)[..., None]
+  u = ein('bnhts,bnshv->bnthv', tb_BNHTS, v_BNCHV)
+  aeff_BNHTS = ein('bnhts,bnhsu->bnhtu', a_BNHTS, tb_BNHTS)     # lower triangular
+  intra_levels = stream_levels(st.levels, C, P, packed is not None, st.offset)[0]
+  if packed is None:
+    idx = jnp.arange(C)
+    lvl_BNTS = jnp.broadcast_to(hierarchy.level_index(idx[:, None], idx[None, :]), (B, N, C, C))
+  else:
+    lay = hierarchy.DocumentLayout(packed.pos_BP >= 0, None, packed.doc_BP,
+                                   jnp.maximum(packed.pos_BP, 0), None)
+    lvl_BNTS = linear_recurrence.chunk_pairs(     # -1: not a causal pair of one document
+        lambda pos, doc, real: hierarchy.pair_levels(pos, doc, real, C), lay, C)
+  if lam is None:
+    aeff_BNHTS = aeff_BNHTS * (lvl_BNTS >= 0)[:, :, None]
+  else:
+    lam_BNHCL = jnp.moveaxis(lam[..., :intra_levels].astype(f32).reshape(B, N, C, H, -1), 3, 2)
+    aeff_BNHTS = aeff_BNHTS * ein('bnhtl,bntsl->bnhts', lam_BNHCL,
+                                  jax.nn.one_hot(lvl_BNTS, intra_levels, dtype=f32))
+  intra = ein('bnhts,bnshv->bnthv', aeff_BNHTS, v_BNCHV)
+  flat = lambda x: x.reshape((B, P) + x.shape[3:])
+  return flat(intra), flat(qt), flat(k2), w_BPHK, flat(u), tb_BPHC
+
+
+def _scan_forward(q, k, v, g, beta, lam, s0, packed, st, with_states):
+  """gdn_scan over batch slices: (o, states or None, final or None); s0: initial stream states
+  [B, H, X, K, V] or None."""
+  B, P, _, K = q.shape
+  H, V = v.shape[2:]
+  C = st.chunk_size
+  w_BPHK, tb_BPHC = _wy(k, g, beta, C)
+  g_BHP, lam_BHLP = gate_layouts(g, lam)
+  masks = None if packed is None else (
+      packed.pos_BP, packed.doc_BP, _rho(lam, packed, st, H), packed.wm_BXP,
+      packed.keep_BXP)
+  cfg = st.config
+  fn = functools.partial(gdn_scan, chunk_size=C, levels=st.levels, all_levels=st.offset,
+                         with_states=with_states, with_final=st.final_state, out_dtype=v.dtype,
+                         block_v=cfg.block_v, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                         interpret=st.interpret)
+  X = len(stream_levels(st.levels, C, P, packed is not None, st.offset)[1])
+  # the stored states (backward only) are the largest array: X x K x V floats per chunk and head
+  per_row = P * H * max(K, V, C, 0 if lam is None else lam.shape[-1], X,
+                       X * K * V // C if with_states else 0)
+  outs = in_row_batches(lambda *a: fn(*a[:7], a[8:] if packed is not None else None, a[7]),
+                        (q, k, w_BPHK, tb_BPHC, v, g_BHP, lam_BHLP, s0) + (masks or ()),
+                        per_row, f'pallas GDN kernel (T={P}, heads={H})')
+  outs = list(outs) if isinstance(outs, tuple) else [outs]
+  o = outs.pop(0)
+  states = outs.pop(0) if with_states and X > 0 else None
+  return o, states, (outs.pop(0) if st.final_state else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, s0_BHXKV, packed, st):
+  """Padded inputs (P = whole chunks, power-of-two feature axes, padding zeroed, q scaled) and
+  initial stream states (or None) -> (o_BPHV, final stream states or None); packed: a _Packed or
+  None (aligned). Backward: gdn_scan_bwd and the vjp of _prep (module docstring)."""
+  o, _, final = _scan_forward(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, lam_BPHL, s0_BHXKV, packed,
+                              st, False)
+  return o, final
+
+
+def _mixer_fwd(q, k, v, g, beta, lam, s0, packed, st):
+  o, states, final = _scan_forward(q, k, v, g, beta, lam, s0, packed, st, True)
+  return (o, final), (q, k, v, g, beta, lam, s0 is not None, packed, states)
+
+
+def _mixer_bwd(st, res, cotangents):
+  q, k, v, g, beta, lam, with_s0, packed, states = res
+  do_BPHV, dfinal = cotangents
+  with_state_grads = with_s0 or st.final_state
+  if with_state_grads and dfinal is None:
+    X, K, V = states.shape[2], q.shape[-1], v.shape[-1]
+    dfinal = jnp.zeros(states.shape[:2] + (X, K, V), jnp.float32)
+  B, P, _, K = q.shape
+  H, V = v.shape[2:]
+  C = st.chunk_size
+  outs, vjp = jax.vjp(lambda *a: _prep(*a, packed, st), q, k, v, g, beta, lam)
+  _, qt, k2, w, u, tb = outs
+  do = do_BPHV.astype(jnp.float32)
+  f32 = jnp.float32
+  dg_BPH = jnp.zeros((B, P, H), f32)
+  dlam = None if lam is None else jnp.zeros(lam.shape, f32)
+  dqt, dk2, dw, du, dtb = (jnp.zeros_like(x) for x in (qt, k2, w, u, tb))
+  dv_inter = jnp.zeros(v.shape, f32)
+  ds0 = None
+  if states is not None:
+    g_BHP, lam_BHLP = gate_layouts(g, lam)
+    cfg = st.config
+    fn = functools.partial(gdn_scan_bwd, chunk_size=C, levels=st.levels, all_levels=st.offset,
+                           mm_dtype=q.dtype,
+                           block_v=cfg.block_v, num_warps=cfg.num_warps,
+                           num_stages=cfg.num_stages, interpret=st.interpret)
+    J = V // min(cfg.block_v, V)
+    X = states.shape[2]
+    per_row = P * H * max(J * K, J * C, V, J * X, X * K * V // C)
+    with_lam = (1,) if lam is not None else ()
+    with_dinit = (0,) if with_state_grads else ()
+    name = f'pallas GDN backward kernel (T={P}, heads={H})'
+    if packed is None:
+      outs = in_row_batches(lambda *a: fn(*a[:8], None, None, None, a[8]),
+                            (qt, k2, w, u, do, g_BHP, states, lam_BHLP, dfinal), per_row, name,
+                            out_axes=(1, 1, 1, 0, 1) + with_lam + with_dinit)
+      du = outs[3]
+      dg_part, drho = outs[4], outs[5] if lam is not None else None
+    else:
+      masks = (packed.pos_BP, packed.doc_BP, _rho(lam, packed, st, H), packed.wm_BXP,
+               packed.keep_BXP)
+      outs = in_row_batches(
+          lambda *a: fn(*a[:7], None, a[7:12], a[12], a[13], a[14]),
+          (qt, k2, w, None, do, g_BHP, states) + masks + (tb, v, dfinal), per_row, name,
+          out_axes=(1, 1, 1, 1, 0, 1) + with_lam + with_dinit)
+      dtb, dv_inter = jnp.sum(outs[3], axis=0), outs[4]
+      dg_part, drho = outs[5], outs[6] if lam is not None else None
+    ds0 = outs[-1] if with_s0 else None
+    dqt, dk2, dw = (jnp.sum(x, axis=0) for x in outs[:3])
+    dg_BPH = jnp.moveaxis(jnp.sum(dg_part, axis=0), 1, 2)
+    if lam is not None:
+      drho_BPHX = jnp.transpose(jnp.sum(drho, axis=0), (0, 3, 1, 2))
+      if packed is None:
+        lo = C.bit_length()
+        dlam = dlam.at[..., lo:lo + X].set(drho_BPHX)
+      else:
+        streams = list(stream_levels(st.levels, C, P, True, st.offset)[1])
+        read_BPX = jnp.moveaxis(packed.read_BXP, 1, 2)
+        dlam = dlam.at[..., streams].set(drho_BPHX * read_BPX[:, :, None])
+  dq, dk, dv, dg, dbeta, dlam_intra = vjp((do, dqt, dk2, dw, du, dtb))
+  dv = (dv.astype(f32) + dv_inter).astype(v.dtype)
+  dg = (dg + dg_BPH).astype(g.dtype)
+  if lam is not None:
+    dlam = (dlam_intra + dlam).astype(lam.dtype)
+  none = None if packed is None else _Packed(*(None,) * len(packed))
+  return dq, dk, dv, dg, dbeta, dlam, ds0, none
+
+
+_mixer.defvjp(_mixer_fwd, _mixer_bwd)
+
+
+def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, st):
+  """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels
+  (packed: with the document masks of segment_ids_BT, positions from t0_B). s0_BHXKV: initial
+  stream states or None. Returns (o_BTHV, final stream states [B, H, X, K, V] or None)."""
+  T, K = q.shape[1], q.shape[3]
+  V = v.shape[3]
+  Kp, Vp = pow2(K), pow2(V)
+  (q, k, v, g, beta, lam), _ = padded_inputs(
+      [q * st.scale, k, v, g, beta, lam], segment_ids_BT, st.chunk_size,
+      [Kp, Kp, Vp, None, None, None])
+  masks = (_packed_masks(segment_ids_BT, g.shape[1], st.levels, st.chunk_size, t0_B) if packed
+           else None)
+  s0 = None if s0_BHXKV is None else jnp.pad(
+      s0_BHXKV.astype(jnp.float32), ((0, 0),) * 3 + ((0, Kp - K), (0, Vp - V)))
+  o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
+  return o_BPHV[:, :T, :, :V], None if final is None else final[..., :K, :V]
+
+
+@functools.partial(jax.jit, static_argnames=('st',))
+def _run(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, st):
+  """(o_BTHV, final stream states or None) of the kernels. Log-linear states take the packed
+  kernels, whose streams cover every level >= 1 (the aligned ones keep the levels inside a chunk
+  in no state), and with an initial state (st.offset) positions from t0_B."""
+  every_level = st.levels is not None and (st.final_state or st.offset)
+  if every_level and segment_ids_BT is None:
+    segment_ids_BT = hierarchy.dense_segment_ids(*v.shape[:2])
+  path = functools.partial(_kernel_path, q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT)
+  if segment_ids_BT is None:
+    return path(False, st)
+  # Rows of one document from position 0 (what the trainer passes for unpacked data) take the
+  # aligned kernels; packed rows the packed ones (document masks, a stream per level).
+  o, final = path(True, st) if every_level else lax.cond(
+      one_document_per_row(segment_ids_BT), lambda: path(False, st), lambda: path(True, st))
+  (o,) = linear_recurrence.sanitize(segment_ids_BT > 0, o)
+  return o, final
+
+
+def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,
+                segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
+                interpret=False, config=None):
+  """Gated DeltaNet (lloglin.ops.gdn.gdn_chunked) through the Pallas kernels, initial and
+  final states included; chunk_size < 16 runs the XLA form (module docstring).
+  """
+  checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                          beta_BTH=beta_BTH, segment_ids_BT=segment_ids_BT,
+                          initial_state_BHKV=initial_state_BHKV, chunk_size=chunk_size)
+  if chunk_size < 16:
+    return ops_gdn.gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH,
+                             initial_state_BHKV=initial_state_BHKV, segment_ids_BT=segment_ids_BT,
+                             chunk_size=chunk_size, scale=scale,
+                             return_final_state=return_final_state)
+  B, _, H, V = v_BTHV.shape
+  st = _Static(chunk_size, float(scale), None, interpret,
+               launch_config(config, GDN_CONFIG, B * H, V), bool(return_final_state))
+  s0 = None if initial_state_BHKV is None else initial_state_BHKV[:, :, None]
+  o, final = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, s0, None, segment_ids_BT, st)
+  return (o, final[:, :, 0]) if return_final_state else o
+
+
+
+
+def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state=None,
+                          segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
+                          interpret=False, config=None):
+  """Log-linear Gated DeltaNet (lloglin.ops.loglinear.loglinear_gdn_chunked) through the Pallas
+  kernels, initial and final FenwickStates included (the packed kernels: a stream per level,
+  positions continuing the initial state's t_B). chunk_size < 16 and T > 2^(L-1) run the XLA
+  form (module docstring).
+  """
+  checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
+                          beta_BTH=beta_BTH, lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
+                          initial_state=initial_state, chunk_size=chunk_size)
+  T, L = v_BTHV.shape[1], lam_BTHL.shape[-1]
+  if chunk_size < 16 or T > hierarchy.capacity(L):
+    return ops_loglinear.loglinear_gdn_chunked(
+        q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, initial_state=initial_state,
+        segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
+        return_final_state=return_final_state)
+  B, _, H, V = v_BTHV.shape
+  st = _Static(chunk_size, float(scale), L, interpret,
+               launch_config(config, LOGLINEAR_GDN_CONFIG, B * H, V), bool(return_final_state),
+               initial_state is not None)
+  s0 = t0_B = None
+  if initial_state is not None:   # the streams after position t0 - 1; level 0 is never read
+    t0_B = jnp.asarray(initial_state.t_B, jnp.int32)
+    s0 = jnp.moveaxis(hierarchy.fenwick_to_level_streams(initial_state.S_BHLKV, t0_B)[1:], 0, 2)
+  o, streams_BHXKV = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, s0, t0_B,
+                          segment_ids_BT, st)
+  if t0_B is None and not return_final_state:
+    return o
+  lay = linear_recurrence.layout_of(segment_ids_BT, B, T, t0_B)
+  state = (_fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, lay, L)
+           if return_final_state else None)
+  o, state = ops_loglinear.nan_past_capacity(o, state, lay, L)   # positions past the levels
+  return (o, state) if return_final_state else o
+
+
+def _fenwick_state(streams_BHXKV, k_BTGK, v_BTHV, beta_BTH, lay, levels):
+  """The FenwickState after the sequence from the packed kernels' final streams (levels 1 ..
+  X): level 0's stream, reset and written at every token, holds beta k v^T of the last token;
+  levels above X are empty (hierarchy.level_streams_to_fenwick, as the XLA form)."""
+  B, T, H, _ = v_BTHV.shape
+  last_B = T - 1 - jnp.argmax(lay.real_BT[:, ::-1], axis=1)     # 0 for a row of padding only
+  pick = lambda x: jnp.take_along_axis(x, last_B.reshape((B, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
+  real_B = jnp.any(lay.real_BT, axis=1)
+  k_BHK = pick(linear_recurrence.expand_groups(k_BTGK, H)).astype(jnp.float32)
+  v_BHV = pick(v_BTHV).astype(jnp.float32)
+  beta_BH = jnp.where(real_B[:, None], pick(beta_BTH).astype(jnp.float32), 0)
+  level0_BHKV = linear_recurrence.outer_write(k_BHK, v_BHV, beta_BH, jnp.float32)
+  X = streams_BHXKV.shape[2]
+  S_LBHKV = jnp.concatenate([level0_BHKV[None], jnp.moveaxis(streams_BHXKV, 2, 0),
+                             jnp.zeros((levels - 1 - X,) + level0_BHKV.shape, jnp.float32)])
+  return hierarchy.FenwickState(hierarchy.level_streams_to_fenwick(S_LBHKV, lay.count_B),
+                                lay.count_B)
