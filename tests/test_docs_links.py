@@ -69,3 +69,25 @@ def test_anchor_rules(tmp_path):
   page = tmp_path / "p.md"
   page.write_text("# Title\n## Decode: O(log T) states\n```\n# not a heading\n```\n## Title\n")
   assert anchors(page) == {"title", "decode-olog-t-states", "title-1"}
+
+
+
+# Documents that live outside the repository (a clone lacks them), as a regex written so that this
+# file does not match it itself; the pages of docs/ have no numbered sections, so a section sign
+# refers to such a document too.
+OUTSIDE_DOCUMENTS = re.compile(r"\bshared[/]|\b(kernels|papers|DESIGN|seeds)[.]md\b|jax[-]stack|"
+                               r"h200[-]anchors|\N{SECTION SIGN}")
+
+
+def test_no_file_refers_to_documents_outside_the_repository():
+  found = []
+  for path in tracked():
+    try:
+      with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    except (UnicodeDecodeError, FileNotFoundError):  # plots; a file deleted but not committed
+      continue
+    found += [f"{path}:{n}: {line.strip()[:100]}" for n, line in enumerate(lines, 1)
+              if OUTSIDE_DOCUMENTS.search(line)]
+  assert not found, "link to docs/ instead:\n" + "\n".join(found)
+

@@ -1,5 +1,6 @@
-"""Gated DeltaNet and log-linear Gated DeltaNet mixers (kernels.md §2.1, §3.3, §5; fla's
-`layers/gated_deltanet.py`).
+"""Gated DeltaNet and log-linear Gated DeltaNet mixers (docs/algorithms/gdn.md#layer,
+docs/algorithms/loglinear.md#lambda-parametrisation,
+docs/algorithms/loglinear.md#log-linear-gated-deltanet; fla's `layers/gated_deltanet.py`).
 
     q, k = L2norm(SiLU(conv_4(W_q x))), L2norm(SiLU(conv_4(W_k x)))   per head, G q/k heads
     v    = SiLU(conv_4(W_v x))                                         H value heads of dim V

@@ -7,13 +7,13 @@ Backend: `pl.pallas_call` lowered through Pallas' Triton backend
 (`compiler_params=pltriton.CompilerParams`), deprecated in jax 0.11 but shipped; it lowers for
 Hopper and runs in interpret mode on CPU. Mosaic GPU (wgmma/TMA) is not used yet.
 
-Algorithm. Chunks of C tokens; chunk c has the compact-WY product `P_c = I - W_c^T u_c`
-(`u = T diag(beta) W`, `T` the UT factor, kernels.md 6.2), acting on query rows from the right
-and on key columns from the left. The logit of query chunk i and key chunk j < i is
-`qhat_i P_{i-1} ... P_{j+1} knew_j^T` (query moved to its chunk start, key to its chunk end).
-Instead of carrying each query across every key chunk (whose backward would need the carried
-queries in reverse order, O(T^2) memory), every pair meets at one boundary: the middle of the
-smallest aligned dyadic block of chunks holding both, level `l = bit_length(i ^ j)`. Each token
+Algorithm (docs/algorithms/path.md#householder-products-and-the-ut-transform). Chunks of C tokens;
+chunk c has the compact-WY product `P_c = I - W_c^T u_c` (`u = T diag(beta) W`, `T` the UT factor),
+acting on query rows from the right and on key columns from the left. The logit of query chunk i and
+key chunk j < i is `qhat_i P_{i-1} ... P_{j+1} knew_j^T` (query moved to its chunk start, key to its
+chunk end). Instead of carrying each query across every key chunk (whose backward would need the
+carried queries in reverse order, O(T^2) memory), every pair meets at one boundary: the middle of
+the smallest aligned dyadic block of chunks holding both, level `l = bit_length(i ^ j)`. Each token
 gets one query copy and one key copy per level, moved to that level's boundary with dense K x K
 products of aligned chunk blocks (a segment tree over chunks, built with XLA matmuls):
 
