@@ -1,7 +1,9 @@
-"""Links into the documentation resolve: every `docs/<page>.md#<heading>` named in a source file or
-a markdown page, and every relative link of the markdown pages, points at an existing file and,
-where it names one, at an existing heading (GitHub's anchor rules). Docstrings link to these
-headings, so renaming one breaks the build instead of the link."""
+"""Links into the documentation resolve: every `docs/<page>.md#<heading>` and
+`benchmarks/RESULTS.md#<heading>` named in a source file or a markdown page, and every relative
+link of the markdown pages, points at an existing file and, where it names one, at an existing
+heading (GitHub's anchor rules). Docstrings link to these headings, so renaming one breaks the
+build instead of the link. No file refers to documents outside the repository, and the paths the
+user documentation writes exist."""
 
 import glob
 import os
@@ -42,7 +44,7 @@ def references():
   for path in tracked("*.py", "*.md"):
     with open(os.path.join(ROOT, path), encoding="utf-8") as f:
       text = f.read()
-    for m in re.finditer(r"\bdocs/[\w/.-]+\.md(?:#[\w-]+)?", text):
+    for m in re.finditer(r"\b(?:docs/[\w/.-]+|benchmarks/RESULTS)\.md(?:#[\w-]+)?", text):
       target, _, anchor = m.group(0).partition("#")
       refs.append((path, target, anchor))
     if path.endswith(".md"):
