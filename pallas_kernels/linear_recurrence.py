@@ -21,17 +21,12 @@ class KernelConfig(NamedTuple):
   num_stages: int = 2
 
 
-# Each kernel's default: the fastest fwd+bwd of those tried on one H200 at 16 heads x 128, bf16
-# (2026-11-30; `bench_mixers.py --kernel_configs`, rows in benchmarks/RESULTS.md), Mtok/s at
-# T = 8192 (B = 8) for (block_v, num_warps, num_stages):
-#   Mamba-2 SSD: 64,4,2 17.8; 64,4,1 17.6; 32,4,2 15.7; 32,4,1 13.3; 64,8,1 10.4; 32,8,2 7.5.
-#   Log-linear Mamba-2: 32,8,2 2.05; 32,8,1 1.82; 16,4,1 1.78; 32,4,2 1.65; 64,4,1 0.95.
-#   Gated DeltaNet: 128,8,1 1.88; 64,8,1 1.81; 128,4,1 1.71; 32,8,2 1.62; 64,16,1 1.23.
-#   Log-linear GDN: 64,4,1 0.487; 64,8,1 0.465; 128,8,1 0.442; 16,8,1 0.348 (at two stages its
-#   backward asks for more shared memory than the H200 has).
-# At T = 32768 (B = 2) the grid has a quarter of the programs and the wide blocks leave SMs idle:
-#   SSD 32,4,2 10.3 vs 64,4,1 7.2; GDN 32,8,1 1.71 vs 128,8,1 1.36; log-linear GDN 32,4,1 0.249 vs
-#   64,4,1 0.166. Hence `launch_config` narrows block_v until the grid fills the GPU.
+# Each kernel's default (block_v, num_warps, num_stages): the fastest fwd+bwd of a sweep on a
+# Hopper GPU at T = 8192, 16 heads x 128, bf16 (`python -m benchmarks.bench_mixers
+# --kernel_configs ...`; the sweep: benchmarks/RESULTS.md#lab-log, "Launch configurations tuned").
+# Log-linear GDN's backward does not fit in shared memory at two stages. At longer T a batch of
+# the same tokens has fewer rows, so the grid has fewer programs and wide blocks leave SMs idle:
+# `launch_config` narrows block_v until the grid fills the GPU.
 SSD_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=2)
 LOGLINEAR_SSD_CONFIG = KernelConfig(block_v=32, num_warps=8, num_stages=2)
 GDN_CONFIG = KernelConfig(block_v=128, num_warps=8, num_stages=1)

@@ -10,8 +10,9 @@ every inline code span of a markdown table row that starts with python, make or 
   python <script or -m module>    the script or module exists; argparse flags appear in its source
   python -m pytest PATHS          the paths exist
   make TARGET                     the Makefile has the target
-  pip install ...                 -e .: a pyproject.toml; -r FILE: the file; "NAME @ URL": NAME is
-                                  the project's name (nothing is installed: that needs network)
+  pip install ...                 -e .: a pyproject.toml; -r FILE: the file; "NAME[extras] @ URL"
+                                  and .[extras]: NAME is the project's name, the extras exist
+                                  (nothing is installed: that needs network)
 
 Driver: `python -m tests.docs_commands CLI JOBS_JSON OUT_JSON WORK_DIR [--run]`. It executes the
 CLI (a script path, or `-m module`) as __main__ with absl's `app.run` replaced, so that only the
@@ -161,19 +162,24 @@ def _pip_problems(argv) -> list[str]:
       problems.append("pip install -e . needs a pyproject.toml at the repository root")
     elif prev == "-r" and not os.path.exists(os.path.join(ROOT, arg)):
       problems.append(f"requirements file {arg!r} does not exist")
-    elif " @ " in arg:
-      name = arg.split(" @ ")[0].strip()
-      if name != project_name():
-        problems.append(f"pip installs {name!r}, but the project is {project_name()!r}")
+    elif re.fullmatch(r"\.\[.*\]", arg) or " @ " in arg:  # .[extras] or "name[extras] @ URL"
+      requirement = arg.split(" @ ")[0].strip()
+      name, _, extras = requirement.partition("[")
+      if name != "." and name != project().get("name"):
+        problems.append(f"pip installs {name!r}, but the project is {project().get('name')!r}")
+      known = project().get("optional-dependencies", {})
+      problems += [f"pyproject.toml defines no extra {extra!r} (has {sorted(known)})"
+                   for extra in filter(None, extras.rstrip("]").split(",")) if extra not in known]
   return problems
 
 
-def project_name() -> str | None:
+def project() -> dict:
+  """The [project] table of pyproject.toml ({} without one)."""
   path = os.path.join(ROOT, "pyproject.toml")
   if not os.path.exists(path):
-    return None
+    return {}
   with open(path, "rb") as f:
-    return tomllib.load(f).get("project", {}).get("name")
+    return tomllib.load(f).get("project", {})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,6 +240,8 @@ def tiny_train_argv(argv, work: str, corpus: str, train_keys) -> tuple[list[str]
   keys of the parsed config's `train` section."""
   if any(a.startswith(MULTI_DEVICE) for a in argv):
     return None, "needs several devices or processes"
+  if flag_value(argv, "config.init_from"):
+    return None, "starts from another run's export, whose shapes the tiny variant does not match"
   config_file = (flag_value(argv, "config") or "").partition(":")[0]
   if not config_file or not has_tiny_variant(config_file):
     return None, f"{config_file or 'the default config'} has no :tiny variant"

@@ -22,14 +22,6 @@ COMMANDS = dc.all_commands()
 ABSL = [c for c in COMMANDS if dc.program(c.argv) == "python"
         and dc.is_absl_cli(dc.python_target(c.argv)[0])]
 CHECKED = [c for c in COMMANDS if dc.program(c.argv) in ("python", "make", "pip")]
-# Commands for what other branches add, expected to fail until they are merged. strict: once a
-# command passes, its entry fails the test, so this list cannot outlive the merge.
-PENDING = {
-    "configs/reward.py": "the reward-model task (configs/reward.py) is not merged yet",
-    "--suite": "eval.py --suite is not merged yet",
-    "pip install -e .": "pyproject.toml is not merged yet",
-    "git+https://": "pyproject.toml (the package name) is not merged yet",
-}
 # Wrong on purpose: the checks must reject each of these (flag, config key, file, variant).
 PROBES = [
     ("python", "train.py", "--config", "configs/mqar.py:tiny", "--workdr", "/tmp/x"),
@@ -65,13 +57,7 @@ def parsed(tmp_path_factory):
   return drive(tmp_path_factory.mktemp("docs_check"), ABSL + probes)
 
 
-def pending_reason(command):
-  return next((why for key, why in PENDING.items() if key in command.text), None)
-
-
-@pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.xfail(reason=pending_reason(c), strict=True))
-    if pending_reason(c) else c for c in CHECKED], ids=lambda c: f"{c.source} {c.text[:60]}")
+@pytest.mark.parametrize("command", CHECKED, ids=lambda c: f"{c.source} {c.text[:60]}")
 def test_documented_command_is_valid(command, parsed):
   if command in parsed:
     result = parsed[command]
@@ -85,6 +71,9 @@ def test_the_checks_reject_wrong_commands(parsed):
     result = next(r for c, r in parsed.items() if c.argv == argv)
     assert not result["parsed"] and result["error"], argv
   wrong = [("make", "trian"), ("pip", "install", "-r", "requirements-none.txt"),
+           ("pip", "install", "-e", ".[no_such_extra]"),
+           ("pip", "install", "lloglin[gpu,no_such_extra] @ git+https://example.org/lloglin"),
+           ("pip", "install", "not_lloglin @ git+https://example.org/lloglin"),
            ("python", "-m", "pytest", "tests/no_such_test.py"),
            ("python", "benchmarks/bench_mixers.py", "--seqlen", "64"),
            ("python", "-m", "experiments.no_such_driver")]
@@ -104,14 +93,18 @@ def test_extraction_joins_lines_drops_comments_and_reads_tables():
                     "/tmp/a"), False),
       ("doc.md:5", ("make", "test"), False),
       ("doc.md:10", ("python", "eval.py", "--checkpoint", "x", "--prompt", "A B"), True)]
-  readme = {c.argv[1] for c in COMMANDS if c.source.startswith("README.md:")
-            and dc.program(c.argv) in ("python", "make")}
-  assert {"train.py", "eval.py", "train", "test"} <= readme
+  readme = [c for c in COMMANDS if c.source.startswith("README.md:") and not c.in_table]
+  assert {"train.py", "eval.py", "train", "test"} <= {c.argv[1] for c in readme}
+  # The entry points the README documents (in its code blocks, so the slow test runs them).
+  shown = {"--suite": "eval.py --suite", "configs/reward.py": "the reward task",
+           "pip install -e": "the editable install", "git+https://": "the install from git"}
+  missing = [what for key, what in shown.items() if not any(key in c.text for c in readme)]
+  assert not missing, missing
 
 
 @pytest.mark.slow
 def test_documented_commands_run_at_tiny_size(tmp_path, capsys):
-  runnable = [c for c in ABSL if not c.in_table and not pending_reason(c)]
+  runnable = [c for c in ABSL if not c.in_table]
   results = drive(tmp_path, runnable, run=True)
   failed = [f"{c.source}: {c.text}\n{r['error']}" for c, r in results.items() if r["error"]]
   assert not failed, "\n\n".join(failed)

@@ -1,6 +1,6 @@
 """Batch-1 GEMV `y = W x` as a Mosaic GPU kernel: the weight-streaming core of a FlashFormer-style
 decode step, written to find out whether Mosaic GPU's TMA pipeline streams weights at the copy
-bandwidth where the Triton fused kernel (one 16 KB tile in flight per SM) reaches about half.
+bandwidth, which the Triton fused kernel (one 16 KB tile in flight per SM) falls well short of.
 
 Each CUDA block owns `rows` output rows and one of `splits` column ranges; `plgpu.emit_pipeline`
 streams its [rows, tk] weight tiles and the matching x slices through shared memory by TMA,
@@ -8,9 +8,9 @@ streams its [rows, tk] weight tiles and the matching x slices through shared mem
 summed over its columns into a float32 [rows] accumulator; the `splits` partial sums are added
 in XLA. Bytes, not FLOPs, bound it: no tensor cores.
 
-Measured (one H200, 2026-11-30, `bench_gemv.py` here; benchmarks/RESULTS.md): its GPU test
-passes, and on the three largest decode matrices (117-525 MB) it takes 0.94-1.02x the time of
-XLA's GEMV: a TMA pipeline streams weights at the read bandwidth. The `_tile_step` of
+Finding (`python -m experiments.gemv_mgpu.bench_gemv`; figures: benchmarks/RESULTS.md#lab-log,
+"a Mosaic GPU GEMV"): its GPU test passes, and on the largest decode matrices it takes about the
+time of XLA's GEMV: a TMA pipeline streams weights at the read bandwidth. The `_tile_step` of
 pallas_kernels/fused_decode/kernel_mgpu.py does the same tile arithmetic inside the fused decode
 (x there is staged in SMEM once per phase, not streamed); this standalone form stays as the
 microbenchmark of that step.

@@ -38,11 +38,10 @@ from lloglin.inference.sampling import check_sampling, sample_token
 from lloglin.layers.registry import kernel_dispatch
 
 DECODE_IMPLS = ("auto", "plain", "fused")
-# 'auto' takes the fused kernel's Mosaic GPU backend at any width (on an H200 it beat the plain
-# jitted step at 138M, 1.24B and 8B: 0.313 / 0.876 / 4.147 against 0.643 / 1.642 / 6.029
-# ms/token, bf16) and its Triton backend, for models only that one serves, up to this width (it
-# beat the plain step at d_model 768 and 2048 and lost at 4096: 9.98 vs 6.05 ms/token); see
-# benchmarks/RESULTS.md (fused decode).
+# 'auto' takes the fused kernel's Mosaic GPU backend at any width (it beat the plain jitted step
+# at every model size timed, 138M to 8B) and its Triton backend, for models only that one serves,
+# up to this width (it beat the plain step at d_model 768 and 2048 and lost at 4096); figures:
+# benchmarks/RESULTS.md#fused-decode and its lab log.
 FUSED_AUTO_MAX_D_MODEL = 2048
 _BUCKET = 64  # prompt and cache lengths are rounded up to a multiple: fewer compilations
 

@@ -14,9 +14,10 @@ from lloglin.ops.attention import apply_rope, attention_step, causal_attention, 
 def resolve_attention_impl(impl: str, dtype, *, tensor_parallel: bool = False) -> str | None:
   """'auto' -> cuDNN on GPU for 16-bit compute (cuDNN has no float32 path), XLA otherwise.
 
-  Inside the tensor-parallel shard_map 'auto' takes XLA: the cuDNN train step of a TP=2 1B
-  Transformer died with a segmentation fault on 2 x H200 (jax 0.11.2, 2026-11-29) where the same
-  step with XLA attention ran (benchmarks/RESULTS.md, issue 9). An explicit 'cudnn' is kept.
+  Inside the tensor-parallel shard_map 'auto' takes XLA: the cuDNN train step of a
+  tensor-parallel Transformer died with a segmentation fault (jax 0.11.2) where the same step
+  with XLA attention ran (benchmarks/RESULTS.md#lab-log, "Tensor-parallel decode and training on
+  2 x H200"). An explicit 'cudnn' is kept.
   """
   if impl == "auto":
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))

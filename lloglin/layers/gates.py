@@ -11,8 +11,9 @@ def inverse_softplus(y):
 
 def dt_bias_init(key, num_heads: int, *, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  dt_floor: float = 1e-4, dtype=jnp.float32):
-  """Mamba-2's dt bias (kernels.md §1.1): dt ~ exp(U(log dt_min, log dt_max)), floored at
-  dt_floor, stored as inverse-softplus(dt) so that softplus(0 + dt_bias) = dt at init."""
+  """Mamba-2's dt bias (docs/algorithms/mamba2.md#initialisation): dt ~ exp(U(log dt_min,
+  log dt_max)), floored at dt_floor, stored as inverse-softplus(dt) so that
+  softplus(0 + dt_bias) = dt at init."""
   if not 0 < dt_min <= dt_max:
     raise ValueError(f"dt_min={dt_min}, dt_max={dt_max}: expected 0 < dt_min <= dt_max")
   log_dt = jax.random.uniform(key, (num_heads,), jnp.float32, jnp.log(dt_min), jnp.log(dt_max))

@@ -1,5 +1,6 @@
-"""Gated DeltaNet and log-linear Gated DeltaNet mixers (kernels.md §2.1, §3.3, §5; fla's
-`layers/gated_deltanet.py`).
+"""Gated DeltaNet and log-linear Gated DeltaNet mixers (docs/algorithms/gdn.md#layer,
+docs/algorithms/loglinear.md#lambda-parametrisation,
+docs/algorithms/loglinear.md#log-linear-gated-deltanet; fla's `layers/gated_deltanet.py`).
 
     q, k = L2norm(SiLU(conv_4(W_q x))), L2norm(SiLU(conv_4(W_k x)))   per head, G q/k heads
     v    = SiLU(conv_4(W_v x))                                         H value heads of dim V
@@ -61,10 +62,9 @@ def gdn_sequence(dispatch: KernelDispatch, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_B
 class GatedDeltaNet(nnx.Module):
   mixer_name = "gdn"
   loglinear = False
-  # 'auto' takes the Pallas kernels on Hopper. On an H200 (benchmarks/RESULTS.md) both passed the
-  # GPU tests; GDN trained (fwd+bwd) 1.56x faster than its XLA chunked form at T = 8K (same run).
-  # Log-linear GDN's kernel ran at 0.65 / 0.49 / 0.25 Mtok/s at 2K / 8K / 32K; its XLA form at
-  # 0.338 at 8K (timed alone in another call of the same machine kind: 1.44x, not same-run).
+  # 'auto' takes the Pallas kernels on Hopper: both pass the GPU tests and train (fwd+bwd) faster
+  # than their XLA chunked forms (log-linear GDN's XLA form timed in a separate call, not beside
+  # its kernel): benchmarks/RESULTS.md#mixer-kernels and its lab log.
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     opts = mixer_options(cfg, self.mixer_name, dict(

@@ -1,5 +1,6 @@
-"""The per-level weights lambda of log-linear attention (kernels.md §3.3), shared by the
-log-linear Mamba-2 and log-linear Gated DeltaNet layers.
+"""The per-level weights lambda of log-linear attention
+(docs/algorithms/loglinear.md#lambda-parametrisation), shared by the log-linear Mamba-2 and
+log-linear Gated DeltaNet layers.
 
     lambda_t^(l) = softplus(L_{h,l} * d_{t,h,l}),   d = W_lambda x_t
 

@@ -1,4 +1,6 @@
-"""Mamba-2 (SSD) and log-linear Mamba-2 mixers (kernels.md §1.1, §3.3, §4).
+"""Mamba-2 (SSD) and log-linear Mamba-2 mixers (docs/algorithms/mamba2.md#layer,
+docs/algorithms/loglinear.md#lambda-parametrisation,
+docs/algorithms/loglinear.md#log-linear-mamba-2).
 
     z, xBC, dt = in_proj(x)                      z, x: d_inner = expand * d_model
     x, B, C    = SiLU(conv_4(xBC))               B, C: G groups of d_state N

@@ -1,4 +1,4 @@
-"""PaTH attention and PaTH-FoX mixers (arXiv 2505.16381; kernels.md §6.1; fla's
+"""PaTH attention and PaTH-FoX mixers (arXiv 2505.16381; docs/algorithms/path.md#layer; fla's
 `layers/path_attn.py`).
 
     q, k, v = W_q x, W_k x, W_v x                    H query heads, G key/value heads (GQA)

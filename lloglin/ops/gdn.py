@@ -27,7 +27,7 @@ HIGHEST = lax.Precision.HIGHEST
 
 
 def gdn_effective_attention(q_BTHK, k_BTHK, g_BTH, beta_BTH):
-  """Aeff[t, s] = q_t^T A_t ... A_{s+1} beta_s k_s (s <= t) by the §0 loop, vectorised over t.
+  """Aeff[t, s] = q_t^T A_t ... A_{s+1} beta_s k_s (s <= t), the loop vectorised over t.
 
   Returns (aeff_BHTS, qinit_BTHK) with qinit_t = A_0 ... A_t q_t (reads an initial state).
   """

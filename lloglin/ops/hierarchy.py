@@ -1,7 +1,7 @@
 """The log-linear (Fenwick) hierarchy and document layout shared by every mixer op.
 
 Level of a (query t, source s <= t) pair, positions counted inside the document
-(kernels.md §3.1):
+(docs/algorithms/loglinear.md#fenwick-levels):
 
     level(t, s) = bit_length(t XOR s)          (0 <=> s == t)
 
@@ -10,7 +10,7 @@ t' = t - (t mod 2^(l-1)). A sequence of T tokens needs `num_levels(T) = ceil(log
 a state with L levels serves positions 0 .. 2^(L-1) - 1.
 
 Decode keeps one state per level (`FenwickState`) and, before token t > 0, applies the carry rule
-(§3.4): z = ctz(t); S^(z+1) <- sum_{l <= z} S^(l); S^(0..z) <- 0.
+(docs/algorithms/loglinear.md#decode): z = ctz(t); S^(z+1) <- sum_{l <= z} S^(l); S^(0..z) <- 0.
 
 The chunked forms run one masked linear recurrence ("stream") per level l: the state is reset
 where position mod 2^l == 0, written in the even half of each 2^l block and read (with lambda^l)
@@ -90,8 +90,8 @@ def fenwick_carry(S_BHLKV, t_B):
   """Carry rule applied before processing token t (identity at t = 0).
 
   z = ctz(t); S^(z+1) <- sum_{l <= z + 1} S^(l); S^(0..z) <- 0. S^(z+1) is empty before the carry,
-  so the sum equals the rule of §3.4. When z + 1 >= L the merged state has no level to go to:
-  callers must treat t >= capacity(L) as an overflow (`fenwick_overflow`).
+  so the sum equals the carry rule of the module docstring. When z + 1 >= L the merged state has no
+  level to go to: callers must treat t >= capacity(L) as an overflow (`fenwick_overflow`).
   """
   L = S_BHLKV.shape[2]
   t_B = jnp.asarray(t_B, jnp.int32)

@@ -1,7 +1,8 @@
 """The linear-recurrence machinery shared by the Mamba-2 (SSD), Gated DeltaNet and log-linear ops
 (mamba2.py, gdn.py, loglinear.py).
 
-Per head h (q/k from group h // (H // G)), tokens t = 0..T-1 (kernels.md §0, §2):
+Per head h (q/k from group h // (H // G)), tokens t = 0..T-1
+(docs/algorithms/README.md#one-recurrence-two-oracles, docs/algorithms/gdn.md#recurrence):
 
     S_t = A_t S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T (scale * q_t)
     A_t = exp(g_t) (I - beta_t k_t k_t^T)   (GDN)      A_t = exp(g_t) I, beta = 1   (Mamba-2 SSD)
@@ -9,8 +10,10 @@ Per head h (q/k from group h // (H // G)), tokens t = 0..T-1 (kernels.md §0, §
 The Mamba-2 case is the delta rule without the k k^T term, so the functions below take
 `beta=None` for it and mamba2.py calls them. Forms (same arguments and layouts everywhere):
   *_recurrent  token-by-token lax.scan (oracle; also returns the final state)
-  *_quadratic  O = (Aeff o mask) V with the effective attention matrix of §0 (oracle)
-  *_chunked    chunked form (§1.2 / §2.2, UT/WY transform per chunk), any T, chunk size a power of 2
+  *_quadratic  O = (Aeff o mask) V with the effective attention matrix Aeff (oracle)
+  *_chunked    chunked form (docs/algorithms/mamba2.md#chunked-form,
+               docs/algorithms/gdn.md#chunked-form: UT/WY transform per chunk), any T, chunk
+               size a power of 2
   *_step       one decode token on an explicit state S_BHKV
 
 Chunked form. Inside a chunk (G_t = in-chunk cumsum of g, D[t,s] = exp(G_t - G_s) for s <= t, from

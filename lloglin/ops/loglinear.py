@@ -1,4 +1,4 @@
-"""Log-linear Mamba-2 and log-linear Gated DeltaNet (kernels.md §3-§5).
+"""Log-linear Mamba-2 and log-linear Gated DeltaNet (docs/algorithms/loglinear.md).
 
     O = (Aeff o M^H) V,   M^H[t, s] = lam_t^(level(t, s)),   level(t, s) = bit_length(t XOR s)
 
@@ -9,11 +9,13 @@ of them.
 With lam == 1 every form reduces to its base model.
 
 Forms (same arguments for both bases; the GDN functions take beta_BTH after g_BTH):
-  *_recurrent  lax.scan of the Fenwick decode step (carry rule of §3.4), oracle
+  *_recurrent  lax.scan of the Fenwick decode step (carry rule:
+               docs/algorithms/loglinear.md#decode), oracle
   *_quadratic  the masked effective-attention matrix, O(T^2 d), oracle
-  *_chunked    level-parallel masked scans (§3.5 b): one intra-chunk pass with the level mask, and
-               one chunk-state recurrence per level (vmapped as a stream axis of
-               linear_recurrence.chunked_recurrence; Mamba-2 is the W = 0, U = V case of §5)
+  *_chunked    level-parallel masked scans (docs/algorithms/loglinear.md#chunked-training): one
+               intra-chunk pass with the level mask, and one chunk-state recurrence per level
+               (vmapped as a stream axis of linear_recurrence.chunked_recurrence; Mamba-2 is
+               the W = 0, U = V case of the GDN form)
   *_step       one decode token on a FenwickState(S_BHLKV, t_B)
 
 States: `initial_state` / the returned final state are `hierarchy.FenwickState`s, so a chunked

@@ -1,4 +1,5 @@
-"""Mamba-2 SSD as linear attention (kernels.md §1): q = C, k = B, v = Delta * x, g = Delta * A.
+"""Mamba-2 SSD as linear attention (docs/algorithms/mamba2.md#as-linear-attention): q = C, k = B,
+v = Delta * x, g = Delta * A.
 
     S_t = exp(g_t) S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale * q_t)      (S_t: [K, V] per head)
 

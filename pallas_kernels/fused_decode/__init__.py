@@ -1,7 +1,7 @@
 """Fused whole-model batch-1 decode (FlashFormer-style): pack a Llama-style decoder's weights
 (`pack_arrays`, from arrays the model side extracts: lloglin.inference.fused), then run one
 decode step in one persistent Pallas GPU kernel: Mosaic GPU (kernel_mgpu.py, the default where
-it serves the model: 1.45x the Triton kernel at 1.24B on an H200) or the Triton lowering
+it serves the model, being the faster: benchmarks/RESULTS.md#fused-decode) or the Triton lowering
 (kernel.py; any GPU Triton runs on, and models the Mosaic kernel's 64-row tiles do not fit).
 `step.py` picks the backend and launches it; `decode_step_reference` is the same step in plain
 jnp (the oracle and baseline)."""

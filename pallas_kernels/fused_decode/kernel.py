@@ -16,8 +16,8 @@ co-residency of all blocks are what make the spin safe, hence grid <= #SMs.
 
 With `Tiling.prefetch` > 0 a block requests its next item's first weight chunks before each
 barrier and while the previous item computes (FlashFormer overlaps the next layer's weight loads
-the same way); the default is 0: on the H200 `prefetch=16384` was slower at every shape timed
-(1.24B bf16 1.70 vs 1.48 ms, int8 1.24 vs 1.13, 8B 9.56 vs 9.35; benchmarks/RESULTS.md).
+the same way); the default is 0: prefetching was slower at every shape timed
+(benchmarks/RESULTS.md#lab-log, "Launch configurations tuned", fused decode tilings).
 
 Backend. This is the Pallas *Triton* lowering (`pl.pallas_call` + `pltriton`), not Mosaic GPU
 as the issue asks: Mosaic GPU's interpreter does not model global semaphores or atomics (no CPU
@@ -25,14 +25,11 @@ test of the barrier logic), and its register layouts make a batch-1 GEMV much mo
 Triton lowering gives grid-wide atomics, an interpret mode (one block, where each barrier is
 already met) and a GEMV in a few lines. The Triton backend is deprecated in jax 0.11 (it warns).
 There is no hand-built shared-memory ring: Triton schedules each tile's loads itself.
-Since 2026-11-30 the Mosaic GPU port (kernel_mgpu.py) is `fused_decode_step`'s default wherever
-it serves the model on Hopper: 1.71x this kernel at 1.24B bf16 on an H200 (0.876 vs 1.494 ms).
-
-Measured (one H200, 2026-11-29, prompt 512, 8K cache, 32 greedy steps in one jitted loop): 1.24B
-bf16 1.52 ms/token at rows 16 / 8 warps (2.58 at rows 8 / 4 warps) against 1.64 ms for the
-jitted `decode_step_reference`; 138M bf16 0.53 against 0.55 ms. A grid barrier alone costs about
-2.3 us (81 barriers: 256 us in one launch against 68 us for 1), so the 81 barriers of the 1.24B
-step take ~0.19 ms and the 61 of the 138M step most of its time: far from the issue's targets.
+The Mosaic GPU port (kernel_mgpu.py) is `fused_decode_step`'s default wherever it serves the model
+on Hopper, being the faster; this kernel beats the plain jitted step at the 138M and 1.24B shapes
+and loses to it at 8B (benchmarks/RESULTS.md#fused-decode). What bounds it: the grid barriers (81 a
+step at 1.24B, 61 at 138M), each a few microseconds even alone, which is most of a small model's
+step (the lab log's fused-decode entries: benchmarks/RESULTS.md#lab-log).
 
 Numerics (weights.py): every vector entering a matrix product is rounded to the activation dtype,
 products and sums are float32, the residual stream is float32: the same function as
@@ -128,8 +125,8 @@ def _grid_barrier(sync_ref, target, interpret: bool):
   """Wait until all blocks arrived: counter sync_ref[0] is monotone, target = blocks x index.
 
   Arrive and poll with acquire/release atomics (a scalar atomic is issued by one thread of the
-  block). Polling with volatile loads instead, which every thread issues, measured slower on an
-  H200 (0.53 -> 0.89 ms/token at the 138M shape, together with other changes)."""
+  block). Polling with volatile loads instead, which every thread issues, was slower when
+  timed (together with other changes)."""
   _block_sync(interpret)
   zero = _i32(0)
   # After one time-out every later barrier gives up at once (no minutes-long hang).

@@ -8,8 +8,8 @@ count, one warpgroup per block. What differs:
   (this block's items, column tiles) of each GEMV phase and on across phases (the ring, below).
   A tile is multiplied in registers (WGMMA
   layout, rows % 64 == 0) and summed over its columns into a float32 [rows] accumulator, as in
-  experiments/gemv_mgpu/gemv_mgpu.py (which streamed the 1.24B decode matrices at XLA's
-  bandwidth on the H200).
+  experiments/gemv_mgpu/gemv_mgpu.py (the experiment that showed a TMA pipeline streaming decode
+  matrices as fast as XLA's GEMV).
 - A phase with fewer row tiles than blocks (the 1.24B model's qkv / o / down: 48 / 32 / 32 tiles
   of 64 rows) is split by columns too (`_splits`: 2 / 4 / 4 at 132 blocks), each item writing a
   float32 partial sum. The readers add them: attention sums the qkv parts; the o and down parts
@@ -26,7 +26,7 @@ count, one warpgroup per block. What differs:
   second); a block that timed out waits no more and the logits come back NaN (as kernel.py's).
   With num_blocks == 1 (the interpreter, which has no semaphores) barriers are skipped. (A
   first form, block 0 collecting the arrivals and signalling a release, four dependent round
-  trips, was slower on the H200 and was removed: see Measured.)
+  trips, was slower and was removed: see Measured.)
 - Attention: item = (query head, split of its kv group's cache tiles), NS splits per head
   (`_attn_splits`: about one item per block). RoPE without register concatenation: q and k are
   kept as two [K/2] halves; the cache is read as two [seq_block, K/2] column-half tiles, score =
@@ -53,24 +53,16 @@ count, one warpgroup per block. What differs:
 `fused_decode_step` runs it by default wherever it serves the model on a Hopper GPU
 (`default_backend`); kernel.py stays available as backend='triton'.
 
-Measured (one H200, jax 0.11.2, 2026-11-30; benchmarks/RESULTS.md, "The SMEM weight ring and the
-counter barrier on the GPU"): `benchmarks/bench_decode.py --models 1b,138m --formats bf16,int8
---backends triton,mosaic --steps 32 --repeats 3 --check 32 --torch` (and `--models 8b`), ms per
-token: 1.24B bf16 0.876 against 1.494 for kernel.py, 1.642 for the jitted
-`decode_step_reference` and 4.767 for torch.compile (67% of a 4.25 TB/s copy roofline); 138M
-bf16 0.313 (0.461, 0.643, 2.212); 1.24B int8 0.902 (1.151, 1.602); 8B bf16 4.147 against 6.029
-for the jitted step (86%). Logits over 32 teacher-forced steps within 6.5e-3 of the reference,
-greedy tokens all equal; the GPU tests (256 steps after a 512-token prompt) pass for the
-default (bf16, int8) and, in bf16, for the ring and this barrier each on its own. Ring and
-barrier each made the step faster: at 1.24B bf16 1.030 ms (pipeline per phase, the first barrier
-form) -> 0.948 (ring) / 0.930 (this barrier) -> 0.869 (both); at 138M 0.382 -> 0.373 / 0.319 ->
-0.308 (commit 09d7997, which still had the first form). A Mosaic kernel of 81 grid barriers alone at grid 132: 4.7 us a
-barrier for the first form, 3.7 us for this one.
-What still limits it (hypotheses): the grid barriers (61 at 138M, ~0.23 ms of its 0.313; the
-0.2 ms target needs fewer barriers a layer or cheaper ones), and for int8 the per-SM arithmetic
-of one warpgroup multiplying every weight element in registers (twice the elements per byte of
-bf16): the int8 step is no faster than bf16; two consumer warpgroups a block or the GEMV on the
-tensor cores (WGMMA, x as an N = 8 operand) are the untried fixes.
+Measured (`python -m benchmarks.bench_decode`; current figures: benchmarks/RESULTS.md#fused-decode;
+the ablations and their analysis: benchmarks/RESULTS.md#lab-log, "The SMEM weight ring and the
+counter barrier on the GPU"): faster than kernel.py, the plain jitted step and torch.compile at
+every model size timed, its logits within the GPU tests' tolerance; the ring and this barrier
+each made the step faster, and together the most. What still limits it (hypotheses): the grid
+barriers (61 a step at 138M, most of its time; fewer barriers a layer or cheaper ones would
+help), and for int8 the per-SM arithmetic of one warpgroup multiplying every weight element in
+registers (twice the elements per byte of bf16), so the int8 step is no faster than bf16; two
+consumer warpgroups a block or the GEMV on the tensor cores (WGMMA, x as an N = 8 operand) are
+the untried fixes.
 """
 
 import dataclasses

@@ -31,8 +31,8 @@ def mosaic_supported(config: FusedConfig, max_len: int) -> bool:
 
 def default_backend(config: FusedConfig, max_len: int, interpret: bool = False) -> str:
   """'mosaic' where kernel_mgpu.py serves the model on a Hopper-or-newer GPU (Mosaic GPU needs
-  one) or in interpret mode, else 'triton'. On an H200 the Mosaic kernel took 0.876 against
-  1.494 ms/token at 1.24B bf16 and 0.313 against 0.461 at 138M (kernel_mgpu.py)."""
+  one) or in interpret mode, else 'triton': the Mosaic kernel is the faster
+  (benchmarks/RESULTS.md#fused-decode)."""
   return ("mosaic" if (interpret or on_hopper_gpu()) and mosaic_supported(config, max_len)
           else "triton")
 

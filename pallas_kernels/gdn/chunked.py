@@ -16,8 +16,8 @@ chunk_size < 16 and T beyond the capacity of the L levels run the XLA form, so n
 ever silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T to whole
 chunks; batches whose arrays would reach 2^31 elements are split
 (pallas_kernels.linear_recurrence, which also holds the launch defaults GDN_CONFIG and
-LOGLINEAR_GDN_CONFIG, tuned on an H200). On an H200 the GDN kernels are correct (bf16 within
-kernels.md 9.3) and about 5x slower than fla's (benchmarks/RESULTS.md).
+LOGLINEAR_GDN_CONFIG). The kernels pass the GPU tests (docs/correctness.md#gpu-tests); they are
+slower than fla's GDN kernel (benchmarks/RESULTS.md#mixer-kernels).
 """
 
 import functools

@@ -1,6 +1,7 @@
-"""The Pallas kernels of chunked Gated DeltaNet and log-linear Gated DeltaNet (kernels.md §2.2,
-§5): the forward chunk scan `gdn_scan` and the reverse scan `gdn_scan_bwd`. chunked.py launches
-them (with the XLA parts named below, `_wy` and `_prep`) behind jax.custom_vjp.
+"""The Pallas kernels of chunked Gated DeltaNet and log-linear Gated DeltaNet
+(docs/algorithms/gdn.md#chunked-form, docs/algorithms/loglinear.md#log-linear-gated-deltanet): the
+forward chunk scan `gdn_scan` and the reverse scan `gdn_scan_bwd`. chunked.py launches them (with
+the XLA parts named below, `_wy` and `_prep`) behind jax.custom_vjp.
 
 Forward. Per chunk of C tokens and head (G = in-chunk cumsum of g, D[t, s] = exp(G_t - G_s) for
 s <= t, exponents masked before exp), the UT/WY quantities come from one parallel XLA pass
@@ -13,11 +14,11 @@ the chunks in order, forms U = T_g diag(beta) V and carries fp32 [K, BV] states:
   log-linear: o = (Aeff o M) V + sum_x rho_x o (qt S_x),  Aeff = (q k^T o D) T_g diag(beta),
               S_x <- keep (e^{G_C} S_x - k2^T W S_x) + write k2^T U
 
-with k2 = e^{G_C - G} o k, qt = e^G o q - (q k^T o D) W, M the level weights lam_t^lvl(t, s) of
-the levels inside a chunk (the causal mask for GDN) and one stream S_x per chunk level x (global
-level log2 C + 1 + x): read with rho_x = lam of that level in chunks with bit x set, written in
-chunks with bit x clear, reset at every aligned block of 2^(x+1) chunks (the level-parallel
-masked scans of kernels.md §3.5 b, as in pallas_kernels.mamba2.kernel). Plain GDN is one
+with k2 = e^{G_C - G} o k, qt = e^G o q - (q k^T o D) W, M the level weights lam_t^lvl(t, s) of the
+levels inside a chunk (the causal mask for GDN) and one stream S_x per chunk level x (global level
+log2 C + 1 + x): read with rho_x = lam of that level in chunks with bit x set, written in chunks
+with bit x clear, reset at every aligned block of 2^(x+1) chunks (the level-parallel masked scans of
+docs/algorithms/loglinear.md#chunked-training, as in pallas_kernels.mamba2.kernel). Plain GDN is one
 stream, always read (rho = 1), written and kept.
 
 Packed documents (chunked.py's `_packed_masks`): M pairs tokens of one document by the level of

@@ -14,19 +14,19 @@ for CPU tests). One kernel (kernel.level_scan, Pallas Triton lowering) serves ev
 
 wired through jax.custom_vjp; q/k gradients of grouped heads are summed over their group.
 
-Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 followed
-by padding, decided at run time: the fast aligned kernels; packed documents: the same kernels in
-packed mode, levels from positions inside each document and one masked stream per level >= 1,
-about 7x slower fwd+bwd on the H200), chunk_size >= 16. Both models are linear in their state,
-so the kernels run from an empty state and XLA adds the rest beside them
+Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 followed by
+padding, decided at run time: the fast aligned kernels; packed documents: the same kernels in packed
+mode, levels from positions inside each document and one masked stream per level >= 1, several times
+slower fwd+bwd: benchmarks/RESULTS.md#lab-log), chunk_size >= 16. Both models are linear in their
+state, so the kernels run from an empty state and XLA adds the rest beside them
 (lloglin.ops.linear_recurrence.state_terms, O(T K V) einsums): the initial state's reads and the
 final state (log-linear: the Fenwick levels), so chunked prefill and its continuation run through
 the kernels. A log-linear initial state also moves the positions (they continue from its t_B): the
-packed kernels then run with every level. chunk_size < 16 and T beyond the capacity of the L
-levels fall back, explicitly, to the lloglin.ops XLA chunked form (same results, XLA speed), so
-no argument is ever silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T
-to whole chunks; batches whose arrays would reach 2^31 elements are split so that no kernel
-offset overflows int32.
+packed kernels then run with every level. chunk_size < 16 and T beyond the capacity of the L levels
+fall back, explicitly, to the lloglin.ops XLA chunked form (same results, XLA speed), so no argument
+is ever silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T to whole
+chunks; batches whose arrays would reach 2^31 elements are split so that no kernel offset overflows
+int32.
 """
 
 import functools
@@ -157,8 +157,8 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, t0_B=None, *, 
   if segment_ids_BT is None:
     return aligned()[:, :T, :, :V]
   # Rows holding one document from position 0 (the trainer passes segment ids even then) take
-  # the aligned kernels: measured on the H200 (T = 8192, 16 x 128, bf16), packed mode runs
-  # fwd+bwd at 0.37 Mtok/s against 2.7 aligned. Offset positions always take the packed ones.
+  # the aligned kernels, several times faster than the packed mode (benchmarks/RESULTS.md#lab-log,
+  # "Log-linear Mamba-2 and Mamba-2 SSD"). Offset positions always take the packed ones.
   o_BPHV = packed() if st.offset else lax.cond(one_document_per_row(segment_ids_BT), aligned,
                                                  packed)
   (o_BPHV,) = linear_recurrence.sanitize(real_BP, o_BPHV)

@@ -7,17 +7,18 @@ position 0), with G the in-chunk inclusive cumsum of the log-decay g, it compute
   causal (reverse=False):  out_t = sum_{s <= t} lam_t^(lvl(t, s)) exp(G_t - G_s) (a_t . b_s) c_s
   anti-causal (reverse):   out_s = sum_{t >= s} lam_t^(lvl(t, s)) exp(G_t - G_s) (a_s . b_t) c_t
 
-with lvl(t, s) = bit_length(t XOR s) (kernels.md §3.1), or lam = 1 when the hierarchy is off
-(plain SSD). The forward pass is causal(q, k, v); the backward pass is causal(dO, v, k) = dq,
-anti(v, dO, q) = dk and anti(k, q, dO) = dv (chunked.py).
+with lvl(t, s) = bit_length(t XOR s) (docs/algorithms/loglinear.md#fenwick-levels), or lam = 1 when
+the hierarchy is off (plain SSD). The forward pass is causal(q, k, v); the backward pass is
+causal(dO, v, k) = dq, anti(v, dO, q) = dk and anti(k, q, dO) = dv (chunked.py).
 
 One program per (batch, head, block of c's feature axis) scans the chunks sequentially (forward or
-backward in time) inside a fori_loop. Pairs inside a chunk are the masked, decay-weighted
-(a b^T) c product (levels 0 .. log2 C); pairs across chunks go through one fp32 [Ka, BV] state per
-chunk level x (global level log2 C + 1 + x, the level-parallel masked scans of kernels.md §3.5 b):
-the causal stream is read (weighted by lam) in chunks with bit x set, written in chunks with bit x
-clear and reset at every aligned block of 2^(x+1) chunks; the anti-causal one mirrors it. With the
-hierarchy off there is one stream, read and written in every chunk.
+backward in time) inside a fori_loop. Pairs inside a chunk are the masked, decay-weighted (a b^T) c
+product (levels 0 .. log2 C); pairs across chunks go through one fp32 [Ka, BV] state per chunk level
+x (global level log2 C + 1 + x, the level-parallel masked scans of
+docs/algorithms/loglinear.md#chunked-training): the causal stream is read (weighted by lam) in
+chunks with bit x set, written in chunks with bit x clear and reset at every aligned block of
+2^(x+1) chunks; the anti-causal one mirrors it. With the hierarchy off there is one stream, read and
+written in every chunk.
 
 Packed documents (pos / doc per token): lvl uses positions inside the document and pairs stay
 inside one document; levels 1 .. log2 C cross a chunk boundary only into the neighbouring chunk (one
@@ -26,12 +27,12 @@ masks (hierarchy.level_stream_masks; the SSD stream resets at document starts). 
 masked before exp and are all <= 0. Optionally (dq pass) it also returns
 dlam_t^l = qx_t . (the unweighted level-l term of out_t), partial over the feature blocks.
 
-Backend: the Pallas Triton lowering (pl.pallas_call + pltriton.CompilerParams; jax-stack.md 2.4,
-2.8): 2-D dots, power-of-two tiles, no scratch. Matmul operands are the input dtype (bf16 on GPU)
-with fp32 accumulation; states, decays and level weights are fp32 (per-token decay weights scale
-the rows of a state read after the matmul, so they are never rounded; with precise_states, used by
-the backward's dq / dk passes, a state enters its matmuls as hi + lo bf16 halves). Offsets stay
-below 2^31: the caller splits larger batches (chunked.py).
+Backend: the Pallas Triton lowering (pl.pallas_call + pltriton.CompilerParams;
+docs/algorithms/loglinear.md#pallas-kernels): 2-D dots, power-of-two tiles, no scratch. Matmul
+operands are the input dtype (bf16 on GPU) with fp32 accumulation; states, decays and level weights
+are fp32 (per-token decay weights scale the rows of a state read after the matmul, so they are never
+rounded; with precise_states, used by the backward's dq / dk passes, a state enters its matmuls as
+hi + lo bf16 halves). Offsets stay below 2^31: the caller splits larger batches (chunked.py).
 """
 
 import functools
@@ -57,8 +58,8 @@ def _dot_state(x, y, mm_dtype, precise, contract=(1, 0)):
 
   Why: dg is a reverse cumsum over the whole sequence of q.dq - k.dk, so errors that the carried
   states put into dq / dk add up along T instead of averaging out; with bf16 states the relative
-  dg error reached 2.4e-2 at T = 8192 (kernels.md 9.3 allows 2e-2) and grows like sqrt(T). With
-  the split it is ~10x smaller (measured in interpret mode)."""
+  dg error crossed the GPU tolerance (docs/correctness.md#gpu-tests) at T = 8192 and grows like
+  sqrt(T); the split keeps it well inside (docs/correctness.md#long-sequence-gradient-check)."""
   if not precise or mm_dtype == jnp.float32:
     return dot(x, y, mm_dtype, contract)
   hi, lo = _split(y, mm_dtype)

@@ -1,5 +1,5 @@
 """PaTH attention (and PaTH-FoX) as Pallas GPU kernels: `kernel.py` (the default) and
-`linear_memory.py` (memory linear in T at about half the speed, for long contexts)."""
+`linear_memory.py` (memory linear in T but slower, for long contexts)."""
 
 from pallas_kernels.path.common import KernelConfig, supports
 from pallas_kernels.path.kernel import path_attention

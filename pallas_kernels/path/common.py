@@ -23,9 +23,9 @@ _MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf 
 
 class KernelConfig(NamedTuple):
   """Triton launch parameters of the PaTH attention kernels, fwd / dq / dkv (the tile is
-  `block_size`). The default was the fastest of six (block_size, warps, stages) tried on the H200
-  at T = 8192 for the default kernels (`bench_mixers.py --kernel_configs`, benchmarks/RESULTS.md);
-  the linear-memory variant runs them too (not swept)."""
+  `block_size`). The default was the fastest (block_size, warps, stages) of a sweep at T = 8192
+  for the default kernels (`bench_mixers.py --kernel_configs`; benchmarks/RESULTS.md#lab-log,
+  "PaTH launch sweep"); the linear-memory variant runs them too (not swept)."""
   num_warps: int = 4
   num_stages: int = 2
 

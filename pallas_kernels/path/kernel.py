@@ -7,13 +7,13 @@ Backend: `pl.pallas_call` lowered through Pallas' Triton backend
 (`compiler_params=pltriton.CompilerParams`), deprecated in jax 0.11 but shipped; it lowers for
 Hopper and runs in interpret mode on CPU. Mosaic GPU (wgmma/TMA) is not used yet.
 
-Algorithm. Chunks of C tokens; chunk c has the compact-WY product `P_c = I - W_c^T u_c`
-(`u = T diag(beta) W`, `T` the UT factor, kernels.md 6.2), acting on query rows from the right
-and on key columns from the left. The logit of query chunk i and key chunk j < i is
-`qhat_i P_{i-1} ... P_{j+1} knew_j^T` (query moved to its chunk start, key to its chunk end).
-Instead of carrying each query across every key chunk (whose backward would need the carried
-queries in reverse order, O(T^2) memory), every pair meets at one boundary: the middle of the
-smallest aligned dyadic block of chunks holding both, level `l = bit_length(i ^ j)`. Each token
+Algorithm (docs/algorithms/path.md#householder-products-and-the-ut-transform). Chunks of C tokens;
+chunk c has the compact-WY product `P_c = I - W_c^T u_c` (`u = T diag(beta) W`, `T` the UT factor),
+acting on query rows from the right and on key columns from the left. The logit of query chunk i and
+key chunk j < i is `qhat_i P_{i-1} ... P_{j+1} knew_j^T` (query moved to its chunk start, key to its
+chunk end). Instead of carrying each query across every key chunk (whose backward would need the
+carried queries in reverse order, O(T^2) memory), every pair meets at one boundary: the middle of
+the smallest aligned dyadic block of chunks holding both, level `l = bit_length(i ^ j)`. Each token
 gets one query copy and one key copy per level, moved to that level's boundary with dense K x K
 products of aligned chunk blocks (a segment tree over chunks, built with XLA matmuls):
 
@@ -35,14 +35,11 @@ Gate and segment masks act on exponents. Matmul operands in the input dtype (bf1
 accumulation in float32; the copies are built at HIGHEST precision for float32 inputs and at
 default (TF32) precision for 16-bit inputs.
 
-Status (H200, 16 heads x 128, 65,536 tokens, benchmarks/bench_mixers.py): below fla's
-parallel_path_attn (forward+backward 1.20 / 0.789 / 0.389 Mtok/s at T = 2K / 8K / 32K, 0.69x /
-0.75x / 0.97x its anchors). XLA's cost model puts most of the bytes in `_copies` and its
-autodiff (copies per level), so the next step is building the copies (and their backward) in a
-Pallas kernel. Compiled fwd+bwd memory at batch 1: 2.58 / 12.0 / 55.5 GiB at T = 8K / 32K / 131K
-(T log T). One level's copies at a time with Pallas crosses made it linear (2.09 / 8.88 / 35.0
-GiB) at 0.53x / 0.54x / 0.63x the fwd+bwd speed at 2K / 8K / 32K (2026-11-30, same H200).
-For long contexts where memory binds: `linear_memory.path_attention_linear_memory`.
+Status: slower than fla's parallel_path_attn, and compiled fwd+bwd memory grows as T log T
+(benchmarks/RESULTS.md#path-attention). XLA's cost model puts most of the bytes in `_copies` and
+its autodiff (copies per level), so the next step is building the copies (and their backward) in
+a Pallas kernel. For long contexts where memory binds: `linear_memory.path_attention_linear_memory`
+(one level's copies at a time: memory linear in T, slower).
 """
 
 import functools

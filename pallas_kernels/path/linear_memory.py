@@ -2,12 +2,10 @@
 time. An opt-in beside the default `kernel.py` (same arguments and outputs), for long contexts
 where memory binds: `model.mixer_options.path.linear_memory=True` (or `.path_fox`) selects it.
 
-Trade-off, measured on one H200 (2026-11-30, benchmarks/bench_mixers.py, 16 heads x 128, bf16,
-batch 1 for memory and 65,536 tokens per call for speed): compiled fwd+bwd memory 2.09 / 8.88 /
-35.0 GiB at T = 8K / 32K / 131K (linear; the default kernels 2.58 / 12.0 / 55.5 GiB, T log T), but
-fwd+bwd 0.640 / 0.431 / 0.245 Mtok/s at T = 2K / 8K / 32K against the default's 1.208 / 0.799 /
-0.391 (0.53x / 0.54x / 0.63x). Pick it when the default's T log T copies do not fit (20 GiB
-more per PaTH layer at 131K in that shape); otherwise the default is about twice as fast.
+Trade-off: compiled fwd+bwd memory grows linearly in T where the default kernels' copies grow
+as T log T, but every level's copies are rebuilt in the backward, so fwd+bwd is slower (both
+measured: benchmarks/RESULTS.md#path-attention). Pick it when the default's copies do not fit;
+otherwise the default is the faster.
 
 Algorithm: that of `kernel.py` (dyadic levels; query chunk i and key chunk j meet at level
 `bit_length(i ^ j)` through copies Q^l, K^l moved there by aligned block products of the chunks'

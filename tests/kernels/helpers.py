@@ -20,8 +20,8 @@ def assert_rows_match_alone(fn, args, rows, rel=1e-5):
 
 
 def assert_bf16_kernel_matches_fp32(kernel_fn, reference_fn, args, cot, grad_names):
-  """kernels.md 9.3: the kernel on bf16 inputs against the reference on their float32 copies
-  (matmul precision HIGHEST, never TF32): forward rel <= 5e-3, dq/dk/dv <= 1e-2, the other
+  """docs/correctness.md#gpu-tests: the kernel on bf16 inputs against the reference on their float32
+  copies (matmul precision HIGHEST, never TF32): forward rel <= 5e-3, dq/dk/dv <= 1e-2, the other
   gradients (gates, beta, lambda) <= 2e-2. `cot` weights the output in the loss."""
   loss = lambda fn: lambda *a: jnp.sum(fn(*a).astype(cot.dtype) * cot)  # noqa: E731
   argnums = tuple(range(len(args)))

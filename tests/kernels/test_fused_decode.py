@@ -114,14 +114,13 @@ def test_bad_tiling_is_rejected():
     ("f32", 1e-5, 16, True, 2), ("bf16", 1e-2, 0, True, 3), ("int8", 1e-2, 16, True, 12)])
 def test_mosaic_kernel_interpret_matches_reference(fmt, tol, items, ring, stages):
   """Steps at position 0, inside the first cache tile and across two tiles, caches too; items=16
-  splits the qkv / o / down projections by columns into 2 / 4 / 4 partial sums. The SMEM ring
-  (8 to 16 tiles a phase here) with 3 slots wraps around inside and across phases; with 12,
-  more than any phase's tiles, each phase's tiles are all issued before it (the top-up after a
-  short phase). bf16
-  activations (bf16 and int8 weights) get kernels.md 9.3's tolerance: the attention output is
-  rounded to bf16, and where the kernel's float32 online softmax rounds it one ulp away from the
-  reference's (seen at the 4th bf16 step here: one element of one head), the logits move by
-  ~2e-3."""
+  splits the qkv / o / down projections by columns into 2 / 4 / 4 partial sums. The SMEM ring (8 to
+  16 tiles a phase here) with 3 slots wraps around inside and across phases; with 12, more than any
+  phase's tiles, each phase's tiles are all issued before it (the top-up after a short phase). bf16
+  activations (bf16 and int8 weights) get the tolerance of docs/correctness.md#fused-decode: the
+  attention output is rounded to bf16, and where the kernel's float32 online softmax rounds it one
+  ulp away from the reference's (seen at the 4th bf16 step here: one element of one head), the
+  logits move by ~2e-3."""
   c = FusedConfig(**TINY_MOSAIC, weight_format=fmt)
   weights = random_weights(c, jax.random.key(0), tied=fmt != "f32")
   tiling = MosaicTiling(num_blocks=1, chunk=64, stages=stages, seq_block=64, items=items,
@@ -201,8 +200,8 @@ MOSAIC_VARIANTS = {"mosaic-per-phase": dict(ring=False)}
 @pytest.mark.parametrize("backend", ["triton", "mosaic", *MOSAIC_VARIANTS])
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 def test_kernel_matches_reference_over_256_steps_on_gpu(backend, fmt):
-  """kernels.md 9.3: 256 teacher-forced steps after a 512-token prompt, rel <= 1e-2 per step and
-  no drift (last step within 2x the first, or both at rounding level)."""
+  """docs/correctness.md#fused-decode: 256 teacher-forced steps after a 512-token prompt,
+  rel <= 1e-2 per step and no drift (last step within 2x the first, or both at rounding level)."""
   c = FusedConfig(**dict(LLAMA_1B, num_layers=4, vocab_size=32000), weight_format=fmt)
   weights = random_weights(c, jax.random.key(0))
   cache = _prompted_cache(c, 1024)

@@ -1,7 +1,8 @@
 """pallas_kernels.gdn (GDN and log-linear GDN): the Pallas forward (interpret mode on CPU)
 equals the lloglin.ops chunked forms and the fp64 oracles, and their gradients equal jax.grad of
-the fp64 oracle (kernels.md §9.2); every kernel lowers for CUDA from CPU (jax-stack.md 2.7); GPU
-checks at the §9.3 shapes and tolerances (skipped without a GPU)."""
+the fp64 oracle (docs/correctness.md#cpu-tests); every kernel lowers for CUDA from CPU
+(docs/correctness.md#kernels-on-the-cpu-without-a-gpu); GPU checks at the shapes and tolerances of
+docs/correctness.md#gpu-tests (skipped without a GPU)."""
 
 import functools
 
@@ -18,7 +19,7 @@ from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
 GDN, LL = lm.FAMILIES['gdn'], lm.FAMILIES['loglinear_gdn']
-GRAD = dict(rel=1e-4)            # dq, dk, dv (kernels.md §9.2)
+GRAD = dict(rel=1e-4)            # dq, dk, dv (docs/correctness.md#cpu-tests)
 GRAD_GATES = dict(rel=5e-4)      # dg, dbeta, dlam
 
 
@@ -282,7 +283,7 @@ def test_every_kernel_lowers_for_cuda():
 
 
 # ------------------------------------------------------------------------------------------------
-# GPU (kernels.md §9.3): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
+# GPU (docs/correctness.md#gpu-tests): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
 
 
 def _gpu_inputs(B, T, G, H, K, V, seed=0):
@@ -333,8 +334,8 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
 @pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
 def test_gpu_bf16_states(fam):
   """A continuation at a GPU shape (the state after 512 tokens, then two packed documents and
-  padding): initial and final state on bf16 inputs against the fp32 XLA form, values and
-  gradients (kernels.md 9.3). Log-linear GDN at half the length: its fp32 XLA reference's
+  padding): initial and final state on bf16 inputs against the fp32 XLA form, values and gradients
+  (docs/correctness.md#gpu-tests). Log-linear GDN at half the length: its fp32 XLA reference's
   gradient ran out of memory at 4096 beside the other GPU tests (pytest -n 4, one H200)."""
   check_bf16_states(fam, T=2048 if fam.lam else 4096, interpret=False)
 

@@ -1,7 +1,8 @@
 """pallas_kernels.mamba2 (Mamba-2 SSD and log-linear Mamba-2): the Pallas kernels (interpret
 mode on CPU) equal the lloglin.ops chunked forms and the fp64 oracles, forward and backward
-(kernels.md §9.2); every kernel lowers for CUDA from CPU (jax-stack.md 2.7); GPU checks at the
-§9.3 shapes and tolerances."""
+(docs/correctness.md#cpu-tests); every kernel lowers for CUDA from CPU
+(docs/correctness.md#kernels-on-the-cpu-without-a-gpu); GPU checks at the shapes and tolerances of
+docs/correctness.md#gpu-tests."""
 
 import functools
 import math
@@ -21,7 +22,7 @@ from tests.ops import linear_mixers as lm
 from tests.ops.helpers import assert_close
 
 FAM = lm.FAMILIES['loglinear_mamba2']
-GRAD = dict(rel=1e-4)            # dq, dk, dv (kernels.md §9.2)
+GRAD = dict(rel=1e-4)            # dq, dk, dv (docs/correctness.md#cpu-tests)
 GRAD_GATES = dict(rel=5e-4)      # dg, dlam
 
 
@@ -111,8 +112,9 @@ def test_gradients_equal_fp64_oracle(hierarchy):
 
 def test_bf16_dg_does_not_drift_over_a_long_sequence():
   """dg is a reverse cumsum over T of q.dq - k.dk, so bf16 rounding of the states in the dq / dk
-  passes adds up along the sequence (2.4e-2 at T = 8192 with 4 x 64 heads, over kernels.md 9.3's
-  2e-2, before those passes kept their states as hi + lo bf16). Interpret mode, the GPU test's
+  passes adds up along the sequence (2.4e-2 at T = 8192 with 4 x 64 heads, over the GPU tests'
+  2e-2, before those passes kept their states as hi + lo bf16;
+  docs/correctness.md#long-sequence-gradient-check). Interpret mode, the GPU test's
   inputs and tolerance on the gradients of g and lambda."""
   B, T, G, H, D = 1, 8192, 1, 2, 64
   args, cot = _gpu_inputs(B, T, G, H, D, D)
@@ -240,7 +242,7 @@ def test_every_kernel_lowers_for_cuda():
 
 
 # ------------------------------------------------------------------------------------------------
-# GPU (kernels.md §9.3): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
+# GPU (docs/correctness.md#gpu-tests): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
 
 
 def _gpu_inputs(B, T, G, H, K, V, seed=0):
@@ -260,7 +262,7 @@ def _gpu_inputs(B, T, G, H, K, V, seed=0):
 def test_gpu_bf16_prefill_states(hierarchy):
   """Prefill at a GPU shape, two packed documents and padding: output and final state (kernels
   plus XLA's state terms) on bf16 inputs against the XLA chunked form on their float32 copies
-  (kernels.md 9.3: rel <= 5e-3)."""
+  (docs/correctness.md#gpu-tests: rel <= 5e-3)."""
   check_bf16_prefill_states(hierarchy, T=4096, interpret=False)
 
 
@@ -295,7 +297,7 @@ def test_gpu_more_than_2_31_elements():
 @pytest.mark.parametrize('B,T,G,H,D,hierarchy,cu_seqlens', [
     (2, 1024, 1, 8, 128, True, None), (2, 1024, 1, 8, 128, False, None),
     (1, 2000, 2, 8, 128, True, [0, 15, 333, 2000]), (1, 8192, 1, 4, 64, True, None),
-    (1, 16384, 1, 4, 64, True, None)])   # 11 chunk levels (kernels.md 9.3)
+    (1, 16384, 1, 4, 64, True, None)])   # 11 chunk levels (docs/correctness.md#gpu-tests)
 def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, hierarchy, cu_seqlens):
   args, cot = _gpu_inputs(B, T, G, H, D, D)
   n = 5 if hierarchy else 4

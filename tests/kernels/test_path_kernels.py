@@ -1,7 +1,7 @@
 """PaTH Pallas kernels (pallas_kernels.path), the default and the linear-memory
 variant: interpret mode on CPU against the fp64 oracle and the XLA blockwise form (values, decode
 cache, gradients), lowering for CUDA, compiled memory against T, and bf16 checks on a GPU
-(kernels.md 6.6 shapes, 9.2/9.3 tolerances)."""
+(shapes and tolerances: docs/correctness.md#cpu-tests, docs/correctness.md#gpu-tests)."""
 
 import functools
 
@@ -95,8 +95,8 @@ def test_bad_arguments_raise(fn):
     (path_attention_linear_memory, ("path_cross", "path_tree_grad"), 6)],
     ids=lambda a: getattr(a, "__name__", None))
 def test_forward_and_backward_lower_for_cuda(fn, names, calls):
-  """Cross-lowering on CPU (jax-stack.md 2.7): every Triton kernel lowers for an H200 and the
-  launch configuration reaches the attention kernels."""
+  """Cross-lowering on CPU (docs/correctness.md#kernels-on-the-cpu-without-a-gpu): every Triton
+  kernel lowers for an H200 and the launch configuration reaches the attention kernels."""
   B, T, H, G, K = 1, 200, 4, 2, 128
   sd = jax.ShapeDtypeStruct
   args = (sd((B, T, H, K), jnp.bfloat16), sd((B, T, G, K), jnp.bfloat16),
@@ -140,7 +140,8 @@ def test_memory_grows_linearly_in_length(fn, lo, hi):
 # ------------------------------------------------------------------------------- GPU -----------
 
 def gpu_inputs(seed, B, T, G, H, K, gate):
-  """kernels.md 6.6: bf16 q/k/v ~ N(0,1), fp32 w normalised, beta ~ U(1.5,2), g = log U(.95,1)."""
+  """docs/correctness.md#gpu-tests: bf16 q/k/v ~ N(0,1), fp32 w normalised, beta ~ U(1.5,2),
+  g = log U(.95,1)."""
   x = make_inputs(seed, B, T, H, G, K, K, beta_range=(1.5, 2.0), gate=gate)
   return {n: None if a is None else jnp.asarray(a, jnp.bfloat16 if n[0] in "qkv" else jnp.float32)
           for n, a in x.items()}

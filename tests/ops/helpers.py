@@ -1,4 +1,4 @@
-"""Shared test helpers for lloglin ops (kernels.md section 9 error metric).
+"""Shared test helpers for lloglin ops (the error metric of docs/correctness.md#error-metric).
 
 `assert_close(out, ref, *, rel, maxabs=None, name="")` is used by every ops test; keep its API.
 """

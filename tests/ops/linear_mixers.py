@@ -5,7 +5,7 @@ Each op family (mamba2, gdn, loglinear_mamba2, loglinear_gdn: the mixer names) h
 forms and the same arguments, so every check here takes a `Family`. Inputs come from numpy (no
 compile per shape); jitted functions are cached per (function, static arguments) so that tests
 sharing shapes share compiles; the fp64 oracles at T = 300 are computed once per family.
-Tolerances: kernels.md §9.2 (fp32 ops vs fp64 oracles).
+Tolerances: docs/correctness.md#cpu-tests (fp32 ops vs fp64 oracles).
 """
 
 import dataclasses
@@ -71,10 +71,10 @@ BASE = {'loglinear_mamba2': 'mamba2', 'loglinear_gdn': 'gdn'}
 
 def make_data(seed, B, T, *, fam, G=1, H=2, K=16, V=16, L=LEVELS, tau=None, beta_scale=1.0,
               lam='randn', g_zero_frac=0.0):
-  """float64 numpy inputs (kernels.md §9.2). GDN families: q/k L2-normalised, g = logsigmoid(N(0,1))
-  / tau (tau = 1 by default). Mamba-2 families: the Mamba-2 parameterisation (dt =
-  softplus(N(0,1) - 4), A = -exp(U(0,1)), g = dt A, v = dt x) unless tau is given, then
-  g = logsigmoid(N(0,1)) / tau."""
+  """float64 numpy inputs (docs/correctness.md#cpu-tests). GDN families: q/k L2-normalised,
+  g = logsigmoid(N(0,1)) / tau (tau = 1 by default). Mamba-2 families: the Mamba-2
+  parameterisation (dt = softplus(N(0,1) - 4), A = -exp(U(0,1)), g = dt A, v = dt x) unless tau
+  is given, then g = logsigmoid(N(0,1)) / tau."""
   rng = np.random.default_rng(seed)
   q = rng.standard_normal((B, T, G, K))
   k = rng.standard_normal((B, T, G, K))

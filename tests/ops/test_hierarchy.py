@@ -12,9 +12,9 @@ T_MAX = 1024
 
 
 def fla_level_matrix(T):
-  """fla's interval formula (kernels.md §3.1), vectorised over all (t, s): query t reads level
-  l >= 1 iff bit l-1 of t is 1, from [t' - 2^(l-1), t') with t' = t - (t mod 2^(l-1)); level 0 is
-  the diagonal; -1 above the diagonal."""
+  """fla's interval formula (docs/algorithms/loglinear.md#fenwick-levels), vectorised over all
+  (t, s): query t reads level l >= 1 iff bit l-1 of t is 1, from [t' - 2^(l-1), t') with
+  t' = t - (t mod 2^(l-1)); level 0 is the diagonal; -1 above the diagonal."""
   t = np.arange(T)[:, None]
   s = np.arange(T)[None, :]
   out = np.where(s == t, 0, -1)

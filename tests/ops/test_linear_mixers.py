@@ -1,6 +1,6 @@
-"""Mamba-2 SSD, Gated DeltaNet and their log-linear versions (lloglin.ops.mamba2, .gdn,
-.loglinear over .linear_recurrence): recurrent == quadratic == chunked == decode (kernels.md
-§1-§5, §9).
+"""Mamba-2 SSD, Gated DeltaNet and their log-linear versions (lloglin.ops.mamba2, .gdn, .loglinear
+over .linear_recurrence): recurrent == quadratic == chunked == decode
+(docs/correctness.md#the-chain).
 
 One chain (tests/ops/linear_mixers.py) runs over the four families. What one family alone has is
 in test_mamba2.py and test_gdn.py (the update rules written out by hand) and test_loglinear.py

@@ -1,4 +1,5 @@
-"""lloglin.ops.loglinear: what only the log-linear Mamba-2 / GDN have (kernels.md §3-§5, §9).
+"""lloglin.ops.loglinear: what only the log-linear Mamba-2 / GDN have (docs/algorithms/loglinear.md,
+docs/correctness.md#structural-cases).
 
 The chain they share with Mamba-2 and GDN (recurrent == quadratic == chunked == decode, packing,
 gradients, GQA, bf16, bad shapes) runs in test_linear_mixers.py.

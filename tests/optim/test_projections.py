@@ -26,7 +26,7 @@ def test_project_matches_the_explicit_matrix_and_back_project_is_its_transpose(
     g = jnp.asarray(_grad())
     source = "gaussian" if side == "dense" else "orthogonal"
     proj = optim.make_projection(optim.ProjectionSpec(rank, side, source), g, path="w")
-    # The matrix of the linear map vec(G) -> vec(S(G)), with vec column-major as in §2.1.
+    # The matrix of the linear map vec(G) -> vec(S(G)), vec stacking the columns.
     vec = lambda a: a.T.ravel()
     columns = jax.jit(jax.vmap(lambda e: vec(optim.project(e.reshape(N, M).T, proj))))
     s_matrix = np.asarray(columns(jnp.eye(M * N))).T
