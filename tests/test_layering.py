@@ -16,12 +16,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The floors, lowest first: a module may import from its own floor and the floors below it.
 # An entry names a package and everything inside it; "lloglin" alone is the package root.
 FLOORS = (
-    ("lloglin.ops",),                                    # pure functions on arrays
+    ("lloglin", "lloglin.ops"),   # the package root (its __version__; it imports nothing), ops
     ("pallas_kernels", "lloglin.parallel"),              # kernels; meshes, sharding, start-up
     ("lloglin.layers",),                                 # NNX modules, mixers by name
     ("lloglin.models",),                                 # assembled models
     ("lloglin.data", "lloglin.optim", "lloglin.training", "lloglin.evals", "lloglin.inference"),
-    ("lloglin",),                                        # the package root
 )
 # Lowest floor whose modules may import these (the training floor).
 CONFIG_AND_DATASET_FLOOR = 4
