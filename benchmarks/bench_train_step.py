@@ -136,8 +136,10 @@ def device_memory_gib() -> dict:
   return {name: stats[key] / 2**30 for key, name in names.items() if key in stats}
 
 
-def run(arch: str, residual_mode: str, remat: str, args, mesh=None) -> dict:
-  """One row; with `mesh`, the state and batch sharded on it and the step run under it."""
+def run(arch: str, residual_mode: str, remat: str, args, mesh=None, memory=None) -> dict:
+  """One row; with `mesh`, the state and batch sharded on it and the step run under it. With
+  --memory, `memory` (a dict) receives the accounting as it is made, so that a row whose step
+  fails (out of memory) still reports what the compiler said."""
   import jax
   import numpy as np
 
@@ -148,7 +150,9 @@ def run(arch: str, residual_mode: str, remat: str, args, mesh=None) -> dict:
 
   cfg = model_config(arch, args.size, args.seq_len, residual_mode, args.attention_impl,
                      args.dtype, remat)
-  memory = block_memory(arch, cfg, args) if args.memory else {}
+  memory = {} if memory is None else memory
+  if args.memory:
+    memory.update(block_memory(arch, cfg, args))
   model = build_model(cfg)
   n_params, n_matmul = count_params(model), matmul_params(model)
   optim_cfg = NS(name="adamw", learning_rate=1e-4, warmup_steps=0, min_lr_ratio=0.1, b1=0.9,
@@ -225,11 +229,13 @@ def main(argv=None):
   for arch in archs:
     for remat in remats:
       for mode in modes:
+        memory = {}
         try:
-          rows.append(run(arch, mode, remat, args, mesh))
+          rows.append(run(arch, mode, remat, args, mesh, memory))
         except Exception as e:  # e.g. out of memory: report it and time the others
           rows.append(dict(arch=arch, residual_mode=mode, remat=remat, mesh=mesh_name(mesh),
-                           seq_len=args.seq_len, error=f"{type(e).__name__}: {str(e)[:300]}"))
+                           seq_len=args.seq_len, **memory,
+                           error=f"{type(e).__name__}: {str(e)[:300]}"))
         print(json.dumps(rows[-1]), flush=True)
   _print_table(rows)
   if args.out:
@@ -250,8 +256,10 @@ def _print_table(rows):
   gib = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
   for r in rows:
     head = f"| {r['arch']} | {r['remat']} | {r['residual_mode']} | {r['mesh']} |"
+    step = r.get("step_compiled")
     if "error" in r:
-      print(f"{head} - | {r['seq_len']} | - | - | {r['error'][:60]} | - | - | - | - | - |")
+      print(f"{head} - | {r['seq_len']} | - | - | {r['error'][:60]} | - | - | - "
+            f"| {gib(step and step['peak'])} | - |")
       continue
     key = ("transformer", r["residual_mode"], r["mesh"])
     base = ok.get(key + ("none",)) or ok.get(key + (r["remat"],))
@@ -259,7 +267,6 @@ def _print_table(rows):
     std, lad = (ok.get((r["arch"], m, r["mesh"], r["remat"])) for m in ("standard", "ladder"))
     ladder = (f"x{lad['tokens_per_s'] / std['tokens_per_s']:.3f}"
               if std and lad and r["residual_mode"] == "ladder" else "-")
-    step = r.get("step_compiled")
     print(f"{head} {r['params'] / 1e6:.0f}M | {r['seq_len']} | {r['batch']} "
           f"| {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} "
           f"| {ladder} | {gib(step and step['peak'])} | {gib(r.get('device_peak_gib'))} |")

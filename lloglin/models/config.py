@@ -41,9 +41,9 @@ class ModelConfig:
   residual_start_layer: int = 0
   desync_every: int = 1
   desync_reduce: str = "mlp"
-  # Rematerialisation of each residual branch (mixer or MLP, with its norm) in training:
-  # none | block | dots_saveable | dots_with_no_batch_dims_saveable | mixer_core |
-  # dots_and_mixer_core (lloglin.layers.remat documents each value).
+  # Rematerialisation of each residual branch (mixer or MLP, with its norm) in training: none |
+  # dots_saveable | dots_and_kernels | dots_with_no_batch_dims_saveable | dots_and_mixer_core |
+  # mixer_core | block, from most memory kept to least (lloglin.layers.remat documents each).
   remat: str = "none"
 
   def __post_init__(self):
