@@ -38,7 +38,7 @@ def _nbytes(aval) -> int:
 
 
 def _source(text: str) -> str:
-  """'output of dot_general from /x/lloglin/layers/conv.py:25 (causal_conv)' -> 'conv.py:causal_conv';
+  """'output of mul from /x/lloglin/layers/conv.py:25 (causal_conv)' -> 'conv.py:causal_conv';
   a jitted function's output -> 'jit:<name> at <file:function>'; a name tag keeps its name."""
   where = re.search(r"from (?:\S*/)?([^/\s]+\.py):\d+(?::\d+)? \(([^)]*)\)", text)
   place = f"{where.group(1)}:{where.group(2)}" if where else text

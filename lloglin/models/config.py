@@ -43,7 +43,7 @@ class ModelConfig:
   desync_reduce: str = "mlp"
   # Rematerialisation of each residual branch (mixer or MLP, with its norm) in training: none |
   # dots_saveable | dots_and_kernels | dots_with_no_batch_dims_saveable | dots_and_mixer_core |
-  # mixer_core | block, from most memory kept to least (lloglin.layers.remat documents each).
+  # mixer_core | block (lloglin.layers.remat documents each).
   remat: str = "none"
 
   def __post_init__(self):
