@@ -5,6 +5,8 @@
   python -m benchmarks.bench_train_step --size 1b --archs transformer --seq_len 2048 \
       --tokens 16384 --mesh data=1,tensor=2 --residual_modes standard,ladder   # 2 GPUs
   python -m benchmarks.bench_train_step --size smoke --seq_len 64 --tokens 256  # CPU
+  python -m benchmarks.bench_train_step --archs loglinear_mamba2 --seq_len 16384 \
+      --remat none,dots_and_mixer_core --memory        # where the memory goes, per remat policy
 
 One AdamW train step (bf16 compute unless --dtype, fp32 parameters, the trainer's jitted step)
 on random tokens, median over --steps after a compile step, every architecture in this one
@@ -19,6 +21,13 @@ layer (fwd 2 x, bwd 4 x; half of T x T is masked). Linear-time mixers' state pro
 counted (they are small next to their projections at these sizes), so their MFU is a lower
 bound. PaTH's Householder work is not counted either.
 
+--remat (comma-separated `model.remat` values, lloglin.layers.remat) gives one row per policy.
+--memory prints, per architecture and policy, what one block saves for its backward pass (by the
+code that made it) and XLA's compiled memory of one block's fwd+bwd and of the whole step, in
+GiB (benchmarks/memory_accounting.py), and adds to each row the step's compiled peak and the
+device's peak bytes in use (the process's peak so far: run one row per process for each row's
+own; "fits" is whether the step compiled and ran).
+
 --mesh (e.g. `data=2,tensor=1`, `data=1,tensor=2`; the axes of lloglin.parallel.mesh, unnamed
 ones at their defaults) runs the step as the trainer does: the train state sharded by the
 logical-axis rules, the batch split over the batch axes, the step under `jax.set_mesh`, so a
@@ -28,10 +37,12 @@ mesh's device count); the table gives ladder / standard per architecture and mes
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 from types import SimpleNamespace as NS
 
+from lloglin.layers.remat import REMAT_POLICIES
 from lloglin.models.ladder import RESIDUAL_MODES
 
 ARCHS = ("transformer", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
@@ -49,7 +60,7 @@ SIZES = {"350m": dict(d_model=1024, num_layers=24, num_heads=16, head_dim=64, ml
 
 
 def model_config(arch: str, size: str, seq_len: int, residual_mode: str = "standard",
-                 attention_impl: str = "auto", dtype: str = "bfloat16"):
+                 attention_impl: str = "auto", dtype: str = "bfloat16", remat: str = "none"):
   from lloglin.models import ModelConfig
   s = dict(SIZES[size])
   s.setdefault("num_kv_heads", s["num_heads"])
@@ -63,7 +74,7 @@ def model_config(arch: str, size: str, seq_len: int, residual_mode: str = "stand
                        "expand_v": 1}}
   return ModelConfig(layer_pattern=mixer, max_seq_len=seq_len, dtype=dtype,
                      tie_embeddings=False, mixer_options=options, residual_mode=residual_mode,
-                     attention_impl=attention_impl, **s)
+                     attention_impl=attention_impl, remat=remat, **s)
 
 
 def parse_mesh(text: str) -> dict | None:
@@ -99,8 +110,31 @@ def mesh_name(mesh) -> str:
   return "-" if mesh is None else ",".join(f"{a}={n}" for a, n in mesh.shape.items())
 
 
-def run(arch: str, residual_mode: str, args, mesh=None) -> dict:
-  """One row; with `mesh`, the state and batch sharded on it and the step run under it."""
+def block_memory(arch: str, cfg, args) -> dict:
+  """--memory's per-block accounting (printed) and its totals (for the row)."""
+  from benchmarks import memory_accounting as acc
+  batch = args.tokens // args.seq_len
+  res = acc.saved_residuals(cfg, args.seq_len, batch)
+  mixer_res = acc.saved_residuals(cfg, args.seq_len, batch, mixer_only=True)
+  comp = acc.block_compiled(cfg, args.seq_len, batch)
+  acc.print_block_report(arch, cfg.remat, cfg, args.seq_len, batch, res, mixer_res, comp)
+  return dict(block_saved_gib=res["total_gib"], mixer_saved_gib=mixer_res["total_gib"],
+              block_fwdbwd_peak_gib=None if comp is None else comp["peak"])
+
+
+def device_memory_gib() -> dict:
+  """The device's peak bytes in use so far and its allocator's limit, GiB (empty where the
+  backend keeps no statistics, as on CPU)."""
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  names = {"peak_bytes_in_use": "device_peak_gib", "bytes_limit": "device_limit_gib"}
+  return {name: stats[key] / 2**30 for key, name in names.items() if key in stats}
+
+
+def run(arch: str, residual_mode: str, remat: str, args, mesh=None, memory=None) -> dict:
+  """One row; with `mesh`, the state and batch sharded on it and the step run under it. With
+  --memory, `memory` (a dict) receives the accounting as it is made, so that a row whose step
+  fails (out of memory) still reports what the compiler said."""
   import jax
   import numpy as np
 
@@ -110,7 +144,10 @@ def run(arch: str, residual_mode: str, args, mesh=None) -> dict:
   from lloglin.training.step import make_program
 
   cfg = model_config(arch, args.size, args.seq_len, residual_mode, args.attention_impl,
-                     args.dtype)
+                     args.dtype, remat)
+  memory = {} if memory is None else memory
+  if args.memory:
+    memory.update(block_memory(arch, cfg, args))
   model = build_model(cfg)
   n_params, n_matmul = count_params(model), matmul_params(model)
   optim_cfg = NS(name="adamw", learning_rate=1e-4, warmup_steps=0, min_lr_ratio=0.1, b1=0.9,
@@ -120,17 +157,27 @@ def run(arch: str, residual_mode: str, args, mesh=None) -> dict:
   data = synthetic_batch(cfg.vocab_size, batch, args.seq_len)
   devices = 1
   if mesh is not None:
-    program = program._replace(state=sharding.shard_state(program.state, model, mesh),
-                               train_step=sharding.use_mesh(mesh, program.train_step))
+    program = program._replace(state=sharding.shard_state(program.state, model, mesh))
     data = distributed.global_batch(data, mesh)
     devices = mesh.size
   del model
+  if args.memory:  # compile once, read its memory, and time that executable
+    from benchmarks.memory_accounting import compiled_gib
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+      compiled = program.train_step.lower(program.state, data).compile()
+    memory["step_compiled"] = compiled_gib(compiled)
+    program = program._replace(train_step=compiled)
+  if mesh is not None:
+    program = program._replace(train_step=sharding.use_mesh(mesh, program.train_step))
   _, times, metrics = time_train_steps(program, data, args.steps)
   step_s = statistics.median(times)
   tokens_s = batch * args.seq_len / step_s
   mfu = (tokens_s * flops_per_token(cfg, n_matmul, args.seq_len)
          / (args.peak_tflops * 1e12 * devices))
-  return dict(arch=arch, residual_mode=residual_mode, mesh=mesh_name(mesh), devices=devices,
+  if args.memory:
+    memory.update(device_memory_gib())
+  return dict(arch=arch, residual_mode=residual_mode, remat=remat, mesh=mesh_name(mesh),
+              devices=devices, **memory,
               params=n_params, matmul_params=n_matmul, seq_len=args.seq_len, batch=batch,
               step_ms=1e3 * step_s, tokens_per_s=tokens_s, mfu=mfu,
               loss=float(metrics["loss"]), device=jax.devices()[0].device_kind,
@@ -151,10 +198,16 @@ def main(argv=None):
   p.add_argument("--attention_impl", default="auto", choices=("auto", "xla", "cudnn"))
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                  help="compute dtype (float32 for CPU meshes: XLA:CPU fails on bf16 all-reduces)")
+  p.add_argument("--remat", default="none",
+                 help=f"comma-separated model.remat values, from {list(REMAT_POLICIES)}")
+  p.add_argument("--memory", action="store_true",
+                 help="print where the memory goes (per block and whole step, GiB)")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
   archs, modes = args.archs.split(","), args.residual_modes.split(",")
-  for name, values, valid in (("archs", archs, ARCHS), ("residual_modes", modes, RESIDUAL_MODES)):
+  remats = args.remat.split(",")
+  for name, values, valid in (("archs", archs, ARCHS), ("residual_modes", modes, RESIDUAL_MODES),
+                              ("remat", remats, REMAT_POLICIES)):
     unknown = sorted(set(values) - set(valid))
     if unknown:
       p.error(f"--{name}: unknown {unknown}; choose from {list(valid)}")
@@ -169,13 +222,16 @@ def main(argv=None):
       p.error(str(e))
   rows = []
   for arch in archs:
-    for mode in modes:
-      try:
-        rows.append(run(arch, mode, args, mesh))
-      except Exception as e:  # e.g. out of memory: report it and time the others
-        rows.append(dict(arch=arch, residual_mode=mode, mesh=mesh_name(mesh),
-                         seq_len=args.seq_len, error=f"{type(e).__name__}: {str(e)[:300]}"))
-      print(json.dumps(rows[-1]), flush=True)
+    for remat in remats:
+      for mode in modes:
+        memory = {}
+        try:
+          rows.append(run(arch, mode, remat, args, mesh, memory))
+        except Exception as e:  # e.g. out of memory: report it and time the others
+          rows.append(dict(arch=arch, residual_mode=mode, remat=remat, mesh=mesh_name(mesh),
+                           seq_len=args.seq_len, **memory,
+                           error=f"{type(e).__name__}: {str(e)[:300]}"))
+        print(json.dumps(rows[-1]), flush=True)
   _print_table(rows)
   if args.out:
     with open(args.out, "w") as f:
@@ -184,23 +240,31 @@ def main(argv=None):
 
 
 def _print_table(rows):
-  ok = {(r["arch"], r["residual_mode"], r["mesh"]): r for r in rows if "error" not in r}
-  print("| arch | residual | mesh | params | T | batch | step ms | tokens/s | MFU per device "
-        "| x Transformer | ladder / standard |")
-  print("|" + " --- |" * 11)
+  """The rows as a markdown table. x Transformer: against the Transformer row of the same
+  residual mode and mesh without remat (else with the same remat); memory columns with --memory
+  (step: compiled peak of the train step; device: peak bytes in use)."""
+  ok = {(r["arch"], r["residual_mode"], r["mesh"], r["remat"]): r
+        for r in rows if "error" not in r}
+  print("| arch | remat | residual | mesh | params | T | batch | step ms | tokens/s "
+        "| MFU per device | x Transformer | ladder / standard | step GiB | device peak GiB |")
+  print("|" + " --- |" * 14)
+  gib = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
   for r in rows:
+    head = f"| {r['arch']} | {r['remat']} | {r['residual_mode']} | {r['mesh']} |"
+    step = r.get("step_compiled")
     if "error" in r:
-      print(f"| {r['arch']} | {r['residual_mode']} | {r['mesh']} | - | {r['seq_len']} | - | - "
-            f"| {r['error'][:60]} | - | - | - |")
+      print(f"{head} - | {r['seq_len']} | - | - | {r['error'][:60]} | - | - | - "
+            f"| {gib(step and step['peak'])} | - |")
       continue
-    base = ok.get(("transformer", r["residual_mode"], r["mesh"]))
+    key = ("transformer", r["residual_mode"], r["mesh"])
+    base = ok.get(key + ("none",)) or ok.get(key + (r["remat"],))
     ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
-    std, lad = (ok.get((r["arch"], m, r["mesh"])) for m in ("standard", "ladder"))
+    std, lad = (ok.get((r["arch"], m, r["mesh"], r["remat"])) for m in ("standard", "ladder"))
     ladder = (f"x{lad['tokens_per_s'] / std['tokens_per_s']:.3f}"
               if std and lad and r["residual_mode"] == "ladder" else "-")
-    print(f"| {r['arch']} | {r['residual_mode']} | {r['mesh']} | {r['params'] / 1e6:.0f}M "
-          f"| {r['seq_len']} | {r['batch']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} "
-          f"| {100 * r['mfu']:.1f}% | {ratio} | {ladder} |")
+    print(f"{head} {r['params'] / 1e6:.0f}M | {r['seq_len']} | {r['batch']} "
+          f"| {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} "
+          f"| {ladder} | {gib(step and step['peak'])} | {gib(r.get('device_peak_gib'))} |")
 
 
 if __name__ == "__main__":

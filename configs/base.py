@@ -49,6 +49,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.residual_start_layer = 0
   c.model.desync_every = 1  # desync: every n-th layer keeps the all-reduce of desync_reduce
   c.model.desync_reduce = "mlp"  # mlp | mixer | both
+  # Rematerialisation of each residual branch (mixer or MLP, with its norm) during training, i.e.
+  # what its forward keeps for the backward (lloglin/layers/remat.py):
+  #   none: everything autodiff needs (fastest; most memory)
+  #   dots_saveable: matmul outputs; elementwise work and sequence kernels recomputed
+  #   dots_and_kernels: projections, mixer outputs, sequence kernels' outputs; only elementwise
+  #     work and XLA-side preprocessing recomputed, no kernel forward rerun
+  #   dots_with_no_batch_dims_saveable: projections only
+  #   dots_and_mixer_core: projections and mixer outputs (kernels whose backward needs only
+  #     their inputs, Mamba-2's, are not rerun)
+  #   mixer_core: mixer outputs only
+  #   block: nothing but the branch's input (least memory; one more forward of compute)
+  # ~350M models at 32K tokens per step on one 80 GB H100 (benchmarks/bench_train_step.py
+  # --memory): log-linear Mamba-2 / log-linear GDN at 16K need a policy (mixer_core: 5% slower
+  # than none for log-linear Mamba-2), PaTH-FoX at 4K dots_and_kernels; GDN and the Transformer
+  # fit with none.
+  c.model.remat = "none"
 
   # --- device mesh (lloglin.parallel.mesh): sizes of the data, fsdp and tensor axes; -1 = all
   # the devices the other axes leave. data=-1 is data parallelism, fsdp=-1 FSDP, tensor=N

@@ -96,6 +96,29 @@ def test_train_step_benchmark_smoke(capsys):
   assert "| loglinear_mamba2 |" in capsys.readouterr().out
 
 
+def test_train_step_benchmark_memory_accounting(capsys):
+  """--memory: per block (and mixer branch) what autodiff keeps, XLA's compiled memory of one
+  block and of the step, per --remat policy; 'block' keeps less than 'none'."""
+  from benchmarks import bench_train_step
+  rows = bench_train_step.main(["--size", "smoke", "--seq_len", "32", "--tokens", "64",
+                                "--steps", "1", "--archs", "loglinear_mamba2", "--remat",
+                                "none,block", "--memory"])
+  none, block = rows
+  assert (none["remat"], block["remat"]) == ("none", "block")
+  assert 0 < block["block_saved_gib"] < none["block_saved_gib"]
+  assert 0 < none["mixer_saved_gib"] <= none["block_saved_gib"]
+  for r in rows:
+    step = r["step_compiled"]
+    assert step["temp"] > 0 and step["peak"] >= step["argument"] > 0
+    assert r["block_fwdbwd_peak_gib"] > 0 and r["tokens_per_s"] > 0
+  out = capsys.readouterr().out
+  assert "## memory of one loglinear_mamba2 block (remat=block, B=2, T=32" in out
+  assert "| saved by | GiB | arrays | largest |" in out and "| block | standard |" in out
+  with pytest.raises(SystemExit):
+    bench_train_step.main(["--remat", "sometimes"])
+  assert "unknown ['sometimes']" in capsys.readouterr().err
+
+
 def test_tp_decode_benchmark_modes_nocomm_and_plot(tmp_path, monkeypatch, capsys):
   """All four modes on 8 fake devices: `nocomm` keeps only the final all-reduce; the rows come
   back from the JSON lines with the same table, and the plot is written."""

@@ -8,6 +8,7 @@ from flax import nnx
 from lloglin.layers.cache import KVCache, check_prefill, prompt_segment_ids
 from lloglin.layers.linear import dense
 from lloglin.layers.registry import register_mixer
+from lloglin.layers.remat import tag_mixer_core
 from lloglin.ops.attention import apply_rope, attention_step, causal_attention, sanitize_padding
 
 
@@ -61,6 +62,7 @@ class Attention(nnx.Module):
     B, T = q_BTHK.shape[:2]
     o_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT=segment_ids_BT,
                               implementation=self.impl)
+    o_BTHK = tag_mixer_core(o_BTHK)
     return self.o_proj(o_BTHK.reshape(B, T, self.num_heads * self.head_dim))
 
   def init_cache(self, batch_size: int, max_len: int, dtype) -> KVCache:

@@ -8,6 +8,8 @@ document start exactly as it does at the row start, so packed documents never le
 other.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -30,6 +32,15 @@ def causal_conv(x_BTC, kernel_WC, bias_C=None, *, segment_ids_BT=None):
   return y_BTC
 
 
+@functools.partial(jax.checkpoint, static_argnums=(4,))
+def _short_conv(x_BTC, kernel_WC, bias_C, segment_ids_BT, activation: bool):
+  """causal_conv, then SiLU if `activation`. Rematerialised: the backward pass keeps x_BTC alone
+  instead of every masked shifted copy of it and the pre-activation (W + 1 arrays of x's size,
+  plus their masks; benchmarks/memory_accounting.py)."""
+  y_BTC = causal_conv(x_BTC, kernel_WC, bias_C, segment_ids_BT=segment_ids_BT)
+  return jax.nn.silu(y_BTC) if activation else y_BTC
+
+
 class ShortConv(nnx.Module):
   """Depthwise causal conv over channels C with kernel width W, optional bias and SiLU.
 
@@ -50,9 +61,8 @@ class ShortConv(nnx.Module):
 
   def __call__(self, x_BTC, *, segment_ids_BT=None):
     bias_C = None if self.bias is None else self.bias[...].astype(self.dtype)
-    y_BTC = causal_conv(x_BTC.astype(self.dtype), self.kernel[...].astype(self.dtype), bias_C,
-                        segment_ids_BT=segment_ids_BT)
-    return jax.nn.silu(y_BTC) if self.activation else y_BTC
+    return _short_conv(x_BTC.astype(self.dtype), self.kernel[...].astype(self.dtype), bias_C,
+                       segment_ids_BT, self.activation)
 
   def init_state(self, batch_size: int, dtype):
     """The decode state at a sequence start: the last W - 1 inputs, all zero, [B, W - 1, C]."""

@@ -30,7 +30,10 @@ def a_log_init(key, num_heads: int, *, a_min: float, a_max: float, dtype=jnp.flo
   return jnp.log(jnp.maximum(a, 1e-4)).astype(dtype)
 
 
+@jax.checkpoint
 def l2_normalize(x, eps: float = 1e-6):
-  """x / |x| over the last axis, in float32 (fla's l2norm: x * rsqrt(sum x^2 + eps))."""
+  """x / |x| over the last axis, in float32 (fla's l2norm: x * rsqrt(sum x^2 + eps)).
+
+  Rematerialised: the backward pass keeps x in its own dtype, not its float32 copies."""
   x32 = x.astype(jnp.float32)
   return x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)

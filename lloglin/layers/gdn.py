@@ -29,6 +29,7 @@ from lloglin.layers.loglinear import LevelScales
 from lloglin.layers.norms import GatedRMSNorm
 from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
                                      register_mixer)
+from lloglin.layers.remat import tag_mixer_core
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.gdn import gdn_chunked, gdn_step
 from lloglin.ops.loglinear import loglinear_gdn_chunked, loglinear_gdn_step
@@ -109,7 +110,7 @@ class GatedDeltaNet(nnx.Module):
     o_BTHV = gdn_sequence(self.dispatch, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
                           segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
                           scale=self.head_dim**-0.5)
-    return self._output(o_BTHV, x_BTD)
+    return self._output(tag_mixer_core(o_BTHV), x_BTD)
 
   def _gdn_inputs(self, x_BTD, conv):
     """Projections, short convs and gates: (q, k, v, g, beta, lam) of the gated delta rule op.

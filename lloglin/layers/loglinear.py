@@ -31,5 +31,12 @@ class LevelScales(nnx.Module):
 
   def __call__(self, x_BTD):
     B, T, _ = x_BTD.shape
-    d_BTHL = self.proj(x_BTD).astype(jnp.float32).reshape(B, T, self.num_heads, self.num_levels)
-    return jax.nn.softplus(self.level_weight[...].astype(jnp.float32) * d_BTHL)
+    d_BTHL = self.proj(x_BTD).reshape(B, T, self.num_heads, self.num_levels)
+    return _level_weights(d_BTHL, self.level_weight[...])
+
+
+@jax.checkpoint
+def _level_weights(d_BTHL, weight_HL):
+  """softplus(L * d) in float32. Rematerialised: the backward keeps d in the projection's dtype,
+  not its float32 copies."""
+  return jax.nn.softplus(weight_HL.astype(jnp.float32) * d_BTHL.astype(jnp.float32))

@@ -29,6 +29,7 @@ from lloglin.layers.loglinear import LevelScales
 from lloglin.layers.norms import GatedRMSNorm
 from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
                                      register_mixer)
+from lloglin.layers.remat import tag_mixer_core
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.loglinear import loglinear_ssd_chunked, loglinear_ssd_step
 from lloglin.ops.mamba2 import ssd_chunked, ssd_step
@@ -56,6 +57,13 @@ def ssd_sequence(dispatch: KernelDispatch, q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BT
   if lam_BTHL is not None:
     return loglinear_op(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, **kw)
   return ssd_op(q_BTGK, k_BTGK, v_BTHV, g_BTH, **kw)
+
+
+@jax.checkpoint
+def _delta_scaled(x_BTHP, delta_BTH):
+  """x * Delta in float32, in x's dtype. Rematerialised: the backward keeps x (in its own dtype)
+  and Delta, not x's float32 copy."""
+  return (x_BTHP.astype(jnp.float32) * delta_BTH[..., None]).astype(x_BTHP.dtype)
 
 
 @register_mixer("mamba2")
@@ -99,7 +107,7 @@ class Mamba2(nnx.Module):
         x_BTD, full_sequence_convs(segment_ids_BT))
     y_BTHP = ssd_sequence(self.dispatch, q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL,
                           segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size)
-    return self._output(y_BTHP, *skip)
+    return self._output(tag_mixer_core(y_BTHP), *skip)
 
   def _ssd_inputs(self, x_BTD, conv):
     """in_proj, short conv, gates: ((q, k, v, g, lam) of the SSD op, (x_BTHP, z_BTE) for the
@@ -113,7 +121,7 @@ class Mamba2(nnx.Module):
     delta_BTH = jax.nn.softplus(dt_BTH.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
     a_H = -jnp.exp(self.A_log[...].astype(jnp.float32))
     x_BTHP = x_BTE.reshape(B, T, H, P)
-    v_BTHP = (x_BTHP.astype(jnp.float32) * delta_BTH[..., None]).astype(x_BTE.dtype)
+    v_BTHP = _delta_scaled(x_BTHP, delta_BTH)
     lam_BTHL = None if self.level_scales is None else self.level_scales(x_BTD)
     ssd_args = (c_BTC.reshape(B, T, G, N), b_BTC.reshape(B, T, G, N), v_BTHP, delta_BTH * a_H,
                 lam_BTHL)

@@ -6,6 +6,13 @@ from flax import nnx
 from lloglin.layers.linear import dense
 
 
+@jax.checkpoint
+def _gated_activation(gate_BTF, up_BTF):
+  """silu(gate) * up. Rematerialised: the backward keeps the two projections only, not SiLU's
+  intermediates (the product itself is kept by the down projection)."""
+  return jax.nn.silu(gate_BTF) * up_BTF
+
+
 class SwiGLU(nnx.Module):
   """y = W_down (silu(W_gate x) * W_up x)."""
 
@@ -16,7 +23,7 @@ class SwiGLU(nnx.Module):
     self.down = dense(hidden, d_model, **kw)
 
   def __call__(self, x_BTD):
-    return self.down(jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD))
+    return self.down(_gated_activation(self.gate(x_BTD), self.up(x_BTD)))
 
   # Tensor parallelism (lloglin.parallel.tensor_parallel): gate / up split by columns, down by
   # rows, so __call__ on the local shards gives this device's partial sum as it is.

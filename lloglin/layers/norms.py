@@ -1,10 +1,19 @@
-"""Normalisation layers."""
+"""Normalisation layers.
+
+The norms are rematerialised (`jax.checkpoint`): their backward pass keeps only the inputs (in
+their own dtype) and recomputes the float32 intermediates, which autodiff would otherwise keep at
+two to four times the input's bytes per norm (benchmarks/memory_accounting.py lists them). XLA
+fuses the recomputation into the backward's elementwise work.
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 
+@functools.partial(jax.checkpoint, static_argnums=(2,))
 def rms_norm(x, scale, eps: float):
   """RMSNorm in float32, cast back to the input dtype."""
   x32 = x.astype(jnp.float32)
@@ -41,13 +50,18 @@ class GatedRMSNorm(nnx.Module):
     self.eps = eps
 
   def __call__(self, x, z):
-    gate = jax.nn.silu(z.astype(jnp.float32))
-    x32 = x.astype(jnp.float32)
-    if not self.norm_before_gate:
-      x32 = x32 * gate
-    g = self.group_size
-    grouped = x32.reshape(x32.shape[:-1] + (x32.shape[-1] // g, g))
-    y = rms_norm(grouped, self.scale[...].reshape(-1, g), self.eps).reshape(x32.shape)
-    if self.norm_before_gate:
-      y = y * gate
-    return y.astype(x.dtype)
+    return gated_rms_norm(x, z, self.scale[...], self.group_size, self.norm_before_gate, self.eps)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(3, 4, 5))
+def gated_rms_norm(x, z, scale, group_size: int, norm_before_gate: bool, eps: float):
+  """GatedRMSNorm's computation (float32 inside, x's dtype out)."""
+  gate = jax.nn.silu(z.astype(jnp.float32))
+  x32 = x.astype(jnp.float32)
+  if not norm_before_gate:
+    x32 = x32 * gate
+  grouped = x32.reshape(x32.shape[:-1] + (x32.shape[-1] // group_size, group_size))
+  y = rms_norm(grouped, scale.reshape(-1, group_size), eps).reshape(x32.shape)
+  if norm_before_gate:
+    y = y * gate
+  return y.astype(x.dtype)

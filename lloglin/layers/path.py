@@ -28,6 +28,7 @@ from lloglin.layers.linear import dense
 from lloglin.layers.norms import RMSNorm
 from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
                                      register_mixer)
+from lloglin.layers.remat import tag_mixer_core
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.path import path_blockwise, path_cache_init, path_prefill, path_step
 from pallas_kernels import path as pallas_path
@@ -96,7 +97,7 @@ class PathAttention(nnx.Module):
         x_BTD, full_sequence_convs(segment_ids_BT))
     o_BTHK = self._sequence_fn()(q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH=g_BTH,
                                  segment_ids_BT=segment_ids_BT, block_size=self.chunk_size)
-    return self._output(o_BTHK)
+    return self._output(tag_mixer_core(o_BTHK))
 
   def _sequence_fn(self):
     return path_sequence_fn(self.dispatch, self.head_dim, self.head_dim, self.chunk_size,

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from lloglin.layers.remat import check_remat
 from lloglin.models.ladder import check_residual_options
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
@@ -40,6 +41,10 @@ class ModelConfig:
   residual_start_layer: int = 0
   desync_every: int = 1
   desync_reduce: str = "mlp"
+  # Rematerialisation of each residual branch (mixer or MLP, with its norm) in training: none |
+  # dots_saveable | dots_and_kernels | dots_with_no_batch_dims_saveable | dots_and_mixer_core |
+  # mixer_core | block (lloglin.layers.remat documents each).
+  remat: str = "none"
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
@@ -55,6 +60,7 @@ class ModelConfig:
       raise ValueError("model.layer_pattern is empty; expected comma-separated mixer names")
     check_residual_options(self.residual_mode, self.residual_start_layer, self.desync_every,
                            self.desync_reduce, self.num_layers)
+    check_remat(self.remat)
 
   @property
   def mixers(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from lloglin.layers import make_mixer
 from lloglin.layers.linear import dense
 from lloglin.layers.mlp import SwiGLU
 from lloglin.layers.norms import RMSNorm
+from lloglin.layers.remat import rematerialised
 from lloglin.models import ladder
 from lloglin.models.config import ModelConfig
 from lloglin.parallel import mesh as mesh_lib, sharding, tensor_parallel
@@ -35,6 +36,7 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, mixer: str, *, rngs: nnx.Rngs):
     self.mixer_name = mixer
+    self.remat = cfg.remat
     self.mixer_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
     self.mixer = make_mixer(mixer, cfg, rngs=rngs)
     if cfg.mlp_dim:
@@ -48,16 +50,20 @@ class Block(nnx.Module):
     """The block's residual branches as functions x_BTD -> (partial, when tp > 1) output.
 
     `mixer` (normed x -> y) replaces the mixer's full-sequence call: the cached paths (prefill,
-    decode_step) pass calls that also thread the mixer's cache.
+    decode_step) pass calls that also thread the mixer's cache. The full-sequence branches run
+    under cfg.remat's policy (lloglin.layers.remat); the cached ones never (no backward pass).
     """
     call = partial(tensor_parallel.module_call, tp=tp, axis_name=axis_name)
+    remat = self.remat
     if mixer is None:
       mixer = lambda x: call(self.mixer, x, segment_ids_BT=segment_ids_BT,
                              positions_BT=positions_BT)
+    else:
+      remat = "none"
     out = [lambda x: mixer(self.mixer_norm(x))]
     if self.mlp is not None:
       out.append(lambda x: call(self.mlp, self.mlp_norm(x)))
-    return out
+    return [rematerialised(fn, remat) for fn in out]
 
 
 @struct.dataclass
