@@ -230,10 +230,13 @@ def test_pallas_impl_equals_xla(name):
   x = random_x(3)
   y_x, gp_x, gx_x = forward_and_grads_fn(build(name, mixer_impl="xla", head_dim=16))(x, seg)
   y_p, gp_p, gx_p = forward_and_grads_fn(build(name, mixer_impl="pallas", head_dim=16))(x, seg)
-  np.testing.assert_allclose(np.asarray(y_p), np.asarray(y_x), atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(gx_p), np.asarray(gx_x), atol=1e-4, rtol=1e-4)
+  # Interpreted on a CPU, both sides do float32 arithmetic; compiled on a GPU, float32 dots run
+  # as TF32 by default (about 1e-3 relative) in the kernels and in XLA, each in its own order.
+  tol_y, tol_g = (5e-3, 5e-3) if jax.default_backend() == "gpu" else (1e-5, 1e-4)
+  np.testing.assert_allclose(np.asarray(y_p), np.asarray(y_x), atol=tol_y, rtol=tol_y)
+  np.testing.assert_allclose(np.asarray(gx_p), np.asarray(gx_x), atol=tol_g, rtol=tol_g)
   for a, b in zip(jax.tree.leaves(gp_p), jax.tree.leaves(gp_x)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol_g, rtol=tol_g)
 
 
 def test_mamba2_and_gdn_head_errors():
