@@ -12,13 +12,13 @@ non-padding token).
   through the configured tokenizer (`JsonlPreferences`).
 """
 
-import json
 import math
 import pathlib
 
 import numpy as np
 
 from lloglin.data.dataset import Dataset, check_arguments
+from lloglin.data.text import jsonl_records
 from lloglin.data.tokenizers import Tokenizer, make_tokenizer
 
 SOURCES = ("synthetic_preferences", "preference_jsonl")
@@ -147,20 +147,13 @@ class JsonlPreferences:
 
 def _records(file: pathlib.Path):
   """(line number, record) of every non-blank line."""
-  with open(file, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{file}:{line_number}: not a JSON record ({e})") from e
-      missing = [k for k in FIELDS if not isinstance(record, dict)
-                 or not isinstance(record.get(k), str)]
-      if missing:
-        raise ValueError(f"{file}:{line_number}: expected string fields {list(FIELDS)}; "
-                         f"missing or not a string: {missing}")
-      yield line_number, record
+  for line_number, record in jsonl_records(file):
+    missing = [k for k in FIELDS if not isinstance(record, dict)
+               or not isinstance(record.get(k), str)]
+    if missing:
+      raise ValueError(f"{file}:{line_number}: expected string fields {list(FIELDS)}; "
+                       f"missing or not a string: {missing}")
+    yield line_number, record
 
 
 def make_preference_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: int,

@@ -134,19 +134,25 @@ def local_documents(path: str, text_key: str) -> list[str]:
   return documents
 
 
-def _jsonl_documents(file: pathlib.Path, text_key: str) -> Iterator[str]:
+def jsonl_records(file: pathlib.Path) -> Iterator[tuple[int, object]]:
+  """(line number, parsed JSON value) of every non-blank line of a JSON Lines file; a line that is
+  not JSON is a ValueError naming the file and line."""
   with open(file, encoding="utf-8", errors="replace") as f:
     for line_number, line in enumerate(f, 1):
       if not line.strip():
         continue
       try:
-        record = json.loads(line)
+        yield line_number, json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{file}:{line_number}: not a JSON record ({e})") from e
-      if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
-        raise ValueError(f"{file}:{line_number}: expected a JSON object with a string field "
-                         f"data.text_key={text_key!r}; got {line.strip()[:80]!r}")
-      yield record[text_key]
+
+
+def _jsonl_documents(file: pathlib.Path, text_key: str) -> Iterator[str]:
+  for line_number, record in jsonl_records(file):
+    if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
+      raise ValueError(f"{file}:{line_number}: expected a JSON object with a string field "
+                       f"data.text_key={text_key!r}; got {json.dumps(record)[:80]!r}")
+    yield record[text_key]
 
 
 def tfds_documents(name: str, split: str, data_dir: str, text_key: str) -> Iterator[str]:
