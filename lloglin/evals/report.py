@@ -56,9 +56,9 @@ def write_report(out_dir: str, *, suite: str, config, results: dict,
       "results": results,
       "figures": list(figures),
   }
-  path = os.path.join(out_dir, REPORT_FILE)
-  with open(path, "w") as f:
-    json.dump(report, f, indent=1, default=_jsonable)
+  text = json.dumps(report, indent=1, default=_jsonable)  # a bad value fails before writing
+  with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
+    f.write(text)
   return report
 
 

@@ -15,8 +15,8 @@ input, which is always kept. Values (`REMAT_POLICIES`):
                        softmax statistics) are kept: only elementwise work (norms, gates, short
                        convs, activations) and XLA-side preprocessing (PaTH's copies) are
                        recomputed, no kernel forward is rerun. Log-linear GDN's kernel keeps
-                       every level's state per chunk (3.5 GiB per layer at 2 x 16K tokens,
-                       8 heads of 128): use dots_and_mixer_core there.
+                       every level's state per chunk, too much at long T: use
+                       dots_and_mixer_core there.
   dots_with_no_batch_dims_saveable
                        the jax policy of that name: projections kept, everything else recomputed.
   dots_and_mixer_core  projections and MIXER_CORE kept. A kernel whose backward needs only its
@@ -27,10 +27,8 @@ input, which is always kept. Values (`REMAT_POLICIES`):
                        the sequence kernels' included (least memory, about one more forward pass
                        of compute).
 
-Measured on one H100 (benchmarks/bench_train_step.py --memory, 2026-12-06; ~350M models, 32K
-tokens per step): log-linear Mamba-2 at 16K with mixer_core ran 5% slower than none (which fits
-only with 95% of the card given to JAX) at 18.6 GiB instead of 66.8; the Transformer with
-dots_and_kernels 3% slower than none.
+Which policy each model needs on an 80 GB card, and what each costs:
+benchmarks/RESULTS.md#whole-model-training.
 
 MIXER_CORE is a `jax.ad_checkpoint.checkpoint_name` tag, inert without a policy that names it.
 """

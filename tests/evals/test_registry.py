@@ -77,6 +77,7 @@ def test_registering_a_taken_name_or_a_bad_name_fails(toy_suite):
     evals.register_suite("my-suite")
 
 
-def test_report_refuses_values_json_cannot_hold(tmp_path):
+def test_report_refuses_values_json_cannot_hold_and_writes_nothing(tmp_path):
   with pytest.raises(TypeError, match="object"):
     evals.write_report(str(tmp_path), suite="toy", config=toy_config(), results={"x": object()})
+  assert not (tmp_path / "report.json").exists()  # no half-written report

@@ -1,5 +1,4 @@
-"""The `lm` suite (settings: configs/lm.py) and the LM metrics the training loop also reports."""
+"""The `lm` suite (settings: configs/lm.py): the lm task's eval metrics on a trained LM, the
+per-position loss plot, and generation."""
 
-from lloglin.evals.lm.metrics import plot_per_position_loss  # noqa: F401
-from lloglin.training.tasks.lm import evaluate  # noqa: F401
 from lloglin.evals.lm.suite import run  # noqa: F401  (registers the suite)

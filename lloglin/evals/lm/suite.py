@@ -8,11 +8,12 @@ generated on the decode caches. Settings and their meaning: configs/lm.py.
 import os
 
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from lloglin.data import make_dataset, make_tokenizer
-from lloglin.evals.lm.metrics import plot_per_position_loss
 from lloglin.evals.registry import register_suite
+from lloglin.evals.report import save_figure
 from lloglin.inference.generate import generate
 from lloglin.parallel import distributed
 from lloglin.training.loading import load_model
@@ -76,3 +77,18 @@ def _generation(model, cfg, config) -> dict:
                       impl=config.decode_impl)
   print()
   return {"prompt": config.prompt, "continuation": tokenizer.decode(tokens), "tokens": tokens}
+
+
+def plot_per_position_loss(loss_T, path: str, title: str = "") -> str:
+  """PNG of the loss at each position of the sequence (positions without targets omitted)."""
+  from matplotlib.figure import Figure
+  loss_T = np.asarray(loss_T, dtype=float)
+  pos = np.nonzero(loss_T > 0)[0]
+  fig = Figure(figsize=(7, 4))
+  ax = fig.subplots()
+  ax.plot(pos, loss_T[pos], marker=".", linewidth=1)
+  ax.set_xlabel("position in sequence")
+  ax.set_ylabel("loss (nats)")
+  ax.set_title(title or "per-position loss")
+  ax.grid(alpha=0.3)
+  return save_figure(fig, path)
