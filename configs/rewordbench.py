@@ -3,15 +3,17 @@
   python eval.py --suite rewordbench --config configs/rewordbench.py --checkpoint RUN \
       --config.rewordbench.data_path=rewardbench.jsonl
 
-Variants: the default (every transform the settings can run, on all records) and `:tiny`
-(a few transforms on a few records: seconds on a CPU). The transforms: docs/suites/rewordbench.md.
+`add_suite_config(c)` adds the suite's keys (`suite`, `rewordbench`) to any config, so that one
+config can both train a model (train.py) and evaluate it (eval.py). Variants: the default (every
+transform the settings can run, on all records) and `:tiny` (a few transforms on a few records:
+seconds on a CPU). The transforms: docs/suites/rewordbench.md.
 """
 
 import ml_collections
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+def add_suite_config(c: ml_collections.ConfigDict, *, tiny: bool = False):
+  """Sets c.suite = "rewordbench" and the suite's settings c.rewordbench; returns c."""
   c.suite = "rewordbench"
   r = c.rewordbench = ml_collections.ConfigDict()
   r.data_path = ""  # a RewardBench-format .jsonl / .parquet file ("" = the synthetic world's)
@@ -34,11 +36,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   p.transcriber = ""  # back_transcription: "module:function" running text -> TTS -> ASR -> text
   p.similarity_threshold = 0.7  # keep a rewrite only if cosine similarity >= this (0 = off)
   p.embedding = "char_ngram_tfidf"  # the filter's embedding: built-in, or "module:function"
-  if arg == "tiny":  # seconds on a CPU: tests and smoke runs
+  if tiny:  # seconds on a CPU: tests and smoke runs
     r.max_records = 16
     r.world_pairs = 64
     r.batch_size = 8
     r.transforms = ("punct_spaces", "add_quotes", "char_swap", "rot13", "paraphrase")
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of configs/rewordbench.py; valid: 'tiny'")
   return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in (None, "", "tiny"):
+    raise ValueError(f"unknown variant {arg!r} of configs/rewordbench.py; valid: 'tiny'")
+  return add_suite_config(ml_collections.ConfigDict(), tiny=arg == "tiny")

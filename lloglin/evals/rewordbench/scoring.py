@@ -2,7 +2,10 @@
 
 - `checkpoint_scorer(model, train_config)`: a lloglin reward model (lloglin.models.reward); each
   pair encoded as its training run encoded text pairs (lloglin.data.preferences.encode_row, the
-  run's tokenizer and seq_len), in batches of one shape (one compilation).
+  run's tokenizer), in batches of one shape (one compilation). Rows are padded to the model's
+  max_seq_len, which may exceed the training seq_len: padding never changes a reward (the trunk
+  is causal, the reward is read at the last token), so a row that fits the training length
+  scores as in training, and a transform that lengthens a row is scored where the model allows.
 - `function_scorer("module:function")`: any Python function of the same signature.
 `score_texts` checks what a scorer returns.
 """
@@ -37,7 +40,7 @@ def checkpoint_scorer(model, train_config: dict, *, batch_size: int) -> Scorer:
   if tokenizer is None or data.source == "synthetic_preferences":
     raise ValueError(f"the checkpoint was trained on data.source={data.source!r}, whose tokens "
                      "are not text: it cannot score text pairs")
-  seq_len = train_config["seq_len"]
+  seq_len = model.cfg.max_seq_len
 
   def score(prompts: list[str], responses: list[str]) -> np.ndarray:
     rows = [encode_row(tokenizer, p, r, seq_len, where=f"the response {r[:40]!r}...")

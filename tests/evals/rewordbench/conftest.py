@@ -9,7 +9,9 @@ import pytest
 from tests.helpers import run_script
 
 FIXTURE = pathlib.Path(__file__).parent / "rewardbench_fixture.jsonl"
-SEQ_LEN = 128  # bytes: the fixture's longest prompt + response, and a short appended string
+# Bytes: the training rows (where the validation pairs, the last 4, fit whole) and the longest
+# row the model scores.
+SEQ_LEN, MAX_SEQ_LEN = 96, 128
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +29,7 @@ def tiny_reward_run(tmp_path_factory):
           "train.py", "--config", "configs/reward.py:tiny", f"--workdir={work}",
           "--config.data.source=preference_jsonl", "--config.data.tokenizer=byte",
           f"--config.data.path={FIXTURE}", "--config.data.val_fraction=0.25",
-          f"--config.seq_len={SEQ_LEN}", f"--config.model.max_seq_len={SEQ_LEN}",
+          f"--config.seq_len={SEQ_LEN}", f"--config.model.max_seq_len={MAX_SEQ_LEN}",
           "--config.model.num_layers=1", "--config.batch_size=4", "--config.train.num_steps=4",
           "--config.train.eval_every=4", "--config.train.checkpoint_every=4")
       assert result.returncode == 0, result.stderr[-3000:]
