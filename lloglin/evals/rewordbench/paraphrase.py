@@ -55,7 +55,7 @@ class SynonymParaphraser:
 
   def __init__(self, groups: Sequence[Sequence[str]] = SYNONYM_GROUPS, rate: float = 0.5):
     if not 0 < rate <= 1:
-      raise ValueError(f"rate={rate}; expected a probability in (0, 1]")
+      raise ValueError(f"synonym rate={rate}; expected a probability in (0, 1]")
     self.rate = rate
     self.table = {w: [v for v in group if v != w] for group in groups for w in group}
 

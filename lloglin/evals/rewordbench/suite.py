@@ -30,6 +30,7 @@ SUMMARY_FIGURE = "drop_per_transform.png"
 @register_suite("rewordbench")
 def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
   cfg = config.rewordbench
+  _check_settings(cfg)
   transforms = [get_transform(n) for n in transform_names(cfg)]
   model = train_config = None
   if cfg.scorer == "checkpoint" or not cfg.data_path:
@@ -46,10 +47,23 @@ def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
   results = evaluate(records, transforms, scorer, seed=cfg.seed, batch_size=cfg.batch_size,
                      rewriters=rewriters, embed=paraphrase.make_embed(cfg.paraphrase),
                      threshold=cfg.paraphrase.similarity_threshold)
-  results["data"] = cfg.data_path or f"synthetic world: {train_config['data']}"
+  results["data"] = ({"path": cfg.data_path} if cfg.data_path
+                     else {"synthetic_world_test_pairs": train_config["data"]})
+  results["scorer"] = cfg.scorer
   _figures(results, out_dir)
   _print_table(results)
   return results
+
+
+def _check_settings(cfg):
+  for key, value, ok, expected in (
+      ("batch_size", cfg.batch_size, cfg.batch_size >= 1, ">= 1"),
+      ("max_records", cfg.max_records, cfg.max_records >= 0, ">= 0 (0 = all)"),
+      ("world_pairs", cfg.world_pairs, cfg.world_pairs >= 1 or cfg.data_path, ">= 1"),
+      ("paraphrase.similarity_threshold", cfg.paraphrase.similarity_threshold,
+       0 <= cfg.paraphrase.similarity_threshold <= 1, "in [0, 1] (0 = no filter)")):
+    if not ok:
+      raise ValueError(f"rewordbench.{key}={value!r}; expected {expected}")
 
 
 def transform_names(cfg) -> list[str]:

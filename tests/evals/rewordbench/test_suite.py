@@ -55,6 +55,10 @@ def test_config_variants_and_settings(tmp_path):
   with pytest.raises(ValueError, match="unknown transform 'rot_13'; known transforms: add_quotes"):
     run_suite("rewordbench", config, out_dir=str(tmp_path))
   config.rewordbench.transforms = ()
+  config.rewordbench.max_records = -1
+  with pytest.raises(ValueError, match=r"rewordbench.max_records=-1; expected >= 0"):
+    run_suite("rewordbench", config, out_dir=str(tmp_path))
+  config.rewordbench.max_records = 0
   with pytest.raises(ValueError, match="checkpoint: rewordbench needs a trained run"):
     run_suite("rewordbench", config, out_dir=str(tmp_path))
   assert not list(tmp_path.iterdir())  # nothing written
