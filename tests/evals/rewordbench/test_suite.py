@@ -47,8 +47,7 @@ def test_config_variants_and_settings(tmp_path):
   assert get_config().rewordbench.transforms == ()
   names = transform_names(get_config().rewordbench)
   assert "rot13" in names and "paraphrase" in names and "back_translation" not in names
-  with pytest.raises(ValueError, match="unknown variant 'huge' of configs/rewordbench.py; "
-                     "valid: 'tiny'"):
+  with pytest.raises(ValueError, match="unknown .*variant 'huge' of configs/rewordbench.py"):
     get_config("huge")
   config = get_config("tiny")
   config.rewordbench.transforms = ("rot13", "rot_13")
