@@ -14,7 +14,6 @@ from lloglin.evals.rewordbench.scoring import checkpoint_scorer, function_scorer
 from lloglin.evals.rewordbench.suite import evaluate
 from lloglin.evals.rewordbench.transforms import TRANSFORMS
 from lloglin.training.loading import load_model
-from lloglin.training.tasks.reward import pair_rewards
 from tests.evals.rewordbench.conftest import FIXTURE
 
 
@@ -29,7 +28,10 @@ def test_checkpoint_scorer_matches_the_training_batches(reward_model):
   data = ml_collections.ConfigDict(config["data"])
   dataset = make_preference_dataset(data, split="validation", seq_len=config["seq_len"],
                                     batch_size=4, seed=0)
-  r_chosen, r_rejected = jax.jit(pair_rewards)(model, next(dataset))  # the last 4, in order
+  batch = next(dataset)  # the last 4 records, in order
+  forward = jax.jit(lambda model, tokens, segment_ids: model(tokens, segment_ids_BT=segment_ids))
+  r_chosen = forward(model, batch["chosen"], batch["chosen_segment_ids"])
+  r_rejected = forward(model, batch["rejected"], batch["rejected_segment_ids"])
   tail = load_records(str(FIXTURE))[-4:]
   scorer = checkpoint_scorer(model, config, batch_size=3)  # a batch of 3 and a padded one
   prompts = [r["prompt"] for r in tail]
