@@ -164,12 +164,12 @@ display(fig)
 # causal attention (cuDNN and XLA). On a CPU there is no kernel to time: Pallas runs in
 # interpret mode, an emulator, so the notebook checks there that the kernel computes what the
 # XLA form computes and times the XLA forms only; on a GPU the kernel's curve is the point (on an
-# H100 or H200 it overtakes cuDNN attention at long T: `benchmarks/RESULTS.md`).
+# H200 it overtook cuDNN attention at 32K tokens: `benchmarks/RESULTS.md`).
 
 # %%
 if ON_GPU:
   HEADS, DIM, TOKENS = 16, 128, 65536
-  SEQ_LENS = [1024, 2048, 4096, 8192, 16384]
+  SEQ_LENS = [1024, 2048, 4096, 8192, 16384, 32768]
   ROWS = [("log-linear Mamba-2, Pallas kernel", "loglinear_mamba2", "pallas"),
           ("log-linear Mamba-2, XLA form", "loglinear_mamba2", "xla"),
           ("attention, cuDNN", "attention", "cudnn"), ("attention, XLA", "attention", "xla")]
