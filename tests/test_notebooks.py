@@ -33,6 +33,14 @@ def paired(source: str) -> str:
   return source.removesuffix(".py") + ".ipynb"
 
 
+def test_every_ipynb_has_a_percent_source():
+  """The .py is the notebook's source (what the tests read and reviews diff); an .ipynb alone
+  would escape both tests."""
+  orphans = [p for p in glob.glob(os.path.join(NOTEBOOKS, "*.ipynb"))
+             if not os.path.exists(p.removesuffix(".ipynb") + ".py")]
+  assert not orphans, f"{orphans}: write the percent source (jupytext --to py:percent NAME.ipynb)"
+
+
 @pytest.mark.parametrize("source", SOURCES, ids=os.path.basename)
 def test_ipynb_is_its_source_without_outputs(source):
   assert os.path.exists(paired(source)), f"run: jupytext --sync {source}"
@@ -42,7 +50,7 @@ def test_ipynb_is_its_source_without_outputs(source):
   ran = [i for i, c in enumerate(committed.cells)
          if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
   assert not ran, (f"{os.path.basename(paired(source))}: cells {ran} hold outputs or execution "
-                   f"counts; clear them (jupytext --sync {source} after clearing)")
+                   f"counts; rebuild it from its source: jupytext --to ipynb {source}")
 
 
 @pytest.fixture(scope="module")
