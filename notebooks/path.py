@@ -140,8 +140,8 @@ print(" ".join(NAMES[int(t)] for t in strings.string(0)))
 
 # %% [markdown]
 # One layer, two heads, 64 wide (`configs/flipflop.py`): PaTH against attention with RoPE, 400
-# steps each on 128-token strings, then the read error on each test distribution
-# (`python -m experiments.run_mixer_experiments flipflop` runs the same from a shell).
+# steps each on 128-token strings, then the read error on each test distribution (from a shell:
+# `python -m experiments.run_mixer_experiments flipflop --mixers path,attention`).
 
 # %%
 runs = argparse.Namespace(

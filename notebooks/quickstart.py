@@ -15,8 +15,8 @@
 # %% [markdown]
 # # lloglin quick start
 # Train a small Transformer on multi-query associative recall (MQAR) from a config, watch the
-# loss, load the checkpoint back, evaluate it and generate with it. On a Colab GPU runtime the
-# full run (`configs/mqar.py`, 1200 steps) takes a minute or two; on a laptop CPU about ten.
+# loss, load the checkpoint back, evaluate it and generate with it: `configs/mqar.py`, 1200
+# steps, the run `make train` makes.
 
 # %%
 # In Colab: clone the repository and install lloglin (with the GPU extras on a GPU runtime).
