@@ -86,22 +86,22 @@ w_TK = rng.normal(size=(T, K))
 w_TK /= np.linalg.norm(w_TK, axis=1, keepdims=True)
 beta_T = rng.uniform(0, 2, T)
 
-z_path = np.full((T, T), np.nan)
+z_path_TS = np.full((T, T), np.nan)
 keys_SK = np.zeros((T, K))
 for t in range(T):
   keys_SK[:t] -= beta_T[t] * np.outer(keys_SK[:t] @ w_TK[t], w_TK[t])  # H_t on every older key
   keys_SK[t] = k_K
-  z_path[t, :t + 1] = keys_SK[:t + 1] @ q_K
+  z_path_TS[t, :t + 1] = keys_SK[:t + 1] @ q_K
 
 positions = jnp.arange(T)[None]
 rope = lambda x_K: np.asarray(apply_rope(jnp.broadcast_to(jnp.asarray(x_K), (1, T, 1, K)),
                                          positions))[0, :, 0]
-z_rope = np.tril(rope(q_K) @ rope(k_K).T) + np.triu(np.full((T, T), np.nan), 1)
-z_nope = np.tril(np.full((T, T), q_K @ k_K)) + np.triu(np.full((T, T), np.nan), 1)
+z_rope_TS = np.tril(rope(q_K) @ rope(k_K).T) + np.triu(np.full((T, T), np.nan), 1)
+z_nope_TS = np.tril(np.full((T, T), q_K @ k_K)) + np.triu(np.full((T, T), np.nan), 1)
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 4), layout="constrained")
 titles = ("no position encoding", "RoPE: a function of t - s", "PaTH: data-dependent")
-for ax, z, title in zip(axes, (z_nope, z_rope, z_path), titles):
+for ax, z, title in zip(axes, (z_nope_TS, z_rope_TS, z_path_TS), titles):
   image = ax.imshow(z, cmap="coolwarm")
   ax.set(title=title, xlabel="key position s", ylabel="query position t")
   fig.colorbar(image, ax=ax, shrink=0.8)
@@ -115,12 +115,13 @@ plt.show()
 v_TV = rng.normal(size=(T, 4))
 with jax.enable_x64(True):
   every_position = lambda x_K: jnp.asarray(np.broadcast_to(x_K, (1, T, 1, K)))  # B = H = 1
-  out = path_quadratic(every_position(q_K), every_position(k_K), jnp.asarray(v_TV[None, :, None]),
-                       jnp.asarray(w_TK[None, :, None]), jnp.asarray(beta_T[None, :, None]))
-  logits = np.where(np.isnan(z_path), -np.inf, z_path / np.sqrt(K))
-  probs = np.exp(logits - logits.max(1, keepdims=True))
-  expected = (probs / probs.sum(1, keepdims=True)) @ v_TV
-  gap = np.abs(out[0, :, 0] - expected).max()
+  out_BTHV = path_quadratic(every_position(q_K), every_position(k_K),
+                            jnp.asarray(v_TV[None, :, None]), jnp.asarray(w_TK[None, :, None]),
+                            jnp.asarray(beta_T[None, :, None]))
+  logits_TS = np.where(np.isnan(z_path_TS), -np.inf, z_path_TS / np.sqrt(K))
+  probs_TS = np.exp(logits_TS - logits_TS.max(1, keepdims=True))
+  expected_TV = (probs_TS / probs_TS.sum(1, keepdims=True)) @ v_TV
+  gap = np.abs(out_BTHV[0, :, 0] - expected_TV).max()
   print(f"max |path_quadratic - softmax(z / sqrt K) v| = {gap:.2e}")
 
 # %% [markdown]

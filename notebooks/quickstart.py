@@ -129,12 +129,12 @@ display(Image(os.path.join(eval_dir, report["results"]["per_position_plot"])))
 # %%
 val = make_dataset(cfg.data, split="validation", seq_len=cfg.seq_len, batch_size=16, seed=cfg.seed)
 batch = next(val)
-query = np.argmax(batch["loss_mask"], axis=1)  # the first query position of each row
-prompts = [row[:q + 1].tolist() for row, q in zip(batch["inputs"], query)]
+query_B = np.argmax(batch["loss_mask"], axis=1)  # the first query position of each row
+prompts = [row[:q + 1].tolist() for row, q in zip(batch["inputs"], query_B)]
 answers = generate(model, prompts, max_new_tokens=1)
-expected = batch["targets"][np.arange(len(query)), query]
+expected_B = batch["targets"][np.arange(len(query_B)), query_B]
 n = cfg.data.mqar.num_kv_pairs
 print("context (key value pairs):", prompts[0][:2 * n], " query key:", prompts[0][-1])
-print("generated:", answers[0][0], " expected:", expected[0])
-print(f"recalled {np.mean([a[0] == e for a, e in zip(answers, expected)]):.0%} of "
+print("generated:", answers[0][0], " expected:", expected_B[0])
+print(f"recalled {np.mean([a[0] == e for a, e in zip(answers, expected_B)]):.0%} of "
       f"{len(prompts)} first queries")
