@@ -30,8 +30,14 @@ _SPLIT_CODES = {"train": 0, "validation": 1}
 
 def pack_pairs(chosen: list, rejected: list, seq_len: int) -> dict[str, np.ndarray]:
   """Right-pads token lists (each at most seq_len long) into a batch of the format above."""
+  return pack_rows({"chosen": chosen, "rejected": rejected}, seq_len)
+
+
+def pack_rows(rows_by_name: dict[str, list], seq_len: int) -> dict[str, np.ndarray]:
+  """Right-pads each name's token lists (each at most seq_len long) into [len(rows), seq_len]
+  arrays `name` (tokens, PAD after the row) and `name_segment_ids` (1 on the row, 0 after)."""
   out = {}
-  for name, rows in (("chosen", chosen), ("rejected", rejected)):
+  for name, rows in rows_by_name.items():
     tokens_BT = np.full((len(rows), seq_len), PAD, np.int32)
     segment_ids_BT = np.zeros((len(rows), seq_len), np.int32)
     for b, row in enumerate(rows):
@@ -175,3 +181,22 @@ def make_preference_dataset(data_cfg, *, split: str, seq_len: int, batch_size: i
   return Dataset(source, batch_size=batch_size, shuffle=split == "train", seed=seed,
                  process_index=process_index, process_count=process_count,
                  vocab_size=vocab_size, tokenizer=tokenizer)
+
+
+# The same function as helper "rwb-eval"'s branch defines in place of JsonlPreferences._row (its
+# text, verbatim): this branch needs it for scored records and the reward world; the merge keeps
+# one copy.
+def encode_row(tokenizer: Tokenizer, prompt: str, response: str, seq_len: int, *,
+               where: str) -> list[int]:
+  """[BOS] + prompt + response + [EOS] as tokens (each marker where the tokenizer has one), the
+  prompt cut from the left to fit seq_len. A response that does not fit even with an empty prompt
+  is a ValueError naming `where` (e.g. "prefs.jsonl:3: the 'chosen' response")."""
+  bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+  eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+  prompt_ids, response_ids = tokenizer.encode(prompt), tokenizer.encode(response)
+  fixed = len(bos) + len(response_ids) + len(eos)
+  if fixed > seq_len:
+    raise ValueError(f"{where} takes {fixed} tokens with its BOS/EOS, more than "
+                     f"seq_len={seq_len}; only prompts are truncated")
+  keep = seq_len - fixed
+  return bos + prompt_ids[len(prompt_ids) - min(keep, len(prompt_ids)):] + response_ids + eos
