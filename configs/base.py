@@ -115,14 +115,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.preferences.num_train_examples = 100_000
   c.data.preferences.num_val_examples = 1_000
   # The reward world (lloglin/data/reward_world.py): text requests and responses whose score is a
-  # known function of their content, with paraphrases; in train and validation a bad unit (an
-  # off-topic item, a wrong answer, ...) carries a surface artefact (spaced punctuation, quotes)
-  # with probability artefact_bad, a good one with artefact_good; in the test split every unit
-  # with artefact_good (artefacts independent of quality); paraphrases at paraphrase_artefact.
+  # known function of their content, with paraphrases. Surface artefacts (spaced punctuation,
+  # quotes, no end mark): in train and validation on a bad unit (an off-topic item, a wrong
+  # answer, ...) with probability artefact_bad, on a good one with artefact_good; in the test
+  # split on any unit with artefact_test (independent of quality); in paraphrases on any unit
+  # with paraphrase_artefact.
   c.data.reward_world = ml_collections.ConfigDict()
-  c.data.reward_world.artefact_bad = 0.8
-  c.data.reward_world.artefact_good = 0.1
-  c.data.reward_world.paraphrase_artefact = 0.4
+  c.data.reward_world.artefact_bad = 0.3
+  c.data.reward_world.artefact_good = 0.0
+  c.data.reward_world.artefact_test = 0.05
+  c.data.reward_world.paraphrase_artefact = 0.3
   c.data.reward_world.num_train_examples = 100_000  # pairs (records: twice as many)
   c.data.reward_world.num_val_examples = 1_000
 

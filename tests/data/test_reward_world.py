@@ -1,12 +1,14 @@
 """The reward world (lloglin/data/reward_world.py): determinism, its quality rule read back from
 the text, artefacts that track quality in training only, categories, and its batches."""
 
+import copy
 import re
 
 import numpy as np
 import pytest
 
 from configs.base import get_base_config
+from lloglin.data import make_dataset
 from lloglin.data import reward_world
 from lloglin.data.reward_world import (CATEGORIES, MAX_ROW_BYTES, SUBSETS, WORD_TOPIC,
                                        score_text, world_pair, world_pairs)
@@ -79,13 +81,15 @@ def _artefact_gap(pairs):
   return [x[x[:, 0], 1].mean() - x[~x[:, 0], 1].mean() for x in (items, ends)]
 
 
-def test_artefacts_track_quality_in_training_only(pairs):
-  """artefact_bad 0.8, artefact_good 0.1: a gap of about 0.7 in train, none in test (the
-  standard error of each rate here is about 0.02)."""
-  items, ends = _artefact_gap(pairs["train"])
-  assert items > 0.5 and ends > 0.5
-  items, ends = _artefact_gap(pairs["test"])
-  assert abs(items) < 0.08 and abs(ends) < 0.08
+def test_artefacts_track_quality_in_training_only(pairs, world_data_cfg):
+  """Train: the rates differ by artefact_bad - artefact_good; test: by nothing (the standard
+  error of each rate here is at most 0.025)."""
+  world = world_data_cfg.reward_world
+  assert world.artefact_bad - world.artefact_good >= 0.3  # the default world: a clear shortcut
+  for gap in _artefact_gap(pairs["train"]):
+    assert abs(gap - (world.artefact_bad - world.artefact_good)) < 0.08
+  for gap in _artefact_gap(pairs["test"]):
+    assert abs(gap) < 0.05
 
 
 def test_every_category_and_subset_is_there_with_its_gap(pairs):
@@ -121,3 +125,14 @@ def test_batches_hold_the_pairs_records_and_paraphrases_and_resume(world_data_cf
   train.set_state(state)
   for key, value in next(train).items():
     np.testing.assert_array_equal(value, expected[key])
+
+
+def test_the_lm_corpus_is_the_texts_of_the_pairs(world_data_cfg):
+  cfg = copy.deepcopy(world_data_cfg)
+  cfg.reward_world.num_val_examples = 2
+  batch = next(make_dataset(cfg, split="validation", seq_len=48, batch_size=1, seed=0))
+  tok, pair = ByteTokenizer(), world_pair(cfg.reward_world, split="validation", seed=0, index=0)
+  stream = []
+  for text in (pair.chosen, pair.rejected, pair.chosen_paraphrase, pair.rejected_paraphrase):
+    stream += [tok.bos_id, *tok.encode(pair.prompt + text), tok.eos_id]
+  assert batch["inputs"][0].tolist() == stream[:48]

@@ -2,7 +2,9 @@
 float64 formulas, and the shared loop, optimizers and export serving it (it learns the synthetic
 preferences, resumes exactly, exports and loads back)."""
 
+import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ from lloglin.training.metrics import read_metrics
 from lloglin.training.step import effective_params, make_eval_step, make_program
 from lloglin.training.tasks import get_task, task_of
 from lloglin.training.tasks.reward import options_of
+from tests.helpers import run_script
 from tests.training.test_train import assert_resumes_exactly, tiny_config
 
 NUM_STEPS = 40
@@ -133,8 +136,10 @@ def test_reward_run_learns_the_synthetic_preferences(reward_run):
 
 
 def _regression_config():
-  """configs/rewordbench.py:tiny (regression on the reward world) with the consistency term."""
-  cfg = tiny_config(rewordbench, num_steps=12, eval_every=6, checkpoint_every=6)
+  """configs/rewordbench.py's `tiny` training (regression on the reward world) with the
+  consistency term."""
+  cfg = tiny_config(types.SimpleNamespace(get_config=rewordbench.training_config), num_steps=12,
+                    eval_every=6, checkpoint_every=6)
   cfg.reward.consistency_alpha = 10.0
   return cfg
 
@@ -219,3 +224,14 @@ def test_reward_trains_on_a_data_fsdp_tensor_mesh_like_on_one_device(tmp_path):
 
   one = run("one", data=1, fsdp=1, tensor=1)
   np.testing.assert_allclose(run("mesh", data=2, fsdp=2, tensor=2), one, rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_train_py_runs_the_rewordbench_tiny_variant(tmp_path):
+  result = run_script("train.py", "--config", "configs/rewordbench.py:tiny",
+                      f"--workdir={tmp_path}", "--config.train.num_steps=4",
+                      "--config.train.eval_every=4", "--config.reward.augmentation=True")
+  assert result.returncode == 0, result.stderr[-3000:]
+  final = json.loads(result.stdout[result.stdout.index("{"):])["final"]
+  assert {"mse", "mse_paraphrase", "eval_correlation", "eval_consistency"} <= set(final)
+  np.testing.assert_allclose(final["loss"], final["mse"] + final["mse_paraphrase"], rtol=1e-5)
