@@ -43,7 +43,7 @@ def training_config(variant: str):
   c.train.checkpoint_every = 500
   if variant == "pretrain":
     c.task = "lm"
-    c.data.reward_world.num_train_examples = 20_000  # 80k texts, about 3.6M bytes
+    c.data.reward_world.num_train_examples = 40_000  # 80k texts, about 3.6M bytes
     c.data.reward_world.num_val_examples = 200
     c.train.eval_steps = 8
     return c

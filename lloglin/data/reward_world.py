@@ -40,9 +40,10 @@ four categories of RewardBench (i % 4 picks the category):
 `world_pairs` gives them as text (the eval suite's held-out pairs: split "test"). The training
 data (data.source "reward_world", lloglin.data.scored) reads them as pairs with their
 paraphrases (Bradley-Terry) or as scored records: record i is side i % 2 of pair i // 2. For
-the `lm` task (lloglin.data.make_dataset) the same source is a text corpus, every prompt +
-response and prompt + paraphrase of the split's pairs: the reward models' trunk is pretrained on
-it, as the paper's reward models start from a pretrained LM.
+the `lm` task (lloglin.data.make_dataset) the same source is a text corpus, prompt + chosen
+and prompt + its paraphrase of every pair of the split: mostly good text, as a pretraining corpus
+is, on which the reward models' trunk is pretrained (the paper's reward models start from a
+pretrained LM; one that has read right sums and on-topic lists has features for both).
 """
 
 import dataclasses
@@ -278,7 +279,7 @@ def score_text(prompt: str, response: str) -> int:
 
 def world_text_source(data_cfg, tokenizer: Tokenizer, *, split: str, seq_len: int,
                       seed: int) -> TextWindows:
-  """The `lm` task's corpus (module docstring): the texts of the split's pairs (as many as
+  """The `lm` task's corpus (module docstring): the chosen texts of the split's pairs (as many as
   data.reward_world.num_train_examples or num_val_examples), one document each, packed into
   windows of seq_len tokens."""
   world = data_cfg.reward_world
@@ -287,9 +288,7 @@ def world_text_source(data_cfg, tokenizer: Tokenizer, *, split: str, seq_len: in
   documents = []
   for i in range(num):
     pair = world_pair(world, split=split, seed=seed, index=i)
-    documents += [pair.prompt + text for text in (pair.chosen, pair.rejected,
-                                                  pair.chosen_paraphrase,
-                                                  pair.rejected_paraphrase)]
+    documents += [pair.prompt + pair.chosen, pair.prompt + pair.chosen_paraphrase]
   tokens, doc_starts = tokenize_documents(documents, tokenizer)
   if len(tokens) < seq_len + 1:
     raise ValueError(f"data.reward_world: the {split} texts of {num} pairs hold {len(tokens)} "

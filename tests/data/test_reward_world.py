@@ -127,12 +127,12 @@ def test_batches_hold_the_pairs_records_and_paraphrases_and_resume(world_data_cf
     np.testing.assert_array_equal(value, expected[key])
 
 
-def test_the_lm_corpus_is_the_texts_of_the_pairs(world_data_cfg):
+def test_the_lm_corpus_is_the_chosen_texts_of_the_pairs(world_data_cfg):
   cfg = copy.deepcopy(world_data_cfg)
   cfg.reward_world.num_val_examples = 2
   batch = next(make_dataset(cfg, split="validation", seq_len=48, batch_size=1, seed=0))
   tok, pair = ByteTokenizer(), world_pair(cfg.reward_world, split="validation", seed=0, index=0)
   stream = []
-  for text in (pair.chosen, pair.rejected, pair.chosen_paraphrase, pair.rejected_paraphrase):
+  for text in (pair.chosen, pair.chosen_paraphrase):
     stream += [tok.bos_id, *tok.encode(pair.prompt + text), tok.eos_id]
   assert batch["inputs"][0].tolist() == stream[:48]

@@ -60,12 +60,12 @@ def _formula(objective, alpha, augmentation, r, s):
 
 
 @pytest.mark.parametrize("objective", ["regression", "bradley_terry"])
-@pytest.mark.parametrize("alpha, augmentation", [(0.0, False), (2.5, False), (0.0, True),
-                                                 (2.5, True)])
+@pytest.mark.parametrize("alpha, augmentation", [(0.0, False), (2.5, True)])
 def test_objectives_and_their_gradients_match_float64_formulas(objective, alpha, augmentation):
   """The loss equals the formula (alpha 0, no augmentation: the plain regression / Bradley-Terry
-  loss), and its gradient the central finite differences of the formula: both rewards of the
-  consistency term carry gradient."""
+  loss; augmentation alone: test_train_py_runs_the_rewordbench_tiny_variant), and its gradient
+  the central finite differences of the formula: both rewards of the consistency term carry
+  gradient."""
   B, rng = 5, np.random.default_rng(0)
   names = (("response", "paraphrase") if objective == "regression" else
            ("chosen", "rejected", "chosen_paraphrase", "rejected_paraphrase"))
