@@ -8,11 +8,12 @@ import numpy as np
 from lloglin.data.flipflop import VOCAB_SIZE as FLIPFLOP_VOCAB_SIZE
 from lloglin.data.flipflop import FlipFlopExamples
 from lloglin.data.mqar import MqarExamples
+from lloglin.data.reward_world import world_text_source
 from lloglin.data.text import make_text_source
 from lloglin.data.tokenizers import Tokenizer, make_tokenizer
 
 SPLITS = ("train", "validation")
-SOURCES = ("mqar", "text", "flipflop")
+SOURCES = ("mqar", "text", "flipflop", "reward_world")
 _STREAM = 0x5348  # keeps the shuffling seeds apart from the MQAR example seeds
 
 
@@ -115,6 +116,10 @@ def make_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: i
   elif data_cfg.source == "text":
     tokenizer = make_tokenizer(data_cfg)
     source = make_text_source(data_cfg, tokenizer, split=split, seq_len=seq_len)
+    vocab_size = tokenizer.vocab_size
+  elif data_cfg.source == "reward_world":  # its texts (reward-model trunks pretrain on them)
+    tokenizer = make_tokenizer(data_cfg)
+    source = world_text_source(data_cfg, tokenizer, split=split, seq_len=seq_len, seed=seed)
     vocab_size = tokenizer.vocab_size
   else:
     raise ValueError(f"data.source={data_cfg.source!r} is unknown; expected one of {SOURCES}")

@@ -30,8 +30,14 @@ _SPLIT_CODES = {"train": 0, "validation": 1}
 
 def pack_pairs(chosen: list, rejected: list, seq_len: int) -> dict[str, np.ndarray]:
   """Right-pads token lists (each at most seq_len long) into a batch of the format above."""
+  return pack_rows({"chosen": chosen, "rejected": rejected}, seq_len)
+
+
+def pack_rows(rows_by_name: dict[str, list], seq_len: int) -> dict[str, np.ndarray]:
+  """Right-pads each name's token lists (each at most seq_len long) into [len(rows), seq_len]
+  arrays `name` (tokens, PAD after the row) and `name_segment_ids` (1 on the row, 0 after)."""
   out = {}
-  for name, rows in (("chosen", chosen), ("rejected", rejected)):
+  for name, rows in rows_by_name.items():
     tokens_BT = np.full((len(rows), seq_len), PAD, np.int32)
     segment_ids_BT = np.zeros((len(rows), seq_len), np.int32)
     for b, row in enumerate(rows):
@@ -180,3 +186,4 @@ def make_preference_dataset(data_cfg, *, split: str, seq_len: int, batch_size: i
   return Dataset(source, batch_size=batch_size, shuffle=split == "train", seed=seed,
                  process_index=process_index, process_count=process_count,
                  vocab_size=vocab_size, tokenizer=tokenizer)
+

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from lloglin.data import make_tokenizer
-from lloglin.data.preferences import encode_row, pack_pairs
+from lloglin.data.preferences import encode_row, pack_rows
 from lloglin.evals.rewordbench.userfn import import_function
 from lloglin.models.reward import RewardModel
 
@@ -48,9 +48,9 @@ def checkpoint_scorer(model, train_config: dict, *, batch_size: int) -> Scorer:
     out = []
     for start in range(0, len(rows), batch_size):
       chunk = rows[start:start + batch_size]
-      # pack_pairs pads rows as training does; empty rows fill the batch to one shape.
-      batch = pack_pairs(chunk + [[]] * (batch_size - len(chunk)), [], seq_len)
-      r_B = _rewards(model, batch["chosen"], batch["chosen_segment_ids"])
+      # pack_rows pads rows as training does; empty rows fill the batch to one shape.
+      batch = pack_rows({"row": chunk + [[]] * (batch_size - len(chunk))}, seq_len)
+      r_B = _rewards(model, batch["row"], batch["row_segment_ids"])
       out.append(np.asarray(r_B)[:len(chunk)])
     return np.concatenate(out) if out else np.zeros(0)
 
