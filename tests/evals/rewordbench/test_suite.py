@@ -78,3 +78,26 @@ def test_eval_py_runs_rewordbench_on_a_reward_run(tiny_reward_run, tmp_path):
   assert t["jailbreak_roleplay"]["metrics"]["overall"]["n"] == 3  # the safety subsets
   assert report["figures"] == ["drop_per_transform.png", "transform_jailbreak_roleplay.png",
                                "transform_rot13.png"]
+
+
+@pytest.mark.slow
+def test_one_config_trains_and_evaluates(tmp_path):
+  """configs/rewordbench.py:tiny trains a reward model on the reward world through train.py (here
+  with the augmentation term), and the same config evaluates it on the world's held-out pairs."""
+  work = tmp_path / "run"
+  result = run_script("train.py", "--config", "configs/rewordbench.py:tiny", f"--workdir={work}",
+                      "--config.train.num_steps=4", "--config.train.eval_every=4",
+                      "--config.reward.augmentation=True")
+  assert result.returncode == 0, result.stderr[-3000:]
+  final = json.loads(result.stdout[result.stdout.index("{"):])["final"]
+  assert {"mse", "mse_paraphrase", "eval_correlation", "eval_consistency"} <= set(final)
+  np.testing.assert_allclose(final["loss"], final["mse"] + final["mse_paraphrase"], rtol=1e-5)
+  config = get_config("tiny")
+  config.rewordbench.transforms = ("punct_spaces", "add_quotes")
+  results = run_suite("rewordbench", config, checkpoint=str(work),
+                      out_dir=str(tmp_path / "eval"))["results"]
+  assert results["num_records"] == config.rewordbench.max_records
+  assert "synthetic_world_test_pairs" in results["data"]
+  categories = set(results["original"]) - {"overall"}
+  assert categories and categories <= {"Chat", "Chat Hard", "Safety", "Reasoning"}
+  assert list(results["transforms"]) == ["punct_spaces", "add_quotes"]
