@@ -1,7 +1,7 @@
 """DecoderLM.probe: hidden states at every layer, and steering in the forward pass.
 
-Every mixer and residual mode: probing leaves the logits as they are, and the last captured stream
-read through the final norm and the head (the logit lens) is the model's own logits. Steering (its
+Every mixer and residual mode: probing leaves the logits as they are, and the logit lens of the
+semantic_hub suite (Eq. 2) at the last layer with the final norm is the model's own prediction. Steering (its
 code is the residual stack's, the same for every mixer): strength 0 changes nothing, and a vector
 at layer L changes no stream below L and no earlier position. Decoding: tests/inference.
 """
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lloglin.evals.semantic_hub.analysis import logit_lens
 from lloglin.models import build_model
 from lloglin.models.decoder import steer
 from tests.inference.helpers import tiny_config
@@ -38,8 +39,8 @@ def test_probe_keeps_the_logits_and_its_top_layer_read_by_the_head_is_them(patte
   if mode != "ladder":  # one device: each block adds its mixer's and its MLP's outputs
     np.testing.assert_allclose(out["resid"][1:], out["resid"][:-1] + out["mixer"] + out["mlp"],
                                rtol=1e-5, atol=1e-5)
-  lens_BTV = model.logits(model.final_norm(out["resid"][-1]))  # the logit lens at the top
-  np.testing.assert_allclose(lens_BTV, ref_BTV, rtol=1e-5, atol=1e-5)
+  lens_LBTV = logit_lens(model, out["resid"], final_norm=True)  # Eq. 2 at every layer
+  np.testing.assert_allclose(lens_LBTV[-1], jax.nn.log_softmax(ref_BTV), rtol=1e-5, atol=1e-5)
 
 
 @jax.jit
