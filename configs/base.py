@@ -106,7 +106,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.multilingual = ml_collections.ConfigDict()
   c.data.multilingual.minor_share = 0.1  # stories written in the minor language
   c.data.multilingual.arithmetic_share = 0.1  # documents of sums (half digits, half words)
-  c.data.multilingual.parallel_share = 0.02  # stories with each sentence and its translation
+  c.data.multilingual.parallel_share = 0.05  # stories with each sentence and its translation
+  c.data.multilingual.switch_share = 0.1  # code-switched stories (each sentence either language)
   c.data.multilingual.min_sentences = 2
   c.data.multilingual.max_sentences = 6
   c.data.multilingual.num_train_documents = 50_000

@@ -20,7 +20,8 @@ so a minor sentence is a dominant one word for word, reordered (`render`, `parse
 Training documents (`data.source = "multilingual"`, settings `data.multilingual`): a story in
 the minor language with probability minor_share, else in the dominant one; arithmetic_share of the
 documents are arithmetic (half digits, half words), parallel_share are stories whose every sentence
-is followed by its translation (the only parallel text). Document i of a split is a pure function
+is followed by its translation (the only parallel text), switch_share are code-switched stories
+(each sentence in either language, at even odds: the story's mood and topic carry across). Document i of a split is a pure function
 of (seed, split, i). The tokenizer is word-level over this vocabulary (`world_tokenizer`), so each
 word is one token and the logit lens reads words. `parallel_pairs` draws evaluation pairs that are
 translations by construction.
@@ -166,12 +167,13 @@ def random_story(rng: np.random.Generator, num_sentences: int, mood: int) -> lis
 
 def check_settings(cfg) -> None:
   """The `data.multilingual` settings, each named with its value when out of range."""
-  for name in ("minor_share", "arithmetic_share", "parallel_share"):
+  shares = ("arithmetic_share", "parallel_share", "switch_share")
+  for name in ("minor_share",) + shares:
     if not 0 <= cfg[name] <= 1:
       raise ValueError(f"data.multilingual.{name}={cfg[name]}; expected a share in [0, 1]")
-  if cfg.arithmetic_share + cfg.parallel_share > 1:
-    raise ValueError(f"data.multilingual.arithmetic_share + parallel_share = "
-                     f"{cfg.arithmetic_share + cfg.parallel_share}; expected at most 1")
+  if sum(cfg[name] for name in shares) > 1:
+    raise ValueError(f"data.multilingual.{' + '.join(shares)} = "
+                     f"{sum(cfg[name] for name in shares):g}; expected at most 1")
   if not 1 <= cfg.min_sentences <= cfg.max_sentences:
     raise ValueError(f"data.multilingual.min_sentences={cfg.min_sentences}, max_sentences="
                      f"{cfg.max_sentences}; expected 1 <= min_sentences <= max_sentences")
@@ -181,7 +183,8 @@ def check_settings(cfg) -> None:
 
 
 def document(cfg, *, split: str, seed: int, index: int) -> str:
-  """Document `index` of `split`: a story in one language, a parallel story or arithmetic."""
+  """Document `index` of `split`: a story in one language, a parallel or code-switched story, or
+  arithmetic."""
   rng = np.random.default_rng([_STREAM, seed, _SPLIT_CODES[split], index])
   n = int(rng.integers(cfg.min_sentences, cfg.max_sentences + 1))
   kind = rng.random()
@@ -193,6 +196,8 @@ def document(cfg, *, split: str, seed: int, index: int) -> str:
   if kind < cfg.arithmetic_share + cfg.parallel_share:
     order = LANGUAGES if rng.random() < 0.5 else LANGUAGES[::-1]
     return " ".join(render(s, lang) for s in story for lang in order)
+  if kind < cfg.arithmetic_share + cfg.parallel_share + cfg.switch_share:
+    return " ".join(render(s, LANGUAGES[int(rng.integers(2))]) for s in story)
   language = "minor" if rng.random() < cfg.minor_share else "dominant"
   return " ".join(render(s, language) for s in story)
 

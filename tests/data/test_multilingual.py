@@ -58,24 +58,31 @@ def test_pairs_are_translations_by_construction():
 
 def test_documents_follow_the_settings_and_every_sentence_parses(data_cfg):
   cfg = data_cfg.multilingual
-  cfg.num_train_documents = 2000
+  cfg.update(num_train_documents=2000, arithmetic_share=0.1, parallel_share=0.05,
+             switch_share=0.1, minor_share=0.1)
   docs = world.documents(cfg, split="train", seed=0)
   kinds = []
   for doc in docs:
     parts = _sentences(doc)
     langs = {k for _, k in parts}
+    latents = []
     for text, kind in parts:
       if kind in world.LANGUAGES:
-        world.parse(text, kind)
+        latents.append(world.parse(text, kind))
       else:
         c, a, b = _sum(text, kind)
         assert c == a + b
     moods = {world.SENTIMENT[w] for w in doc.split() if w in world.SENTIMENT}
     assert len(moods) <= 1  # a story has one mood
-    kinds.append("arithmetic" if langs <= {"digits", "words"} else
-                 "parallel" if langs == set(world.LANGUAGES) else langs.pop())
+    if langs == set(world.LANGUAGES):  # each sentence then its translation, or code-switched
+      alternate = [k for _, k in parts[::2]] == [parts[0][1]] * (len(parts) // 2) and len(set(
+          k for _, k in parts[1::2])) == 1 and latents[::2] == latents[1::2]
+      kinds.append("parallel" if alternate else "switched")
+    else:
+      kinds.append("arithmetic" if langs <= {"digits", "words"} else langs.pop())
   share = lambda k: kinds.count(k) / len(kinds)
-  assert abs(share("arithmetic") - 0.1) < 0.025 and abs(share("parallel") - 0.02) < 0.01
+  assert abs(share("arithmetic") - 0.1) < 0.025 and abs(share("parallel") - 0.05) < 0.015
+  assert 0.07 < share("switched") < 0.1  # a story drawn with one language is not counted
   assert abs(share("minor") / (share("minor") + share("dominant")) - 0.1) < 0.025
   assert world.document(cfg, split="train", seed=0, index=7) == docs[7]
   assert world.documents(cfg, split="validation", seed=0)[:50] != docs[:50]
@@ -99,7 +106,7 @@ def test_the_data_source_packs_world_text_with_its_word_tokenizer(data_cfg):
 
 @pytest.mark.parametrize("key, value, match", [
     ("minor_share", 1.5, r"minor_share=1.5; expected a share in \[0, 1\]"),
-    ("parallel_share", 0.95, r"arithmetic_share \+ parallel_share = 1.05"),
+    ("parallel_share", 0.85, r"arithmetic_share \+ parallel_share \+ switch_share = 1.05"),
     ("min_sentences", 0, r"min_sentences=0, max_sentences=6"),
 ])
 def test_bad_settings_are_named(data_cfg, key, value, match):

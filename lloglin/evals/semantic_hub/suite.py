@@ -231,11 +231,13 @@ def analyse_world(model, tokenizer, s, *, label: str) -> dict:
 def steering(model, tokenizer, s, *, label: str) -> dict:
   """Mood steering of minor-language continuations (the paper's ActAdd, dominant-language
   vectors): at the chosen layers with every strength, and with the largest strength at every
-  layer (layer_sweep). Each vector is scaled to the mean norm of the stream at its layer."""
+  layer (layer_sweep). The activations vector is the mean difference of the sentence-final states
+  of matched positive / negative dominant sentences; each vector is scaled to the mean norm of
+  the stream at its layer."""
   L = model.cfg.num_layers
   layers = tuple(s.steer_layers) or (L // 2,)
   positive, negative = zip(*world.mood_pairs(s.num_steer_prompts, "dominant", seed=s.seed + 2))
-  kw = dict(pool="mean", skip_first=True, batch_size=s.batch_size)
+  kw = dict(pool="last", skip_first=True, batch_size=s.batch_size)
   enc = lambda texts: encode_rows(tokenizer, texts, model.cfg.max_seq_len)
   h_pos, h_neg = pooled_states(model, enc(positive), **kw), pooled_states(model, enc(negative),
                                                                           **kw)
@@ -275,14 +277,14 @@ def steering(model, tokenizer, s, *, label: str) -> dict:
 
 def attributes(tokenizer, continuations) -> dict:
   """What the steering moves and what it must keep, over all continuations: the share of
-  positive adjectives among the minor-language adjectives ("positive_share"), the share of words
-  in the minor language ("minor_share") and of finished sentences that are well-formed minor
+  positive adjectives among the adjectives (of either language: "positive_share"), the share of
+  words in the minor language ("minor_share") and of finished sentences that are well-formed minor
   sentences ("well_formed")."""
   words = [[tokenizer.words[t] for t in c if t not in (tokenizer.bos_id, tokenizer.eos_id)]
            for c in continuations]
   flat = sum(words, [])
   minor = set(world.WORD_TYPES["minor"])
-  moods = [world.SENTIMENT[w] for w in flat if w in minor and w in world.SENTIMENT]
+  moods = [world.SENTIMENT[w] for w in flat if w in world.SENTIMENT]
   sentences, ok = 0, 0
   for ws in words:
     start = 0

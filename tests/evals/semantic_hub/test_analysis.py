@@ -33,11 +33,11 @@ def test_steering_direction_is_rescaled_and_never_zero():
 def test_attributes_of_continuations_count_mood_language_and_form():
   tok = world_tokenizer()
   positive, negative = world.mood_pairs(1, "minor", seed=0)[0]
-  dominant = world.parallel_pairs("language", 1, seed=0)[0][0]
+  dominant = world.mood_pairs(1, "dominant", seed=0)[0][1]  # two negative adjectives
   broken = " ".join(positive.split()[:3] + ["ne"])
   rows = [tok.encode(positive + " " + negative) + [tok.eos_id], tok.encode(broken + " " + dominant)]
   got = attributes(tok, rows)
-  assert got["adjectives"] == 5  # two positive, two negative, one in the broken sentence
-  assert got["positive_share"] == pytest.approx(3 / 5)
+  assert got["adjectives"] == 7  # 2 + 2 + 2 in the sentences, 1 in the broken one
+  assert got["positive_share"] == pytest.approx(3 / 7)
   assert got["well_formed"] == pytest.approx(2 / 4)  # the dominant sentence is not minor
   assert got["minor_share"] == pytest.approx(20 / 28)
