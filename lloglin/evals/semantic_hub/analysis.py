@@ -45,6 +45,7 @@ def scaled_direction(d_D, norm: float) -> np.ndarray:
   d_D = np.asarray(d_D, np.float64)
   length = np.linalg.norm(d_D)
   if not length > 0:
-    raise ValueError("a steering direction of norm 0 (the two prompt sets or tokens give the "
-                     "same hidden states)")
+    raise ValueError("a steering direction of norm 0: the two prompt sets or tokens give the "
+                     "same hidden states at this layer (e.g. layer 0, the embeddings, for the "
+                     "activations vector of sentence-final states)")
   return (d_D * (norm / length)).astype(np.float32)

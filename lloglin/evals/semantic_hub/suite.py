@@ -231,9 +231,10 @@ def analyse_world(model, tokenizer, s, *, label: str) -> dict:
 def steering(model, tokenizer, s, *, label: str) -> dict:
   """Mood steering of minor-language continuations (the paper's ActAdd, dominant-language
   vectors): at the chosen layers with every strength, and with the largest strength at every
-  layer (layer_sweep). The activations vector is the mean difference of the sentence-final states
-  of matched positive / negative dominant sentences; each vector is scaled to the mean norm of
-  the stream at its layer."""
+  layer above the embeddings (layer_sweep). The activations vector is the mean difference of the
+  sentence-final states of matched positive / negative dominant sentences (0 at layer 0, the
+  embedding of the same final word); each vector is scaled to the mean norm of the stream at its
+  layer."""
   L = model.cfg.num_layers
   layers = tuple(s.steer_layers) or (L // 2,)
   positive, negative = zip(*world.mood_pairs(s.num_steer_prompts, "dominant", seed=s.seed + 2))
@@ -262,8 +263,8 @@ def steering(model, tokenizer, s, *, label: str) -> dict:
   jobs = [(src, layer, x) for src in s.steer_sources for layer in layers
           for x in s.strengths if x != 0]
   if s.layer_sweep:
-    jobs += [(src, layer, max(s.strengths)) for src in s.steer_sources for layer in range(L + 1)
-             if layer not in layers]
+    jobs += [(src, layer, max(s.strengths)) for src in s.steer_sources
+             for layer in range(1, L + 1) if layer not in layers]
   measured = {}
   for src, layer, x in progress(jobs, desc=f"semantic_hub: steering {label}"):
     measured[src, layer, x] = attributes(tokenizer, steered_continuations(
