@@ -34,7 +34,8 @@ STEER_POSITIONS = ("all", "prompt")
 @register_suite("semantic_hub")
 def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
   s = config.semantic_hub
-  _check_settings(s)
+  _check_settings(s)  # every error of the settings, files and checkpoints before any analysis
+  pairs = read_pairs(s.pairs_a, s.pairs_b) if s.pairs_a else None
   trained_here = checkpoint is None
   if trained_here:  # the config's own model, trained here first
     from lloglin.training.trainer import train
@@ -47,11 +48,13 @@ def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
   if len(labels) != len(paths):
     raise ValueError(f"semantic_hub.labels={s.labels!r}: {len(labels)} labels for {len(paths)} "
                      f"checkpoints ({paths})")
-  loaded = [_load(path, s) for path in paths]  # every error before the first analysis
+  loaded = [_load(path, s) for path in paths]
   results = {}
-  for label, (model, tokenizer, mode) in zip(labels, loaded):
-    analyse = analyse_world if mode == "world" else analyse_pairs
-    results[label] = analyse(model, tokenizer, s, label=label)
+  for label, (model, tokenizer) in zip(labels, loaded):
+    if pairs is None:
+      results[label] = analyse_world(model, tokenizer, s, label=label)
+    else:
+      results[label] = analyse_pairs(model, tokenizer, pairs, s, label=label)
   plots.similarity(results, os.path.join(out_dir, "similarity.png"))
   plots.lens(results, os.path.join(out_dir, "logit_lens.png"), s.lens_final_norm)
   if any("steering" in r for r in results.values()):
@@ -85,7 +88,7 @@ def _label(path: str) -> str:
 
 
 def _load(path: str, s):
-  """(model, tokenizer, 'world' | 'pairs') for one checkpoint, after the checks that need it."""
+  """(model, tokenizer) of one checkpoint, after the checks that need it."""
   model, train_config = load_model(path)
   if train_config.get("task", "lm") != "lm":
     raise ValueError(f"checkpoint={path!r} holds a model of task {train_config['task']!r}; the "
@@ -93,7 +96,7 @@ def _load(path: str, s):
   data = ml_collections.ConfigDict(train_config["data"])
   own = make_tokenizer(data)
   tokenizer = own
-  if s.tokenizer:
+  if s.tokenizer:  # as a text source names it (the world's source implies its own)
     data.source = "text"
     data.tokenizer, data.tokenizer_path = s.tokenizer, s.tokenizer_path
     tokenizer = make_tokenizer(data)
@@ -106,18 +109,18 @@ def _load(path: str, s):
         f"semantic_hub.tokenizer={s.tokenizer or data.tokenizer!r}: its vocabulary of "
         f"{tokenizer.vocab_size} tokens does not match checkpoint={path!r} (model vocab_size "
         f"{vocab}" + (f", trained with a tokenizer of {own.vocab_size}" if own else "") + ")")
-  mode = "pairs" if s.pairs_a else "world"
-  if mode == "world" and data.source != "multilingual":
+  world_mode = not s.pairs_a
+  if world_mode and data.source != "multilingual":
     raise ValueError(f"checkpoint={path!r} was not trained on the multilingual world "
                      f"(data.source={data.source!r}); give paired text files "
                      f"(semantic_hub.pairs_a, pairs_b) to analyse it")
   L = model.cfg.num_layers
   bad = [layer for layer in s.steer_layers if not 0 <= layer <= L]
-  if mode == "world" and s.steer_sources and bad:
+  if world_mode and s.steer_sources and bad:
     raise ValueError(f"semantic_hub.steer_layers={tuple(s.steer_layers)!r}: layer(s) {bad} out "
                      f"of range for checkpoint={path!r} ({L} layers: 0..{L}, the stream entering "
                      f"each block and after the last)")
-  return model, tokenizer, mode
+  return model, tokenizer
 
 
 def read_pairs(path_a: str, path_b: str) -> list[tuple[str, str]]:
@@ -181,10 +184,9 @@ def _nanmean(x_LM):
                   np.nan)
 
 
-def analyse_pairs(model, tokenizer, s, *, label: str) -> dict:
-  """A real model on the user's paired files: Eq. 1, and the logit lens on the b side (token
+def analyse_pairs(model, tokenizer, pairs, s, *, label: str) -> dict:
+  """A real model on the user's paired texts: Eq. 1, and the logit lens on the b side (token
   types: the ids only file a's texts use, and those only file b's use)."""
-  pairs = read_pairs(s.pairs_a, s.pairs_b)
   out = {"num_layers": model.cfg.num_layers, "similarity": {"pairs": similarity(
       model, tokenizer, pairs, s)}}
   pairs = pairs[:s.num_lens_sentences]
