@@ -1,5 +1,6 @@
 """The semantic-hub experiment (arXiv 2411.04986): small LMs trained on the synthetic multilingual
-world, and the settings of the `semantic_hub` suite that analyses them (docs/suites/semantic_hub.md).
+world, and the settings of the `semantic_hub` suite that analyses them
+(docs/suites/semantic_hub.md).
 
 One file for both command lines (train.py reads the training sections, eval.py `suite` and
 `semantic_hub`; each ignores the other's keys):
@@ -58,10 +59,11 @@ def get_config(arg: str | None = None):
   s.pool = "mean"
   s.num_lens_sentences = 128  # minor-language sentences read by the logit lens
   s.lens_final_norm = True  # the figures' logit lens applies the final norm (both are reported)
-  # Steering: a dominant-language mood vector (mean difference of the sentence-final hidden states
-  # of matched positive / negative sentences, the state that carries a story's mood into its next
-  # sentence: "activations"; unembedding rows of the positive minus the negative adjectives:
-  # "unembedding") and a random vector, each scaled to the stream's mean norm at its layer, added
+  # Steering: a dominant-language mood vector (mean difference of the hidden states of matched
+  # positive / negative sentences where the object's adjective is about to be said, i.e. the
+  # mood of the next word: "activations"; unembedding rows of the positive minus the negative
+  # adjectives: "unembedding") and a random vector, each scaled to the stream's mean norm at its
+  # layer, added
   # at `steer_layers` (() = the middle layer, num_layers // 2) with each strength while
   # minor-language prompts are continued.
   s.steer_sources = ("activations", "unembedding", "random")

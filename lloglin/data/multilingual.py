@@ -21,10 +21,10 @@ Training documents (`data.source = "multilingual"`, settings `data.multilingual`
 the minor language with probability minor_share, else in the dominant one; arithmetic_share of the
 documents are arithmetic (half digits, half words), parallel_share are stories whose every sentence
 is followed by its translation (the only parallel text), switch_share are code-switched stories
-(each sentence in either language, at even odds: the story's mood and topic carry across). Document i of a split is a pure function
-of (seed, split, i). The tokenizer is word-level over this vocabulary (`world_tokenizer`), so each
-word is one token and the logit lens reads words. `parallel_pairs` draws evaluation pairs that are
-translations by construction.
+(each sentence in either language, at even odds: the story's mood and topic carry across).
+Document i of a split is a pure function of (seed, split, i). The tokenizer is word-level over
+this vocabulary (`world_tokenizer`), so each word is one token and the logit lens reads words.
+`parallel_pairs` draws evaluation pairs that are translations by construction.
 """
 
 from typing import NamedTuple
@@ -239,3 +239,13 @@ def mood_pairs(count: int, language: str, *, seed: int) -> list[tuple[str, str]]
         subject_adjective=flip(s.subject_adjective), object_adjective=flip(s.object_adjective)),
         language)))
   return out
+
+
+def before_object_adjective(text: str, language: str) -> str:
+  """A sentence's words up to its object's adjective, which would come next (dominant: "the happy
+  cat sees the", minor: "bamu tiko wa rapi"): a prompt whose next word carries the mood."""
+  if language not in LANGUAGES:
+    raise ValueError(f"language={language!r}; expected one of {LANGUAGES}")
+  words = text.split()
+  parse(text, language)  # a sentence of the world
+  return " ".join(words[:5 if language == "dominant" else 4])

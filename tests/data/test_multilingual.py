@@ -45,6 +45,10 @@ def test_pairs_are_translations_by_construction():
     content = [world.TO_DOMINANT[w] for w in minor.split() if w in world.TO_DOMINANT]
     assert content != [w for w in dominant.split() if w not in ("the", ".")]
     assert sorted(content) == sorted(w for w in dominant.split() if w not in ("the", "."))
+    for text, lang in ((dominant, "dominant"), (minor, "minor")):  # a prompt before the mood
+      prompt = world.before_object_adjective(text, lang).split()
+      assert text.split()[len(prompt)] in world.SENTIMENT and text.startswith(" ".join(prompt))
+      assert sum(w in world.SENTIMENT for w in prompt) == 1  # the subject's adjective only
   for digits, words in world.parallel_pairs("arithmetic", 100, seed=3):
     c, a, b = _sum(digits, "digits")
     assert c == a + b and _sum(words, "words") == (c, a, b)

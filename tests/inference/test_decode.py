@@ -96,7 +96,8 @@ def test_prefill_through_the_pallas_kernels(pattern, monkeypatch):
 
 def test_steered_decoding_equals_the_steered_forward_and_keeps_the_caches_below_its_layer():
   """A steering at layer 1 through prefill and decode_step gives the logits of the steered full
-  forward (DecoderLM.probe); the layer-0 cache is the one of strength 0, the layer-1 cache is not."""
+  forward (DecoderLM.probe); the layer-0 cache is the one of strength 0, the layer-1 cache is
+  not."""
   model = build_model(tiny_config("mamba2,attention", num_layers=2, max_seq_len=64))
   lengths = jnp.asarray([9, 5], jnp.int32)
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 64, (2, 24)), jnp.int32)

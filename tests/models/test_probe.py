@@ -1,9 +1,10 @@
 """DecoderLM.probe: hidden states at every layer, and steering in the forward pass.
 
 Every mixer and residual mode: probing leaves the logits as they are, and the logit lens of the
-semantic_hub suite (Eq. 2) at the last layer with the final norm is the model's own prediction. Steering (its
-code is the residual stack's, the same for every mixer): strength 0 changes nothing, and a vector
-at layer L changes no stream below L and no earlier position. Decoding: tests/inference.
+semantic_hub suite (Eq. 2) at the last layer with the final norm is the model's own prediction.
+Steering (its code is the residual stack's, the same for every mixer): strength 0 changes
+nothing, and a vector at layer L changes no stream below L and no earlier position. Decoding:
+tests/inference.
 """
 
 import jax

@@ -234,16 +234,17 @@ def steering(model, tokenizer, s, *, label: str) -> dict:
   """Mood steering of minor-language continuations (the paper's ActAdd, dominant-language
   vectors): at the chosen layers with every strength, and with the largest strength at every
   layer above the embeddings (layer_sweep). The activations vector is the mean difference of the
-  sentence-final states of matched positive / negative dominant sentences (0 at layer 0, the
-  embedding of the same final word); each vector is scaled to the mean norm of the stream at its
-  layer."""
+  states of matched positive / negative dominant sentences where the object's adjective is about
+  to be said (the mood of the next word; 0 at layer 0, the embedding of the same word "the");
+  each vector is scaled to the mean norm of the stream at its layer."""
   L = model.cfg.num_layers
   layers = tuple(s.steer_layers) or (L // 2,)
   positive, negative = zip(*world.mood_pairs(s.num_steer_prompts, "dominant", seed=s.seed + 2))
   kw = dict(pool="last", skip_first=True, batch_size=s.batch_size)
   enc = lambda texts: encode_rows(tokenizer, texts, model.cfg.max_seq_len)
-  h_pos, h_neg = pooled_states(model, enc(positive), **kw), pooled_states(model, enc(negative),
-                                                                          **kw)
+  h_pos, h_neg = (pooled_states(model, enc([world.before_object_adjective(t, "dominant")
+                                            for t in texts]), **kw)
+                  for texts in (positive, negative))
   norms = stream_norms(model, enc(positive + negative), skip_first=True, batch_size=s.batch_size)
   unembed = np.asarray(unembedding_rows(model, tokenizer.encode(" ".join(world.POSITIVE)))).mean(0)
   unembed -= np.asarray(unembedding_rows(model, tokenizer.encode(" ".join(world.NEGATIVE)))).mean(0)

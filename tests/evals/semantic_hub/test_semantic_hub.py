@@ -76,7 +76,8 @@ def test_paired_files_and_several_checkpoints(hub_run, tmp_path):
 
 
 @pytest.mark.parametrize("settings, match", [
-    (dict(pairs="unequal"), r"paired files of unequal length: .*a.txt' has 3 lines, .*b.txt' has 2"),
+    (dict(pairs="unequal"), r"paired files of unequal length: .*a.txt' has 3 lines, .*b.txt' "
+                            r"has 2"),
     (dict(tokenizer="byte"), r"semantic_hub.tokenizer='byte': its vocabulary of 258 tokens does "
                              r"not match .*model vocab_size 147"),
     (dict(steer_layers=(0, 3)), r"semantic_hub.steer_layers=\(0, 3\): layer\(s\) \[3\] out of "
