@@ -78,8 +78,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- data (lloglin.data.make_dataset; preference pairs: lloglin.data.preferences)
   c.data = ml_collections.ConfigDict()
-  # task lm: mqar | text | flipflop; task reward: synthetic_preferences | preference_jsonl |
-  # scored_jsonl | reward_world
+  # task lm: mqar | text | flipflop | multilingual | reward_world; task reward:
+  # synthetic_preferences | preference_jsonl | scored_jsonl | reward_world
   c.data.source = "mqar"
   c.data.name = ""  # tfds dataset name for source=text (tiny_shakespeare, lm1b, wikitext...)
   # local .txt / .jsonl file or a directory of them (wins over name); for preference_jsonl a
@@ -104,6 +104,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.flipflop.val_p_ignore = 0.8  # validation: 0.8 in distribution, 0.98 sparse, 0.1 dense
   c.data.flipflop.num_train_examples = 1_000_000
   c.data.flipflop.num_val_examples = 1_000
+  # Synthetic multilingual world (lloglin/data/multilingual.py; its own word-level tokenizer):
+  # stories in a dominant and a minor language, arithmetic in digits and number words.
+  c.data.multilingual = ml_collections.ConfigDict()
+  c.data.multilingual.minor_share = 0.1  # stories written in the minor language
+  c.data.multilingual.arithmetic_share = 0.1  # documents of sums (half digits, half words)
+  c.data.multilingual.parallel_share = 0.05  # stories with each sentence and its translation
+  c.data.multilingual.switch_share = 0.1  # code-switched stories (each sentence either language)
+  c.data.multilingual.min_sentences = 2
+  c.data.multilingual.max_sentences = 6
+  c.data.multilingual.num_train_documents = 50_000
+  c.data.multilingual.num_val_documents = 500
   # Synthetic preference pairs (lloglin/data/preferences.py): the chosen response repeats words
   # of the prompt, the rejected one has num_errors words that are not in it.
   c.data.preferences = ml_collections.ConfigDict()
