@@ -113,7 +113,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- optimisation
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"  # adamw | galore | random_sketch | kronecker | onesided_lora | ...
+  c.optim.name = "adamw"  # adamw | galore | random_sketch | kronecker | onesided_lora | lora ...
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 100
   c.optim.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
@@ -135,6 +135,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.mask_exclude_regex = r"(^|/)(embed|head|lm_head)(/|$)|conv/"
   c.optim.accumulate_steps = 1  # microbatches per optimizer step
   c.optim.projection_seed = 0
+  c.optim.lora_alpha = 16.0  # optim.name = lora: the update is scaled by lora_alpha / rank
   c.optim.per_host_projections = False
 
   # --- loop
