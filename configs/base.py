@@ -76,7 +76,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- data (lloglin.data.make_dataset; preference pairs: lloglin.data.preferences)
   c.data = ml_collections.ConfigDict()
-  # task lm: mqar | text | flipflop; task reward: synthetic_preferences | preference_jsonl
+  # task lm: mqar | text | flipflop | arc_dsl (generated ARC-like tasks, configs/arc_pretrain.py);
+  # task reward: synthetic_preferences | preference_jsonl
   c.data.source = "mqar"
   c.data.name = ""  # tfds dataset name for source=text (tiny_shakespeare, lm1b, wikitext...)
   # local .txt / .jsonl file or a directory of them (wins over name); for preference_jsonl a
