@@ -6,8 +6,9 @@
 The data source `arc_dsl` (lloglin/evals/arc_ttt/dsl.py) packs episodes of programs drawn from
 single DSL primitives and the composition pairs that are not held out; the `arc_ttt` suite then
 evaluates on tasks of the held-out pairs. A 3-layer Transformer of d_model 96 on episodes of
-3-4-sided grids with 3-4 demonstrations, sized for a shared 2-core CPU. `:tiny` trains for
-seconds (tests and smoke runs).
+3 x 3 input grids (outputs up to 6 x 6) with 3-4 demonstrations, sized for a shared 2-core CPU;
+why one input size: docs/suites/arc_ttt.md#toy. `:tiny` trains for seconds (tests and smoke
+runs).
 """
 
 import ml_collections
@@ -22,7 +23,7 @@ def arc_dsl_config() -> ml_collections.ConfigDict:
   tasks read the same sizes."""
   d = ml_collections.ConfigDict()
   d.min_side = 3
-  d.max_side = 4
+  d.max_side = 3
   d.min_demos = 3
   d.max_demos = 4
   d.heldout_fraction = 0.25  # of the ordered primitive pairs, never in the pre-training data
@@ -38,19 +39,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {arg!r} of configs/arc_pretrain.py; valid: {VARIANTS}")
   c = get_base_config()
   c.seq_len = 256
-  c.batch_size = 16
+  c.batch_size = 8
   c.data.source = "arc_dsl"
   c.data.arc_dsl = arc_dsl_config()
-  set_model_size(c, d_model=96, num_layers=3, num_heads=3, head_dim=32, mlp_dim=256)
+  set_model_size(c, d_model=96, num_layers=3, num_heads=4, head_dim=24, mlp_dim=256)
   # Trained on 256-token rows; real ARC episodes are longer (RoPE positions extrapolate, badly).
   c.model.max_seq_len = 2048
-  c.optim.learning_rate = 2e-3
-  c.optim.warmup_steps = 100
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 200
   c.optim.weight_decay = 0.1
-  c.train.num_steps = 1500
-  c.train.log_every = 50
+  c.train.num_steps = 3000
+  c.train.log_every = 100
   c.train.eval_every = 500
-  c.train.eval_steps = 4
+  c.train.eval_steps = 8
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 1
   c.train.progress_bar = False

@@ -114,7 +114,7 @@ def random_input(rng: np.random.Generator, min_side: int, max_side: int) -> np.n
   """A random grid: a background of 0, noise of 2-4 colours and sometimes a filled rectangle."""
   h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
   palette = 1 + rng.choice(9, size=int(rng.integers(2, 5)), replace=False)
-  g = np.where(rng.random((h, w)) < rng.uniform(0.15, 0.5), rng.choice(palette, (h, w)), 0)
+  g = np.where(rng.random((h, w)) < rng.uniform(0.1, 0.4), rng.choice(palette, (h, w)), 0)
   if rng.random() < 0.5:
     y, x = int(rng.integers(h)), int(rng.integers(w))
     g[y:y + int(rng.integers(1, 4)), x:x + int(rng.integers(1, 4))] = rng.choice(palette)
