@@ -78,8 +78,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- data (lloglin.data.make_dataset; preference pairs: lloglin.data.preferences)
   c.data = ml_collections.ConfigDict()
-  # task lm: mqar | text | flipflop | multilingual | reward_world; task reward:
-  # synthetic_preferences | preference_jsonl | scored_jsonl | reward_world
+  # task lm: mqar | text | flipflop | multilingual | reward_world | arc_dsl (generated ARC-like
+  # tasks, configs/arc_pretrain.py); task reward: synthetic_preferences | preference_jsonl |
+  # scored_jsonl | reward_world
   c.data.source = "mqar"
   c.data.name = ""  # tfds dataset name for source=text (tiny_shakespeare, lm1b, wikitext...)
   # local .txt / .jsonl file or a directory of them (wins over name); for preference_jsonl a
@@ -141,7 +142,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- optimisation
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"  # adamw | galore | random_sketch | kronecker | onesided_lora | ...
+  c.optim.name = "adamw"  # adamw | galore | random_sketch | kronecker | onesided_lora | lora ...
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 100
   c.optim.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
@@ -163,6 +164,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.mask_exclude_regex = r"(^|/)(embed|head|lm_head)(/|$)|conv/"
   c.optim.accumulate_steps = 1  # microbatches per optimizer step
   c.optim.projection_seed = 0
+  c.optim.lora_alpha = 16.0  # optim.name = lora: the update is scaled by lora_alpha / rank
   c.optim.per_host_projections = False
 
   # --- loop
