@@ -89,7 +89,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.path = ""
   c.data.text_key = "text"  # field holding the text in .jsonl records and tfds examples
   c.data.tfds_data_dir = ""  # where tfds keeps prepared datasets ("" = tfds default)
-  c.data.tokenizer = "byte"  # byte | sentencepiece | tiktoken
+  c.data.tokenizer = "byte"  # byte | sentencepiece | tiktoken (multilingual: its own words)
   c.data.tokenizer_path = ""  # sentencepiece .model file, or tiktoken encoding name
   c.data.val_fraction = 0.05  # held-out tail of local files (or .jsonl records) as validation
   c.data.mqar = ml_collections.ConfigDict()
