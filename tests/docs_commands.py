@@ -260,10 +260,8 @@ def tiny_eval_argv(argv, work: str, corpus: str, known) -> tuple[list[str] | Non
   if not os.path.isdir(checkpoint):
     return None, "no documented train command wrote this checkpoint"
   out = local_path(replace_flag(argv, "checkpoint", checkpoint), "data_path", corpus)
-  limits = {"out": f"{checkpoint}_eval"}
-  if flag_value(argv, "suite") in (None, "lm"):  # the lm suite's shorthand flags
-    limits.update(max_new_tokens=4,
-                  num_batches=0 if flag_value(argv, "num_batches") == "0" else 1)
+  limits = {"out": f"{checkpoint}_eval", "max_new_tokens": 4,
+            "num_batches": 0 if flag_value(argv, "num_batches") == "0" else 1}
   return out + [f"--{k}={v}" for k, v in limits.items() if k in known], ""
 
 
