@@ -1,15 +1,25 @@
 """The semantic_hub suite in-process: configs/semantic_hub.py:tiny trains its own model on the
 multilingual world and analyses it; its export then stands in for a real model read through
-paired text files; bad input is refused before any analysis."""
+paired text files, and an untrained export without a tokenizer for a user's model read with the
+user's; bad input is refused before any analysis."""
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs.semantic_hub import get_config
 from lloglin import evals
 from lloglin.data import multilingual as world
+from lloglin.data.tokenizers import ByteTokenizer
+from lloglin.evals.semantic_hub.analysis import baseline_adjusted_similarity
+from lloglin.evals.semantic_hub.suite import read_pairs
+from lloglin.models import build_model
+from lloglin.training import export, trainer
+from lloglin.training.loading import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -96,3 +106,63 @@ def test_bad_input_is_refused_before_any_analysis(hub_run, tmp_path, settings, m
     evals.run_suite("semantic_hub", config, checkpoint=str(out / "train" / "export"),
                     out_dir=str(tmp_path / "o"))
   assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_paired_files_must_exist_and_hold_a_text_on_every_line(tmp_path):
+  a, b = _write_pairs(tmp_path, [("a", "b"), ("c", "d")])
+  with pytest.raises(FileNotFoundError, match=r"semantic_hub.pairs_b='.*none.txt': no such file"):
+    read_pairs(a, str(tmp_path / "none.txt"))
+  (tmp_path / "b.txt").write_text("b\n\n")
+  with pytest.raises(ValueError, match=r"b.txt:2: a blank line; every line must hold one text"):
+    read_pairs(a, b)
+
+
+@pytest.fixture(scope="module")
+def tokenizerless_export(tmp_path_factory):
+  """An export of an untrained LM of 258 tokens whose training data (MQAR) has no tokenizer: a
+  user's model that only the user's tokenizer (here the byte one) can read."""
+  cfg = get_config("tiny")
+  cfg.data.source = "mqar"
+  mcfg = trainer.model_config(cfg, ByteTokenizer.vocab_size)
+  path = str(tmp_path_factory.mktemp("user") / "export")
+  export.export_params(path, nnx.state(build_model(mcfg, seed=3), nnx.Param),
+                       dict(cfg.to_dict(), model=mcfg.to_dict(), task="lm"))
+  return path
+
+
+def test_a_user_tokenizer_reads_a_model_trained_without_one(tokenizerless_export, tmp_path):
+  """Eq. 1 of the suite (the user's texts through the byte tokenizer, in batches) equals Eq. 1 of
+  each text run alone (right-padded: a causal model's earlier positions do not see the padding);
+  without a tokenizer, or without paired files (steering needs the world), the checkpoint is
+  refused."""
+  pairs = [("the cat", "le chat"), ("a dog sleeps", "un chien dort"), ("red", "rouge"),
+           ("good bread", "du bon pain")]
+  config = get_config("tiny")
+  s = config.semantic_hub
+  s.pairs_a, s.pairs_b = _write_pairs(tmp_path, pairs)
+  run = lambda: evals.run_suite("semantic_hub", config, checkpoint=tokenizerless_export,
+                                out_dir=str(tmp_path / "o"))
+  with pytest.raises(ValueError, match=r"data.source='mqar', which has no tokenizer; set "
+                                       r"semantic_hub.tokenizer"):
+    run()
+  s.tokenizer = "byte"
+  [r] = run()["results"]["models"].values()
+  model, _ = load_model(tokenizerless_export)
+  tok = ByteTokenizer()
+
+  streams = jax.jit(lambda model, tokens_BT: model.probe(tokens_BT)["resid"])
+
+  def pooled_LD(text):  # every layer's stream, averaged over the tokens after BOS
+    ids = [tok.bos_id] + tok.encode(text)
+    return streams(model, jnp.asarray([ids + [0] * (16 - len(ids))]))[:, 0, 1:len(ids)].mean(1)
+  a_LND, b_LND = (np.stack([pooled_LD(t) for t in side], axis=1) for side in zip(*pairs))
+  expected = baseline_adjusted_similarity(a_LND, b_LND)
+  for key in ("paired", "shuffled", "adjusted"):
+    np.testing.assert_allclose(r["similarity"]["pairs"][key], expected[key], rtol=1e-4,
+                               atol=1e-5)
+  shares = r["lens"]["b_input"]["final_norm"]["share"]
+  assert set(shares) == {"a", "b"} and ((0 < shares["b"]) & (shares["b"] < 1)).all()
+  s.pairs_a = s.pairs_b = ""
+  with pytest.raises(ValueError, match=r"was not trained on the multilingual world \(data.source="
+                                       r"'mqar'\); give paired text files"):
+    run()
