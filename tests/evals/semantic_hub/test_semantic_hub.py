@@ -15,7 +15,7 @@ from configs.semantic_hub import get_config
 from lloglin import evals
 from lloglin.data import multilingual as world
 from lloglin.data.tokenizers import ByteTokenizer
-from lloglin.evals.semantic_hub.analysis import baseline_adjusted_similarity
+from lloglin.evals.semantic_hub.analysis import baseline_adjusted_similarity, logit_lens
 from lloglin.evals.semantic_hub.suite import read_pairs
 from lloglin.models import build_model
 from lloglin.training import export, trainer
@@ -131,10 +131,10 @@ def tokenizerless_export(tmp_path_factory):
 
 
 def test_a_user_tokenizer_reads_a_model_trained_without_one(tokenizerless_export, tmp_path):
-  """Eq. 1 of the suite (the user's texts through the byte tokenizer, in batches) equals Eq. 1 of
-  each text run alone (right-padded: a causal model's earlier positions do not see the padding);
-  without a tokenizer, or without paired files (steering needs the world), the checkpoint is
-  refused."""
+  """Eq. 1 and the logit lens without the final norm of the suite (the user's texts through the
+  byte tokenizer, in batches) equal those of each text run alone (right-padded: a causal model's
+  earlier positions do not see the padding); without a tokenizer, or without paired files
+  (steering needs the world), the checkpoint is refused."""
   pairs = [("the cat", "le chat"), ("a dog sleeps", "un chien dort"), ("red", "rouge"),
            ("good bread", "du bon pain")]
   config = get_config("tiny")
@@ -149,19 +149,26 @@ def test_a_user_tokenizer_reads_a_model_trained_without_one(tokenizerless_export
   [r] = run()["results"]["models"].values()
   model, _ = load_model(tokenizerless_export)
   tok = ByteTokenizer()
-
   streams = jax.jit(lambda model, tokens_BT: model.probe(tokens_BT)["resid"])
 
-  def pooled_LD(text):  # every layer's stream, averaged over the tokens after BOS
+  def alone_LTD(text):  # every layer's stream at each of the text's tokens, BOS first
     ids = [tok.bos_id] + tok.encode(text)
-    return streams(model, jnp.asarray([ids + [0] * (16 - len(ids))]))[:, 0, 1:len(ids)].mean(1)
-  a_LND, b_LND = (np.stack([pooled_LD(t) for t in side], axis=1) for side in zip(*pairs))
+    return np.asarray(streams(model, jnp.asarray([ids + [0] * (16 - len(ids))])))[:, 0, :len(ids)]
+  a_LND, b_LND = (np.stack([alone_LTD(t)[:, 1:].mean(1) for t in side], axis=1)
+                  for side in zip(*pairs))
   expected = baseline_adjusted_similarity(a_LND, b_LND)
   for key in ("paired", "shuffled", "adjusted"):
     np.testing.assert_allclose(r["similarity"]["pairs"][key], expected[key], rtol=1e-4,
                                atol=1e-5)
-  shares = r["lens"]["b_input"]["final_norm"]["share"]
-  assert set(shares) == {"a", "b"} and ((0 < shares["b"]) & (shares["b"] < 1)).all()
+  # The lens on file b's texts, at every position but the last: the mass on the bytes that only
+  # file a's texts use, and on those only file b's use.
+  used = [set(sum((tok.encode(t) for t in side), [])) for side in zip(*pairs)]
+  only = {"a": sorted(used[0] - used[1]), "b": sorted(used[1] - used[0])}
+  p_LMV = np.exp(np.concatenate([logit_lens(model, alone_LTD(b)[:, :-1], final_norm=False)
+                                 for _, b in pairs], axis=1))
+  shares = r["lens"]["b_input"]["raw"]["share"]
+  for side, ids in only.items():
+    np.testing.assert_allclose(shares[side], p_LMV[..., ids].sum(-1).mean(1), rtol=1e-4)
   s.pairs_a = s.pairs_b = ""
   with pytest.raises(ValueError, match=r"was not trained on the multilingual world \(data.source="
                                        r"'mqar'\); give paired text files"):
