@@ -93,6 +93,12 @@ def test_paired_files_and_several_checkpoints(hub_run, tmp_path):
     (dict(steer_layers=(0, 3)), r"semantic_hub.steer_layers=\(0, 3\): layer\(s\) \[3\] out of "
                                 r"range .*\(2 layers: 0..2"),
     (dict(pool="first"), r"semantic_hub.pool='first'; expected 'last' or 'mean'"),
+    (dict(steer_sources=("activations", "mood")), r"semantic_hub.steer_sources=\('activations', "
+                                                  r"'mood'\); expected names from"),
+    (dict(steer_positions="generated"), r"semantic_hub.steer_positions='generated'; expected"),
+    (dict(num_pairs=1), r"semantic_hub.num_pairs=1; Eq. 1 needs at least 2 pairs"),
+    (dict(pairs_a="a.txt"), r"pairs_a='a.txt', pairs_b='': give both paired files or neither"),
+    (dict(labels="x,y"), r"semantic_hub.labels='x,y': 2 labels for 1 checkpoints"),
 ])
 def test_bad_input_is_refused_before_any_analysis(hub_run, tmp_path, settings, match):
   out, _ = hub_run
