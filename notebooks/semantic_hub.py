@@ -128,7 +128,7 @@ measures = s.copy_and_resolve_references()
 measures.steer_sources = ()  # steering gets its own section below
 models, results = {}, {}
 for label, workdir in runs.items():
-  model, train_config = load_model(workdir)
+  model, train_config = load_model(os.path.join(workdir, "export"))  # params and config
   models[label] = model, make_tokenizer(ml_collections.ConfigDict(train_config["data"]))
   results[label] = analyse_world(*models[label], measures, label=label)
 out_dir = tempfile.mkdtemp(prefix="lloglin_hub_figures_")
@@ -154,8 +154,9 @@ display(Image(plots.lens(results, os.path.join(out_dir, "logit_lens.png"), s.len
 # ("unembedding"), and a random direction, each scaled to the stream's mean norm there. Added with
 # a strength while `lloglin.inference.generate` continues minor-language prompts (prefill and
 # every decode step), it should move the share of positive adjectives in what the model writes,
-# in the minor language, more than the random vector does; the right panel checks that the
-# continuations stay in the minor language.
+# in the minor language, more than the random vector does. Left: by strength at the middle layer;
+# middle: at the largest strength, by layer (not at tiny sizes); right: whether the continuations
+# stay in the minor language.
 
 # %%
 for label, (model, tokenizer) in models.items():
@@ -164,10 +165,10 @@ for label, (model, tokenizer) in models.items():
 display(Image(plots.steering(results, os.path.join(out_dir, "steering.png"))))
 
 # %% [markdown]
-# ## The real run
-# At tiny sizes the curves above are noise: the models have not learnt the world. The experiment
-# trains the Transformer, Gated DeltaNet, log-linear Gated DeltaNet and a 2-block control to
-# convergence and draws them in one figure each:
+# ## The experiment
+# (At the test suite's tiny sizes the curves above are noise: the model has not learnt the world.)
+# The experiment trains the Transformer, Gated DeltaNet, log-linear Gated DeltaNet and a 2-block
+# Transformer as a control, and draws them in one figure each:
 # `python -m experiments.semantic_hub --workdir runs` (`experiments/semantic_hub.py`). Its
 # figures, what they show and what they do not (on this toy, claim (i) of the paper, translations
 # closest in the middle layers, did not reproduce) are in `docs/suites/semantic_hub.md`. The
