@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lloglin.evals.semantic_hub.analysis import logit_lens
 from lloglin.layers import mixer_names
 from lloglin.models import build_model
 from lloglin.models.decoder import steer
@@ -62,7 +63,9 @@ def test_decode_logits_equal_the_full_forward(pattern, mode, layers):
 def test_prefill_through_the_pallas_kernels(pattern, monkeypatch):
   """mixer_impl='pallas' (interpret mode here): prefill runs the kernels, its final states (PaTH:
   its keys moved to each row's end) included, and decoding after it still equals the full
-  forward (shorter than above: the interpreter is slow)."""
+  forward (shorter than above: the interpreter is slow). The full forward is a probe
+  (tests/models/test_probe.py with the kernels): its last stream read by the head is its logits,
+  and each block adds its mixer's and MLP's recorded outputs."""
   kernel_calls = []  # return_k_cache of each PaTH kernel call
   if pattern.startswith("path"):  # head dim 16: the smallest the PaTH kernel tiles
     kernel = pallas_path.path_attention
@@ -78,18 +81,23 @@ def test_prefill_through_the_pallas_kernels(pattern, monkeypatch):
 
   @jax.jit
   def run(model, tokens_BT):
-    ref_BTV = model(tokens_BT)
+    probed = model.probe(tokens_BT, sites=("resid", "mixer", "mlp"))
     first_BV, cache = model.prefill(tokens_BT[:, :70], model.init_cache(3, 86), lengths)
 
     def step(cache, i):
       logits_BV, cache = model.decode_step(tokens_BT[jnp.arange(3), lengths + i], cache)
       return cache, logits_BV
     _, logits_NBV = jax.lax.scan(step, cache, jnp.arange(16))
-    return ref_BTV, jnp.concatenate([first_BV[:, None], jnp.moveaxis(logits_NBV, 0, 1)], 1)
+    return probed, jnp.concatenate([first_BV[:, None], jnp.moveaxis(logits_NBV, 0, 1)], 1)
 
-  ref_BTV, decoded_BNV = run(model, tokens)
+  probed, decoded_BNV = run(model, tokens)
+  ref_BTV = probed["logits"]
   positions_BN = lengths[:, None] - 1 + jnp.arange(17)
   assert_close_to_scale(decoded_BNV, jnp.take_along_axis(ref_BTV, positions_BN[..., None], 1))
+  resid_LBTD = probed["resid"]
+  assert_close_to_scale(logit_lens(model, resid_LBTD[-1], final_norm=True),
+                        jax.nn.log_softmax(ref_BTV))
+  assert_close_to_scale(resid_LBTD[1:], resid_LBTD[:-1] + probed["mixer"] + probed["mlp"])
   if pattern.startswith("path"):  # the forward and the prefill (with the key cache) took it
     assert sorted(kernel_calls) == [False, True]
 

@@ -15,6 +15,7 @@ import pytest
 from lloglin.evals.semantic_hub.analysis import logit_lens
 from lloglin.models import build_model
 from lloglin.models.decoder import steer
+from lloglin.parallel import mesh as mesh_lib
 from tests.inference.helpers import tiny_config
 from tests.inference.test_decode import PACKAGE_MIXERS
 
@@ -101,3 +102,11 @@ def test_mlp_site_needs_an_mlp_and_a_steering_vector_is_one_vector():
     model.probe(jnp.zeros((1, 4), jnp.int32), sites=("mlp",))
   with pytest.raises(ValueError, match=r"vector_D: expected one vector \[d_model\]"):
     steer(np.ones((2, 32)), layer=0)
+
+
+def test_probing_refuses_tensor_parallelism():
+  """The probe sees one device's whole stream; under a 'tensor' mesh axis it would see shards."""
+  model = build_model(tiny_config("attention", num_layers=1, max_seq_len=32))
+  with jax.set_mesh(mesh_lib.make_mesh(dict(data=1, fsdp=1, tensor=2))):
+    with pytest.raises(ValueError, match="probing and steering run without tensor parallelism"):
+      model.probe(jnp.zeros((1, 4), jnp.int32))

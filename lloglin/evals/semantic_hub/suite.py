@@ -94,6 +94,7 @@ def _load(path: str, s):
     raise ValueError(f"checkpoint={path!r} holds a model of task {train_config['task']!r}; the "
                      f"semantic_hub suite analyses language models (task 'lm')")
   data = ml_collections.ConfigDict(train_config["data"])
+  trained_on = data.source
   own = make_tokenizer(data)
   tokenizer = own
   if s.tokenizer:  # as a text source names it (the world's source implies its own)
@@ -102,7 +103,7 @@ def _load(path: str, s):
     tokenizer = make_tokenizer(data)
   vocab = model.cfg.vocab_size
   if tokenizer is None:
-    raise ValueError(f"checkpoint={path!r} was trained on data.source={data.source!r}, which has "
+    raise ValueError(f"checkpoint={path!r} was trained on data.source={trained_on!r}, which has "
                      f"no tokenizer; set semantic_hub.tokenizer (and tokenizer_path)")
   if tokenizer.vocab_size > vocab or (own is not None and own.vocab_size != tokenizer.vocab_size):
     raise ValueError(
@@ -110,9 +111,9 @@ def _load(path: str, s):
         f"{tokenizer.vocab_size} tokens does not match checkpoint={path!r} (model vocab_size "
         f"{vocab}" + (f", trained with a tokenizer of {own.vocab_size}" if own else "") + ")")
   world_mode = not s.pairs_a
-  if world_mode and data.source != "multilingual":
+  if world_mode and trained_on != "multilingual":
     raise ValueError(f"checkpoint={path!r} was not trained on the multilingual world "
-                     f"(data.source={data.source!r}); give paired text files "
+                     f"(data.source={trained_on!r}); give paired text files "
                      f"(semantic_hub.pairs_a, pairs_b) to analyse it")
   L = model.cfg.num_layers
   bad = [layer for layer in s.steer_layers if not 0 <= layer <= L]
