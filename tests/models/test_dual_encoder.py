@@ -7,6 +7,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from lloglin.models import ModelConfig
 from lloglin.models.dual_encoder import DualEncoderConfig, build_dual_encoder
@@ -28,6 +29,10 @@ def model():
   return build_dual_encoder(text_config(), seed=0, **ENCODER)
 
 
+encode_text = nnx.jit(lambda m, tokens, lengths: m.encode_text(tokens, lengths))
+encode_image = nnx.jit(lambda m, images: m.encode_image(images))
+
+
 def images(n, seed=0):
   return np.random.default_rng(seed).random((n, 8, 8, 3), dtype=np.float32)
 
@@ -35,9 +40,8 @@ def images(n, seed=0):
 def test_logits_are_scaled_cosines_of_unit_embeddings(model):
   tokens = np.random.default_rng(1).integers(0, VOCAB, (2, L))
   lengths = np.array([3, L])
-  logits = np.asarray(model(images(3), tokens, lengths))
-  img, txt = np.asarray(model.encode_image(images(3))), np.asarray(model.encode_text(tokens,
-                                                                                      lengths))
+  forward = nnx.jit(lambda m, x, t, n: (m(x, t, n), m.encode_image(x), m.encode_text(t, n)))
+  logits, img, txt = map(np.asarray, forward(model, images(3), tokens, lengths))
   assert logits.shape == (3, 2) and img.shape == (3, 8) and txt.shape == (2, 8)
   np.testing.assert_allclose(np.linalg.norm(img, axis=-1), 1, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(txt, axis=-1), 1, rtol=1e-5)
@@ -63,10 +67,11 @@ def test_text_embedding_is_read_at_the_end_of_text_token(model, layer_pattern):
   garbage = np.where(np.arange(L) < lengths[:, None], tokens, rng.integers(0, VOCAB, (L, L)))
   other_eot = tokens.copy()
   other_eot[np.arange(L), lengths - 1] = (tokens[np.arange(L), lengths - 1] + 1) % VOCAB
-  base = np.asarray(m.encode_text(tokens, lengths))
   assert (garbage != tokens).any(axis=1)[:-1].all()  # every padded row got new padding
-  np.testing.assert_allclose(np.asarray(m.encode_text(garbage, lengths)), base, atol=1e-6)
-  moved = np.abs(np.asarray(m.encode_text(other_eot, lengths)) - base).max(axis=1)
+  base, same, other = np.split(np.asarray(encode_text(
+      m, np.concatenate([tokens, garbage, other_eot]), np.tile(lengths, 3))), 3)
+  np.testing.assert_allclose(same, base, atol=1e-6)
+  moved = np.abs(other - base).max(axis=1)
   assert (moved > 1e-4).all(), moved
 
 
@@ -75,13 +80,13 @@ def test_image_tower_is_bidirectional(pooling):
   """A change to any single patch moves the pooled embedding: with causal attention the class
   token (position 0) would see none of them."""
   m = build_dual_encoder(text_config(), **dict(ENCODER, pooling=pooling))
-  x = images(1)
-  base = np.asarray(m.encode_image(x))
+  x = np.repeat(images(1), 5, axis=0)  # row 0 as it is, row 1 + 2r + c with patch (r, c) changed
   for r in range(2):
     for c in range(2):
-      y = x.copy()
-      y[0, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 1 - y[0, 4 * r:4 * r + 4, 4 * c:4 * c + 4]
-      assert np.abs(np.asarray(m.encode_image(y)) - base).max() > 1e-4, (r, c)
+      x[1 + 2 * r + c, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 1 - x[0, 4 * r:4 * r + 4,
+                                                                  4 * c:4 * c + 4]
+  out = np.asarray(encode_image(m, x))
+  assert (np.abs(out[1:] - out[0]).max(axis=1) > 1e-4).all()
 
 
 @pytest.mark.parametrize("call, pattern", [

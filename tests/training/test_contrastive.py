@@ -51,10 +51,11 @@ def test_mcq_loss_gradient_matches_finite_differences():
   differentiated with respect to the raw (unnormalised) image and option features and the
   scale: jax.grad against central differences, in float64."""
   rng = np.random.default_rng(1)
-  B, K, D = 3, 4, 5
-  answer = np.array([2, 0, 3])
+  B, K, D = 2, 3, 4
+  answer = np.array([2, 0])
   x0 = rng.normal(size=B * D + B * K * D + 1)
 
+  @jax.jit
   def mcq(x):
     images_BD = l2_normalize(x[:B * D].reshape(B, D))
     options_BKD = l2_normalize(x[B * D:-1].reshape(B, K, D))
@@ -68,7 +69,7 @@ def test_mcq_loss_gradient_matches_finite_differences():
     numeric = np.array([(mcq(x0.at[i].add(eps)) - mcq(x0.at[i].add(-eps))) / (2 * eps)
                         for i in range(x0.size)])
   np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
-  assert np.abs(grad).min() > 0 or np.abs(grad).max() > 1e-3  # a real, non-zero gradient
+  assert np.abs(grad).max() > 1e-2  # a real, non-zero gradient
 
 
 def test_contrastive_options_are_checked():
