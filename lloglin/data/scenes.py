@@ -24,6 +24,7 @@ COLOURS = np.array([  # one RGB colour per class, in [0, 1]
 CONTEXTS = (("circle", "ring", "diamond", "square"), ("square", "frame", "cross"),
             ("triangle", "hourglass", "bar"), ("pillar", "bar", "cross", "ring"))
 NUM_OBJECTS_P = (0.3, 0.4, 0.3)  # P(1, 2, 3 objects)
+SPLITS = ("train", "validation", "test")  # disjoint streams of scenes for one seed
 _STREAM = 0x5C3E  # keeps scene seeds apart from the other generators'
 
 
@@ -67,16 +68,19 @@ def class_weights(off_context_weight: float) -> np.ndarray:
   return w
 
 
-def make_scenes(num: int, *, seed: int, image_size: int = 32,
+def make_scenes(num: int, *, seed: int, split: str = "train", image_size: int = 32,
                 off_context_weight: float = 0.1) -> Scenes:
-  """`num` scenes of image_size x image_size pixels, deterministic from the arguments."""
+  """`num` scenes of image_size x image_size pixels, deterministic from the arguments; the
+  splits of one seed are independent draws."""
+  if split not in SPLITS:
+    raise ValueError(f"split={split!r}: expected one of {SPLITS}")
   if not isinstance(num, int) or num < 1:
     raise ValueError(f"num={num!r}: expected a positive int")
   if not isinstance(image_size, int) or image_size < 16:
     raise ValueError(f"image_size={image_size!r}: expected an int >= 16")
   if not 0 < off_context_weight <= 1:
     raise ValueError(f"off_context_weight={off_context_weight!r}: expected a value in (0, 1]")
-  rng = np.random.default_rng([_STREAM, seed])
+  rng = np.random.default_rng([_STREAM, SPLITS.index(split), seed])
   num_classes = len(CLASSES)
   context_N = rng.integers(len(CONTEXTS), size=num)
   count_N = rng.choice(3, size=num, p=NUM_OBJECTS_P) + 1

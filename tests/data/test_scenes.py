@@ -16,6 +16,7 @@ def test_deterministic_and_seeded(scenes):
   np.testing.assert_array_equal(scenes.images_NHWC, again.images_NHWC)
   assert scenes.objects == again.objects
   assert make_scenes(400, seed=4).objects != scenes.objects
+  assert make_scenes(400, seed=3, split="test").objects != scenes.objects
 
 
 def test_labels_match_objects_and_pixels(scenes):
@@ -57,7 +58,8 @@ def test_cooccurrence_follows_contexts(scenes):
 
 
 @pytest.mark.parametrize("name,kwargs", [("num", {"num": 0}), ("image_size", {"image_size": 8}),
-                                         ("off_context_weight", {"off_context_weight": 0.0})])
+                                         ("off_context_weight", {"off_context_weight": 0.0}),
+                                         ("split", {"split": "dev"})])
 def test_bad_arguments(name, kwargs):
   with pytest.raises(ValueError, match=name):
     make_scenes(**{"num": 2, "seed": 0, **kwargs})
