@@ -19,7 +19,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # batches, loss and eval metrics.
   c.task = "lm"
   # A params-only LM export (a training workdir's export/) whose weights initialise the model:
-  # all of them for "lm", the trunk for "reward" (the LM head is dropped). "" = random init.
+  # all of them for "lm", the trunk for "reward" (the LM head is dropped); or an export of the
+  # same task, which initialises the whole model (fine-tuning). "" = random init.
   # The model section must describe the same shapes (a ValueError lists the fields that differ).
   c.init_from = ""
 
