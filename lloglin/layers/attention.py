@@ -31,7 +31,10 @@ def resolve_attention_impl(impl: str, dtype, *, tensor_parallel: bool = False) -
 @register_mixer("attention")
 class Attention(nnx.Module):
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, rngs: nnx.Rngs, causal: bool = True):
+    """`causal=False`: every position attends to every position of its document (the image
+    tower of lloglin.models.dual_encoder); the decode path (prefill / step) is causal only."""
+    self.causal = causal
     H, G, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
     self.q_proj = dense(D, H * K, **kw)
@@ -61,7 +64,7 @@ class Attention(nnx.Module):
   def _attend(self, q_BTHK, k_BTGK, v_BTGK, segment_ids_BT):
     B, T = q_BTHK.shape[:2]
     o_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT=segment_ids_BT,
-                              implementation=self.impl)
+                              implementation=self.impl, causal=self.causal)
     o_BTHK = tag_mixer_core(o_BTHK)
     return self.o_proj(o_BTHK.reshape(B, T, self.num_heads * self.head_dim))
 
@@ -129,7 +132,7 @@ class Attention(nnx.Module):
     B, T, _ = x_BTD.shape
     q_BTHK, k_BTGK, v_BTGK = self.tp_qkv(x_BTD, positions_BT, tp=tp, axis_name=axis_name)
     o_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT=segment_ids_BT,
-                              implementation=self.tensor_parallel_impl)
+                              implementation=self.tensor_parallel_impl, causal=self.causal)
     return self.o_proj(o_BTHK.reshape(B, T, -1))
 
 

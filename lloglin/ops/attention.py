@@ -53,17 +53,20 @@ def _check_qkv(q_BTHK, k_BSGK, v_BSGV, segment_ids_BT):
   return tuple(dims[a] for a in "BTHGK")
 
 
-def _causal_mask_BTS(T, segment_ids_BT):
-  """Boolean `[B or 1, T, S]` mask: causal, and same document when segment ids are given."""
+def _causal_mask_BTS(T, segment_ids_BT, causal=True):
+  """Boolean `[B or 1, T, S]` mask: causal (all positions when not `causal`), and same document
+  when segment ids are given."""
   t_T = jnp.arange(T)
-  mask_1TS = (t_T[:, None] >= t_T[None, :])[None]
+  mask_1TS = (t_T[:, None] >= t_T[None, :])[None] if causal else jnp.ones((1, T, T), bool)
   if segment_ids_BT is None:
     return mask_1TS
   return mask_1TS & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
 
 
-def causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, *, segment_ids_BT=None, scale=None):
-  """Oracle: explicit masked softmax, `o_t = sum_s softmax_s(scale q_t.k_s) v_s` over s <= t.
+def causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, *, segment_ids_BT=None, scale=None,
+                               causal=True):
+  """Oracle: explicit masked softmax, `o_t = sum_s softmax_s(scale q_t.k_s) v_s` over s <= t
+  (over every s of the document when not `causal`).
 
   Query and key lengths are equal (self-attention). Accumulates in float32 (float64 for float64
   inputs) and returns the dtype of `v_BSGV`.
@@ -75,7 +78,7 @@ def causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, *, segment_ids_BT=None, s
   q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
   logits_BGRTS = scale * jnp.einsum(
       "btgrk,bsgk->bgrts", q_BTGRK, k_BSGK, precision=HIGHEST, preferred_element_type=acc)
-  mask_B11TS = _causal_mask_BTS(T, segment_ids_BT)[:, None, None]
+  mask_B11TS = _causal_mask_BTS(T, segment_ids_BT, causal)[:, None, None]
   logits_BGRTS = jnp.where(mask_B11TS, logits_BGRTS, -jnp.inf)
   probs_BGRTS = jax.nn.softmax(logits_BGRTS, axis=-1)
   o_BTGRV = jnp.einsum(
@@ -84,8 +87,9 @@ def causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, *, segment_ids_BT=None, s
 
 
 def causal_attention(q_BTHK, k_BSGK, v_BSGV, *, segment_ids_BT=None, scale=None,
-                     implementation=None):
-  """Causal attention through `jax.nn.dot_product_attention` (GQA natively).
+                     implementation=None, causal=True):
+  """Causal attention through `jax.nn.dot_product_attention` (GQA natively); bidirectional
+  (every position of the document) when not `causal`, as a ViT's blocks attend.
 
   `implementation` is passed through (None | "xla" | "cudnn"). Segment ids become an explicit
   boolean mask (cuDNN is much slower with an explicit mask; without segment ids only
@@ -98,14 +102,14 @@ def causal_attention(q_BTHK, k_BSGK, v_BSGV, *, segment_ids_BT=None, scale=None,
   mask_B1TS = None
   if segment_ids_BT is not None:
     q_BTHK, k_BSGK, v_BSGV = sanitize_padding(segment_ids_BT, q_BTHK, k_BSGK, v_BSGV)
-    mask_B1TS = _causal_mask_BTS(T, segment_ids_BT)[:, None]
+    mask_B1TS = _causal_mask_BTS(T, segment_ids_BT, causal)[:, None]
   pad_last = lambda x, n: jnp.pad(x, ((0, 0),) * 3 + ((0, n - x.shape[-1]),))
   if V < K:
     v_BSGV = pad_last(v_BSGV, K)
   elif K < V:
     q_BTHK, k_BSGK = pad_last(q_BTHK, V), pad_last(k_BSGK, V)
   o_BTHV = jax.nn.dot_product_attention(
-      q_BTHK, k_BSGK, v_BSGV, mask=mask_B1TS, scale=scale, is_causal=True,
+      q_BTHK, k_BSGK, v_BSGV, mask=mask_B1TS, scale=scale, is_causal=causal,
       implementation=implementation)
   return o_BTHV[..., :V]
 

@@ -1,6 +1,8 @@
 """Losses: token-level cross-entropy and the LM task's loss and eval sums; for reward models
 pairwise Bradley-Terry and the squared differences of pointwise regression and of the
-paraphrase-consistency regulariser (lloglin.training.tasks.reward combines them).
+paraphrase-consistency regulariser (lloglin.training.tasks.reward combines them); for dual
+encoders symmetric InfoNCE and the cross-entropy over an image's option captions (NegBench's MCQ
+loss; lloglin.training.tasks.contrastive mixes them).
 
 `lm_loss` and `lm_eval_sums` are functions of (model, batch), as every task's are
 (lloglin.training.tasks); they live here, below the task registry, because the step functions
@@ -62,3 +64,25 @@ def lm_eval_sums(model, batch):
   mask_BT = batch["loss_mask"].astype(jnp.float32)
   return {"loss_sum": loss_BT.sum(), "correct_sum": correct_BT.sum(), "count": count,
           "loss_T": loss_BT.sum(0), "count_T": mask_BT.sum(0)}
+
+
+def info_nce(logits_IT):
+  """Symmetric InfoNCE (CLIP) of a square similarity matrix whose diagonal holds the matching
+  pairs: the mean of the image->text and text->image cross-entropies, each averaged over the
+  batch (float32 or wider)."""
+  logits_IT = _at_least_float32(logits_IT)
+  n = logits_IT.shape[0]
+  if logits_IT.shape != (n, n):
+    raise ValueError(f"logits_IT: expected a square [B, B] matrix, got {logits_IT.shape}")
+  diagonal_B = jnp.diagonal(logits_IT)
+  image_to_text = jax.nn.logsumexp(logits_IT, axis=1) - diagonal_B
+  text_to_image = jax.nn.logsumexp(logits_IT, axis=0) - diagonal_B
+  return (image_to_text.mean() + text_to_image.mean()) / 2
+
+
+def option_cross_entropy(logits_BK, answer_B):
+  """Per-row cross-entropy [B] over K options with the correct index answer_B: NegBench's MCQ
+  loss (its mean) on logits_BK = scale * cos(image b, option k)."""
+  logits_BK = _at_least_float32(logits_BK)
+  correct_B = jnp.take_along_axis(logits_BK, answer_B[:, None].astype(jnp.int32), axis=1)[:, 0]
+  return jax.nn.logsumexp(logits_BK, axis=1) - correct_B

@@ -1,4 +1,5 @@
-"""Causal softmax attention: reference vs brute force, jax.nn path, decode step, RoPE."""
+"""Causal (and bidirectional) softmax attention: reference vs brute force, jax.nn path, decode
+step, RoPE."""
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ def make_qkv(seed, B, T, H, G, K, V):
           rng.normal(size=(B, T, G, V)))
 
 
-def brute_force(q, k, v, seg, scale):
+def brute_force(q, k, v, seg, scale, causal=True):
   """Loop over batch, head and query position in numpy float64."""
   B, T, H, _ = q.shape
   R = H // k.shape[2]
@@ -25,7 +26,8 @@ def brute_force(q, k, v, seg, scale):
       for t in range(T):
         if seg is not None and seg[b, t] == 0:
           continue
-        keys = [s for s in range(t + 1) if seg is None or seg[b, s] == seg[b, t]]
+        keys = [s for s in range(t + 1 if causal else q.shape[1])
+                if seg is None or seg[b, s] == seg[b, t]]
         logits = np.array([scale * q[b, t, h] @ k[b, s, h // R] for s in keys])
         p = np.exp(logits - logits.max())
         out[b, t, h] = (p / p.sum()) @ v[b, keys, h // R]
@@ -35,20 +37,21 @@ def brute_force(q, k, v, seg, scale):
 SEG = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 0, 0, 0], [1] * 11], np.int32)
 
 
-@pytest.mark.parametrize("segments", [False, True])
-def test_reference_equals_brute_force(segments):
+@pytest.mark.parametrize("segments, causal", [(False, True), (True, True), (True, False)])
+def test_reference_equals_brute_force(segments, causal):
   q, k, v = make_qkv(0, 2, 11, 4, 2, 8, 6)
   seg = SEG if segments else None
   with jax.enable_x64(True):
     out = attention.causal_attention_reference(
-        jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), scale=0.4,
+        jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), scale=0.4, causal=causal,
         segment_ids_BT=None if seg is None else jnp.asarray(seg))
-  assert_close(np.asarray(out), brute_force(q, k, v, seg, 0.4), rel=1e-12, maxabs=1e-12)
+  assert_close(np.asarray(out), brute_force(q, k, v, seg, 0.4, causal), rel=1e-12, maxabs=1e-12)
 
 
 @pytest.mark.parametrize("H, G, K, V", [(4, 4, 16, 16), (4, 2, 16, 8), (4, 1, 8, 16)])
-@pytest.mark.parametrize("segments", [False, True])
-def test_causal_attention_xla_equals_reference(H, G, K, V, segments):
+@pytest.mark.parametrize("segments, causal", [(False, True), (True, True), (False, False),
+                                              (True, False)])
+def test_causal_attention_xla_equals_reference(H, G, K, V, segments, causal):
   B, T = 2, 40
   q, k, v = make_qkv(1, B, T, H, G, K, V)
   seg = None
@@ -58,10 +61,10 @@ def test_causal_attention_xla_equals_reference(H, G, K, V, segments):
     seg[1] = np.repeat([1, 2], [25, 15])
   with jax.enable_x64(True):
     ref = np.asarray(attention.causal_attention_reference(
-        jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+        jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), causal=causal,
         segment_ids_BT=None if seg is None else jnp.asarray(seg)))
   out = attention.causal_attention(
-      *(jnp.asarray(a, jnp.float32) for a in (q, k, v)), implementation="xla",
+      *(jnp.asarray(a, jnp.float32) for a in (q, k, v)), implementation="xla", causal=causal,
       segment_ids_BT=None if seg is None else jnp.asarray(seg))
   assert out.dtype == jnp.float32
   assert_close(np.asarray(out), ref, rel=1e-5)

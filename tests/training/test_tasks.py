@@ -1,4 +1,5 @@
-"""The task registry, and `init_from`: an LM export initialising an LM or a reward trunk."""
+"""The task registry, and `init_from`: an LM export initialising an LM, a reward trunk or a dual
+encoder's text tower; an export of the same task the whole model."""
 
 import dataclasses
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import mqar, reward as reward_config
+from configs import contrastive as contrastive_config, mqar, reward as reward_config
 from lloglin.models import build_model
 from lloglin.training import export, trainer
 from lloglin.training.tasks import get_task, register_task, task_of
@@ -16,7 +17,8 @@ VOCAB = 64
 
 
 def test_unknown_task_lists_the_known_ones():
-  with pytest.raises(ValueError, match=r"task='rl' is unknown; expected one of \['lm', 'reward'\]"):
+  with pytest.raises(ValueError, match=r"task='rl' is unknown; expected one of "
+                     r"\['contrastive', 'lm', 'reward'\]"):
     get_task("rl")
   with pytest.raises(ValueError, match="task 'lm' is already registered"):
     register_task(dataclasses.replace(get_task("reward"), name="lm"))
@@ -39,23 +41,30 @@ def lm_export(tmp_path):
   return str(tmp_path / "export"), lm
 
 
-def _reward_config(init_from, **model):
-  cfg = reward_config.get_config("tiny")
+def _reward_config(init_from, experiment=reward_config, **model):
+  cfg = experiment.get_config("tiny")
   cfg.model.update(mqar.get_config("tiny").model.to_dict(), **model)
   cfg.init_from = init_from
   return cfg
 
 
-def test_init_from_loads_the_lm_export_into_the_reward_trunk(lm_export):
+@pytest.mark.parametrize("experiment, lm_part, rest", [
+    (reward_config, "trunk", ("head",)),
+    (contrastive_config, "text", ("text_proj", "image_proj", "vision_blocks", "patch_embed"))])
+def test_init_from_loads_the_lm_export_into_the_lm_part(lm_export, experiment, lm_part, rest):
+  """The reward trunk / the dual encoder's text tower get the LM's parameters (without its
+  head); the rest of the model keeps its random init."""
   path, lm = lm_export
-  model, _ = trainer.init_model(_reward_config(path), VOCAB)
-  fresh, _ = trainer.init_model(_reward_config(""), VOCAB)
+  model, _ = trainer.init_model(_reward_config(path, experiment), VOCAB)
+  fresh, _ = trainer.init_model(_reward_config("", experiment), VOCAB)
   expected = {k: v for k, v in _flat(lm).items() if k[0] != "head"}
-  got = _flat(model.trunk)
+  got = _flat(getattr(model, lm_part))
   assert got.keys() == expected.keys()
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
-  jax.tree.map(np.testing.assert_array_equal, _flat(model.head), _flat(fresh.head))
+  for name in rest:
+    jax.tree.map(np.testing.assert_array_equal, _flat(getattr(model, name)),
+                 _flat(getattr(fresh, name)))
 
 
 def test_init_from_loads_every_parameter_of_an_lm(lm_export):
