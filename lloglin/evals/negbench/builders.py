@@ -27,6 +27,24 @@ CAPTION_TEMPLATES = ("A photo of {objects}.", "There is {objects} in the image."
 RETRIEVAL_NEGATION = "There is no {object} in the image."
 NEGCAP_NEGATIONS = (RETRIEVAL_NEGATION, "No {object} is present.",
                     "The image does not show {a_object}.", "There is not {a_object} here.")
+
+# The PCA probe (the paper's Fig. 6): template categories, each with phrasings that differ only
+# in wording; {a} / {b} are two objects with their articles, {x} the first without.
+PROBE_TEMPLATES = {
+    "affirmation": ("This image features {a}.", "This image includes {a}.",
+                    "There is {a} in the image.", "A photo of {a}."),
+    "negation": ("This image does not feature {a}.", "This image does not include {a}.",
+                 "There is no {x} in the image.", "A photo without {a}."),
+    "affirmation (2 objects)": ("This image features {a} and {b}.",
+                                "This image includes {a} and {b}.",
+                                "There is {a} and {b} in the image.", "A photo of {a} and {b}."),
+    "hybrid": ("This image features {a}, but not {b}.", "This image includes {a} but not {b}.",
+               "There is {a} but no {y} in the image.", "A photo of {a} without {b}."),
+    "double negation": ("This image features neither {a} nor {b}.",
+                        "This image includes neither {a} nor {b}.",
+                        "There is neither {a} nor {b} in the image.",
+                        "A photo without {a} or {b}."),
+}
 _PLAUSIBILITY_FLOOR = 1e-3  # any absent class can be drawn, the plausible ones far more often
 
 
@@ -65,6 +83,19 @@ class Statement:
     if not self.includes:
       return f"This image does not feature {listing(self.excludes)}."
     return f"This image features {listing(self.includes)}, but not {listing(self.excludes)}."
+
+
+def template_texts(classes: Sequence[str]) -> list[str]:
+  """Texts holding every word the templates can produce with `classes` (the vocabulary of a
+  word-level text tower trained and evaluated on them)."""
+  x, y = classes[0], classes[-1]
+  texts = [t.format(objects=listing(classes), Objects=listing(classes), object=x,
+                    a_object=article(x), a=listing(classes), b=article(y), x=x, y=y)
+           for t in (CAPTION_TEMPLATES + NEGCAP_NEGATIONS
+                     + tuple(p for ps in PROBE_TEMPLATES.values() for p in ps))]
+  texts += [Statement(tuple(classes)).mcq_text(), Statement((x,), (y,)).mcq_text(),
+            Statement((), (x,)).mcq_text()]
+  return texts + [listing([c]) for c in classes]
 
 
 def affirmative_caption(objects: Sequence[str], rng: np.random.Generator) -> str:

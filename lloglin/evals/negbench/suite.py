@@ -18,30 +18,13 @@ import numpy as np
 
 from lloglin.data.scenes import CLASSES, make_scenes
 from lloglin.evals.negbench import data, plots
-from lloglin.evals.negbench.builders import (QUESTION_TYPES, Annotations, article, mcq_questions,
-                                             retrieval_items)
+from lloglin.evals.negbench.builders import (PROBE_TEMPLATES, QUESTION_TYPES, Annotations, article,
+                                             mcq_questions, retrieval_items)
 from lloglin.evals.negbench.metrics import cosine, mcq_metrics, normalize, recall_at_k
 from lloglin.evals.registry import register_suite
 from lloglin.evals.report import progress
 from lloglin.evals.rewordbench.userfn import import_function
 
-# The PCA probe (the paper's Fig. 6): template categories, each with phrasings that differ only
-# in wording; {a} / {b} are two objects with their articles, {x} the first without.
-PROBE_TEMPLATES = {
-    "affirmation": ("This image features {a}.", "This image includes {a}.",
-                    "There is {a} in the image.", "A photo of {a}."),
-    "negation": ("This image does not feature {a}.", "This image does not include {a}.",
-                 "There is no {x} in the image.", "A photo without {a}."),
-    "affirmation (2 objects)": ("This image features {a} and {b}.",
-                                "This image includes {a} and {b}.",
-                                "There is {a} and {b} in the image.", "A photo of {a} and {b}."),
-    "hybrid": ("This image features {a}, but not {b}.", "This image includes {a} but not {b}.",
-               "There is {a} but no {y} in the image.", "A photo of {a} without {b}."),
-    "double negation": ("This image features neither {a} nor {b}.",
-                        "This image includes neither {a} nor {b}.",
-                        "There is neither {a} nor {b} in the image.",
-                        "A photo without {a} or {b}."),
-}
 FIGURES = ("mcq.png", "retrieval.png", "pca.png")
 
 
