@@ -47,10 +47,12 @@ def retrieval(r: dict, path: str) -> str:
   """Recall@k with the original captions against the negated ones."""
   fig = Figure(figsize=(5.5, 3.8))
   ax = fig.subplots()
-  ks = list(r["original"])
+  names = [n for n in ("original", "negated") if n in r]  # a CSV run may have only one
+  ks = list(r[names[0]])
   x = np.arange(len(ks))
-  for shift, (name, colour) in zip((-0.2, 0.2), (("original", "C0"), ("negated", "C3"))):
-    ax.bar(x + shift, [r[name][k] for k in ks], width=0.4, color=colour, label=f"{name} captions")
+  for shift, name in zip((-0.2, 0.2), names):
+    ax.bar(x + shift, [r[name][k] for k in ks], width=0.4,
+           color={"original": "C0", "negated": "C3"}[name], label=f"{name} captions")
   ax.set_xticks(x, ks)
   ax.set_ylim(0, 1.05)
   ax.set_ylabel("recall")

@@ -100,11 +100,10 @@ def test_suite_on_csvs(tmp_path, image_root):
                               for p, o in zip(("a.png", "b.npy"), objects)))
   config = get_config("tiny")
   config.negbench.update(encoder=FAKE, mcq_csv=mcq, retrieval_csv=retrieval,
-                         negated_retrieval_csv=retrieval, image_root=str(root),
-                         probe_objects=("dog", "cat"))
+                         image_root=str(root), probe_objects=("dog", "cat"))
   run_suite("negbench", config, out_dir=str(tmp_path / "out"))
   results = json.loads((tmp_path / "out" / "report.json").read_text())["results"]
   assert results["mcq"]["accuracy"] == 1.0 and results["mcq"]["num_options"] == 4
   assert results["mcq"]["count"] == {"affirmation": 1, "negation": 0, "hybrid": 1}
   assert results["retrieval"]["original"]["R@1"] == 1.0
-  assert results["retrieval"]["num_queries"] == 4
+  assert results["retrieval"]["num_queries"] == 4 and "negated" not in results["retrieval"]
