@@ -1,7 +1,8 @@
 """A CLIP-style dual encoder (task "contrastive") learns the toy colour pairs on CPU.
 
 Each image holds one coloured square and its caption names the colour (lloglin/data/
-contrastive.py's `toy_pairs`); the in-batch retrieval accuracy's chance is 1 / batch_size.
+contrastive.py's `toy_pairs`); the in-batch retrieval accuracy's chance is 1 / batch_size, and
+its ceiling is below 1: rows of the same colour have the same caption, so their scores tie.
 The `model` section is the text tower (any mixer: `--config.model.layer_pattern=gdn`), the
 `contrastive.encoder` section the ViT image tower and the shared embedding width, and
 `contrastive.alpha` mixes InfoNCE with NegBench's multiple-choice loss (lloglin/training/tasks/

@@ -134,11 +134,12 @@ def test_export_and_checkpoint_load_back_with_the_trained_scores(contrastive_run
                        devices=jax.devices()[:1])
   val_ds = make_contrastive_dataset(cfg.data, split="validation", seq_len=cfg.seq_len,
                                     batch_size=cfg.batch_size, seed=cfg.seed)
+  eval_step = None
   for path in (contrastive_run / "export", contrastive_run):
     model, config = load_model(str(path))
     assert isinstance(model, DualEncoder) and config["task"] == "contrastive"
     graphdef, params, rest = jax.device_get(nnx.split(model, nnx.Param, ...))
-    got = task.evaluate(make_eval_step(graphdef, task.eval_sums), params, rest, val_ds,
-                        cfg.train.eval_steps, mesh)
+    eval_step = eval_step or make_eval_step(graphdef, task.eval_sums)  # one compile for both
+    got = task.evaluate(eval_step, params, rest, val_ds, cfg.train.eval_steps, mesh)
     for key in ("eval_loss", "eval_accuracy", "eval_mcq_accuracy"):
       np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=f"{path} {key}")
