@@ -57,3 +57,14 @@ def test_bad_settings(tmp_path):
   config = get_config("tiny")
   with pytest.raises(ValueError, match="checkpoint"):
     run_suite("negbench", config, out_dir=str(tmp_path))
+
+
+def test_config_variants():
+  c = get_config("negmcq_a0.9_gdn")
+  assert (c.data.source, c.contrastive.alpha, c.model.layer_pattern) == ("negmcq", 0.9, "gdn")
+  c = get_config("negcap")
+  assert (c.data.source, c.contrastive.alpha, c.model.layer_pattern) == ("negcap", 1.0,
+                                                                        "attention")
+  assert get_config("pretrain").data.source == "scenes" and get_config().suite == "negbench"
+  with pytest.raises(ValueError, match="unknown variant 'negmcq_a0.3'.*valid"):
+    get_config("negmcq_a0.3")
