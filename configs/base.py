@@ -17,12 +17,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # preference_jsonl | reward_world, or regression on scored records, data.source scored_jsonl |
   # reward_world; configs/reward.py's `reward` section picks) or "contrastive" (a CLIP-style dual
   # encoder on image-caption pairs, InfoNCE mixed with NegBench's MCQ loss by
-  # contrastive.alpha; data.source toy_pairs; configs/contrastive.py). The task decides the
-  # model, batches, loss and eval metrics.
+  # contrastive.alpha; data.source toy_pairs | scenes | negcap | negmcq; configs/contrastive.py,
+  # configs/negbench.py). The task decides the model, batches, loss and eval metrics.
   c.task = "lm"
   # A params-only LM export (a training workdir's export/) whose weights initialise the model:
   # all of them for "lm", the trunk for "reward" and the text tower for "contrastive" (the LM
-  # head is dropped). "" = random init.
+  # head is dropped); or an export of the same task, which initialises the whole model
+  # (fine-tuning). "" = random init.
   # The model section must describe the same shapes (a ValueError lists the fields that differ).
   c.init_from = ""
 
@@ -83,7 +84,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # task lm: mqar | text | flipflop | multilingual | reward_world | arc_dsl (generated ARC-like
   # tasks, configs/arc_pretrain.py); task reward: synthetic_preferences | preference_jsonl |
-  # scored_jsonl | reward_world; task contrastive: toy_pairs (lloglin/data/contrastive.py)
+  # scored_jsonl | reward_world; task contrastive: toy_pairs (lloglin/data/contrastive.py),
+  # scenes | negcap | negmcq (synthetic scenes, settings data.scenes: lloglin/data/scenes.py)
   c.data.source = "mqar"
   c.data.name = ""  # tfds dataset name for source=text (tiny_shakespeare, lm1b, wikitext...)
   # local .txt / .jsonl file or a directory of them (wins over name); for preference_jsonl a

@@ -1,5 +1,5 @@
 """Data for lloglin: tokenizers, text corpora packed into rows, synthetic tasks (MQAR, flip-flop),
-a synthetic multilingual world (lloglin.data.multilingual), preference pairs for reward models.
+a synthetic multilingual world (lloglin.data.multilingual), preference pairs for reward models, synthetic scenes of objects for dual encoders (lloglin.data.scenes).
 
 `make_dataset(data_cfg, split=..., seq_len=..., batch_size=..., seed=...)` returns an infinite,
 resumable iterator of LM batches; `make_preference_dataset` (same arguments) one of preference
@@ -8,6 +8,7 @@ pairs; `make_tokenizer(data_cfg)` the configured tokenizer alone.
 
 from lloglin.data.dataset import Dataset, make_dataset
 from lloglin.data.preferences import make_preference_dataset
+from lloglin.data import scenes  # noqa: F401  (registers the image-text sources of its scenes)
 from lloglin.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, TiktokenTokenizer,
                                      Tokenizer, WordTokenizer, make_tokenizer)
 

@@ -1,5 +1,5 @@
 """The task registry, and `init_from`: an LM export initialising an LM, a reward trunk or a dual
-encoder's text tower."""
+encoder's text tower; an export of the same task the whole model."""
 
 import dataclasses
 
@@ -82,3 +82,16 @@ def test_init_from_a_differently_shaped_export_names_both_configs(lm_export, tmp
     trainer.init_model(_reward_config(path, d_model=48), VOCAB)
   with pytest.raises(FileNotFoundError, match="not a params-only export"):
     trainer.init_model(_reward_config(str(tmp_path)), VOCAB)
+
+
+def test_init_from_an_export_of_the_same_task_loads_the_whole_model(tmp_path):
+  cfg = _reward_config("")
+  trained, mcfg = trainer.init_model(cfg, VOCAB)
+  nnx.update(trained, jax.tree.map(lambda x: x + 1.0, nnx.state(trained, nnx.Param)))
+  path = str(tmp_path / "export")
+  export.export_params(path, nnx.state(trained, nnx.Param),
+                       dict(cfg.to_dict(), model=mcfg.to_dict(), task="reward"))
+  model, _ = trainer.init_model(_reward_config(path), VOCAB)
+  jax.tree.map(np.testing.assert_array_equal, _flat(model), _flat(trained))
+  with pytest.raises(ValueError, match="do not fit the model.*export model config"):
+    trainer.init_model(_reward_config(path, d_model=48), VOCAB)

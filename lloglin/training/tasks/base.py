@@ -118,18 +118,24 @@ def summed_evaluation(finish: Callable[[dict], dict]) -> Callable:
 
 
 def init_from_export(task: Task, model: nnx.Module, path: str) -> None:
-  """Loads the params of the LM export at `path` into `task.lm_part(model)`, in place.
+  """Loads the params of the export at `path` into the model, in place: an LM export into
+  `task.lm_part(model)`, an export of the model's own task into the whole model (fine-tuning a
+  trained run: a reward model, a dual encoder).
 
-  The export's LM head is dropped when `task.drops_lm_head`; every other parameter must match
+  An LM export's head is dropped when `task.drops_lm_head`; every other parameter must match
   in path and shape, or a ValueError names the model config fields where the two differ.
   """
   if not export.is_export(path):
     raise FileNotFoundError(f"init_from={path!r} is not a params-only export (a directory with "
                             "config.json and params/, such as a training workdir's export/)")
   saved = export.read_export_config(path)
-  if saved.get("task", DEFAULT_TASK) != DEFAULT_TASK:
-    raise ValueError(f"init_from={path!r} is an export of task {saved['task']!r}; expected an "
-                     f"LM export (task {DEFAULT_TASK!r})")
+  saved_task = saved.get("task", DEFAULT_TASK)
+  if saved_task == task.name and saved_task != DEFAULT_TASK:
+    _load_whole_model(model, path, saved)
+    return
+  if saved_task != DEFAULT_TASK:
+    raise ValueError(f"init_from={path!r} is an export of task {saved_task!r}; expected an "
+                     f"LM export (task {DEFAULT_TASK!r}) or one of task {task.name!r}")
   target = task.lm_part(model)
   source_cfg = ModelConfig.from_dict(saved["model"])
   source_like = nnx.state(nnx.eval_shape(lambda: build_lm(source_cfg)), nnx.Param)
@@ -149,6 +155,21 @@ def init_from_export(task: Task, model: nnx.Module, path: str) -> None:
         f"(export, this model): {differ}. Export model config: {theirs}; this model: {ours}")
   nnx.update(target, nnx.from_flat_state(
       {key: x.replace(x.get_value().astype(params[key].dtype)) for key, x in source.items()}))
+
+
+def _load_whole_model(model: nnx.Module, path: str, saved: dict) -> None:
+  """Every parameter of `model` from the export of the same task at `path` (same shapes)."""
+  params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  like = nnx.from_flat_state({key: x.replace(jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                   sharding=device))
+                              for key, x in params.items()})
+  try:
+    source = export.load_params(path, like)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"init_from={path!r}: the export's parameters do not fit the model ({e}); "
+                     f"export model config: {saved.get('model')}") from None
+  nnx.update(model, source)
 
 
 def _shapes(flat: dict) -> dict:
