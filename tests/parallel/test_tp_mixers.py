@@ -11,8 +11,9 @@ from jax.sharding import PartitionSpec as P
 
 from lloglin.models import build_model
 from lloglin.models.ladder import RESIDUAL_MODES
-from lloglin.parallel import sharding
+from lloglin.parallel import hlo, sharding
 from tests.parallel.helpers import on_mesh, replace, tiny_config, tokens
+from tests.models.test_ladder import _compiled_hidden_hlo
 from tests.parallel.test_train_mesh import ONE_DEVICE, _train
 
 # (mixer, its options, config overrides, mesh): each shared-group case once, split (tp divides
@@ -102,6 +103,19 @@ def test_head_counts_that_tp_does_not_divide_are_refused(mixer, options, message
   tp = 4 if "tp=4" in message else 3
   with pytest.raises(ValueError, match=message):
     sharding.param_logical_axes(model, tp)
+
+
+def test_hlo_one_all_reduce_per_module_and_ladder_overlap_for_every_mixer():
+  """A ladder model with one layer of each mixer (and MLPs), tp = 4: one all-reduce per module
+  (the Mamba-2 norm's sums of squares are an all-gather, not counted), none merged by XLA, and
+  each has matmuls that neither feed it nor wait for it (the next module's: Ladder Residual)."""
+  mixers = [c[0] for c in CASES]
+  text = _compiled_hidden_hlo("ladder", model_kw=dict(
+      layer_pattern=",".join(mixers), num_layers=len(mixers), chunk_size=8,
+      mixer_options={m: dict(d_state=8) for m in ("mamba2", "loglinear_mamba2")}))
+  reports = hlo.all_reduce_overlap(text, match="psum")
+  assert len(reports) == 2 * len(mixers), reports
+  assert all(r.independent_matmuls >= 1 for r in reports), reports
 
 
 @pytest.mark.slow
