@@ -224,13 +224,14 @@ class _TPShard:
     proj = [(0, e0, self.d_inner)] + [(E + o, s, n) for o, s, n in xbc] + [
         (2 * E + 2 * G * N, r * (H // tp), H // tp)]
     self.in_kernel_DF = local_blocks(layer.in_proj.kernel[...], 1, proj)
-    self.dtype = layer.in_proj.dtype
+    self.dtype, self.precision = layer.in_proj.dtype, layer.in_proj.precision
     self.conv_kernel_WC = local_blocks(layer.conv.kernel[...], 1, xbc)
     self.conv_bias_C = local_blocks(layer.conv.bias[...], 0, xbc)
 
   def in_proj(self, x_BTD):
     """x @ this device's in_proj columns, as nnx.Linear computes (both in its dtype)."""
-    return jnp.dot(x_BTD.astype(self.dtype), self.in_kernel_DF.astype(self.dtype))
+    return jnp.dot(x_BTD.astype(self.dtype), self.in_kernel_DF.astype(self.dtype),
+                   precision=self.precision)
 
 
 @register_mixer("loglinear_mamba2")

@@ -35,8 +35,9 @@ def _config(mixer, options, **kw):
 
 
 def assert_close_to_scale(tree, ref, tol=1e-5):
-  """Every leaf within tol of the reference, relative to the largest entry of that leaf (float32
-  sums in another order: the partial sums of tensor parallelism)."""
+  """Every leaf within tol of the reference, relative to the largest entry of that leaf: float32
+  sums in another order (the partial sums of tensor parallelism), through GDN's triangular
+  solves, move single entries of the hidden states by up to ~2e-5 (max |h| ~ 3)."""
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(ref)):
     scale = max(float(np.abs(b).max()), 1e-6)
     err = float(np.abs(np.asarray(a) - np.asarray(b)).max())
@@ -75,9 +76,7 @@ def test_tp_mixer_equals_single_device(mixer, options, overrides, mesh_shape):
   ref_h, ref_g = _outputs(graphdefs, state, t)
   mesh, _, state_tp = on_mesh(models["standard"], mesh_shape)
   h, g = _outputs(graphdefs, state_tp, t, mesh)
-  for m in RESIDUAL_MODES:
-    np.testing.assert_allclose(h[m], ref_h[m], atol=1e-5, rtol=1e-5, err_msg=m)
-  assert_close_to_scale(g, ref_g)
+  assert_close_to_scale((h, g), (ref_h, ref_g))
   assert np.abs(np.asarray(ref_h["standard"])).max() > 0.1
   assert np.abs(np.asarray(ref_h["ladder"] - ref_h["standard"])).max() > 1e-3  # other models
   # The mixer's heads really are split: its output projection holds 1/tp of the rows per device.
