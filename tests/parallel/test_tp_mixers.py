@@ -34,10 +34,13 @@ def _config(mixer, options, **kw):
                      mixer_options={mixer: options}, **kw)
 
 
-def assert_close_to_scale(tree, ref, tol=1e-5):
-  """Every leaf within tol of the reference, relative to the largest entry of that leaf: float32
-  sums in another order (the partial sums of tensor parallelism), through GDN's triangular
-  solves, move single entries of the hidden states by up to ~2e-5 (max |h| ~ 3)."""
+def assert_close_to_scale(tree, ref, tol):
+  """Every leaf within tol of the reference, relative to the largest entry of that leaf.
+
+  float32 sums in another order (the partial sums of tensor parallelism) move single entries of
+  GDN's hidden states by up to 2e-5 at max |h| ~ 3, and log-linear GDN's A_log gradient by
+  4.4e-5 of its scale; with the model in float64 (its gates stay float32) every gradient falls
+  within 1.2e-6 of its leaf's scale: rounding, not a different function."""
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(ref)):
     scale = max(float(np.abs(b).max()), 1e-6)
     err = float(np.abs(np.asarray(a) - np.asarray(b)).max())
@@ -76,7 +79,8 @@ def test_tp_mixer_equals_single_device(mixer, options, overrides, mesh_shape):
   ref_h, ref_g = _outputs(graphdefs, state, t)
   mesh, _, state_tp = on_mesh(models["standard"], mesh_shape)
   h, g = _outputs(graphdefs, state_tp, t, mesh)
-  assert_close_to_scale((h, g), (ref_h, ref_g))
+  assert_close_to_scale(h, ref_h, 1e-5)
+  assert_close_to_scale(g, ref_g, 1e-4)  # the existing attention TP gradient test's rtol
   assert np.abs(np.asarray(ref_h["standard"])).max() > 0.1
   assert np.abs(np.asarray(ref_h["ladder"] - ref_h["standard"])).max() > 1e-3  # other models
   # The mixer's heads really are split: its output projection holds 1/tp of the rows per device.
