@@ -51,6 +51,8 @@ Which built-in layers split (each with one psum of its output per module):
   path, path_fox       as attention: query heads (q, forget gate); kv heads (k, v, w, beta)
   SwiGLU               hidden units
 lloglin.layers.tp_split holds the shared pieces (which groups split, fused-parameter blocks).
+A lax.scan whose fresh carry (zeros) meets a split mixer's per-device inputs must cast it first
+(lloglin.ops.vma.vary_like): shard_map's check_vma refuses a carry that turns device-varying.
 """
 
 import dataclasses
