@@ -9,6 +9,7 @@ from lloglin.layers.cache import KVCache, check_prefill, prompt_segment_ids
 from lloglin.layers.linear import dense
 from lloglin.layers.registry import register_mixer
 from lloglin.layers.remat import tag_mixer_core
+from lloglin.layers.tp_split import groups_split, local_group
 from lloglin.ops.attention import apply_rope, attention_step, causal_attention, sanitize_padding
 
 
@@ -120,9 +121,8 @@ class Attention(nnx.Module):
       k_BTGK = self.k_proj(x_BTD).reshape(B, T, G // tp, K)
       v_BTGK = self.v_proj(x_BTD).reshape(B, T, G // tp, K)
     else:
-      g = jax.lax.axis_index(axis_name) // (tp // G)
-      k_BTGK = jax.lax.dynamic_slice_in_dim(self.k_proj(x_BTD).reshape(B, T, G, K), g, 1, axis=2)
-      v_BTGK = jax.lax.dynamic_slice_in_dim(self.v_proj(x_BTD).reshape(B, T, G, K), g, 1, axis=2)
+      k_BTGK = local_group(self.k_proj(x_BTD).reshape(B, T, G, K), 2, G, tp, axis_name)
+      v_BTGK = local_group(self.v_proj(x_BTD).reshape(B, T, G, K), 2, G, tp, axis_name)
     q_BTHK = apply_rope(q_BTHK, positions_BT, self.rope_theta)
     k_BTGK = apply_rope(k_BTGK, positions_BT, self.rope_theta)
     return q_BTHK, k_BTGK, v_BTGK
@@ -136,17 +136,11 @@ class Attention(nnx.Module):
     return self.o_proj(o_BTHK.reshape(B, T, -1))
 
 
-def attention_kv_split(num_heads: int, num_kv_heads: int, tp: int) -> bool:
+def attention_kv_split(num_heads: int, num_kv_heads: int, tp: int,
+                       mixer: str = "attention") -> bool:
   """True when the kv heads are split over tp; False when they are replicated (tp % G == 0)."""
-  if num_heads % tp:
-    raise ValueError(f"tensor parallelism tp={tp} must divide model.num_heads={num_heads}")
-  if num_kv_heads % tp == 0:
-    return True
-  if tp % num_kv_heads == 0:
-    return False
-  raise ValueError(f"tensor parallelism tp={tp} and model.num_kv_heads={num_kv_heads}: one must "
-                   f"divide the other (kv heads are split when tp divides them, replicated "
-                   f"when they divide tp)")
+  return groups_split(mixer, "model.num_heads", num_heads, "model.num_kv_heads", num_kv_heads,
+                      tp)
 
 
 def write_and_attend(q_BHK, k_BGK, v_BGK, k_cache_BSGK, v_cache_BSGK, t_B):

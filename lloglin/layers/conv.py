@@ -60,8 +60,14 @@ class ShortConv(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x_BTC, *, segment_ids_BT=None):
-    bias_C = None if self.bias is None else self.bias[...].astype(self.dtype)
-    return _short_conv(x_BTC.astype(self.dtype), self.kernel[...].astype(self.dtype), bias_C,
+    return self.apply(x_BTC, self.kernel[...], None if self.bias is None else self.bias[...],
+                      segment_ids_BT=segment_ids_BT)
+
+  def apply(self, x_BTC, kernel_WC, bias_C=None, *, segment_ids_BT=None):
+    """This conv with the given kernel (and bias): under tensor parallelism, the channels of
+    this device, taken from a fused conv (lloglin.layers.tp_split)."""
+    bias_C = None if bias_C is None else bias_C.astype(self.dtype)
+    return _short_conv(x_BTC.astype(self.dtype), kernel_WC.astype(self.dtype), bias_C,
                        segment_ids_BT, self.activation)
 
   def init_state(self, batch_size: int, dtype):

@@ -30,6 +30,7 @@ from lloglin.layers.norms import GatedRMSNorm
 from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
                                      register_mixer)
 from lloglin.layers.remat import tag_mixer_core
+from lloglin.layers.tp_split import groups_split, local_group
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.gdn import gdn_chunked, gdn_step
 from lloglin.ops.loglinear import loglinear_gdn_chunked, loglinear_gdn_step
@@ -104,22 +105,30 @@ class GatedDeltaNet(nnx.Module):
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # the state resets at document starts (segment ids); no position encoding
+    return self._sequence(x_BTD, segment_ids_BT)
+
+  def _sequence(self, x_BTD, segment_ids_BT, select_qk=None):
+    """The full-sequence call; `select_qk` (tensor parallelism, tp_call) cuts q and k."""
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
     q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL = self._gdn_inputs(
-        x_BTD, full_sequence_convs(segment_ids_BT))
+        x_BTD, full_sequence_convs(segment_ids_BT), select_qk)
     o_BTHV = gdn_sequence(self.dispatch, q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL,
                           segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size,
                           scale=self.head_dim**-0.5)
     return self._output(tag_mixer_core(o_BTHV), x_BTD)
 
-  def _gdn_inputs(self, x_BTD, conv):
+  def _gdn_inputs(self, x_BTD, conv, select_qk=None):
     """Projections, short convs and gates: (q, k, v, g, beta, lam) of the gated delta rule op.
-    Shared by __call__, prefill and step; conv(i, module, x_BTC) runs short conv i (q, k, v)."""
+    Shared by __call__, prefill and step; conv(i, module, x_BTC) runs short conv i (q, k, v).
+    Head counts come from the parameters' shapes, so tp_call runs this on its shards;
+    select_qk(q_BTGK) keeps the q/k heads this device reads when they are replicated."""
     B, T, _ = x_BTD.shape
-    G, H, K, V = self.num_heads, self.num_v_heads, self.head_dim, self.v_dim
-    q_BTGK = l2_normalize(conv(0, self.q_conv, self.q_proj(x_BTD)).reshape(B, T, G, K))
-    k_BTGK = l2_normalize(conv(1, self.k_conv, self.k_proj(x_BTD)).reshape(B, T, G, K))
-    v_BTHV = conv(2, self.v_conv, self.v_proj(x_BTD)).reshape(B, T, H, V)
+    K, V = self.head_dim, self.v_dim
+    q_BTGK = l2_normalize(conv(0, self.q_conv, self.q_proj(x_BTD)).reshape(B, T, -1, K))
+    k_BTGK = l2_normalize(conv(1, self.k_conv, self.k_proj(x_BTD)).reshape(B, T, -1, K))
+    if select_qk is not None:
+      q_BTGK, k_BTGK = select_qk(q_BTGK), select_qk(k_BTGK)
+    v_BTHV = conv(2, self.v_conv, self.v_proj(x_BTD)).reshape(B, T, -1, V)
     g_BTH = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(
         self.a_proj(x_BTD).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
     beta_BTH = self.beta_scale * jax.nn.sigmoid(self.b_proj(x_BTD).astype(jnp.float32))
@@ -163,6 +172,35 @@ class GatedDeltaNet(nnx.Module):
       o_BHV, core = loglinear_gdn_step(q_BGK, k_BGK, v_BHV, g_BH, beta_BH, lam_BHL, cache.core,
                                        scale=scale)
     return self._output(o_BHV[:, None], x_B1D)[:, 0], MixerCache(tuple(conv_BWC), core)
+
+  # Tensor parallelism (lloglin.parallel.tensor_parallel): device r of tp holds value heads
+  # [r*H/tp, (r+1)*H/tp) with their projections, convs, gates and lambda; the q/k heads (G) are
+  # split when tp divides G, else replicated with device r reading the one its value heads
+  # read (lloglin.layers.tp_split). The per-head norm needs nothing across devices.
+
+  def _tp_qk_split(self, tp: int) -> bool:
+    opts = f"model.mixer_options.{self.mixer_name}"
+    return groups_split(self.mixer_name, f"{opts}.num_v_heads", self.num_v_heads,
+                        f"{opts}.num_heads", self.num_heads, tp)
+
+  def tp_param_axes(self, tp: int) -> dict:
+    qk = "heads" if self._tp_qk_split(tp) else None
+    axes = {"q_proj.kernel": ("embed", qk), "q_conv.kernel": (None, qk),
+            "k_proj.kernel": ("embed", qk), "k_conv.kernel": (None, qk),
+            "v_proj.kernel": ("embed", "heads"), "v_conv.kernel": (None, "heads"),
+            "a_proj.kernel": ("embed", "heads"), "b_proj.kernel": ("embed", "heads"),
+            "A_log": ("heads",), "dt_bias": ("heads",), "gate_proj.kernel": ("embed", "heads"),
+            "o_proj.kernel": ("heads", "embed")}
+    if self.level_scales is not None:
+      axes.update(self.level_scales.tp_axes("level_scales."))
+    return axes
+
+  def tp_call(self, x_BTD, *, tp: int, axis_name: str, segment_ids_BT=None, positions_BT=None):
+    """This device's partial output: its value heads through the row-parallel o_proj."""
+    del positions_BT
+    select_qk = (None if self._tp_qk_split(tp)
+                 else lambda a: local_group(a, 2, self.num_heads, tp, axis_name))
+    return self._sequence(x_BTD, segment_ids_BT, select_qk)
 
 
 @register_mixer("loglinear_gdn")

@@ -31,8 +31,13 @@ class LevelScales(nnx.Module):
 
   def __call__(self, x_BTD):
     B, T, _ = x_BTD.shape
-    d_BTHL = self.proj(x_BTD).reshape(B, T, self.num_heads, self.num_levels)
-    return _level_weights(d_BTHL, self.level_weight[...])
+    d_BTHL = self.proj(x_BTD).reshape(B, T, -1, self.num_levels)  # -1: heads (or this
+    return _level_weights(d_BTHL, self.level_weight[...])  # device's, under tensor parallelism)
+
+  def tp_axes(self, prefix: str) -> dict:
+    """The heads split over the tensor axis (the owning mixer's plan names them under
+    `prefix`): the projection's columns are heads-major, so contiguous blocks are heads."""
+    return {f"{prefix}proj.kernel": ("embed", "heads"), f"{prefix}level_weight": ("heads", None)}
 
 
 @jax.checkpoint

@@ -30,6 +30,7 @@ from lloglin.layers.norms import GatedRMSNorm
 from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
                                      register_mixer)
 from lloglin.layers.remat import tag_mixer_core
+from lloglin.layers.tp_split import group_range, groups_split, local_blocks
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.loglinear import loglinear_ssd_chunked, loglinear_ssd_step
 from lloglin.ops.mamba2 import ssd_chunked, ssd_step
@@ -102,36 +103,53 @@ class Mamba2(nnx.Module):
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # the state resets at document starts (segment ids); no position encoding
+    return self._sequence(x_BTD, segment_ids_BT)
+
+  def _sequence(self, x_BTD, segment_ids_BT, shard=None):
+    """The full-sequence call; `shard` (tensor parallelism: _TPShard) is this device's part."""
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
-    (q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL), skip = self._ssd_inputs(
-        x_BTD, full_sequence_convs(segment_ids_BT))
+    conv = full_sequence_convs(segment_ids_BT)
+    if shard is not None:
+      conv = lambda i, module, x_BTC: module.apply(x_BTC, shard.conv_kernel_WC, shard.conv_bias_C,
+                                                   segment_ids_BT=segment_ids_BT)
+    (q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL), skip = self._ssd_inputs(x_BTD, conv, shard)
     y_BTHP = ssd_sequence(self.dispatch, q_BTGN, k_BTGN, v_BTHP, g_BTH, lam_BTHL,
                           segment_ids_BT=segment_ids_BT, chunk_size=self.chunk_size)
-    return self._output(tag_mixer_core(y_BTHP), *skip)
+    return self._output(tag_mixer_core(y_BTHP), *skip, shard=shard)
 
-  def _ssd_inputs(self, x_BTD, conv):
+  def _ssd_inputs(self, x_BTD, conv, shard=None):
     """in_proj, short conv, gates: ((q, k, v, g, lam) of the SSD op, (x_BTHP, z_BTE) for the
-    output). Shared by __call__, prefill and step; conv(i, module, x_BTC) runs the short conv."""
+    output). Shared by __call__, prefill and step; conv(i, module, x_BTC) runs the short conv.
+    `shard` (tensor parallelism) gives this device's in_proj columns, d_inner and groups."""
     B, T, _ = x_BTD.shape
-    H, P, G, N, d_inner = self.num_heads, self.head_dim, self.ngroups, self.d_state, self.d_inner
-    z_BTE, xbc_BTC, dt_BTH = jnp.split(self.in_proj(x_BTD), [d_inner, 2 * d_inner + 2 * G * N],
-                                       axis=-1)
+    P, N = self.head_dim, self.d_state
+    if shard is None:
+      G, d_inner, proj_BTF = self.ngroups, self.d_inner, self.in_proj(x_BTD)
+    else:
+      G, d_inner, proj_BTF = shard.ngroups, shard.d_inner, shard.in_proj(x_BTD)
+    z_BTE, xbc_BTC, dt_BTH = jnp.split(proj_BTF, [d_inner, 2 * d_inner + 2 * G * N], axis=-1)
     xbc_BTC = conv(0, self.conv, xbc_BTC)
     x_BTE, b_BTC, c_BTC = jnp.split(xbc_BTC, [d_inner, d_inner + G * N], axis=-1)
     delta_BTH = jax.nn.softplus(dt_BTH.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
     a_H = -jnp.exp(self.A_log[...].astype(jnp.float32))
-    x_BTHP = x_BTE.reshape(B, T, H, P)
+    x_BTHP = x_BTE.reshape(B, T, -1, P)
     v_BTHP = _delta_scaled(x_BTHP, delta_BTH)
     lam_BTHL = None if self.level_scales is None else self.level_scales(x_BTD)
     ssd_args = (c_BTC.reshape(B, T, G, N), b_BTC.reshape(B, T, G, N), v_BTHP, delta_BTH * a_H,
                 lam_BTHL)
     return ssd_args, (x_BTHP, z_BTE)
 
-  def _output(self, y_BTHP, x_BTHP, z_BTE):
-    """D skip, gated RMSNorm, out_proj."""
+  def _output(self, y_BTHP, x_BTHP, z_BTE, shard=None):
+    """D skip, gated RMSNorm (tensor parallelism: over this device's channels, its sums of
+    squares completed across the devices of each norm group), out_proj."""
     B, T = y_BTHP.shape[:2]
     y_BTHP = y_BTHP + x_BTHP * self.D[...].astype(x_BTHP.dtype)[:, None]
-    y_BTE = self.norm(y_BTHP.reshape(B, T, self.d_inner), z_BTE)
+    y_BTE = y_BTHP.reshape(B, T, -1)
+    if shard is None:
+      y_BTE = self.norm(y_BTE, z_BTE)
+    else:
+      y_BTE = self.norm.sharded(y_BTE, z_BTE, shards_per_group=shard.shards_per_group,
+                                axis_name=shard.axis_name)
     return self.out_proj(y_BTE)
 
   def init_cache(self, batch_size: int, max_len: int, dtype) -> MixerCache:
@@ -161,6 +179,59 @@ class Mamba2(nnx.Module):
     else:
       y_BHP, core = loglinear_ssd_step(q_BGN, k_BGN, v_BHP, g_BH, lam_BHL, cache.core)
     return self._output(y_BHP[:, None], *skip)[:, 0], MixerCache(tuple(conv_BWC), core)
+
+  # Tensor parallelism (lloglin.parallel.tensor_parallel): device r of tp holds heads
+  # [r*H/tp, (r+1)*H/tp): their channels of z and x, dt, dt_bias, A_log, D, the norm scale,
+  # out_proj's rows and lambda. B and C are split by group when tp divides ngroups, else
+  # replicated with device r reading the group its heads read (lloglin.layers.tp_split). in_proj
+  # and the conv concatenate [z | x | B | C | dt] ([x | B | C]) in their columns, which contiguous
+  # blocks cannot split: they stay whole and each device takes its columns of every part. The
+  # norm groups (d_inner / ngroups channels) that span several devices (tp > ngroups) sum their
+  # squares over those devices, so the math is the one-device model's.
+
+  def _tp_groups_split(self, tp: int) -> bool:
+    opts = f"model.mixer_options.{self.mixer_name}"
+    return groups_split(self.mixer_name, "heads (expand * d_model / head_dim)", self.num_heads,
+                        f"{opts}.ngroups", self.ngroups, tp)
+
+  def tp_param_axes(self, tp: int) -> dict:
+    self._tp_groups_split(tp)
+    axes = {"dt_bias": ("heads",), "A_log": ("heads",), "D": ("heads",), "norm.scale": ("heads",),
+            "out_proj.kernel": ("heads", "embed")}
+    if self.level_scales is not None:
+      axes.update(self.level_scales.tp_axes("level_scales."))
+    return axes
+
+  def tp_call(self, x_BTD, *, tp: int, axis_name: str, segment_ids_BT=None, positions_BT=None):
+    """This device's partial output: its heads through the row-parallel out_proj."""
+    del positions_BT
+    return self._sequence(x_BTD, segment_ids_BT, _TPShard(self, tp, axis_name))
+
+
+class _TPShard:
+  """One device's part of a Mamba-2 layer's fused parameters (see Mamba2's tensor-parallel
+  notes): its in_proj columns and conv channels, and its sizes."""
+
+  def __init__(self, layer: Mamba2, tp: int, axis_name: str):
+    E, G, N, H = layer.d_inner, layer.ngroups, layer.d_state, layer.num_heads
+    g0, self.ngroups = group_range(G, tp, axis_name, layer._tp_groups_split(tp))
+    r = jax.lax.axis_index(axis_name)
+    self.d_inner, self.axis_name = E // tp, axis_name
+    self.shards_per_group = max(tp // G, 1)
+    e0, bc = r * self.d_inner, self.ngroups * N
+    # (offset of the part in the fused columns, this device's start in it, size)
+    xbc = [(0, e0, self.d_inner), (E, g0 * N, bc), (E + G * N, g0 * N, bc)]
+    proj = [(0, e0, self.d_inner)] + [(E + o, s, n) for o, s, n in xbc] + [
+        (2 * E + 2 * G * N, r * (H // tp), H // tp)]
+    self.in_kernel_DF = local_blocks(layer.in_proj.kernel[...], 1, proj)
+    self.dtype, self.precision = layer.in_proj.dtype, layer.in_proj.precision
+    self.conv_kernel_WC = local_blocks(layer.conv.kernel[...], 1, xbc)
+    self.conv_bias_C = local_blocks(layer.conv.bias[...], 0, xbc)
+
+  def in_proj(self, x_BTD):
+    """x @ this device's in_proj columns, as nnx.Linear computes (both in its dtype)."""
+    return jnp.dot(x_BTD.astype(self.dtype), self.in_kernel_DF.astype(self.dtype),
+                   precision=self.precision)
 
 
 @register_mixer("loglinear_mamba2")

@@ -50,18 +50,44 @@ class GatedRMSNorm(nnx.Module):
     self.eps = eps
 
   def __call__(self, x, z):
-    return gated_rms_norm(x, z, self.scale[...], self.group_size, self.norm_before_gate, self.eps)
+    return self.sharded(x, z, shards_per_group=1, axis_name=None)
+
+  def sharded(self, x, z, *, shards_per_group: int, axis_name: str | None):
+    """Under tensor parallelism: x, z and the scale hold this device's contiguous 1/tp of the
+    channels. shards_per_group = 1: its groups are whole here (the plain norm on them);
+    s > 1: each group spans s consecutive devices of `axis_name`, whose sums of squares are
+    added (an all-gather of one number per token) before normalising."""
+    group_size = self.group_size if shards_per_group == 1 else x.shape[-1]
+    return gated_rms_norm(x, z, self.scale[...], group_size, self.norm_before_gate, self.eps,
+                          axis_name, shards_per_group)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(3, 4, 5))
-def gated_rms_norm(x, z, scale, group_size: int, norm_before_gate: bool, eps: float):
-  """GatedRMSNorm's computation (float32 inside, x's dtype out)."""
+@functools.partial(jax.checkpoint, static_argnums=(3, 4, 5, 6, 7))
+def gated_rms_norm(x, z, scale, group_size: int, norm_before_gate: bool, eps: float,
+                   axis_name: str | None, shards_per_group: int):
+  """GatedRMSNorm's computation (float32 inside, x's dtype out); with shards_per_group > 1 a
+  group is x's whole last axis on this device and its neighbours (GatedRMSNorm.sharded)."""
   gate = jax.nn.silu(z.astype(jnp.float32))
   x32 = x.astype(jnp.float32)
   if not norm_before_gate:
     x32 = x32 * gate
-  grouped = x32.reshape(x32.shape[:-1] + (x32.shape[-1] // group_size, group_size))
-  y = rms_norm(grouped, scale.reshape(-1, group_size), eps).reshape(x32.shape)
+  if shards_per_group > 1:
+    y = _spread_rms_norm(x32, scale, eps, axis_name, shards_per_group)
+  else:
+    grouped = x32.reshape(x32.shape[:-1] + (x32.shape[-1] // group_size, group_size))
+    y = rms_norm(grouped, scale.reshape(-1, group_size), eps).reshape(x32.shape)
   if norm_before_gate:
     y = y * gate
   return y.astype(x.dtype)
+
+
+def _spread_rms_norm(x32, scale, eps: float, axis_name: str, shards: int):
+  """RMSNorm of a group of channels spread over `shards` consecutive devices of `axis_name`
+  (this device holds x32's last axis of it)."""
+  ss_BT1 = jnp.sum(x32 * x32, axis=-1, keepdims=True)
+  all_BTn = jax.lax.all_gather(ss_BT1, axis_name, axis=x32.ndim - 1, tiled=True)
+  first = jax.lax.axis_index(axis_name) // shards * shards
+  ss_BT1 = jnp.sum(jax.lax.dynamic_slice_in_dim(all_BTn, first, shards, axis=-1), axis=-1,
+                   keepdims=True)
+  mean_BT1 = ss_BT1 / (x32.shape[-1] * shards)
+  return x32 * jax.lax.rsqrt(mean_BT1 + eps) * scale.astype(jnp.float32)

@@ -28,7 +28,9 @@ from lloglin.layers.linear import dense
 from lloglin.layers.norms import RMSNorm
 from lloglin.layers.registry import (KernelDispatch, mixer_dispatch, mixer_options,
                                      register_mixer)
+from lloglin.layers.attention import attention_kv_split
 from lloglin.layers.remat import tag_mixer_core
+from lloglin.layers.tp_split import local_group
 from lloglin.ops.attention import sanitize_padding
 from lloglin.ops.path import path_blockwise, path_cache_init, path_prefill, path_step
 from pallas_kernels import path as pallas_path
@@ -92,9 +94,13 @@ class PathAttention(nnx.Module):
 
   def __call__(self, x_BTD, *, segment_ids_BT=None, positions_BT=None):
     del positions_BT  # no position encoding: the Householder products carry the order
+    return self._sequence(x_BTD, segment_ids_BT)
+
+  def _sequence(self, x_BTD, segment_ids_BT, select_kv=None):
+    """The full-sequence call; `select_kv` (tensor parallelism, tp_call) cuts the kv heads."""
     (x_BTD,) = sanitize_padding(segment_ids_BT, x_BTD)  # NaN-safe padding, also for gradients
     q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH = self._path_inputs(
-        x_BTD, full_sequence_convs(segment_ids_BT))
+        x_BTD, full_sequence_convs(segment_ids_BT), select_kv)
     o_BTHK = self._sequence_fn()(q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH=g_BTH,
                                  segment_ids_BT=segment_ids_BT, block_size=self.chunk_size)
     return self._output(tag_mixer_core(o_BTHK))
@@ -103,28 +109,32 @@ class PathAttention(nnx.Module):
     return path_sequence_fn(self.dispatch, self.head_dim, self.head_dim, self.chunk_size,
                             self.linear_memory)
 
-  def _path_inputs(self, x_BTD, conv):
+  def _path_inputs(self, x_BTD, conv, select_kv=None):
     """Projections, w short conv and gates: (q, k, v, w, beta, g) of the PaTH op. Shared by
-    __call__, prefill and step; conv(i, module, x_BTC) runs the short conv of w."""
+    __call__, prefill and step; conv(i, module, x_BTC) runs the short conv of w. Head counts
+    come from the parameters' shapes, so tp_call runs this on its shards; select_kv(a_BTG...)
+    keeps the kv heads this device reads when they are replicated."""
     B, T, _ = x_BTD.shape
-    H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
-    q_BTHK = self.q_proj(x_BTD).reshape(B, T, H, K)
-    k_BTGK = self.k_proj(x_BTD).reshape(B, T, G, K)
-    v_BTGK = self.v_proj(x_BTD).reshape(B, T, G, K)
+    K = self.head_dim
+    q_BTHK = self.q_proj(x_BTD).reshape(B, T, -1, K)
+    k_BTGK = self.k_proj(x_BTD).reshape(B, T, -1, K)
+    v_BTGK = self.v_proj(x_BTD).reshape(B, T, -1, K)
     if self.q_norm is not None:
       q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
     w_BTC = self.w_up(x_BTD if self.w_down is None else self.w_down(x_BTD))
     if self.w_conv is not None:
       w_BTC = conv(0, self.w_conv, w_BTC)
-    w_BTGK = l2_normalize(w_BTC.reshape(B, T, G, K))
+    w_BTGK = l2_normalize(w_BTC.reshape(B, T, -1, K))
     beta_BTG = 2.0 * jax.nn.sigmoid(self.beta_proj(x_BTD).astype(jnp.float32))
+    if select_kv is not None:
+      k_BTGK, v_BTGK, w_BTGK, beta_BTG = map(select_kv, (k_BTGK, v_BTGK, w_BTGK, beta_BTG))
     g_BTH = (None if self.forget_proj is None
              else jax.nn.log_sigmoid(self.forget_proj(x_BTD).astype(jnp.float32)))
     return q_BTHK, k_BTGK, v_BTGK, w_BTGK, beta_BTG, g_BTH
 
   def _output(self, o_BTHK):
     B, T = o_BTHK.shape[:2]
-    return self.o_proj(o_BTHK.reshape(B, T, self.num_heads * self.head_dim))
+    return self.o_proj(o_BTHK.reshape(B, T, -1))
 
   def init_cache(self, batch_size: int, max_len: int, dtype) -> MixerCache:
     """w conv state and a PathCache of max_len positions (keys/values in dtype, float32 gates)."""
@@ -153,6 +163,34 @@ class PathAttention(nnx.Module):
         None if a is None else a[:, 0] for a in self._path_inputs(x_BD[:, None], conv))
     o_BHK, core = path_step(q_BHK, k_BGK, v_BGK, w_BGK, beta_BG, cache.core, g_BH=g_BH)
     return self._output(o_BHK[:, None])[:, 0], MixerCache(tuple(conv_BWC), core)
+
+  # Tensor parallelism (lloglin.parallel.tensor_parallel): as attention, device r of tp holds
+  # query heads [r*H/tp, (r+1)*H/tp) (q, the forget gate, o_proj's rows); the kv heads (k, v,
+  # w, beta) are split when tp divides their count G, else replicated with device r reading the
+  # one its query heads read (lloglin.layers.tp_split). w's low-rank down projection and the
+  # q/k norms (over the head dim) are whole.
+
+  def _tp_kv_split(self, tp: int) -> bool:
+    return attention_kv_split(self.num_heads, self.num_kv_heads, tp, mixer=self.mixer_name)
+
+  def tp_param_axes(self, tp: int) -> dict:
+    kv = "kv_heads" if self._tp_kv_split(tp) else None
+    axes = {"q_proj.kernel": ("embed", "heads"), "k_proj.kernel": ("embed", kv),
+            "v_proj.kernel": ("embed", kv), "w_up.kernel": (None, kv),
+            "beta_proj.kernel": ("embed", kv), "beta_proj.bias": (kv,),
+            "o_proj.kernel": ("heads", "embed")}
+    if self.w_conv is not None:
+      axes["w_conv.kernel"] = (None, kv)
+    if self.forget_proj is not None:
+      axes.update({"forget_proj.kernel": ("embed", "heads"), "forget_proj.bias": ("heads",)})
+    return axes
+
+  def tp_call(self, x_BTD, *, tp: int, axis_name: str, segment_ids_BT=None, positions_BT=None):
+    """This device's partial output: its query heads through the row-parallel o_proj."""
+    del positions_BT
+    select_kv = (None if self._tp_kv_split(tp)
+                 else lambda a: local_group(a, 2, self.num_kv_heads, tp, axis_name))
+    return self._sequence(x_BTD, segment_ids_BT, select_kv)
 
 
 @register_mixer("path_fox")

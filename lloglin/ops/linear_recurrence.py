@@ -43,6 +43,7 @@ from jax import lax
 from lloglin.ops import checks
 from lloglin.ops import hierarchy
 from lloglin.ops.attention import acc_dtype
+from lloglin.ops.vma import vary_like
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -284,7 +285,7 @@ def chunked_recurrence(q_BNGCK, k_BNGCK, v_BNGRCV, g_BNGRC, beta_BNGRC, intra_BN
 
   chunk_axis = (2, 1, 2, 2, 1)                                   # N axis of each xs entry
   xs = tuple(jnp.moveaxis(x, a, 0) for x, a in zip(xs, chunk_axis))
-  S_XBGRKV, inter_NBGRCV = lax.scan(body, init_XBGRKV, xs)
+  S_XBGRKV, inter_NBGRCV = lax.scan(body, vary_like(init_XBGRKV, xs), xs)
   return o_BNGRCV + jnp.moveaxis(inter_NBGRCV, 0, 1), S_XBGRKV
 
 

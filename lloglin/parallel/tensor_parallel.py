@@ -35,8 +35,24 @@ Logical names: `embed` (model dim D), `heads`, `kv_heads`, `mlp` (split over `te
 else or None (whole). Parameters not listed are whole on every device. A mixer without these
 methods still works under tensor parallelism: it runs replicated (all its parameters whole, the
 same computation on every device of a tensor group, its output counted once), which is correct
-but gains nothing. The built-in Attention and SwiGLU layers (lloglin.layers) declare theirs the
-same way; this module knows no layer.
+but gains nothing. The built-in layers (lloglin.layers) declare theirs the same way; this module
+knows no layer.
+
+Which built-in layers split (each with one psum of its output per module):
+  attention            query heads; kv heads split or replicated (above)
+  mamba2,              heads (z, x, dt, A_log, D, norm scale, out_proj rows, lambda); B/C groups
+  loglinear_mamba2     split or replicated as kv heads are. The fused in_proj [z|x|B|C|dt] and
+                       its conv stay whole (contiguous blocks cannot split them): each device
+                       multiplies by its columns only, so compute splits, their memory does not.
+                       Norm groups spanning devices (tp > ngroups) all-gather one sum of squares
+                       per token (lloglin.layers.norms.GatedRMSNorm.sharded)
+  gdn, loglinear_gdn   value heads (v, gate, a/b projections, A_log, dt_bias, o_proj rows,
+                       lambda); q/k heads split or replicated as kv heads are
+  path, path_fox       as attention: query heads (q, forget gate); kv heads (k, v, w, beta)
+  SwiGLU               hidden units
+lloglin.layers.tp_split holds the shared pieces (which groups split, fused-parameter blocks).
+A lax.scan whose fresh carry (zeros) meets a split mixer's per-device inputs must cast it first
+(lloglin.ops.vma.vary_like): shard_map's check_vma refuses a carry that turns device-varying.
 """
 
 import dataclasses

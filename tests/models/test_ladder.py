@@ -85,8 +85,11 @@ def test_bad_residual_options_are_named(bad, match):
     tiny_config(**bad)
 
 
-def _compiled_hidden_hlo(mode, mesh_shape=dict(data=1, tensor=4), **compiler_options):
-  model = build_model(tiny_config(residual_mode=mode, num_kv_heads=4, attention_impl="xla"))
+def _compiled_hidden_hlo(mode, mesh_shape=dict(data=1, tensor=4), model_kw=None,
+                         **compiler_options):
+  """Optimised HLO of the hidden states of an attention model (or as `model_kw` overrides)."""
+  model = build_model(tiny_config(**{**dict(residual_mode=mode, num_kv_heads=4,
+                                            attention_impl="xla"), **(model_kw or {})}))
   mesh, graphdef, state = on_mesh(model, mesh_shape)
   with jax.set_mesh(mesh):
     lowered = jax.jit(lambda st, t: nnx.merge(graphdef, st).hidden(t)).lower(state, tokens())
