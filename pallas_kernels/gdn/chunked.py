@@ -32,6 +32,7 @@ from lloglin.ops import gdn as ops_gdn
 from lloglin.ops import hierarchy
 from lloglin.ops import linear_recurrence
 from lloglin.ops import loglinear as ops_loglinear
+from pallas_kernels.gdn import chunkwise
 from pallas_kernels.gdn.kernel import gdn_scan, gdn_scan_bwd, stream_levels
 from pallas_kernels.linear_recurrence import (GDN_CONFIG, LOGLINEAR_GDN_CONFIG, KernelConfig,
                                               gate_layouts, in_row_batches, launch_config,
@@ -282,6 +283,87 @@ def _mixer_bwd(st, res, cotangents):
 _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 
+def _gdn_masks(packed):
+  """chunkwise.Masks of plain GDN's one stream (None for aligned rows)."""
+  if packed is None:
+    return None
+  return chunkwise.Masks(packed.pos_BP, packed.doc_BP, packed.read_BXP[:, 0],
+                         packed.wm_BXP[:, 0], packed.keep_BXP[:, 0])
+
+
+def _gdn_run(fn, q, k, v, g_BHP, beta_BHP, packed, extra, st, out_axes=0):
+  """fn(q, k, v, g_BHP, beta_BHP, masks, *extra) over batch slices so that no array reaches 2^31
+  elements (the largest: the per-chunk states, K x V per chunk and head)."""
+  _, P, _, K = q.shape
+  H, V = v.shape[2:]
+  C = st.chunk_size
+  masks = _gdn_masks(packed)
+  n = len(chunkwise.Masks._fields)
+
+  def sliced(*a):
+    return fn(*a[:5], None if masks is None else chunkwise.Masks(*a[5:5 + n]), *a[5 + n:])
+
+  return in_row_batches(sliced, (q, k, v, g_BHP, beta_BHP) + (tuple(masks) if masks else (None,) * n)
+                        + tuple(extra), P * H * max(K, V, C, K * V // C),
+                        f'pallas GDN kernels (T={P}, heads={H})', out_axes)
+
+
+def _gdn_forward(q, k, v, g, beta, s0, packed, st, with_residuals):
+  """chunkwise.gdn_forward over batch slices: (o, final state [B, H, 1, K, V] or None, residuals
+  or None)."""
+  g_BHP, beta_BHP = (jnp.moveaxis(x.astype(jnp.float32), 1, 2) for x in (g, beta))
+  fn = functools.partial(chunkwise.gdn_forward, chunk_size=st.chunk_size, cfg=st.config,
+                         with_final=st.final_state, with_residuals=with_residuals,
+                         interpret=st.interpret)
+  init = None if s0 is None else s0[:, :, 0]
+  outs = _gdn_run(lambda q, k, v, g, b, m, s: fn(q, k, v, g, b, m, s), q, k, v, g_BHP, beta_BHP,
+                  packed, (init,), st)
+  outs = list(outs) if isinstance(outs, tuple) else [outs]
+  o = outs.pop(0)
+  final = outs.pop(0)[:, :, None] if st.final_state else None
+  return o, final, (tuple(outs) if with_residuals else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _gdn_mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, s0_BHXKV, packed, st):
+  """Plain GDN through the chunkwise kernels (padded inputs as _mixer's, one stream: X = 1)."""
+  o, final, _ = _gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, s0_BHXKV, packed, st,
+                             False)
+  return o, final
+
+
+def _gdn_mixer_fwd(q, k, v, g, beta, s0, packed, st):
+  o, final, residuals = _gdn_forward(q, k, v, g, beta, s0, packed, st, True)
+  return (o, final), (q, k, v, g, beta, s0 is not None, packed, residuals)
+
+
+def _gdn_mixer_bwd(st, res, cotangents):
+  q, k, v, g, beta, with_s0, packed, residuals = res
+  do, dfinal = cotangents
+  B, P, G, K = q.shape
+  H, V = v.shape[2:]
+  with_state_grads = with_s0 or st.final_state
+  if with_state_grads:
+    dfinal = (jnp.zeros((B, H, K, V), jnp.float32) if dfinal is None
+              else dfinal[:, :, 0].astype(jnp.float32))
+  else:
+    dfinal = None
+  g_BHP, beta_BHP = (jnp.moveaxis(x.astype(jnp.float32), 1, 2) for x in (g, beta))
+  fn = functools.partial(chunkwise.gdn_backward, chunk_size=st.chunk_size, cfg=st.config,
+                         interpret=st.interpret)
+  outs = _gdn_run(lambda q, k, v, g, b, m, do, df, *r: fn(q, k, v, g, b, m, r, do, df),
+                  q, k, v, g_BHP, beta_BHP, packed, (do.astype(v.dtype), dfinal) + residuals, st)
+  dq, dk, dv, dg, dbeta = outs[:5]
+  group = lambda x: jnp.sum(x.reshape(B, P, G, H // G, K), axis=3)
+  ds0 = outs[5][:, :, None] if with_s0 else None
+  none = None if packed is None else _Packed(*(None,) * len(packed))
+  return (group(dq).astype(q.dtype), group(dk).astype(k.dtype), dv.astype(v.dtype),
+          dg.astype(g.dtype), dbeta.astype(beta.dtype), ds0, none)
+
+
+_gdn_mixer.defvjp(_gdn_mixer_fwd, _gdn_mixer_bwd)
+
+
 def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, st):
   """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels
   (packed: with the document masks of segment_ids_BT, positions from t0_B). s0_BHXKV: initial
@@ -296,7 +378,10 @@ def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, 
            else None)
   s0 = None if s0_BHXKV is None else jnp.pad(
       s0_BHXKV.astype(jnp.float32), ((0, 0),) * 3 + ((0, Kp - K), (0, Vp - V)))
-  o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
+  if st.levels is None:
+    o_BPHV, final = _gdn_mixer(q, k, v, g, beta, s0, masks, st)
+  else:
+    o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
   return o_BPHV[:, :T, :, :V], None if final is None else final[..., :K, :V]
 
 

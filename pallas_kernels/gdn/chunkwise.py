@@ -1,0 +1,459 @@
+"""Gated DeltaNet as chunk-parallel Pallas kernels around two sequential state scans
+(docs/algorithms/gdn.md#pallas-kernels): everything per chunk, the UT transform included, runs in
+kernels parallel over (batch, head, chunk); only the [K, V] state recurrence and its transpose
+scan the chunks in order, and they do nothing else.
+
+Per chunk of C tokens and head, with S the state at the chunk start, G the in-chunk inclusive
+cumsum of g, gam = e^{G_C}, K2 = e^{G_C - G} o K, E[t, s] = e^{G_t - G_s} on the pairs M (causal,
+one document) and Es the same on the strict pairs:
+
+  ut_transform  (parallel)    A = diag(beta) (K K^T o Es),  T = (I + A)^-1 (forward substitution
+                              in registers, float32),  W = T diag(beta e^G) K,  U = T diag(beta) V
+  state_scan    (sequential)  h_n = S;  Vn = U - rho o (W S);  S <- keep gam S + K2^T (wm o Vn)
+  output        (parallel)    O = rho o (e^G o Q) S + (Q K^T o E) Vn
+
+rho / wm / keep are the packed-document masks of the one stream (chunked.py's `_packed_masks`:
+read the chunk-start state before the first document start of the chunk, write after the last,
+keep when no document starts in it); all ones for aligned rows.
+
+Backward (cotangents dO and dS of the state after the chunk; stored per chunk as dh):
+
+  dv_local      (parallel)    dVl = (Q K^T o E)^T dO
+  state_scan_bwd (sequential) dVn = dVl + wm o (K2 dS);  dS <- keep gam dS + (rho o e^G o Q)^T dO
+                              - W^T (rho o dVn)
+  chunk_bwd     (parallel)    dQ, dK, dV, dbeta and dG from h, dh, Vn, dVn, dO through every
+                              per-chunk product above, the UT transform's transpose included
+                              (dA = -T^T dT T^T); dg = reverse in-chunk cumsum of dG
+
+so no gradient crosses a chunk except through dS, and dg has no sum along the whole sequence.
+Matmul operands are the input dtype (bf16 on GPU) with float32 accumulation; T, the carried states,
+dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in the input dtype (the
+dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
+pltriton.CompilerParams), as pallas_kernels.mamba2. Offsets stay below 2^31: the caller splits
+larger batches.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.linear_recurrence import dot
+
+__all__ = ['Masks', 'gdn_backward', 'gdn_forward']
+
+f32 = jnp.float32
+
+
+class Masks(NamedTuple):
+  """Per-token masks of packed rows, [B, P]: pos (-1 at padding), doc (document id), rho (reads
+  the chunk-start state), wm (its write reaches the chunk end), keep (no document starts in its
+  chunk); float32 but pos and doc (int32)."""
+  pos: jax.Array
+  doc: jax.Array
+  rho: jax.Array
+  wm: jax.Array
+  keep: jax.Array
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces of the kernel bodies
+
+
+def _iota(C):
+  return (lax.broadcasted_iota(jnp.int32, (C, C), 0), lax.broadcasted_iota(jnp.int32, (C, C), 1))
+
+
+def _pairs(C, pos=None, doc=None):
+  """(causal, strict) [C, C] pair masks: t >= s (t > s), both real and of one document."""
+  row, col = _iota(C)
+  causal, strict = row >= col, row > col
+  if pos is not None:
+    real = pos >= 0
+    same = (doc[:, None] == doc[None, :]) & real[:, None] & real[None, :]
+    causal, strict = causal & same, strict & same
+  return causal, strict
+
+
+def _decay(G, mask):
+  """e^{G_t - G_s} on mask, 0 elsewhere (the exponent masked before exp: it is <= 0 there)."""
+  return jnp.exp(jnp.where(mask, G[:, None] - G[None, :], -jnp.inf))
+
+
+def unit_lower_inverse(A):
+  """(I + A)^-1 of a strictly lower triangular float32 [C, C] A, by forward substitution: row i of
+  the inverse is e_i - sum_{j < i} A[i, j] (row j), one row per step, all in registers."""
+  C = A.shape[0]
+  row, col = _iota(C)
+
+  def body(i, T):
+    a_i = jnp.sum(jnp.where(row == i, A, 0.0), axis=0)           # A[i, :]
+    t_i = jnp.sum(a_i[:, None] * T, axis=0)                      # sum_j A[i, j] T[j, :]
+    return jnp.where(row == i, jnp.where(col == i, 1.0, 0.0) - t_i[None, :], T)
+
+  return lax.fori_loop(1, C, body, (row == col).astype(f32))
+
+
+def _rev_cumsum(x):
+  """sum_{s >= t} x_s (the Triton lowering has no reverse cumsum)."""
+  return jnp.sum(x) - jnp.cumsum(x) + x
+
+
+def _chunk_gates(g):
+  """(G, e^G, gam, e^{G_C - G}) of one chunk's log-decays."""
+  G = jnp.cumsum(g)
+  gs = jnp.sum(g)
+  return G, jnp.exp(G), jnp.exp(gs), jnp.exp(gs - G)
+
+
+def _vblocks(V, BV):
+  return [pl.ds(j * BV, BV) for j in range(V // BV)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels (refs in the order of their launchers' in_specs, then out_specs)
+
+
+def _ut_kernel(*refs, packed, mm_dtype, block_v):
+  k_ref, v_ref, g_ref, beta_ref = refs[:4]
+  pos, doc = (refs[4][...], refs[5][...]) if packed else (None, None)
+  w_ref, u_ref, t_ref = refs[-3:]
+  k = k_ref[...]
+  C = k.shape[0]
+  beta = beta_ref[...]
+  G, eG, _, _ = _chunk_gates(g_ref[...])
+  _, strict = _pairs(C, pos, doc)
+  T = unit_lower_inverse(beta[:, None] * dot(k, k, mm_dtype, (1, 1)) * _decay(G, strict))
+  t_ref[...] = T
+  w_ref[...] = dot(T, k.astype(f32) * (beta * eG)[:, None], mm_dtype).astype(w_ref.dtype)
+  tb = T * beta[None, :]
+  for sl in _vblocks(v_ref.shape[-1], block_v):
+    u_ref[:, sl] = dot(tb, v_ref[:, sl], mm_dtype).astype(u_ref.dtype)
+
+
+def _state_kernel(*refs, C, N, packed, with_init, with_final, mm_dtype):
+  k_ref, w_ref, u_ref, g_ref = refs[:4]
+  rest = list(refs[4:])
+  rho_ref, wm_ref, keep_ref = (rest.pop(0), rest.pop(0), rest.pop(0)) if packed else (None,) * 3
+  init_ref = rest.pop(0) if with_init else None
+  h_ref, vn_ref = rest[:2]
+  final_ref = rest[2] if with_final else None
+  K, BV = k_ref.shape[-1], u_ref.shape[-1]
+
+  def body(c, S):
+    sl = pl.ds(pl.multiple_of(c * C, C), C)
+    _, _, gam, to_end = _chunk_gates(g_ref[sl])
+    h_ref[pl.ds(pl.multiple_of(c * K, K), K), :] = S.astype(h_ref.dtype)
+    ws = dot(w_ref[sl, :], S, mm_dtype)
+    if packed:
+      ws = ws * rho_ref[sl][:, None]
+    vn = u_ref[sl, :].astype(f32) - ws
+    vn_ref[sl, :] = vn.astype(vn_ref.dtype)
+    k2 = k_ref[sl, :].astype(f32) * to_end[:, None]
+    if packed:
+      vn = vn * wm_ref[sl][:, None]
+      gam = jnp.where(jnp.max(keep_ref[sl]) > 0, gam, 0.0)
+    return gam * S + dot(k2, vn, mm_dtype, (0, 0))
+
+  S0 = init_ref[...] if with_init else jnp.zeros((K, BV), f32)
+  S = lax.fori_loop(0, N, body, S0)
+  if with_final:
+    final_ref[...] = S
+
+
+def _output_kernel(*refs, packed, mm_dtype, block_v):
+  q_ref, k_ref, g_ref, h_ref, vn_ref = refs[:5]
+  pos, doc, rho = (refs[5][...], refs[6][...], refs[7][...]) if packed else (None,) * 3
+  o_ref = refs[-1]
+  q, k = q_ref[...], k_ref[...]
+  C = q.shape[0]
+  G, eG, _, _ = _chunk_gates(g_ref[...])
+  causal, _ = _pairs(C, pos, doc)
+  a = dot(q, k, mm_dtype, (1, 1)) * _decay(G, causal)
+  qe = q.astype(f32) * (eG if rho is None else eG * rho)[:, None]
+  for sl in _vblocks(vn_ref.shape[-1], block_v):
+    o_ref[:, sl] = (dot(qe, h_ref[:, sl], mm_dtype)
+                    + dot(a, vn_ref[:, sl], mm_dtype)).astype(o_ref.dtype)
+
+
+def _dv_local_kernel(*refs, packed, mm_dtype, block_v):
+  q_ref, k_ref, g_ref, do_ref = refs[:4]
+  pos, doc = (refs[4][...], refs[5][...]) if packed else (None, None)
+  dvl_ref = refs[-1]
+  q, k = q_ref[...], k_ref[...]
+  C = q.shape[0]
+  G, _, _, _ = _chunk_gates(g_ref[...])
+  causal, _ = _pairs(C, pos, doc)
+  a = dot(q, k, mm_dtype, (1, 1)) * _decay(G, causal)
+  for sl in _vblocks(do_ref.shape[-1], block_v):
+    dvl_ref[:, sl] = dot(a, do_ref[:, sl], mm_dtype, (0, 0)).astype(dvl_ref.dtype)
+
+
+def _state_bwd_kernel(*refs, C, N, packed, with_state_grads, mm_dtype):
+  q_ref, k_ref, w_ref, g_ref, do_ref, dvl_ref = refs[:6]
+  rest = list(refs[6:])
+  rho_ref, wm_ref, keep_ref = (rest.pop(0), rest.pop(0), rest.pop(0)) if packed else (None,) * 3
+  dfinal_ref = rest.pop(0) if with_state_grads else None
+  dh_ref, dvn_ref = rest[:2]
+  dinit_ref = rest[2] if with_state_grads else None
+  K, BV = k_ref.shape[-1], do_ref.shape[-1]
+
+  def body(i, dS):
+    c = N - 1 - i
+    sl = pl.ds(pl.multiple_of(c * C, C), C)
+    _, eG, gam, to_end = _chunk_gates(g_ref[sl])
+    dh_ref[pl.ds(pl.multiple_of(c * K, K), K), :] = dS.astype(dh_ref.dtype)
+    kd = dot(k_ref[sl, :].astype(f32) * to_end[:, None], dS, mm_dtype)     # K2 dS
+    qe = q_ref[sl, :].astype(f32) * eG[:, None]
+    if packed:
+      kd = kd * wm_ref[sl][:, None]
+      qe = qe * rho_ref[sl][:, None]
+      gam = jnp.where(jnp.max(keep_ref[sl]) > 0, gam, 0.0)
+    dvn = dvl_ref[sl, :].astype(f32) + kd
+    dvn_ref[sl, :] = dvn.astype(dvn_ref.dtype)
+    if packed:
+      dvn = dvn * rho_ref[sl][:, None]
+    return (gam * dS + dot(qe, do_ref[sl, :], mm_dtype, (0, 0))
+            - dot(w_ref[sl, :], dvn, mm_dtype, (0, 0)))
+
+  dS0 = dfinal_ref[...] if with_state_grads else jnp.zeros((K, BV), f32)
+  dS = lax.fori_loop(0, N, body, dS0)
+  if with_state_grads:
+    dinit_ref[...] = dS
+
+
+def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
+  (q_ref, k_ref, v_ref, g_ref, beta_ref, t_ref, h_ref, dh_ref, vn_ref, dvn_ref,
+   do_ref) = refs[:11]
+  if packed:
+    pos, doc, rho, wm, keep = (r[...] for r in refs[11:16])
+  else:
+    pos = doc = rho = wm = keep = None
+  dq_ref, dk_ref, dv_ref, dg_ref, dbeta_ref = refs[-5:]
+  q, k = q_ref[...], k_ref[...]
+  C, K = q.shape
+  qf, kf = q.astype(f32), k.astype(f32)
+  beta = beta_ref[...]
+  T = t_ref[...]
+  G, eG, gam, to_end = _chunk_gates(g_ref[...])
+  causal, strict = _pairs(C, pos, doc)
+  E = _decay(G, causal)
+  aqk = dot(q, k, mm_dtype, (1, 1)) * E
+  k2 = kf * to_end[:, None]
+
+  # Sums over blocks of V: every product that contracts the value axis.
+  daqk = jnp.zeros((C, C), f32)      # dO Vn^T
+  dqe = jnp.zeros((C, K), f32)       # dO S^T
+  dw = jnp.zeros((C, K), f32)        # dW = -(rho o dVn) S^T
+  dk2 = jnp.zeros((C, K), f32)       # (wm o Vn) dS^T
+  dt = jnp.zeros((C, C), f32)        # dT, the U part: dVn (diag(beta) V)^T
+  dbeta = jnp.zeros((C,), f32)
+  dgam = jnp.zeros((), f32)
+  for sl in _vblocks(v_ref.shape[-1], block_v):
+    do, vn, dvn = do_ref[:, sl], vn_ref[:, sl], dvn_ref[:, sl]
+    h, dh = h_ref[:, sl], dh_ref[:, sl]
+    v = v_ref[:, sl].astype(f32)
+    daqk += dot(do, vn, mm_dtype, (1, 1))
+    dqe += dot(do, h, mm_dtype, (1, 1))
+    dvr = dvn if rho is None else dvn.astype(f32) * rho[:, None]
+    dw -= dot(dvr, h, mm_dtype, (1, 1))
+    vw = vn if wm is None else vn.astype(f32) * wm[:, None]
+    dk2 += dot(vw, dh, mm_dtype, (1, 1))
+    dgam += jnp.sum(h.astype(f32) * dh.astype(f32))
+    dt += dot(dvn, v * beta[:, None], mm_dtype, (1, 1))
+    dbu = dot(T, dvn, mm_dtype, (0, 0))                          # T^T dU
+    dv_ref[:, sl] = (dbu * beta[:, None]).astype(dv_ref.dtype)
+    dbeta += jnp.sum(v * dbu, axis=1)
+
+  # Output terms: O = rho o (e^G o Q) S + (Q K^T o E) Vn
+  if rho is not None:
+    dqe = dqe * rho[:, None]
+  dq = dqe * eG[:, None]
+  dG = jnp.sum(qf * dq, axis=1)
+  dp = daqk * E
+  dq += dot(dp, k, mm_dtype)
+  dk = dot(dp, q, mm_dtype, (0, 0))
+  dx = daqk * aqk
+  dG += jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
+  # State write: K2 = e^{G_C - G} o K, and the chunk decay gam (kept only without a reset)
+  dk += dk2 * to_end[:, None]
+  z = jnp.sum(k2 * dk2, axis=1)
+  if keep is not None:
+    dgam = jnp.where(jnp.max(keep) > 0, dgam, 0.0)
+  last = jnp.sum(z) + gam * dgam
+  dG += jnp.where(lax.broadcasted_iota(jnp.int32, (C,), 0) == C - 1, last, 0.0) - z
+  # UT transform: W = T Bw, Bw = diag(beta e^G) K; U = T diag(beta) V; T = (I + A)^-1
+  bw = beta * eG
+  dt += dot(dw, kf * bw[:, None], mm_dtype, (1, 1))
+  dbw = dot(T, dw, mm_dtype, (0, 0))                             # T^T dW
+  dk += dbw * bw[:, None]
+  s = jnp.sum(kf * dbw, axis=1)
+  dbeta += eG * s
+  dG += bw * s
+  da = -dot(dot(T, dt, mm_dtype, (0, 0)), T, mm_dtype, (1, 1))    # -T^T dT T^T
+  es = _decay(G, strict)
+  mkk = dot(k, k, mm_dtype, (1, 1)) * es
+  da = jnp.where(strict, da, 0.0)
+  dbeta += jnp.sum(da * mkk, axis=1)
+  dm = beta[:, None] * da
+  dkk = dm * es
+  dk += dot(dkk, k, mm_dtype) + dot(dkk, k, mm_dtype, (0, 0))
+  dx = dm * mkk
+  dG += jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
+
+  dq_ref[...] = dq
+  dk_ref[...] = dk
+  dg_ref[...] = _rev_cumsum(dG)
+  dbeta_ref[...] = dbeta
+
+
+# ------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def _call(kernel, grid, in_specs, out_specs, out_shape, name, cfg, interpret):
+  return pl.pallas_call(
+      kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+      compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps,
+                                              num_stages=cfg.num_stages),
+      interpret=interpret, name=name)
+
+
+class _Specs:
+  """BlockSpecs of the two grid kinds: chunks (b, h, n), one chunk of C tokens per program, and
+  scans (b, h, j), the whole sequence and one block of BV values per program."""
+
+  def __init__(self, B, P, G, H, K, V, C, BV):
+    R = H // G
+    self.N = P // C
+    self.chunk = dict(
+        grp=pl.BlockSpec((None, C, None, K), lambda b, h, n: (b, n, h // R, 0)),
+        hk=pl.BlockSpec((None, C, None, K), lambda b, h, n: (b, n, h, 0)),
+        hv=pl.BlockSpec((None, C, None, V), lambda b, h, n: (b, n, h, 0)),
+        hc=pl.BlockSpec((None, C, None, C), lambda b, h, n: (b, n, h, 0)),
+        gate=pl.BlockSpec((None, None, C), lambda b, h, n: (b, h, n)),
+        tok=pl.BlockSpec((None, C), lambda b, h, n: (b, n)),
+        state=pl.BlockSpec((None, None, K, V), lambda b, h, n: (b, h, n, 0)))
+    self.scan = dict(
+        grp=pl.BlockSpec((None, P, None, K), lambda b, h, j: (b, 0, h // R, 0)),
+        hk=pl.BlockSpec((None, P, None, K), lambda b, h, j: (b, 0, h, 0)),
+        hv=pl.BlockSpec((None, P, None, BV), lambda b, h, j: (b, 0, h, j)),
+        gate=pl.BlockSpec((None, None, P), lambda b, h, j: (b, h, 0)),
+        tok=pl.BlockSpec((None, P), lambda b, h, j: (b, 0)),
+        states=pl.BlockSpec((None, None, self.N * K, BV), lambda b, h, j: (b, h, 0, j)),
+        state=pl.BlockSpec((None, None, K, BV), lambda b, h, j: (b, h, 0, j)))
+
+
+def _block_v(cfg, V):
+  return min(cfg.block_v, V)
+
+
+def gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks=None, init_BHKV=None, *,
+                chunk_size, cfg, with_final=False, with_residuals=False, interpret=False):
+  """The forward kernels on padded inputs (P = whole chunks, feature axes powers of two >= 16, q
+  scaled): ut_transform, state_scan, output. masks: Masks of packed rows (None: aligned rows).
+  init_BHKV: float32 initial state (None: zeros). cfg: KernelConfig (block_v: the state scans'
+  block of V and every kernel's loop block over V). Returns o_BPHV, with with_final the final
+  float32 state_BHKV, and with with_residuals what gdn_backward takes (T, W, h, Vn)."""
+  B, P, G, K = q_BPGK.shape
+  H, V = v_BPHV.shape[2:]
+  C = chunk_size
+  BV = _block_v(cfg, V)
+  mm = jnp.result_type(q_BPGK.dtype, k_BPGK.dtype)
+  sp = _Specs(B, P, G, H, K, V, C, BV)
+  ch, sc = sp.chunk, sp.scan
+  packed = masks is not None
+  name = 'gdn' + ('_packed' if packed else '')
+  tok_c = [ch['tok']] * 2 if packed else []
+  pos_doc = [masks.pos, masks.doc] if packed else []
+
+  w, u, t = _call(
+      functools.partial(_ut_kernel, packed=packed, mm_dtype=mm, block_v=BV), (B, H, sp.N),
+      [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + tok_c, [ch['hk'], ch['hv'], ch['hc']],
+      [jax.ShapeDtypeStruct((B, P, H, K), mm), jax.ShapeDtypeStruct((B, P, H, V), mm),
+       jax.ShapeDtypeStruct((B, P, H, C), f32)], name + '_ut_transform', cfg, interpret,
+  )(k_BPGK, v_BPHV, g_BHP, beta_BHP, *pos_doc)
+
+  with_init = init_BHKV is not None
+  in_specs = [sc['grp'], sc['hk'], sc['hv'], sc['gate']] + [sc['tok']] * (3 * packed) + (
+      [sc['state']] if with_init else [])
+  args = [k_BPGK, w, u, g_BHP] + ([masks.rho, masks.wm, masks.keep] if packed else []) + (
+      [init_BHKV] if with_init else [])
+  out_specs = [sc['states'], sc['hv']] + ([sc['state']] if with_final else [])
+  out_shape = [jax.ShapeDtypeStruct((B, H, sp.N * K, V), mm),
+               jax.ShapeDtypeStruct((B, P, H, V), mm)] + (
+      [jax.ShapeDtypeStruct((B, H, K, V), f32)] if with_final else [])
+  h, vn, *final = _call(
+      functools.partial(_state_kernel, C=C, N=sp.N, packed=packed, with_init=with_init,
+                        with_final=with_final, mm_dtype=mm),
+      (B, H, V // BV), in_specs, out_specs, out_shape, name + '_state_scan', cfg, interpret)(*args)
+
+  o = _call(
+      functools.partial(_output_kernel, packed=packed, mm_dtype=mm, block_v=BV), (B, H, sp.N),
+      [ch['grp'], ch['grp'], ch['gate'], ch['state'], ch['hv']] + tok_c + (
+          [ch['tok']] if packed else []),
+      ch['hv'], jax.ShapeDtypeStruct((B, P, H, V), v_BPHV.dtype), name + '_output', cfg,
+      interpret)(q_BPGK, k_BPGK, g_BHP, h, vn, *pos_doc, *([masks.rho] if packed else []))
+  outs = (o,) + (tuple(final) if with_final else ()) + ((t, w, h, vn) if with_residuals else ())
+  return outs if len(outs) > 1 else o
+
+
+def gdn_backward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks, residuals, do_BPHV,
+                 dfinal_BHKV=None, *, chunk_size, cfg, interpret=False):
+  """The backward kernels: dv_local, state_scan_bwd, chunk_bwd. residuals: (T, W, h, Vn) of
+  gdn_forward. dfinal_BHKV: the final state's cotangent (None: zero, and no initial-state
+  cotangent is returned). Returns float32 dq_BPHK, dk_BPHK (per value head: sum them over the
+  heads of a group), dv_BPHV, dg_BPH, dbeta_BPH and, with dfinal_BHKV, dinit_BHKV."""
+  B, P, G, K = q_BPGK.shape
+  H, V = v_BPHV.shape[2:]
+  C = chunk_size
+  BV = _block_v(cfg, V)
+  mm = jnp.result_type(q_BPGK.dtype, k_BPGK.dtype)
+  sp = _Specs(B, P, G, H, K, V, C, BV)
+  ch, sc = sp.chunk, sp.scan
+  packed = masks is not None
+  name = 'gdn' + ('_packed' if packed else '')
+  tok_c = [ch['tok']] * 2 if packed else []
+  pos_doc = [masks.pos, masks.doc] if packed else []
+  t, w, h, vn = residuals
+
+  dvl = _call(
+      functools.partial(_dv_local_kernel, packed=packed, mm_dtype=mm, block_v=BV), (B, H, sp.N),
+      [ch['grp'], ch['grp'], ch['gate'], ch['hv']] + tok_c, ch['hv'],
+      jax.ShapeDtypeStruct((B, P, H, V), mm), name + '_dv_local', cfg, interpret,
+  )(q_BPGK, k_BPGK, g_BHP, do_BPHV, *pos_doc)
+
+  with_state_grads = dfinal_BHKV is not None
+  in_specs = [sc['grp'], sc['grp'], sc['hk'], sc['gate'], sc['hv'], sc['hv']] + (
+      [sc['tok']] * (3 * packed)) + ([sc['state']] if with_state_grads else [])
+  args = [q_BPGK, k_BPGK, w, g_BHP, do_BPHV, dvl] + (
+      [masks.rho, masks.wm, masks.keep] if packed else []) + (
+      [dfinal_BHKV] if with_state_grads else [])
+  out_specs = [sc['states'], sc['hv']] + ([sc['state']] if with_state_grads else [])
+  out_shape = [jax.ShapeDtypeStruct((B, H, sp.N * K, V), mm),
+               jax.ShapeDtypeStruct((B, P, H, V), mm)] + (
+      [jax.ShapeDtypeStruct((B, H, K, V), f32)] if with_state_grads else [])
+  dh, dvn, *dinit = _call(
+      functools.partial(_state_bwd_kernel, C=C, N=sp.N, packed=packed,
+                        with_state_grads=with_state_grads, mm_dtype=mm),
+      (B, H, V // BV), in_specs, out_specs, out_shape, name + '_state_scan_bwd', cfg,
+      interpret)(*args)
+
+  gate_out = pl.BlockSpec((None, None, C), lambda b, h, n: (b, h, n))
+  dq, dk, dv, dg, dbeta = _call(
+      functools.partial(_chunk_bwd_kernel, packed=packed, mm_dtype=mm, block_v=BV),
+      (B, H, sp.N),
+      [ch['grp'], ch['grp'], ch['hv'], ch['gate'], ch['gate'], ch['hc'], ch['state'],
+       ch['state'], ch['hv'], ch['hv'], ch['hv']] + tok_c + ([ch['tok']] * 3 if packed else []),
+      [ch['hk'], ch['hk'], ch['hv'], gate_out, gate_out],
+      [jax.ShapeDtypeStruct((B, P, H, K), f32)] * 2 + [
+          jax.ShapeDtypeStruct((B, P, H, V), f32), jax.ShapeDtypeStruct((B, H, P), f32),
+          jax.ShapeDtypeStruct((B, H, P), f32)], name + '_chunk_bwd', cfg, interpret,
+  )(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, t, h, dh, vn, dvn, do_BPHV, *pos_doc,
+    *([masks.rho, masks.wm, masks.keep] if packed else []))
+  dg_BPH, dbeta_BPH = (jnp.moveaxis(x, 1, 2) for x in (dg, dbeta))
+  return (dq, dk, dv, dg_BPH, dbeta_BPH) + (tuple(dinit) if with_state_grads else ())
