@@ -44,7 +44,8 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.linear_recurrence import dot
 
-__all__ = ['Masks', 'gdn_backward', 'gdn_forward']
+__all__ = ['Masks', 'chunk_bwd', 'dv_local', 'gdn_backward', 'gdn_forward', 'launch', 'output',
+           'state_scan', 'state_scan_bwd', 'ut_transform']
 
 f32 = jnp.float32
 
@@ -348,8 +349,141 @@ class _Specs:
         state=pl.BlockSpec((None, None, K, BV), lambda b, h, j: (b, h, 0, j)))
 
 
-def _block_v(cfg, V):
-  return min(cfg.block_v, V)
+class _Launch(NamedTuple):
+  """What every launcher needs: shapes, specs, the matmul dtype, masks and names."""
+  B: int
+  P: int
+  H: int
+  K: int
+  V: int
+  C: int
+  BV: int
+  mm: jnp.dtype
+  sp: _Specs
+  masks: Masks | None
+  cfg: object
+  interpret: bool
+
+  @property
+  def packed(self):
+    return self.masks is not None
+
+  def name(self, kernel):
+    return 'gdn' + ('_packed' if self.packed else '') + '_' + kernel
+
+  def call(self, kernel, grid_kind, in_specs, out_specs, out_shape, name, **params):
+    grid = (self.B, self.H, self.sp.N if grid_kind == 'chunk' else self.V // self.BV)
+    return _call(functools.partial(kernel, packed=self.packed, mm_dtype=self.mm, **params), grid,
+                 in_specs, out_specs, out_shape, self.name(name), self.cfg, self.interpret)
+
+  def pos_doc(self, grid_kind='chunk'):
+    """(specs, arrays) of the pair masks' inputs."""
+    if not self.packed:
+      return [], []
+    spec = (self.sp.chunk if grid_kind == 'chunk' else self.sp.scan)['tok']
+    return [spec] * 2, [self.masks.pos, self.masks.doc]
+
+  def stream(self, grid_kind, names):
+    """(specs, arrays) of the per-token stream masks `names` (of rho, wm, keep)."""
+    if not self.packed:
+      return [], []
+    spec = (self.sp.chunk if grid_kind == 'chunk' else self.sp.scan)['tok']
+    return [spec] * len(names), [getattr(self.masks, n) for n in names]
+
+
+def launch(q_BPGK, v_BPHV, masks, chunk_size, cfg, interpret):
+  """_Launch of padded inputs (P = whole chunks, feature axes powers of two >= 16)."""
+  B, P, G, K = q_BPGK.shape
+  H, V = v_BPHV.shape[2:]
+  BV = min(cfg.block_v, V)
+  return _Launch(B, P, H, K, V, chunk_size, BV, q_BPGK.dtype,
+                 _Specs(B, P, G, H, K, V, chunk_size, BV), masks, cfg, interpret)
+
+
+def _sds(shape, dtype):
+  return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
+  """W_BPHK, U_BPHV (matmul dtype) and T_BPHC (float32) of every chunk."""
+  ch = L.sp.chunk
+  specs, arrays = L.pos_doc()
+  return L.call(_ut_kernel, 'chunk', [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + specs,
+                [ch['hk'], ch['hv'], ch['hc']],
+                [_sds((L.B, L.P, L.H, L.K), L.mm), _sds((L.B, L.P, L.H, L.V), L.mm),
+                 _sds((L.B, L.P, L.H, L.C), f32)], 'ut_transform', block_v=L.BV,
+                )(k_BPGK, v_BPHV, g_BHP, beta_BHP, *arrays)
+
+
+def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
+  """h_BHMV (the state at every chunk start, chunk n at rows n K ..), Vn_BPHV and, with
+  with_final, the float32 final state_BHKV."""
+  sc = L.sp.scan
+  specs, arrays = L.stream('scan', ('rho', 'wm', 'keep'))
+  with_init = init_BHKV is not None
+  in_specs = [sc['grp'], sc['hk'], sc['hv'], sc['gate']] + specs + (
+      [sc['state']] if with_init else [])
+  out_specs = [sc['states'], sc['hv']] + ([sc['state']] if with_final else [])
+  out_shape = [_sds((L.B, L.H, L.sp.N * L.K, L.V), L.mm), _sds((L.B, L.P, L.H, L.V), L.mm)] + (
+      [_sds((L.B, L.H, L.K, L.V), f32)] if with_final else [])
+  return L.call(_state_kernel, 'scan', in_specs, out_specs, out_shape, 'state_scan', C=L.C,
+                N=L.sp.N, with_init=with_init, with_final=with_final,
+                )(k_BPGK, w_BPHK, u_BPHV, g_BHP, *arrays, *([init_BHKV] if with_init else []))
+
+
+def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
+  """O_BPHV."""
+  ch = L.sp.chunk
+  specs, arrays = L.pos_doc()
+  rspecs, rarrays = L.stream('chunk', ('rho',))
+  return L.call(_output_kernel, 'chunk',
+                [ch['grp'], ch['grp'], ch['gate'], ch['state'], ch['hv']] + specs + rspecs,
+                ch['hv'], _sds((L.B, L.P, L.H, L.V), out_dtype), 'output', block_v=L.BV,
+                )(q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, *arrays, *rarrays)
+
+
+def dv_local(L, q_BPGK, k_BPGK, g_BHP, do_BPHV):
+  """(Q K^T o E)^T dO per chunk, [B, P, H, V] in the matmul dtype."""
+  ch = L.sp.chunk
+  specs, arrays = L.pos_doc()
+  return L.call(_dv_local_kernel, 'chunk', [ch['grp'], ch['grp'], ch['gate'], ch['hv']] + specs,
+                ch['hv'], _sds((L.B, L.P, L.H, L.V), L.mm), 'dv_local', block_v=L.BV,
+                )(q_BPGK, k_BPGK, g_BHP, do_BPHV, *arrays)
+
+
+def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_BHKV=None):
+  """dh_BHMV (the cotangent of the state after every chunk), dVn_BPHV and, with dfinal_BHKV,
+  the float32 initial-state cotangent dinit_BHKV."""
+  sc = L.sp.scan
+  specs, arrays = L.stream('scan', ('rho', 'wm', 'keep'))
+  with_state_grads = dfinal_BHKV is not None
+  in_specs = [sc['grp'], sc['grp'], sc['hk'], sc['gate'], sc['hv'], sc['hv']] + specs + (
+      [sc['state']] if with_state_grads else [])
+  out_specs = [sc['states'], sc['hv']] + ([sc['state']] if with_state_grads else [])
+  out_shape = [_sds((L.B, L.H, L.sp.N * L.K, L.V), L.mm), _sds((L.B, L.P, L.H, L.V), L.mm)] + (
+      [_sds((L.B, L.H, L.K, L.V), f32)] if with_state_grads else [])
+  return L.call(_state_bwd_kernel, 'scan', in_specs, out_specs, out_shape, 'state_scan_bwd',
+                C=L.C, N=L.sp.N, with_state_grads=with_state_grads,
+                )(q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, *arrays,
+                  *([dfinal_BHKV] if with_state_grads else []))
+
+
+def chunk_bwd(L, q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV,
+              dvn_BPHV, do_BPHV):
+  """float32 dq_BPHK, dk_BPHK (per value head), dv_BPHV, dg_BHP and dbeta_BHP."""
+  ch = L.sp.chunk
+  specs, arrays = L.pos_doc()
+  mspecs, marrays = L.stream('chunk', ('rho', 'wm', 'keep'))
+  gate_out = pl.BlockSpec((None, None, L.C), lambda b, h, n: (b, h, n))
+  return L.call(
+      _chunk_bwd_kernel, 'chunk',
+      [ch['grp'], ch['grp'], ch['hv'], ch['gate'], ch['gate'], ch['hc'], ch['state'],
+       ch['state'], ch['hv'], ch['hv'], ch['hv']] + specs + mspecs,
+      [ch['hk'], ch['hk'], ch['hv'], gate_out, gate_out],
+      [_sds((L.B, L.P, L.H, L.K), f32)] * 2 + [_sds((L.B, L.P, L.H, L.V), f32)] + [
+          _sds((L.B, L.H, L.P), f32)] * 2, 'chunk_bwd', block_v=L.BV,
+  )(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV, do_BPHV,
+    *arrays, *marrays)
 
 
 def gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks=None, init_BHKV=None, *,
@@ -359,46 +493,11 @@ def gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks=None, init_BHKV=N
   init_BHKV: float32 initial state (None: zeros). cfg: KernelConfig (block_v: the state scans'
   block of V and every kernel's loop block over V). Returns o_BPHV, with with_final the final
   float32 state_BHKV, and with with_residuals what gdn_backward takes (T, W, h, Vn)."""
-  B, P, G, K = q_BPGK.shape
-  H, V = v_BPHV.shape[2:]
-  C = chunk_size
-  BV = _block_v(cfg, V)
-  mm = jnp.result_type(q_BPGK.dtype, k_BPGK.dtype)
-  sp = _Specs(B, P, G, H, K, V, C, BV)
-  ch, sc = sp.chunk, sp.scan
-  packed = masks is not None
-  name = 'gdn' + ('_packed' if packed else '')
-  tok_c = [ch['tok']] * 2 if packed else []
-  pos_doc = [masks.pos, masks.doc] if packed else []
-
-  w, u, t = _call(
-      functools.partial(_ut_kernel, packed=packed, mm_dtype=mm, block_v=BV), (B, H, sp.N),
-      [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + tok_c, [ch['hk'], ch['hv'], ch['hc']],
-      [jax.ShapeDtypeStruct((B, P, H, K), mm), jax.ShapeDtypeStruct((B, P, H, V), mm),
-       jax.ShapeDtypeStruct((B, P, H, C), f32)], name + '_ut_transform', cfg, interpret,
-  )(k_BPGK, v_BPHV, g_BHP, beta_BHP, *pos_doc)
-
-  with_init = init_BHKV is not None
-  in_specs = [sc['grp'], sc['hk'], sc['hv'], sc['gate']] + [sc['tok']] * (3 * packed) + (
-      [sc['state']] if with_init else [])
-  args = [k_BPGK, w, u, g_BHP] + ([masks.rho, masks.wm, masks.keep] if packed else []) + (
-      [init_BHKV] if with_init else [])
-  out_specs = [sc['states'], sc['hv']] + ([sc['state']] if with_final else [])
-  out_shape = [jax.ShapeDtypeStruct((B, H, sp.N * K, V), mm),
-               jax.ShapeDtypeStruct((B, P, H, V), mm)] + (
-      [jax.ShapeDtypeStruct((B, H, K, V), f32)] if with_final else [])
-  h, vn, *final = _call(
-      functools.partial(_state_kernel, C=C, N=sp.N, packed=packed, with_init=with_init,
-                        with_final=with_final, mm_dtype=mm),
-      (B, H, V // BV), in_specs, out_specs, out_shape, name + '_state_scan', cfg, interpret)(*args)
-
-  o = _call(
-      functools.partial(_output_kernel, packed=packed, mm_dtype=mm, block_v=BV), (B, H, sp.N),
-      [ch['grp'], ch['grp'], ch['gate'], ch['state'], ch['hv']] + tok_c + (
-          [ch['tok']] if packed else []),
-      ch['hv'], jax.ShapeDtypeStruct((B, P, H, V), v_BPHV.dtype), name + '_output', cfg,
-      interpret)(q_BPGK, k_BPGK, g_BHP, h, vn, *pos_doc, *([masks.rho] if packed else []))
-  outs = (o,) + (tuple(final) if with_final else ()) + ((t, w, h, vn) if with_residuals else ())
+  L = launch(q_BPGK, v_BPHV, masks, chunk_size, cfg, interpret)
+  w, u, t = ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP)
+  h, vn, *final = state_scan(L, k_BPGK, w, u, g_BHP, init_BHKV, with_final)
+  o = output(L, q_BPGK, k_BPGK, g_BHP, h, vn, v_BPHV.dtype)
+  outs = (o,) + tuple(final) + ((t, w, h, vn) if with_residuals else ())
   return outs if len(outs) > 1 else o
 
 
@@ -408,52 +507,11 @@ def gdn_backward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks, residuals, do_B
   gdn_forward. dfinal_BHKV: the final state's cotangent (None: zero, and no initial-state
   cotangent is returned). Returns float32 dq_BPHK, dk_BPHK (per value head: sum them over the
   heads of a group), dv_BPHV, dg_BPH, dbeta_BPH and, with dfinal_BHKV, dinit_BHKV."""
-  B, P, G, K = q_BPGK.shape
-  H, V = v_BPHV.shape[2:]
-  C = chunk_size
-  BV = _block_v(cfg, V)
-  mm = jnp.result_type(q_BPGK.dtype, k_BPGK.dtype)
-  sp = _Specs(B, P, G, H, K, V, C, BV)
-  ch, sc = sp.chunk, sp.scan
-  packed = masks is not None
-  name = 'gdn' + ('_packed' if packed else '')
-  tok_c = [ch['tok']] * 2 if packed else []
-  pos_doc = [masks.pos, masks.doc] if packed else []
+  L = launch(q_BPGK, v_BPHV, masks, chunk_size, cfg, interpret)
   t, w, h, vn = residuals
-
-  dvl = _call(
-      functools.partial(_dv_local_kernel, packed=packed, mm_dtype=mm, block_v=BV), (B, H, sp.N),
-      [ch['grp'], ch['grp'], ch['gate'], ch['hv']] + tok_c, ch['hv'],
-      jax.ShapeDtypeStruct((B, P, H, V), mm), name + '_dv_local', cfg, interpret,
-  )(q_BPGK, k_BPGK, g_BHP, do_BPHV, *pos_doc)
-
-  with_state_grads = dfinal_BHKV is not None
-  in_specs = [sc['grp'], sc['grp'], sc['hk'], sc['gate'], sc['hv'], sc['hv']] + (
-      [sc['tok']] * (3 * packed)) + ([sc['state']] if with_state_grads else [])
-  args = [q_BPGK, k_BPGK, w, g_BHP, do_BPHV, dvl] + (
-      [masks.rho, masks.wm, masks.keep] if packed else []) + (
-      [dfinal_BHKV] if with_state_grads else [])
-  out_specs = [sc['states'], sc['hv']] + ([sc['state']] if with_state_grads else [])
-  out_shape = [jax.ShapeDtypeStruct((B, H, sp.N * K, V), mm),
-               jax.ShapeDtypeStruct((B, P, H, V), mm)] + (
-      [jax.ShapeDtypeStruct((B, H, K, V), f32)] if with_state_grads else [])
-  dh, dvn, *dinit = _call(
-      functools.partial(_state_bwd_kernel, C=C, N=sp.N, packed=packed,
-                        with_state_grads=with_state_grads, mm_dtype=mm),
-      (B, H, V // BV), in_specs, out_specs, out_shape, name + '_state_scan_bwd', cfg,
-      interpret)(*args)
-
-  gate_out = pl.BlockSpec((None, None, C), lambda b, h, n: (b, h, n))
-  dq, dk, dv, dg, dbeta = _call(
-      functools.partial(_chunk_bwd_kernel, packed=packed, mm_dtype=mm, block_v=BV),
-      (B, H, sp.N),
-      [ch['grp'], ch['grp'], ch['hv'], ch['gate'], ch['gate'], ch['hc'], ch['state'],
-       ch['state'], ch['hv'], ch['hv'], ch['hv']] + tok_c + ([ch['tok']] * 3 if packed else []),
-      [ch['hk'], ch['hk'], ch['hv'], gate_out, gate_out],
-      [jax.ShapeDtypeStruct((B, P, H, K), f32)] * 2 + [
-          jax.ShapeDtypeStruct((B, P, H, V), f32), jax.ShapeDtypeStruct((B, H, P), f32),
-          jax.ShapeDtypeStruct((B, H, P), f32)], name + '_chunk_bwd', cfg, interpret,
-  )(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, t, h, dh, vn, dvn, do_BPHV, *pos_doc,
-    *([masks.rho, masks.wm, masks.keep] if packed else []))
+  dvl = dv_local(L, q_BPGK, k_BPGK, g_BHP, do_BPHV)
+  dh, dvn, *dinit = state_scan_bwd(L, q_BPGK, k_BPGK, w, g_BHP, do_BPHV, dvl, dfinal_BHKV)
+  dq, dk, dv, dg, dbeta = chunk_bwd(L, q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, t, h, dh, vn,
+                                    dvn, do_BPHV)
   dg_BPH, dbeta_BPH = (jnp.moveaxis(x, 1, 2) for x in (dg, dbeta))
-  return (dq, dk, dv, dg_BPH, dbeta_BPH) + (tuple(dinit) if with_state_grads else ())
+  return (dq, dk, dv, dg_BPH, dbeta_BPH) + tuple(dinit)
