@@ -136,6 +136,77 @@ def _ut_kernel(*refs, packed, mm_dtype, block_v):
     u_ref[:, sl] = dot(tb, v_ref[:, sl], mm_dtype).astype(u_ref.dtype)
 
 
+SUB = 16   # the UT transform's sub-blocks: the smallest tile of a Triton dot
+
+
+def _nilpotent_inverse(N, mm_dtype):
+  """(I + N)^-1 of a strictly lower triangular float32 [b, b] N (b a power of two) as
+  (I - N)(I + N^2)(I + N^4)...: N^b = 0, so the product is the whole series; log2(b) - 1
+  squarings, every product a float32 dot (no reductions, no loop)."""
+  b = N.shape[0]
+  row, col = _iota(b)
+  X = (row == col).astype(f32) - N
+  P = N
+  for _ in range(b.bit_length() - 2):
+    P = dot(P, P, f32)
+    X = X + dot(X, P, f32)
+  return X
+
+
+def _ut_kernel_blocked(*refs, packed, mm_dtype, block_v):
+  """_ut_kernel by SUB x SUB blocks: A's diagonal blocks inverted by _nilpotent_inverse, the rest
+  by block forward substitution T_ij = -D_i sum_{j <= m < i} A_im T_mj (float32 dots)."""
+  k_ref, v_ref, g_ref, beta_ref = refs[:4]
+  pos_ref, doc_ref = (refs[4], refs[5]) if packed else (None, None)
+  w_ref, u_ref, t_ref = refs[-3:]
+  C = k_ref.shape[0]
+  nb = C // SUB
+  blk = [pl.ds(i * SUB, SUB) for i in range(nb)]
+  k = [k_ref[b, :] for b in blk]
+  beta = [beta_ref[b] for b in blk]
+  G, off = [], 0.0
+  for b in blk:
+    g = g_ref[b]
+    G.append(off + jnp.cumsum(g))
+    off = off + jnp.sum(g)
+  if packed:
+    pos, doc = [pos_ref[b] for b in blk], [doc_ref[b] for b in blk]
+  row, col = _iota(SUB)
+
+  def a_block(i, j):
+    """A_ij = diag(beta_i) (K_i K_j^T o e^{G_i - G_j}) on strict pairs of one document."""
+    mask = (row > col) if i == j else jnp.ones((SUB, SUB), bool)
+    if packed:
+      mask = mask & (doc[i][:, None] == doc[j][None, :]) & (pos[i] >= 0)[:, None] & (
+          pos[j] >= 0)[None, :]
+    return beta[i][:, None] * dot(k[i], k[j], mm_dtype, (1, 1)) * jnp.exp(
+        jnp.where(mask, G[i][:, None] - G[j][None, :], -jnp.inf))
+
+  A = {(i, j): a_block(i, j) for i in range(nb) for j in range(i)}
+  T = {}
+  for i in range(nb):
+    D = _nilpotent_inverse(a_block(i, i), mm_dtype)
+    T[i, i] = D
+    for j in range(i - 1, -1, -1):
+      acc = dot(A[i, j], T[j, j], f32)
+      for m in range(j + 1, i):
+        acc = acc + dot(A[i, m], T[m, j], f32)
+      T[i, j] = -dot(D, acc, f32)
+  zero = jnp.zeros((SUB, SUB), f32)
+  for i in range(nb):
+    for j in range(nb):
+      t_ref[blk[i], blk[j]] = T[i, j] if j <= i else zero
+  bw = [k[j].astype(f32) * (beta[j] * jnp.exp(G[j]))[:, None] for j in range(nb)]
+  for i in range(nb):
+    w = sum(dot(T[i, j], bw[j], mm_dtype) for j in range(i + 1))
+    w_ref[blk[i], :] = w.astype(w_ref.dtype)
+  for sl in _vblocks(v_ref.shape[-1], block_v):
+    bu = [v_ref[blk[j], sl].astype(f32) * beta[j][:, None] for j in range(nb)]
+    for i in range(nb):
+      u = sum(dot(T[i, j], bu[j], mm_dtype) for j in range(i + 1))
+      u_ref[blk[i], sl] = u.astype(u_ref.dtype)
+
+
 def _state_kernel(*refs, C, N, packed, with_init, with_final, mm_dtype):
   k_ref, w_ref, u_ref, g_ref = refs[:4]
   rest = list(refs[4:])
@@ -404,11 +475,15 @@ def _sds(shape, dtype):
   return jax.ShapeDtypeStruct(shape, dtype)
 
 
+UT_KERNEL = {'blocked': _ut_kernel_blocked, 'rows': _ut_kernel}
+UT = 'blocked'
+
+
 def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
   """W_BPHK, U_BPHV (matmul dtype) and T_BPHC (float32) of every chunk."""
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
-  return L.call(_ut_kernel, 'chunk', [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + specs,
+  return L.call(UT_KERNEL[UT], 'chunk', [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + specs,
                 [ch['hk'], ch['hv'], ch['hc']],
                 [_sds((L.B, L.P, L.H, L.K), L.mm), _sds((L.B, L.P, L.H, L.V), L.mm),
                  _sds((L.B, L.P, L.H, L.C), f32)], 'ut_transform', block_v=L.BV,

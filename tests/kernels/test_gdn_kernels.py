@@ -37,13 +37,14 @@ def args_of(data, fam, dtype, T=None):
   return tuple(jnp.asarray(data[n][:, :T], dtype) for n in fam.arg_names)
 
 
-@pytest.mark.parametrize('fam,T,C', [(GDN, 1, 16), (GDN, 64, 32), (GDN, 100, 32), (LL, 1, 16),
+@pytest.mark.parametrize('fam,T,C', [(GDN, 1, 16), (GDN, 150, 64), (GDN, 100, 32), (LL, 1, 16),
                                       (LL, 17, 16), (LL, 100, 32)],
-                         ids=['gdn-1-16', 'gdn-64-32', 'gdn-100-32', 'loglinear_gdn-1-16',
+                         ids=['gdn-1-16', 'gdn-150-64', 'gdn-100-32', 'loglinear_gdn-1-16',
                               'loglinear_gdn-17-16', 'loglinear_gdn-100-32'])
 def test_forward_equals_oracle_and_xla_form(fam, T, C):
-  """T in {1, 17, 64, 100} over the two families, chunks 16 / 32 (the other tests add T = 40, 45,
-  64, 80, 96 and 128); vs the XLA chunked form at T = 100."""
+  """T in {1, 17, 100, 150} over the two families, chunks 16 / 32 / 64 (GDN's UT transform in
+  1, 2 and 4 sub-blocks; the other tests add T = 40, 45, 64, 80, 96 and 128); vs the XLA chunked
+  form at T = 100."""
   data, rec, _ = lm.reference(fam.name)                     # fp64 recurrent oracle, T = 300
   with jax.enable_x64(True):
     out = kernel_fn(fam.name, C)(*args_of(data, fam, jnp.float32, T))
