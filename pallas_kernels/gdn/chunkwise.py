@@ -310,27 +310,40 @@ def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
   C, K = q.shape
   qf, kf = q.astype(f32), k.astype(f32)
   beta = beta_ref[...]
-  T = t_ref[...]
   G, eG, gam, to_end = _chunk_gates(g_ref[...])
   causal, strict = _pairs(C, pos, doc)
-  E = _decay(G, causal)
-  aqk = dot(q, k, mm_dtype, (1, 1)) * E
-  k2 = kf * to_end[:, None]
+  vbl = _vblocks(v_ref.shape[-1], block_v)
 
-  # Sums over blocks of V: every product that contracts the value axis.
+  # Output terms, O = rho o (e^G o Q) S + (Q K^T o E) Vn: one pass over blocks of V for the
+  # products that contract it, then dq is final. (Two passes keep fewer accumulators live.)
   daqk = jnp.zeros((C, C), f32)      # dO Vn^T
   dqe = jnp.zeros((C, K), f32)       # dO S^T
+  for sl in vbl:
+    do = do_ref[:, sl]
+    daqk += dot(do, vn_ref[:, sl], mm_dtype, (1, 1))
+    dqe += dot(do, h_ref[:, sl], mm_dtype, (1, 1))
+  if rho is not None:
+    dqe = dqe * rho[:, None]
+  dq = dqe * eG[:, None]
+  dG = jnp.sum(qf * dq, axis=1)
+  E = _decay(G, causal)
+  dp = daqk * E
+  dq_ref[...] = dq + dot(dp, k, mm_dtype)
+  dk = dot(dp, q, mm_dtype, (0, 0))
+  dx = daqk * dot(q, k, mm_dtype, (1, 1)) * E
+  dG += jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
+
+  # State write and UT terms: a second pass over blocks of V.
+  T = t_ref[...]
   dw = jnp.zeros((C, K), f32)        # dW = -(rho o dVn) S^T
   dk2 = jnp.zeros((C, K), f32)       # (wm o Vn) dS^T
   dt = jnp.zeros((C, C), f32)        # dT, the U part: dVn (diag(beta) V)^T
   dbeta = jnp.zeros((C,), f32)
   dgam = jnp.zeros((), f32)
-  for sl in _vblocks(v_ref.shape[-1], block_v):
-    do, vn, dvn = do_ref[:, sl], vn_ref[:, sl], dvn_ref[:, sl]
+  for sl in vbl:
+    vn, dvn = vn_ref[:, sl], dvn_ref[:, sl]
     h, dh = h_ref[:, sl], dh_ref[:, sl]
     v = v_ref[:, sl].astype(f32)
-    daqk += dot(do, vn, mm_dtype, (1, 1))
-    dqe += dot(do, h, mm_dtype, (1, 1))
     dvr = dvn if rho is None else dvn.astype(f32) * rho[:, None]
     dw -= dot(dvr, h, mm_dtype, (1, 1))
     vw = vn if wm is None else vn.astype(f32) * wm[:, None]
@@ -341,19 +354,9 @@ def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
     dv_ref[:, sl] = (dbu * beta[:, None]).astype(dv_ref.dtype)
     dbeta += jnp.sum(v * dbu, axis=1)
 
-  # Output terms: O = rho o (e^G o Q) S + (Q K^T o E) Vn
-  if rho is not None:
-    dqe = dqe * rho[:, None]
-  dq = dqe * eG[:, None]
-  dG = jnp.sum(qf * dq, axis=1)
-  dp = daqk * E
-  dq += dot(dp, k, mm_dtype)
-  dk = dot(dp, q, mm_dtype, (0, 0))
-  dx = daqk * aqk
-  dG += jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
   # State write: K2 = e^{G_C - G} o K, and the chunk decay gam (kept only without a reset)
   dk += dk2 * to_end[:, None]
-  z = jnp.sum(k2 * dk2, axis=1)
+  z = jnp.sum(kf * to_end[:, None] * dk2, axis=1)
   if keep is not None:
     dgam = jnp.where(jnp.max(keep) > 0, dgam, 0.0)
   last = jnp.sum(z) + gam * dgam
@@ -377,7 +380,6 @@ def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
   dx = dm * mkk
   dG += jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
 
-  dq_ref[...] = dq
   dk_ref[...] = dk
   dg_ref[...] = _rev_cumsum(dG)
   dbeta_ref[...] = dbeta
