@@ -53,25 +53,60 @@ class _Static(NamedTuple):
   offset: bool = False        # log-linear: positions continue an initial state's t_B
 
 
-def _wy(k_BPGK, g_BPH, beta_BPH, C):
-  """Per-chunk UT/WY transform in XLA (parallel over chunks): W_BPHK and T_g diag(beta) as
-  tb_BPHC (fp32; U = tb V is formed in the kernel)."""
+def _gates_BHP(*gates_BPH):
+  return tuple(jnp.moveaxis(x.astype(jnp.float32), 1, 2) for x in gates_BPH)
+
+
+def _ut_launch(k_BPGK, heads, st):
+  return chunkwise.launch(k_BPGK, heads, 16, None, st.chunk_size, st.config, st.interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _ut_inverse(k_BPGK, g_BPH, beta_BPH, st):
+  """T_BPHC = (I + A)^-1 of every chunk (float32; rows t, columns s of its chunk) through the
+  chunkwise kernels, batch sliced below 2^31 elements; its vjp is chunkwise.ut_inverse_bwd."""
+  _, P, _, K = k_BPGK.shape
+  H = beta_BPH.shape[2]
+  return in_row_batches(
+      lambda k, g, b: chunkwise.ut_inverse(_ut_launch(k, H, st), k, g, b),
+      (k_BPGK,) + _gates_BHP(g_BPH, beta_BPH), P * H * max(K, st.chunk_size),
+      f'pallas UT transform (T={P}, heads={H})')
+
+
+def _ut_inverse_fwd(k, g, beta, st):
+  t = _ut_inverse(k, g, beta, st)
+  return t, (k, g, beta, t)
+
+
+def _ut_inverse_bwd(st, res, dt_BPHC):
+  k, g, beta, t = res
+  B, P, G, K = k.shape
+  H = beta.shape[2]
+  dk, dg, dbeta = in_row_batches(
+      lambda k, g, b, t, dt: chunkwise.ut_inverse_bwd(_ut_launch(k, H, st), k, g, b, t, dt),
+      (k,) + _gates_BHP(g, beta) + (t, dt_BPHC.astype(jnp.float32)),
+      P * H * max(K, st.chunk_size), f'pallas UT transform (T={P}, heads={H})')
+  dk = jnp.sum(dk.reshape(B, P, G, H // G, K), axis=3)
+  return dk.astype(k.dtype), jnp.moveaxis(dg, 1, 2).astype(g.dtype), jnp.moveaxis(
+      dbeta, 1, 2).astype(beta.dtype)
+
+
+_ut_inverse.defvjp(_ut_inverse_fwd, _ut_inverse_bwd)
+
+
+def _wy(k_BPGK, g_BPH, beta_BPH, st):
+  """Per-chunk UT/WY transform (parallel over chunks): T from the chunkwise kernel, then W_BPHK
+  and T_g diag(beta) as tb_BPHC in XLA (fp32; U = tb V is formed in the kernel)."""
   B, P, _, K = k_BPGK.shape
   H = beta_BPH.shape[2]
+  C = st.chunk_size
   N = P // C
   f32 = jnp.float32
   ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
   k_BNCHK = linear_recurrence.expand_groups(k_BPGK, H).reshape(B, N, C, H, K)
   g_BNHC = jnp.moveaxis(g_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
   beta_BNHC = jnp.moveaxis(beta_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
-  strict_CC = jnp.tril(jnp.ones((C, C), bool), -1)
-  seg_BNHCC = jnp.cumsum(jnp.where(strict_CC, g_BNHC[..., :, None], 0), axis=-2)
-  decay_BNHCC = jnp.exp(jnp.where(jnp.tril(jnp.ones((C, C), bool)), seg_BNHCC, -jnp.inf))
-  kk_BNHCC = ein('bnthk,bnshk->bnhts', k_BNCHK, k_BNCHK)
-  a_BNHCC = jnp.where(strict_CC, beta_BNHC[..., :, None] * decay_BNHCC * kk_BNHCC, 0)
-  eye = jnp.broadcast_to(jnp.eye(C, dtype=f32), a_BNHCC.shape)
-  tg_BNHCC = lax.linalg.triangular_solve(a_BNHCC, eye, left_side=True, lower=True,
-                                         unit_diagonal=True)
+  tg_BNHCC = jnp.moveaxis(_ut_inverse(k_BPGK, g_BPH, beta_BPH, st).reshape(B, N, C, H, C), 3, 2)
   w = ein('bnhts,bnhs,bnshk->bnthk', tg_BNHCC, beta_BNHC * jnp.exp(jnp.cumsum(g_BNHC, axis=-1)),
           k_BNCHK.astype(f32))
   tb = jnp.moveaxis(tg_BNHCC * beta_BNHC[..., None, :], 2, 3)
@@ -133,7 +168,7 @@ def _prep(q, k, v, g, beta, lam, packed, st):
   N = P // C
   f32 = jnp.float32
   ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
-  w_BPHK, tb_BPHC = _wy(k, g, beta, C)
+  w_BPHK, tb_BPHC = _wy(k, g, beta, st)
   heads = lambda x: linear_recurrence.expand_groups(x, H).astype(f32).reshape(B, N, C, H, K)
   q_BNCHK, k_BNCHK = heads(q), heads(k)
   v_BNCHV = v.astype(f32).reshape(B, N, C, H, V)
@@ -174,7 +209,7 @@ def _scan_forward(q, k, v, g, beta, lam, s0, packed, st, with_states):
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
-  w_BPHK, tb_BPHC = _wy(k, g, beta, C)
+  w_BPHK, tb_BPHC = _wy(k, g, beta, st)
   g_BHP, lam_BHLP = gate_layouts(g, lam)
   masks = None if packed is None else (
       packed.pos_BP, packed.doc_BP, _rho(lam, packed, st, H), packed.wm_BXP,
@@ -311,7 +346,7 @@ def _gdn_run(fn, q, k, v, g_BHP, beta_BHP, packed, extra, st, out_axes=0):
 def _gdn_forward(q, k, v, g, beta, s0, packed, st, with_residuals):
   """chunkwise.gdn_forward over batch slices: (o, final state [B, H, 1, K, V] or None, residuals
   or None)."""
-  g_BHP, beta_BHP = (jnp.moveaxis(x.astype(jnp.float32), 1, 2) for x in (g, beta))
+  g_BHP, beta_BHP = _gates_BHP(g, beta)
   fn = functools.partial(chunkwise.gdn_forward, chunk_size=st.chunk_size, cfg=st.config,
                          with_final=st.final_state, with_residuals=with_residuals,
                          interpret=st.interpret)
@@ -348,7 +383,7 @@ def _gdn_mixer_bwd(st, res, cotangents):
               else dfinal[:, :, 0].astype(jnp.float32))
   else:
     dfinal = None
-  g_BHP, beta_BHP = (jnp.moveaxis(x.astype(jnp.float32), 1, 2) for x in (g, beta))
+  g_BHP, beta_BHP = _gates_BHP(g, beta)
   fn = functools.partial(chunkwise.gdn_backward, chunk_size=st.chunk_size, cfg=st.config,
                          interpret=st.interpret)
   outs = _gdn_run(lambda q, k, v, g, b, m, do, df, *r: fn(q, k, v, g, b, m, r, do, df),

@@ -45,7 +45,7 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels.linear_recurrence import dot
 
 __all__ = ['Masks', 'chunk_bwd', 'dv_local', 'gdn_backward', 'gdn_forward', 'launch', 'output',
-           'state_scan', 'state_scan_bwd', 'ut_transform']
+           'state_scan', 'state_scan_bwd', 'ut_inverse', 'ut_inverse_bwd', 'ut_transform']
 
 f32 = jnp.float32
 
@@ -153,12 +153,16 @@ def _nilpotent_inverse(N, mm_dtype):
   return X
 
 
-def _ut_kernel_blocked(*refs, packed, mm_dtype, block_v):
+def _ut_kernel_blocked(*refs, packed, mm_dtype, block_v, with_wu=True):
   """_ut_kernel by SUB x SUB blocks: A's diagonal blocks inverted by _nilpotent_inverse, the rest
-  by block forward substitution T_ij = -D_i sum_{j <= m < i} A_im T_mj (float32 dots)."""
-  k_ref, v_ref, g_ref, beta_ref = refs[:4]
-  pos_ref, doc_ref = (refs[4], refs[5]) if packed else (None, None)
-  w_ref, u_ref, t_ref = refs[-3:]
+  by block forward substitution T_ij = -D_i sum_{j <= m < i} A_im T_mj (float32 dots). Without
+  with_wu, T alone (no V input, no W and U outputs)."""
+  refs = list(refs)
+  k_ref = refs.pop(0)
+  v_ref = refs.pop(0) if with_wu else None
+  g_ref, beta_ref = refs[:2]
+  pos_ref, doc_ref = (refs[2], refs[3]) if packed else (None, None)
+  w_ref, u_ref, t_ref = refs[-3:] if with_wu else (None, None, refs[-1])
   C = k_ref.shape[0]
   nb = C // SUB
   blk = [pl.ds(i * SUB, SUB) for i in range(nb)]
@@ -196,6 +200,8 @@ def _ut_kernel_blocked(*refs, packed, mm_dtype, block_v):
   for i in range(nb):
     for j in range(nb):
       t_ref[blk[i], blk[j]] = T[i, j] if j <= i else zero
+  if not with_wu:
+    return
   bw = [k[j].astype(f32) * (beta[j] * jnp.exp(G[j]))[:, None] for j in range(nb)]
   for i in range(nb):
     w = sum(dot(T[i, j], bw[j], mm_dtype) for j in range(i + 1))
@@ -298,6 +304,34 @@ def _state_bwd_kernel(*refs, C, N, packed, with_state_grads, mm_dtype):
     dinit_ref[...] = dS
 
 
+def _inverse_transpose(k, beta, G, T, dt, strict, mm_dtype):
+  """(dk, dbeta, dG) of one chunk from dT, the cotangent of T = (I + A)^-1 with
+  A = diag(beta) (K K^T o Es): dA = -T^T dT T^T on the strict pairs."""
+  da = -dot(dot(T, dt, mm_dtype, (0, 0)), T, mm_dtype, (1, 1))
+  es = _decay(G, strict)
+  mkk = dot(k, k, mm_dtype, (1, 1)) * es
+  da = jnp.where(strict, da, 0.0)
+  dm = beta[:, None] * da
+  dkk = dm * es
+  dx = dm * mkk
+  return (dot(dkk, k, mm_dtype) + dot(dkk, k, mm_dtype, (0, 0)), jnp.sum(da * mkk, axis=1),
+          jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0))
+
+
+def _ut_inverse_bwd_kernel(*refs, packed, mm_dtype):
+  k_ref, g_ref, beta_ref, t_ref, dt_ref = refs[:5]
+  pos, doc = (refs[5][...], refs[6][...]) if packed else (None, None)
+  dk_ref, dg_ref, dbeta_ref = refs[-3:]
+  k = k_ref[...]
+  G, _, _, _ = _chunk_gates(g_ref[...])
+  _, strict = _pairs(k.shape[0], pos, doc)
+  dk, dbeta, dG = _inverse_transpose(k, beta_ref[...], G, t_ref[...], dt_ref[...], strict,
+                                     mm_dtype)
+  dk_ref[...] = dk
+  dg_ref[...] = _rev_cumsum(dG)
+  dbeta_ref[...] = dbeta
+
+
 def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
   (q_ref, k_ref, v_ref, g_ref, beta_ref, t_ref, h_ref, dh_ref, vn_ref, dvn_ref,
    do_ref) = refs[:11]
@@ -369,16 +403,10 @@ def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
   s = jnp.sum(kf * dbw, axis=1)
   dbeta += eG * s
   dG += bw * s
-  da = -dot(dot(T, dt, mm_dtype, (0, 0)), T, mm_dtype, (1, 1))    # -T^T dT T^T
-  es = _decay(G, strict)
-  mkk = dot(k, k, mm_dtype, (1, 1)) * es
-  da = jnp.where(strict, da, 0.0)
-  dbeta += jnp.sum(da * mkk, axis=1)
-  dm = beta[:, None] * da
-  dkk = dm * es
-  dk += dot(dkk, k, mm_dtype) + dot(dkk, k, mm_dtype, (0, 0))
-  dx = dm * mkk
-  dG += jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
+  dk_a, dbeta_a, dG_a = _inverse_transpose(k, beta, G, T, dt, strict, mm_dtype)
+  dk += dk_a
+  dbeta += dbeta_a
+  dG += dG_a
 
   dk_ref[...] = dk
   dg_ref[...] = _rev_cumsum(dG)
@@ -464,10 +492,11 @@ class _Launch(NamedTuple):
     return [spec] * len(names), [getattr(self.masks, n) for n in names]
 
 
-def launch(q_BPGK, v_BPHV, masks, chunk_size, cfg, interpret):
-  """_Launch of padded inputs (P = whole chunks, feature axes powers of two >= 16)."""
+def launch(q_BPGK, heads, V, masks, chunk_size, cfg, interpret):
+  """_Launch of padded inputs (P = whole chunks, feature axes powers of two >= 16; q or k, the
+  heads and the value width)."""
   B, P, G, K = q_BPGK.shape
-  H, V = v_BPHV.shape[2:]
+  H = heads
   BV = min(cfg.block_v, V)
   return _Launch(B, P, H, K, V, chunk_size, BV, q_BPGK.dtype,
                  _Specs(B, P, G, H, K, V, chunk_size, BV), masks, cfg, interpret)
@@ -490,6 +519,28 @@ def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
                 [_sds((L.B, L.P, L.H, L.K), L.mm), _sds((L.B, L.P, L.H, L.V), L.mm),
                  _sds((L.B, L.P, L.H, L.C), f32)], 'ut_transform', block_v=L.BV,
                 )(k_BPGK, v_BPHV, g_BHP, beta_BHP, *arrays)
+
+
+def ut_inverse(L, k_BPGK, g_BHP, beta_BHP):
+  """T_BPHC (float32) of every chunk alone (log-linear GDN forms W and U itself)."""
+  ch = L.sp.chunk
+  specs, arrays = L.pos_doc()
+  return L.call(_ut_kernel_blocked, 'chunk', [ch['grp'], ch['gate'], ch['gate']] + specs,
+                ch['hc'], _sds((L.B, L.P, L.H, L.C), f32), 'ut_inverse', block_v=L.BV,
+                with_wu=False)(k_BPGK, g_BHP, beta_BHP, *arrays)
+
+
+def ut_inverse_bwd(L, k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC):
+  """float32 dk_BPHK (per value head), dg_BHP and dbeta_BHP from dT, the cotangent of
+  ut_inverse's T."""
+  ch = L.sp.chunk
+  specs, arrays = L.pos_doc()
+  gate_out = pl.BlockSpec((None, None, L.C), lambda b, h, n: (b, h, n))
+  return L.call(_ut_inverse_bwd_kernel, 'chunk',
+                [ch['grp'], ch['gate'], ch['gate'], ch['hc'], ch['hc']] + specs,
+                [ch['hk'], gate_out, gate_out],
+                [_sds((L.B, L.P, L.H, L.K), f32)] + [_sds((L.B, L.H, L.P), f32)] * 2,
+                'ut_inverse_bwd')(k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC, *arrays)
 
 
 def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
@@ -570,7 +621,7 @@ def gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks=None, init_BHKV=N
   init_BHKV: float32 initial state (None: zeros). cfg: KernelConfig (block_v: the state scans'
   block of V and every kernel's loop block over V). Returns o_BPHV, with with_final the final
   float32 state_BHKV, and with with_residuals what gdn_backward takes (T, W, h, Vn)."""
-  L = launch(q_BPGK, v_BPHV, masks, chunk_size, cfg, interpret)
+  L = launch(q_BPGK, *v_BPHV.shape[2:], masks, chunk_size, cfg, interpret)
   w, u, t = ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP)
   h, vn, *final = state_scan(L, k_BPGK, w, u, g_BHP, init_BHKV, with_final)
   o = output(L, q_BPGK, k_BPGK, g_BHP, h, vn, v_BPHV.dtype)
@@ -584,7 +635,7 @@ def gdn_backward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks, residuals, do_B
   gdn_forward. dfinal_BHKV: the final state's cotangent (None: zero, and no initial-state
   cotangent is returned). Returns float32 dq_BPHK, dk_BPHK (per value head: sum them over the
   heads of a group), dv_BPHV, dg_BPH, dbeta_BPH and, with dfinal_BHKV, dinit_BHKV."""
-  L = launch(q_BPGK, v_BPHV, masks, chunk_size, cfg, interpret)
+  L = launch(q_BPGK, *v_BPHV.shape[2:], masks, chunk_size, cfg, interpret)
   t, w, h, vn = residuals
   dvl = dv_local(L, q_BPGK, k_BPGK, g_BHP, do_BPHV)
   dh, dvn, *dinit = state_scan_bwd(L, q_BPGK, k_BPGK, w, g_BHP, do_BPHV, dvl, dfinal_BHKV)

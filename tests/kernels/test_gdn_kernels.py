@@ -253,7 +253,10 @@ def test_forward_at_64k_tokens_is_not_sized_by_the_backward_states():
 
 def test_every_kernel_lowers_for_cuda():
   """Every GDN kernel (forward and backward; with segment ids the aligned and the packed ones,
-  both branches of a lax.cond) lowers through Pallas-Triton for an H200 (from CPU)."""
+  both branches of a lax.cond) lowers through Pallas-Triton for an H200 (from CPU): GDN's six
+  chunkwise kernels (UT transform, state scan, output; dv_local, state scan backward, chunk
+  backward), log-linear GDN's two scans plus the UT inverse (in the forward and in the
+  backward's recomputation) and its backward."""
   dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
   B, T, G, H, K, V, L = 2, 200, 1, 4, 128, 64, 9
   S = jax.ShapeDtypeStruct
@@ -269,7 +272,9 @@ def test_every_kernel_lowers_for_cuda():
             fn(*a[:n], segment_ids_BT=a[n] if with_ids else None).astype(jnp.float32))
         text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
             *shapes[:n], seg).lower(lowering_platforms=('cuda',)).as_text()
-        assert text.count('__gpu$xla.gpu.triton') == (4 if with_ids else 2), (fam.name, with_ids)
+        per_path = 6 if fam is GDN else 5
+        assert text.count('__gpu$xla.gpu.triton') == per_path * (1 + with_ids), (fam.name,
+                                                                                  with_ids)
     # final states (and GDN's initial state): the kernels' state input / output variants; the
     # log-linear final state takes the packed kernels only
     for fam, n, state in ((GDN, 6, S((B, H, K, V), jnp.float32)), (LL, 6, shapes[5])):
@@ -280,7 +285,7 @@ def test_every_kernel_lowers_for_cuda():
         return jnp.sum(o.astype(jnp.float32)) + jnp.sum(getattr(s, 'S_BHLKV', s))
       text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
           *shapes[:5], state, seg).lower(lowering_platforms=('cuda',)).as_text()
-      assert text.count('__gpu$xla.gpu.triton') == (2 if fam.lam else 4), fam.name
+      assert text.count('__gpu$xla.gpu.triton') == (5 if fam.lam else 12), fam.name
 
 
 # ------------------------------------------------------------------------------------------------
