@@ -1,5 +1,5 @@
 """Gated DeltaNet as chunk-parallel Pallas kernels around two sequential state scans
-(docs/algorithms/gdn.md#pallas-kernels): everything per chunk, the UT transform included, runs in
+(docs/algorithms/gdn.md#pallas-kernel): everything per chunk, the UT transform included, runs in
 kernels parallel over (batch, head, chunk); only the [K, V] state recurrence and its transpose
 scan the chunks in order, and they do nothing else.
 
