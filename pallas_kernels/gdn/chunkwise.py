@@ -7,8 +7,8 @@ Per chunk of C tokens and head, with S the state at the chunk start, G the in-ch
 cumsum of g, gam = e^{G_C}, K2 = e^{G_C - G} o K, E[t, s] = e^{G_t - G_s} on the pairs M (causal,
 one document) and Es the same on the strict pairs:
 
-  ut_transform  (parallel)    A = diag(beta) (K K^T o Es),  T = (I + A)^-1 (forward substitution
-                              in registers, float32),  W = T diag(beta e^G) K,  U = T diag(beta) V
+  ut_transform  (parallel)    A = diag(beta) (K K^T o Es),  T = (I + A)^-1 (by 16 x 16 blocks in
+                              registers, float32),  W = T diag(beta e^G) K,  U = T diag(beta) V
   state_scan    (sequential)  h_n = S;  Vn = U - rho o (W S);  S <- keep gam S + K2^T (wm o Vn)
   output        (parallel)    O = rho o (e^G o Q) S + (Q K^T o E) Vn
 
@@ -85,20 +85,6 @@ def _decay(G, mask):
   return jnp.exp(jnp.where(mask, G[:, None] - G[None, :], -jnp.inf))
 
 
-def unit_lower_inverse(A):
-  """(I + A)^-1 of a strictly lower triangular float32 [C, C] A, by forward substitution: row i of
-  the inverse is e_i - sum_{j < i} A[i, j] (row j), one row per step, all in registers."""
-  C = A.shape[0]
-  row, col = _iota(C)
-
-  def body(i, T):
-    a_i = jnp.sum(jnp.where(row == i, A, 0.0), axis=0)           # A[i, :]
-    t_i = jnp.sum(a_i[:, None] * T, axis=0)                      # sum_j A[i, j] T[j, :]
-    return jnp.where(row == i, jnp.where(col == i, 1.0, 0.0) - t_i[None, :], T)
-
-  return lax.fori_loop(1, C, body, (row == col).astype(f32))
-
-
 def _rev_cumsum(x):
   """sum_{s >= t} x_s (the Triton lowering has no reverse cumsum)."""
   return jnp.sum(x) - jnp.cumsum(x) + x
@@ -119,23 +105,6 @@ def _vblocks(V, BV):
 # Kernels (refs in the order of their launchers' in_specs, then out_specs)
 
 
-def _ut_kernel(*refs, packed, mm_dtype, block_v):
-  k_ref, v_ref, g_ref, beta_ref = refs[:4]
-  pos, doc = (refs[4][...], refs[5][...]) if packed else (None, None)
-  w_ref, u_ref, t_ref = refs[-3:]
-  k = k_ref[...]
-  C = k.shape[0]
-  beta = beta_ref[...]
-  G, eG, _, _ = _chunk_gates(g_ref[...])
-  _, strict = _pairs(C, pos, doc)
-  T = unit_lower_inverse(beta[:, None] * dot(k, k, mm_dtype, (1, 1)) * _decay(G, strict))
-  t_ref[...] = T
-  w_ref[...] = dot(T, k.astype(f32) * (beta * eG)[:, None], mm_dtype).astype(w_ref.dtype)
-  tb = T * beta[None, :]
-  for sl in _vblocks(v_ref.shape[-1], block_v):
-    u_ref[:, sl] = dot(tb, v_ref[:, sl], mm_dtype).astype(u_ref.dtype)
-
-
 SUB = 16   # the UT transform's sub-blocks: the smallest tile of a Triton dot
 
 
@@ -153,10 +122,11 @@ def _nilpotent_inverse(N, mm_dtype):
   return X
 
 
-def _ut_kernel_blocked(*refs, packed, mm_dtype, block_v, with_wu=True):
-  """_ut_kernel by SUB x SUB blocks: A's diagonal blocks inverted by _nilpotent_inverse, the rest
-  by block forward substitution T_ij = -D_i sum_{j <= m < i} A_im T_mj (float32 dots). Without
-  with_wu, T alone (no V input, no W and U outputs)."""
+def _ut_kernel(*refs, packed, mm_dtype, block_v, with_wu=True):
+  """A = diag(beta) (K K^T o Es), T = (I + A)^-1 (float32), W = T diag(beta e^G) K and
+  U = T diag(beta) V of one chunk, by SUB x SUB blocks: A's diagonal blocks inverted by
+  _nilpotent_inverse, the rest by block forward substitution T_ij = -D_i sum_{j <= m < i} A_im T_mj
+  (float32 dots: no reductions, no loop). Without with_wu, T alone (no V input, no W and U)."""
   refs = list(refs)
   k_ref = refs.pop(0)
   v_ref = refs.pop(0) if with_wu else None
@@ -506,15 +476,11 @@ def _sds(shape, dtype):
   return jax.ShapeDtypeStruct(shape, dtype)
 
 
-UT_KERNEL = {'blocked': _ut_kernel_blocked, 'rows': _ut_kernel}
-UT = 'blocked'
-
-
 def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
   """W_BPHK, U_BPHV (matmul dtype) and T_BPHC (float32) of every chunk."""
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
-  return L.call(UT_KERNEL[UT], 'chunk', [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + specs,
+  return L.call(_ut_kernel, 'chunk', [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + specs,
                 [ch['hk'], ch['hv'], ch['hc']],
                 [_sds((L.B, L.P, L.H, L.K), L.mm), _sds((L.B, L.P, L.H, L.V), L.mm),
                  _sds((L.B, L.P, L.H, L.C), f32)], 'ut_transform', block_v=L.BV,
@@ -525,7 +491,7 @@ def ut_inverse(L, k_BPGK, g_BHP, beta_BHP):
   """T_BPHC (float32) of every chunk alone (log-linear GDN forms W and U itself)."""
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
-  return L.call(_ut_kernel_blocked, 'chunk', [ch['grp'], ch['gate'], ch['gate']] + specs,
+  return L.call(_ut_kernel, 'chunk', [ch['grp'], ch['gate'], ch['gate']] + specs,
                 ch['hc'], _sds((L.B, L.P, L.H, L.C), f32), 'ut_inverse', block_v=L.BV,
                 with_wu=False)(k_BPGK, g_BHP, beta_BHP, *arrays)
 
