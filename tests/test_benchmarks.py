@@ -170,10 +170,12 @@ def test_tp_benchmarks_name_bad_arguments(module, argv, message, capsys):
 
 
 def test_triton_resources_captures_every_kernel_of_forward_and_backward():
-  """The modules triton_resources.py hands to the triton package (which CI lacks): one forward scan
-  and one backward scan for log-linear GDN, lowered for CUDA on this CPU."""
+  """The modules triton_resources.py hands to the triton package (which CI lacks): log-linear
+  GDN's forward and backward scans and the UT inverse with its transpose, lowered for CUDA on
+  this CPU."""
   from benchmarks import triton_resources
   modules = triton_resources.triton_modules("loglinear_gdn", "h16d128", 2048)
   names = sorted(m.split("module @", 1)[1].split()[0] for m in modules)
-  assert names == ["loglinear_gdn_chunk_scan", "loglinear_gdn_chunk_scan_bwd"]
+  assert names == ["gdn_ut_inverse", "gdn_ut_inverse_bwd", "loglinear_gdn_chunk_scan",
+                   "loglinear_gdn_chunk_scan_bwd"]
   assert all("tt.func" in m for m in modules)

@@ -1,25 +1,29 @@
-"""Chunked Gated DeltaNet and log-linear Gated DeltaNet through the Pallas kernels of kernel.py:
-launch (padding, packed-document masks, batch splits), the parallel per-chunk part in XLA and the
-jax.custom_vjp that wires the forward and reverse scans (the algorithm: kernel.py's docstring).
+"""Chunked Gated DeltaNet and log-linear Gated DeltaNet through the Pallas kernels: launch
+(padding, packed-document masks, batch splits) and the jax.custom_vjp of each.
+
+  GDN             chunkwise.py's kernels: the UT transform, the output and every gradient in
+                  kernels parallel over chunks, around two sequential state scans (forward and
+                  its transpose); nothing per chunk but the states' residuals leaves the kernels.
+  log-linear GDN  kernel.py's level-stream scans (forward and reverse) beside a parallel
+                  per-chunk part in XLA (`_prep`, differentiated with jax.vjp for the backward)
+                  whose UT inverse T is chunkwise's kernel and its transpose (`_ut_inverse`).
 
 Same signatures and semantics as lloglin.ops.gdn.gdn_chunked and
 lloglin.ops.loglinear.loglinear_gdn_chunked, plus `interpret` and `config`.
 
 Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 then
 padding, decided at run time with lax.cond: the aligned kernels; packed documents: the packed
-kernels), chunk_size >= 16; plain GDN's initial state (the streams start from it; its cotangent
-is the backward's carried dS after chunk 0) and final states (the carried states after the last
-chunk; their cotangent seeds the backward; log-linear GDN's FenwickState from the packed
+kernels), chunk_size >= 16; GDN's initial state (the state scan starts from it; its cotangent is
+the transposed scan's carried dS after chunk 0) and final state (the carried state after the last
+chunk; its cotangent seeds the transposed scan); log-linear GDN's FenwickState from the packed
 kernels' streams, one per level >= 1, plus level 0 = beta k v^T of the last token; its initial
-FenwickState enters as those streams' initial states, positions continuing from its t_B).
+FenwickState enters as those streams' initial states, positions continuing from its t_B.
 chunk_size < 16 and T beyond the capacity of the L levels run the XLA form, so no argument is
 ever silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T to whole
 chunks; batches whose arrays would reach 2^31 elements are split
 (pallas_kernels.linear_recurrence, which also holds the launch defaults GDN_CONFIG and
-LOGLINEAR_GDN_CONFIG). The kernels pass the GPU tests (docs/correctness.md#gpu-tests); they are
-slower than fla's GDN kernel (benchmarks/RESULTS.md#mixer-kernels).
+LOGLINEAR_GDN_CONFIG). Speed against fla's GDN kernel: benchmarks/RESULTS.md#mixer-kernels.
 """
-
 import functools
 from typing import NamedTuple
 
@@ -32,6 +36,7 @@ from lloglin.ops import gdn as ops_gdn
 from lloglin.ops import hierarchy
 from lloglin.ops import linear_recurrence
 from lloglin.ops import loglinear as ops_loglinear
+from pallas_kernels.gdn import chunkwise
 from pallas_kernels.gdn.kernel import gdn_scan, gdn_scan_bwd, stream_levels
 from pallas_kernels.linear_recurrence import (GDN_CONFIG, LOGLINEAR_GDN_CONFIG, KernelConfig,
                                               gate_layouts, in_row_batches, launch_config,
@@ -45,32 +50,67 @@ HIGHEST = lax.Precision.HIGHEST
 class _Static(NamedTuple):
   chunk_size: int
   scale: float
-  levels: int | None          # None: plain GDN
+  levels: int | None          # None: plain GDN (the chunkwise kernels)
   interpret: bool
   config: KernelConfig
   final_state: bool = False   # also return the streams' states after the sequence
   offset: bool = False        # log-linear: positions continue an initial state's t_B
 
 
-def _wy(k_BPGK, g_BPH, beta_BPH, C):
-  """Per-chunk UT/WY transform in XLA (parallel over chunks): W_BPHK and T_g diag(beta) as
-  tb_BPHC (fp32; U = tb V is formed in the kernel)."""
+def _gates_BHP(*gates_BPH):
+  return tuple(jnp.moveaxis(x.astype(jnp.float32), 1, 2) for x in gates_BPH)
+
+
+def _ut_launch(k_BPGK, heads, st):
+  return chunkwise.launch(k_BPGK, heads, 16, None, st.chunk_size, st.config, st.interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _ut_inverse(k_BPGK, g_BPH, beta_BPH, st):
+  """T_BPHC = (I + A)^-1 of every chunk (float32; rows t, columns s of its chunk) through the
+  chunkwise kernels, batch sliced below 2^31 elements; its vjp is chunkwise.ut_inverse_bwd."""
+  _, P, _, K = k_BPGK.shape
+  H = beta_BPH.shape[2]
+  return in_row_batches(
+      lambda k, g, b: chunkwise.ut_inverse(_ut_launch(k, H, st), k, g, b),
+      (k_BPGK,) + _gates_BHP(g_BPH, beta_BPH), P * H * max(K, st.chunk_size),
+      f'pallas UT transform (T={P}, heads={H})')
+
+
+def _ut_inverse_fwd(k, g, beta, st):
+  t = _ut_inverse(k, g, beta, st)
+  return t, (k, g, beta, t)
+
+
+def _ut_inverse_bwd(st, res, dt_BPHC):
+  k, g, beta, t = res
+  B, P, G, K = k.shape
+  H = beta.shape[2]
+  dk, dg, dbeta = in_row_batches(
+      lambda k, g, b, t, dt: chunkwise.ut_inverse_bwd(_ut_launch(k, H, st), k, g, b, t, dt),
+      (k,) + _gates_BHP(g, beta) + (t, dt_BPHC.astype(jnp.float32)),
+      P * H * max(K, st.chunk_size), f'pallas UT transform (T={P}, heads={H})')
+  dk = jnp.sum(dk.reshape(B, P, G, H // G, K), axis=3)
+  return dk.astype(k.dtype), jnp.moveaxis(dg, 1, 2).astype(g.dtype), jnp.moveaxis(
+      dbeta, 1, 2).astype(beta.dtype)
+
+
+_ut_inverse.defvjp(_ut_inverse_fwd, _ut_inverse_bwd)
+
+
+def _wy(k_BPGK, g_BPH, beta_BPH, st):
+  """Per-chunk UT/WY transform (parallel over chunks): T from the chunkwise kernel, then W_BPHK
+  and T_g diag(beta) as tb_BPHC in XLA (fp32; U = tb V is formed in the kernel)."""
   B, P, _, K = k_BPGK.shape
   H = beta_BPH.shape[2]
+  C = st.chunk_size
   N = P // C
   f32 = jnp.float32
   ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
   k_BNCHK = linear_recurrence.expand_groups(k_BPGK, H).reshape(B, N, C, H, K)
   g_BNHC = jnp.moveaxis(g_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
   beta_BNHC = jnp.moveaxis(beta_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
-  strict_CC = jnp.tril(jnp.ones((C, C), bool), -1)
-  seg_BNHCC = jnp.cumsum(jnp.where(strict_CC, g_BNHC[..., :, None], 0), axis=-2)
-  decay_BNHCC = jnp.exp(jnp.where(jnp.tril(jnp.ones((C, C), bool)), seg_BNHCC, -jnp.inf))
-  kk_BNHCC = ein('bnthk,bnshk->bnhts', k_BNCHK, k_BNCHK)
-  a_BNHCC = jnp.where(strict_CC, beta_BNHC[..., :, None] * decay_BNHCC * kk_BNHCC, 0)
-  eye = jnp.broadcast_to(jnp.eye(C, dtype=f32), a_BNHCC.shape)
-  tg_BNHCC = lax.linalg.triangular_solve(a_BNHCC, eye, left_side=True, lower=True,
-                                         unit_diagonal=True)
+  tg_BNHCC = jnp.moveaxis(_ut_inverse(k_BPGK, g_BPH, beta_BPH, st).reshape(B, N, C, H, C), 3, 2)
   w = ein('bnhts,bnhs,bnshk->bnthk', tg_BNHCC, beta_BNHC * jnp.exp(jnp.cumsum(g_BNHC, axis=-1)),
           k_BNCHK.astype(f32))
   tb = jnp.moveaxis(tg_BNHCC * beta_BNHC[..., None, :], 2, 3)
@@ -92,11 +132,11 @@ def _packed_masks(segment_ids_BT, P, levels, C, t0_B=None):
   chunk and writes it only after the last); t0_B: the first document's positions start there."""
   B, T = segment_ids_BT.shape
   lay = linear_recurrence.layout_of(segment_ids_BT, B, T, t0_B, P)
-  streams = stream_levels(levels, C, P, True, t0_B is not None)[1]
-  if levels is None:
+  if levels is None:          # plain GDN: one stream, reset at document starts
     real = lay.real_BT[None]
     reset, write, read = lay.start_BT[None], real, real
   else:
+    streams = stream_levels(levels, C, P, True, t0_B is not None)[1]
     reset, write, read = hierarchy.level_stream_masks(lay.pos_BT, lay.real_BT, streams)
   chunks = lambda x: x.reshape(x.shape[:-1] + (P // C, C))
   rc = jnp.cumsum(chunks(reset).astype(jnp.int32), axis=-1)
@@ -108,12 +148,9 @@ def _packed_masks(segment_ids_BT, P, levels, C, t0_B=None):
                  to_B(jnp.broadcast_to(rc[..., -1:] == 0, rc.shape)))
 
 
-def _rho(lam_BPHL, packed, st, heads):
-  """rho_BHXP = lam of each stream's level (1 for plain GDN) x its read mask."""
+def _rho(lam_BPHL, packed, st):
+  """rho_BHXP = lam of each stream's level x its read mask."""
   read_BHXP = packed.read_BXP[:, None]
-  if lam_BPHL is None:
-    B, _, X, P = read_BHXP.shape
-    return jnp.broadcast_to(read_BHXP, (B, heads, X, P))
   P = lam_BPHL.shape[1]
   streams = list(stream_levels(st.levels, st.chunk_size, P, True, st.offset)[1])
   lam_BHXP = jnp.transpose(lam_BPHL[..., streams].astype(jnp.float32), (0, 2, 3, 1))
@@ -124,15 +161,15 @@ def _prep(q, k, v, g, beta, lam, packed, st):
   """The parallel per-chunk part in XLA (padded arrays, fp32), differentiated for the backward:
   the intra-chunk output (Aeff o M) V and the inter-chunk operands qt = e^G q - (q k^T o D) W,
   k2 = e^{G_C - G} k, W, U = T_g diag(beta) V and tb = T_g diag(beta) (per head, [B, P, H, *]).
-  M: aligned, the levels inside a chunk (causal for GDN); packed, pairs of one document weighted
-  by the level of their document positions."""
+  M: aligned, the levels inside a chunk; packed, pairs of one document weighted by the level of
+  their document positions."""
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
   N = P // C
   f32 = jnp.float32
   ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
-  w_BPHK, tb_BPHC = _wy(k, g, beta, C)
+  w_BPHK, tb_BPHC = _wy(k, g, beta, st)
   heads = lambda x: linear_recurrence.expand_groups(x, H).astype(f32).reshape(B, N, C, H, K)
   q_BNCHK, k_BNCHK = heads(q), heads(k)
   v_BNCHV = v.astype(f32).reshape(B, N, C, H, V)
@@ -156,12 +193,9 @@ def _prep(q, k, v, g, beta, lam, packed, st):
                                    jnp.maximum(packed.pos_BP, 0), None)
     lvl_BNTS = linear_recurrence.chunk_pairs(     # -1: not a causal pair of one document
         lambda pos, doc, real: hierarchy.pair_levels(pos, doc, real, C), lay, C)
-  if lam is None:
-    aeff_BNHTS = aeff_BNHTS * (lvl_BNTS >= 0)[:, :, None]
-  else:
-    lam_BNHCL = jnp.moveaxis(lam[..., :intra_levels].astype(f32).reshape(B, N, C, H, -1), 3, 2)
-    aeff_BNHTS = aeff_BNHTS * ein('bnhtl,bntsl->bnhts', lam_BNHCL,
-                                  jax.nn.one_hot(lvl_BNTS, intra_levels, dtype=f32))
+  lam_BNHCL = jnp.moveaxis(lam[..., :intra_levels].astype(f32).reshape(B, N, C, H, -1), 3, 2)
+  aeff_BNHTS = aeff_BNHTS * ein('bnhtl,bntsl->bnhts', lam_BNHCL,
+                                jax.nn.one_hot(lvl_BNTS, intra_levels, dtype=f32))
   intra = ein('bnhts,bnshv->bnthv', aeff_BNHTS, v_BNCHV)
   flat = lambda x: x.reshape((B, P) + x.shape[3:])
   return flat(intra), flat(qt), flat(k2), w_BPHK, flat(u), tb_BPHC
@@ -173,10 +207,10 @@ def _scan_forward(q, k, v, g, beta, lam, s0, packed, st, with_states):
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
-  w_BPHK, tb_BPHC = _wy(k, g, beta, C)
+  w_BPHK, tb_BPHC = _wy(k, g, beta, st)
   g_BHP, lam_BHLP = gate_layouts(g, lam)
   masks = None if packed is None else (
-      packed.pos_BP, packed.doc_BP, _rho(lam, packed, st, H), packed.wm_BXP,
+      packed.pos_BP, packed.doc_BP, _rho(lam, packed, st), packed.wm_BXP,
       packed.keep_BXP)
   cfg = st.config
   fn = functools.partial(gdn_scan, chunk_size=C, levels=st.levels, all_levels=st.offset,
@@ -185,7 +219,7 @@ def _scan_forward(q, k, v, g, beta, lam, s0, packed, st, with_states):
                          interpret=st.interpret)
   X = len(stream_levels(st.levels, C, P, packed is not None, st.offset)[1])
   # the stored states (backward only) are the largest array: X x K x V floats per chunk and head
-  per_row = P * H * max(K, V, C, 0 if lam is None else lam.shape[-1], X,
+  per_row = P * H * max(K, V, C, lam.shape[-1], X,
                        X * K * V // C if with_states else 0)
   outs = in_row_batches(lambda *a: fn(*a[:7], a[8:] if packed is not None else None, a[7]),
                         (q, k, w_BPHK, tb_BPHC, v, g_BHP, lam_BHLP, s0) + (masks or ()),
@@ -226,7 +260,7 @@ def _mixer_bwd(st, res, cotangents):
   do = do_BPHV.astype(jnp.float32)
   f32 = jnp.float32
   dg_BPH = jnp.zeros((B, P, H), f32)
-  dlam = None if lam is None else jnp.zeros(lam.shape, f32)
+  dlam = jnp.zeros(lam.shape, f32)
   dqt, dk2, dw, du, dtb = (jnp.zeros_like(x) for x in (qt, k2, w, u, tb))
   dv_inter = jnp.zeros(v.shape, f32)
   ds0 = None
@@ -240,46 +274,124 @@ def _mixer_bwd(st, res, cotangents):
     J = V // min(cfg.block_v, V)
     X = states.shape[2]
     per_row = P * H * max(J * K, J * C, V, J * X, X * K * V // C)
-    with_lam = (1,) if lam is not None else ()
     with_dinit = (0,) if with_state_grads else ()
     name = f'pallas GDN backward kernel (T={P}, heads={H})'
     if packed is None:
       outs = in_row_batches(lambda *a: fn(*a[:8], None, None, None, a[8]),
                             (qt, k2, w, u, do, g_BHP, states, lam_BHLP, dfinal), per_row, name,
-                            out_axes=(1, 1, 1, 0, 1) + with_lam + with_dinit)
+                            out_axes=(1, 1, 1, 0, 1, 1) + with_dinit)
       du = outs[3]
-      dg_part, drho = outs[4], outs[5] if lam is not None else None
+      dg_part, drho = outs[4], outs[5]
     else:
-      masks = (packed.pos_BP, packed.doc_BP, _rho(lam, packed, st, H), packed.wm_BXP,
+      masks = (packed.pos_BP, packed.doc_BP, _rho(lam, packed, st), packed.wm_BXP,
                packed.keep_BXP)
       outs = in_row_batches(
           lambda *a: fn(*a[:7], None, a[7:12], a[12], a[13], a[14]),
           (qt, k2, w, None, do, g_BHP, states) + masks + (tb, v, dfinal), per_row, name,
-          out_axes=(1, 1, 1, 1, 0, 1) + with_lam + with_dinit)
+          out_axes=(1, 1, 1, 1, 0, 1, 1) + with_dinit)
       dtb, dv_inter = jnp.sum(outs[3], axis=0), outs[4]
-      dg_part, drho = outs[5], outs[6] if lam is not None else None
+      dg_part, drho = outs[5], outs[6]
     ds0 = outs[-1] if with_s0 else None
     dqt, dk2, dw = (jnp.sum(x, axis=0) for x in outs[:3])
     dg_BPH = jnp.moveaxis(jnp.sum(dg_part, axis=0), 1, 2)
-    if lam is not None:
-      drho_BPHX = jnp.transpose(jnp.sum(drho, axis=0), (0, 3, 1, 2))
-      if packed is None:
-        lo = C.bit_length()
-        dlam = dlam.at[..., lo:lo + X].set(drho_BPHX)
-      else:
-        streams = list(stream_levels(st.levels, C, P, True, st.offset)[1])
-        read_BPX = jnp.moveaxis(packed.read_BXP, 1, 2)
-        dlam = dlam.at[..., streams].set(drho_BPHX * read_BPX[:, :, None])
+    drho_BPHX = jnp.transpose(jnp.sum(drho, axis=0), (0, 3, 1, 2))
+    if packed is None:
+      lo = C.bit_length()
+      dlam = dlam.at[..., lo:lo + X].set(drho_BPHX)
+    else:
+      streams = list(stream_levels(st.levels, C, P, True, st.offset)[1])
+      read_BPX = jnp.moveaxis(packed.read_BXP, 1, 2)
+      dlam = dlam.at[..., streams].set(drho_BPHX * read_BPX[:, :, None])
   dq, dk, dv, dg, dbeta, dlam_intra = vjp((do, dqt, dk2, dw, du, dtb))
   dv = (dv.astype(f32) + dv_inter).astype(v.dtype)
   dg = (dg + dg_BPH).astype(g.dtype)
-  if lam is not None:
-    dlam = (dlam_intra + dlam).astype(lam.dtype)
+  dlam = (dlam_intra + dlam).astype(lam.dtype)
   none = None if packed is None else _Packed(*(None,) * len(packed))
   return dq, dk, dv, dg, dbeta, dlam, ds0, none
 
 
 _mixer.defvjp(_mixer_fwd, _mixer_bwd)
+
+
+def _gdn_masks(packed):
+  """chunkwise.Masks of plain GDN's one stream (None for aligned rows)."""
+  if packed is None:
+    return None
+  return chunkwise.Masks(packed.pos_BP, packed.doc_BP, packed.read_BXP[:, 0],
+                         packed.wm_BXP[:, 0], packed.keep_BXP[:, 0])
+
+
+def _gdn_run(fn, q, k, v, g_BHP, beta_BHP, packed, extra, st, out_axes=0):
+  """fn(q, k, v, g_BHP, beta_BHP, masks, *extra) over batch slices so that no array reaches 2^31
+  elements (the largest: the per-chunk states, K x V per chunk and head)."""
+  _, P, _, K = q.shape
+  H, V = v.shape[2:]
+  C = st.chunk_size
+  masks = _gdn_masks(packed)
+  n = len(chunkwise.Masks._fields)
+
+  def sliced(*a):
+    return fn(*a[:5], None if masks is None else chunkwise.Masks(*a[5:5 + n]), *a[5 + n:])
+
+  return in_row_batches(sliced, (q, k, v, g_BHP, beta_BHP) + (tuple(masks) if masks else (None,) * n)
+                        + tuple(extra), P * H * max(K, V, C, K * V // C),
+                        f'pallas GDN kernels (T={P}, heads={H})', out_axes)
+
+
+def _gdn_forward(q, k, v, g, beta, s0, packed, st, with_residuals):
+  """chunkwise.gdn_forward over batch slices: (o, final state [B, H, 1, K, V] or None, residuals
+  or None)."""
+  g_BHP, beta_BHP = _gates_BHP(g, beta)
+  fn = functools.partial(chunkwise.gdn_forward, chunk_size=st.chunk_size, cfg=st.config,
+                         with_final=st.final_state, with_residuals=with_residuals,
+                         interpret=st.interpret)
+  init = None if s0 is None else s0[:, :, 0]
+  outs = _gdn_run(lambda q, k, v, g, b, m, s: fn(q, k, v, g, b, m, s), q, k, v, g_BHP, beta_BHP,
+                  packed, (init,), st)
+  outs = list(outs) if isinstance(outs, tuple) else [outs]
+  o = outs.pop(0)
+  final = outs.pop(0)[:, :, None] if st.final_state else None
+  return o, final, (tuple(outs) if with_residuals else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _gdn_mixer(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, s0_BHXKV, packed, st):
+  """Plain GDN through the chunkwise kernels (padded inputs as _mixer's, one stream: X = 1)."""
+  o, final, _ = _gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BPH, beta_BPH, s0_BHXKV, packed, st,
+                             False)
+  return o, final
+
+
+def _gdn_mixer_fwd(q, k, v, g, beta, s0, packed, st):
+  o, final, residuals = _gdn_forward(q, k, v, g, beta, s0, packed, st, True)
+  return (o, final), (q, k, v, g, beta, s0 is not None, packed, residuals)
+
+
+def _gdn_mixer_bwd(st, res, cotangents):
+  q, k, v, g, beta, with_s0, packed, residuals = res
+  do, dfinal = cotangents
+  B, P, G, K = q.shape
+  H, V = v.shape[2:]
+  with_state_grads = with_s0 or st.final_state
+  if with_state_grads:
+    dfinal = (jnp.zeros((B, H, K, V), jnp.float32) if dfinal is None
+              else dfinal[:, :, 0].astype(jnp.float32))
+  else:
+    dfinal = None
+  g_BHP, beta_BHP = _gates_BHP(g, beta)
+  fn = functools.partial(chunkwise.gdn_backward, chunk_size=st.chunk_size, cfg=st.config,
+                         interpret=st.interpret)
+  outs = _gdn_run(lambda q, k, v, g, b, m, do, df, *r: fn(q, k, v, g, b, m, r, do, df),
+                  q, k, v, g_BHP, beta_BHP, packed, (do.astype(v.dtype), dfinal) + residuals, st)
+  dq, dk, dv, dg, dbeta = outs[:5]
+  group = lambda x: jnp.sum(x.reshape(B, P, G, H // G, K), axis=3)
+  ds0 = outs[5][:, :, None] if with_s0 else None
+  none = None if packed is None else _Packed(*(None,) * len(packed))
+  return (group(dq).astype(q.dtype), group(dk).astype(k.dtype), dv.astype(v.dtype),
+          dg.astype(g.dtype), dbeta.astype(beta.dtype), ds0, none)
+
+
+_gdn_mixer.defvjp(_gdn_mixer_fwd, _gdn_mixer_bwd)
 
 
 def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, st):
@@ -296,7 +408,10 @@ def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, 
            else None)
   s0 = None if s0_BHXKV is None else jnp.pad(
       s0_BHXKV.astype(jnp.float32), ((0, 0),) * 3 + ((0, Kp - K), (0, Vp - V)))
-  o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
+  if st.levels is None:
+    o_BPHV, final = _gdn_mixer(q, k, v, g, beta, s0, masks, st)
+  else:
+    o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
   return o_BPHV[:, :T, :, :V], None if final is None else final[..., :K, :V]
 
 

@@ -1,39 +1,37 @@
-"""The Pallas kernels of chunked Gated DeltaNet and log-linear Gated DeltaNet
+"""The Pallas level-stream scans of chunked log-linear Gated DeltaNet
 (docs/algorithms/gdn.md#chunked-form, docs/algorithms/loglinear.md#log-linear-gated-deltanet): the
 forward chunk scan `gdn_scan` and the reverse scan `gdn_scan_bwd`. chunked.py launches them (with
-the XLA parts named below, `_wy` and `_prep`) behind jax.custom_vjp.
+the parts named below, `_wy` and `_prep`) behind jax.custom_vjp. (Plain GDN runs chunkwise.py's
+kernels instead.)
 
 Forward. Per chunk of C tokens and head (G = in-chunk cumsum of g, D[t, s] = exp(G_t - G_s) for
-s <= t, exponents masked before exp), the UT/WY quantities come from one parallel XLA pass
-(`_wy`): T_g = (I + strict_lower(diag(beta) (K K^T o D)))^-1, W = T_g diag(beta e^G) K and
-T_g diag(beta) (fp32, C per token). One Pallas program per (batch, head, block of V) then scans
-the chunks in order, forms U = T_g diag(beta) V and carries fp32 [K, BV] states:
+s <= t, exponents masked before exp), the UT/WY quantities come from one parallel pass (`_wy`:
+chunkwise's UT-inverse kernel, then XLA): T_g = (I + strict_lower(diag(beta) (K K^T o D)))^-1,
+W = T_g diag(beta e^G) K and T_g diag(beta) (fp32, C per token). One Pallas program per (batch,
+head, block of V) then scans the chunks in order, forms U = T_g diag(beta) V and carries fp32
+[K, BV] states:
 
-  GDN:        v_new = U - W S,  o = (e^G o q) S + tril(q k^T o D) v_new,
-              S <- e^{G_C} S + k2^T v_new
-  log-linear: o = (Aeff o M) V + sum_x rho_x o (qt S_x),  Aeff = (q k^T o D) T_g diag(beta),
-              S_x <- keep (e^{G_C} S_x - k2^T W S_x) + write k2^T U
+  o = (Aeff o M) V + sum_x rho_x o (qt S_x),  Aeff = (q k^T o D) T_g diag(beta),
+  S_x <- keep (e^{G_C} S_x - k2^T W S_x) + write k2^T U
 
 with k2 = e^{G_C - G} o k, qt = e^G o q - (q k^T o D) W, M the level weights lam_t^lvl(t, s) of the
-levels inside a chunk (the causal mask for GDN) and one stream S_x per chunk level x (global level
-log2 C + 1 + x): read with rho_x = lam of that level in chunks with bit x set, written in chunks
-with bit x clear, reset at every aligned block of 2^(x+1) chunks (the level-parallel masked scans of
-docs/algorithms/loglinear.md#chunked-training, as in pallas_kernels.mamba2.kernel). Plain GDN is one
-stream, always read (rho = 1), written and kept.
+levels inside a chunk and one stream S_x per chunk level x (global level log2 C + 1 + x): read with
+rho_x = lam of that level in chunks with bit x set, written in chunks with bit x clear, reset at
+every aligned block of 2^(x+1) chunks (the level-parallel masked scans of
+docs/algorithms/loglinear.md#chunked-training, as in pallas_kernels.mamba2.kernel).
 
 Packed documents (chunked.py's `_packed_masks`): M pairs tokens of one document by the level of
-their positions inside it, and every level >= 1 (plain GDN: the one stream, reset at document
-starts) is a stream with per-token masks computed in XLA as in
-lloglin.ops.linear_recurrence.chunked_recurrence: rho (lam x read, only before the first reset in
-the chunk), wm (written, only after the last reset) and keep (no reset in the chunk); each stream
-writes k2^T T_g diag(beta wm) V. About one stream per level, so packed rows cost more than
-aligned ones (not measured).
+their positions inside it, and every level >= 1 is a stream with per-token masks computed in XLA
+as in lloglin.ops.linear_recurrence.chunked_recurrence: rho (lam x read, only before the first
+reset in the chunk), wm (written, only after the last reset) and keep (no reset in the chunk);
+each stream writes k2^T T_g diag(beta wm) V. About one stream per level, so packed rows cost more
+than aligned ones (not measured).
 
 Backward (jax.custom_vjp). The forward kernel also stores every stream's fp32 state at every
 chunk start (N x K x V floats per head and stream: 59 MB per row and head at T = 8192, C = 64,
-K = V = 128 with the 7 streams of log-linear GDN; 8 MB for GDN). A reverse Pallas scan
-(`gdn_scan_bwd`) carries dS_x and gives the cotangents of qt, k2, W, U, of the chunk decay
-e^{G_C} (-> dg) and of rho (-> dlam of the stream levels); with dS = dS_x(n+1) and S = S_x(n):
+K = V = 128 with the 7 streams). A reverse Pallas scan (`gdn_scan_bwd`) carries dS_x and gives
+the cotangents of qt, k2, W, U, of the chunk decay e^{G_C} (-> dg) and of rho (-> dlam of the
+stream levels); with dS = dS_x(n+1) and S = S_x(n):
 
   dS_x(n) = qt^T (rho o dO) + keep (e^{G_C} dS - W^T k2 dS),  dqt = (rho o dO) S^T,
   dk2 = (write U - keep W S) dS^T,  dW = -keep k2 dS S^T,  dU = write k2 dS,
@@ -41,10 +39,9 @@ e^{G_C} (-> dg) and of rho (-> dlam of the stream levels); with dS = dS_x(n+1) a
 (packed: with tb = T_g diag(beta), dtb += k2 dS (wm o V)^T and dV += wm o tb^T k2 dS for dU).
 
 Those and dO (for the intra part) go through jax.vjp of chunked.py's `_prep`, the parallel
-per-chunk part in XLA (intra output, qt, k2, W, U; UT transform included), to the gradients of q,
-k, v, g, beta, lam.
+per-chunk part (intra output, qt, k2, W, U in XLA; T through chunkwise's kernel and its
+transpose), to the gradients of q, k, v, g, beta, lam.
 """
-
 import functools
 
 import jax
@@ -66,25 +63,22 @@ HIGHEST = lax.Precision.HIGHEST
 
 def _flags(c, lv, lo):
   """(read, keep, write) of level stream lv in aligned chunk c (chunk bit x = lv - lo): read in
-  chunks with bit x set, written in the others, reset at every block of 2^(x+1) chunks. Plain GDN
-  (lv None): always."""
-  if lv is None:
-    return True, True, True
+  chunks with bit x set, written in the others, reset at every block of 2^(x+1) chunks."""
   x = lv - lo
   read = ((c >> x) & 1) == 1
   return read, (c & ((1 << (x + 1)) - 1)) != 0, ~read
 
 
 def _where(flag, x):
-  return x if flag is True else jnp.where(flag, x, 0.0)
+  return jnp.where(flag, x, 0.0)
 
 
 def _stream_masks(packed, c, x, lv, lo, sl, lam, mask_refs):
-  """(rho, read, keep, wm) of stream x in chunk c: rho the per-token read weight (None: 1), read /
-  keep scalar flags (True: always), wm the write weight (a flag, or per token when packed)."""
+  """(rho, read, keep, wm) of stream x in chunk c: rho the per-token read weight, read / keep
+  scalar flags, wm the write weight (a flag, or per token when packed)."""
   if not packed:
     read, keep, write = _flags(c, lv, lo)
-    return (None if lv is None else lam[lv]), read, keep, write
+    return lam[lv], read, keep, write
   rho_ref, wm_ref, keep_ref = mask_refs
   rho = rho_ref[x, sl]
   read = jnp.sum((rho != 0).astype(jnp.int32)) > 0
@@ -112,7 +106,7 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_sta
   init_ref = refs.pop() if with_init else None
   q_ref, k_ref, w_ref, tb_ref, v_ref, g_ref = refs[:6]
   del refs[:6]
-  lam_ref = refs.pop(0) if lam_levels else None
+  lam_ref = refs.pop(0)
   n_masks = (2 + 3 * bool(streams)) if packed else 0    # pos, doc [, rho, wm, keep]
   pos_ref, doc_ref, *mask_refs = refs[:n_masks] if packed else (None, None)
   K, BV = q_ref.shape[-1], v_ref.shape[-1]
@@ -120,7 +114,7 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_sta
   row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
   col = lax.broadcasted_iota(jnp.int32, (C, C), 1)
   causal = row >= col
-  aligned_masks = level_masks(row ^ col, intra_levels) if lam_levels and not packed else None
+  aligned_masks = None if packed else level_masks(row ^ col, intra_levels)
 
   def body(c, states):
     sl = pl.ds(pl.multiple_of(c * C, C), C)
@@ -137,43 +131,34 @@ def _fwd_kernel(*refs, C, N, intra_levels, streams, lam_levels, packed, with_sta
     if with_states:
       for x, S in enumerate(states):
         s_ref[x, pl.ds(pl.multiple_of(c * K, K), K), :] = S
-    if not lam_levels and not packed:
-      (S,) = states
-      vn = u - dot(w, S, mm_dtype)
-      out = dot(qe, S, mm_dtype) + dot(a, vn, mm_dtype)
-      new_states = (S * jnp.exp(gs) + dot(k2, vn, mm_dtype, (0, 0)),)
+    if packed:
+      pos, doc = pos_ref[sl], doc_ref[sl]
+      real = pos >= 0
+      pair = causal & (doc[:, None] == doc[None, :]) & real[:, None] & real[None, :]
+      masks = [m & pair for m in level_masks(pos[:, None] ^ pos[None, :], intra_levels)]
     else:
+      masks = aligned_masks
+    wl = jnp.zeros((C, C), jnp.float32)
+    for l, mask in enumerate(masks):
+      wl = wl + jnp.where(mask, lam[l][:, None], 0.0)
+    out = dot(dot(a, tb, mm_dtype) * wl, v, mm_dtype)    # (Aeff o M) V
+    ku = None if packed else dot(k2, u, mm_dtype, (0, 0))
+    new_states = []
+    for x, (S, lv) in enumerate(zip(states, streams)):
+      rho, read, keep, write = _stream_masks(packed, c, x, lv, lo, sl, lam, mask_refs)
+      ws = dot(w, S, mm_dtype)
+
+      def do_read(S=S, ws=ws, rho=rho):
+        return (dot(qe, S, mm_dtype) - dot(a, ws, mm_dtype)) * rho[:, None]
+
+      out = out + lax.cond(read, do_read, lambda: jnp.zeros((C, BV), jnp.float32))
+      moved = S * jnp.exp(gs) - dot(k2, ws, mm_dtype, (0, 0))
       if packed:
-        pos, doc = pos_ref[sl], doc_ref[sl]
-        real = pos >= 0
-        pair = causal & (doc[:, None] == doc[None, :]) & real[:, None] & real[None, :]
-        masks = [m & pair for m in level_masks(pos[:, None] ^ pos[None, :], intra_levels)]
+        written = dot(k2, dot(tb, v * write[:, None], mm_dtype), mm_dtype, (0, 0))
       else:
-        masks = aligned_masks
-      if lam_levels:
-        wl = jnp.zeros((C, C), jnp.float32)
-        for l, mask in enumerate(masks):
-          wl = wl + jnp.where(mask, lam[l][:, None], 0.0)
-      else:                                    # packed plain GDN: the document mask
-        wl = jnp.where(pair, 1.0, 0.0)
-      out = dot(dot(a, tb, mm_dtype) * wl, v, mm_dtype)    # (Aeff o M) V
-      ku = None if packed else dot(k2, u, mm_dtype, (0, 0))
-      new_states = []
-      for x, (S, lv) in enumerate(zip(states, streams)):
-        rho, read, keep, write = _stream_masks(packed, c, x, lv, lo, sl, lam, mask_refs)
-        ws = dot(w, S, mm_dtype)
-
-        def do_read(S=S, ws=ws, rho=rho):
-          return (dot(qe, S, mm_dtype) - dot(a, ws, mm_dtype)) * rho[:, None]
-
-        out = out + lax.cond(read, do_read, lambda: jnp.zeros((C, BV), jnp.float32))
-        moved = S * jnp.exp(gs) - dot(k2, ws, mm_dtype, (0, 0))
-        if packed:
-          written = dot(k2, dot(tb, v * write[:, None], mm_dtype), mm_dtype, (0, 0))
-        else:
-          written = _where(write, ku)
-        new_states.append(_where(keep, moved) + written)
-      new_states = tuple(new_states)
+        written = _where(write, ku)
+      new_states.append(_where(keep, moved) + written)
+    new_states = tuple(new_states)
     o_ref[sl, :] = out.astype(o_ref.dtype)
     return new_states
 
@@ -186,15 +171,15 @@ def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, with_state_grads, mm_d
   states' (the carried dS after chunk 0)."""
   refs = list(refs)
   dinit_ref = refs.pop() if with_state_grads else None
-  drho_ref = refs.pop() if lam_levels else None
+  drho_ref = refs.pop()
   if packed:
     qt_ref, k2_ref, w_ref, tb_ref, v_ref, do_ref, g_ref, s_ref, *mask_refs = refs[:11]
     lam_ref = None
   else:
     qt_ref, k2_ref, w_ref, u_ref, do_ref, g_ref, s_ref = refs[:7]
-    lam_ref = refs[7] if lam_levels else None
+    lam_ref = refs[7]
     mask_refs = None
-  n_in = (11 if packed else 7 + bool(lam_levels)) + with_state_grads
+  n_in = (11 if packed else 8) + with_state_grads
   dfinal_ref = refs[n_in - 1] if with_state_grads else None
   if packed:
     dqt_ref, dk2_ref, dw_ref, dtb_ref, dv_ref, dg_ref = refs[n_in:]
@@ -227,16 +212,12 @@ def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, with_state_grads, mm_d
       S = s_ref[x, pl.ds(pl.multiple_of(c * K, K), K), :]
 
       def do_read(S=S, rho=rho):             # (dqt, dS from the read) of this stream
-        r = do if rho is None else do * rho[:, None]
+        r = do * rho[:, None]
         return dot(r, S, mm_dtype, (1, 1)), dot(qt, r, mm_dtype, (0, 0))
 
-      if read is True:
-        dqt_x, dS_read = do_read()
-      else:
-        dqt_x, dS_read = lax.cond(read, do_read, lambda: (jnp.zeros((C, K), jnp.float32),
-                                                          jnp.zeros((K, BV), jnp.float32)))
-      if drho_ref is not None:
-        drho_ref[x, sl] = _where(read, jnp.sum(do * dot(qt, S, mm_dtype), axis=1))
+      dqt_x, dS_read = lax.cond(read, do_read, lambda: (jnp.zeros((C, K), jnp.float32),
+                                                        jnp.zeros((K, BV), jnp.float32)))
+      drho_ref[x, sl] = _where(read, jnp.sum(do * dot(qt, S, mm_dtype), axis=1))
       dqt = dqt + dqt_x
       kE = dot(k2, E, mm_dtype)
       wS = dot(w, S, mm_dtype)
@@ -267,13 +248,10 @@ def _bwd_kernel(*refs, C, N, streams, lam_levels, packed, with_state_grads, mm_d
 
 
 def stream_levels(levels, C, P, packed=False, all_levels=False):
-  """(intra_levels, streams, lam_levels) of a length-P scan. Plain GDN (levels None): one stream.
-  Log-linear: aligned, the levels < log2 C + 1 inside chunks and one stream per level above, up
-  to the levels P positions reach (all_levels: positions continue an initial state's, so all
-  L); packed, every level inside chunks (document positions) and a stream for every level >= 1
-  (sources in earlier chunks)."""
-  if levels is None:
-    return 1, (None,), 0
+  """(intra_levels, streams, lam_levels) of a length-P scan over `levels` levels: aligned, the
+  levels < log2 C + 1 inside chunks and one stream per level above, up to the levels P positions
+  reach (all_levels: positions continue an initial state's, so all L); packed, every level inside
+  chunks (document positions) and a stream for every level >= 1 (sources in earlier chunks)."""
   lo = C.bit_length()
   hi = levels if all_levels else min(levels, (P - 1).bit_length() + 1)
   if packed:
@@ -303,16 +281,15 @@ def _mask_specs(masks, X, P):
       pl.BlockSpec((None, X, P), lambda b, h, j: (b, 0, 0))] * 2, list(masks)
 
 
-def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, masks=None,
-             init_BHXKV=None, *, chunk_size, levels=None, all_levels=False, with_states=False,
+def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP, masks=None,
+             init_BHXKV=None, *, chunk_size, levels, all_levels=False, with_states=False,
              with_final=False, out_dtype=jnp.float32, block_v=32, num_warps=8, num_stages=2,
              interpret=False):
   """The forward chunk scan of the module docstring over P = N * chunk_size padded tokens,
   feature axes powers of two >= 16. q/k: G groups (head h reads h // (H // G)), already scaled; w
   and tb = T_g diag(beta) (rows t, columns s of its chunk): per head, from `_wy`. levels: the L of
-  lam (hierarchy on; lam_BHLP holds at least the levels a length-P sequence reaches) or None
-  (plain GDN). masks (packed documents; None: positions aligned with the hierarchy):
-  (pos_BP (-1 at padding), doc_BP, rho_BHXP, wm_BXP, keep_BXP) from `_packed_masks`.
+  lam (lam_BHLP holds at least the levels a length-P sequence reaches). masks (packed documents;
+  None: positions aligned with the hierarchy): (pos_BP (-1 at padding), doc_BP, rho_BHXP, wm_BXP, keep_BXP) from `_packed_masks`.
   init_BHXKV: fp32 states the streams start from (None: zeros).
   Returns o_BPHV, with_states also the fp32 state of every stream at every chunk start,
   states_BHXMV (M = N * K, chunk n at rows n K .. n K + K - 1), and with_final the fp32 states
@@ -330,10 +307,8 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, mask
       pl.BlockSpec((None, P, None, C), lambda b, h, j: (b, 0, h, 0)),
       pl.BlockSpec((None, P, None, BV), lambda b, h, j: (b, 0, h, j)),
       pl.BlockSpec((None, None, P), lambda b, h, j: (b, h, 0))]
-  args = [q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP]
-  if lam_levels:
-    in_specs.append(pl.BlockSpec((None, None, lam_levels, P), lambda b, h, j: (b, h, 0, 0)))
-    args.append(lam_BHLP[:, :, :lam_levels])
+  in_specs.append(pl.BlockSpec((None, None, lam_levels, P), lambda b, h, j: (b, h, 0, 0)))
+  args = [q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP[:, :, :lam_levels]]
   if packed:
     specs, arrays = _mask_specs(masks, X, P)
     in_specs += specs
@@ -356,7 +331,7 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, mask
                              streams=streams, lam_levels=lam_levels, packed=packed,
                              with_states=with_states, with_init=with_init, with_final=with_final,
                              mm_dtype=jnp.result_type(q_BPGK.dtype, k_BPGK.dtype))
-  name = ('gdn' if levels is None else 'loglinear_gdn') + ('_packed' if packed else '')
+  name = 'loglinear_gdn' + ('_packed' if packed else '')
   outs = _pallas(kernel, (B, H, V // BV), in_specs, out_specs, out_shape, name + '_chunk_scan',
                  num_warps, num_stages, interpret)(*args)
   return tuple(outs) if with_states or with_final else outs[0]
@@ -364,7 +339,7 @@ def gdn_scan(q_BPGK, k_BPGK, w_BPHK, tb_BPHC, v_BPHV, g_BHP, lam_BHLP=None, mask
 
 def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV, lam_BHLP=None,
                  masks=None, tb_BPHC=None, v_BPHV=None, dfinal_BHXKV=None, *, chunk_size,
-                 levels=None, all_levels=False, mm_dtype=jnp.float32, block_v=32, num_warps=8,
+                 levels, all_levels=False, mm_dtype=jnp.float32, block_v=32, num_warps=8,
                  num_stages=2, interpret=False):
   """Reverse chunk scan: cotangents of the inter-chunk operands (module docstring, Backward).
 
@@ -400,15 +375,13 @@ def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV,
                                         g_out[1]]
   else:
     in_specs = [tok(K)] * 3 + [blk, blk, g_spec, s_spec]
-    args = [qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV]
-    if lam_levels:
-      in_specs.append(pl.BlockSpec((None, None, lam_levels, P), lambda b, h, j: (b, h, 0, 0)))
-      args.append(lam_BHLP[:, :, :lam_levels])
+    in_specs.append(pl.BlockSpec((None, None, lam_levels, P), lambda b, h, j: (b, h, 0, 0)))
+    args = [qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV,
+            lam_BHLP[:, :, :lam_levels]]
     out_specs = [part(K)] * 3 + [blk, g_out[0]]
     out_shape = [partial_BPH(K)] * 3 + [jax.ShapeDtypeStruct((B, P, H, V), f32), g_out[1]]
-  if lam_levels:
-    out_specs.append(pl.BlockSpec((None, None, None, X, P), lambda b, h, j: (j, b, h, 0, 0)))
-    out_shape.append(jax.ShapeDtypeStruct((J, B, H, X, P), f32))
+  out_specs.append(pl.BlockSpec((None, None, None, X, P), lambda b, h, j: (j, b, h, 0, 0)))
+  out_shape.append(jax.ShapeDtypeStruct((J, B, H, X, P), f32))
   with_state_grads = dfinal_BHXKV is not None
   if with_state_grads:
     in_specs.append(_state_spec(X, K, BV))
@@ -418,6 +391,6 @@ def gdn_scan_bwd(qt_BPHK, k2_BPHK, w_BPHK, u_BPHV, do_BPHV, g_BHP, states_BHXMV,
   kernel = functools.partial(_bwd_kernel, C=C, N=P // C, streams=streams, lam_levels=lam_levels,
                              packed=packed, with_state_grads=with_state_grads,
                              mm_dtype=mm_dtype)
-  name = ('gdn' if levels is None else 'loglinear_gdn') + ('_packed' if packed else '')
+  name = 'loglinear_gdn' + ('_packed' if packed else '')
   return tuple(_pallas(kernel, (B, H, J), in_specs, out_specs, out_shape,
                        name + '_chunk_scan_bwd', num_warps, num_stages, interpret)(*args))
