@@ -104,7 +104,13 @@ def test_extraction_joins_lines_drops_comments_and_reads_tables():
 
 @pytest.mark.slow
 def test_documented_commands_run_at_tiny_size(tmp_path, capsys):
-  runnable = [c for c in ABSL if not c.in_table]
+  # A command shown in both the README and a docs page runs once (every copy is still parsed by
+  # test_documented_command_is_valid).
+  first = {}
+  for c in ABSL:
+    if not c.in_table:
+      first.setdefault(c.text, c)
+  runnable = list(first.values())
   results = drive(tmp_path, runnable, run=True)
   failed = [f"{c.source}: {c.text}\n{r['error']}" for c, r in results.items() if r["error"]]
   assert not failed, "\n\n".join(failed)
