@@ -15,7 +15,8 @@ Variants (`<stage>` or `<stage>_gdn`, the text tower's mixer Gated DeltaNet inst
 - negcap: fine-tuning on NegCap (data.source negcap: each scene's caption and two negated ones);
 - negmcq_a<alpha>, alpha in {0, 0.5, 0.9, 0.99, 1}: NegCap + NegMCQ (data.source negmcq), the
   loss alpha * CLIP + (1 - alpha) * MCQ;
-- tiny: pretrain at smoke-test size, and the suite on a few scenes (seconds on a CPU);
+- tiny: pretrain at smoke-test size, and the suite on a few scenes (seconds on a CPU;
+  `tiny_sizes` shrinks any other stage the same way);
 - default (no variant): the suite's settings on the pretrain model's sections.
 Fine-tuning starts from the pretrained run's export (`--config.init_from=<workdir>/export`).
 `--config.negbench.mcq_csv=...` (and retrieval_csv, negated_retrieval_csv, image_root) evaluate
