@@ -18,7 +18,7 @@
 # Understand Negation* (arXiv 2501.09425): CLIP-style models score "a photo with no dog" about
 # like "a photo with a dog" (an *affirmation bias*), so they fail retrieval with negated captions
 # and multiple-choice questions whose right answer negates something; fine-tuning on captions with
-# negations (NegCap) and on multiple-choice questions (NegMCQ) fixes much of it. This notebook
+# negations (NegCap) and on multiple-choice questions (NegMCQ) improves both. This notebook
 # runs the `negbench` suite's toy: synthetic scenes with their object lists stand in for COCO, a
 # tiny dual encoder is pretrained on affirmative captions only, evaluated, fine-tuned on NegCap +
 # NegMCQ and evaluated again. Method and readings of the paper: `docs/suites/negbench.md`.
@@ -107,7 +107,7 @@ for qtype in QUESTION_TYPES:
 # ## Pretrain a dual encoder on affirmative captions
 # `configs/negbench.py:pretrain`: a ViT of 2 blocks over 8 x 8 patches of 32 x 32 scenes and a
 # 2-block text tower, width 64, trained with the CLIP loss for 500 steps on 4000 scenes' captions,
-# none with a negation (a few minutes on a GPU). From a shell:
+# none with a negation. From a shell:
 # `python train.py --config configs/negbench.py:pretrain --workdir runs/nb_pretrain`. The test
 # suite's tiny run trains the towers at width 16 for 20 steps: enough to run every step, not to
 # learn the scenes.
@@ -201,13 +201,15 @@ for variant in runs:
 # %% [markdown]
 # ## The experiment
 # (At the test suite's tiny sizes the numbers above are noise: the model has not learnt the
-# scenes.) The experiment pretrains the encoder (with attention and with Gated DeltaNet in the text
-# tower), fine-tunes it on NegCap and on NegCap + NegMCQ for alpha in {0, 0.5, 0.9, 0.99}, two
-# seeds each, and writes the table and figures of `experiments/results/negbench/`:
-# `python -m experiments.negbench --seeds 0,1` (`experiments/negbench.py`). What they show is in
-# `docs/suites/negbench.md`: on this toy, pretraining gives the affirmation bias (negation
-# questions near 0) and NegMCQ fine-tuning removes most of it. The suite also evaluates any dual
-# encoder on the released NegBench CSVs (COCO / VOC2007 images on disk):
+# scenes.) The experiment pretrains the encoder, fine-tunes it on NegCap and on NegCap + NegMCQ
+# for alpha in {0, 0.5, 0.9, 0.99}, repeats pretraining and alpha = 0.9 with a Gated DeltaNet
+# text tower, two seeds each, and writes the table and figures of
+# `experiments/results/negbench/`: `python -m experiments.negbench --seeds 0,1`
+# (`experiments/negbench.py`). What they show is in `docs/suites/negbench.md`: on this toy,
+# pretraining gives the affirmation bias (negation questions almost never answered right),
+# NegCap alone does not remove it and NegCap + NegMCQ does, more so at smaller alpha (alpha = 0,
+# the MCQ loss alone, loses retrieval). The suite also evaluates any dual encoder on the released
+# NegBench CSVs (COCO / VOC2007 images on disk):
 # `python eval.py --suite negbench --config configs/negbench.py --checkpoint RUN
 # --config.negbench.mcq_csv=data/COCO_val_mcq_llama3.1_rephrased.csv
 # --config.negbench.image_root=data/coco` (retrieval: `retrieval_csv`, `negated_retrieval_csv`).
