@@ -15,7 +15,8 @@ Variants (`<stage>` or `<stage>_gdn`, the text tower's mixer Gated DeltaNet inst
 - negcap: fine-tuning on NegCap (data.source negcap: each scene's caption and two negated ones);
 - negmcq_a<alpha>, alpha in {0, 0.5, 0.9, 0.99, 1}: NegCap + NegMCQ (data.source negmcq), the
   loss alpha * CLIP + (1 - alpha) * MCQ;
-- tiny: pretrain at smoke-test size, and the suite on a few scenes (seconds on a CPU);
+- tiny: pretrain at smoke-test size, and the suite on a few scenes (seconds on a CPU;
+  `tiny_sizes` shrinks any other stage the same way);
 - default (no variant): the suite's settings on the pretrain model's sections.
 Fine-tuning starts from the pretrained run's export (`--config.init_from=<workdir>/export`).
 `--config.negbench.mcq_csv=...` (and retrieval_csv, negated_retrieval_csv, image_root) evaluate
@@ -71,7 +72,7 @@ def training_config(stage: str, mixer: str):
   return c
 
 
-def add_suite_config(c: ml_collections.ConfigDict, *, tiny: bool = False):
+def add_suite_config(c: ml_collections.ConfigDict):
   """Sets c.suite = "negbench" and the suite's settings c.negbench; returns c."""
   c.suite = "negbench"
   n = c.negbench = ml_collections.ConfigDict()
@@ -86,9 +87,20 @@ def add_suite_config(c: ml_collections.ConfigDict, *, tiny: bool = False):
   n.image_root = ""  # the folder the CSVs' image paths are relative to
   n.convert_rgb = False  # convert greyscale / RGBA images instead of refusing them
   n.probe_objects = ()  # object names of the PCA probe (empty = the scenes' classes)
-  if tiny:
-    n.num_images = 48
-    n.batch_size = 32
+  return c
+
+
+def tiny_sizes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any stage's config to smoke-test size (the `tiny` variant is pretrain shrunk; the
+  notebook shrinks its fine-tuning stage the same way): a few scenes, narrow towers, 20 steps,
+  and the suite on a few test scenes. Returns c."""
+  c.batch_size = 16
+  c.data.scenes.update(num_train_images=128, num_val_images=32)
+  c.contrastive.encoder.update(vision_width=16, vision_depth=1, vision_mlp_dim=32, embed_dim=16)
+  c.optim.warmup_steps = 5
+  set_model_size(c, d_model=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=32)
+  smoke_run(c)
+  c.negbench.update(num_images=48, batch_size=32)
   return c
 
 
@@ -97,14 +109,6 @@ def get_config(arg: str | None = None):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/negbench.py; valid: {VARIANTS}")
   stage, gdn, _ = variant.partition("_gdn")
-  c = training_config("pretrain" if stage in ("default", "tiny") else stage,
-                      "gdn" if gdn else "attention")
-  if variant == "tiny":
-    c.batch_size = 16
-    c.data.scenes.update(num_train_images=128, num_val_images=32)
-    c.contrastive.encoder.update(vision_width=16, vision_depth=1, vision_mlp_dim=32,
-                                 embed_dim=16)
-    c.optim.warmup_steps = 5
-    set_model_size(c, d_model=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=32)
-    smoke_run(c)
-  return add_suite_config(c, tiny=variant == "tiny")
+  c = add_suite_config(training_config("pretrain" if stage in ("default", "tiny") else stage,
+                                        "gdn" if gdn else "attention"))
+  return tiny_sizes(c) if variant == "tiny" else c
