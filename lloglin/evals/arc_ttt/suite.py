@@ -97,7 +97,8 @@ def run_ablation(lm: ttt.FrozenLM, tasks: list[grids.ArcTask], config, name: str
                                       max_tokens=max_tokens, seed=config.seed + i,
                                       augment_data=switches["augment"],
                                       direct_io=switches["direct_io"],
-                                      leave_two_out_top_up=tcfg.leave_two_out)
+                                      leave_two_out_top_up=tcfg.leave_two_out,
+                                      size_changes=tcfg.size_changes)
                 for i, t in enumerate(tasks)]
   adapters, losses, seconds, per_task, errors = {}, {}, {}, [], {}
   if switches["ttt"] and switches["shared"]:

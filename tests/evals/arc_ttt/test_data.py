@@ -40,6 +40,9 @@ def test_transforms_move_cells_as_named():
   assert named["resolution2"](g).shape == (4, 6) and named["repeat2"](g).shape == (4, 6)
   assert named["rotate90+resolution2"](g).shape == (6, 4)
   assert len(augment.ttt_transforms(np.random.default_rng(1))) == 23  # Table 5's list
+  square = np.arange(9, dtype=np.int8).reshape(3, 3)
+  kept = augment.ttt_transforms(np.random.default_rng(1), size_changes=False)
+  assert len(kept) == 7 and all(t(square).shape == (3, 3) for t in kept)
   table = augment.colour_permutation(np.random.default_rng(3))
   assert table[0] == 0 and sorted(table.tolist()) == list(range(10))
   with pytest.raises(ValueError, match="degrees=45"):
