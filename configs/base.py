@@ -13,8 +13,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.batch_size = 32  # global batch (rows per step, over all processes)
   # The training objective (lloglin.training.tasks): "lm" (next-token prediction on the data
   # sources mqar | text | flipflop) or "reward" (a reward model: the decoder trunk and a scalar
-  # head, Bradley-Terry loss on preference pairs; data.source synthetic_preferences |
-  # preference_jsonl). The task decides the model, batches, loss and eval metrics.
+  # head; Bradley-Terry loss on preference pairs, data.source synthetic_preferences |
+  # preference_jsonl | reward_world, or regression on scored records, data.source scored_jsonl |
+  # reward_world; configs/reward.py's `reward` section picks). The task decides the model,
+  # batches, loss and eval metrics.
   c.task = "lm"
   # A params-only LM export (a training workdir's export/) whose weights initialise the model:
   # all of them for "lm", the trunk for "reward" (the LM head is dropped). "" = random init.
@@ -76,16 +78,18 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- data (lloglin.data.make_dataset; preference pairs: lloglin.data.preferences)
   c.data = ml_collections.ConfigDict()
-  # task lm: mqar | text | flipflop | arc_dsl (generated ARC-like tasks, configs/arc_pretrain.py);
-  # task reward: synthetic_preferences | preference_jsonl
+  # task lm: mqar | text | flipflop | multilingual | reward_world | arc_dsl (generated ARC-like
+  # tasks, configs/arc_pretrain.py); task reward: synthetic_preferences | preference_jsonl |
+  # scored_jsonl | reward_world
   c.data.source = "mqar"
   c.data.name = ""  # tfds dataset name for source=text (tiny_shakespeare, lm1b, wikitext...)
   # local .txt / .jsonl file or a directory of them (wins over name); for preference_jsonl a
-  # .jsonl file of {"prompt", "chosen", "rejected"} records (prompts truncated from the left)
+  # .jsonl file of {"prompt", "chosen", "rejected"} records, for scored_jsonl of {"prompt",
+  # "response", "score"} records and an optional "paraphrase" (prompts truncated from the left)
   c.data.path = ""
   c.data.text_key = "text"  # field holding the text in .jsonl records and tfds examples
   c.data.tfds_data_dir = ""  # where tfds keeps prepared datasets ("" = tfds default)
-  c.data.tokenizer = "byte"  # byte | sentencepiece | tiktoken
+  c.data.tokenizer = "byte"  # byte | sentencepiece | tiktoken (multilingual: its own words)
   c.data.tokenizer_path = ""  # sentencepiece .model file, or tiktoken encoding name
   c.data.val_fraction = 0.05  # held-out tail of local files (or .jsonl records) as validation
   c.data.mqar = ml_collections.ConfigDict()
@@ -101,6 +105,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.flipflop.val_p_ignore = 0.8  # validation: 0.8 in distribution, 0.98 sparse, 0.1 dense
   c.data.flipflop.num_train_examples = 1_000_000
   c.data.flipflop.num_val_examples = 1_000
+  # Synthetic multilingual world (lloglin/data/multilingual.py; its own word-level tokenizer):
+  # stories in a dominant and a minor language, arithmetic in digits and number words.
+  c.data.multilingual = ml_collections.ConfigDict()
+  c.data.multilingual.minor_share = 0.1  # stories written in the minor language
+  c.data.multilingual.arithmetic_share = 0.1  # documents of sums (half digits, half words)
+  c.data.multilingual.parallel_share = 0.05  # stories with each sentence and its translation
+  c.data.multilingual.switch_share = 0.1  # code-switched stories (each sentence either language)
+  c.data.multilingual.min_sentences = 2
+  c.data.multilingual.max_sentences = 6
+  c.data.multilingual.num_train_documents = 50_000
+  c.data.multilingual.num_val_documents = 500
   # Synthetic preference pairs (lloglin/data/preferences.py): the chosen response repeats words
   # of the prompt, the rejected one has num_errors words that are not in it.
   c.data.preferences = ml_collections.ConfigDict()
@@ -111,6 +126,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.preferences.num_errors = 1
   c.data.preferences.num_train_examples = 100_000
   c.data.preferences.num_val_examples = 1_000
+  # The reward world (lloglin/data/reward_world.py): text requests and responses whose score is a
+  # known function of their content, with paraphrases. Surface artefacts (spaced punctuation,
+  # quotes, no end mark): in train and validation on a bad unit (an off-topic item, a wrong
+  # answer, ...) with probability artefact_bad, on a good one with artefact_good; in the test
+  # split on any unit with artefact_test (independent of quality); in paraphrases on any unit
+  # with paraphrase_artefact.
+  c.data.reward_world = ml_collections.ConfigDict()
+  c.data.reward_world.artefact_bad = 0.3
+  c.data.reward_world.artefact_good = 0.0
+  c.data.reward_world.artefact_test = 0.05
+  c.data.reward_world.paraphrase_artefact = 0.3
+  c.data.reward_world.num_train_examples = 100_000  # pairs (records: twice as many)
+  c.data.reward_world.num_val_examples = 1_000
 
   # --- optimisation
   c.optim = ml_collections.ConfigDict()

@@ -8,7 +8,14 @@ Variants:
   (`--config.data.path=...`), byte tokens, with the model of configs/shakespeare.py, so that
   `--config.init_from=<that run's workdir>/export` starts the trunk from the trained LM.
 Any mixer works: `--config.model.layer_pattern=gdn`.
+The `reward` section picks the objective (lloglin/training/tasks/reward.py): Bradley-Terry on pairs
+or regression on scored records (`--config.reward.objective=regression
+--config.data.source=scored_jsonl --config.data.path=...`), with a paraphrase-consistency term
+(`--config.reward.consistency_alpha=10`) or paraphrase augmentation; configs/rewordbench.py
+trains the reWordBench variants.
 """
+
+import ml_collections
 
 from configs import shakespeare
 from configs.base import get_base_config, set_model_size, smoke_run
@@ -17,6 +24,10 @@ from configs.base import get_base_config, set_model_size, smoke_run
 def get_config(arg: str | None = None):
   c = get_base_config()
   c.task = "reward"
+  c.reward = ml_collections.ConfigDict()
+  c.reward.objective = "bradley_terry"  # bradley_terry (pairs) | regression (scored records)
+  c.reward.consistency_alpha = 0.0  # weight of (r(x, y) - r(x, paraphrase of y))^2
+  c.reward.augmentation = False  # the paraphrase as an extra example with the same score/label
   c.seq_len = 16
   c.batch_size = 64
   c.data.source = "synthetic_preferences"

@@ -1,5 +1,6 @@
-"""Losses: token-level cross-entropy and the LM task's loss and eval sums, pairwise Bradley-Terry
-(reward models).
+"""Losses: token-level cross-entropy and the LM task's loss and eval sums; for reward models
+pairwise Bradley-Terry and the squared differences of pointwise regression and of the
+paraphrase-consistency regulariser (lloglin.training.tasks.reward combines them).
 
 `lm_loss` and `lm_eval_sums` are functions of (model, batch), as every task's are
 (lloglin.training.tasks); they live here, below the task registry, because the step functions
@@ -21,12 +22,22 @@ def masked_cross_entropy(logits_BTV, targets_BT, mask_BT):
   return loss_BT, correct_BT
 
 
+def _at_least_float32(x):
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def bradley_terry(r_chosen_B, r_rejected_B):
   """Per-pair Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) = softplus(-(margin)), in
   float32 or wider; its mean is the reward model's loss."""
-  margin_B = jnp.asarray(r_chosen_B - r_rejected_B)
-  margin_B = margin_B.astype(jnp.promote_types(margin_B.dtype, jnp.float32))
-  return jax.nn.softplus(-margin_B)
+  return jax.nn.softplus(-_at_least_float32(r_chosen_B - r_rejected_B))
+
+
+def squared_difference(a_B, b_B):
+  """Per-row (a - b)^2 in float32 or wider: the regression error (reward, score) and the
+  paraphrase-consistency term (reward of y, reward of its paraphrase). Both sides carry
+  gradient: nothing is stopped."""
+  return jnp.square(_at_least_float32(a_B - b_B))
 
 
 def lm_token_stats(model, batch):

@@ -42,3 +42,15 @@ def test_trunk_has_the_decoder_parameters_and_no_lm_head():
   assert {p[0] for p in paths} == {"trunk", "head"}
   assert {p[1] for p in paths if p[0] == "trunk"} == {"embed", "blocks", "final_norm"}
   assert {p[1:] for p in paths if p[0] == "head"} == {("kernel",), ("bias",)}
+
+
+def test_a_zeroed_head_scores_every_row_equal():
+  """With the head's kernel zero, the reward is its bias whatever the tokens and lengths."""
+  model = build_reward_model(tiny_config(num_layers=1, num_kv_heads=4))
+  model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
+  model.head.bias.set_value(jnp.full_like(model.head.bias.get_value(), 0.25))
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(1, 50, (6, 10)).astype(np.int32)
+  segment_ids = (np.arange(10) < rng.integers(1, 11, 6)[:, None]).astype(np.int32)
+  rewards = np.asarray(model(jnp.asarray(tokens), segment_ids_BT=jnp.asarray(segment_ids)))
+  np.testing.assert_array_equal(rewards, np.full(6, 0.25, np.float32))

@@ -9,6 +9,7 @@ the task's model.
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -42,6 +43,10 @@ class Task:
   lm_part(model) -> DecoderLM: the part of the model that `init_from` loads an LM export into;
   drops_lm_head: whether the export's LM head is dropped there (a reward trunk has no head).
   sequences_per_row: sequences of seq_len tokens in one batch row (for tokens/s).
+  configure(task, config) -> Task: the task with the options of an experiment config (a
+    ConfigDict or a saved dict) bound into its functions (`reward` reads `config.reward`: its
+    objective, consistency regulariser, augmentation); `task_of` applies it, so the loop, eval
+    and loading see the configured task. None: the task takes no options.
   """
   name: str
   build_model: Callable[..., nnx.Module]
@@ -53,6 +58,7 @@ class Task:
   lm_part: Callable[[nnx.Module], DecoderLM] = lambda model: model
   drops_lm_head: bool = False
   sequences_per_row: int = 1
+  configure: Callable[["Task", Any], "Task"] | None = None
 
 
 _TASKS: dict[str, Task] = {}
@@ -77,9 +83,10 @@ def get_task(name: str) -> Task:
 
 
 def task_of(config) -> Task:
-  """The task of an experiment config (a ConfigDict or a saved dict); configs saved before
-  tasks existed are LM configs."""
-  return get_task(config.get("task", DEFAULT_TASK))
+  """The task of an experiment config (a ConfigDict or a saved dict), configured by it; configs
+  saved before tasks existed are LM configs."""
+  task = get_task(config.get("task", DEFAULT_TASK))
+  return task if task.configure is None else task.configure(task, config)
 
 
 def sum_eval_batches(eval_step, params, rest, dataset, num_batches: int, mesh, *,
