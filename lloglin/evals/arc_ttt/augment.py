@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lloglin.evals.arc_ttt.grids import MAX_SIDE, Episode, Example
+from lloglin.data.arc_grids import MAX_SIDE, Episode, Example
 
 
 @dataclasses.dataclass(frozen=True)

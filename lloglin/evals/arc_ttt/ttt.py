@@ -24,8 +24,8 @@ import optax
 from flax import nnx
 
 from lloglin import optim
-from lloglin.evals.arc_ttt import codec
-from lloglin.evals.arc_ttt.grids import Episode
+from lloglin.data import arc_codec as codec
+from lloglin.data.arc_grids import Episode
 from lloglin.training.checkpoint import Checkpointer
 from lloglin.training.losses import masked_cross_entropy
 

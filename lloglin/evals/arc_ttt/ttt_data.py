@@ -18,8 +18,9 @@ import itertools
 
 import numpy as np
 
-from lloglin.evals.arc_ttt import augment, codec
-from lloglin.evals.arc_ttt.grids import Episode, Example
+from lloglin.data import arc_codec as codec
+from lloglin.data.arc_grids import Episode, Example
+from lloglin.evals.arc_ttt import augment
 
 
 def leave_one_out(demos: tuple[Example, ...]) -> list[Episode]:

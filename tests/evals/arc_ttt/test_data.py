@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lloglin.evals.arc_ttt import augment, codec, grids, ttt_data
-from lloglin.evals.arc_ttt.grids import Episode, Example
+from lloglin.data import arc_codec as codec, arc_grids as grids
+from lloglin.data.arc_grids import Episode, Example
+from lloglin.evals.arc_ttt import augment, ttt_data
 
 GRIDS = hnp.arrays(np.int8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=7),
                    elements=st.integers(0, 9))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lloglin import optim
-from lloglin.data import make_dataset
-from lloglin.evals.arc_ttt import codec, dsl, ttt, ttt_data, voting
-from lloglin.evals.arc_ttt.grids import Example
+from lloglin.data import arc_codec as codec, arc_dsl as dsl, make_dataset
+from lloglin.data.arc_grids import Example
+from lloglin.evals.arc_ttt import ttt, ttt_data, voting
 from lloglin.models import ModelConfig, build_model
 
 
