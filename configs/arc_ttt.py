@@ -49,13 +49,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ttt.rank = 32
   c.ttt.alpha = 16.0
   c.ttt.targets = PAPER_TARGETS  # the paper's (q, v, o projections and the MLP matrices)
-  c.ttt.learning_rate = 2e-3
+  c.ttt.learning_rate = 1e-2
   c.ttt.warmup_steps = 5
   c.ttt.epochs = 2
   c.ttt.batch_size = 2
   c.ttt.weight_decay = 0.01
   c.ttt.grad_clip_norm = 1.0
-  c.ttt.max_examples = 32  # N_max, the cap of training episodes per task (the paper: 250)
+  c.ttt.max_examples = 128  # N_max, the cap of training episodes per task (the paper: 250)
   c.ttt.leave_two_out = True  # top up with leave-two-out episodes below max_examples
   # The transforms that change a grid's size (reflections, resolution, repeats: the paper's list
   # has them). Off for the toy, whose model saw 3 x 3 inputs only.

@@ -39,8 +39,11 @@ def test_vmapped_adapters_equal_separate_runs_and_resume_exactly(lm, tmp_path):
   cfg = ttt_config()
   tasks = [episodes(3, 0), episodes(2, 1)]  # 4 and 2 episodes: 2 and 1 steps of batch 2
   assert [ttt.steps_for(len(e), cfg) for e in tasks] == [2, 1]
-  together, losses = ttt.train_adapters(lm, tasks, cfg)
+  curve = []
+  together, losses = ttt.train_adapters(lm, tasks, cfg, curve=curve)
   assert all(np.isfinite(losses))
+  # The curve has a row per step; adapter 1's last loss is that of its only step.
+  assert len(curve) == 2 and curve[-1][0] == losses[0] and curve[0][1] == losses[1]
   # Adapter 0 trained alone is adapter 0 trained beside adapter 1, which stops after its step.
   alone, _ = ttt.train_adapters(lm, [tasks[0]], cfg)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
