@@ -3,7 +3,7 @@
 
   python train.py --config configs/arc_pretrain.py --workdir runs/arc_pretrain
 
-The data source `arc_dsl` (lloglin/evals/arc_ttt/dsl.py) packs episodes of programs drawn from
+The data source `arc_dsl` (lloglin/data/arc_dsl.py) packs episodes of programs drawn from
 single DSL primitives and the composition pairs that are not held out; the `arc_ttt` suite then
 evaluates on tasks of the held-out pairs. A 3-layer Transformer of d_model 96 on episodes of
 3 x 3 input grids (outputs up to 6 x 6) with 3-4 demonstrations, sized for a shared 2-core CPU;
@@ -19,7 +19,7 @@ VARIANTS = ("tiny",)
 
 
 def arc_dsl_config() -> ml_collections.ConfigDict:
-  """The data.arc_dsl section (lloglin.evals.arc_ttt.dsl.DslEpisodes); the suite's generated
+  """The data.arc_dsl section (lloglin.data.arc_dsl.DslEpisodes); the suite's generated
   tasks read the same sizes."""
   d = ml_collections.ConfigDict()
   d.min_side = 3

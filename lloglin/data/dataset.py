@@ -6,6 +6,7 @@ from typing import Protocol
 import numpy as np
 
 from lloglin.data import multilingual
+from lloglin.data.arc_dsl import DslEpisodes
 from lloglin.data.flipflop import VOCAB_SIZE as FLIPFLOP_VOCAB_SIZE
 from lloglin.data.flipflop import FlipFlopExamples
 from lloglin.data.mqar import MqarExamples
@@ -115,8 +116,6 @@ def make_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: i
     source = FlipFlopExamples(data_cfg.flipflop, split=split, seq_len=seq_len, seed=seed)
     tokenizer, vocab_size = None, FLIPFLOP_VOCAB_SIZE
   elif data_cfg.source == "arc_dsl":
-    # Imported here: lloglin.evals imports the training floor, which imports this package.
-    from lloglin.evals.arc_ttt.dsl import DslEpisodes
     source = DslEpisodes(data_cfg.arc_dsl, split=split, seq_len=seq_len, seed=seed)
     tokenizer, vocab_size = source.tokenizer, source.tokenizer.vocab_size
   elif data_cfg.source == "text":

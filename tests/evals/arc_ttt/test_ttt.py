@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lloglin import optim
-from lloglin.data import make_dataset
-from lloglin.evals.arc_ttt import codec, dsl, ttt, ttt_data, voting
-from lloglin.evals.arc_ttt.grids import Example
+from lloglin.data import arc_codec as codec, arc_dsl as dsl, make_dataset
+from lloglin.data.arc_grids import ArcTask, Example
+from lloglin.evals.arc_ttt import augment, inference, ttt, ttt_data, voting
 from lloglin.models import ModelConfig, build_model
 
 
@@ -39,8 +39,11 @@ def test_vmapped_adapters_equal_separate_runs_and_resume_exactly(lm, tmp_path):
   cfg = ttt_config()
   tasks = [episodes(3, 0), episodes(2, 1)]  # 4 and 2 episodes: 2 and 1 steps of batch 2
   assert [ttt.steps_for(len(e), cfg) for e in tasks] == [2, 1]
-  together, losses = ttt.train_adapters(lm, tasks, cfg)
+  curve = []
+  together, losses = ttt.train_adapters(lm, tasks, cfg, curve=curve)
   assert all(np.isfinite(losses))
+  # The curve has a row per step; adapter 1's last loss is that of its only step.
+  assert len(curve) == 2 and curve[-1][0] == losses[0] and curve[0][1] == losses[1]
   # Adapter 0 trained alone is adapter 0 trained beside adapter 1, which stops after its step.
   alone, _ = ttt.train_adapters(lm, [tasks[0]], cfg)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
@@ -123,3 +126,26 @@ def test_dsl_tasks_and_the_pre_training_rows():
   assert (mask[seg == 0] == 0).all() and mask.sum() > 0
   text = codec.TOKENIZER.decode(batch["targets"][0][mask[0] == 1])
   assert set(text) <= set("0123456789\n#")  # the loss is on output grids only
+
+
+def test_augmented_answers_are_mapped_back_by_the_inverse(monkeypatch):
+  """A model that copies the query input answers the identity task right under every transform
+  once its answers are mapped back (a wrong inverse, e.g. rotating forward twice, would not)."""
+  def copy_query(model, prompts, max_new_tokens, **_):
+    texts = [codec.TOKENIZER.decode(p[1:]) for p in prompts]
+    query = [t.removesuffix(codec.ARROW).rsplit(codec.END + codec.SEPARATOR, 1)[-1]
+             for t in texts]
+    return [codec.TOKENIZER.encode(q + codec.END) for q in query]
+
+  monkeypatch.setattr(inference, "generate", copy_query)
+  rng = np.random.default_rng(0)
+  x, y = rng.integers(0, 10, (2, 3)).astype(np.int8), rng.integers(0, 10, (3, 2)).astype(np.int8)
+  task = ArcTask("copy", (Example(y, y),), (Example(x, x),))
+  names = [t.name for t in augment.INFERENCE_TRANSFORMS]
+  model = types.SimpleNamespace(cfg=types.SimpleNamespace(max_seq_len=256))
+  groups, skipped = inference.candidates(model, task, transforms=augment.by_name(names),
+                                         permutations=1, max_new_tokens=16)
+  assert skipped == 0 and list(groups[0]) == list(names)
+  for name, answers in groups[0].items():
+    assert len(answers) == 1, name
+    np.testing.assert_array_equal(answers[0], x, err_msg=name)

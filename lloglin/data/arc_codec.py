@@ -14,8 +14,8 @@ first cannot be inferred from anything before it), the paper's "all outputs" los
 
 import numpy as np
 
+from lloglin.data.arc_grids import Episode, Example, as_grid
 from lloglin.data.tokenizers import ByteTokenizer
-from lloglin.evals.arc_ttt.grids import Episode, Example, as_grid
 
 TOKENIZER = ByteTokenizer()
 ARROW = "\n=\n"  # between an input grid and its output grid

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lloglin.evals.arc_ttt import codec
-from lloglin.evals.arc_ttt.grids import ArcTask, Episode, Example
+from lloglin.data import arc_codec as codec
+from lloglin.data.arc_grids import ArcTask, Episode, Example
 
 MAX_SIDE = 10
 KINDS = ("rotate", "flip", "transpose", "colour_map", "shift", "gravity", "crop", "upscale",
@@ -180,7 +180,7 @@ class DslEpisodes:
     self._seed, self._split_code = seed, _SPLIT_CODES[split]
     self.num_items = cfg.num_train_examples if split == "train" else cfg.num_val_examples
     self.what = f"arc_dsl {split} rows"
-    self.tokenizer = codec.TOKENIZER  # bytes: episodes are text (lloglin.evals.arc_ttt.codec)
+    self.tokenizer = codec.TOKENIZER  # bytes: episodes are text (lloglin.data.arc_codec)
 
   def episode(self, rng: np.random.Generator) -> Episode:
     cfg = self._cfg
