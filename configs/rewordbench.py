@@ -29,7 +29,7 @@ def training_config(variant: str):
   c.reward.objective = "regression"
   c.data.source = "reward_world"
   c.data.tokenizer = "byte"
-  c.seq_len = 82  # the world's rows take at most 80 bytes and BOS/EOS
+  c.seq_len = 72  # the world's rows take at most 70 bytes and BOS/EOS
   c.batch_size = 32
   set_model_size(c, d_model=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=128)
   c.model.max_seq_len = 256  # the eval's transforms lengthen rows beyond the training length
