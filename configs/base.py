@@ -78,7 +78,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- data (lloglin.data.make_dataset; preference pairs: lloglin.data.preferences)
   c.data = ml_collections.ConfigDict()
-  # task lm: mqar | text | flipflop; task reward: synthetic_preferences | preference_jsonl |
+  # task lm: mqar | text | flipflop | multilingual | reward_world | arc_dsl (generated ARC-like
+  # tasks, configs/arc_pretrain.py); task reward: synthetic_preferences | preference_jsonl |
   # scored_jsonl | reward_world
   c.data.source = "mqar"
   c.data.name = ""  # tfds dataset name for source=text (tiny_shakespeare, lm1b, wikitext...)
@@ -88,7 +89,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.path = ""
   c.data.text_key = "text"  # field holding the text in .jsonl records and tfds examples
   c.data.tfds_data_dir = ""  # where tfds keeps prepared datasets ("" = tfds default)
-  c.data.tokenizer = "byte"  # byte | sentencepiece | tiktoken
+  c.data.tokenizer = "byte"  # byte | sentencepiece | tiktoken (multilingual: its own words)
   c.data.tokenizer_path = ""  # sentencepiece .model file, or tiktoken encoding name
   c.data.val_fraction = 0.05  # held-out tail of local files (or .jsonl records) as validation
   c.data.mqar = ml_collections.ConfigDict()
@@ -104,6 +105,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.flipflop.val_p_ignore = 0.8  # validation: 0.8 in distribution, 0.98 sparse, 0.1 dense
   c.data.flipflop.num_train_examples = 1_000_000
   c.data.flipflop.num_val_examples = 1_000
+  # Synthetic multilingual world (lloglin/data/multilingual.py; its own word-level tokenizer):
+  # stories in a dominant and a minor language, arithmetic in digits and number words.
+  c.data.multilingual = ml_collections.ConfigDict()
+  c.data.multilingual.minor_share = 0.1  # stories written in the minor language
+  c.data.multilingual.arithmetic_share = 0.1  # documents of sums (half digits, half words)
+  c.data.multilingual.parallel_share = 0.05  # stories with each sentence and its translation
+  c.data.multilingual.switch_share = 0.1  # code-switched stories (each sentence either language)
+  c.data.multilingual.min_sentences = 2
+  c.data.multilingual.max_sentences = 6
+  c.data.multilingual.num_train_documents = 50_000
+  c.data.multilingual.num_val_documents = 500
   # Synthetic preference pairs (lloglin/data/preferences.py): the chosen response repeats words
   # of the prompt, the rejected one has num_errors words that are not in it.
   c.data.preferences = ml_collections.ConfigDict()
@@ -130,7 +142,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # --- optimisation
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"  # adamw | galore | random_sketch | kronecker | onesided_lora | ...
+  c.optim.name = "adamw"  # adamw | galore | random_sketch | kronecker | onesided_lora | lora ...
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 100
   c.optim.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
@@ -152,6 +164,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.mask_exclude_regex = r"(^|/)(embed|head|lm_head)(/|$)|conv/"
   c.optim.accumulate_steps = 1  # microbatches per optimizer step
   c.optim.projection_seed = 0
+  c.optim.lora_alpha = 16.0  # optim.name = lora: the update is scaled by lora_alpha / rank
   c.optim.per_host_projections = False
 
   # --- loop

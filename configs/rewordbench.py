@@ -1,16 +1,25 @@
 """reWordBench (arXiv 2503.11751): reward models trained on the reward world
-(lloglin/data/reward_world.py), standard against paraphrase-regularised.
+(lloglin/data/reward_world.py), standard against paraphrase-regularised, and the `rewordbench`
+suite that evaluates them under meaning-preserving transforms (lloglin/evals/rewordbench).
 
-`training_config(variant)`: `python train.py --config configs/rewordbench.py:<variant>`, one of
+One config per experiment: each variant trains with `python train.py --config
+configs/rewordbench.py:<variant>` and evaluates with `python eval.py --suite rewordbench --config
+configs/rewordbench.py:<variant> --checkpoint RUN` (train.py ignores the suite's keys):
 - pretrain: the trunk as a byte-level LM on the world's texts (task lm), as the paper's reward
   models start from a pretrained LM; the others start from it with
   `--config.init_from=<its workdir>/export` (the model sections match);
-- standard: pointwise regression, (r(x, y) - s)^2;
+- standard (the default): pointwise regression, (r(x, y) - s)^2;
 - augment: regression plus the paraphrase as an extra example, + (r(x, y~) - s)^2;
 - reg1, reg10: regression plus alpha (r(x, y) - r(x, y~))^2, alpha = 1 and 10 (the paper's);
-- tiny: `standard` at smoke-test size (seconds on a CPU).
-The seed (`--config.seed=1`) draws the model's initialisation, the world and the data order.
+- tiny: `standard` at smoke-test size, and the suite on a few transforms and records (seconds on
+  a CPU).
+The seed (`--config.seed=1`) draws the model's initialisation, the world and the data order; the
+suite's keys live under `rewordbench` (`--config.rewordbench.data_path=rewardbench.jsonl` scores
+RewardBench-format records instead of the world's held-out pairs). The transforms:
+docs/suites/rewordbench.md.
 """
+
+import ml_collections
 
 from configs import reward
 from configs.base import set_model_size, smoke_run
@@ -59,5 +68,37 @@ def training_config(variant: str):
   return c
 
 
+def add_suite_config(c: ml_collections.ConfigDict, *, tiny: bool = False):
+  """Sets c.suite = "rewordbench" and the suite's settings c.rewordbench; returns c."""
+  c.suite = "rewordbench"
+  r = c.rewordbench = ml_collections.ConfigDict()
+  r.data_path = ""  # a RewardBench-format .jsonl / .parquet file ("" = the synthetic world's)
+  r.world_pairs = 1000  # held-out pairs of the synthetic world (data_path "")
+  r.transforms = ()  # transform names (empty = every one the settings below can run)
+  r.seed = 0  # the transforms' seed (and the record sample's)
+  r.max_records = 0  # evaluate a random sample of this many records (0 = all)
+  r.batch_size = 32  # (prompt, response) pairs per scorer call
+  r.scorer = "checkpoint"  # the checkpoint's reward model, or "module:function" / "file.py:fn"
+  p = r.paraphrase = ml_collections.ConfigDict()  # the model-based transforms
+  p.backend = "synonym"  # synonym (offline table) | http | lm | "module:function" (a generator)
+  p.synonym_rate = 0.5  # synonym: probability that a word of the table is replaced
+  p.url = ""  # http: an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+  p.model = ""  # http: the model name sent with each request
+  p.api_key_env = ""  # http: environment variable holding a bearer token ("" = none)
+  p.workers = 4  # http: concurrent requests
+  p.lm = ""  # lm: a lloglin LM run (workdir or export)
+  p.max_new_tokens = 512  # http / lm: the longest rewrite
+  p.temperature = 0.0  # http / lm: 0 = greedy
+  p.transcriber = ""  # back_transcription: "module:function" running text -> TTS -> ASR -> text
+  p.similarity_threshold = 0.7  # keep a rewrite only if cosine similarity >= this (0 = off)
+  p.embedding = "char_ngram_tfidf"  # the filter's embedding: built-in, or "module:function"
+  if tiny:  # seconds on a CPU: tests and smoke runs
+    r.max_records = 16
+    r.world_pairs = 64
+    r.batch_size = 8
+    r.transforms = ("punct_spaces", "add_quotes", "char_swap", "rot13", "paraphrase")
+  return c
+
+
 def get_config(arg: str | None = None):
-  return training_config(arg or "standard")
+  return add_suite_config(training_config(arg or "standard"), tiny=arg == "tiny")

@@ -12,7 +12,8 @@ Each run trains through lloglin.training.trainer.train with a config from config
 result.json; a run whose result exists is skipped, so an interrupted sweep resumes. `report`
 (also run at the end of every experiment) writes <report_dir>/mixer_experiments/<experiment>.md
 and .json (the tables, with the machine, versions and commands) and <report_dir>/<experiment>.png
-(report_dir defaults to experiments/results/). Measured tables: benchmarks/RESULTS.md.
+(report_dir defaults to experiments/results/). Measured tables: benchmarks/RESULTS.md. The report
+figures are pyplot-free `Figure`s, so that the notebooks can show them.
 """
 
 import argparse
@@ -27,6 +28,7 @@ import time
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MQAR_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn")
@@ -167,10 +169,8 @@ def mqar_report(records):
     lines += ["", "Stopped at step s: a run stopped before its last step (killed at a deadline, "
               "or failed) and counts with its last evaluation, at step s."]
 
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig = Figure(figsize=(6.5, 4))
+  ax = fig.subplots()
   colors = {"mamba2": "C0", "loglinear_mamba2": "C0", "gdn": "C1", "loglinear_gdn": "C1"}
   default_steps = min(k[1] for k in groups)
   for (mixer, steps) in order:
@@ -253,11 +253,9 @@ def flipflop_report(records):
     lines.append(f"| {mixer} | {steps} | {r['config']['seed']} | {r['params']:,} | "
                  + " | ".join(cells) + " |")
 
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   groups = list(dict.fromkeys(key(r) for r in records))
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig = Figure(figsize=(7, 4))
+  ax = fig.subplots()
   width = 0.8 / len(groups)
   for i, group in enumerate(groups):
     rs = [r for r in records if key(r) == group]
@@ -296,10 +294,8 @@ def shakespeare_report(records, workdir):
   from lloglin.training.metrics import read_metrics
 
   lines = ["| mixer | params | val loss (nats/byte) | val bpb | train s |", "|---|---|---|---|---|"]
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig = Figure(figsize=(6.5, 4))
+  ax = fig.subplots()
   order = {m: i for i, m in enumerate(SHAKESPEARE_MIXERS)}
   for r in sorted(records, key=lambda r: r["final"]["eval_loss"]):
     loss = r["final"]["eval_loss"]

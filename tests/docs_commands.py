@@ -252,7 +252,8 @@ def tiny_train_argv(argv, work: str, corpus: str, train_keys) -> tuple[list[str]
 
 
 def tiny_eval_argv(argv, work: str, corpus: str, known) -> tuple[list[str] | None, str]:
-  """Like tiny_train_argv for an evaluation of a documented checkpoint; known: the CLI's flags."""
+  """Like tiny_train_argv for an evaluation of a documented checkpoint; known: the flags this
+  command may set (the CLI's, less the config shorthands its suite's config lacks)."""
   if flag_value(argv, "checkpoint") is None:
     return None, "evaluates no --checkpoint"
   checkpoint = mapped_dir(work, "workdirs", flag_value(argv, "checkpoint"))
@@ -306,7 +307,10 @@ def drive(cli: str, jobs: list[dict], work: str, run: bool) -> list[dict]:
         argv, result["skipped"] = tiny_train_argv(job["argv"], work, corpus,
                                                   set(FLAGS.config.train.keys()))
       else:
-        argv, result["skipped"] = tiny_eval_argv(job["argv"], work, corpus, set(FLAGS))
+        config = FLAGS.config if "config" in FLAGS else {}
+        shorthands = {"num_batches", "max_new_tokens"}  # eval.py's, set in the suite's config
+        known = {f for f in FLAGS if f not in shorthands or f in config}
+        argv, result["skipped"] = tiny_eval_argv(job["argv"], work, corpus, known)
       if argv is None:
         continue
       parse(argv)

@@ -1,5 +1,5 @@
 """Data for lloglin: tokenizers, text corpora packed into rows, synthetic tasks (MQAR, flip-flop),
-preference pairs for reward models.
+a synthetic multilingual world (lloglin.data.multilingual), preference pairs for reward models.
 
 `make_dataset(data_cfg, split=..., seq_len=..., batch_size=..., seed=...)` returns an infinite,
 resumable iterator of LM batches; `make_preference_dataset` (same arguments) one of preference
@@ -9,9 +9,9 @@ pairs; `make_tokenizer(data_cfg)` the configured tokenizer alone.
 from lloglin.data.dataset import Dataset, make_dataset
 from lloglin.data.preferences import make_preference_dataset
 from lloglin.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, TiktokenTokenizer,
-                                     Tokenizer, make_tokenizer)
+                                     Tokenizer, WordTokenizer, make_tokenizer)
 
 __all__ = [
     "ByteTokenizer", "Dataset", "SentencePieceTokenizer", "TiktokenTokenizer", "Tokenizer",
-    "make_dataset", "make_preference_dataset", "make_tokenizer",
+    "WordTokenizer", "make_dataset", "make_preference_dataset", "make_tokenizer",
 ]

@@ -5,15 +5,16 @@ from typing import Protocol
 
 import numpy as np
 
+from lloglin.data import multilingual
 from lloglin.data.flipflop import VOCAB_SIZE as FLIPFLOP_VOCAB_SIZE
 from lloglin.data.flipflop import FlipFlopExamples
 from lloglin.data.mqar import MqarExamples
 from lloglin.data.reward_world import world_text_source
-from lloglin.data.text import make_text_source
+from lloglin.data.text import TextWindows, make_text_source, tokenize_documents
 from lloglin.data.tokenizers import Tokenizer, make_tokenizer
 
 SPLITS = ("train", "validation")
-SOURCES = ("mqar", "text", "flipflop", "reward_world")
+SOURCES = ("mqar", "text", "flipflop", "multilingual", "reward_world", "arc_dsl")
 _STREAM = 0x5348  # keeps the shuffling seeds apart from the MQAR example seeds
 
 
@@ -113,6 +114,11 @@ def make_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: i
   elif data_cfg.source == "flipflop":
     source = FlipFlopExamples(data_cfg.flipflop, split=split, seq_len=seq_len, seed=seed)
     tokenizer, vocab_size = None, FLIPFLOP_VOCAB_SIZE
+  elif data_cfg.source == "arc_dsl":
+    # Imported here: lloglin.evals imports the training floor, which imports this package.
+    from lloglin.evals.arc_ttt.dsl import DslEpisodes
+    source = DslEpisodes(data_cfg.arc_dsl, split=split, seq_len=seq_len, seed=seed)
+    tokenizer, vocab_size = source.tokenizer, source.tokenizer.vocab_size
   elif data_cfg.source == "text":
     tokenizer = make_tokenizer(data_cfg)
     source = make_text_source(data_cfg, tokenizer, split=split, seq_len=seq_len)
@@ -120,6 +126,12 @@ def make_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: i
   elif data_cfg.source == "reward_world":  # its texts (reward-model trunks pretrain on them)
     tokenizer = make_tokenizer(data_cfg)
     source = world_text_source(data_cfg, tokenizer, split=split, seq_len=seq_len, seed=seed)
+    vocab_size = tokenizer.vocab_size
+  elif data_cfg.source == "multilingual":
+    tokenizer = make_tokenizer(data_cfg)
+    documents = multilingual.documents(data_cfg.multilingual, split=split, seed=seed)
+    source = TextWindows(*tokenize_documents(documents, tokenizer), seq_len,
+                         f"the multilingual world's {split} documents")
     vocab_size = tokenizer.vocab_size
   else:
     raise ValueError(f"data.source={data_cfg.source!r} is unknown; expected one of {SOURCES}")

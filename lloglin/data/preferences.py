@@ -124,31 +124,36 @@ class JsonlPreferences:
     records = list(_records(file))
     cut = len(records) - math.ceil(len(records) * val_fraction)
     lines = range(cut) if split == "train" else range(cut, len(records))
-    self._bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-    self._eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     self._seq_len = seq_len
     self._chosen, self._rejected = [], []
     for i in lines:
       line_number, record = records[i]
-      prompt = tokenizer.encode(record["prompt"])
       for name, rows in (("chosen", self._chosen), ("rejected", self._rejected)):
-        rows.append(self._row(prompt, tokenizer.encode(record[name]), f"{file}:{line_number}",
-                              name))
+        rows.append(encode_row(tokenizer, record["prompt"], record[name], seq_len,
+                               where=f"{file}:{line_number}: the {name!r} response"))
     self.num_items = len(self._chosen)
     self.what = (f"pairs of data.path={path!r}, {split} split (the last "
                  f"val_fraction={val_fraction} of its records are validation)")
 
-  def _row(self, prompt: list[int], response: list[int], where: str, name: str) -> list[int]:
-    fixed = len(self._bos) + len(response) + len(self._eos)
-    if fixed > self._seq_len:
-      raise ValueError(f"{where}: the {name!r} response takes {fixed} tokens with its BOS/EOS, "
-                       f"more than seq_len={self._seq_len}; only prompts are truncated")
-    keep = self._seq_len - fixed
-    return self._bos + prompt[len(prompt) - min(keep, len(prompt)):] + response + self._eos
-
   def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     return pack_pairs([self._chosen[i] for i in indices], [self._rejected[i] for i in indices],
                       self._seq_len)
+
+
+def encode_row(tokenizer: Tokenizer, prompt: str, response: str, seq_len: int, *,
+               where: str) -> list[int]:
+  """[BOS] + prompt + response + [EOS] as tokens (each marker where the tokenizer has one), the
+  prompt cut from the left to fit seq_len. A response that does not fit even with an empty prompt
+  is a ValueError naming `where` (e.g. "prefs.jsonl:3: the 'chosen' response")."""
+  bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+  eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+  prompt_ids, response_ids = tokenizer.encode(prompt), tokenizer.encode(response)
+  fixed = len(bos) + len(response_ids) + len(eos)
+  if fixed > seq_len:
+    raise ValueError(f"{where} takes {fixed} tokens with its BOS/EOS, more than "
+                     f"seq_len={seq_len}; only prompts are truncated")
+  keep = seq_len - fixed
+  return bos + prompt_ids[len(prompt_ids) - min(keep, len(prompt_ids)):] + response_ids + eos
 
 
 def _records(file: pathlib.Path):
@@ -182,21 +187,3 @@ def make_preference_dataset(data_cfg, *, split: str, seq_len: int, batch_size: i
                  process_index=process_index, process_count=process_count,
                  vocab_size=vocab_size, tokenizer=tokenizer)
 
-
-# The same function as helper "rwb-eval"'s branch defines in place of JsonlPreferences._row (its
-# text, verbatim): this branch needs it for scored records and the reward world; the merge keeps
-# one copy.
-def encode_row(tokenizer: Tokenizer, prompt: str, response: str, seq_len: int, *,
-               where: str) -> list[int]:
-  """[BOS] + prompt + response + [EOS] as tokens (each marker where the tokenizer has one), the
-  prompt cut from the left to fit seq_len. A response that does not fit even with an empty prompt
-  is a ValueError naming `where` (e.g. "prefs.jsonl:3: the 'chosen' response")."""
-  bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-  eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-  prompt_ids, response_ids = tokenizer.encode(prompt), tokenizer.encode(response)
-  fixed = len(bos) + len(response_ids) + len(eos)
-  if fixed > seq_len:
-    raise ValueError(f"{where} takes {fixed} tokens with its BOS/EOS, more than "
-                     f"seq_len={seq_len}; only prompts are truncated")
-  keep = seq_len - fixed
-  return bos + prompt_ids[len(prompt_ids) - min(keep, len(prompt_ids)):] + response_ids + eos

@@ -1,4 +1,5 @@
-"""Tokenizers: bytes by default, sentencepiece or tiktoken when configured.
+"""Tokenizers: bytes by default, sentencepiece or tiktoken when configured; words of a fixed
+vocabulary for the synthetic multilingual world.
 
 Every tokenizer has `encode(str) -> list[int]`, `decode(list[int]) -> str`, `vocab_size`, and
 `bos_id` / `eos_id` (an id, or None where the tokenizer has no such token). `decode` drops
@@ -7,6 +8,8 @@ special ids, so a decoded model sample reads as plain text.
 
 import os
 from typing import Protocol, Sequence
+
+from lloglin.data import multilingual
 
 TOKENIZERS = ("byte", "sentencepiece", "tiktoken")
 
@@ -36,6 +39,39 @@ class ByteTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     """Skips special ids; invalid UTF-8 (e.g. a sample cut mid-character) becomes U+FFFD."""
     return bytes(int(i) for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+class WordTokenizer:
+  """Whitespace-separated words of a fixed vocabulary, one id each (its index); `bos` / `eos`
+  name the special words."""
+
+  def __init__(self, words: Sequence[str], *, bos: str, eos: str):
+    self.words = tuple(words)
+    self._ids = {w: i for i, w in enumerate(self.words)}
+    if len(self._ids) != len(self.words):
+      raise ValueError("words: the vocabulary repeats a word")
+    self.vocab_size = len(self.words)
+    self.bos_id, self.eos_id = self._ids[bos], self._ids[eos]
+
+  def encode(self, text: str) -> list[int]:
+    try:
+      return [self._ids[w] for w in text.split()]
+    except KeyError as e:
+      raise ValueError(f"text: the word {e.args[0]!r} is not in the vocabulary ({text!r:.80})"
+                       ) from None
+
+  def id(self, word: str) -> int:
+    return self.encode(word)[0]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    special = {self.bos_id, self.eos_id}
+    return " ".join(self.words[int(i)] for i in ids
+                    if 0 <= i < self.vocab_size and int(i) not in special)
+
+
+def world_tokenizer() -> WordTokenizer:
+  """The word-level tokenizer of the synthetic multilingual world (lloglin.data.multilingual)."""
+  return WordTokenizer(multilingual.VOCABULARY, bos="<bos>", eos="<eos>")
 
 
 class SentencePieceTokenizer:
@@ -79,13 +115,16 @@ class TiktokenTokenizer:
 
 def make_tokenizer(data_cfg) -> Tokenizer | None:
   """The tokenizer named by `data_cfg.tokenizer`, loaded from `data_cfg.tokenizer_path`; None
-  for `data_cfg.source == "mqar"`, whose tokens are not text.
+  for `data_cfg.source == "mqar"`, whose tokens are not text; the world's words for
+  `data_cfg.source == "multilingual"`.
 
   For tiktoken, `tokenizer_path` names an encoding ("gpt2", "cl100k_base"); tiktoken downloads
   it once and caches it (set TIKTOKEN_CACHE_DIR to use a copy on a machine without network).
   """
   if data_cfg.source == "mqar":
     return None
+  if data_cfg.source == "multilingual":
+    return world_tokenizer()
   name, path = data_cfg.tokenizer, data_cfg.tokenizer_path
   if name == "byte":
     return ByteTokenizer()

@@ -20,6 +20,10 @@ width when the kernel's Mosaic GPU backend (its default on Hopper) serves the mo
 FUSED_AUTO_MAX_D_MODEL when only its Triton backend does; and 'plain' otherwise.
 `weights_dtype` ('f32' | 'bf16' | 'int8'; default that of the compute dtype) is the fused
 path's weight format; 'int8' (weight-only quantisation) changes the logits.
+
+`steering` (lloglin.models.decoder.Steering) adds a vector to the residual stream at one layer
+through the prefill and every decode step (positions counted from each prompt's first token); it
+runs on the plain path ('auto' picks it, 'fused' refuses).
 """
 
 from collections.abc import Callable, Sequence
@@ -36,6 +40,7 @@ from lloglin.inference.fused import (GPU_CHECKED_FORMATS, FusedStep, fused_cache
                                      weight_format)
 from lloglin.inference.sampling import check_sampling, sample_token
 from lloglin.layers.registry import kernel_dispatch
+from lloglin.models.decoder import Steering
 
 DECODE_IMPLS = ("auto", "plain", "fused")
 # 'auto' takes the fused kernel's Mosaic GPU backend at any width (it beat the plain jitted step
@@ -53,14 +58,24 @@ class Sampling(NamedTuple):
   top_p: float
 
 
-def plain_decode_step(model, tokens_B, cache):
+def plain_decode_step(model, tokens_B, cache, steering=None):
   """(logits_BV, cache) of one token per row through DecoderLM.decode_step."""
-  return model.decode_step(tokens_B, cache)
+  return model.decode_step(tokens_B, cache, steering=steering)
 
 
-def resolve_decode_impl(impl: str, model, batch_size: int, fmt: str = "bf16") -> str:
-  """'plain' or 'fused': what `impl` runs for `batch_size` prompts with weights in format `fmt`
-  (see the module docstring). impl='fused' where the kernel does not apply -> ValueError."""
+def _step(step, model, tokens_B, cache, steering):
+  """`step`'s (logits_BV, cache); only the plain step takes a steering (resolve_decode_impl keeps
+  the fused one away from it)."""
+  if steering is None:
+    return step(model, tokens_B, cache)
+  return step(model, tokens_B, cache, steering)
+
+
+def resolve_decode_impl(impl: str, model, batch_size: int, fmt: str = "bf16", *,
+                        steered: bool = False) -> str:
+  """'plain' or 'fused': what `impl` runs for `batch_size` prompts with weights in format `fmt`,
+  `steered` or not (see the module docstring). impl='fused' where the kernel does not apply ->
+  ValueError."""
   if impl not in DECODE_IMPLS:
     raise ValueError(f"impl={impl!r}; expected one of {DECODE_IMPLS}")
   if impl == "plain":
@@ -68,6 +83,8 @@ def resolve_decode_impl(impl: str, model, batch_size: int, fmt: str = "bf16") ->
   ok, reason = fused_decode_supported(model)
   if ok and batch_size != 1:
     ok, reason = False, f"{batch_size} prompts; the fused kernel decodes one sequence (batch 1)"
+  if ok and steered:
+    ok, reason = False, "steering runs on the plain decode path (impl='plain' or 'auto')"
   if impl == "fused":
     if not ok:
       raise ValueError(f"impl='fused': {reason}")
@@ -88,22 +105,23 @@ def _sample(logits_BV, key, i, sampling: Sampling):
 
 
 @partial(jax.jit, static_argnames=("max_len", "sampling"))
-def _prefill(model, tokens_BT, lengths_B, key, *, max_len, sampling):
+def _prefill(model, tokens_BT, lengths_B, key, steering, *, max_len, sampling):
   """The first new token of every row, and the cache after the prompts."""
   cache = model.init_cache(tokens_BT.shape[0], max_len)
-  logits_BV, cache = model.prefill(tokens_BT, cache, lengths_B)
+  logits_BV, cache = model.prefill(tokens_BT, cache, lengths_B, steering=steering)
   return _sample(logits_BV, key, 0, sampling), cache
 
 
 @partial(jax.jit, static_argnames=("step", "sampling"), donate_argnames=("cache",))
-def _decode_one(model, tokens_B, cache, key, i, *, step, sampling):
+def _decode_one(model, tokens_B, cache, key, i, steering, *, step, sampling):
   """Token i of every row from token i - 1 (the streaming path)."""
-  logits_BV, cache = step(model, tokens_B, cache)
+  logits_BV, cache = _step(step, model, tokens_B, cache, steering)
   return _sample(logits_BV, key, i, sampling), cache
 
 
 @partial(jax.jit, static_argnames=("step", "sampling", "max_new_tokens", "stop_tokens"))
-def _decode_loop(model, first_B, cache, key, *, step, sampling, max_new_tokens, stop_tokens):
+def _decode_loop(model, first_B, cache, key, steering, *, step, sampling, max_new_tokens,
+                 stop_tokens):
   """Tokens [B, max_new_tokens] (those past the returned count are 0) by a while_loop that ends
   at max_new_tokens or once every row has drawn a stop token."""
   stop_S = jnp.asarray(stop_tokens, jnp.int32).reshape(-1)
@@ -115,7 +133,7 @@ def _decode_loop(model, first_B, cache, key, *, step, sampling, max_new_tokens, 
 
   def body(carry):
     i, tokens_B, done_B, out_BN, cache = carry
-    logits_BV, cache = step(model, tokens_B, cache)
+    logits_BV, cache = _step(step, model, tokens_B, cache, steering)
     tokens_B = _sample(logits_BV, key, i, sampling)
     out_BN = jax.lax.dynamic_update_slice(out_BN, tokens_B[:, None], (0, i))
     return i + 1, tokens_B, done_B | jnp.isin(tokens_B, stop_S), out_BN, cache
@@ -157,20 +175,29 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              stop_tokens: Sequence[int] = (),
              on_token: Callable[[int, int], None] | None = None,
-             impl: str = "auto", weights_dtype: str | None = None) -> list[list[int]]:
+             impl: str = "auto", weights_dtype: str | None = None,
+             steering: Steering | None = None) -> list[list[int]]:
   """The continuation (new tokens only) of every prompt, each ending at its first stop token
   (included) or after max_new_tokens.
 
   temperature 0 is greedy; top_k / top_p restrict sampling (see sample_token); `seed` makes the
   draws reproducible. `on_token(row, token)` is called for each new token of each row as soon
   as it is drawn (streaming). `impl`: 'auto' | 'plain' | 'fused' and `weights_dtype` (the fused
-  path's weight format): see the module docstring.
+  path's weight format), `steering` (an intervention; per-row start / stop have one entry per
+  prompt): see the module docstring.
   """
   cfg = model.cfg
   rows = _check_prompts(prompts, max_new_tokens, cfg)
   check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+  if steering is not None:
+    model.check_steering(steering)
+    for name in ("start_B", "stop_B"):
+      shape = jnp.shape(getattr(steering, name))
+      if shape not in ((), (len(rows),)):
+        raise ValueError(f"steering.{name}: expected one bound or one per prompt "
+                         f"({len(rows)},), got shape {shape}")
   fmt = weight_format(model, weights_dtype)
-  impl = resolve_decode_impl(impl, model, len(rows), fmt)
+  impl = resolve_decode_impl(impl, model, len(rows), fmt, steered=steering is not None)
   if max_new_tokens == 0:
     return [[] for _ in rows]
   sampling = Sampling(float(temperature), int(top_k), float(top_p))
@@ -183,7 +210,7 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
     tokens_BT[b, :len(row)] = row
   key = jax.random.key(seed)
   first_B, cache = _prefill(model, jnp.asarray(tokens_BT),
-                            jnp.asarray(lengths, jnp.int32), key, max_len=max_len,
+                            jnp.asarray(lengths, jnp.int32), key, steering, max_len=max_len,
                             sampling=sampling)
   net, step = model, plain_decode_step
   if impl == "fused":
@@ -191,12 +218,13 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
     cache = fused_cache(cache, net.config)
     step = FusedStep(interpret=kernel_dispatch(True).interpret)
   if on_token is None:
-    out_BN, count = _decode_loop(net, first_B, cache, key, step=step,
+    out_BN, count = _decode_loop(net, first_B, cache, key, steering, step=step,
                                  sampling=sampling, max_new_tokens=max_new_tokens,
                                  stop_tokens=stop)
     steps = np.asarray(out_BN)[:, :int(count)]
   else:
-    steps = _stream(net, first_B, cache, key, step, sampling, max_new_tokens, stop, on_token)
+    steps = _stream(net, first_B, cache, key, steering, step, sampling, max_new_tokens, stop,
+                    on_token)
   out = []
   for row in steps.tolist():
     ends = [i for i, t in enumerate(row) if t in stop]
@@ -204,14 +232,15 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
   return out
 
 
-def _stream(model, tokens_B, cache, key, step, sampling, max_new_tokens, stop,
+def _stream(model, tokens_B, cache, key, steering, step, sampling, max_new_tokens, stop,
             on_token) -> np.ndarray:
   """The streaming decode loop: a jitted step per token, on_token for every live row."""
   done_B = np.zeros(tokens_B.shape, bool)
   steps = []
   for i in range(max_new_tokens):
     if i:
-      tokens_B, cache = _decode_one(model, tokens_B, cache, key, i, step=step, sampling=sampling)
+      tokens_B, cache = _decode_one(model, tokens_B, cache, key, i, steering, step=step,
+                                    sampling=sampling)
     host_B = np.asarray(tokens_B)
     steps.append(host_B)
     for b in np.flatnonzero(~done_B):

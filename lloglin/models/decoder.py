@@ -10,6 +10,11 @@ checkpoint trained in one mode loads into another (`with_residual_mode`).
 Cached decoding (`init_cache`, `prefill`, `decode_step`; lloglin.inference.generate drives them)
 runs the same blocks and residual wiring with each mixer's prefill / one-token step and cache
 (lloglin.layers.cache).
+
+Probing (`DecoderLM.probe`): the residual stream entering every block and after the last one, and
+each block's mixer and MLP outputs, at chosen positions; a `Steering` adds a vector to the stream
+at one layer and range of positions, in `probe`, `prefill` and `decode_step` alike. Without them
+(`__call__`, `hidden`, the training step) nothing extra is traced.
 """
 
 import dataclasses
@@ -86,6 +91,72 @@ class DecoderCache:
     return jax.tree.map(spec, self)
 
 
+PROBE_SITES = ("resid", "mixer", "mlp")
+
+
+@struct.dataclass
+class Steering:
+  """An intervention: strength * vector_D added to the residual stream entering block `layer`
+  (layer == num_layers: the stream after the last block, before the final norm), at the
+  positions p of each row with start_B <= p < stop_B (p counts from 0 at the row's first token,
+  or at each packed document's; in decoding, the cache length).
+
+  Every field is an array (make one with `steer`), so a sweep over layer, strength, vector or
+  positions reuses one compiled program. With strength 0 the stream is unchanged (it adds zeros),
+  and the stream entering blocks below `layer` is never touched.
+  """
+  vector_D: jax.Array
+  layer: jax.Array
+  strength: jax.Array
+  start_B: jax.Array
+  stop_B: jax.Array
+
+
+def steer(vector_D, *, layer: int, strength: float = 1.0, start=0, stop=None) -> Steering:
+  """A Steering from plain values; start / stop are ints or one per row ([B]); stop None = no
+  end (every later position, generated tokens included)."""
+  vector_D = jnp.asarray(vector_D, jnp.float32)
+  if vector_D.ndim != 1:
+    raise ValueError(f"vector_D: expected one vector [d_model], got shape {vector_D.shape}")
+  stop = jnp.iinfo(jnp.int32).max if stop is None else stop
+  return Steering(vector_D, jnp.asarray(layer, jnp.int32), jnp.asarray(strength, jnp.float32),
+                  jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32))
+
+
+class Probe:
+  """What one probed run records and changes; `residual_stack` calls `stream` and `branch`.
+
+  positions: the position of each token the stack runs ([B, T], or [B] for a decode step), for
+  the steering's range. sites: which of PROBE_SITES to record; index_BP: the positions of each row
+  to record (None: all), a [B, P] integer array.
+  """
+
+  def __init__(self, positions, *, steering: Steering | None = None, sites=(), index_BP=None):
+    self.positions, self.steering, self.index_BP = positions, steering, index_BP
+    self.records = {site: [] for site in sites}
+
+  def _keep(self, site, x_BTD):
+    if site in self.records:
+      if self.index_BP is not None:
+        x_BTD = jnp.take_along_axis(x_BTD, self.index_BP[..., None], axis=1)
+      self.records[site].append(x_BTD)
+
+  def stream(self, i, x):
+    delta = None
+    st = self.steering
+    if st is not None:
+      p = self.positions
+      bound = lambda a: jnp.reshape(a, a.shape + (1,) * (p.ndim - a.ndim))
+      on = (p >= bound(st.start_B)) & (p < bound(st.stop_B)) & (st.layer == i)
+      delta = jnp.where(on[..., None], st.strength * st.vector_D, 0).astype(x.dtype)
+    self._keep("resid", x if delta is None else x + delta)
+    return delta
+
+  def branch(self, i, j, y):
+    del i
+    self._keep(PROBE_SITES[1 + j], y)
+
+
 class DecoderLM(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -101,17 +172,21 @@ class DecoderLM(nnx.Module):
       self.head = dense(cfg.d_model, cfg.vocab_size, dtype=cfg.compute_dtype,
                         param_dtype=cfg.weight_dtype, rngs=rngs)
 
-  def hidden(self, tokens_BT, *, segment_ids_BT=None, positions_BT=None):
-    """Final-normed hidden states [B, T, D]."""
+  def hidden(self, tokens_BT, *, segment_ids_BT=None, positions_BT=None, probe=None):
+    """Final-normed hidden states [B, T, D]; `probe` (a Probe, one device) records and steers
+    the residual stream on the way (DecoderLM.probe)."""
     B, T = tokens_BT.shape
     if T > self.cfg.max_seq_len:
       raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
     if positions_BT is None:
-      positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+      positions_BT = _arange_BT(B, T)
     x_BTD = sharding.constrain_batch(self.embed(tokens_BT))
     tp = mesh_lib.tensor_size()
     if tp == 1:
-      x_BTD = run_blocks(self.cfg, self.blocks, x_BTD, segment_ids_BT, positions_BT)
+      x_BTD = run_blocks(self.cfg, self.blocks, x_BTD, segment_ids_BT, positions_BT, probe=probe)
+    elif probe is not None:
+      raise ValueError("probing and steering run without tensor parallelism (mesh 'tensor' axis "
+                       "of size 1)")
     else:
       x_BTD = tensor_parallel.shard_map_modules(
           self.blocks, partial(run_blocks, self.cfg, tp=tp), x_BTD, segment_ids_BT,
@@ -128,6 +203,47 @@ class DecoderLM(nnx.Module):
     """Logits [B, T, vocab] (float32)."""
     return self.logits(self.hidden(tokens_BT, segment_ids_BT=segment_ids_BT,
                                    positions_BT=positions_BT))
+
+  def probe(self, tokens_BT, *, sites=("resid",), index_BP=None, steering: Steering | None = None,
+            segment_ids_BT=None, positions_BT=None) -> dict:
+    """The forward pass with its insides: {"logits": [B, P, V] float32, and per site asked for
+    "resid": [L + 1, B, P, D], the residual stream entering block 0..L-1 and after block L-1
+    (before the final norm: final_norm then logits of resid[L] are the logits), "mixer" / "mlp":
+    [L, B, P, D], each block's mixer / MLP output}. P indexes index_BP, the positions of each row
+    to keep ([B, P] ints in [0, T); None keeps all, P = T). `steering` intervenes (Steering).
+    The logits equal __call__'s; only what the probe adds is traced beyond it.
+    """
+    sites = tuple(sites)
+    bad = [s for s in sites if s not in PROBE_SITES]
+    if bad or (not self.cfg.mlp_dim and "mlp" in sites):
+      raise ValueError(f"sites={sites!r}; expected a subset of {PROBE_SITES}"
+                       + ("" if bad else " without 'mlp' (model.mlp_dim=0: no MLP)"))
+    self.check_steering(steering)
+    B, T = tokens_BT.shape
+    if index_BP is not None and (jnp.ndim(index_BP) != 2 or jnp.shape(index_BP)[0] != B):
+      raise ValueError(f"index_BP: expected [B={B}, P] positions, got shape {jnp.shape(index_BP)}")
+    if positions_BT is None:
+      positions_BT = _arange_BT(B, T)
+    probe = Probe(positions_BT, steering=steering, sites=sites, index_BP=index_BP)
+    h_BTD = self.hidden(tokens_BT, segment_ids_BT=segment_ids_BT, positions_BT=positions_BT,
+                        probe=probe)
+    if index_BP is not None:
+      h_BTD = jnp.take_along_axis(h_BTD, index_BP[..., None], axis=1)
+    return {"logits": self.logits(h_BTD), **{k: jnp.stack(v) for k, v in probe.records.items()}}
+
+  def check_steering(self, steering: Steering | None):
+    """A steering vector of width d_model, and (where it is known outside jit) a layer in
+    [0, num_layers]."""
+    if steering is None:
+      return
+    if steering.vector_D.shape != (self.cfg.d_model,):
+      raise ValueError(f"steering.vector_D: expected shape ({self.cfg.d_model},) (d_model), got "
+                       f"{steering.vector_D.shape}")
+    if not isinstance(steering.layer, jax.core.Tracer):
+      layer = int(steering.layer)
+      if not 0 <= layer <= self.cfg.num_layers:
+        raise ValueError(f"steering layer={layer}; expected 0..{self.cfg.num_layers} (the stream "
+                         f"entering block 0..{self.cfg.num_layers - 1}, or after the last block)")
 
   # Cached decoding: init_cache, prefill (the prompt, chunked forms), decode_step (one token,
   # the *_step ops). Every residual mode; one device or data parallel (tensor-parallel decoding
@@ -148,11 +264,13 @@ class DecoderLM(nnx.Module):
     layers = tuple(b.mixer.init_cache(batch_size, max_len, dtype) for b in self.blocks)
     return DecoderCache(layers, jnp.zeros((batch_size,), jnp.int32), max_len)
 
-  def prefill(self, tokens_BT, cache: DecoderCache, lengths_B=None):
+  def prefill(self, tokens_BT, cache: DecoderCache, lengths_B=None, *,
+              steering: Steering | None = None):
     """Runs right-padded prompts (row b: its first lengths_B[b] >= 1 tokens; default all T) into
     `cache`, whose previous contents are replaced. Returns the logits [B, vocab] (float32) at each
-    row's last prompt token and the cache."""
+    row's last prompt token and the cache. `steering` intervenes as in `probe`."""
     self._check_rows("tokens_BT", tokens_BT, cache)
+    self.check_steering(steering)
     B, T = tokens_BT.shape
     if T > cache.max_len:
       raise ValueError(f"tokens_BT: a prompt of {T} tokens does not fit the cache "
@@ -162,20 +280,24 @@ class DecoderLM(nnx.Module):
     elif jnp.shape(lengths_B) != (B,):
       raise ValueError(f"lengths_B: expected shape ({B},), got {jnp.shape(lengths_B)}")
     lengths_B = jnp.asarray(lengths_B, jnp.int32)
+    probe = None if steering is None else Probe(_arange_BT(B, T), steering=steering)
     h_BTD, layers = self._run_cached(self.embed(tokens_BT), cache.layers,
-                                     lambda mixer, x, c: mixer.prefill(x, c, lengths_B))
+                                     lambda mixer, x, c: mixer.prefill(x, c, lengths_B), probe)
     h_BD = h_BTD[jnp.arange(B), lengths_B - 1]
     return self.logits(h_BD), DecoderCache(layers, lengths_B, cache.max_len)
 
-  def decode_step(self, tokens_B, cache: DecoderCache):
+  def decode_step(self, tokens_B, cache: DecoderCache, *, steering: Steering | None = None):
     """One token per row at position cache.length_B: (logits [B, vocab] float32, new cache).
+    `steering` intervenes as in `probe` (at position cache.length_B).
 
     A row whose cache is full (length_B == max_len) gets meaningless logits (nothing can raise
     inside jit); callers keep prompt + new tokens <= max_len.
     """
     self._check_rows("tokens_B", tokens_B, cache)
+    self.check_steering(steering)
+    probe = None if steering is None else Probe(cache.length_B, steering=steering)
     h_BD, layers = self._run_cached(self.embed(tokens_B), cache.layers,
-                                    lambda mixer, x, c: mixer.step(x, c))
+                                    lambda mixer, x, c: mixer.step(x, c), probe)
     return self.logits(h_BD), DecoderCache(layers, cache.length_B + 1, cache.max_len)
 
   @staticmethod
@@ -186,7 +308,7 @@ class DecoderLM(nnx.Module):
       raise ValueError(f"{name}: expected {axes} axes with {rows} rows (the cache's batch "
                        f"size), got shape {jnp.shape(tokens)}")
 
-  def _run_cached(self, x, caches, call):
+  def _run_cached(self, x, caches, call, probe=None):
     """The block stack with each mixer run as call(mixer, normed x, its cache) -> (y, cache);
     x is [B, T, D] (prefill) or [B, D] (decode). Returns (final-normed x, new caches)."""
     if mesh_lib.tensor_size() > 1:
@@ -201,24 +323,28 @@ class DecoderLM(nnx.Module):
       return run
 
     x = run_blocks(self.cfg, self.blocks, sharding.constrain_batch(x), None, None,
-                   mixers=[mixer_fn(i) for i in range(len(self.blocks))])
+                   mixers=[mixer_fn(i) for i in range(len(self.blocks))], probe=probe)
     return self.final_norm(x), tuple(new)
 
 
 def run_blocks(cfg: ModelConfig, blocks, x_BTD, segment_ids_BT, positions_BT, *, tp: int = 1,
-               axis_name: str = tensor_parallel.AXIS, mixers=None):
+               axis_name: str = tensor_parallel.AXIS, mixers=None, probe: Probe | None = None):
   """The residual stream through every block, wired by cfg.residual_mode.
 
   With tp > 1 this runs on one device inside shard_map: the blocks hold their local shards and
   each module's partial output is completed by a psum over `axis_name`. `mixers` (one function
-  per block, or None) replaces the mixers' calls (Block.modules).
+  per block, or None) replaces the mixers' calls (Block.modules). `probe`: see residual_stack.
   """
   mixers = [None] * len(blocks) if mixers is None else mixers
   layers = [(w, b.modules(segment_ids_BT=segment_ids_BT, positions_BT=positions_BT, tp=tp,
                           axis_name=axis_name, mixer=m))
             for w, b, m in zip(ladder.config_wirings(cfg), blocks, mixers)]
   reduce = (lambda y: jax.lax.psum(y, axis_name)) if tp > 1 else (lambda y: y)
-  return ladder.residual_stack(x_BTD, layers, reduce=reduce, tp=tp)
+  return ladder.residual_stack(x_BTD, layers, reduce=reduce, tp=tp, probe=probe)
+
+
+def _arange_BT(B: int, T: int):
+  return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
 
 
 def with_residual_mode(model: DecoderLM, residual_mode: str, *, start_layer: int = 0,

@@ -78,12 +78,17 @@ def config_wirings(cfg) -> tuple[Wiring, ...]:
 
 
 def residual_stack(x, layers: Sequence[tuple[Wiring, Sequence[Callable]]], *,
-                   reduce: Callable = lambda y: y, tp: int = 1):
+                   reduce: Callable = lambda y: y, tp: int = 1, probe=None):
   """Runs the layers on the residual stream `x` and returns the stream after the last one.
 
   `layers`: (wiring, modules) per layer, where modules are the layer's functions x -> partial
   output (norm included): (mixer,) or (mixer, mlp). `reduce` completes a partial output (psum
   over `tensor`, identity on one device); `tp` is the number of partial outputs it sums.
+
+  `probe` (one device only; None traces nothing extra): `probe.stream(i, s)` sees the complete
+  stream s entering layer i (i = len(layers): after the last layer) and returns None or a delta
+  that is added to the stream there; `probe.branch(i, j, y)` sees the output of module j of
+  layer i (lloglin.models.decoder.Probe records and steers through these).
   """
   older = newer = None  # ladder: pending (already all-reduced) outputs not yet in x
 
@@ -93,26 +98,38 @@ def residual_stack(x, layers: Sequence[tuple[Wiring, Sequence[Callable]]], *,
         x = x + y
     return x
 
-  for wiring, modules in layers:
+  def at_stream(i, x):
+    delta = probe.stream(i, flush(x))  # ladder: the stream with its pending outputs
+    return x if delta is None else x + delta
+
+  def call(i, j, h, x):
+    y = h(x)
+    if probe is not None:
+      probe.branch(i, j, y)
+    return y
+
+  for i, (wiring, modules) in enumerate(layers):
     if wiring.mode != "ladder":
       x, older, newer = flush(x), None, None
+    if probe is not None:
+      x = at_stream(i, x)
     if wiring.mode == "standard":
-      for h in modules:
-        x = x + reduce(h(x))
+      for j, h in enumerate(modules):
+        x = x + reduce(call(i, j, h, x))
     elif wiring.mode == "parallel":
-      ys = [h(x) for h in modules]
+      ys = [call(i, j, h, x) for j, h in enumerate(modules)]
       x = x + reduce(sum(ys[1:], ys[0]))
     elif wiring.mode == "desync":
       if len(modules) == 1:  # mixer-only layer: its one module syncs if either flag asks
         wiring = Wiring("desync", (any(wiring.syncs),))
-      for h, sync in zip(modules, wiring.syncs):
-        y = h(x)
+      for j, (h, sync) in enumerate(zip(modules, wiring.syncs)):
+        y = call(i, j, h, x)
         x = reduce(y + x / tp) if sync else x + y
     elif wiring.mode == "ladder":
-      for h in modules:
+      for j, h in enumerate(modules):
         if older is not None:
           x = x + older
-        y = h(x)
+        y = call(i, j, h, x)
         if tp > 1 and newer is not None:
           # Chains this all-reduce after the previous one (like in-order async handles), so XLA
           # never combines the two into one all-reduce that waits for both modules (the CPU
@@ -122,4 +139,5 @@ def residual_stack(x, layers: Sequence[tuple[Wiring, Sequence[Callable]]], *,
         older, newer = newer, reduce(y)
     else:
       raise ValueError(f"residual mode {wiring.mode!r}; expected one of {list(RESIDUAL_MODES)}")
-  return flush(x)
+  x, older, newer = flush(x), None, None
+  return x if probe is None else at_stream(len(layers), x)

@@ -7,7 +7,10 @@ For each projected parameter the adapter φ has the low-rank shape of S(G):
   two_sided  W = W0 + P C Qᵀ    C (r1, r2)   Kronecker core (LoRA-XS-like)
   dense      θ = θ0 + P φ       φ (r, 1)
 Unprojected parameters are trained directly (the adapter tree holds the parameter itself), or
-frozen with `train_unprojected=False` (the adapter tree holds None there).
+frozen with `train_unprojected=False` (the adapter tree holds None there). An adapter tree may
+also hold `lloglin.optim.lora.LoRA` nodes (W = W0 + scale · a b, both factors trained; built by
+`lora.init_lora`): `apply_adapters` and `merge_adapters` serve them too, with no projections
+(`projections=None`).
 
 Everything works on plain parameter pytrees, so an NNX model uses it through nnx.split/merge
 (`nnx_adapter_loss`). Training φ with an optimizer `tx` follows the same trajectory as
@@ -26,6 +29,7 @@ from flax import nnx
 
 from lloglin.optim import low_rank
 from lloglin.optim import projections as proj_lib
+from lloglin.optim.lora import LoRA, is_lora
 
 
 def init_adapters(params: Any, projections: Any, *, train_unprojected: bool = True) -> Any:
@@ -36,11 +40,20 @@ def init_adapters(params: Any, projections: Any, *, train_unprojected: bool = Tr
       params, projections)
 
 
-def apply_adapters(frozen_params: Any, adapter_params: Any, projections: Any) -> Any:
-  """The effective parameters: θ0 + Sᵀφ where projected, the adapter tree's entry (a directly
-  trained parameter) or else the frozen one elsewhere."""
+def no_projections(params: Any) -> Any:
+  """The projections tree of adapters without projections (LoRA): Projection() everywhere."""
+  return jax.tree.map(lambda _: proj_lib.Projection(), params)
+
+
+def apply_adapters(frozen_params: Any, adapter_params: Any, projections: Any = None) -> Any:
+  """The effective parameters: θ0 + Sᵀφ where projected, W0 + scale · a b at a LoRA node, the
+  adapter tree's entry (a directly trained parameter) or else the frozen one elsewhere."""
+  if projections is None:
+    projections = no_projections(frozen_params)
 
   def leaf(w0, a, proj):
+    if is_lora(a):
+      return (w0 + a.delta(w0.shape)).astype(w0.dtype)
     if proj_lib.is_projected(proj):
       return (w0 + proj_lib.back_project(a, proj, w0.shape)).astype(w0.dtype)
     return w0 if a is None else a
@@ -48,12 +61,21 @@ def apply_adapters(frozen_params: Any, adapter_params: Any, projections: Any) ->
   return jax.tree.map(leaf, frozen_params, adapter_params, projections)
 
 
-def merge_adapters(frozen_params: Any, adapter_params: Any, projections: Any) -> tuple[Any, Any]:
-  """Merge-and-reinit: θ0 <- θ0 + Sᵀφ, φ <- 0. Returns (frozen_params, adapter_params)."""
+def merge_adapters(frozen_params: Any, adapter_params: Any,
+                   projections: Any = None) -> tuple[Any, Any]:
+  """Merge-and-reinit: θ0 <- θ0 + Sᵀφ, φ <- 0 (for LoRA: W0 <- W0 + ΔW, b <- 0, a kept).
+  Returns (frozen_params, adapter_params)."""
+  if projections is None:
+    projections = no_projections(frozen_params)
   merged = apply_adapters(frozen_params, adapter_params, projections)
-  adapters = jax.tree.map(
-      lambda a, proj: jnp.zeros_like(a) if a is not None and proj_lib.is_projected(proj) else a,
-      adapter_params, projections, is_leaf=lambda x: x is None)
+
+  def reinit(a, proj):
+    if is_lora(a):
+      return LoRA(a.a, jnp.zeros_like(a.b), a.scale)
+    return jnp.zeros_like(a) if a is not None and proj_lib.is_projected(proj) else a
+
+  adapters = jax.tree.map(reinit, adapter_params, projections,
+                          is_leaf=lambda x: x is None or is_lora(x))
   return merged, adapters
 
 

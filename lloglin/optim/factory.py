@@ -6,7 +6,8 @@ optim.name: "adamw" (full AdamW), "galore" (SVD projections), "random_sketch" (G
 orthogonal projections), "kronecker" (two-sided Pᵀ G Q). All share the AdamW hyperparameters:
 Adam runs in the low-rank space, then decoupled weight decay on θ and the warmup + cosine
 learning rate in the full space (as GaLore, and optax.contrib.galore). Clipping acts on the full
-gradient. The adapter duals ("onesided_lora", "kronecker_lora") train φ instead of θ; the trainer
+gradient. The adapter duals ("onesided_lora", "kronecker_lora") train φ instead of θ, and "lora"
+trains standard LoRA factors (W = W0 + (lora_alpha / rank) B A, lloglin.optim.lora); the trainer
 gets them from `make_adapter_setup` (see AdapterSetup).
 
 Config fields read (attribute access, so an ml_collections ConfigDict or any namespace works):
@@ -20,7 +21,8 @@ Config fields read (attribute access, so an ml_collections ConfigDict or any nam
     step), projection_seed, per_host_projections (fold jax.process_index() into the random
     seeds), decay_matrices_only (weight decay on ndim >= 2 only; the default False decays every
     parameter, as optax.adamw does), no_decay_regex (parameters whose paths match get no weight
-    decay, e.g. Mamba-2's A_log / dt_bias / D, which its authors exclude; "" = none).
+    decay, e.g. Mamba-2's A_log / dt_bias / D, which its authors exclude; "" = none),
+    lora_alpha (LoRA's alpha; the update is scaled by lora_alpha / rank; "lora" only).
 """
 
 import re
@@ -30,11 +32,12 @@ import jax
 import optax
 
 from lloglin.optim import adapters as adapters_lib
+from lloglin.optim import lora as lora_lib
 from lloglin.optim import low_rank
 from lloglin.optim import projections as proj_lib
 
 NAMES = ("adamw", "galore", "random_sketch", "kronecker")
-ADAPTER_NAMES = ("onesided_lora", "kronecker_lora")
+ADAPTER_NAMES = ("onesided_lora", "kronecker_lora", "lora")
 COMMON_FIELDS = ("learning_rate", "warmup_steps", "min_lr_ratio", "b1", "b2", "eps",
                  "weight_decay", "grad_clip_norm")
 # The default mask: the Linear kernels of mixers and MLPs (not the embedding, the untied head or
@@ -42,7 +45,7 @@ COMMON_FIELDS = ("learning_rate", "warmup_steps", "min_lr_ratio", "b1", "b2", "e
 DEFAULTS = dict(rank=128, refresh_every=200, refresh_policy="keep", projection="", side="auto",
                 mask_regex=r"kernel$", mask_exclude_regex=r"(^|/)(embed|head|lm_head)(/|$)|conv/",
                 accumulate_steps=1, projection_seed=0, per_host_projections=False,
-                decay_matrices_only=False, no_decay_regex="")
+                decay_matrices_only=False, no_decay_regex="", lora_alpha=16.0)
 # Which projections each name allows; the first is the default.
 _SOURCES = {"galore": ("svd",), "random_sketch": ("gaussian", "orthogonal"),
             "kronecker": proj_lib.SOURCES, "onesided_lora": proj_lib.SOURCES,
@@ -71,6 +74,7 @@ class OptimConfig(NamedTuple):
   per_host_projections: bool
   decay_matrices_only: bool
   no_decay_regex: str
+  lora_alpha: float
 
 
 class OptimizerInfo(NamedTuple):
@@ -117,6 +121,9 @@ class AdapterSetup(NamedTuple):
   def init(self, params: Any, grads: Any = None) -> tuple[Any, Any, Any]:
     """(adapter_params, projections, opt_state) at step 0."""
     _check_grads(self, grads)
+    if self.info.name == "lora":  # LoRA factors, no projections
+      adapters = lora_lib.init_lora(params, self.specs, seed=self.seed)
+      return adapters, adapters_lib.no_projections(params), self.tx.init(adapters)
     projections = proj_lib.make_projections(self.specs, params if grads is None else grads,
                                             seed=self.seed, worker_index=self.worker_index)
     adapters = adapters_lib.init_adapters(params, projections)
@@ -184,7 +191,10 @@ def decay_mask(cfg: OptimConfig):
 
 
 def make_specs(cfg: OptimConfig, params: Any) -> Any:
-  """The ProjectionSpec tree for a low-rank or adapter name."""
+  """The ProjectionSpec tree for a low-rank or adapter name (a LoRASpec tree for "lora")."""
+  if cfg.name == "lora":
+    return lora_lib.lora_specs(params, rank=cfg.rank, alpha=cfg.lora_alpha,
+                               include=cfg.mask_regex, exclude=cfg.mask_exclude_regex)
   two_sided = cfg.name in ("kronecker", "kronecker_lora")
   sides = ("auto", "two_sided") if two_sided else ("left", "right", "auto")
   if cfg.side not in sides:
@@ -259,6 +269,9 @@ def _summary(cfg: OptimConfig, projected: tuple[str, ...], kind: str) -> str:
           f"{cfg.accumulate_steps}")
   if cfg.name == "adamw":
     return head
+  if cfg.name == "lora":
+    return (f"{head}; LoRA rank {cfg.rank}, alpha {cfg.lora_alpha:g} on {len(projected)} "
+            "parameters")
   source = cfg.projection or _SOURCES[cfg.name][0]
   return (f"{head}; {kind} rank {cfg.rank}, {source} projection, side {cfg.side}, on "
           f"{len(projected)} parameters, refresh every {cfg.refresh_every} "
@@ -307,8 +320,9 @@ def make_optimizer(optim_cfg: Any, params: Any, *,
 
 def make_adapter_setup(optim_cfg: Any, params: Any, *, num_steps: int) -> AdapterSetup:
   """AdapterSetup for optim_cfg.name in ADAPTER_NAMES: "onesided_lora" (W = W0 + P B, or
-  A Qᵀ; side and projection as for galore / random_sketch) or "kronecker_lora"
-  (W = W0 + P C Qᵀ). The adapters' optimizer is AdamW on φ (weight decay pulls φ to 0, i.e. θ
+  A Qᵀ; side and projection as for galore / random_sketch), "kronecker_lora"
+  (W = W0 + P C Qᵀ) or "lora" (W = W0 + (lora_alpha / rank) B A, both factors trained, never
+  refreshed). The adapters' optimizer is AdamW on φ (weight decay pulls φ to 0, i.e. θ
   to θ0, and clipping sees ∇φ: the two caveats of the duality)."""
   cfg = read_config(optim_cfg)
   if cfg.name not in ADAPTER_NAMES:
@@ -318,12 +332,12 @@ def make_adapter_setup(optim_cfg: Any, params: Any, *, num_steps: int) -> Adapte
   schedule = make_schedule(cfg, num_steps)
   specs = make_specs(cfg, params)
   projected = tuple(path for path, _ in _selected(params, specs))
-  needs_gradient = any(s.source == "svd" for s in jax.tree.leaves(specs))
+  needs_gradient = cfg.name != "lora" and any(s.source == "svd" for s in jax.tree.leaves(specs))
   info = OptimizerInfo(cfg.name, schedule, specs, projected, cfg.accumulate_steps,
                        _summary(cfg, projected, "adapters"))
   return AdapterSetup(tx=_adamw(cfg, schedule), specs=specs, schedule=schedule,
-                      refresh_every=cfg.refresh_every, refresh_policy=cfg.refresh_policy,
-                      seed=cfg.projection_seed,
+                      refresh_every=0 if cfg.name == "lora" else cfg.refresh_every,
+                      refresh_policy=cfg.refresh_policy, seed=cfg.projection_seed,
                       worker_index=jax.process_index() if cfg.per_host_projections else 0,
                       needs_gradient=needs_gradient, info=info)
 

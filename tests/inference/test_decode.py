@@ -16,6 +16,7 @@ import pytest
 
 from lloglin.layers import mixer_names
 from lloglin.models import build_model
+from lloglin.models.decoder import steer
 from pallas_kernels import path as pallas_path
 from tests.inference.helpers import assert_close_to_scale, tiny_config
 
@@ -91,3 +92,37 @@ def test_prefill_through_the_pallas_kernels(pattern, monkeypatch):
   assert_close_to_scale(decoded_BNV, jnp.take_along_axis(ref_BTV, positions_BN[..., None], 1))
   if pattern.startswith("path"):  # the forward and the prefill (with the key cache) took it
     assert sorted(kernel_calls) == [False, True]
+
+
+def test_steered_decoding_equals_the_steered_forward_and_keeps_the_caches_below_its_layer():
+  """A steering at layer 1 through prefill and decode_step gives the logits of the steered full
+  forward (DecoderLM.probe); the layer-0 cache is the one of strength 0, the layer-1 cache is
+  not."""
+  model = build_model(tiny_config("mamba2,attention", num_layers=2, max_seq_len=64))
+  lengths = jnp.asarray([9, 5], jnp.int32)
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, 64, (2, 24)), jnp.int32)
+
+  @jax.jit
+  def run(model, tokens_BT, steering):
+    ref_BTV = model.probe(tokens_BT, steering=steering)["logits"]
+    first_BV, cache = model.prefill(tokens_BT[:, :9], model.init_cache(2, 24), lengths,
+                                    steering=steering)
+
+    def step(cache, i):
+      logits_BV, cache = model.decode_step(tokens_BT[jnp.arange(2), lengths + i], cache,
+                                           steering=steering)
+      return cache, logits_BV
+    cache, logits_NBV = jax.lax.scan(step, cache, jnp.arange(8))
+    return ref_BTV, jnp.concatenate([first_BV[:, None], jnp.moveaxis(logits_NBV, 0, 1)], 1), cache
+
+  vector = np.random.default_rng(3).normal(size=32).astype(np.float32)
+  positions_BN = lengths[:, None] - 1 + jnp.arange(9)
+  caches = []
+  for strength in (0.0, 3.0):
+    ref_BTV, decoded_BNV, cache = run(model, tokens, steer(vector, layer=1, strength=strength,
+                                                           start=3))
+    assert_close_to_scale(decoded_BNV, jnp.take_along_axis(ref_BTV, positions_BN[..., None], 1))
+    caches.append(cache)
+  jax.tree.map(np.testing.assert_array_equal, caches[0].layers[0], caches[1].layers[0])
+  assert any(np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3 for a, b in zip(
+      jax.tree.leaves(caches[0].layers[1]), jax.tree.leaves(caches[1].layers[1])))

@@ -10,8 +10,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lloglin.inference.generate import generate
+from lloglin.inference.generate import generate, resolve_decode_impl
+from lloglin.layers import registry
 from lloglin.models import build_model
+from lloglin.models.decoder import steer
 from lloglin.parallel import mesh as mesh_lib
 from tests.inference.helpers import tiny_config
 
@@ -40,6 +42,38 @@ def test_batched_prompts_equal_each_row_alone_and_the_full_forward(model):
   logits = np.asarray(jax.jit(lambda m, t: m(t))(model, jnp.asarray(seqs)))
   for b, (p, r) in enumerate(zip(PROMPTS, batch)):
     assert np.argmax(logits[b, len(p) - 1:len(p) + 11], axis=-1).tolist() == r
+
+
+def test_steering_reaches_the_prefill_and_every_decode_step(model):
+  """Greedy: each new token is the argmax of the steered full forward; strength 0 draws the
+  unsteered tokens."""
+  vector = np.random.default_rng(2).normal(size=32).astype(np.float32)
+  steering = steer(vector, layer=1, strength=6.0, start=2)
+  steered = generate(model, PROMPTS, 12, steering=steering)
+  assert steered != generate(model, PROMPTS, 12)
+  seqs = np.zeros((3, 64), np.int32)
+  for b, (p, r) in enumerate(zip(PROMPTS, steered)):
+    seqs[b, :len(p) + 12] = p + r
+  logits = np.asarray(jax.jit(lambda m, t, s: m.probe(t, steering=s)["logits"])(
+      model, jnp.asarray(seqs), steering))
+  for b, (p, r) in enumerate(zip(PROMPTS, steered)):
+    assert np.argmax(logits[b, len(p) - 1:len(p) + 11], axis=-1).tolist() == r
+  zero = steer(vector, layer=1, strength=0.0, start=2)
+  assert generate(model, PROMPTS, 12, steering=zero) == generate(model, PROMPTS, 12)
+
+
+def test_steering_runs_on_the_plain_path_and_is_checked(monkeypatch):
+  net = build_model(tiny_config("attention", max_seq_len=128))
+  monkeypatch.setattr(registry, "on_hopper_gpu", lambda: True)
+  assert resolve_decode_impl("auto", net, 1, "bf16") == "fused"
+  assert resolve_decode_impl("auto", net, 1, "bf16", steered=True) == "plain"
+  with pytest.raises(ValueError, match="impl='fused': steering runs on the plain decode path"):
+    generate(net, [[1, 2]], 4, impl="fused", steering=steer(np.ones(32), layer=0))
+  with pytest.raises(ValueError, match=r"steering.stop_B: expected one bound or one per prompt "
+                                       r"\(2,\), got shape \(3,\)"):
+    generate(net, [[1], [2]], 4, steering=steer(np.ones(32), layer=0, stop=[1, 2, 3]))
+  with pytest.raises(ValueError, match=r"steering layer=2; expected 0\.\.1"):
+    generate(net, [[1]], 4, steering=steer(np.ones(32), layer=2))
 
 
 def test_stop_tokens_end_each_row_and_streaming_draws_the_same(model):

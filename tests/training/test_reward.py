@@ -2,7 +2,6 @@
 float64 formulas, and the shared loop, optimizers and export serving it (it learns the synthetic
 preferences, resumes exactly, exports and loads back)."""
 
-import json
 import os
 import types
 
@@ -22,7 +21,6 @@ from lloglin.training.metrics import read_metrics
 from lloglin.training.step import effective_params, make_eval_step, make_program
 from lloglin.training.tasks import get_task, task_of
 from lloglin.training.tasks.reward import options_of
-from tests.helpers import run_script
 from tests.training.test_train import assert_resumes_exactly, tiny_config
 
 NUM_STEPS = 40
@@ -63,7 +61,7 @@ def _formula(objective, alpha, augmentation, r, s):
 @pytest.mark.parametrize("alpha, augmentation", [(0.0, False), (2.5, True)])
 def test_objectives_and_their_gradients_match_float64_formulas(objective, alpha, augmentation):
   """The loss equals the formula (alpha 0, no augmentation: the plain regression / Bradley-Terry
-  loss; augmentation alone: test_train_py_runs_the_rewordbench_tiny_variant), and its gradient
+  loss; augmentation alone: tests/evals/rewordbench/test_suite.py, test_one_config_trains_and_evaluates), and its gradient
   the central finite differences of the formula: both rewards of the consistency term carry
   gradient."""
   B, rng = 5, np.random.default_rng(0)
@@ -224,14 +222,3 @@ def test_reward_trains_on_a_data_fsdp_tensor_mesh_like_on_one_device(tmp_path):
 
   one = run("one", data=1, fsdp=1, tensor=1)
   np.testing.assert_allclose(run("mesh", data=2, fsdp=2, tensor=2), one, rtol=2e-5)
-
-
-@pytest.mark.slow
-def test_train_py_runs_the_rewordbench_tiny_variant(tmp_path):
-  result = run_script("train.py", "--config", "configs/rewordbench.py:tiny",
-                      f"--workdir={tmp_path}", "--config.train.num_steps=4",
-                      "--config.train.eval_every=4", "--config.reward.augmentation=True")
-  assert result.returncode == 0, result.stderr[-3000:]
-  final = json.loads(result.stdout[result.stdout.index("{"):])["final"]
-  assert {"mse", "mse_paraphrase", "eval_correlation", "eval_consistency"} <= set(final)
-  np.testing.assert_allclose(final["loss"], final["mse"] + final["mse_paraphrase"], rtol=1e-5)
