@@ -3,7 +3,7 @@ world (configs/rewordbench.py), standard against augmented and paraphrase-regula
 by the rewordbench suite on the world's held-out pairs under transforms never used in training.
 
   python -m experiments.rewordbench [--workdir runs/rewordbench] [--seeds 0,1] [--steps N]
-                                    [--out experiments/results/rewordbench]
+                                    [--out experiments/results/rewordbench] [--tiny]
 
 One `pretrain` run (the trunk as a byte-level LM on the world's texts, seed 0) is shared by every
 reward run: the world's lexicon and rules do not depend on the seed, only which pairs are drawn.
@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from configs.rewordbench import REWARD_VARIANTS, get_config, training_config
+from configs.rewordbench import REWARD_VARIANTS, get_config, shrink, training_config
 from lloglin.evals import run_suite, save_figure
 from lloglin.evals.report import REPORT_FILE
 
@@ -57,23 +57,38 @@ def _set_steps(config, steps: int):
   config.train.log_every = max(1, min(config.train.log_every, steps // 4))
 
 
-def run_variant(variant: str, seed: int, *, pretrain_export: str, workdir: str,
-                steps: int | None = None, world_pairs: int | None = None) -> dict:
-  """Trains (or reuses) reward run <workdir>/<variant>-<seed> and returns the suite's results on
-  it (SEEN + UNSEEN transforms)."""
-  config = get_config(variant)
-  config.seed = seed
-  config.init_from = pretrain_export
-  config.train.progress_bar = False
+def _configure(config, *, steps: int | None, tiny: bool):
+  if tiny:
+    shrink(config)
   if steps:
     _set_steps(config, steps)
+  config.train.progress_bar = False
+  return config
+
+
+def pretrain(workdir: str, *, steps: int | None = None, tiny: bool = False) -> str:
+  """Trains (or reuses) the shared pretrain run <workdir>/pretrain; returns its export."""
+  run = os.path.join(workdir, "pretrain")
+  _train(_configure(training_config("pretrain"), steps=steps, tiny=tiny), run)
+  return os.path.join(run, "export")
+
+
+def run_variant(variant: str, seed: int, *, pretrain_export: str, workdir: str,
+                steps: int | None = None, world_pairs: int | None = None, tiny: bool = False,
+                transforms=SEEN + UNSEEN) -> dict:
+  """Trains (or reuses) reward run <workdir>/<variant>-<seed> and returns the suite's results on
+  it (`transforms`); tiny: every run at configs/rewordbench.py's smoke-test size (`shrink`)."""
+  config = _configure(get_config(variant), steps=steps, tiny=tiny)
+  config.seed = seed
+  config.init_from = pretrain_export
   run = os.path.join(workdir, f"{variant}-{seed}")
   _train(config, run)
   out_dir = os.path.join(run, "eval", "rewordbench")
   path = os.path.join(out_dir, REPORT_FILE)
   if not os.path.exists(path):
-    config.rewordbench.transforms = SEEN + UNSEEN
+    config.rewordbench.transforms = tuple(transforms)
     config.rewordbench.batch_size = 250
+    config.rewordbench.max_records = 0
     if world_pairs:
       config.rewordbench.world_pairs = world_pairs
     run_suite("rewordbench", config, checkpoint=run, out_dir=out_dir)
@@ -157,6 +172,7 @@ def main(argv=None):
                       help="training steps of every run (0 = the config's)")
   parser.add_argument("--world_pairs", type=int, default=0,
                       help="held-out pairs to evaluate (0 = the config's)")
+  parser.add_argument("--tiny", action="store_true", help="smoke-test model sizes and steps")
   args = parser.parse_args(argv)
   variants = [v.strip() for v in args.variants.split(",") if v.strip()]
   if not variants or any(v not in REWARD_VARIANTS for v in variants):
@@ -167,18 +183,13 @@ def main(argv=None):
     parser.error(f"--seeds={args.seeds!r}: expected comma-separated integers")
   if args.steps < 0 or args.world_pairs < 0:
     parser.error(f"--steps={args.steps}, --world_pairs={args.world_pairs}: expected >= 0")
-  pretrain = os.path.join(args.workdir, "pretrain")
-  config = training_config("pretrain")
-  config.train.progress_bar = False
-  if args.steps:
-    _set_steps(config, args.steps)
-  _train(config, pretrain)
+  export = pretrain(args.workdir, steps=args.steps or None, tiny=args.tiny)
   runs = {v: {} for v in variants}
   for seed in seeds:
     for v in variants:
-      results = run_variant(v, seed, pretrain_export=os.path.join(pretrain, "export"),
-                            workdir=args.workdir, steps=args.steps or None,
-                            world_pairs=args.world_pairs or None)
+      results = run_variant(v, seed, pretrain_export=export, workdir=args.workdir,
+                            steps=args.steps or None, world_pairs=args.world_pairs or None,
+                            tiny=args.tiny)
       runs[v][seed] = summarize_run(results)
   summary = aggregate(runs)
   os.makedirs(args.out, exist_ok=True)
