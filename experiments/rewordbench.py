@@ -97,13 +97,18 @@ def run_variant(variant: str, seed: int, *, pretrain_export: str, workdir: str,
 
 
 def summarize_run(results: dict) -> dict:
-  """Clean accuracy, the overall drop per transform, and mean drops over UNSEEN and NOISE."""
+  """Clean accuracy, the overall drop per transform, mean drops over UNSEEN, NOISE and SEEN, and
+  the mean accuracy after the UNSEEN transforms (where a model is at chance after a transform, its
+  drop is its clean accuracy - 0.5: the accuracy after compares such models better)."""
   drops = {n: e["metrics"]["overall"]["drop"] for n, e in results["transforms"].items()
            if "metrics" in e}
-  return {"clean_accuracy": results["original"]["overall"]["accuracy_before"],
+  clean = results["original"]["overall"]["accuracy_before"]
+  unseen = [drops[n] for n in UNSEEN if n in drops]
+  return {"clean_accuracy": clean,
           "clean_chat_hard": results["original"]["Chat Hard"]["accuracy_before"],
           "drops": drops,
-          "mean_drop_unseen": float(np.mean([drops[n] for n in UNSEEN if n in drops])),
+          "mean_drop_unseen": float(np.mean(unseen)),
+          "mean_accuracy_unseen": float(clean - np.mean(unseen)),
           "mean_drop_noise": float(np.mean([drops[n] for n in NOISE if n in drops])),
           "mean_drop_seen": float(np.mean([drops[n] for n in SEEN if n in drops]))}
 
@@ -147,6 +152,7 @@ def table(runs: dict[str, dict[int, dict]], summary: dict) -> str:
   """Markdown: clean accuracy and mean drops (points) per variant, mean over seeds and each seed."""
   seeds = sorted(next(iter(runs.values())))
   cols = [("clean accuracy", "clean_accuracy"), ("mean drop, unseen", "mean_drop_unseen"),
+          ("mean accuracy after, unseen", "mean_accuracy_unseen"),
           ("mean drop, noise", "mean_drop_noise"), ("mean drop, seen", "mean_drop_seen")]
   lines = ["| variant | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
   for v, by_seed in runs.items():

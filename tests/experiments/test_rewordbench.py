@@ -32,6 +32,7 @@ def test_summaries_mean_spread_and_table():
   seed1 = exp.summarize_run(_results(0.8, drops | {"rot13": 0.13}))
   assert seed0["mean_drop_unseen"] == pytest.approx((0.39 + 0.05) / len(exp.UNSEEN))
   assert seed0["mean_drop_noise"] == pytest.approx(0.05 / len(exp.NOISE))
+  assert seed0["mean_accuracy_unseen"] == pytest.approx(0.9 - seed0["mean_drop_unseen"])
   assert seed0["mean_drop_seen"] == pytest.approx(0.1)
   assert "paraphrase" not in seed0["drops"]
   summary = exp.aggregate({"reg1": {0: seed0, 1: seed1}})["reg1"]
