@@ -143,7 +143,7 @@ def plot_drops(summary: dict, path: str) -> str:
   ax.axvline(0, color="black", linewidth=0.8)
   ax.set_xlabel("accuracy drop (points; clean - transformed), mean over seeds")
   ax.set_title("reWordBench on the reward world: drop per transform")
-  ax.legend(loc="lower right", fontsize="small")
+  ax.legend(loc="upper right", fontsize="small")
   ax.grid(axis="x", alpha=0.3)
   return save_figure(fig, path)
 
