@@ -11,8 +11,8 @@ configs/rewordbench.py:<variant> --checkpoint RUN` (train.py ignores the suite's
 - standard (the default): pointwise regression, (r(x, y) - s)^2;
 - augment: regression plus the paraphrase as an extra example, + (r(x, y~) - s)^2;
 - reg1, reg10: regression plus alpha (r(x, y) - r(x, y~))^2, alpha = 1 and 10 (the paper's);
-- tiny: `standard` at smoke-test size, and the suite on a few transforms and records (seconds on
-  a CPU).
+- tiny: `standard` at smoke-test size (`shrink`, which shrinks any variant), and the suite on a
+  few transforms and records (seconds on a CPU).
 The seed (`--config.seed=1`) draws the model's initialisation, the world and the data order; the
 suite's keys live under `rewordbench` (`--config.rewordbench.data_path=rewardbench.jsonl` scores
 RewardBench-format records instead of the world's held-out pairs). The transforms:
@@ -38,7 +38,7 @@ def training_config(variant: str):
   c.reward.objective = "regression"
   c.data.source = "reward_world"
   c.data.tokenizer = "byte"
-  c.seq_len = 82  # the world's rows take at most 80 bytes and BOS/EOS
+  c.seq_len = 72  # the world's rows take at most 70 bytes and BOS/EOS
   c.batch_size = 32
   set_model_size(c, d_model=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=128)
   c.model.max_seq_len = 256  # the eval's transforms lengthen rows beyond the training length
@@ -58,13 +58,21 @@ def training_config(variant: str):
     return c
   c.reward.consistency_alpha, c.reward.augmentation = REWARD_VARIANTS[variant]
   if variant == "tiny":
-    c.batch_size = 8
-    c.data.reward_world.num_val_examples = 32
-    c.optim.warmup_steps = 5
-    set_model_size(c, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                   mlp_dim=64)
-    c.model.max_seq_len = 256
-    smoke_run(c)
+    shrink(c)
+  return c
+
+
+def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Any training variant at smoke-test size (seconds on a CPU; the same model sections for
+  every variant, so a shrunk reward run starts from a shrunk pretrain); returns c."""
+  c.batch_size = 8
+  c.data.reward_world.num_train_examples = 2000  # the lm corpus is built up front
+  c.data.reward_world.num_val_examples = 32
+  c.optim.warmup_steps = 5
+  set_model_size(c, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                 mlp_dim=64)
+  c.model.max_seq_len = 256
+  smoke_run(c)
   return c
 
 

@@ -27,9 +27,8 @@ whatever its quality: the artefacts are independent of quality there.
 Paraphrase. Every response has a meaning-preserving paraphrase drawn by the world: some units in
 their other synonym (items: the other word; refusals and answers: another phrasing; each with
 probability 1/2, at least one), a new opener ("Sure: ", "Here: ", ...), last joiner (", " or
-" and ") and end mark, artefacts at rate `paraphrase_artefact` on every unit whatever its
-quality, and with probability 1/2 a side remark before or after it ("Well, ", " Hope this
-helps."): the surface an LLM paraphraser varies. Its score is the response's.
+" and ") and end mark, and artefacts at rate `paraphrase_artefact` on every unit whatever its
+quality: the surface an LLM paraphraser varies. Its score is the response's.
 
 Pairs. Pair i of a split is a pure function of (seed, split, i), in one of five subsets and the
 four categories of RewardBench (i % 4 picks the category):
@@ -59,7 +58,7 @@ SPLITS = ("train", "validation", "test")
 CATEGORIES = ("Chat", "Chat Hard", "Safety", "Reasoning")
 SUBSETS = {"list-easy": "Chat", "list-hard": "Chat Hard", "refuse-banned": "Safety",
            "respond-safe": "Safety", "math-add": "Reasoning"}
-MAX_ROW_BYTES = 80  # a prompt and its longest response or paraphrase
+MAX_ROW_BYTES = 70  # a prompt and its longest response or paraphrase
 _STREAM = 0x5257  # keeps these seeds apart from the other generators' seeds
 _SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 
@@ -81,9 +80,6 @@ REFUSALS = ("Sorry, I can't help with that", "Apologies, I cannot help with that
             "I must decline, sorry")
 ANSWERS = ("{a}+{b} is {c}", "It is {c}", "The sum is {c}", "Answer: {c}")
 OPENERS = ("", "Sure: ", "Here: ", "OK, ")
-# A paraphrase's side remark, before or after the response (words that score nothing).
-PREAMBLES = ("Well, ", "Let me see. ", "Good question. ")
-CLOSINGS = (" Hope this helps.", " Glad to help!", " Anything else?")
 REFUSAL_WORDS = {"sorry", "apologies", "decline"}
 WORD_TOPIC = {word: topic for topics in (TOPICS, BANNED_TOPICS)
               for topic, items in topics.items() for item in items for word in item}
@@ -242,11 +238,6 @@ def world_pair(world_cfg, *, split: str, seed: int, index: int) -> WorldPair:
     p = world_cfg.paraphrase_artefact
     paraphrase = render(response, rng, forms=[f + s for f, s in zip(forms, swap)],
                         rates=[p] * len(response.units), end_rate=p)
-    if rng.random() < 0.5:  # a side remark
-      if rng.random() < 0.5:
-        paraphrase = PREAMBLES[rng.integers(len(PREAMBLES))] + paraphrase
-      else:
-        paraphrase += CLOSINGS[rng.integers(len(CLOSINGS))]
     texts.append((original, paraphrase))
   (c, c_para), (r, r_para) = texts
   return WorldPair(prompt, c, r, c_para, r_para, chosen.score, rejected.score, subset)
