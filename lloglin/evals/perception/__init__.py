@@ -1,0 +1,7 @@
+"""The `perception` suite: principle-guided pairwise judgements of visual complexity, aggregated
+per image and compared with human ratings (after arXiv 2504.12511).
+
+principles.py: the eight principles and the pairwise prompt; aggregate.py: Bradley-Terry with
+ties, win rate, PLCC / SROCC per category, the disagreement report. Method and readings of the
+paper: docs/suites/perception.md.
+"""
