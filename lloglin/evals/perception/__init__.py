@@ -2,6 +2,8 @@
 per image and compared with human ratings (after arXiv 2504.12511).
 
 principles.py: the eight principles and the pairwise prompt; aggregate.py: Bradley-Terry with
-ties, win rate, PLCC / SROCC per category, the disagreement report. Method and readings of the
+ties, win rate, PLCC / SROCC per category, the disagreement report; synthetic.py: images with
+controlled clutter, symmetry and proximity; judges.py: the judge interface, a noisy oracle,
+computed-measure judges, the pair sampler. Method and readings of the
 paper: docs/suites/perception.md.
 """

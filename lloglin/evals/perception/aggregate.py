@@ -131,3 +131,10 @@ def disagreements(ids, scores, human, *, top: int = 10) -> list[dict]:
   return [{"id": ids[i], "score": float(scores[i]), "human": float(human[i]),
            "score_rank": float(rank_s[i]), "human_rank": float(rank_h[i]), "gap": float(gap[i])}
           for i in order]
+
+
+def scores_from_records(num_items: int, records, *, prior: float = 0.0) -> dict:
+  """{"bradley_terry": [I], "win_rate": [I]} from judge_pairs' records."""
+  wins_II = outcome_matrix(num_items, [(r["a"], r["b"]) for r in records],
+                           [{"A": 1.0, "B": 0.0, "tie": 0.5}[r["winner"]] for r in records])
+  return {"bradley_terry": bradley_terry(wins_II, prior=prior), "win_rate": win_rate(wins_II)}
