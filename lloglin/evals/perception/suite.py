@@ -1,0 +1,109 @@
+"""The `perception` suite: judge pairs of images on each principle, aggregate the outcomes into
+per-image scores (Bradley-Terry with ties, win rate) and compare them with human ratings.
+
+Data: the synthetic set (synthetic.py; `perception.num_images`, `seed`) by default, whose
+"human" score is its clutter level (the complexity it was built with) and whose true levels are
+reported too; or a user's image folder with a scores CSV (`perception.image_dir`, `scores_csv`;
+data.py). Judges (`perception.judge`): "measure" (the computed measures of judges.MEASURES),
+"oracle" (the synthetic set's true levels, flipped with probability `perception.flip`) or a
+user's "module:function" called with the settings and returning a judge.
+
+Results per principle: Bradley-Terry scores and win rates per image, PLCC / SROCC against the
+human scores over all images and per category, the SROCC against the true level (synthetic), the
+images where principle and human ranks disagree most, and the failed judgements (recorded and
+skipped). Figures: scores.png (score against human rating per principle), correlations.png.
+"""
+
+import os
+
+import numpy as np
+import scipy.stats
+from matplotlib.figure import Figure
+
+from lloglin.evals.perception import aggregate, data, judges, synthetic
+from lloglin.evals.perception.principles import principle as check_principle
+from lloglin.evals.registry import register_suite
+from lloglin.evals.report import save_figure
+from lloglin.evals.rewordbench.userfn import import_function
+
+
+@register_suite("perception")
+def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
+  del checkpoint  # the built-in judges need no trained model
+  cfg = config.perception
+  items = load_items(cfg)
+  judge = make_judge(cfg)
+  pairs_P2 = judges.sample_pairs(len(items), per_image=cfg.pairs_per_image or None,
+                                 seed=cfg.seed)
+  ids = [it.id for it in items]
+  human = np.array([it.human for it in items], dtype=np.float64)
+  categories = [it.category or "all" for it in items]
+  results = {"num_images": len(items), "num_pairs": len(pairs_P2), "judge": cfg.judge,
+             "principles": {}}
+  for name in cfg.principles:
+    records, failures = judges.judge_pairs(judge, items, pairs_P2, name)
+    scores = aggregate.scores_from_records(len(items), records, prior=cfg.prior)
+    bt = scores["bradley_terry"]
+    out = {"ids": ids, **scores, "num_judged": len(records), "failures": failures,
+           "ties": sum(r["winner"] == "tie" for r in records),
+           "correlations": aggregate.correlations(
+               bt, human, None if set(categories) == {"all"} else categories),
+           "disagreements": aggregate.disagreements(ids, bt, human, top=cfg.top_disagreements)}
+    if all(name in it.levels for it in items):
+      out["srocc_true_level"] = float(scipy.stats.spearmanr(
+          bt, [it.levels[name] for it in items]).statistic)
+    results["principles"][name] = out
+    print(f"perception {name}: SROCC vs human {out['correlations']['all'].get('srocc')}, "
+          f"{len(failures)} failed judgements", flush=True)
+  plot_scores(results, human, os.path.join(out_dir, "scores.png"))
+  plot_correlations(results, os.path.join(out_dir, "correlations.png"))
+  return results
+
+
+def load_items(cfg) -> list[synthetic.Item]:
+  for name in cfg.principles:
+    check_principle(name)
+  if not cfg.principles:
+    raise ValueError("perception.principles: expected at least one principle")
+  if cfg.image_dir or cfg.scores_csv:
+    return data.load_folder(cfg.image_dir, cfg.scores_csv, image_column=cfg.image_column,
+                            score_column=cfg.score_column, category_column=cfg.category_column,
+                            max_side=cfg.max_side, min_side=cfg.min_side)
+  items = synthetic.make_images(cfg.num_images, image_size=cfg.image_size, seed=cfg.seed)
+  return [synthetic.Item(it.id, it.image, it.levels, human=it.levels["clutter"]) for it in items]
+
+
+def make_judge(cfg):
+  if cfg.judge == "measure":
+    return judges.MeasureJudge(tol=cfg.tie_tol)
+  if cfg.judge == "oracle":
+    return judges.NoisyOracleJudge(cfg.flip, seed=cfg.seed)
+  if ":" in cfg.judge:
+    return import_function(cfg.judge, what="perception.judge")(cfg)
+  raise ValueError(f"perception.judge={cfg.judge!r}; expected 'measure', 'oracle' or "
+                   f"'module:function'")
+
+
+def plot_scores(results: dict, human, path: str):
+  names = list(results["principles"])
+  fig = Figure(figsize=(3.2 * len(names), 3))
+  for k, name in enumerate(names):
+    ax = fig.add_subplot(1, len(names), k + 1)
+    ax.scatter(human, results["principles"][name]["bradley_terry"], s=8)
+    ax.set(title=name, xlabel="human score", ylabel="Bradley-Terry score" if k == 0 else None)
+  save_figure(fig, path)
+
+
+def plot_correlations(results: dict, path: str):
+  names = list(results["principles"])
+  fig = Figure(figsize=(1 + 1.2 * len(names), 3))
+  ax = fig.add_subplot()
+  x = np.arange(len(names))
+  for offset, key in ((-0.2, "plcc"), (0.2, "srocc")):
+    ax.bar(x + offset, [results["principles"][n]["correlations"]["all"].get(key, np.nan)
+                        for n in names], width=0.4, label=key.upper())
+  ax.set_xticks(x, names)
+  ax.axhline(0, color="k", lw=0.5)
+  ax.set(ylabel="correlation with human score", ylim=(-1, 1))
+  ax.legend()
+  save_figure(fig, path)

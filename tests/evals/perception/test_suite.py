@@ -1,0 +1,69 @@
+"""The perception suite end to end (synthetic set, measure and oracle judges) and the loaders of
+image folders with a scores CSV."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.perception import get_config
+from lloglin.evals import run_suite
+from lloglin.evals.perception import data
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_suite_on_synthetic_set(tmp_path):
+  config = get_config("tiny")
+  run_suite("perception", config, out_dir=str(tmp_path))
+  saved = json.loads((tmp_path / "report.json").read_text())
+  assert sorted(saved["figures"]) == ["correlations.png", "scores.png"]
+  for name in saved["figures"]:
+    assert (tmp_path / name).read_bytes()[:8] == PNG
+  res = saved["results"]
+  assert res["num_pairs"] == 12 * 11 // 2
+  clutter = res["principles"]["clutter"]
+  assert clutter["srocc_true_level"] > 0.7 and not clutter["failures"]
+  assert clutter["correlations"]["all"]["n"] == 12
+  assert len(clutter["disagreements"]) == 10 and "srocc_true_level" not in \
+      res["principles"]["simplicity"]
+
+
+def test_oracle_recovers_levels(tmp_path):
+  config = get_config("oracle")
+  config.perception.update(num_images=16, flip=0.0, pairs_per_image=6)
+  results = run_suite("perception", config, out_dir=str(tmp_path))["results"]
+  for name in ("clutter", "symmetry"):
+    assert results["principles"][name]["srocc_true_level"] > 0.95
+  with pytest.raises(ValueError, match="unknown variant 'x'"):
+    get_config("x")
+
+
+def _save(path, array):
+  Image.fromarray(array).save(path)
+
+
+def test_folder_loader(tmp_path):
+  rng = np.random.default_rng(0)
+  _save(tmp_path / "rgb.png", rng.integers(0, 256, (40, 80, 3), dtype=np.uint8))
+  _save(tmp_path / "grey.png", rng.integers(0, 256, (50, 50), dtype=np.uint8))
+  csv = tmp_path / "scores.csv"
+  csv.write_text("image,score,category\nrgb.png,0.5,ads\ngrey.png,2,art\n")
+  items = data.load_folder(str(tmp_path), str(csv), category_column="category", max_side=64)
+  assert [it.image.shape for it in items] == [(32, 64, 3), (64, 64, 3)]
+  assert [(it.human, it.category) for it in items] == [(0.5, "ads"), (2.0, "art")]
+
+  _save(tmp_path / "extra.png", np.zeros((40, 40, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"have no score, e.g. \['extra.png'\]"):
+    data.load_folder(str(tmp_path), str(csv))
+  (tmp_path / "extra.png").unlink()
+  _save(tmp_path / "tiny.png", np.zeros((8, 40, 3), np.uint8))
+  (tmp_path / "broken.png").write_bytes(b"not an image")
+  for row, error, match in (("tiny.png,1", ValueError, "tiny.png.*too small"),
+                            ("broken.png,1", ValueError, "broken.png.*unreadable"),
+                            ("gone.png,1", FileNotFoundError, "gone.png"),
+                            ("rgb.png,high", ValueError, "row 1 .*'high' is not a number")):
+    (tmp_path / "one.csv").write_text(f"image,score\n{row}\n")
+    with pytest.raises(error, match=match):
+      data.load_folder(str(tmp_path), str(tmp_path / "one.csv"))
