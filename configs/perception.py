@@ -2,7 +2,8 @@
 images aggregated by Bradley-Terry and compared with human ratings (after arXiv 2504.12511).
 
   python eval.py --suite perception --config configs/perception.py
-  python eval.py --suite perception --config configs/perception.py:oracle --config.perception.flip=0.1
+  python eval.py --suite perception --config configs/perception.py:oracle \
+      --config.perception.flip=0.1
   python eval.py --suite perception --config configs/perception.py \
       --config.perception.image_dir=SAVOIAS/Images/Scenes \
       --config.perception.scores_csv=scenes.csv --config.perception.category_column=category

@@ -4,11 +4,12 @@ Bradley-Terry with ties, read as half wins: P(i beats j) = p_i / (p_i + p_j) and
 half a win for each image, so the log-likelihood is sum_ij w_ij log(p_i / (p_i + p_j)) with w_ij
 the wins of i over j plus half their ties. This is the reading SAVOIAS-style aggregation needs
 (one score per image) without the extra tie parameter of Davidson's model (Davidson 1970, JASA
-65:317); both give the same ordering when ties are spread evenly. It is fitted by Hunter's MM
-iteration (Hunter 2004, "MM algorithms for generalized Bradley-Terry models", Ann. Stat.
-32:384), p_i <- W_i / sum_j n_ij / (p_i + p_j), in numpy: no maintained package fitting
-Bradley-Terry with ties is among lloglin's dependencies (choix has no ties and is not
-maintained). Scores are log p_i.
+65:317); both give the same ordering when ties are spread evenly. The log-likelihood (Hunter
+2004, "MM algorithms for generalized Bradley-Terry models", Ann. Stat. 32:384) is concave in the
+log-strengths s_i = log p_i (strictly so once a prior is added or the mean is fixed), so a damped
+Newton iteration on s converges in a few steps. It is written here in numpy because no
+maintained package fitting Bradley-Terry with ties is among lloglin's dependencies or in its
+environment. Scores are s_i.
 
 `prior` > 0 adds, for each image, `prior` virtual tied games against a fixed reference image of
 strength 1 (log 0): the maximum-likelihood scores then exist even when an image won or lost all
@@ -19,6 +20,7 @@ plain maximum-likelihood scores need every image reachable from every other thro
 
 import numpy as np
 import scipy.sparse.csgraph
+import scipy.special
 import scipy.stats
 
 
@@ -46,7 +48,7 @@ def outcome_matrix(num_items: int, pairs_N2, results_N) -> np.ndarray:
 
 
 def bradley_terry(wins_II, *, prior: float = 0.0, tol: float = 1e-10,
-                  max_iter: int = 100_000) -> np.ndarray:
+                  max_iter: int = 100) -> np.ndarray:
   """Log-strengths [I] from outcome_matrix's wins (ties as half wins; module docstring).
 
   prior=0: the maximum-likelihood scores, centred to mean 0; prior > 0: regularised by virtual
@@ -56,7 +58,6 @@ def bradley_terry(wins_II, *, prior: float = 0.0, tol: float = 1e-10,
     raise ValueError(f"wins: expected a square matrix, got shape {wins_II.shape}")
   if prior < 0:
     raise ValueError(f"prior: expected >= 0, got {prior}")
-  games_II = wins_II + wins_II.T
   if prior == 0:
     count, _ = scipy.sparse.csgraph.connected_components(wins_II > 0, connection="strong")
     if count > 1:
@@ -64,17 +65,30 @@ def bradley_terry(wins_II, *, prior: float = 0.0, tol: float = 1e-10,
                        f"groups not linked by wins both ways (an image that won or lost every "
                        f"game, or unconnected images): no maximum-likelihood scores; pass "
                        f"prior > 0 (e.g. 0.1)")
+  games_II = wins_II + wins_II.T
   won_I = wins_II.sum(1) + prior / 2
-  p_I = np.ones(len(wins_II))
+  centre_II = np.full(wins_II.shape, 1.0 / len(wins_II)) if prior == 0 else 0.0
+
+  def log_likelihood(s_I):
+    d_II = s_I[:, None] - s_I[None, :]
+    return (-(wins_II * np.logaddexp(0, -d_II)).sum() + prior / 2 * s_I.sum()
+            - prior * np.logaddexp(0, s_I).sum())
+
+  s_I = np.zeros(len(wins_II))
   for _ in range(max_iter):
-    denom_I = (games_II / (p_I[:, None] + p_I[None, :])).sum(1) + prior / (p_I + 1.0)
-    new_I = won_I / denom_I
-    if prior == 0:
-      new_I /= np.exp(np.log(new_I).mean())
-    if np.max(np.abs(np.log(new_I) - np.log(p_I))) < tol:
-      return np.log(new_I)
-    p_I = new_I
-  raise ValueError(f"bradley_terry: no convergence to tol={tol} in {max_iter} iterations")
+    p_II = scipy.special.expit(s_I[:, None] - s_I[None, :])  # P(i beats j)
+    p_I = scipy.special.expit(s_I)  # P(i beats the reference)
+    grad_I = won_I - (games_II * p_II).sum(1) - prior * p_I
+    curv_II = games_II * p_II * p_II.T
+    hess_II = curv_II - np.diag(curv_II.sum(1) + prior * p_I * (1 - p_I)) - centre_II
+    step_I = np.linalg.solve(hess_II, -grad_I)
+    t, before = 1.0, log_likelihood(s_I)
+    while log_likelihood(s_I + t * step_I) < before - 1e-12 and t > 1e-8:
+      t /= 2  # a damped Newton step: the log-likelihood never decreases
+    s_I = s_I + t * step_I
+    if np.max(np.abs(t * step_I)) < tol:
+      return s_I - s_I.mean() if prior == 0 else s_I
+  raise ValueError(f"bradley_terry: no convergence to tol={tol} in {max_iter} Newton steps")
 
 
 def win_rate(wins_II) -> np.ndarray:

@@ -42,7 +42,8 @@ def test_noisy_oracle(items):
   again, _ = judges.judge_pairs(judges.NoisyOracleJudge(0.3, seed=5), items, pairs[::-1],
                                 "clutter")
   assert first == again[::-1]  # deterministic per seed, whatever the order
-  flips = np.mean([f["winner"] != e["winner"] for f, e in zip(first, exact) if e["winner"] != "tie"])
+  flips = np.mean([f["winner"] != e["winner"] for f, e in zip(first, exact)
+                   if e["winner"] != "tie"])
   assert 0.15 < flips < 0.45
 
 
