@@ -8,6 +8,10 @@ images aggregated by Bradley-Terry and compared with human ratings (after arXiv 
       --config.perception.image_dir=SAVOIAS/Images/Scenes \
       --config.perception.scores_csv=scenes.csv --config.perception.category_column=category
 
+  OPENAI_API_KEY=... python eval.py --suite perception --config configs/perception.py \
+      --config.perception.judge=api --config.perception.api.base_url=https://api.openai.com/v1 \
+      --config.perception.api.model=gpt-4o
+
 Variants: default (the computed-measure judges on the synthetic set), oracle (the noisy oracle
 on the synthetic set's clutter and symmetry), tiny (the measure judges on a few images).
 """
@@ -24,7 +28,7 @@ def get_config(arg: str | None = None):
   c = ml_collections.ConfigDict()
   c.suite = "perception"
   p = c.perception = ml_collections.ConfigDict()
-  p.judge = "measure"  # "measure", "oracle" (synthetic set only) or "module:function"
+  p.judge = "measure"  # "measure", "oracle" (synthetic set only), "api" or "module:function"
   p.principles = ("clutter", "symmetry", "simplicity")  # names of principles.PRINCIPLES
   p.flip = 0.1  # oracle: the probability that a judgement is flipped
   p.tie_tol = 0.0  # measure: a relative difference at most this is a tie
@@ -41,6 +45,17 @@ def get_config(arg: str | None = None):
   p.category_column = ""  # the category (optional: PLCC / SROCC per category)
   p.max_side = 256  # loaded images: the longer side resized to this (0: kept)
   p.min_side = 32  # loaded images: smaller images are refused
+  a = p.api = ml_collections.ConfigDict()  # judge "api": an OpenAI-compatible chat endpoint
+  a.base_url = ""  # e.g. https://api.openai.com/v1 (POST {base_url}/chat/completions)
+  a.model = ""  # a multimodal model of that endpoint
+  a.key_env = "OPENAI_API_KEY"  # the environment variable holding the key ("" = no key)
+  a.cache_dir = ""  # replies cached by request ("" = <out>/api_cache): a rerun sends nothing
+  a.max_concurrency = 4  # requests in flight at a time
+  a.requests_per_second = 1.0  # rate limit (0 = none)
+  a.max_retries = 5  # on HTTP 429 / 5xx and connection errors, with exponential backoff
+  a.backoff = 2.0  # seconds before the first retry (doubling; a Retry-After header wins)
+  a.timeout = 120.0  # seconds per request
+  a.max_tokens = 512
   if variant == "oracle":
     p.judge = "oracle"
     p.principles = ("clutter", "symmetry")

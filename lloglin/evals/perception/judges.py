@@ -9,6 +9,7 @@ synthetic.Item's. The pair sampler and the loop that runs a judge over pairs liv
   image with its left-right mirror, simplicity as minus the PNG size per pixel (Pillow's zlib).
 """
 
+import concurrent.futures
 import dataclasses
 import io
 import zlib
@@ -147,17 +148,23 @@ def sample_pairs(num_items: int, *, per_image: int | None = None, seed: int = 0)
   return pairs_P2
 
 
-def judge_pairs(judge, items, pairs_P2, principle: str, *, desc: str | None = None):
-  """Runs judge over the pairs: (records, failures). A record is {"a", "b" (indices), "winner",
-  "justification"}; a judgement that raises is recorded in failures ({"a", "b", "error"}) and
-  skipped, so one bad reply does not lose the rest."""
+def judge_pairs(judge, items, pairs_P2, principle: str, *, desc: str | None = None,
+                workers: int = 1):
+  """Runs judge over the pairs, `workers` at a time: (records, failures) in pair order. A record
+  is {"a", "b" (indices), "winner", "justification"}; a judgement that raises is recorded in
+  failures ({"a", "b", "error"}) and skipped, so one bad reply does not lose the rest."""
   check_principle(principle)
-  records, failures = [], []
-  for i, j in progress(pairs_P2.tolist(), desc=desc or f"judging {principle}"):
+
+  def one(pair):
+    i, j = pair
     try:
-      j_ = judge(items[i], items[j], principle)
+      judgement = judge(items[i], items[j], principle)
     except Exception as e:  # noqa: BLE001  (any judge failure is recorded, not fatal)
-      failures.append({"a": i, "b": j, "error": f"{type(e).__name__}: {e}"})
-      continue
-    records.append({"a": i, "b": j, "winner": j_.winner, "justification": j_.justification})
-  return records, failures
+      return {"a": i, "b": j, "error": f"{type(e).__name__}: {e}"}
+    return {"a": i, "b": j, "winner": judgement.winner, "justification": judgement.justification}
+
+  pairs = pairs_P2.tolist()
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    done = list(progress(pool.map(one, pairs), desc=desc or f"judging {principle}",
+                         total=len(pairs)))
+  return [r for r in done if "error" not in r], [r for r in done if "error" in r]

@@ -5,8 +5,9 @@ Data: the synthetic set (synthetic.py; `perception.num_images`, `seed`) by defau
 "human" score is its clutter level (the complexity it was built with) and whose true levels are
 reported too; or a user's image folder with a scores CSV (`perception.image_dir`, `scores_csv`;
 data.py). Judges (`perception.judge`): "measure" (the computed measures of judges.MEASURES),
-"oracle" (the synthetic set's true levels, flipped with probability `perception.flip`) or a
-user's "module:function" called with the settings and returning a judge.
+"oracle" (the synthetic set's true levels, flipped with probability `perception.flip`), "api"
+(an OpenAI-compatible multimodal chat endpoint, `perception.api`; api.py) or a user's
+"module:function" called with the settings and returning a judge.
 
 Results per principle: Bradley-Terry scores and win rates per image, PLCC / SROCC against the
 human scores over all images and per category, the SROCC against the true level (synthetic), the
@@ -21,6 +22,7 @@ import scipy.stats
 from matplotlib.figure import Figure
 
 from lloglin.evals.perception import aggregate, data, judges, synthetic
+from lloglin.evals.perception.api import ChatJudge
 from lloglin.evals.perception.principles import principle as check_principle
 from lloglin.evals.registry import register_suite
 from lloglin.evals.report import save_figure
@@ -32,7 +34,8 @@ def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
   del checkpoint  # the built-in judges need no trained model
   cfg = config.perception
   items = load_items(cfg)
-  judge = make_judge(cfg)
+  judge = make_judge(cfg, out_dir)
+  workers = cfg.api.max_concurrency if cfg.judge == "api" else 1
   pairs_P2 = judges.sample_pairs(len(items), per_image=cfg.pairs_per_image or None,
                                  seed=cfg.seed)
   ids = [it.id for it in items]
@@ -41,7 +44,7 @@ def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
   results = {"num_images": len(items), "num_pairs": len(pairs_P2), "judge": cfg.judge,
              "principles": {}}
   for name in cfg.principles:
-    records, failures = judges.judge_pairs(judge, items, pairs_P2, name)
+    records, failures = judges.judge_pairs(judge, items, pairs_P2, name, workers=workers)
     scores = aggregate.scores_from_records(len(items), records, prior=cfg.prior)
     bt = scores["bradley_terry"]
     out = {"ids": ids, **scores, "num_judged": len(records), "failures": failures,
@@ -73,14 +76,21 @@ def load_items(cfg) -> list[synthetic.Item]:
   return [synthetic.Item(it.id, it.image, it.levels, human=it.levels["clutter"]) for it in items]
 
 
-def make_judge(cfg):
+def make_judge(cfg, out_dir: str):
+  if cfg.judge == "api":
+    a = cfg.api
+    return ChatJudge(a.base_url, a.model, api_key_env=a.key_env,
+                     cache_dir=a.cache_dir or os.path.join(out_dir, "api_cache"),
+                     max_retries=a.max_retries, backoff=a.backoff,
+                     requests_per_second=a.requests_per_second, timeout=a.timeout,
+                     max_tokens=a.max_tokens)
   if cfg.judge == "measure":
     return judges.MeasureJudge(tol=cfg.tie_tol)
   if cfg.judge == "oracle":
     return judges.NoisyOracleJudge(cfg.flip, seed=cfg.seed)
   if ":" in cfg.judge:
     return import_function(cfg.judge, what="perception.judge")(cfg)
-  raise ValueError(f"perception.judge={cfg.judge!r}; expected 'measure', 'oracle' or "
+  raise ValueError(f"perception.judge={cfg.judge!r}; expected 'measure', 'oracle', 'api' or "
                    f"'module:function'")
 
 
