@@ -28,7 +28,7 @@ def get_config(arg: str | None = None):
   c = ml_collections.ConfigDict()
   c.suite = "perception"
   p = c.perception = ml_collections.ConfigDict()
-  p.judge = "measure"  # "measure", "oracle" (synthetic set only), "api" or "module:function"
+  p.judge = "measure"  # "measure", "oracle" (synthetic set only), "api", "encoder" or "mod:fn"
   p.principles = ("clutter", "symmetry", "simplicity")  # names of principles.PRINCIPLES
   p.flip = 0.1  # oracle: the probability that a judgement is flipped
   p.tie_tol = 0.0  # measure: a relative difference at most this is a tie
@@ -45,6 +45,9 @@ def get_config(arg: str | None = None):
   p.category_column = ""  # the category (optional: PLCC / SROCC per category)
   p.max_side = 256  # loaded images: the longer side resized to this (0: kept)
   p.min_side = 32  # loaded images: smaller images are refused
+  p.encoder = ""  # judge "encoder": "" = the checkpoint's dual encoder, or "module:function"
+  p.encoder_texts = ml_collections.ConfigDict()  # {principle: text} (default: its definition)
+  p.batch_size = 64  # judge "encoder": images per encoder call
   a = p.api = ml_collections.ConfigDict()  # judge "api": an OpenAI-compatible chat endpoint
   a.base_url = ""  # e.g. https://api.openai.com/v1 (POST {base_url}/chat/completions)
   a.model = ""  # a multimodal model of that endpoint

@@ -4,6 +4,7 @@ synthetic.Item's. The pair sampler and the loop that runs a judge over pairs liv
 - NoisyOracleJudge: knows the true levels (the synthetic set) and flips its answer with
   probability `flip`; its rng is seeded by (seed, the two ids, the principle), so a judgement does
   not depend on the order the pairs are judged in.
+- EncoderJudge: a dual encoder's image-text similarity to each principle's description.
 - MeasureJudge: compares a computed measure of each image, for the principles that have one
   (MEASURES): clutter as edge density (scikit-image's Canny), symmetry as the correlation of the
   image with its left-right mirror, simplicity as minus the PNG size per pixel (Pillow's zlib).
@@ -19,6 +20,8 @@ import skimage.color
 import skimage.feature
 from PIL import Image
 
+from lloglin.evals.negbench.metrics import normalize
+from lloglin.evals.perception.principles import PRINCIPLES
 from lloglin.evals.perception.principles import principle as check_principle
 from lloglin.evals.report import progress
 
@@ -168,3 +171,40 @@ def judge_pairs(judge, items, pairs_P2, principle: str, *, desc: str | None = No
     done = list(progress(pool.map(one, pairs), desc=desc or f"judging {principle}",
                          total=len(pairs)))
   return [r for r in done if "error" not in r], [r for r in done if "error" in r]
+
+
+class EncoderJudge:
+  """A dual encoder's judge: an image's score on a principle is the cosine similarity of its
+  embedding with that of the principle's text (`texts[principle]`, default its title and
+  definition); the higher score wins. `encoder` has `image_size`, `encode_images(images_NHWC
+  float in [0, 1])` and `encode_texts(texts)` (lloglin.evals.negbench.encoder's dual encoder, or
+  any such object). All images are encoded once, in batches, when the judge is built. An encoder
+  whose vocabulary lacks the words of a text fails on that principle (recorded per judgement):
+  give it texts in its own words."""
+
+  def __init__(self, encoder, items, *, texts: dict | None = None, batch_size: int = 64,
+               tol: float = 0.0):
+    self.encoder, self.tol = encoder, tol
+    self.texts = {name: f"{p.title}: {p.definition}" for name, p in PRINCIPLES.items()}
+    self.texts.update(texts or {})
+    size = int(encoder.image_size)
+    rows = []
+    for start in progress(range(0, len(items), batch_size), desc="perception: encoding images"):
+      batch = [np.asarray(Image.fromarray(it.image).resize((size, size), Image.BICUBIC),
+                          np.float32) / 255.0 for it in items[start:start + batch_size]]
+      rows.append(np.asarray(encoder.encode_images(np.stack(batch))))
+    self._images = dict(zip((it.id for it in items),
+                            normalize(np.concatenate(rows), what="image embeddings")))
+    self._text_cache: dict[str, np.ndarray] = {}
+
+  def score(self, item, principle: str) -> float:
+    if principle not in self._text_cache:
+      text = self.texts[check_principle(principle).name]
+      self._text_cache[principle] = normalize(
+          np.asarray(self.encoder.encode_texts([text])), what=f"embedding of {text!r}")[0]
+    return float(self._images[item.id] @ self._text_cache[principle])
+
+  def __call__(self, a, b, principle: str) -> Judgement:
+    sa, sb = self.score(a, principle), self.score(b, principle)
+    return Judgement(_compare(sa, sb, self.tol),
+                     f"cosine with {self.texts[principle]!r}: A {sa:.4f}, B {sb:.4f}")

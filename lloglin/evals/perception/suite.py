@@ -6,7 +6,8 @@ Data: the synthetic set (synthetic.py; `perception.num_images`, `seed`) by defau
 reported too; or a user's image folder with a scores CSV (`perception.image_dir`, `scores_csv`;
 data.py). Judges (`perception.judge`): "measure" (the computed measures of judges.MEASURES),
 "oracle" (the synthetic set's true levels, flipped with probability `perception.flip`), "api"
-(an OpenAI-compatible multimodal chat endpoint, `perception.api`; api.py) or a user's
+(an OpenAI-compatible multimodal chat endpoint, `perception.api`; api.py), "encoder" (a dual
+encoder's image-text similarity: the checkpoint's, or `perception.encoder`) or a user's
 "module:function" called with the settings and returning a judge.
 
 Results per principle: Bradley-Terry scores and win rates per image, PLCC / SROCC against the
@@ -31,10 +32,9 @@ from lloglin.evals.rewordbench.userfn import import_function
 
 @register_suite("perception")
 def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
-  del checkpoint  # the built-in judges need no trained model
   cfg = config.perception
   items = load_items(cfg)
-  judge = make_judge(cfg, out_dir)
+  judge = make_judge(cfg, items, checkpoint, out_dir)
   workers = cfg.api.max_concurrency if cfg.judge == "api" else 1
   pairs_P2 = judges.sample_pairs(len(items), per_image=cfg.pairs_per_image or None,
                                  seed=cfg.seed)
@@ -76,7 +76,7 @@ def load_items(cfg) -> list[synthetic.Item]:
   return [synthetic.Item(it.id, it.image, it.levels, human=it.levels["clutter"]) for it in items]
 
 
-def make_judge(cfg, out_dir: str):
+def make_judge(cfg, items, checkpoint: str | None, out_dir: str):
   if cfg.judge == "api":
     a = cfg.api
     return ChatJudge(a.base_url, a.model, api_key_env=a.key_env,
@@ -84,14 +84,31 @@ def make_judge(cfg, out_dir: str):
                      max_retries=a.max_retries, backoff=a.backoff,
                      requests_per_second=a.requests_per_second, timeout=a.timeout,
                      max_tokens=a.max_tokens)
+  if cfg.judge == "encoder":
+    return judges.EncoderJudge(make_encoder(cfg, checkpoint), items,
+                               texts=dict(cfg.encoder_texts), batch_size=cfg.batch_size,
+                               tol=cfg.tie_tol)
   if cfg.judge == "measure":
     return judges.MeasureJudge(tol=cfg.tie_tol)
   if cfg.judge == "oracle":
     return judges.NoisyOracleJudge(cfg.flip, seed=cfg.seed)
   if ":" in cfg.judge:
     return import_function(cfg.judge, what="perception.judge")(cfg)
-  raise ValueError(f"perception.judge={cfg.judge!r}; expected 'measure', 'oracle', 'api' or "
-                   f"'module:function'")
+  raise ValueError(f"perception.judge={cfg.judge!r}; expected 'measure', 'oracle', 'api', "
+                   f"'encoder' or 'module:function'")
+
+
+def make_encoder(cfg, checkpoint: str | None):
+  """The dual encoder of judge "encoder": perception.encoder ("module:function", called with the
+  settings) or the checkpoint's (a contrastive run or its export)."""
+  if cfg.encoder:
+    return import_function(cfg.encoder, what="perception.encoder")(cfg)
+  if not checkpoint:
+    raise ValueError("checkpoint: perception.judge='encoder' with perception.encoder='' uses a "
+                     "trained dual encoder; pass eval.py --checkpoint DIR (a contrastive run or "
+                     "its export), or name one with --config.perception.encoder=module:function")
+  from lloglin.evals.negbench.encoder import checkpoint_encoder
+  return checkpoint_encoder(checkpoint, batch_size=cfg.batch_size)
 
 
 def plot_scores(results: dict, human, path: str):

@@ -70,3 +70,22 @@ def test_failed_judgement_is_recorded_and_skipped(items):
   assert failures[0]["error"] == "RuntimeError: malformed reply"
   np.testing.assert_allclose(aggregate.scores_from_records(4, records, prior=1)["win_rate"][1:],
                              0.5)
+
+
+def test_encoder_judge(items, tmp_path):
+  from configs.perception import get_config
+  from lloglin.evals import run_suite
+  from tests.evals.perception.fake_encoder import Darkness
+
+  judge = judges.EncoderJudge(Darkness(), items, batch_size=5)
+  scores = [judge.score(it, "clutter") for it in items]
+  assert scipy.stats.spearmanr(scores, [it.levels["clutter"] for it in items])[0] > 0.7
+  assert "Visual clutter" in judge(items[0], items[1], "clutter").justification
+  config = get_config("tiny")
+  config.perception.update(judge="encoder", encoder="tests.evals.perception.fake_encoder:darkness",
+                           principles=("clutter",))
+  res = run_suite("perception", config, out_dir=str(tmp_path))["results"]["principles"]["clutter"]
+  assert res["srocc_true_level"] > 0.7
+  config.perception.encoder = ""
+  with pytest.raises(ValueError, match="checkpoint: perception.judge='encoder'"):
+    run_suite("perception", config, out_dir=str(tmp_path))
