@@ -4,10 +4,13 @@
    opponents per image) on clutter and symmetry; Bradley-Terry scores (and win rates) are
    compared with the true levels by SROCC, over p in {0, 0.05, 0.1, 0.2, 0.3, 0.4} and seeds;
 2. the computed-measure judges (edge density, mirror correlation, PNG size) on every pair: the
-   SROCC of their Bradley-Terry scores with the true clutter and symmetry levels.
+   SROCC of their Bradley-Terry scores with the true clutter and symmetry levels;
+3. with --encoder (a dual encoder trained on lloglin's scenes, e.g. the negbench pretrain run's
+   export), the encoder judge on clutter, its text in the encoder's small vocabulary (a caption
+   naming six objects, ENCODER_TEXTS): the same SROCC.
 
   python -m experiments.perception [--out experiments/results/perception] [--num-images 60]
-                                   [--seeds 0,1,2,3,4]
+                                   [--seeds 0,1,2,3,4] [--encoder RUN/export]
 
 Writes <out>/report.json and <out>/oracle.png. Numpy only: seconds on a CPU.
 """
@@ -25,6 +28,8 @@ from lloglin.evals.report import save_figure, write_report
 FLIPS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4)
 BUDGETS = {"all pairs": None, "10 per image": 10}
 LEVELS = ("clutter", "symmetry")
+ENCODER_TEXTS = {"clutter": "a photo of a circle , a ring , a square , a triangle , a diamond and "
+                           "a cross"}
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "perception")
 
 
@@ -52,12 +57,11 @@ def oracle_sweep(items, seeds, prior: float) -> dict:
   return out
 
 
-def measure_judges(items, prior: float) -> dict:
-  """{principle: {level: SROCC}} of the measure judges' Bradley-Terry scores on every pair."""
-  judge = judges.MeasureJudge()
+def judge_all_pairs(judge, items, principles, prior: float) -> dict:
+  """{principle: {level: SROCC}} of a judge's Bradley-Terry scores on every pair."""
   pairs = judges.sample_pairs(len(items))
   out = {}
-  for name in judges.MEASURES:
+  for name in principles:
     records, _ = judges.judge_pairs(judge, items, pairs, name)
     bt = aggregate.scores_from_records(len(items), records, prior=prior)["bradley_terry"]
     out[name] = {level: srocc(bt, items, level) for level in LEVELS}
@@ -86,6 +90,7 @@ def main(argv=None):
   parser.add_argument("--num-images", type=int, default=60)
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--prior", type=float, default=0.1)
+  parser.add_argument("--encoder", default="", help="a dual encoder's run or export")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   items = synthetic.make_images(args.num_images, seed=0)
@@ -93,7 +98,14 @@ def main(argv=None):
   results = {"flips": FLIPS, "seeds": seeds, "oracle": sweep,
              "oracle_mean": {b: {lv: {k: np.mean(v, axis=1) for k, v in per.items()}
                                  for lv, per in s.items()} for b, s in sweep.items()},
-             "measure_judges": measure_judges(items, args.prior)}
+             "measure_judges": judge_all_pairs(judges.MeasureJudge(), items, judges.MEASURES,
+                                               args.prior)}
+  if args.encoder:
+    from lloglin.evals.negbench.encoder import checkpoint_encoder
+    judge = judges.EncoderJudge(checkpoint_encoder(args.encoder, batch_size=64), items,
+                                texts=ENCODER_TEXTS)
+    results["encoder_judge"] = {"checkpoint": args.encoder, "texts": ENCODER_TEXTS,
+                                **judge_all_pairs(judge, items, ENCODER_TEXTS, args.prior)}
   os.makedirs(args.out, exist_ok=True)
   plot(sweep, os.path.join(args.out, "oracle.png"))
   write_report(args.out, suite="perception", config=vars(args), results=results,
@@ -105,6 +117,9 @@ def main(argv=None):
   print("measure judges (SROCC of BT scores with the true levels):")
   for name, r in results["measure_judges"].items():
     print(f"  {name:10s} " + "  ".join(f"{lv} {v:+.3f}" for lv, v in r.items()))
+  for name in ENCODER_TEXTS if args.encoder else ():
+    r = results["encoder_judge"][name]
+    print(f"encoder judge {name}: " + "  ".join(f"{lv} {v:+.3f}" for lv, v in r.items()))
 
 
 if __name__ == "__main__":
