@@ -39,10 +39,11 @@ def get_config(arg: str | None = None):
   p.prior = 0.1  # Bradley-Terry: virtual ties per image against a score-0 reference (>= 0)
   p.top_disagreements = 10  # images listed in each principle's disagreement report
   p.image_dir = ""  # a folder of images (with scores_csv: the real analysis)
-  p.scores_csv = ""  # its CSV: one row per image
+  p.scores_csv = ""  # its scores file: one row per image
+  p.layout = "csv"  # "csv" (named columns) or "ic9600" (its train.txt / test.txt)
   p.image_column = "image"  # the image's path relative to image_dir
   p.score_column = "score"  # the human score
-  p.category_column = ""  # the category (optional: PLCC / SROCC per category)
+  p.category_column = ""  # per-category PLCC / SROCC (optional; ic9600: "name_prefix")
   p.max_side = 256  # loaded images: the longer side resized to this (0: kept)
   p.min_side = 32  # loaded images: smaller images are refused
   p.encoder = ""  # judge "encoder": "" = the checkpoint's dual encoder, or "module:function"

@@ -58,7 +58,7 @@ def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
     results["principles"][name] = out
     print(f"perception {name}: SROCC vs human {out['correlations']['all'].get('srocc')}, "
           f"{len(failures)} failed judgements", flush=True)
-  plot_scores(results, human, os.path.join(out_dir, "scores.png"))
+  plot_scores(results, human, categories, os.path.join(out_dir, "scores.png"))
   plot_correlations(results, os.path.join(out_dir, "correlations.png"))
   return results
 
@@ -69,7 +69,8 @@ def load_items(cfg) -> list[synthetic.Item]:
   if not cfg.principles:
     raise ValueError("perception.principles: expected at least one principle")
   if cfg.image_dir or cfg.scores_csv:
-    return data.load_folder(cfg.image_dir, cfg.scores_csv, image_column=cfg.image_column,
+    return data.load_folder(cfg.image_dir, cfg.scores_csv, layout=cfg.layout,
+                            image_column=cfg.image_column,
                             score_column=cfg.score_column, category_column=cfg.category_column,
                             max_side=cfg.max_side, min_side=cfg.min_side)
   items = synthetic.make_images(cfg.num_images, image_size=cfg.image_size, seed=cfg.seed)
@@ -111,13 +112,20 @@ def make_encoder(cfg, checkpoint: str | None):
   return checkpoint_encoder(checkpoint, batch_size=cfg.batch_size)
 
 
-def plot_scores(results: dict, human, path: str):
+def plot_scores(results: dict, human, categories, path: str):
+  """Each principle's scores against the human scores, one colour per category."""
   names = list(results["principles"])
+  categories = np.asarray(categories)
   fig = Figure(figsize=(3.2 * len(names), 3))
   for k, name in enumerate(names):
     ax = fig.add_subplot(1, len(names), k + 1)
-    ax.scatter(human, results["principles"][name]["bradley_terry"], s=8)
+    bt = np.asarray(results["principles"][name]["bradley_terry"])
+    for category in np.unique(categories):
+      mask = categories == category
+      ax.scatter(human[mask], bt[mask], s=8, label=str(category))
     ax.set(title=name, xlabel="human score", ylabel="Bradley-Terry score" if k == 0 else None)
+  if len(np.unique(categories)) > 1:
+    fig.axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
   save_figure(fig, path)
 
 

@@ -63,7 +63,38 @@ def test_folder_loader(tmp_path):
   for row, error, match in (("tiny.png,1", ValueError, "tiny.png.*too small"),
                             ("broken.png,1", ValueError, "broken.png.*unreadable"),
                             ("gone.png,1", FileNotFoundError, "gone.png"),
-                            ("rgb.png,high", ValueError, "row 1 .*'high' is not a number")):
+                            ("rgb.png,high", ValueError, "row 1 .*score 'high' is not a number")):
     (tmp_path / "one.csv").write_text(f"image,score\n{row}\n")
     with pytest.raises(error, match=match):
       data.load_folder(str(tmp_path), str(tmp_path / "one.csv"))
+
+
+def test_ic9600_layout(tmp_path):
+  for name in ("abstract_1.png", "paint_2.png"):
+    _save(tmp_path / name, np.full((40, 40, 3), 9, np.uint8))
+  (tmp_path / "test.txt").write_text("abstract_1.png  0.25\npaint_2.png  0.5\n")
+  items = data.load_folder(str(tmp_path), str(tmp_path / "test.txt"), layout="ic9600",
+                           category_column="name_prefix")
+  assert [(it.id, it.human, it.category) for it in items] == [("abstract_1.png", 0.25, "abstract"),
+                                                              ("paint_2.png", 0.5, "paint")]
+  (tmp_path / "test.txt").write_text("abstract_1.png\n")
+  with pytest.raises(ValueError, match="test.txt line 1: expected 'image_name score'"):
+    data.load_folder(str(tmp_path), str(tmp_path / "test.txt"), layout="ic9600")
+
+
+def test_suite_on_a_folder_per_category(tmp_path):
+  rng = np.random.default_rng(1)
+  lines = ["image,score,category"]
+  for k in range(8):  # more random pixels, more edges: the human score follows the clutter
+    image = np.full((40, 40, 3), 255, np.uint8)
+    image[:5 * (k + 1)] = rng.integers(0, 256, (5 * (k + 1), 40, 3), dtype=np.uint8)
+    _save(tmp_path / f"{k}.png", image)
+    lines.append(f"{k}.png,{k},{'ads' if k % 2 else 'art'}")
+  (tmp_path / "scores.csv").write_text("\n".join(lines) + "\n")
+  config = get_config("tiny")
+  config.perception.update(image_dir=str(tmp_path), scores_csv=str(tmp_path / "scores.csv"),
+                           category_column="category", principles=("clutter",))
+  res = run_suite("perception", config, out_dir=str(tmp_path / "out"))["results"]
+  corr = res["principles"]["clutter"]["correlations"]
+  assert set(corr) == {"all", "ads", "art"} and corr["all"]["srocc"] > 0.9
+  assert (tmp_path / "out" / "scores.png").read_bytes()[:8] == PNG
