@@ -10,6 +10,7 @@ from PIL import Image
 from configs.perception import get_config
 from lloglin.evals import run_suite
 from lloglin.evals.perception import data
+from tests.helpers import run_script
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -98,3 +99,15 @@ def test_suite_on_a_folder_per_category(tmp_path):
   corr = res["principles"]["clutter"]["correlations"]
   assert set(corr) == {"all", "ads", "art"} and corr["all"]["srocc"] > 0.9
   assert (tmp_path / "out" / "scores.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_eval_py_runs_perception(tmp_path):
+  result = run_script("eval.py", "--suite", "perception", "--config",
+                      "configs/perception.py:oracle", f"--out={tmp_path}",
+                      "--config.perception.num_images=8")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "judging symmetry" in result.stderr  # the progress bar
+  report = json.loads((tmp_path / "report.json").read_text())
+  assert list(report["results"]["principles"]) == ["clutter", "symmetry"]
+  assert report["figures"] == ["correlations.png", "scores.png"]
