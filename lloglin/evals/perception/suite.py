@@ -90,8 +90,16 @@ def make_judge(cfg, items, checkpoint: str | None, out_dir: str):
                                texts=dict(cfg.encoder_texts), batch_size=cfg.batch_size,
                                tol=cfg.tie_tol)
   if cfg.judge == "measure":
+    unmeasured = [n for n in cfg.principles if n not in judges.MEASURES]
+    if unmeasured:
+      raise ValueError(f"perception.principles: {unmeasured} have no computed measure; the "
+                       f"measure judge covers {list(judges.MEASURES)}")
     return judges.MeasureJudge(tol=cfg.tie_tol)
   if cfg.judge == "oracle":
+    unknown = sorted({n for n in cfg.principles for it in items if n not in it.levels})
+    if unknown:
+      raise ValueError(f"perception.judge='oracle': no true level of {unknown} in the data (the "
+                       f"synthetic set has {list(synthetic.LEVEL_NAMES)}; a scored folder none)")
     return judges.NoisyOracleJudge(cfg.flip, seed=cfg.seed)
   if ":" in cfg.judge:
     return import_function(cfg.judge, what="perception.judge")(cfg)

@@ -39,6 +39,12 @@ def test_oracle_recovers_levels(tmp_path):
     assert results["principles"][name]["srocc_true_level"] > 0.95
   with pytest.raises(ValueError, match="unknown variant 'x'"):
     get_config("x")
+  config.perception.principles = ("closure",)
+  with pytest.raises(ValueError, match=r"no true level of \['closure'\]"):
+    run_suite("perception", config, out_dir=str(tmp_path))
+  config.perception.judge = "measure"
+  with pytest.raises(ValueError, match=r"\['closure'\] have no computed measure"):
+    run_suite("perception", config, out_dir=str(tmp_path))
 
 
 def _save(path, array):
