@@ -14,9 +14,9 @@ from experiments import run_mixer_experiments as rme
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_sweep(tmp_path, *flags):
+def run_sweep(tmp_path, *flags, mixers="mamba2,loglinear_mamba2"):
   cmd = [sys.executable, "-m", "experiments.mqar_gpu_sweep", "--variant", "short", "--kv", "4",
-         "--mixers", "mamba2,loglinear_mamba2", "--lrs", "1e-2,3e-3", "--workers", "2",
+         "--mixers", mixers, "--lrs", "1e-2,3e-3", "--workers", "2",
          "--workdir", str(tmp_path / "runs"), "--report_dir", str(tmp_path / "report"), *flags]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -26,10 +26,11 @@ def run_sweep(tmp_path, *flags):
 
 @pytest.mark.slow
 def test_sweep_trains_every_job_and_reports_best_over_learning_rates(tmp_path):
+  # One mixer over two learning rates: the best-over-rates report is what is checked (each job
+  # is a training subprocess; the two-mixer grid is the deadline test's).
   root, status = run_sweep(tmp_path, "--steps", "4", "--eval_every", "2", "--deadline", "200",
-                           "--start_margin", "0")
-  names = [f"{m}_kv4_lr{lr}_seed0" for lr in ("0.01", "0.003")
-           for m in ("mamba2", "loglinear_mamba2")]
+                           "--start_margin", "0", mixers="mamba2")
+  names = [f"mamba2_kv4_lr{lr}_seed0" for lr in ("0.01", "0.003")]
   assert {n: s["status"] for n, s in status.items()} == {n: "done" for n in names}
   for n in names:
     record = json.loads((root / n / "result.json").read_text())
@@ -38,12 +39,11 @@ def test_sweep_trains_every_job_and_reports_best_over_learning_rates(tmp_path):
     assert 0.0 <= record["final"]["eval_accuracy"] <= 1.0
     assert record["command"].startswith("python -m experiments.mqar_gpu_sweep --variant short")
   table = (tmp_path / "report" / "mixer_experiments" / "mqar_lrsweep.md").read_text()
-  for mixer in ("mamba2", "loglinear_mamba2"):
-    assert f"| {mixer} | 4 |" in table
-  assert table.count(", 2 runs") == 2
+  assert "| mamba2 | 4 |" in table
+  assert table.count(", 2 runs") == 1
   assert (tmp_path / "report" / "mqar_lrsweep.png").stat().st_size > 10_000
   # A second call finds every result and trains nothing.
-  _, again = run_sweep(tmp_path, "--steps", "4", "--eval_every", "2")
+  _, again = run_sweep(tmp_path, "--steps", "4", "--eval_every", "2", mixers="mamba2")
   assert {s["status"] for s in again.values()} == {"done before"}
 
 
