@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from lloglin.data.dataset import Dataset, check_arguments
+from lloglin.data.sections import section_fields
 from lloglin.data.tokenizers import WordTokenizer
 
 SPECIAL_WORDS = ("<pad>", "<bos>", "<eos>")
@@ -202,13 +203,7 @@ class ToyPairsConfig:
 
 
 def toy_pairs_config(data_cfg) -> ToyPairsConfig:
-  section = data_cfg.get("toy_pairs") or {}
-  section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-  known = {f.name for f in dataclasses.fields(ToyPairsConfig)}
-  unknown = sorted(set(section) - known)
-  if unknown:
-    raise ValueError(f"data.toy_pairs: unknown option(s) {unknown}; expected {sorted(known)}")
-  cfg = ToyPairsConfig(**section)
+  cfg = ToyPairsConfig(**section_fields(data_cfg, "toy_pairs", ToyPairsConfig, "data.toy_pairs"))
   if not 4 <= cfg.image_size:
     raise ValueError(f"data.toy_pairs.image_size={cfg.image_size}; expected >= 4")
   if cfg.num_options == 1 or not 0 <= cfg.num_options <= len(TOY_COLOURS):

@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from lloglin.data.contrastive import SOURCES, encode_text, make_word_tokenizer, pad_rows
+from lloglin.evals.userfn import import_function
 from lloglin.training.loading import load_model
 
 
@@ -57,3 +58,16 @@ class DualEncoderEncoder:
 def checkpoint_encoder(checkpoint: str, *, batch_size: int) -> DualEncoderEncoder:
   model, config = load_model(checkpoint)
   return DualEncoderEncoder(model, config, batch_size=batch_size)
+
+
+def make_encoder(cfg, checkpoint: str | None, *, suite: str, use: str):
+  """The encoder a suite's settings `cfg` name: `cfg.encoder` = "module:function" (called with
+  the settings), else the checkpoint's dual encoder (a contrastive run or its export). `use` says
+  what needs it, for the error when neither is given."""
+  if cfg.encoder:
+    return import_function(cfg.encoder, what=f"{suite}.encoder")(cfg)
+  if not checkpoint:
+    raise ValueError(f"checkpoint: {use} uses a trained dual encoder; pass eval.py --checkpoint "
+                     f"DIR (a contrastive run or its export), or name one with "
+                     f"--config.{suite}.encoder=module:function")
+  return checkpoint_encoder(checkpoint, batch_size=cfg.batch_size)

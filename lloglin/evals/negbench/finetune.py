@@ -19,6 +19,7 @@ import numpy as np
 
 from lloglin.data.contrastive import ImageTextData, ImageTextRecord, words_of
 from lloglin.data.scenes import CLASSES, make_scenes
+from lloglin.data.sections import section_fields
 from lloglin.evals.negbench.builders import (QUESTION_TYPES, Annotations, affirmative_caption,
                                              mcq_question, negcap_captions, template_texts)
 
@@ -37,13 +38,7 @@ class ScenesConfig:
 
 
 def scenes_config(data_cfg) -> ScenesConfig:
-  section = data_cfg.get("scenes") or {}
-  section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-  known = {f.name for f in dataclasses.fields(ScenesConfig)}
-  unknown = sorted(set(section) - known)
-  if unknown:
-    raise ValueError(f"data.scenes: unknown option(s) {unknown}; expected {sorted(known)}")
-  cfg = ScenesConfig(**section)
+  cfg = ScenesConfig(**section_fields(data_cfg, "scenes", ScenesConfig, "data.scenes"))
   for name in ("num_train_images", "num_val_images"):
     if getattr(cfg, name) < 1:
       raise ValueError(f"data.scenes.{name}={getattr(cfg, name)}; expected >= 1")

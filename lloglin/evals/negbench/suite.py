@@ -20,10 +20,10 @@ from lloglin.data.scenes import CLASSES, make_scenes
 from lloglin.evals.negbench import data, plots
 from lloglin.evals.negbench.builders import (PROBE_TEMPLATES, QUESTION_TYPES, Annotations, article,
                                              mcq_questions, retrieval_items)
+from lloglin.evals.negbench.encoder import make_encoder
 from lloglin.evals.negbench.metrics import cosine, mcq_metrics, normalize, recall_at_k
 from lloglin.evals.registry import register_suite
 from lloglin.evals.report import progress
-from lloglin.evals.rewordbench.userfn import import_function
 
 FIGURES = ("mcq.png", "retrieval.png", "pca.png")
 
@@ -32,7 +32,7 @@ FIGURES = ("mcq.png", "retrieval.png", "pca.png")
 def run(config, *, checkpoint: str | None, out_dir: str) -> dict:
   cfg = config.negbench
   _check_settings(cfg)
-  encoder = make_encoder(cfg, checkpoint)
+  encoder = make_encoder(cfg, checkpoint, suite="negbench", use="negbench.encoder=''")
   if cfg.mcq_csv or cfg.retrieval_csv or cfg.negated_retrieval_csv:
     results = _evaluate_csv(cfg, encoder)
   else:
@@ -57,19 +57,6 @@ def _check_settings(cfg):
                             ("batch_size", cfg.batch_size >= 1, ">= 1")):
     if not ok:
       raise ValueError(f"negbench.{key}={cfg[key]!r}; expected {expected}")
-
-
-def make_encoder(cfg, checkpoint: str | None):
-  """The encoder cfg.encoder names: "" = the checkpoint's dual encoder, else "module:function"
-  (called with the negbench settings)."""
-  if cfg.encoder:
-    return import_function(cfg.encoder, what="negbench.encoder")(cfg)
-  if not checkpoint:
-    raise ValueError("checkpoint: negbench.encoder='' evaluates a trained dual encoder; pass "
-                     "eval.py --checkpoint DIR (a contrastive run or its export), or name an "
-                     "encoder with --config.negbench.encoder=module:function")
-  from lloglin.evals.negbench.encoder import checkpoint_encoder
-  return checkpoint_encoder(checkpoint, batch_size=cfg.batch_size)
 
 
 def embed_texts(encoder, texts: list[str], *, batch_size: int, desc: str) -> np.ndarray:

@@ -22,12 +22,13 @@ import numpy as np
 import scipy.stats
 from matplotlib.figure import Figure
 
+from lloglin.evals.negbench.encoder import make_encoder
 from lloglin.evals.perception import aggregate, data, judges, synthetic
 from lloglin.evals.perception.api import ChatJudge
 from lloglin.evals.perception.principles import principle as check_principle
 from lloglin.evals.registry import register_suite
 from lloglin.evals.report import save_figure
-from lloglin.evals.rewordbench.userfn import import_function
+from lloglin.evals.userfn import import_function
 
 
 @register_suite("perception")
@@ -86,9 +87,10 @@ def make_judge(cfg, items, checkpoint: str | None, out_dir: str):
                      requests_per_second=a.requests_per_second, timeout=a.timeout,
                      max_tokens=a.max_tokens)
   if cfg.judge == "encoder":
-    return judges.EncoderJudge(make_encoder(cfg, checkpoint), items,
-                               texts=dict(cfg.encoder_texts), batch_size=cfg.batch_size,
-                               tol=cfg.tie_tol)
+    encoder = make_encoder(cfg, checkpoint, suite="perception",
+                           use="perception.judge='encoder'")
+    return judges.EncoderJudge(encoder, items, texts=dict(cfg.encoder_texts),
+                               batch_size=cfg.batch_size, tol=cfg.tie_tol)
   if cfg.judge == "measure":
     unmeasured = [n for n in cfg.principles if n not in judges.MEASURES]
     if unmeasured:
@@ -105,19 +107,6 @@ def make_judge(cfg, items, checkpoint: str | None, out_dir: str):
     return import_function(cfg.judge, what="perception.judge")(cfg)
   raise ValueError(f"perception.judge={cfg.judge!r}; expected 'measure', 'oracle', 'api', "
                    f"'encoder' or 'module:function'")
-
-
-def make_encoder(cfg, checkpoint: str | None):
-  """The dual encoder of judge "encoder": perception.encoder ("module:function", called with the
-  settings) or the checkpoint's (a contrastive run or its export)."""
-  if cfg.encoder:
-    return import_function(cfg.encoder, what="perception.encoder")(cfg)
-  if not checkpoint:
-    raise ValueError("checkpoint: perception.judge='encoder' with perception.encoder='' uses a "
-                     "trained dual encoder; pass eval.py --checkpoint DIR (a contrastive run or "
-                     "its export), or name one with --config.perception.encoder=module:function")
-  from lloglin.evals.negbench.encoder import checkpoint_encoder
-  return checkpoint_encoder(checkpoint, batch_size=cfg.batch_size)
 
 
 def plot_scores(results: dict, human, categories, path: str):

@@ -33,7 +33,7 @@ from lloglin.data import make_tokenizer
 from lloglin.evals.report import progress
 from lloglin.evals.rewordbench.synonyms import SYNONYM_GROUPS
 from lloglin.evals.rewordbench.transforms import Transform
-from lloglin.evals.rewordbench.userfn import import_function
+from lloglin.evals.userfn import import_function
 from lloglin.inference.generate import generate as lm_generate
 from lloglin.training.loading import load_model
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from lloglin.data import make_tokenizer
 from lloglin.data.preferences import encode_row, pack_rows
-from lloglin.evals.rewordbench.userfn import import_function
+from lloglin.evals.userfn import import_function
 from lloglin.models.reward import RewardModel
 
 Scorer = Callable[[list[str], list[str]], np.ndarray]

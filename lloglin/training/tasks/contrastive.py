@@ -33,6 +33,7 @@ import numbers
 import jax.numpy as jnp
 
 from lloglin.data.contrastive import make_contrastive_dataset
+from lloglin.data.sections import section_fields
 from lloglin.models.dual_encoder import DualEncoderConfig, build_dual_encoder, similarity_logits
 from lloglin.training.losses import info_nce, option_cross_entropy
 from lloglin.training.tasks.base import Task, register_task, summed_evaluation
@@ -57,12 +58,7 @@ class ContrastiveOptions:
 
 def options_of(config) -> ContrastiveOptions:
   """The validated ContrastiveOptions of an experiment config (a ConfigDict or a saved dict)."""
-  section = config.get("contrastive") or {}
-  section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-  known = {f.name for f in dataclasses.fields(ContrastiveOptions)}
-  unknown = sorted(set(section) - known)
-  if unknown:
-    raise ValueError(f"contrastive: unknown option(s) {unknown}; expected {sorted(known)}")
+  section = section_fields(config, "contrastive", ContrastiveOptions)
   alpha = section.get("alpha", 1.0)
   if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (
       math.isfinite(alpha) and 0 <= alpha <= 1):

@@ -42,6 +42,7 @@ import numbers
 import jax.numpy as jnp
 
 from lloglin.data.scored import make_pair_dataset, make_scored_dataset
+from lloglin.data.sections import section_fields
 from lloglin.models.reward import build_reward_model
 from lloglin.training.losses import bradley_terry, squared_difference
 from lloglin.training.tasks.base import Task, register_task, summed_evaluation
@@ -70,13 +71,7 @@ class RewardOptions:
 
 def options_of(config) -> RewardOptions:
   """The validated RewardOptions of an experiment config (a ConfigDict or a saved dict)."""
-  section = config.get("reward") or {}
-  section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-  known = {f.name for f in dataclasses.fields(RewardOptions)}
-  unknown = sorted(set(section) - known)
-  if unknown:
-    raise ValueError(f"reward: unknown option(s) {unknown}; expected {sorted(known)}")
-  options = RewardOptions(**section)
+  options = RewardOptions(**section_fields(config, "reward", RewardOptions))
   if options.objective not in OBJECTIVES:
     raise ValueError(f"reward.objective={options.objective!r}; expected one of {OBJECTIVES}")
   alpha = options.consistency_alpha
