@@ -24,8 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from configs.negbench import VARIANTS, get_config
+from lloglin.data.negbench import QUESTION_TYPES
 from lloglin.evals import run_suite, save_figure
-from lloglin.evals.negbench.builders import QUESTION_TYPES
 
 DEFAULT_VARIANTS = ("pretrain", "negcap", "negmcq_a0", "negmcq_a0.5", "negmcq_a0.9",
                     "negmcq_a0.99", "pretrain_gdn", "negmcq_a0.9_gdn")

@@ -54,10 +54,9 @@ TINY = os.environ.get("LLOGLIN_NOTEBOOK_TINY") == "1"
 
 from configs.negbench import get_config, tiny_sizes
 from experiments.negbench import summary, types_figure
+from lloglin.data.negbench import QUESTION_TYPES, Annotations, mcq_question, retrieval_items
 from lloglin.data.scenes import CLASSES, make_scenes
 from lloglin.evals import run_suite
-from lloglin.evals.negbench.builders import (QUESTION_TYPES, Annotations, mcq_question,
-                                             retrieval_items)
 from lloglin.training.metrics import read_metrics
 from lloglin.training.trainer import train
 

@@ -1,4 +1,5 @@
-"""Every notebook runs top to bottom, and each .ipynb is its jupytext source without outputs.
+"""Every notebook runs top to bottom, each .ipynb is its jupytext source without outputs, and all
+share one Colab install cell.
 
 The notebooks run as Jupyter runs them: nbclient executes the committed .ipynb cell by cell in an
 IPython kernel of this Python, started in notebooks/ (the working directory, '', is on the
@@ -51,6 +52,24 @@ def test_ipynb_is_its_source_without_outputs(source):
          if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
   assert not ran, (f"{os.path.basename(paired(source))}: cells {ran} hold outputs or execution "
                    f"counts; rebuild it from its source: jupytext --to ipynb {source}")
+
+
+def test_one_colab_install_cell_for_all():
+  """Every notebook opens in Colab through the same install cell (the code cell that tests for
+  google.colab), word for word, so that a fix to one cannot leave the others behind."""
+  cells = {}
+  for source in SOURCES:
+    found = [c.source for c in jupytext.read(source).cells
+             if c.cell_type == "code" and "google.colab" in c.source]
+    assert len(found) == 1, (f"{os.path.basename(source)}: expected one install cell (testing for "
+                             f"google.colab), found {len(found)}")
+    cells[os.path.basename(source)] = found[0]
+  texts = list(cells.values())
+  common = max(set(texts), key=texts.count)
+  drifted = sorted(name for name, text in cells.items() if text != common)
+  assert not drifted, (f"{drifted}: the Colab install cell differs from the other notebooks' "
+                       f"(copy it from {next(n for n, t in cells.items() if t == common)}):\n"
+                       f"{common}")
 
 
 @pytest.fixture(scope="module")

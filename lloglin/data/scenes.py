@@ -135,21 +135,3 @@ def cooccurrence(labels_NC: np.ndarray) -> np.ndarray:
   return np.divide(counts_CC, seen_C[:, None], out=np.zeros_like(counts_CC),
                    where=seen_C[:, None] > 0)
 
-
-def _register_sources():
-  """data.source = scenes | negcap | negmcq for the contrastive task; their records are built by
-  lloglin.evals.negbench.finetune, imported when a source is used (lloglin.evals sits on the
-  training floor, which imports this package)."""
-  from lloglin.data.contrastive import register_source
-
-  def source(kind):
-    def build(data_cfg, *, split, seed):
-      from lloglin.evals.negbench.finetune import SOURCES
-      return SOURCES[kind](data_cfg, split=split, seed=seed)
-    return build
-
-  for kind in ("scenes", "negcap", "negmcq"):
-    register_source(kind, source(kind))
-
-
-_register_sources()

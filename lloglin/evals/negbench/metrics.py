@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lloglin.evals.negbench.builders import QUESTION_TYPES
+from lloglin.data.negbench import QUESTION_TYPES
 
 
 def normalize(x_ND: np.ndarray, *, what: str = "embeddings") -> np.ndarray:

@@ -5,7 +5,7 @@ category (the paper's Fig. 6 probe)."""
 import numpy as np
 from matplotlib.figure import Figure
 
-from lloglin.evals.negbench.builders import QUESTION_TYPES
+from lloglin.data.negbench import QUESTION_TYPES
 from lloglin.evals.report import save_figure
 
 

@@ -16,10 +16,10 @@ import os
 
 import numpy as np
 
+from lloglin.data.negbench import (PROBE_TEMPLATES, QUESTION_TYPES, Annotations, article,
+                                   mcq_questions, retrieval_items)
 from lloglin.data.scenes import CLASSES, make_scenes
 from lloglin.evals.negbench import data, plots
-from lloglin.evals.negbench.builders import (PROBE_TEMPLATES, QUESTION_TYPES, Annotations, article,
-                                             mcq_questions, retrieval_items)
 from lloglin.evals.negbench.encoder import make_encoder
 from lloglin.evals.negbench.metrics import cosine, mcq_metrics, normalize, recall_at_k
 from lloglin.evals.registry import register_suite

@@ -11,10 +11,10 @@ from flax import nnx
 
 from configs.negbench import get_config
 from lloglin.data.contrastive import make_contrastive_dataset
+from lloglin.data.negbench import scene_records
 from lloglin.data.scenes import CLASSES, make_scenes
 from lloglin.evals import run_suite
 from lloglin.evals.negbench.encoder import checkpoint_encoder
-from lloglin.evals.negbench.finetune import scene_records
 from lloglin.training import export, trainer
 
 NEGATION = re.compile(r"\b(no|not)\b")

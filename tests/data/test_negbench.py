@@ -1,4 +1,4 @@
-"""NegBench builders: template rendering, and over seeds the truth of every option and negation
+"""lloglin.data.negbench: template rendering, and over seeds the truth of every option and negation
 against the image's objects."""
 
 import numpy as np
@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lloglin.data.negbench import (QUESTION_TYPES, Annotations, Statement, listing, mcq_question,
+                                   mcq_questions, negated_caption, negcap_captions, retrieval_items)
 from lloglin.data.scenes import CLASSES, make_scenes
-from lloglin.evals.negbench.builders import (QUESTION_TYPES, Annotations, Statement, listing,
-                                             mcq_question, mcq_questions, negated_caption,
-                                             negcap_captions, retrieval_items)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """NegBench items built from object annotations (per image, the names of the objects present):
-Retrieval-Neg captions, MCQ-Neg questions, and the NegCap / NegMCQ fine-tuning records.
+Retrieval-Neg captions, MCQ-Neg questions, and the NegCap / NegMCQ fine-tuning records of the
+synthetic scenes (lloglin.data.scenes). The negbench suite (lloglin.evals.negbench) evaluates a
+dual encoder on the items; the contrastive task trains on the records.
 
 Templates (docs/suites/negbench.md#templates): the retrieval negation is the paper's "There is no
 X in the image." placed before or after the affirmative caption; the MCQ options follow the
@@ -12,14 +14,31 @@ and a negated object is never present (tests check both over seeds).
 
 Negated objects are absent classes drawn with weight mean_i P(j | i) over the present classes i
 (co-occurrence statistics of the annotations), so the negated object is a plausible one.
+
+Training records: image-text sources of the contrastive task (lloglin.data.contrastive),
+registered when this module is imported (lloglin.data imports it):
+
+- `scenes`: one record per image, its affirmative caption (pretraining: no negation anywhere);
+- `negcap`: NegCap, per image its affirmative caption (`keep_original`) and `num_negated`
+  captions that add "there is no X"-style sentences about plausible absent objects;
+- `negmcq`: the NegCap records, each also carrying a four-option MCQ-Neg set about its image
+  (NegCap + NegMCQ: the paper's NegFull; `contrastive.alpha` mixes the two losses).
+
+Settings: `data.scenes` (ScenesConfig). The three sources share one vocabulary (every word the
+templates here can produce), so a model pretrained on one is fine-tuned on another and evaluated
+by the negbench suite with the same token ids. The validation split is its own stream of scenes,
+and the suite's test split a third.
 """
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import numpy as np
 
-from lloglin.data.scenes import cooccurrence
+from lloglin.data.contrastive import ImageTextData, ImageTextRecord, register_source, words_of
+from lloglin.data.scenes import CLASSES, cooccurrence, make_scenes
+from lloglin.data.sections import section_fields
 
 QUESTION_TYPES = ("affirmation", "negation", "hybrid")
 CAPTION_TEMPLATES = ("A photo of {objects}.", "There is {objects} in the image.",
@@ -241,3 +260,70 @@ def negcap_captions(objects: Sequence[str], ann: Annotations, n: int, rng: np.ra
     template = NEGCAP_NEGATIONS[rng.integers(len(NEGCAP_NEGATIONS))]
     out.append(negated_caption(caption, neg, before=bool(rng.integers(2)), template=template))
   return out
+
+
+# The training records (module docstring).
+
+_SPLIT_SEED = {"train": 0, "validation": 1}  # the contrastive task's splits; the suite uses test
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenesConfig:
+  """`data.scenes` (every field optional there)."""
+  image_size: int = 32
+  num_train_images: int = 4000
+  num_val_images: int = 256
+  off_context_weight: float = 0.1  # lloglin.data.scenes.make_scenes
+  num_negated: int = 2  # negcap / negmcq: negated captions per image, one record each
+  keep_original: bool = True  # negcap / negmcq: the affirmative caption is a record too
+
+
+def scenes_config(data_cfg) -> ScenesConfig:
+  cfg = ScenesConfig(**section_fields(data_cfg, "scenes", ScenesConfig, "data.scenes"))
+  for name in ("num_train_images", "num_val_images"):
+    if getattr(cfg, name) < 1:
+      raise ValueError(f"data.scenes.{name}={getattr(cfg, name)}; expected >= 1")
+  if cfg.num_negated < 0 or cfg.num_negated + cfg.keep_original < 1:
+    raise ValueError(f"data.scenes.num_negated={cfg.num_negated} with keep_original="
+                     f"{cfg.keep_original}: expected at least one caption per image")
+  return cfg
+
+
+def vocabulary() -> list[str]:
+  """The words of every text the negbench templates make with the scene classes."""
+  return list(dict.fromkeys(w for t in template_texts(CLASSES) for w in words_of(t)))
+
+
+def scene_records(data_cfg, *, split: str, seed: int, kind: str) -> ImageTextData:
+  """The records of source `kind` (scenes | negcap | negmcq; module docstring)."""
+  cfg = scenes_config(data_cfg)
+  if split not in _SPLIT_SEED:
+    raise ValueError(f"split={split!r}: expected one of {tuple(_SPLIT_SEED)}")
+  num = cfg.num_train_images if split == "train" else cfg.num_val_images
+  scenes = make_scenes(num, seed=seed, split=split, image_size=cfg.image_size,
+                       off_context_weight=cfg.off_context_weight)
+  ann = Annotations(scenes.objects, CLASSES)
+  rng = np.random.default_rng([_SPLIT_SEED[split], seed, len(kind)])
+  records = []
+  for n, objects in enumerate(scenes.objects):
+    image = scenes.images_NHWC[n]
+    if kind == "scenes":
+      records.append(ImageTextRecord(image, affirmative_caption(objects, rng)))
+      continue
+    captions = negcap_captions(objects, ann, n, rng, cfg.num_negated)
+    captions = captions if cfg.keep_original else captions[1:]
+    start = int(rng.integers(3))
+    for k, caption in enumerate(captions):
+      options, answer = (), None
+      if kind == "negmcq":
+        negative = ann.negatives(n, 1, rng)
+        if not negative:  # every class is present: no question about this image
+          continue
+        q = mcq_question(objects, negative[0], QUESTION_TYPES[(start + k) % 3], n, rng)
+        options, answer = tuple(q.options), q.answer
+      records.append(ImageTextRecord(image, caption, options, answer))
+  return ImageTextData(records, words=vocabulary(), what=f"{kind} {split} records")
+
+
+for _kind in ("scenes", "negcap", "negmcq"):
+  register_source(_kind, functools.partial(scene_records, kind=_kind))
