@@ -18,12 +18,13 @@ keep when no document starts in it); all ones for aligned rows.
 
 Backward (cotangents dO and dS of the state after the chunk; stored per chunk as dh):
 
-  dv_local      (parallel)    dVl = (Q K^T o E)^T dO
+  output_bwd    (parallel)    dVl = (Q K^T o E)^T dO, and the output's terms: the final dQ, its
+                              parts of dK and dG (they need only forward quantities and dO)
   state_scan_bwd (sequential) dVn = dVl + wm o (K2 dS);  dS <- keep gam dS + (rho o e^G o Q)^T dO
                               - W^T (rho o dVn)
-  chunk_bwd     (parallel)    dQ, dK, dV, dbeta and dG from h, dh, Vn, dVn, dO through every
-                              per-chunk product above, the UT transform's transpose included
-                              (dA = -T^T dT T^T); dg = reverse in-chunk cumsum of dG
+  chunk_bwd     (parallel)    dK, dV, dbeta and dG from h, dh, Vn, dVn through the state write
+                              and the UT transform's transpose (dA = -T^T dT T^T), added to
+                              output_bwd's parts; dg = reverse in-chunk cumsum of dG
 
 so no gradient crosses a chunk except through dS, and dg has no sum along the whole sequence.
 Matmul operands are the input dtype (bf16 on GPU) with float32 accumulation; T, the carried states,
@@ -44,7 +45,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.linear_recurrence import dot
 
-__all__ = ['Masks', 'chunk_bwd', 'dv_local', 'gdn_backward', 'gdn_forward', 'launch', 'output',
+__all__ = ['Masks', 'chunk_bwd', 'gdn_backward', 'gdn_forward', 'launch', 'output', 'output_bwd',
            'state_scan', 'state_scan_bwd', 'ut_inverse', 'ut_inverse_bwd', 'ut_transform']
 
 f32 = jnp.float32
@@ -228,17 +229,35 @@ def _output_kernel(*refs, packed, mm_dtype, block_v):
                     + dot(a, vn_ref[:, sl], mm_dtype)).astype(o_ref.dtype)
 
 
-def _dv_local_kernel(*refs, packed, mm_dtype, block_v):
-  q_ref, k_ref, g_ref, do_ref = refs[:4]
-  pos, doc = (refs[4][...], refs[5][...]) if packed else (None, None)
-  dvl_ref = refs[-1]
+def _output_bwd_kernel(*refs, packed, mm_dtype, block_v):
+  """The output's backward, before the state cotangents exist: O = rho o (e^G o Q) S + A Vn with
+  A = Q K^T o E gives dVl = A^T dO (the state scan's local dVn), the final dQ, and the output's
+  parts of dK and of dG (chunk_bwd adds the rest)."""
+  q_ref, k_ref, g_ref, h_ref, vn_ref, do_ref = refs[:6]
+  pos, doc, rho = (refs[6][...], refs[7][...], refs[8][...]) if packed else (None,) * 3
+  dvl_ref, dq_ref, dk_ref, dg_ref = refs[-4:]
   q, k = q_ref[...], k_ref[...]
-  C = q.shape[0]
-  G, _, _, _ = _chunk_gates(g_ref[...])
+  C, K = q.shape
+  G, eG, _, _ = _chunk_gates(g_ref[...])
   causal, _ = _pairs(C, pos, doc)
-  a = dot(q, k, mm_dtype, (1, 1)) * _decay(G, causal)
+  E = _decay(G, causal)
+  a = dot(q, k, mm_dtype, (1, 1)) * E
+  daqk = jnp.zeros((C, C), f32)      # dO Vn^T
+  dqe = jnp.zeros((C, K), f32)       # dO S^T
   for sl in _vblocks(do_ref.shape[-1], block_v):
-    dvl_ref[:, sl] = dot(a, do_ref[:, sl], mm_dtype, (0, 0)).astype(dvl_ref.dtype)
+    do = do_ref[:, sl]
+    dvl_ref[:, sl] = dot(a, do, mm_dtype, (0, 0)).astype(dvl_ref.dtype)
+    daqk += dot(do, vn_ref[:, sl], mm_dtype, (1, 1))
+    dqe += dot(do, h_ref[:, sl], mm_dtype, (1, 1))
+  if rho is not None:
+    dqe = dqe * rho[:, None]
+  dq = dqe * eG[:, None]
+  dG = jnp.sum(q.astype(f32) * dq, axis=1)
+  dp = daqk * E
+  dq_ref[...] = dq + dot(dp, k, mm_dtype)
+  dk_ref[...] = dot(dp, q, mm_dtype, (0, 0))
+  dx = daqk * a
+  dg_ref[...] = dG + jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
 
 
 def _state_bwd_kernel(*refs, C, N, packed, with_state_grads, mm_dtype):
@@ -303,76 +322,60 @@ def _ut_inverse_bwd_kernel(*refs, packed, mm_dtype):
 
 
 def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
-  (q_ref, k_ref, v_ref, g_ref, beta_ref, t_ref, h_ref, dh_ref, vn_ref, dvn_ref,
-   do_ref) = refs[:11]
+  (k_ref, v_ref, g_ref, beta_ref, t_ref, h_ref, dh_ref, vn_ref, dvn_ref, dk_out_ref,
+   dg_out_ref) = refs[:11]
   if packed:
     pos, doc, rho, wm, keep = (r[...] for r in refs[11:16])
   else:
     pos = doc = rho = wm = keep = None
-  dq_ref, dk_ref, dv_ref, dg_ref, dbeta_ref = refs[-5:]
-  q, k = q_ref[...], k_ref[...]
-  C, K = q.shape
-  qf, kf = q.astype(f32), k.astype(f32)
+  dk_ref, dv_ref, dg_ref, dbeta_ref = refs[-4:]
+  k = k_ref[...]
+  C, K = k.shape
+  kf = k.astype(f32)
   beta = beta_ref[...]
   G, eG, gam, to_end = _chunk_gates(g_ref[...])
-  causal, strict = _pairs(C, pos, doc)
+  _, strict = _pairs(C, pos, doc)
   vbl = _vblocks(v_ref.shape[-1], block_v)
+  dk = dk_out_ref[...]               # the output's parts (output_bwd)
+  dG = dg_out_ref[...]
 
-  # Output terms, O = rho o (e^G o Q) S + (Q K^T o E) Vn: one pass over blocks of V for the
-  # products that contract it, then dq is final. (Two passes keep fewer accumulators live.)
-  daqk = jnp.zeros((C, C), f32)      # dO Vn^T
-  dqe = jnp.zeros((C, K), f32)       # dO S^T
-  for sl in vbl:
-    do = do_ref[:, sl]
-    daqk += dot(do, vn_ref[:, sl], mm_dtype, (1, 1))
-    dqe += dot(do, h_ref[:, sl], mm_dtype, (1, 1))
-  if rho is not None:
-    dqe = dqe * rho[:, None]
-  dq = dqe * eG[:, None]
-  dG = jnp.sum(qf * dq, axis=1)
-  E = _decay(G, causal)
-  dp = daqk * E
-  dq_ref[...] = dq + dot(dp, k, mm_dtype)
-  dk = dot(dp, q, mm_dtype, (0, 0))
-  dx = daqk * dot(q, k, mm_dtype, (1, 1)) * E
-  dG += jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
-
-  # State write and UT terms: a second pass over blocks of V.
-  T = t_ref[...]
-  dw = jnp.zeros((C, K), f32)        # dW = -(rho o dVn) S^T
+  # State write: K2 = e^{G_C - G} o K, and the chunk decay gam (kept only without a reset).
   dk2 = jnp.zeros((C, K), f32)       # (wm o Vn) dS^T
-  dt = jnp.zeros((C, C), f32)        # dT, the U part: dVn (diag(beta) V)^T
-  dbeta = jnp.zeros((C,), f32)
   dgam = jnp.zeros((), f32)
   for sl in vbl:
-    vn, dvn = vn_ref[:, sl], dvn_ref[:, sl]
-    h, dh = h_ref[:, sl], dh_ref[:, sl]
-    v = v_ref[:, sl].astype(f32)
-    dvr = dvn if rho is None else dvn.astype(f32) * rho[:, None]
-    dw -= dot(dvr, h, mm_dtype, (1, 1))
+    vn, h, dh = vn_ref[:, sl], h_ref[:, sl], dh_ref[:, sl]
     vw = vn if wm is None else vn.astype(f32) * wm[:, None]
     dk2 += dot(vw, dh, mm_dtype, (1, 1))
     dgam += jnp.sum(h.astype(f32) * dh.astype(f32))
-    dt += dot(dvn, v * beta[:, None], mm_dtype, (1, 1))
-    dbu = dot(T, dvn, mm_dtype, (0, 0))                          # T^T dU
-    dv_ref[:, sl] = (dbu * beta[:, None]).astype(dv_ref.dtype)
-    dbeta += jnp.sum(v * dbu, axis=1)
-
-  # State write: K2 = e^{G_C - G} o K, and the chunk decay gam (kept only without a reset)
   dk += dk2 * to_end[:, None]
   z = jnp.sum(kf * to_end[:, None] * dk2, axis=1)
   if keep is not None:
     dgam = jnp.where(jnp.max(keep) > 0, dgam, 0.0)
   last = jnp.sum(z) + gam * dgam
   dG += jnp.where(lax.broadcasted_iota(jnp.int32, (C,), 0) == C - 1, last, 0.0) - z
-  # UT transform: W = T Bw, Bw = diag(beta e^G) K; U = T diag(beta) V; T = (I + A)^-1
+
+  # UT transform: W = T Bw, Bw = diag(beta e^G) K; U = T diag(beta) V; T = (I + A)^-1. The W
+  # terms, then the U terms, each a pass over V: fewer live accumulators than one pass for both.
+  T = t_ref[...]
+  dw = jnp.zeros((C, K), f32)        # dW = -(rho o dVn) S^T
+  for sl in vbl:
+    dvn = dvn_ref[:, sl]
+    dvr = dvn if rho is None else dvn.astype(f32) * rho[:, None]
+    dw -= dot(dvr, h_ref[:, sl], mm_dtype, (1, 1))
   bw = beta * eG
-  dt += dot(dw, kf * bw[:, None], mm_dtype, (1, 1))
+  dt = dot(dw, kf * bw[:, None], mm_dtype, (1, 1))             # dT, the W part: dW Bw^T
   dbw = dot(T, dw, mm_dtype, (0, 0))                             # T^T dW
   dk += dbw * bw[:, None]
   s = jnp.sum(kf * dbw, axis=1)
-  dbeta += eG * s
+  dbeta = eG * s
   dG += bw * s
+  for sl in vbl:
+    dvn = dvn_ref[:, sl]
+    v = v_ref[:, sl].astype(f32)
+    dt += dot(dvn, v * beta[:, None], mm_dtype, (1, 1))          # the U part: dU (diag(beta) V)^T
+    dbu = dot(T, dvn, mm_dtype, (0, 0))                          # T^T dU
+    dv_ref[:, sl] = (dbu * beta[:, None]).astype(dv_ref.dtype)
+    dbeta += jnp.sum(v * dbu, axis=1)
   dk_a, dbeta_a, dG_a = _inverse_transpose(k, beta, G, T, dt, strict, mm_dtype)
   dk += dk_a
   dbeta += dbeta_a
@@ -536,13 +539,19 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
                 )(q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, *arrays, *rarrays)
 
 
-def dv_local(L, q_BPGK, k_BPGK, g_BHP, do_BPHV):
-  """(Q K^T o E)^T dO per chunk, [B, P, H, V] in the matmul dtype."""
+def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV):
+  """dvl_BPHV ((Q K^T o E)^T dO per chunk, the matmul dtype), the final float32 dq_BPHK (per
+  value head), and the output's float32 parts of dk_BPHK and of dG_BHP (in-chunk, before the
+  reverse cumsum)."""
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
-  return L.call(_dv_local_kernel, 'chunk', [ch['grp'], ch['grp'], ch['gate'], ch['hv']] + specs,
-                ch['hv'], _sds((L.B, L.P, L.H, L.V), L.mm), 'dv_local', block_v=L.BV,
-                )(q_BPGK, k_BPGK, g_BHP, do_BPHV, *arrays)
+  rspecs, rarrays = L.stream('chunk', ('rho',))
+  return L.call(_output_bwd_kernel, 'chunk',
+                [ch['grp'], ch['grp'], ch['gate'], ch['state'], ch['hv'], ch['hv']] + specs
+                + rspecs, [ch['hv'], ch['hk'], ch['hk'], ch['gate']],
+                [_sds((L.B, L.P, L.H, L.V), L.mm)] + [_sds((L.B, L.P, L.H, L.K), f32)] * 2
+                + [_sds((L.B, L.H, L.P), f32)], 'output_bwd', block_v=L.BV,
+                )(q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, *arrays, *rarrays)
 
 
 def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_BHKV=None):
@@ -562,22 +571,22 @@ def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_B
                   *([dfinal_BHKV] if with_state_grads else []))
 
 
-def chunk_bwd(L, q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV,
-              dvn_BPHV, do_BPHV):
-  """float32 dq_BPHK, dk_BPHK (per value head), dv_BPHV, dg_BHP and dbeta_BHP."""
+def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV,
+              dk_out_BPHK, dg_out_BHP):
+  """float32 dk_BPHK (per value head), dv_BPHV, dg_BHP and dbeta_BHP: the state write's and the
+  UT transform's terms added to output_bwd's parts dk_out_BPHK and dg_out_BHP."""
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
   mspecs, marrays = L.stream('chunk', ('rho', 'wm', 'keep'))
-  gate_out = pl.BlockSpec((None, None, L.C), lambda b, h, n: (b, h, n))
   return L.call(
       _chunk_bwd_kernel, 'chunk',
-      [ch['grp'], ch['grp'], ch['hv'], ch['gate'], ch['gate'], ch['hc'], ch['state'],
-       ch['state'], ch['hv'], ch['hv'], ch['hv']] + specs + mspecs,
-      [ch['hk'], ch['hk'], ch['hv'], gate_out, gate_out],
-      [_sds((L.B, L.P, L.H, L.K), f32)] * 2 + [_sds((L.B, L.P, L.H, L.V), f32)] + [
+      [ch['grp'], ch['hv'], ch['gate'], ch['gate'], ch['hc'], ch['state'], ch['state'],
+       ch['hv'], ch['hv'], ch['hk'], ch['gate']] + specs + mspecs,
+      [ch['hk'], ch['hv'], ch['gate'], ch['gate']],
+      [_sds((L.B, L.P, L.H, L.K), f32), _sds((L.B, L.P, L.H, L.V), f32)] + [
           _sds((L.B, L.H, L.P), f32)] * 2, 'chunk_bwd', block_v=L.BV,
-  )(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV, do_BPHV,
-    *arrays, *marrays)
+  )(k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV, dk_out_BPHK,
+    dg_out_BHP, *arrays, *marrays)
 
 
 def gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks=None, init_BHKV=None, *,
@@ -597,15 +606,15 @@ def gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks=None, init_BHKV=N
 
 def gdn_backward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks, residuals, do_BPHV,
                  dfinal_BHKV=None, *, chunk_size, cfg, interpret=False):
-  """The backward kernels: dv_local, state_scan_bwd, chunk_bwd. residuals: (T, W, h, Vn) of
+  """The backward kernels: output_bwd, state_scan_bwd, chunk_bwd. residuals: (T, W, h, Vn) of
   gdn_forward. dfinal_BHKV: the final state's cotangent (None: zero, and no initial-state
   cotangent is returned). Returns float32 dq_BPHK, dk_BPHK (per value head: sum them over the
   heads of a group), dv_BPHV, dg_BPH, dbeta_BPH and, with dfinal_BHKV, dinit_BHKV."""
   L = launch(q_BPGK, *v_BPHV.shape[2:], masks, chunk_size, cfg, interpret)
   t, w, h, vn = residuals
-  dvl = dv_local(L, q_BPGK, k_BPGK, g_BHP, do_BPHV)
+  dvl, dq, dk_out, dg_out = output_bwd(L, q_BPGK, k_BPGK, g_BHP, h, vn, do_BPHV)
   dh, dvn, *dinit = state_scan_bwd(L, q_BPGK, k_BPGK, w, g_BHP, do_BPHV, dvl, dfinal_BHKV)
-  dq, dk, dv, dg, dbeta = chunk_bwd(L, q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, t, h, dh, vn,
-                                    dvn, do_BPHV)
+  dk, dv, dg, dbeta = chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t, h, dh, vn, dvn, dk_out,
+                                dg_out)
   dg_BPH, dbeta_BPH = (jnp.moveaxis(x, 1, 2) for x in (dg, dbeta))
   return (dq, dk, dv, dg_BPH, dbeta_BPH) + tuple(dinit)

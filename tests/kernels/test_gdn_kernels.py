@@ -254,7 +254,7 @@ def test_forward_at_64k_tokens_is_not_sized_by_the_backward_states():
 def test_every_kernel_lowers_for_cuda():
   """Every GDN kernel (forward and backward; with segment ids the aligned and the packed ones,
   both branches of a lax.cond) lowers through Pallas-Triton for an H200 (from CPU): GDN's six
-  chunkwise kernels (UT transform, state scan, output; dv_local, state scan backward, chunk
+  chunkwise kernels (UT transform, state scan, output; output backward, state scan backward, chunk
   backward), log-linear GDN's two scans plus the UT inverse (in the forward and in the
   backward's recomputation) and its backward."""
   dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
