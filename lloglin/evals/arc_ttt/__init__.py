@@ -9,6 +9,7 @@ The task data model and loaders (lloglin.data.arc_grids), the text codec of epis
   ttt        LoRA adapters trained per task (vmapped over tasks), resumable
   inference  augmented inference on the decode caches
   voting     hierarchical, flat and oracle votes
+  probe      in-context skill of the pre-trained LM on single primitives and pairs
   suite      the suite: ablations, pass@2, report and figure
 """
 

@@ -29,7 +29,8 @@ from lloglin.data.arc_grids import Episode
 from lloglin.training.checkpoint import Checkpointer
 from lloglin.training.losses import masked_cross_entropy
 
-_BUCKET = 32  # batch lengths are rounded up to a multiple: fewer compilations
+_BUCKET = 32  # batch lengths are rounded up to a multiple of this or of an eighth of their
+# power of two (ARC episodes of up to 2048 tokens: 32 compiled lengths, not 64)
 
 
 class FrozenLM(NamedTuple):
@@ -78,7 +79,8 @@ def make_batch(tokenized: list[list[tuple[np.ndarray, np.ndarray]]], step: int, 
   rows = [[tok[i] for i in batch_indices(len(tok), cfg.batch_size, step, cfg.seed, a)]
           for a, tok in enumerate(tokenized)]
   longest = max(len(t) for r in rows for t, _ in r)
-  T = min(-(-longest // _BUCKET) * _BUCKET, max_len + 1)
+  unit = max(_BUCKET, 1 << max(0, longest.bit_length() - 4))
+  T = min(-(-longest // unit) * unit, max_len + 1)
   tokens = np.zeros((len(rows), cfg.batch_size, T), np.int32)
   masks = np.zeros((len(rows), cfg.batch_size, T), np.float32)
   for a, r in enumerate(rows):
