@@ -58,9 +58,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 1
   c.train.progress_bar = False
   if arg == "gpu":
-    # A GPU step of this model takes milliseconds: generating the rows (numpy, one core) sets
-    # the pace (430-670 rows a second on the project's 2-core CPU), so a few minutes give a few
-    # thousand steps of 64 rows; experiments/arc_ttt.py --pretrain-seconds caps num_steps.
+    # A GPU step of this model takes milliseconds: generating the rows (numpy, 430-670 rows a
+    # second per core of the project's 2-core CPU) sets the pace, so 12 worker processes make
+    # them (the GPU machines have 16 cores); experiments/arc_ttt.py --pretrain-seconds caps
+    # num_steps at what they make in the time given.
+    c.data.num_workers = 12
     c.seq_len = 512
     c.batch_size = 64
     set_model_size(c, d_model=256, num_layers=6, num_heads=8, head_dim=32, mlp_dim=1024)
@@ -70,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.arc_dsl.num_train_examples = 2_000_000
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 300
-    c.train.num_steps = 6000
+    c.train.num_steps = 20000
     c.train.log_every = 200
     c.train.eval_every = 1000
     c.train.checkpoint_every = 1000

@@ -97,6 +97,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = "byte"  # byte | sentencepiece | tiktoken (multilingual: its own words)
   c.data.tokenizer_path = ""  # sentencepiece .model file, or tiktoken encoding name
   c.data.val_fraction = 0.05  # held-out tail of local files (or .jsonl records) as validation
+  # task lm: worker processes that make each batch's rows (0: this process). For generated
+  # sources whose rows cost CPU time (arc_dsl), so that a GPU does not wait for the data.
+  c.data.num_workers = 0
   c.data.mqar = ml_collections.ConfigDict()
   c.data.mqar.vocab_size = 8192
   c.data.mqar.num_kv_pairs = 8

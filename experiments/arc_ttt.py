@@ -86,14 +86,18 @@ def apply_overrides(config, overrides: list[str]) -> None:
     setattr(node, leaf, value)
 
 
-def rows_per_second(config, rows: int = 128) -> float:
-  """How fast the pre-training source makes rows on this machine's CPU (it sets a GPU's pace)."""
-  from lloglin.data.arc_dsl import DslEpisodes
+def rows_per_second(config, batches: int = 4) -> float:
+  """How fast the pre-training data makes rows on this machine's CPU, with the config's
+  data.num_workers (it sets a GPU's pace); the first batch, which starts the workers, untimed."""
+  from lloglin.data import make_dataset
 
-  source = DslEpisodes(config.data.arc_dsl, split="train", seq_len=config.seq_len, seed=999)
+  ds = make_dataset(config.data, split="train", seq_len=config.seq_len,
+                    batch_size=config.batch_size, seed=999)
+  next(ds)
   start = time.perf_counter()
-  source.rows(np.arange(rows))
-  return rows / (time.perf_counter() - start)
+  for _ in range(batches):
+    next(ds)
+  return batches * config.batch_size / (time.perf_counter() - start)
 
 
 def pretrain_steps(config, workdir: str, steps: int, seconds: float) -> int:

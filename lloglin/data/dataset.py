@@ -1,5 +1,7 @@
 """`make_dataset`: the deterministic, resumable batch iterator the training loop reads."""
 
+import concurrent.futures
+import multiprocessing
 import operator
 from typing import Protocol
 
@@ -29,6 +31,39 @@ class Source(Protocol):
     ...
 
 
+class WorkerRows:
+  """`rows(indices)` of a source computed by `workers` processes, each holding its own copy of
+  the source. A row is a pure function of its index, so the batch is the one a single process
+  makes. For generated sources whose rows cost CPU time (arc_dsl episodes): on a GPU the data
+  loop, not the device, would set the pace. Processes are spawned, not forked (the parent may
+  hold JAX's threads), once, on first use."""
+
+  def __init__(self, source: Source, workers: int):
+    self.source, self.workers = source, workers
+    self._pool = None
+
+  def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    if self._pool is None:
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          self.workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=_hold_source, initargs=(self.source,))
+    parts = [p for p in np.array_split(indices, self.workers) if len(p)]
+    done = list(self._pool.map(_worker_rows, parts))
+    return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
+
+
+_WORKER_SOURCE = None  # a WorkerRows process's copy of the source
+
+
+def _hold_source(source):
+  global _WORKER_SOURCE
+  _WORKER_SOURCE = source
+
+
+def _worker_rows(indices):
+  return _WORKER_SOURCE.rows(indices)
+
+
 class Dataset:
   """An infinite iterator of batches, deterministic from its seed, resumable from its state.
 
@@ -42,7 +77,7 @@ class Dataset:
 
   def __init__(self, source: Source, *, batch_size: int, shuffle: bool, seed: int,
                process_index: int, process_count: int, vocab_size: int,
-               tokenizer: Tokenizer | None):
+               tokenizer: Tokenizer | None, num_workers: int = 0):
     self.items_per_epoch = source.num_items // process_count
     if self.items_per_epoch < 1:
       raise ValueError(f"{source.num_items} {source.what} cannot give each of "
@@ -50,6 +85,7 @@ class Dataset:
     self.vocab_size = vocab_size
     self.tokenizer = tokenizer
     self._source = source
+    self._rows = WorkerRows(source, num_workers).rows if num_workers else source.rows
     self._batch_size = batch_size
     self._shuffle = shuffle
     self._seed = seed
@@ -72,7 +108,7 @@ class Dataset:
       self._index += take
       if self._index == len(order):
         self._epoch, self._index = self._epoch + 1, 0
-    return self._source.rows(indices)
+    return self._rows(indices)
 
   def get_state(self) -> dict[str, int]:
     return {"epoch": self._epoch, "index": self._index}
@@ -134,9 +170,12 @@ def make_dataset(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: i
     vocab_size = tokenizer.vocab_size
   else:
     raise ValueError(f"data.source={data_cfg.source!r} is unknown; expected one of {SOURCES}")
+  workers = getattr(data_cfg, "num_workers", 0)
+  if not isinstance(workers, int) or workers < 0:
+    raise ValueError(f"data.num_workers={workers!r} must be a non-negative int")
   return Dataset(source, batch_size=batch_size, shuffle=split == "train", seed=seed,
                  process_index=process_index, process_count=process_count,
-                 vocab_size=vocab_size, tokenizer=tokenizer)
+                 vocab_size=vocab_size, tokenizer=tokenizer, num_workers=workers)
 
 
 def check_arguments(split, seq_len, batch_size, seed, process_index, process_count):

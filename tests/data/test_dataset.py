@@ -116,6 +116,20 @@ def test_plain_namespace_config(tmp_path):
   assert batch["inputs"].shape == (2, 8)
 
 
+def test_worker_processes_make_the_same_batches(data_cfg):
+  """data.num_workers = 2: the rows come from two spawned processes, the batches (and a resume
+  from a saved position) are the single process's."""
+  cfg = _mqar(data_cfg)
+  make = lambda: make_dataset(cfg, split="train", seq_len=SEQ_LEN, batch_size=7, seed=0)  # noqa: E731
+  expected = _take(make(), 4)
+  cfg.num_workers = 2
+  ds = make()
+  _assert_same(_take(ds, 2), expected[:2])
+  resumed = make()
+  resumed.set_state(ds.get_state())
+  _assert_same(_take(resumed, 2), expected[2:])
+
+
 def test_bad_arguments(data_cfg):
   cfg = _mqar(data_cfg)
   cases = [
@@ -128,6 +142,10 @@ def test_bad_arguments(data_cfg):
     kwargs = {"split": "train", "seq_len": SEQ_LEN, "batch_size": 2, "seed": 0} | overrides
     with pytest.raises(ValueError, match=message):
       make_dataset(cfg, **kwargs)
+  cfg.num_workers = -1
+  with pytest.raises(ValueError, match="data.num_workers=-1 must be a non-negative int"):
+    make_dataset(cfg, split="train", seq_len=SEQ_LEN, batch_size=2, seed=0)
+  cfg.num_workers = 0
   cfg.source = "parquet"
   with pytest.raises(ValueError, match="data.source='parquet' is unknown"):
     make_dataset(cfg, split="train", seq_len=SEQ_LEN, batch_size=2, seed=0)
