@@ -177,11 +177,18 @@ def _ut_kernel(*refs, packed, mm_dtype, block_v, with_wu=True):
   for i in range(nb):
     w = sum(dot(T[i, j], bw[j], mm_dtype) for j in range(i + 1))
     w_ref[blk[i], :] = w.astype(w_ref.dtype)
-  for sl in _vblocks(v_ref.shape[-1], block_v):
+
+  def u_block(n, carry):
+    """U of one block of V (a loop, not unrolled: at V = 2048 sixteen unrolled blocks made the
+    kernel's Triton compilation take a minute)."""
+    sl = pl.ds(pl.multiple_of(n * block_v, block_v), block_v)
     bu = [v_ref[blk[j], sl].astype(f32) * beta[j][:, None] for j in range(nb)]
     for i in range(nb):
       u = sum(dot(T[i, j], bu[j], mm_dtype) for j in range(i + 1))
       u_ref[blk[i], sl] = u.astype(u_ref.dtype)
+    return carry
+
+  lax.fori_loop(0, v_ref.shape[-1] // block_v, u_block, 0)
 
 
 def _state_kernel(*refs, C, N, packed, with_init, with_final, mm_dtype):
