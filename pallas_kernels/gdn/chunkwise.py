@@ -42,6 +42,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.gdn import chunkwise_mgpu
 from pallas_kernels.linear_recurrence import dot
 
 __all__ = ['Masks', 'chunk_bwd', 'dv_local', 'gdn_backward', 'gdn_forward', 'launch', 'output',
@@ -511,7 +512,10 @@ def ut_inverse_bwd(L, k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC):
 
 def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
   """h_BHMV (the state at every chunk start, chunk n at rows n K ..), Vn_BPHV and, with
-  with_final, the float32 final state_BHKV."""
+  with_final, the float32 final state_BHKV. L.cfg.backend 'mosaic': the Mosaic GPU kernel of
+  chunkwise_mgpu."""
+  if L.cfg.backend == 'mosaic':
+    return chunkwise_mgpu.state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV, with_final)
   sc = L.sp.scan
   specs, arrays = L.stream('scan', ('rho', 'wm', 'keep'))
   with_init = init_BHKV is not None

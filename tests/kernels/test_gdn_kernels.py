@@ -289,6 +289,92 @@ def test_every_kernel_lowers_for_cuda():
 
 
 # ------------------------------------------------------------------------------------------------
+# GDN's forward state scan on Mosaic GPU (KernelConfig(backend='mosaic'): chunkwise_mgpu)
+
+MOSAIC = pk.KernelConfig(block_v=64, backend='mosaic')
+BF16_TOL = dict(output=5e-3, state=5e-3, dq=1e-2, dk=1e-2, dv=1e-2, dS0=1e-2, dg=2e-2, dbeta=2e-2)
+
+
+@pytest.mark.parametrize('layout', ['none', 'packed'])
+def test_mosaic_state_scan_equals_triton_path_and_fp64_oracle(layout):
+  """GDN with the Mosaic GPU state scan (interpret mode; bf16, the inputs it takes): output,
+  final state and gradients (its h and Vn are the backward's residuals) equal those of the Triton
+  path on the same inputs (interpret mode) and the fp64 recurrent oracle on their float64 copies,
+  within the GPU tests' bf16 tolerances (docs/correctness.md#gpu-tests); an initial state, GQA,
+  three chunks of 64 (the last partial), K = V = 64 (the kernel's smallest tiles) and, packed, a
+  second document and padding."""
+  B, T0, T, C, scale = 2, 37, 150, 64, 0.7
+  data = lm.make_data(11, B, T0 + T, fam=GDN, G=1, H=2, K=64, V=64)
+  seg = continuation_segments(layout, B, T)
+  args = tuple(x[:, T0:] for x in args_of(data, GDN, jnp.bfloat16))
+  with jax.enable_x64(True):
+    prefix = tuple(x[:, :T0] for x in args_of(data, GDN, jnp.float64))
+    _, S0 = jax.jit(functools.partial(GDN.recurrent, return_final_state=True))(*prefix)
+  S0 = jnp.asarray(S0, jnp.bfloat16)
+  rng = np.random.default_rng(5)
+  cot_o, cot_s = (jnp.asarray(rng.standard_normal(x), jnp.float32)
+                  for x in ((B, T, 2, 64), S0.shape))
+  initial = _initial(GDN, None)
+
+  def run(fn, args, **kw):
+    loss = _loss_with_states(fn, seg, cot_o, cot_s, scale, initial, **kw)
+    (_, outs), grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args))),
+                                                  has_aux=True))(*args)
+    names = ('output', 'state', 'dq', 'dk', 'dv', 'dg', 'dbeta', 'dS0')
+    return dict(zip(names, outs + grads, strict=True))
+
+  kernel = functools.partial(pk.gdn_chunked, chunk_size=C, interpret=True)
+  mosaic = run(kernel, args + (S0,), config=MOSAIC)
+  triton = run(kernel, args + (S0,), config=MOSAIC._replace(backend='triton'))
+  with jax.enable_x64(True):
+    ref = run(GDN.recurrent, tuple(x.astype(jnp.float64) for x in args + (S0,)))
+  for name, tol in BF16_TOL.items():
+    assert_close(mosaic[name].astype(jnp.float32), ref[name], rel=tol, name=f'{name} vs oracle')
+    assert_close(mosaic[name].astype(jnp.float32), triton[name].astype(jnp.float32), rel=tol,
+                 name=f'{name} vs triton')
+
+
+def test_mosaic_state_scan_lowers_for_cuda_at_8k():
+  """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the GDN forward and backward with
+  the Mosaic GPU state scan lower for CUDA from CPU (Mosaic GPU's layout inference and checks run
+  here): its aligned and packed kernels (with the initial and final state), each replacing one
+  Triton kernel of the forward."""
+  B, T, G, H, K = 1, 8192, 1, 16, 128
+  S = jax.ShapeDtypeStruct
+  shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
+            S((B, T, H, K), jnp.bfloat16), S((B, T, H), jnp.float32), S((B, T, H), jnp.float32),
+            S((B, H, K, K), jnp.float32), S((B, T), jnp.int32)]
+  config = MOSAIC._replace(block_v=128)
+
+  def loss(*a):
+    o, s = pk.gdn_chunked(*a[:5], initial_state_BHKV=a[5], segment_ids_BT=a[6],
+                          return_final_state=True, config=config)
+    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+  dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', platform='gpu',
+                                    num_cores=132)
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
+    text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(*shapes).lower(
+        lowering_platforms=('cuda',)).as_text()
+  assert text.count('gdn_state_scan_mgpu') >= 1 and text.count('gdn_packed_state_scan_mgpu') >= 1
+  assert text.count('__gpu$xla.gpu.triton') == 10     # 12 with the Triton state scans
+
+
+def test_mosaic_backend_rejects_what_it_cannot_serve():
+  data = lm.make_data(12, 1, 64, fam=GDN, K=64, V=64)
+  kernel = functools.partial(pk.gdn_chunked, chunk_size=64, interpret=True)
+  with pytest.raises(ValueError, match="backend='mosaic'.*dtype='float32'"):
+    kernel(*args_of(data, GDN, jnp.float32), config=MOSAIC)
+  bf16 = args_of(data, GDN, jnp.bfloat16)
+  with pytest.raises(ValueError, match="block_v=32"):
+    kernel(*bf16, config=MOSAIC._replace(block_v=32))
+  with pytest.raises(ValueError, match="chunk_size=32"):
+    kernel(*bf16, config=MOSAIC, chunk_size=32)
+  with pytest.raises(ValueError, match="config.backend='mosaic'"):   # no Mosaic form yet
+    pk.loglinear_gdn_chunked(*args_of(lm.make_data(12, 1, 64, fam=LL), LL, jnp.bfloat16),
+                             config=MOSAIC, interpret=True)
+
+
+# ------------------------------------------------------------------------------------------------
 # GPU (docs/correctness.md#gpu-tests): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
 
 
