@@ -101,24 +101,25 @@ def _kernel(*refs, C, K, BV, R, N, packed, with_init, with_final):
 
   def step(idx, k_smem, w_smem, u_smem, S):
     c = idx[0]
+    # The gates and masks first: their GMEM latency overlaps the first matmul.
+    a, gam = rows_of(a_ref.at[b, h], c), gam_ref[b, h, c]
+    rho = rows_of(rho_ref.at[b], c) if packed else None
     slot = c % _STAGES
     plgpu.wait_smem_to_gmem(_STAGES - 1, wait_read_only=True)   # this slot's last stores
     h_out, vn_out = h_smem.at[slot], vn_smem.at[slot]
     h_out[...] = S.astype(dt)
     plgpu.commit_smem()
     ws = pl.run_scoped(functools.partial(_matmul, w_smem, h_out), plgpu.ACC((C, BV), f32))
-    if packed:
-      ws = ws * rows_of(rho_ref.at[b], c)
-    vn = plgpu.load(u_smem, layout=_TILE).astype(f32) - ws
+    vn = plgpu.load(u_smem, layout=_TILE).astype(f32) - (ws if rho is None else ws * rho)
     vn_out[...] = vn.astype(dt)
-    vb_smem[...] = (vn * rows_of(a_ref.at[b, h], c)).astype(dt)
+    vb_smem[...] = (vn * a).astype(dt)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(h_out, h_ref.at[b, h, pl.ds(c * K, K), cols], commit_group=False)
     plgpu.copy_smem_to_gmem(vn_out, vn_ref.at[b, pl.ds(c * C, C), h, cols], commit_group=False)
     plgpu.commit_smem_to_gmem_group()
     kv = pl.run_scoped(functools.partial(_matmul, k_smem.transpose((1, 0)), vb_smem),
                        plgpu.ACC((K, BV), f32))
-    return gam_ref[b, h, c] * S + kv
+    return gam * S + kv
 
   spec = lambda width: plgpu.BlockSpec(  # noqa: E731
       (C, width), lambda c: (c, 0), transforms=_transforms(jnp.dtype(dt).itemsize))
