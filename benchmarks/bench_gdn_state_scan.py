@@ -2,7 +2,7 @@
 (pallas_kernels.gdn.chunkwise_mgpu), timed in one process on one GPU.
 
   python -m benchmarks.bench_gdn_state_scan                    # T = 8K and 32K, 65,536 tokens
-  python -m benchmarks.bench_gdn_state_scan --mosaic_block_v 64,128 --seqlens 8192
+  python -m benchmarks.bench_gdn_state_scan --mosaic_block_v 64 --seqlens 8192
 
 Inputs as bench_mixers' GDN rows: 65,536 tokens per call (B = 65536 / T), 16 heads x 128, bf16
 K, W and U, float32 log-decays, an initial state, the final state returned, chunks of 64, aligned
@@ -60,7 +60,7 @@ def main(argv=None):
   p.add_argument("--heads", type=int, default=16)
   p.add_argument("--dim", type=int, default=128)
   p.add_argument("--chunk_size", type=int, default=64)
-  p.add_argument("--mosaic_block_v", type=ints, default=[64, 128])
+  p.add_argument("--mosaic_block_v", type=ints, default=[32, 64, 128])
   p.add_argument("--interpret", action="store_true", help="CPU smoke run (interpret mode)")
   args = p.parse_args(argv)
   H, D, C = args.heads, args.dim, args.chunk_size

@@ -21,8 +21,9 @@ per block:
 - The per-chunk gates (in-chunk cumsum of g, e^{G_C - G}, gam') and the masks' folding (a, gam')
   are computed in XLA before the kernel: [B, H, P] float32, small beside the [B, P, H, K] streams.
 Limits: 16-bit inputs (WGMMA reads S^T-free B operands only in 16-bit types here), C and K
-multiples of 64 (the WGMMA M dimension of W S and K^T Vn), BV a multiple of 64 (narrower blocks,
-with 64- or 32-byte swizzles, fail Mosaic GPU's layout inference when lowered for CUDA).
+multiples of 64 (the WGMMA M dimension of W S and K^T Vn), BV a multiple of 16 (the SMEM
+swizzle: 128 bytes from BV = 64 in bf16, 64 at 32, 32 at 16; the two operands of a WGMMA must
+share it, so K's and W's tiles take that of the [*, BV] tiles).
 """
 
 import functools
@@ -47,15 +48,17 @@ def check(L):
              'bfloat16 or float16'),
             ('chunk_size', L.C, L.C % 64 == 0, 'a multiple of 64'),
             ('K (key width)', L.K, L.K % 64 == 0, 'a multiple of 64'),
-            ('block_v', L.BV, L.BV % 64 == 0, 'a multiple of 64')]
+            ('block_v', L.BV, L.BV % 16 == 0, 'a multiple of 16')]
   for name, value, ok, expected in checks:
     if not ok:
       raise ValueError(f"GDN state scan (backend='mosaic'): {name}={value!r}; expected {expected}")
 
 
-def _transforms(itemsize):
-  """SMEM tiling and 128-byte swizzle of a WGMMA operand tile (rows of >= 128 bytes)."""
-  return (plgpu.TilingTransform((8, 128 // itemsize)), plgpu.SwizzleTransform(128))
+def _transforms(BV, itemsize):
+  """SMEM tiling and swizzle of every WGMMA operand tile: one swizzle for all (the two operands
+  of a WGMMA must share it), the widest that a [*, BV] tile's rows hold (128, 64 or 32 bytes)."""
+  swizzle = min(128, BV * itemsize)
+  return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
 
 
 def _gates(L, g_BHP):
@@ -122,7 +125,7 @@ def _kernel(*refs, C, K, BV, R, N, packed, with_init, with_final):
     return gam * S + kv
 
   spec = lambda width: plgpu.BlockSpec(  # noqa: E731
-      (C, width), lambda c: (c, 0), transforms=_transforms(jnp.dtype(dt).itemsize))
+      (C, width), lambda c: (c, 0), transforms=_transforms(BV, jnp.dtype(dt).itemsize))
   if with_init:
     S0 = plgpu.load(init_ref.at[b, h, :, cols], layout=_TILE, optimized=False)
   else:
@@ -143,7 +146,7 @@ def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=Fals
   with_init = init_BHKV is not None
   N = L.P // L.C
   sds = jax.ShapeDtypeStruct
-  transforms = _transforms(jnp.dtype(L.mm).itemsize)
+  transforms = _transforms(L.BV, jnp.dtype(L.mm).itemsize)
   out_type = [sds((L.B, L.H, N * L.K, L.V), L.mm), sds((L.B, L.P, L.H, L.V), L.mm)] + (
       [sds((L.B, L.H, L.K, L.V), f32)] if with_final else [])
   kernel = plgpu.kernel(

@@ -320,14 +320,15 @@ def _state_scan_fp64(k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV, masks, C):
   return h, vn, S
 
 
-@pytest.mark.parametrize('layout', ['aligned', 'packed'])
-def test_mosaic_state_scan_equals_triton_and_fp64(layout):
+@pytest.mark.parametrize('layout,block_v', [('aligned', 32), ('packed', 64)])
+def test_mosaic_state_scan_equals_triton_and_fp64(layout, block_v):
   """chunkwise.state_scan on Mosaic GPU (interpret mode, bf16: the inputs it takes) == the Triton
   kernel on the same inputs (interpret mode) and the fp64 recurrence on their float64 copies, h,
   Vn and the final state within the GPU tests' bf16 forward tolerance (rel 5e-3,
   docs/correctness.md#gpu-tests): an initial state, GQA (1 key group, 2 heads), 3 chunks of 64,
-  K = V = 64 (the kernel's smallest tiles), block_v 64; packed: the masks of documents starting
-  inside chunks 0 and 2 and padding (chunked.py's, from segment ids)."""
+  K = V = 64 (the kernel's smallest M tiles); aligned: two blocks of V (block_v 32, 64-byte
+  swizzle); packed: block_v 64 (128-byte swizzle), the masks of documents starting inside chunks
+  0 and 2 and padding (chunked.py's, from segment ids)."""
   B, P, G, H, K, V, C = 2, 192, 1, 2, 64, 64, 64
   rng = np.random.default_rng(13)
   unit = lambda *s: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(  # noqa: E731
@@ -346,7 +347,8 @@ def test_mosaic_state_scan_equals_triton_and_fp64(layout):
 
   def scan(backend):
     def f(k, w, u, g, init, masks):
-      L = chunkwise.launch(k, H, V, masks, C, MOSAIC._replace(backend=backend), True)
+      L = chunkwise.launch(k, H, V, masks, C, MOSAIC._replace(backend=backend, block_v=block_v),
+                           True)
       return chunkwise.state_scan(L, k, w, u, g, init, with_final=True)
     return jax.jit(f)(k, w, u, g, init, masks)
 
@@ -405,8 +407,8 @@ def test_mosaic_backend_rejects_what_it_cannot_serve():
   with pytest.raises(ValueError, match="backend='mosaic'.*dtype='float32'"):
     kernel(*args_of(data, GDN, jnp.float32), config=MOSAIC)
   bf16 = args_of(data, GDN, jnp.bfloat16)
-  with pytest.raises(ValueError, match="block_v=32"):
-    kernel(*bf16, config=MOSAIC._replace(block_v=32))
+  with pytest.raises(ValueError, match="block_v=8"):
+    kernel(*bf16, config=MOSAIC._replace(block_v=8))
   with pytest.raises(ValueError, match="chunk_size=32"):
     kernel(*bf16, config=MOSAIC, chunk_size=32)
   with pytest.raises(ValueError, match="config.backend='mosaic'"):   # no Mosaic form yet
