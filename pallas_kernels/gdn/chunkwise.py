@@ -553,7 +553,11 @@ def dv_local(L, q_BPGK, k_BPGK, g_BHP, do_BPHV):
 
 def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_BHKV=None):
   """dh_BHMV (the cotangent of the state after every chunk), dVn_BPHV and, with dfinal_BHKV,
-  the float32 initial-state cotangent dinit_BHKV."""
+  the float32 initial-state cotangent dinit_BHKV. L.cfg.backend 'mosaic': the Mosaic GPU kernel
+  of chunkwise_mgpu."""
+  if L.cfg.backend == 'mosaic':
+    return chunkwise_mgpu.state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV,
+                                         dfinal_BHKV)
   sc = L.sp.scan
   specs, arrays = L.stream('scan', ('rho', 'wm', 'keep'))
   with_state_grads = dfinal_BHKV is not None

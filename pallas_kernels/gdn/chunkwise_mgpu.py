@@ -1,29 +1,39 @@
-"""GDN's forward state scan (chunkwise.py's `state_scan`) as a Mosaic GPU kernel (`plgpu.kernel`),
-the first training kernel off the deprecated Pallas-Triton lowering; selected by
-KernelConfig(backend='mosaic') (chunkwise.state_scan dispatches here).
+"""GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`) as Mosaic GPU kernels
+(`plgpu.kernel`), the first training kernels off the deprecated Pallas-Triton lowering; selected
+by KernelConfig(backend='mosaic') (chunkwise dispatches here; its parallel kernels stay on
+Triton).
 
-Same inputs, outputs, dtypes and recurrence as the Triton kernel: per chunk of C tokens, with S
-the float32 state at the chunk start,
+Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
+a = wm o e^{G_C - G}, e = rho o e^G and gam' = e^{G_C} (0 when a document starts in the chunk),
 
-  h_n = S;  Vn = U - rho o (W S);  S <- gam' S + K^T (a o Vn),  a = wm o e^{G_C - G}
+  forward (S the float32 state at the chunk start, chunks in order):
+    h_n = S;  Vn = U - rho o (W S);  S <- gam' S + K^T (a o Vn)
+  backward (dS the float32 cotangent of the state after the chunk, chunks in reverse):
+    dh_n = dS;  dVn = dVl + a o (K dS);  dS <- gam' dS + Q^T (e o dO) - W^T (rho o dVn)
 
-(gam' = e^{G_C}, or 0 when a document starts in the chunk). Grid (B, H, V / BV), one warpgroup
-per block:
-- S stays in registers (the WGMMA accumulator layout) across chunks; K, W and U chunks stream
-  GMEM -> SMEM by TMA through `plgpu.emit_pipeline` (two chunks in flight); h and Vn stream back
-  SMEM -> GMEM through the same pipeline.
-- W S: S is written to the h tile in SMEM in the input dtype (the dtype h is stored in, the
-  dtype the Triton kernel's dot rounds it to) and is the WGMMA B operand; W comes from SMEM.
-- K^T (a o Vn): K's SMEM tile read transposed as the WGMMA A operand (no copy), (a o Vn) in the
-  input dtype from SMEM as B, added to gam' S in registers. The Triton kernel
-  rounds e^{G_C - G} o K and wm o Vn to the input dtype instead; here the row scale a is folded
-  into Vn before rounding, one rounding fewer, so the two agree to the input dtype's precision.
-- The per-chunk gates (in-chunk cumsum of g, e^{G_C - G}, gam') and the masks' folding (a, gam')
-  are computed in XLA before the kernel: [B, H, P] float32, small beside the [B, P, H, K] streams.
-Limits: 16-bit inputs (WGMMA reads S^T-free B operands only in 16-bit types here), C and K
-multiples of 64 (the WGMMA M dimension of W S and K^T Vn), BV a multiple of 16 (the SMEM
+Both are one driver (`_scan_kernel`) with a per-chunk body each (`_fwd_chunk`, `_bwd_chunk`).
+Grid (B, H, V / BV), one warpgroup per block:
+- The carried state stays in registers (the WGMMA accumulator layout) across chunks; the chunk's
+  [C, K] and [C, BV] inputs stream GMEM -> SMEM by TMA through `plgpu.emit_pipeline` (two chunks
+  in flight); the per-chunk outputs (h or dh, Vn or dVn) go back by TMA from double-buffered SMEM
+  slots (a slot is rewritten once its store two chunks back has been read).
+- The state, rounded to the input dtype (the dtype h / dh is stored in, and the dtype the Triton
+  kernels' dots round it to), is written to its output slot, which is the B operand of the
+  chunk's first WGMMA (W S or K dS, A from the streamed SMEM tile).
+- The state update's products are WGMMAs whose A operand is a streamed [C, K] tile read
+  transposed in place (K^T; Q^T and W^T) and whose B operand is a [C, BV] tile the chunk writes
+  to SMEM in the input dtype; they accumulate into one accumulator, added to gam' S in
+  registers. The Triton kernels round e^{G_C - G} o K (e^G o Q) and the masked Vn (dO) to the
+  input dtype instead; here the row scales are folded into the [C, BV] operand before rounding,
+  one rounding fewer, so the two agree to the input dtype's precision.
+- The per-chunk gates (in-chunk cumsum of g, a, e, gam') and the masks' folding are computed in
+  XLA before the kernel: [B, H, P] float32, small beside the [B, P, H, K] streams. Each chunk
+  loads its rows first, so their GMEM latency overlaps the first WGMMA.
+Limits: 16-bit inputs (WGMMA reads transposed SMEM operands in 16-bit types only), C and K
+multiples of 64 (the WGMMA M dimension of W S, K dS and K^T Vn), BV a multiple of 16 (the SMEM
 swizzle: 128 bytes from BV = 64 in bf16, 64 at 32, 32 at 16; the two operands of a WGMMA must
-share it, so K's and W's tiles take that of the [*, BV] tiles).
+share it, so the [C, K] tiles take that of the [*, BV] tiles). A scan whose tiles do not fit in
+SMEM halves BV (`_block_v`); chunks of 128 at K = 128 do not fit the backward at all.
 """
 
 import functools
@@ -34,12 +44,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ['check', 'state_scan']
+__all__ = ['check', 'state_scan', 'state_scan_bwd']
 
 f32 = jnp.float32
 _TILE = plgpu.Layout.WGMMA
 _ROWS = plgpu.Layout.WGMMA.reduce(1)   # a [rows] vector, one value per row of a WGMMA tile
 _STAGES = 2                            # chunks in flight in the pipeline
+_SMEM = 232448 - 1024                  # bytes of SMEM a block may take on sm_90, less barriers
 
 
 def check(L):
@@ -51,7 +62,7 @@ def check(L):
             ('block_v', L.BV, L.BV % 16 == 0, 'a multiple of 16')]
   for name, value, ok, expected in checks:
     if not ok:
-      raise ValueError(f"GDN state scan (backend='mosaic'): {name}={value!r}; expected {expected}")
+      raise ValueError(f"GDN state scans (backend='mosaic'): {name}={value!r}; expected {expected}")
 
 
 def _transforms(BV, itemsize):
@@ -62,8 +73,8 @@ def _transforms(BV, itemsize):
 
 
 def _gates(L, g_BHP):
-  """(a_BHP, gam_BHN): the row scale a = wm o e^{G_C - G} of K^T Vn and the chunk decay gam'
-  (0 where a document starts in the chunk), float32."""
+  """(a_BHP, eG_BHP, gam_BHN), float32: the row scale a = wm o e^{G_C - G}, e^G and the chunk
+  decay gam' (0 where a document starts in the chunk)."""
   B, H, P = g_BHP.shape
   N = P // L.C
   G_BHNC = jnp.cumsum(g_BHP.astype(f32).reshape(B, H, N, L.C), axis=-1)
@@ -74,91 +85,170 @@ def _gates(L, g_BHP):
     a_BHP = a_BHP * L.masks.wm[:, None, :]
     keep_BN = jnp.max(L.masks.keep.reshape(B, N, L.C), axis=-1) > 0
     gam_BHN = jnp.where(keep_BN[:, None, :], gam_BHN, 0.0)
-  return a_BHP, gam_BHN
+  return a_BHP, jnp.exp(G_BHNC).reshape(B, H, P), gam_BHN
 
 
-def _matmul(a_smem, b_smem, acc):
-  """a @ b into the zeroed WGMMA accumulator acc, read back into registers (which waits for it).
-  (Accumulating onto the carried state with pl.run_state(...)(plgpu.ACC.init(S)) would save one
-  add, but the Mosaic GPU interpreter does not run pl.run_state.)"""
-  plgpu.wgmma(acc, a_smem, b_smem)
+def _matmuls(pairs, acc):
+  """sum of a @ b over pairs into the zeroed WGMMA accumulator acc, read back into registers
+  (which waits for them). (Accumulating onto the carried state with
+  pl.run_state(...)(plgpu.ACC.init(S)) would save one add, but the Mosaic GPU interpreter does not
+  run pl.run_state.)"""
+  for a_smem, b_smem in pairs:
+    plgpu.wgmma(acc, a_smem, b_smem)
   return acc[...]
 
 
-def _kernel(*refs, C, K, BV, R, N, packed, with_init, with_final):
-  k_ref, w_ref, u_ref, a_ref, gam_ref = refs[:5]
-  rest = list(refs[5:])
-  rho_ref = rest.pop(0) if packed else None
-  init_ref = rest.pop(0) if with_init else None
-  h_ref, vn_ref = rest[:2]
-  final_ref = rest[2] if with_final else None
-  h_smem, vn_smem, vb_smem = rest[-3:]
+def _product(pairs, shape):
+  return pl.run_scoped(functools.partial(_matmuls, pairs), plgpu.ACC(shape, f32))
+
+
+def _fwd_chunk(smems, rows, rho, S_smem):
+  """(Vn, [(K, a o Vn)]) of a chunk: its output tile and the update's (A^T, B) operands."""
+  k, w, u = smems
+  (a,) = rows
+  ws = _product([(w, S_smem)], a.shape)
+  vn = plgpu.load(u, layout=_TILE).astype(f32) - (ws if rho is None else ws * rho)
+  return vn, [(k, vn * a)]
+
+
+def _bwd_chunk(smems, rows, rho, dS_smem):
+  """(dVn, [(Q, e o dO), (W, -rho o dVn)]) of a chunk, as _fwd_chunk."""
+  q, k, w, do, dvl = smems
+  a, e = rows
+  dvn = plgpu.load(dvl, layout=_TILE).astype(f32) + a * _product([(k, dS_smem)], a.shape)
+  return dvn, [(q, e * plgpu.load(do, layout=_TILE).astype(f32)),
+               (w, -(dvn if rho is None else dvn * rho))]
+
+
+def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed, with_init,
+                 with_final):
+  """One (b, h, block of V) of a scan. refs: the streamed inputs (`streams`: 'grp' [P, G, K],
+  'hk' [P, H, K] or 'hv' [P, H, V] per row), n_rows [B, H, P] row vectors, gam [B, H, N], rho
+  [B, P] if packed, the initial carry if with_init; the outputs (states [B, H, N K, V], tokens
+  [B, P, H, V], the final carry if with_final); SMEM scratch (state slots, token slots, one
+  [C, BV] tile per update product). chunk(smems, rows, rho, state_smem) -> (token tile,
+  [(A, B)]): the carry update is sum A^T B."""
+  refs = list(refs)
+  take = lambda n: [refs.pop(0) for _ in range(n)]  # noqa: E731
+  ins, row_refs, (gam_ref,) = take(len(streams)), take(n_rows), take(1)
+  rho_ref = take(1)[0] if packed else None
+  init_ref = take(1)[0] if with_init else None
+  state_ref, tok_ref = take(2)
+  final_ref = take(1)[0] if with_final else None
+  state_smem, tok_smem, *operand_smems = refs
   b, h, j = (lax.axis_index(n) for n in ('b', 'h', 'j'))
   cols = pl.ds(j * BV, BV)
-  dt = u_ref.dtype
+  dt = tok_ref.dtype
 
   def rows_of(ref, c):
     """A [C] vector of chunk c broadcast over the columns of a [C, BV] WGMMA tile."""
     x = plgpu.load(ref.at[pl.ds(c * C, C)], layout=_ROWS, optimized=False)
     return lax.broadcast_in_dim(x, (C, BV), [0])
 
-  def step(idx, k_smem, w_smem, u_smem, S):
-    c = idx[0]
-    # The gates and masks first: their GMEM latency overlaps the first matmul.
-    a, gam = rows_of(a_ref.at[b, h], c), gam_ref[b, h, c]
+  def step(idx, *smems_and_carry):
+    *smems, S = smems_and_carry
+    i = idx[0]
+    c = N - 1 - i if reverse else i
+    rows = [rows_of(r.at[b, h], c) for r in row_refs]
+    gam = gam_ref[b, h, c]
     rho = rows_of(rho_ref.at[b], c) if packed else None
-    slot = c % _STAGES
+    slot = i % _STAGES
     plgpu.wait_smem_to_gmem(_STAGES - 1, wait_read_only=True)   # this slot's last stores
-    h_out, vn_out = h_smem.at[slot], vn_smem.at[slot]
-    h_out[...] = S.astype(dt)
+    state_out, tok_out = state_smem.at[slot], tok_smem.at[slot]
+    state_out[...] = S.astype(dt)
     plgpu.commit_smem()
-    ws = pl.run_scoped(functools.partial(_matmul, w_smem, h_out), plgpu.ACC((C, BV), f32))
-    vn = plgpu.load(u_smem, layout=_TILE).astype(f32) - (ws if rho is None else ws * rho)
-    vn_out[...] = vn.astype(dt)
-    vb_smem[...] = (vn * a).astype(dt)
+    tok, products = chunk(smems, rows, rho, state_out)
+    tok_out[...] = tok.astype(dt)
+    for o_smem, (_, x) in zip(operand_smems, products):
+      o_smem[...] = x.astype(dt)
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(h_out, h_ref.at[b, h, pl.ds(c * K, K), cols], commit_group=False)
-    plgpu.copy_smem_to_gmem(vn_out, vn_ref.at[b, pl.ds(c * C, C), h, cols], commit_group=False)
+    plgpu.copy_smem_to_gmem(state_out, state_ref.at[b, h, pl.ds(c * K, K), cols],
+                            commit_group=False)
+    plgpu.copy_smem_to_gmem(tok_out, tok_ref.at[b, pl.ds(c * C, C), h, cols], commit_group=False)
     plgpu.commit_smem_to_gmem_group()
-    kv = pl.run_scoped(functools.partial(_matmul, k_smem.transpose((1, 0)), vb_smem),
-                       plgpu.ACC((K, BV), f32))
-    return gam * S + kv
+    return gam * S + _product([(a.transpose((1, 0)), o) for (a, _), o in
+                               zip(products, operand_smems)], (K, BV))
 
-  spec = lambda width: plgpu.BlockSpec(  # noqa: E731
-      (C, width), lambda c: (c, 0), transforms=_transforms(BV, jnp.dtype(dt).itemsize))
+  transforms = _transforms(BV, jnp.dtype(dt).itemsize)
+  index = (lambda i: (N - 1 - i, 0)) if reverse else (lambda i: (i, 0))
+  views = {'grp': lambda x: x.at[b, :, h // R, :], 'hk': lambda x: x.at[b, :, h, :],
+           'hv': lambda x: x.at[b, :, h, cols]}
+  specs = [plgpu.BlockSpec((C, BV if s == 'hv' else K), index, transforms=transforms)
+           for s in streams]
   if with_init:
     S0 = plgpu.load(init_ref.at[b, h, :, cols], layout=_TILE, optimized=False)
   else:
     S0 = plgpu.layout_cast(jnp.zeros((K, BV), f32), _TILE)
   pipeline = plgpu.emit_pipeline(step, grid=(N,), max_concurrent_steps=min(_STAGES, N),
-                                 init_carry=S0, in_specs=[spec(K), spec(K), spec(BV)])
-  S = pipeline(k_ref.at[b, :, h // R, :], w_ref.at[b, :, h, :], u_ref.at[b, :, h, cols])
+                                 init_carry=S0, in_specs=specs)
+  S = pipeline(*(views[s](x) for s, x in zip(streams, ins)))
   if with_final:
     final_ref[b, h, :, cols] = S
   plgpu.wait_smem_to_gmem(0)
 
 
-def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
-  """chunkwise.state_scan on Mosaic GPU (L: its _Launch): h_BHMV, Vn_BPHV and, with with_final,
-  the float32 final state_BHKV."""
+def _smem_bytes(L, streams, n_products, BV):
+  """SMEM of a scan kernel: the pipeline's input slots, the output slots, the operand tiles."""
+  tiles = _STAGES * sum(L.C * (BV if s == 'hv' else L.K) for s in streams) + _STAGES * (
+      L.K + L.C) * BV + n_products * L.C * BV
+  return tiles * jnp.dtype(L.mm).itemsize
+
+
+def _block_v(L, streams, n_products):
+  """L.BV, halved (down to 16) until the kernel fits in SMEM (the backward streams five [C, *]
+  inputs: at K = 128 and chunks of 64 it takes block_v 64 where the forward takes 128);
+  ValueError when even 16 does not fit."""
+  BV = L.BV
+  while BV > 16 and _smem_bytes(L, streams, n_products, BV) > _SMEM:
+    BV //= 2
+  if _smem_bytes(L, streams, n_products, BV) > _SMEM:
+    raise ValueError(f"GDN state scans (backend='mosaic'): chunk_size={L.C} with K={L.K} needs "
+                     f"{_smem_bytes(L, streams, n_products, BV)} bytes of SMEM at block_v "
+                     f"{BV}; expected at most {_SMEM} (chunks of 64 fit)")
+  return BV
+
+
+def _scan(L, name, chunk, streams, inputs, rows, gam_BHN, init_BHKV, with_final, reverse):
+  """The scan kernel's call: states_BHMV and tokens_BPHV (input dtype) and, with with_final, the
+  float32 final carry_BHKV."""
   check(L)
-  a_BHP, gam_BHN = _gates(L, g_BHP)
+  n_products = {_fwd_chunk: 1, _bwd_chunk: 2}[chunk]
+  BV = _block_v(L, streams, n_products)
   with_init = init_BHKV is not None
   N = L.P // L.C
   sds = jax.ShapeDtypeStruct
-  transforms = _transforms(L.BV, jnp.dtype(L.mm).itemsize)
+  transforms = _transforms(BV, jnp.dtype(L.mm).itemsize)
   out_type = [sds((L.B, L.H, N * L.K, L.V), L.mm), sds((L.B, L.P, L.H, L.V), L.mm)] + (
       [sds((L.B, L.H, L.K, L.V), f32)] if with_final else [])
+  smem = lambda *shape: plgpu.SMEM(shape, L.mm, transforms=transforms)  # noqa: E731
   kernel = plgpu.kernel(
-      lambda *refs: _kernel(*refs, C=L.C, K=L.K, BV=L.BV, R=L.H // k_BPGK.shape[2], N=N,
-                            packed=L.packed, with_init=with_init, with_final=with_final),
+      functools.partial(_scan_kernel, chunk=chunk, streams=streams, n_rows=len(rows), C=L.C,
+                        K=L.K, BV=BV, R=L.H // inputs[0].shape[2], N=N, reverse=reverse,
+                        packed=L.packed, with_init=with_init, with_final=with_final),
       out_type=out_type,
-      scratch_types=[plgpu.SMEM((_STAGES,) + shape, L.mm, transforms=transforms)
-                     for shape in ((L.K, L.BV), (L.C, L.BV))]
-      + [plgpu.SMEM((L.C, L.BV), L.mm, transforms=transforms)],
-      grid=(L.B, L.H, L.V // L.BV), grid_names=('b', 'h', 'j'),
+      scratch_types=[smem(_STAGES, L.K, BV), smem(_STAGES, L.C, BV)]
+      + [smem(L.C, BV) for _ in range(n_products)],
+      grid=(L.B, L.H, L.V // BV), grid_names=('b', 'h', 'j'),
       interpret=plgpu.InterpretGPUParams() if L.interpret else None,
-      kernel_name=L.name('state_scan_mgpu'))
+      kernel_name=L.name(name))
   rho = [L.masks.rho] if L.packed else []
   init = [init_BHKV.astype(f32)] if with_init else []
-  return kernel(k_BPGK, w_BPHK, u_BPHV, a_BHP, gam_BHN, *rho, *init)
+  return kernel(*inputs, *rows, gam_BHN, *rho, *init)
+
+
+def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
+  """chunkwise.state_scan on Mosaic GPU (L: its _Launch): h_BHMV, Vn_BPHV and, with with_final,
+  the float32 final state_BHKV."""
+  a_BHP, _, gam_BHN = _gates(L, g_BHP)
+  return _scan(L, 'state_scan_mgpu', _fwd_chunk, ('grp', 'hk', 'hv'), (k_BPGK, w_BPHK, u_BPHV),
+               [a_BHP], gam_BHN, init_BHKV, with_final, reverse=False)
+
+
+def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_BHKV=None):
+  """chunkwise.state_scan_bwd on Mosaic GPU: dh_BHMV, dVn_BPHV and, with dfinal_BHKV, the
+  float32 initial-state cotangent dinit_BHKV."""
+  a_BHP, eG_BHP, gam_BHN = _gates(L, g_BHP)
+  e_BHP = eG_BHP if L.masks is None else eG_BHP * L.masks.rho[:, None, :]
+  return _scan(L, 'state_scan_bwd_mgpu', _bwd_chunk, ('grp', 'grp', 'hk', 'hv', 'hv'),
+               (q_BPGK, k_BPGK, w_BPHK, do_BPHV, dvl_BPHV), [a_BHP, e_BHP], gam_BHN,
+               dfinal_BHKV, dfinal_BHKV is not None, reverse=True)

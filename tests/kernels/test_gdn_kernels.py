@@ -295,49 +295,60 @@ def test_every_kernel_lowers_for_cuda():
 MOSAIC = pk.KernelConfig(block_v=64, backend='mosaic')
 
 
-def _state_scan_fp64(k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV, masks, C):
-  """chunkwise.state_scan's recurrence in float64 numpy (its module docstring): (h_BHMV, Vn_BPHV,
-  final state_BHKV)."""
-  k, w, u, g, S = (np.asarray(x, np.float64) for x in (k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV))
+def _state_scans_fp64(q, k, w, u, g, S0, do, dvl, dS_end, masks, C):
+  """chunkwise.state_scan and state_scan_bwd in float64 numpy (the recurrences of chunkwise's
+  module docstring): ((h_BHMV, Vn_BPHV, final state_BHKV), (dh_BHMV, dVn_BPHV, dinit_BHKV))."""
+  q, k, w, u, g, S, do, dvl, dS = (np.asarray(x, np.float64)
+                                   for x in (q, k, w, u, g, S0, do, dvl, dS_end))
   B, P, G, K = k.shape
-  H = w.shape[2]
-  ones = np.ones((B, P))
-  rho, wm, keep = ((ones,) * 3 if masks is None else
+  H, V = u.shape[2:]
+  N = P // C
+  rho, wm, keep = ((np.ones((B, P)),) * 3 if masks is None else
                    (np.asarray(m, np.float64) for m in (masks.rho, masks.wm, masks.keep)))
-  h, vn = np.zeros((B, H, P // C * K, u.shape[3])), np.zeros(u.shape)
-  S = S.copy()
-  for n in range(P // C):
+  heads = lambda x: np.repeat(x, H // G, axis=2)  # noqa: E731
+  q, k = heads(q), heads(k)
+  h, vn, dh, dvn = (np.zeros(x) for x in ((B, H, N * K, V), u.shape) * 2)
+  chunks = []
+  for n in range(N):
     sl = slice(n * C, (n + 1) * C)
-    Gc = np.cumsum(g[:, :, sl], axis=-1)
-    to_end = np.exp(Gc[..., -1:] - Gc)
-    gam = np.exp(Gc[..., -1]) * (keep[:, sl].max(axis=-1) > 0)[:, None]
+    G_ = np.cumsum(g[:, :, sl], axis=-1)
+    keep_n = (keep[:, sl].max(axis=-1) > 0)[:, None, None, None]
+    chunks.append((sl, np.exp(G_), np.exp(G_[..., -1:] - G_),
+                   np.exp(G_[..., -1])[..., None, None] * keep_n))
+  rows = lambda m, sl: m[:, sl, None, None]  # noqa: E731
+  for n, (sl, _, to_end, gam) in enumerate(chunks):
     h[:, :, n * K:(n + 1) * K] = S
-    kh = np.repeat(k[:, sl], H // G, axis=2)
-    x = u[:, sl] - rho[:, sl, None, None] * np.einsum('bthk,bhkv->bthv', w[:, sl], S)
-    vn[:, sl] = x
-    x = x * wm[:, sl, None, None]
-    S = gam[..., None, None] * S + np.einsum('bthk,bht,bthv->bhkv', kh, to_end, x)
-  return h, vn, S
+    vn[:, sl] = u[:, sl] - rows(rho, sl) * np.einsum('bthk,bhkv->bthv', w[:, sl], S)
+    S = gam * S + np.einsum('bthk,bht,bthv->bhkv', k[:, sl], to_end, rows(wm, sl) * vn[:, sl])
+  for n, (sl, eG, to_end, gam) in reversed(list(enumerate(chunks))):
+    dh[:, :, n * K:(n + 1) * K] = dS
+    dvn[:, sl] = dvl[:, sl] + rows(wm, sl) * np.einsum('bthk,bht,bhkv->bthv', k[:, sl], to_end,
+                                                       dS)
+    dS = (gam * dS + np.einsum('bthk,bht,bthv->bhkv', q[:, sl], eG, rows(rho, sl) * do[:, sl])
+          - np.einsum('bthk,bthv->bhkv', w[:, sl], rows(rho, sl) * dvn[:, sl]))
+  return (h, vn, S), (dh, dvn, dS)
 
 
 @pytest.mark.parametrize('layout,block_v', [('aligned', 32), ('packed', 64)])
-def test_mosaic_state_scan_equals_triton_and_fp64(layout, block_v):
-  """chunkwise.state_scan on Mosaic GPU (interpret mode, bf16: the inputs it takes) == the Triton
-  kernel on the same inputs (interpret mode) and the fp64 recurrence on their float64 copies, h,
-  Vn and the final state within the GPU tests' bf16 forward tolerance (rel 5e-3,
-  docs/correctness.md#gpu-tests): an initial state, GQA (1 key group, 2 heads), 3 chunks of 64,
-  K = V = 64 (the kernel's smallest M tiles); aligned: two blocks of V (block_v 32, 64-byte
-  swizzle); packed: block_v 64 (128-byte swizzle), the masks of documents starting inside chunks
-  0 and 2 and padding (chunked.py's, from segment ids)."""
+def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
+  """chunkwise.state_scan and state_scan_bwd on Mosaic GPU (interpret mode, bf16: the inputs they
+  take) == the Triton kernels on the same inputs (interpret mode) and the fp64 recurrences on
+  their float64 copies: h, Vn, the final state, dh, dVn and the initial state's cotangent within
+  the GPU tests' bf16 forward tolerance (rel 5e-3, docs/correctness.md#gpu-tests). An initial
+  state and a final-state cotangent, GQA (1 key group, 2 heads), 3 chunks of 64, K = V = 64 (the
+  kernels' smallest M tiles); aligned: two blocks of V (block_v 32, 64-byte swizzle); packed:
+  block_v 64 (128-byte swizzle), the masks of documents starting inside chunks 0 and 2 and
+  padding (chunked.py's, from segment ids)."""
   B, P, G, H, K, V, C = 2, 192, 1, 2, 64, 64, 64
   rng = np.random.default_rng(13)
   unit = lambda *s: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(  # noqa: E731
       rng.standard_normal(s))
   bf16 = lambda x: jnp.asarray(x, jnp.bfloat16)  # noqa: E731
-  k, w = bf16(unit(B, P, G, K)), bf16(unit(B, P, H, K) * rng.uniform(0, 0.5, (B, P, H, 1)))
-  u = bf16(rng.standard_normal((B, P, H, V)))
+  q, k = bf16(unit(B, P, G, K)), bf16(unit(B, P, G, K))
+  w = bf16(unit(B, P, H, K) * rng.uniform(0, 0.5, (B, P, H, 1)))
+  u, do, dvl = (bf16(rng.standard_normal((B, P, H, V))) for _ in range(3))
   g = jnp.asarray(-np.logaddexp(0, -rng.standard_normal((B, H, P))), jnp.float32)
-  init = jnp.asarray(rng.standard_normal((B, H, K, V)), jnp.float32)
+  S0, dS_end = (jnp.asarray(rng.standard_normal((B, H, K, V)), jnp.float32) for _ in range(2))
   masks = None
   if layout == 'packed':
     seg = np.ones((B, P), np.int32)
@@ -345,16 +356,18 @@ def test_mosaic_state_scan_equals_triton_and_fp64(layout, block_v):
     seg[1, 170:] = 0
     masks = chunked._gdn_masks(chunked._packed_masks(jnp.asarray(seg), P, None, C))
 
-  def scan(backend):
-    def f(k, w, u, g, init, masks):
-      L = chunkwise.launch(k, H, V, masks, C, MOSAIC._replace(backend=backend, block_v=block_v),
-                           True)
-      return chunkwise.state_scan(L, k, w, u, g, init, with_final=True)
-    return jax.jit(f)(k, w, u, g, init, masks)
+  def scans(backend):
+    def f(q, k, w, u, g, S0, do, dvl, dS_end, masks):
+      cfg = MOSAIC._replace(backend=backend, block_v=block_v)
+      L = chunkwise.launch(k, H, V, masks, C, cfg, True)
+      return (chunkwise.state_scan(L, k, w, u, g, S0, with_final=True)
+              + chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl, dS_end))
+    return jax.jit(f)(q, k, w, u, g, S0, do, dvl, dS_end, masks)
 
-  mosaic, triton = scan('mosaic'), scan('triton')
-  ref = _state_scan_fp64(k, w, u, g, init, masks, C)
-  for name, x, y, r in zip(('h', 'Vn', 'final state'), mosaic, triton, ref, strict=True):
+  mosaic, triton = scans('mosaic'), scans('triton')
+  ref = sum(_state_scans_fp64(q, k, w, u, g, S0, do, dvl, dS_end, masks, C), ())
+  names = ('h', 'Vn', 'final state', 'dh', 'dVn', 'dinit')
+  for name, x, y, r in zip(names, mosaic, triton, ref, strict=True):
     assert x.dtype == y.dtype
     assert_close(x.astype(jnp.float32), r, rel=5e-3, name=f'{name} vs fp64')
     assert_close(x.astype(jnp.float32), y.astype(jnp.float32), rel=5e-3, name=f'{name} vs triton')
@@ -378,9 +391,9 @@ def test_gdn_with_mosaic_state_scan_equals_fp64_oracle():
 
 def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the GDN forward and backward with
-  the Mosaic GPU state scan lower for CUDA from CPU (Mosaic GPU's layout inference and checks run
-  here): its aligned and packed kernels (with the initial and final state), each replacing one
-  Triton kernel of the forward."""
+  the Mosaic GPU state scans lower for CUDA from CPU (Mosaic GPU's layout inference and checks run
+  here): the forward and backward scans' aligned and packed kernels (with the initial and final
+  state), each replacing one Triton kernel."""
   B, T, G, H, K = 1, 8192, 1, 16, 128
   S = jax.ShapeDtypeStruct
   shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
@@ -397,8 +410,9 @@ def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
     text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(*shapes).lower(
         lowering_platforms=('cuda',)).as_text()
-  assert text.count('gdn_state_scan_mgpu') >= 1 and text.count('gdn_packed_state_scan_mgpu') >= 1
-  assert text.count('__gpu$xla.gpu.triton') == 10     # 12 with the Triton state scans
+  for kernel in ('state_scan_mgpu', 'state_scan_bwd_mgpu'):
+    assert f'gdn_{kernel}' in text and f'gdn_packed_{kernel}' in text, kernel
+  assert text.count('__gpu$xla.gpu.triton') == 8     # 12 with the Triton state scans
 
 
 def test_mosaic_backend_rejects_what_it_cannot_serve():
