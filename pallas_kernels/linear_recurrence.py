@@ -17,7 +17,7 @@ HIGHEST = lax.Precision.HIGHEST
 class KernelConfig(NamedTuple):
   """Launch parameters of the kernels (block_v: feature block of the output axis; num_warps and
   num_stages: the Triton kernels'). backend: 'triton' (the Pallas-Triton lowering), or 'mosaic'
-  for Mosaic GPU where a kernel has that form (GDN's forward state scan,
+  for Mosaic GPU where a kernel has that form (GDN's two state scans,
   pallas_kernels.gdn.chunkwise_mgpu; the other kernels reject it)."""
   block_v: int = 32
   num_warps: int = 8

@@ -29,9 +29,9 @@ so no gradient crosses a chunk except through dS, and dg has no sum along the wh
 Matmul operands are the input dtype (bf16 on GPU) with float32 accumulation; T, the carried states,
 dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in the input dtype (the
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
-pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the
-forward state scan runs on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks and K
-multiples of 64), the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
+pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the two
+state scans run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks and K multiples
+of 64), the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
 larger batches.
 """
 
