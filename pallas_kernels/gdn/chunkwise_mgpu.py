@@ -27,8 +27,8 @@ Grid (B, H, V / BV), one warpgroup per block:
   input dtype instead; here the row scales are folded into the [C, BV] operand before rounding,
   one rounding fewer, so the two agree to the input dtype's precision.
 - The per-chunk gates (in-chunk cumsum of g, a, e, gam') and the masks' folding are computed in
-  XLA before the kernel: [B, H, P] float32, small beside the [B, P, H, K] streams. Each chunk
-  loads its rows first, so their GMEM latency overlaps the first WGMMA.
+  XLA before the kernel, [B, H, P] float32 (small beside the [B, P, H, K] streams), and stream in
+  with the chunk's tiles as one [X, C] block (`_coefficients`), off the sequential path.
 Limits: 16-bit inputs (WGMMA reads transposed SMEM operands in 16-bit types only), C and K
 multiples of 64 (the WGMMA M dimension of W S, K dS and K^T Vn), BV a multiple of 16 (the SMEM
 swizzle: 128 bytes from BV = 64 in bf16, 64 at 32, 32 at 16; the two operands of a WGMMA must
@@ -123,15 +123,14 @@ def _bwd_chunk(smems, rows, rho, dS_smem):
 def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed, with_init,
                  with_final):
   """One (b, h, block of V) of a scan. refs: the streamed inputs (`streams`: 'grp' [P, G, K],
-  'hk' [P, H, K] or 'hv' [P, H, V] per row), n_rows [B, H, P] row vectors, gam [B, H, N], rho
-  [B, P] if packed, the initial carry if with_init; the outputs (states [B, H, N K, V], tokens
-  [B, P, H, V], the final carry if with_final); SMEM scratch (state slots, token slots, one
-  [C, BV] tile per update product). chunk(smems, rows, rho, state_smem) -> (token tile,
-  [(A, B)]): the carry update is sum A^T B."""
+  'hk' [P, H, K] or 'hv' [P, H, V] per row), the coefficients [B, H, N X, C] (`_coefficients`),
+  the initial carry if with_init; the outputs (states [B, H, N K, V], tokens [B, P, H, V], the
+  final carry if with_final); SMEM scratch (state slots, token slots, one [C, BV] tile per update
+  product). chunk(smems, rows, rho, state_smem) -> (token tile, [(A, B)]): the carry update is
+  sum A^T B."""
   refs = list(refs)
   take = lambda n: [refs.pop(0) for _ in range(n)]  # noqa: E731
-  ins, row_refs, (gam_ref,) = take(len(streams)), take(n_rows), take(1)
-  rho_ref = take(1)[0] if packed else None
+  ins, (coef_ref,) = take(len(streams)), take(1)
   init_ref = take(1)[0] if with_init else None
   state_ref, tok_ref = take(2)
   final_ref = take(1)[0] if with_final else None
@@ -140,18 +139,14 @@ def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed,
   cols = pl.ds(j * BV, BV)
   dt = tok_ref.dtype
 
-  def rows_of(ref, c):
-    """A [C] vector of chunk c broadcast over the columns of a [C, BV] WGMMA tile."""
-    x = plgpu.load(ref.at[pl.ds(c * C, C)], layout=_ROWS, optimized=False)
-    return lax.broadcast_in_dim(x, (C, BV), [0])
-
   def step(idx, *smems_and_carry):
-    *smems, S = smems_and_carry
+    *smems, coef_smem, S = smems_and_carry
     i = idx[0]
     c = N - 1 - i if reverse else i
-    rows = [rows_of(r.at[b, h], c) for r in row_refs]
-    gam = gam_ref[b, h, c]
-    rho = rows_of(rho_ref.at[b], c) if packed else None
+    rows = [lax.broadcast_in_dim(plgpu.load(coef_smem.at[x], layout=_ROWS), (C, BV), [0])
+            for x in range(n_rows + packed)]
+    rho = rows.pop() if packed else None
+    gam = coef_smem[n_rows + packed, 0]
     slot = i % _STAGES
     plgpu.wait_smem_to_gmem(_STAGES - 1, wait_read_only=True)   # this slot's last stores
     state_out, tok_out = state_smem.at[slot], tok_smem.at[slot]
@@ -174,24 +169,37 @@ def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed,
   views = {'grp': lambda x: x.at[b, :, h // R, :], 'hk': lambda x: x.at[b, :, h, :],
            'hv': lambda x: x.at[b, :, h, cols]}
   specs = [plgpu.BlockSpec((C, BV if s == 'hv' else K), index, transforms=transforms)
-           for s in streams]
+           for s in streams] + [plgpu.BlockSpec((n_rows + packed + 1, C), index)]
   if with_init:
     S0 = plgpu.load(init_ref.at[b, h, :, cols], layout=_TILE, optimized=False)
   else:
     S0 = plgpu.layout_cast(jnp.zeros((K, BV), f32), _TILE)
   pipeline = plgpu.emit_pipeline(step, grid=(N,), max_concurrent_steps=min(_STAGES, N),
                                  init_carry=S0, in_specs=specs)
-  S = pipeline(*(views[s](x) for s, x in zip(streams, ins)))
+  S = pipeline(*(views[s](x) for s, x in zip(streams, ins)), coef_ref.at[b, h])
   if with_final:
     final_ref[b, h, :, cols] = S
   plgpu.wait_smem_to_gmem(0)
 
 
+def _coefficients(L, rows, gam_BHN):
+  """[B, H, N X, C] float32: per chunk, X = its rows (the [B, H, P] row vectors `rows`, then rho
+  if packed) and its decay gam' (repeated over C): one TMA block a chunk, prefetched by the
+  pipeline with the chunk's tiles (loaded from GMEM in the chunk's step, they put a GMEM round
+  trip on the sequential path)."""
+  B, H, N = gam_BHN.shape
+  rho = [jnp.broadcast_to(L.masks.rho[:, None], (B, H, L.P))] if L.packed else []
+  chunks = [x.reshape(B, H, N, L.C) for x in rows + rho] + [
+      jnp.broadcast_to(gam_BHN[..., None], (B, H, N, L.C))]
+  return jnp.stack(chunks, axis=3).reshape(B, H, N * len(chunks), L.C)
+
+
 def _smem_bytes(L, streams, n_products, BV):
-  """SMEM of a scan kernel: the pipeline's input slots, the output slots, the operand tiles."""
+  """SMEM of a scan kernel: the pipeline's input slots (with the coefficients' X <= 4 rows), the
+  output slots, the operand tiles."""
   tiles = _STAGES * sum(L.C * (BV if s == 'hv' else L.K) for s in streams) + _STAGES * (
       L.K + L.C) * BV + n_products * L.C * BV
-  return tiles * jnp.dtype(L.mm).itemsize
+  return tiles * jnp.dtype(L.mm).itemsize + _STAGES * 4 * L.C * 4
 
 
 def _block_v(L, streams, n_products):
@@ -231,9 +239,8 @@ def _scan(L, name, chunk, streams, inputs, rows, gam_BHN, init_BHKV, with_final,
       grid=(L.B, L.H, L.V // BV), grid_names=('b', 'h', 'j'),
       interpret=plgpu.InterpretGPUParams() if L.interpret else None,
       kernel_name=L.name(name))
-  rho = [L.masks.rho] if L.packed else []
   init = [init_BHKV.astype(f32)] if with_init else []
-  return kernel(*inputs, *rows, gam_BHN, *rho, *init)
+  return kernel(*inputs, _coefficients(L, rows, gam_BHN), *init)
 
 
 def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
