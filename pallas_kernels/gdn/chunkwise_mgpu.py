@@ -54,7 +54,7 @@ _SMEM = 232448 - 1024                  # bytes of SMEM a block may take on sm_90
 
 
 def check(L):
-  """ValueError naming the first launch field the Mosaic state scan cannot serve."""
+  """ValueError naming the first launch field the Mosaic state scans cannot serve."""
   checks = [('dtype', jnp.dtype(L.mm).name, jnp.dtype(L.mm).itemsize == 2,
              'bfloat16 or float16'),
             ('chunk_size', L.C, L.C % 64 == 0, 'a multiple of 64'),
