@@ -472,6 +472,21 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize('B,T,cu_seqlens', [(2, 1024, None), (1, 2000, [0, 15, 333, 2000])],
+                         ids=['aligned', 'varlen'])
+def test_gpu_bf16_mosaic_state_scans(B, T, cu_seqlens):
+  """GDN with its two state scans on Mosaic GPU (KernelConfig(backend='mosaic'), block_v 64):
+  bf16 output and gradients against the fp32 XLA form, as test_gpu_bf16_forward_and_gradients."""
+  args, cot = _gpu_inputs(B, T, 1, 8, 128, 128)
+  seg = None if cu_seqlens is None else hierarchy.segment_ids_from_cu_seqlens(cu_seqlens, T)
+  kw = dict(scale=128 ** -0.5, segment_ids_BT=seg)
+  config = pk.KernelConfig(block_v=64, num_warps=8, num_stages=1, backend='mosaic')
+  assert_bf16_kernel_matches_fp32(functools.partial(pk.gdn_chunked, config=config, **kw),
+                                  functools.partial(GDN.chunked, **kw), args[:5], cot,
+                                  ('dq', 'dk', 'dv', 'dg', 'dbeta'))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
 def test_gpu_bf16_states(fam):
   """A continuation at a GPU shape (the state after 512 tokens, then two packed documents and
