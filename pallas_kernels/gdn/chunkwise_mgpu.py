@@ -16,7 +16,8 @@ Grid (B, H, V / BV), one warpgroup per block:
 - The carried state stays in registers (the WGMMA accumulator layout) across chunks; the chunk's
   [C, K] and [C, BV] inputs stream GMEM -> SMEM by TMA through `plgpu.emit_pipeline` (two chunks
   in flight); the per-chunk outputs (h or dh, Vn or dVn) go back by TMA from double-buffered SMEM
-  slots (a slot is rewritten once its store two chunks back has been read).
+  slots (a slot is rewritten once its store two chunks back has been read; emit_pipeline's
+  out_specs would do the same, but their predicated stores do not run in the interpreter).
 - The state, rounded to the input dtype (the dtype h / dh is stored in, and the dtype the Triton
   kernels' dots round it to), is written to its output slot, which is the B operand of the
   chunk's first WGMMA (W S or K dS, A from the streamed SMEM tile).
