@@ -76,6 +76,20 @@ def test_linear_memory_impl_times_path_only(tmp_path, capsys):
   assert "ROW lloglin_path[pallas_linear_memory]" in capsys.readouterr().out
 
 
+def test_mosaic_impl_runs_gdn_with_the_mosaic_scans_only():
+  """--impls pallas_mosaic (opt-in): GDN with its state scan on Mosaic GPU (traced only: the
+  interpreter would take minutes per timed row); mixers without the variant have no such row."""
+  import jax
+  x = jax.eval_shape(lambda: bench_mixers.jax_inputs(256, 256, 4, 64, jax.random.key(0)))
+  fn, args = bench_mixers.jax_case("gdn", "pallas_mosaic", x, interpret=False)
+  jaxpr = str(jax.make_jaxpr(fn)(*args))
+  assert "gdn_state_scan_mgpu" in jaxpr and "gdn_ut_transform" in jaxpr
+  assert jaxpr.count("gdn_state_scan") == jaxpr.count("gdn_state_scan_mgpu")   # no Triton scan
+  for mixer in ("mamba2", "loglinear_gdn", "path"):
+    with pytest.raises(ImportError, match="pallas_mosaic"):
+      bench_mixers.jax_case(mixer, "pallas_mosaic", x)
+
+
 def test_bad_arguments_name_the_problem(capsys):
   for argv, message in ((["--mixers", "mamba3"], "unknown ['mamba3']"),
                         (["--seqlens", "1000"], "does not divide")):

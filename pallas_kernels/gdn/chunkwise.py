@@ -30,7 +30,9 @@ so no gradient crosses a chunk except through dS, and dg has no sum along the wh
 Matmul operands are the input dtype (bf16 on GPU) with float32 accumulation; T, the carried states,
 dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in the input dtype (the
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
-pltriton.CompilerParams), as pallas_kernels.mamba2. Offsets stay below 2^31: the caller splits
+pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the two
+state scans run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks and K multiples
+of 64), the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
 larger batches.
 """
 
@@ -43,6 +45,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.gdn import chunkwise_mgpu
 from pallas_kernels.linear_recurrence import dot
 
 __all__ = ['Masks', 'chunk_bwd', 'gdn_backward', 'gdn_forward', 'launch', 'output', 'output_bwd',
@@ -521,7 +524,10 @@ def ut_inverse_bwd(L, k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC):
 
 def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
   """h_BHMV (the state at every chunk start, chunk n at rows n K ..), Vn_BPHV and, with
-  with_final, the float32 final state_BHKV."""
+  with_final, the float32 final state_BHKV. L.cfg.backend 'mosaic': the Mosaic GPU kernel of
+  chunkwise_mgpu."""
+  if L.cfg.backend == 'mosaic':
+    return chunkwise_mgpu.state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV, with_final)
   sc = L.sp.scan
   specs, arrays = L.stream('scan', ('rho', 'wm', 'keep'))
   with_init = init_BHKV is not None
@@ -563,7 +569,11 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV):
 
 def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_BHKV=None):
   """dh_BHMV (the cotangent of the state after every chunk), dVn_BPHV and, with dfinal_BHKV,
-  the float32 initial-state cotangent dinit_BHKV."""
+  the float32 initial-state cotangent dinit_BHKV. L.cfg.backend 'mosaic': the Mosaic GPU kernel
+  of chunkwise_mgpu."""
+  if L.cfg.backend == 'mosaic':
+    return chunkwise_mgpu.state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV,
+                                         dfinal_BHKV)
   sc = L.sp.scan
   specs, arrays = L.stream('scan', ('rho', 'wm', 'keep'))
   with_state_grads = dfinal_BHKV is not None

@@ -13,6 +13,7 @@ import pytest
 
 from lloglin.ops import hierarchy
 from pallas_kernels import gdn as pk
+from pallas_kernels.gdn import chunked, chunkwise
 from tests.kernels.helpers import (assert_bf16_kernel_matches_fp32, continuation_segments,
                                    one_document_rows)
 from tests.ops import linear_mixers as lm
@@ -289,6 +290,151 @@ def test_every_kernel_lowers_for_cuda():
 
 
 # ------------------------------------------------------------------------------------------------
+# GDN's forward state scan on Mosaic GPU (KernelConfig(backend='mosaic'): chunkwise_mgpu)
+
+MOSAIC = pk.KernelConfig(block_v=64, backend='mosaic')
+
+
+def _state_scans_fp64(q, k, w, u, g, S0, do, dvl, dS_end, masks, C):
+  """chunkwise.state_scan and state_scan_bwd in float64 numpy (the recurrences of chunkwise's
+  module docstring): ((h_BHMV, Vn_BPHV, final state_BHKV), (dh_BHMV, dVn_BPHV, dinit_BHKV))."""
+  q, k, w, u, g, S, do, dvl, dS = (np.asarray(x, np.float64)
+                                   for x in (q, k, w, u, g, S0, do, dvl, dS_end))
+  B, P, G, K = k.shape
+  H, V = u.shape[2:]
+  N = P // C
+  rho, wm, keep = ((np.ones((B, P)),) * 3 if masks is None else
+                   (np.asarray(m, np.float64) for m in (masks.rho, masks.wm, masks.keep)))
+  heads = lambda x: np.repeat(x, H // G, axis=2)  # noqa: E731
+  q, k = heads(q), heads(k)
+  h, vn, dh, dvn = (np.zeros(x) for x in ((B, H, N * K, V), u.shape) * 2)
+  chunks = []
+  for n in range(N):
+    sl = slice(n * C, (n + 1) * C)
+    G_ = np.cumsum(g[:, :, sl], axis=-1)
+    keep_n = (keep[:, sl].max(axis=-1) > 0)[:, None, None, None]
+    chunks.append((sl, np.exp(G_), np.exp(G_[..., -1:] - G_),
+                   np.exp(G_[..., -1])[..., None, None] * keep_n))
+  rows = lambda m, sl: m[:, sl, None, None]  # noqa: E731
+  for n, (sl, _, to_end, gam) in enumerate(chunks):
+    h[:, :, n * K:(n + 1) * K] = S
+    vn[:, sl] = u[:, sl] - rows(rho, sl) * np.einsum('bthk,bhkv->bthv', w[:, sl], S)
+    S = gam * S + np.einsum('bthk,bht,bthv->bhkv', k[:, sl], to_end, rows(wm, sl) * vn[:, sl])
+  for n, (sl, eG, to_end, gam) in reversed(list(enumerate(chunks))):
+    dh[:, :, n * K:(n + 1) * K] = dS
+    dvn[:, sl] = dvl[:, sl] + rows(wm, sl) * np.einsum('bthk,bht,bhkv->bthv', k[:, sl], to_end,
+                                                       dS)
+    dS = (gam * dS + np.einsum('bthk,bht,bthv->bhkv', q[:, sl], eG, rows(rho, sl) * do[:, sl])
+          - np.einsum('bthk,bthv->bhkv', w[:, sl], rows(rho, sl) * dvn[:, sl]))
+  return (h, vn, S), (dh, dvn, dS)
+
+
+@pytest.mark.parametrize('layout,block_v', [('aligned', 32), ('packed', 64)])
+def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
+  """chunkwise.state_scan and state_scan_bwd on Mosaic GPU (interpret mode, bf16: the inputs they
+  take) == the Triton kernels on the same inputs (interpret mode) and the fp64 recurrences on
+  their float64 copies: h, Vn, the final state, dh, dVn and the initial state's cotangent within
+  the GPU tests' bf16 forward tolerance (rel 5e-3, docs/correctness.md#gpu-tests). An initial
+  state and a final-state cotangent, GQA (1 key group, 2 heads), 3 chunks of 64, K = V = 64 (the
+  kernels' smallest M tiles); aligned: two blocks of V (block_v 32, 64-byte swizzle); packed:
+  block_v 64 (128-byte swizzle), the masks of documents starting inside chunks 0 and 2 and
+  padding (chunked.py's, from segment ids)."""
+  B, P, G, H, K, V, C = 2, 192, 1, 2, 64, 64, 64
+  rng = np.random.default_rng(13)
+  unit = lambda *s: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(  # noqa: E731
+      rng.standard_normal(s))
+  bf16 = lambda x: jnp.asarray(x, jnp.bfloat16)  # noqa: E731
+  q, k = bf16(unit(B, P, G, K)), bf16(unit(B, P, G, K))
+  w = bf16(unit(B, P, H, K) * rng.uniform(0, 0.5, (B, P, H, 1)))
+  u, do, dvl = (bf16(rng.standard_normal((B, P, H, V))) for _ in range(3))
+  g = jnp.asarray(-np.logaddexp(0, -rng.standard_normal((B, H, P))), jnp.float32)
+  S0, dS_end = (jnp.asarray(rng.standard_normal((B, H, K, V)), jnp.float32) for _ in range(2))
+  masks = None
+  if layout == 'packed':
+    seg = np.ones((B, P), np.int32)
+    seg[0, 20:150], seg[0, 150:] = 2, 3
+    seg[1, 170:] = 0
+    masks = chunked._gdn_masks(chunked._packed_masks(jnp.asarray(seg), P, None, C))
+
+  def scans(backend):
+    def f(q, k, w, u, g, S0, do, dvl, dS_end, masks):
+      cfg = MOSAIC._replace(backend=backend, block_v=block_v)
+      L = chunkwise.launch(k, H, V, masks, C, cfg, True)
+      return (chunkwise.state_scan(L, k, w, u, g, S0, with_final=True)
+              + chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl, dS_end))
+    return jax.jit(f)(q, k, w, u, g, S0, do, dvl, dS_end, masks)
+
+  mosaic, triton = scans('mosaic'), scans('triton')
+  ref = sum(_state_scans_fp64(q, k, w, u, g, S0, do, dvl, dS_end, masks, C), ())
+  names = ('h', 'Vn', 'final state', 'dh', 'dVn', 'dinit')
+  for name, x, y, r in zip(names, mosaic, triton, ref, strict=True):
+    assert x.dtype == y.dtype
+    assert_close(x.astype(jnp.float32), r, rel=5e-3, name=f'{name} vs fp64')
+    assert_close(x.astype(jnp.float32), y.astype(jnp.float32), rel=5e-3, name=f'{name} vs triton')
+
+
+def test_gdn_with_mosaic_state_scans_equals_fp64_oracle():
+  """gdn_chunked with KernelConfig(backend='mosaic') (interpret mode, bf16): output and final
+  state from an initial state == the fp64 recurrent oracle on the inputs' float64 copies (rel
+  5e-3, docs/correctness.md#gpu-tests); GQA, T = 150 in chunks of 64 (the last partial),
+  K = V = 64. (Its gradients through the Mosaic backward scan matched the oracle within the GPU
+  tests' bf16 gradient tolerances too, rel 1.9e-3 to 4.1e-3, but the backward doubles the test's
+  6 s: the backward scan is checked alone above, its route through the custom_vjp by the CUDA
+  lowering below.)"""
+  data = lm.make_data(11, 2, 150, fam=GDN, G=1, H=2, K=64, V=64)
+  S0 = jnp.asarray(np.random.default_rng(3).standard_normal((2, 2, 64, 64)), jnp.bfloat16)
+  args = args_of(data, GDN, jnp.bfloat16) + (S0,)
+  run = lambda fn, *a, **kw: jax.jit(lambda *a: fn(  # noqa: E731
+      *a[:5], initial_state_BHKV=a[5], return_final_state=True, scale=0.7, **kw))(*a)
+  o, s = run(pk.gdn_chunked, *args, chunk_size=64, interpret=True, config=MOSAIC)
+  with jax.enable_x64(True):
+    o_ref, s_ref = run(GDN.recurrent, *(x.astype(jnp.float64) for x in args))
+  assert_close(o.astype(jnp.float32), o_ref, rel=5e-3, name='output')
+  assert_close(s, s_ref, rel=5e-3, name='final state')
+
+
+def test_mosaic_state_scan_lowers_for_cuda_at_8k():
+  """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the GDN forward and backward with
+  the Mosaic GPU state scans lower for CUDA from CPU (Mosaic GPU's layout inference and checks run
+  here): the forward and backward scans' aligned and packed kernels (with the initial and final
+  state), each replacing one Triton kernel."""
+  B, T, G, H, K = 1, 8192, 1, 16, 128
+  S = jax.ShapeDtypeStruct
+  shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
+            S((B, T, H, K), jnp.bfloat16), S((B, T, H), jnp.float32), S((B, T, H), jnp.float32),
+            S((B, H, K, K), jnp.float32), S((B, T), jnp.int32)]
+  config = MOSAIC._replace(block_v=128)
+
+  def loss(*a):
+    o, s = pk.gdn_chunked(*a[:5], initial_state_BHKV=a[5], segment_ids_BT=a[6],
+                          return_final_state=True, config=config)
+    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+  dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', platform='gpu',
+                                    num_cores=132)
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
+    text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(*shapes).lower(
+        lowering_platforms=('cuda',)).as_text()
+  for kernel in ('state_scan_mgpu', 'state_scan_bwd_mgpu'):
+    assert f'gdn_{kernel}' in text and f'gdn_packed_{kernel}' in text, kernel
+  assert text.count('__gpu$xla.gpu.triton') == 8     # 12 with the Triton state scans
+
+
+def test_mosaic_backend_rejects_what_it_cannot_serve():
+  data = lm.make_data(12, 1, 64, fam=GDN, K=64, V=64)
+  kernel = functools.partial(pk.gdn_chunked, chunk_size=64, interpret=True)
+  with pytest.raises(ValueError, match="backend='mosaic'.*dtype='float32'"):
+    kernel(*args_of(data, GDN, jnp.float32), config=MOSAIC)
+  bf16 = args_of(data, GDN, jnp.bfloat16)
+  with pytest.raises(ValueError, match="block_v=8"):
+    kernel(*bf16, config=MOSAIC._replace(block_v=8))
+  with pytest.raises(ValueError, match="chunk_size=32"):
+    kernel(*bf16, config=MOSAIC, chunk_size=32)
+  with pytest.raises(ValueError, match="config.backend='mosaic'"):   # no Mosaic form yet
+    pk.loglinear_gdn_chunked(*args_of(lm.make_data(12, 1, 64, fam=LL), LL, jnp.bfloat16),
+                             config=MOSAIC, interpret=True)
+
+
+# ------------------------------------------------------------------------------------------------
 # GPU (docs/correctness.md#gpu-tests): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
 
 
@@ -323,6 +469,21 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
   rfn = functools.partial(fam.chunked, **kw)
   names = ('dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam')[:n]
   assert_bf16_kernel_matches_fp32(kfn, rfn, args, cot, names)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('B,T,cu_seqlens', [(2, 1024, None), (1, 2000, [0, 15, 333, 2000])],
+                         ids=['aligned', 'varlen'])
+def test_gpu_bf16_mosaic_state_scans(B, T, cu_seqlens):
+  """GDN with its two state scans on Mosaic GPU (KernelConfig(backend='mosaic'), block_v 64):
+  bf16 output and gradients against the fp32 XLA form, as test_gpu_bf16_forward_and_gradients."""
+  args, cot = _gpu_inputs(B, T, 1, 8, 128, 128)
+  seg = None if cu_seqlens is None else hierarchy.segment_ids_from_cu_seqlens(cu_seqlens, T)
+  kw = dict(scale=128 ** -0.5, segment_ids_BT=seg)
+  config = pk.KernelConfig(block_v=64, num_warps=8, num_stages=1, backend='mosaic')
+  assert_bf16_kernel_matches_fp32(functools.partial(pk.gdn_chunked, config=config, **kw),
+                                  functools.partial(GDN.chunked, **kw), args[:5], cot,
+                                  ('dq', 'dk', 'dv', 'dg', 'dbeta'))
 
 
 @pytest.mark.gpu

@@ -1,0 +1,262 @@
+"""GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`) as Mosaic GPU kernels
+(`plgpu.kernel`), the first training kernels off the deprecated Pallas-Triton lowering; selected
+by KernelConfig(backend='mosaic') (chunkwise dispatches here; its parallel kernels stay on
+Triton).
+
+Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
+a = wm o e^{G_C - G}, e = rho o e^G and gam' = e^{G_C} (0 when a document starts in the chunk),
+
+  forward (S the float32 state at the chunk start, chunks in order):
+    h_n = S;  Vn = U - rho o (W S);  S <- gam' S + K^T (a o Vn)
+  backward (dS the float32 cotangent of the state after the chunk, chunks in reverse):
+    dh_n = dS;  dVn = dVl + a o (K dS);  dS <- gam' dS + Q^T (e o dO) - W^T (rho o dVn)
+
+Both are one driver (`_scan_kernel`) with a per-chunk body each (`_fwd_chunk`, `_bwd_chunk`).
+Grid (B, H, V / BV), one warpgroup per block:
+- The carried state stays in registers (the WGMMA accumulator layout) across chunks; the chunk's
+  [C, K] and [C, BV] inputs stream GMEM -> SMEM by TMA through `plgpu.emit_pipeline` (two chunks
+  in flight); the per-chunk outputs (h or dh, Vn or dVn) go back by TMA from double-buffered SMEM
+  slots (a slot is rewritten once its store two chunks back has been read; emit_pipeline's
+  out_specs would do the same, but their predicated stores do not run in the interpreter).
+- The state, rounded to the input dtype (the dtype h / dh is stored in, and the dtype the Triton
+  kernels' dots round it to), is written to its output slot, which is the B operand of the
+  chunk's first WGMMA (W S or K dS, A from the streamed SMEM tile).
+- The state update's products are WGMMAs whose A operand is a streamed [C, K] tile read
+  transposed in place (K^T; Q^T and W^T) and whose B operand is a [C, BV] tile the chunk writes
+  to SMEM in the input dtype; they accumulate into one accumulator, added to gam' S in
+  registers. The Triton kernels round e^{G_C - G} o K (e^G o Q) and the masked Vn (dO) to the
+  input dtype instead; here the row scales are folded into the [C, BV] operand before rounding,
+  one rounding fewer, so the two agree to the input dtype's precision.
+- The per-chunk gates (in-chunk cumsum of g, a, e, gam') and the masks' folding are computed in
+  XLA before the kernel, [B, H, P] float32 (small beside the [B, P, H, K] streams), and stream in
+  with the chunk's tiles as one [X, C] block (`_coefficients`), off the sequential path.
+Limits: 16-bit inputs (WGMMA reads transposed SMEM operands in 16-bit types only), C and K
+multiples of 64 (the WGMMA M dimension of W S, K dS and K^T Vn), BV a multiple of 16 (the SMEM
+swizzle: 128 bytes from BV = 64 in bf16, 64 at 32, 32 at 16; the two operands of a WGMMA must
+share it, so the [C, K] tiles take that of the [*, BV] tiles). A scan whose tiles do not fit in
+SMEM halves BV (`_block_v`); chunks of 128 at K = 128 do not fit the backward at all.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+__all__ = ['check', 'state_scan', 'state_scan_bwd']
+
+f32 = jnp.float32
+_TILE = plgpu.Layout.WGMMA
+_ROWS = plgpu.Layout.WGMMA.reduce(1)   # a [rows] vector, one value per row of a WGMMA tile
+_STAGES = 2                            # chunks in flight in the pipeline
+_SMEM = 232448 - 1024                  # bytes of SMEM a block may take on sm_90, less barriers
+
+
+def check(L):
+  """ValueError naming the first launch field the Mosaic state scans cannot serve."""
+  checks = [('dtype', jnp.dtype(L.mm).name, jnp.dtype(L.mm).itemsize == 2,
+             'bfloat16 or float16'),
+            ('chunk_size', L.C, L.C % 64 == 0, 'a multiple of 64'),
+            ('K (key width)', L.K, L.K % 64 == 0, 'a multiple of 64'),
+            ('block_v', L.BV, L.BV % 16 == 0, 'a multiple of 16')]
+  for name, value, ok, expected in checks:
+    if not ok:
+      raise ValueError(f"GDN state scans (backend='mosaic'): {name}={value!r}; expected {expected}")
+
+
+def _transforms(BV, itemsize):
+  """SMEM tiling and swizzle of every WGMMA operand tile: one swizzle for all (the two operands
+  of a WGMMA must share it), the widest that a [*, BV] tile's rows hold (128, 64 or 32 bytes)."""
+  swizzle = min(128, BV * itemsize)
+  return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
+
+
+def _gates(L, g_BHP):
+  """(a_BHP, eG_BHP, gam_BHN), float32: the row scale a = wm o e^{G_C - G}, e^G and the chunk
+  decay gam' (0 where a document starts in the chunk)."""
+  B, H, P = g_BHP.shape
+  N = P // L.C
+  G_BHNC = jnp.cumsum(g_BHP.astype(f32).reshape(B, H, N, L.C), axis=-1)
+  gs_BHN = G_BHNC[..., -1]
+  a_BHP = jnp.exp(gs_BHN[..., None] - G_BHNC).reshape(B, H, P)
+  gam_BHN = jnp.exp(gs_BHN)
+  if L.masks is not None:
+    a_BHP = a_BHP * L.masks.wm[:, None, :]
+    keep_BN = jnp.max(L.masks.keep.reshape(B, N, L.C), axis=-1) > 0
+    gam_BHN = jnp.where(keep_BN[:, None, :], gam_BHN, 0.0)
+  return a_BHP, jnp.exp(G_BHNC).reshape(B, H, P), gam_BHN
+
+
+def _matmuls(pairs, acc):
+  """sum of a @ b over pairs into the zeroed WGMMA accumulator acc, read back into registers
+  (which waits for them). (Accumulating onto the carried state with
+  pl.run_state(...)(plgpu.ACC.init(S)) would save one add, but the Mosaic GPU interpreter does not
+  run pl.run_state.)"""
+  for a_smem, b_smem in pairs:
+    plgpu.wgmma(acc, a_smem, b_smem)
+  return acc[...]
+
+
+def _product(pairs, shape):
+  return pl.run_scoped(functools.partial(_matmuls, pairs), plgpu.ACC(shape, f32))
+
+
+def _fwd_chunk(smems, rows, rho, S_smem):
+  """(Vn, [(K, a o Vn)]) of a chunk: its output tile and the update's (A^T, B) operands."""
+  k, w, u = smems
+  (a,) = rows
+  ws = _product([(w, S_smem)], a.shape)
+  vn = plgpu.load(u, layout=_TILE).astype(f32) - (ws if rho is None else ws * rho)
+  return vn, [(k, vn * a)]
+
+
+def _bwd_chunk(smems, rows, rho, dS_smem):
+  """(dVn, [(Q, e o dO), (W, -rho o dVn)]) of a chunk, as _fwd_chunk."""
+  q, k, w, do, dvl = smems
+  a, e = rows
+  dvn = plgpu.load(dvl, layout=_TILE).astype(f32) + a * _product([(k, dS_smem)], a.shape)
+  return dvn, [(q, e * plgpu.load(do, layout=_TILE).astype(f32)),
+               (w, -(dvn if rho is None else dvn * rho))]
+
+
+def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed, with_init,
+                 with_final):
+  """One (b, h, block of V) of a scan. refs: the streamed inputs (`streams`: 'grp' [P, G, K],
+  'hk' [P, H, K] or 'hv' [P, H, V] per row), the coefficients [B, H, N X, C] (`_coefficients`),
+  the initial carry if with_init; the outputs (states [B, H, N K, V], tokens [B, P, H, V], the
+  final carry if with_final); SMEM scratch (state slots, token slots, one [C, BV] tile per update
+  product). chunk(smems, rows, rho, state_smem) -> (token tile, [(A, B)]): the carry update is
+  sum A^T B."""
+  refs = list(refs)
+  take = lambda n: [refs.pop(0) for _ in range(n)]  # noqa: E731
+  ins, (coef_ref,) = take(len(streams)), take(1)
+  init_ref = take(1)[0] if with_init else None
+  state_ref, tok_ref = take(2)
+  final_ref = take(1)[0] if with_final else None
+  state_smem, tok_smem, *operand_smems = refs
+  b, h, j = (lax.axis_index(n) for n in ('b', 'h', 'j'))
+  cols = pl.ds(j * BV, BV)
+  dt = tok_ref.dtype
+
+  def step(idx, *smems_and_carry):
+    *smems, coef_smem, S = smems_and_carry
+    i = idx[0]
+    c = N - 1 - i if reverse else i
+    rows = [lax.broadcast_in_dim(plgpu.load(coef_smem.at[x], layout=_ROWS), (C, BV), [0])
+            for x in range(n_rows + packed)]
+    rho = rows.pop() if packed else None
+    gam = coef_smem[n_rows + packed, 0]
+    slot = i % _STAGES
+    plgpu.wait_smem_to_gmem(_STAGES - 1, wait_read_only=True)   # this slot's last stores
+    state_out, tok_out = state_smem.at[slot], tok_smem.at[slot]
+    state_out[...] = S.astype(dt)
+    plgpu.commit_smem()
+    tok, products = chunk(smems, rows, rho, state_out)
+    tok_out[...] = tok.astype(dt)
+    for o_smem, (_, x) in zip(operand_smems, products):
+      o_smem[...] = x.astype(dt)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(state_out, state_ref.at[b, h, pl.ds(c * K, K), cols],
+                            commit_group=False)
+    plgpu.copy_smem_to_gmem(tok_out, tok_ref.at[b, pl.ds(c * C, C), h, cols], commit_group=False)
+    plgpu.commit_smem_to_gmem_group()
+    return gam * S + _product([(a.transpose((1, 0)), o) for (a, _), o in
+                               zip(products, operand_smems)], (K, BV))
+
+  transforms = _transforms(BV, jnp.dtype(dt).itemsize)
+  index = (lambda i: (N - 1 - i, 0)) if reverse else (lambda i: (i, 0))
+  views = {'grp': lambda x: x.at[b, :, h // R, :], 'hk': lambda x: x.at[b, :, h, :],
+           'hv': lambda x: x.at[b, :, h, cols]}
+  specs = [plgpu.BlockSpec((C, BV if s == 'hv' else K), index, transforms=transforms)
+           for s in streams] + [plgpu.BlockSpec((n_rows + packed + 1, C), index)]
+  if with_init:
+    S0 = plgpu.load(init_ref.at[b, h, :, cols], layout=_TILE, optimized=False)
+  else:
+    S0 = plgpu.layout_cast(jnp.zeros((K, BV), f32), _TILE)
+  pipeline = plgpu.emit_pipeline(step, grid=(N,), max_concurrent_steps=min(_STAGES, N),
+                                 init_carry=S0, in_specs=specs)
+  S = pipeline(*(views[s](x) for s, x in zip(streams, ins)), coef_ref.at[b, h])
+  if with_final:
+    final_ref[b, h, :, cols] = S
+  plgpu.wait_smem_to_gmem(0)
+
+
+def _coefficients(L, rows, gam_BHN):
+  """[B, H, N X, C] float32: per chunk, X = its rows (the [B, H, P] row vectors `rows`, then rho
+  if packed) and its decay gam' (repeated over C): one TMA block a chunk, prefetched by the
+  pipeline with the chunk's tiles (loaded from GMEM in the chunk's step, they put a GMEM round
+  trip on the sequential path)."""
+  B, H, N = gam_BHN.shape
+  rho = [jnp.broadcast_to(L.masks.rho[:, None], (B, H, L.P))] if L.packed else []
+  chunks = [x.reshape(B, H, N, L.C) for x in rows + rho] + [
+      jnp.broadcast_to(gam_BHN[..., None], (B, H, N, L.C))]
+  return jnp.stack(chunks, axis=3).reshape(B, H, N * len(chunks), L.C)
+
+
+def _smem_bytes(L, streams, n_products, BV):
+  """SMEM of a scan kernel: the pipeline's input slots (with the coefficients' X <= 4 rows), the
+  output slots, the operand tiles."""
+  tiles = _STAGES * sum(L.C * (BV if s == 'hv' else L.K) for s in streams) + _STAGES * (
+      L.K + L.C) * BV + n_products * L.C * BV
+  return tiles * jnp.dtype(L.mm).itemsize + _STAGES * 4 * L.C * 4
+
+
+def _block_v(L, streams, n_products):
+  """L.BV, halved (down to 16) until the kernel fits in SMEM (the backward streams five [C, *]
+  inputs: at K = 128 and chunks of 64 it takes block_v 64 where the forward takes 128);
+  ValueError when even 16 does not fit."""
+  BV = L.BV
+  while BV > 16 and _smem_bytes(L, streams, n_products, BV) > _SMEM:
+    BV //= 2
+  if _smem_bytes(L, streams, n_products, BV) > _SMEM:
+    raise ValueError(f"GDN state scans (backend='mosaic'): chunk_size={L.C} with K={L.K} needs "
+                     f"{_smem_bytes(L, streams, n_products, BV)} bytes of SMEM at block_v "
+                     f"{BV}; expected at most {_SMEM} (chunks of 64 fit)")
+  return BV
+
+
+def _scan(L, name, chunk, streams, inputs, rows, gam_BHN, init_BHKV, with_final, reverse):
+  """The scan kernel's call: states_BHMV and tokens_BPHV (input dtype) and, with with_final, the
+  float32 final carry_BHKV."""
+  check(L)
+  n_products = {_fwd_chunk: 1, _bwd_chunk: 2}[chunk]
+  BV = _block_v(L, streams, n_products)
+  with_init = init_BHKV is not None
+  N = L.P // L.C
+  sds = jax.ShapeDtypeStruct
+  transforms = _transforms(BV, jnp.dtype(L.mm).itemsize)
+  out_type = [sds((L.B, L.H, N * L.K, L.V), L.mm), sds((L.B, L.P, L.H, L.V), L.mm)] + (
+      [sds((L.B, L.H, L.K, L.V), f32)] if with_final else [])
+  smem = lambda *shape: plgpu.SMEM(shape, L.mm, transforms=transforms)  # noqa: E731
+  kernel = plgpu.kernel(
+      functools.partial(_scan_kernel, chunk=chunk, streams=streams, n_rows=len(rows), C=L.C,
+                        K=L.K, BV=BV, R=L.H // inputs[0].shape[2], N=N, reverse=reverse,
+                        packed=L.packed, with_init=with_init, with_final=with_final),
+      out_type=out_type,
+      scratch_types=[smem(_STAGES, L.K, BV), smem(_STAGES, L.C, BV)]
+      + [smem(L.C, BV) for _ in range(n_products)],
+      grid=(L.B, L.H, L.V // BV), grid_names=('b', 'h', 'j'),
+      interpret=plgpu.InterpretGPUParams() if L.interpret else None,
+      kernel_name=L.name(name))
+  init = [init_BHKV.astype(f32)] if with_init else []
+  return kernel(*inputs, _coefficients(L, rows, gam_BHN), *init)
+
+
+def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
+  """chunkwise.state_scan on Mosaic GPU (L: its _Launch): h_BHMV, Vn_BPHV and, with with_final,
+  the float32 final state_BHKV."""
+  a_BHP, _, gam_BHN = _gates(L, g_BHP)
+  return _scan(L, 'state_scan_mgpu', _fwd_chunk, ('grp', 'hk', 'hv'), (k_BPGK, w_BPHK, u_BPHV),
+               [a_BHP], gam_BHN, init_BHKV, with_final, reverse=False)
+
+
+def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_BHKV=None):
+  """chunkwise.state_scan_bwd on Mosaic GPU: dh_BHMV, dVn_BPHV and, with dfinal_BHKV, the
+  float32 initial-state cotangent dinit_BHKV."""
+  a_BHP, eG_BHP, gam_BHN = _gates(L, g_BHP)
+  e_BHP = eG_BHP if L.masks is None else eG_BHP * L.masks.rho[:, None, :]
+  return _scan(L, 'state_scan_bwd_mgpu', _bwd_chunk, ('grp', 'grp', 'hk', 'hv', 'hv'),
+               (q_BPGK, k_BPGK, w_BPHK, do_BPHV, dvl_BPHV), [a_BHP, e_BHP], gam_BHN,
+               dfinal_BHKV, dfinal_BHKV is not None, reverse=True)
