@@ -14,8 +14,8 @@ on it (as `eval.py --suite rewordbench` runs it) into <run>/eval/rewordbench. Fi
 skipped on a re-run (a run with an export is not trained again, an interrupted one resumes, a
 suite run whose report.json exists is read back). `--jobs N` trains and evaluates N reward runs
 at once, each in its own process (on one GPU: the runs are small, and each is mostly per-step
-overhead; the processes then allocate device memory as they need it, not 75% each). Writes <out>/report.json, <out>/drop.png and
-<out>/table.md, and prints the table.
+overhead; the processes then allocate device memory as they need it, not 75% each). Writes
+<out>/report.json, <out>/drop.png and <out>/table.md, and prints the table.
 
 The world's training surface (what a model may have learnt to read, or to ignore): punctuation
 spaced or quotes around a unit, a missing end mark (the artefacts), and from its paraphrases
