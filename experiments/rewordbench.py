@@ -3,7 +3,7 @@ world (configs/rewordbench.py), standard against augmented and paraphrase-regula
 by the rewordbench suite on the world's held-out pairs under transforms never used in training.
 
   python -m experiments.rewordbench [--workdir runs/rewordbench] [--seeds 0,1] [--steps N]
-                                    [--out experiments/results/rewordbench] [--tiny]
+                                    [--out experiments/results/rewordbench] [--tiny] [--jobs N]
 
 One `pretrain` run (the trunk as a byte-level LM on the world's texts, seed 0) is shared by every
 reward run: the world's lexicon and rules do not depend on the seed, only which pairs are drawn.
@@ -12,8 +12,10 @@ export (`init_from`), as `python train.py --config configs/rewordbench.py:<varia
 --config.seed=<seed> --config.init_from=<workdir>/pretrain/export` would train it, and the suite
 on it (as `eval.py --suite rewordbench` runs it) into <run>/eval/rewordbench. Finished steps are
 skipped on a re-run (a run with an export is not trained again, an interrupted one resumes, a
-suite run whose report.json exists is read back). Writes <out>/report.json, <out>/drop.png and
-<out>/table.md, and prints the table.
+suite run whose report.json exists is read back). `--jobs N` trains and evaluates N reward runs
+at once, each in its own process (on one GPU: the runs are small, and each is mostly per-step
+overhead; the processes then allocate device memory as they need it, not 75% each). Writes
+<out>/report.json, <out>/drop.png and <out>/table.md, and prints the table.
 
 The world's training surface (what a model may have learnt to read, or to ignore): punctuation
 spaced or quotes around a unit, a missing end mark (the artefacts), and from its paraphrases
@@ -26,7 +28,9 @@ encode it (Rot-13/2, homoglyphs), which the tiny models cannot read at all.
 """
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -77,7 +81,8 @@ def run_variant(variant: str, seed: int, *, pretrain_export: str, workdir: str,
                 steps: int | None = None, world_pairs: int | None = None, tiny: bool = False,
                 transforms=SEEN + UNSEEN) -> dict:
   """Trains (or reuses) reward run <workdir>/<variant>-<seed> and returns the suite's results on
-  it (`transforms`); tiny: every run at configs/rewordbench.py's smoke-test size (`shrink`)."""
+  it (`transforms`); tiny: every run at configs/rewordbench.py's smoke-test size (`shrink`) and
+  200 held-out pairs unless world_pairs says otherwise."""
   config = _configure(get_config(variant), steps=steps, tiny=tiny)
   config.seed = seed
   config.init_from = pretrain_export
@@ -87,10 +92,10 @@ def run_variant(variant: str, seed: int, *, pretrain_export: str, workdir: str,
   path = os.path.join(out_dir, REPORT_FILE)
   if not os.path.exists(path):
     config.rewordbench.transforms = tuple(transforms)
-    config.rewordbench.batch_size = 250
+    config.rewordbench.batch_size = 500
     config.rewordbench.max_records = 0
-    if world_pairs:
-      config.rewordbench.world_pairs = world_pairs
+    if world_pairs or tiny:
+      config.rewordbench.world_pairs = world_pairs or 200
     run_suite("rewordbench", config, checkpoint=run, out_dir=out_dir)
   with open(path) as f:
     return json.load(f)["results"]
@@ -179,6 +184,7 @@ def main(argv=None):
   parser.add_argument("--world_pairs", type=int, default=0,
                       help="held-out pairs to evaluate (0 = the config's)")
   parser.add_argument("--tiny", action="store_true", help="smoke-test model sizes and steps")
+  parser.add_argument("--jobs", type=int, default=1, help="reward runs trained at once")
   args = parser.parse_args(argv)
   variants = [v.strip() for v in args.variants.split(",") if v.strip()]
   if not variants or any(v not in REWARD_VARIANTS for v in variants):
@@ -187,16 +193,25 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
   except ValueError:
     parser.error(f"--seeds={args.seeds!r}: expected comma-separated integers")
-  if args.steps < 0 or args.world_pairs < 0:
-    parser.error(f"--steps={args.steps}, --world_pairs={args.world_pairs}: expected >= 0")
+  if args.steps < 0 or args.world_pairs < 0 or args.jobs < 1:
+    parser.error(f"--steps={args.steps}, --world_pairs={args.world_pairs}, --jobs={args.jobs}: "
+                 "expected steps and world_pairs >= 0, jobs >= 1")
+  if args.jobs > 1:  # read when this process and its workers first use jax's backend
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   export = pretrain(args.workdir, steps=args.steps or None, tiny=args.tiny)
+  options = dict(pretrain_export=export, workdir=args.workdir, steps=args.steps or None,
+                 world_pairs=args.world_pairs or None, tiny=args.tiny)
+  todo = [(v, seed) for seed in seeds for v in variants]
+  if args.jobs > 1:
+    with concurrent.futures.ProcessPoolExecutor(
+        args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+      futures = [pool.submit(run_variant, v, seed, **options) for v, seed in todo]
+      results = [f.result() for f in futures]
+  else:
+    results = [run_variant(v, seed, **options) for v, seed in todo]
   runs = {v: {} for v in variants}
-  for seed in seeds:
-    for v in variants:
-      results = run_variant(v, seed, pretrain_export=export, workdir=args.workdir,
-                            steps=args.steps or None, world_pairs=args.world_pairs or None,
-                            tiny=args.tiny)
-      runs[v][seed] = summarize_run(results)
+  for (v, seed), r in zip(todo, results):
+    runs[v][seed] = summarize_run(r)
   summary = aggregate(runs)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, REPORT_FILE), "w") as f:

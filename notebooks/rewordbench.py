@@ -92,9 +92,9 @@ results = {v: experiment.run_variant(v, 0, pretrain_export=export, workdir=workd
 
 # %% [markdown]
 # ## Accuracy before and after
-# Ranking accuracy on the world's held-out pairs (the test split: its artefacts are independent of
-# quality), then after each transform. At tiny sizes (the test run) the models have barely
-# learnt anything; the full run is `python -m experiments.rewordbench`.
+# Ranking accuracy on the world's held-out pairs (the test split, which carries no artefact:
+# every error is about content), then after each transform. At tiny sizes (the test run) the
+# models have barely learnt anything; the full run is `python -m experiments.rewordbench`.
 
 # %%
 print(f"{'transform':18s}" + "".join(f"{v:>22s}" for v in results))

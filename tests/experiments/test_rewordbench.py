@@ -40,3 +40,12 @@ def test_summaries_mean_spread_and_table():
   assert summary["drops"]["rot13"] == pytest.approx({"mean": 0.26, "spread": 0.13})
   text = exp.table({"reg1": {0: seed0, 1: seed1}}, {"reg1": summary})
   assert "| reg1 | 85.0 (90.0 / 80.0) |" in text
+
+
+@pytest.mark.parametrize("argv", [["--jobs", "0"], ["--steps", "-1"], ["--seeds", "0,x"],
+                                  ["--variants", "pretrain"]])
+def test_bad_arguments_stop_before_any_run(argv, tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    exp.main(argv + ["--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+  assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+  assert argv[0] in capsys.readouterr().err
