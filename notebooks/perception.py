@@ -43,6 +43,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import scipy.stats
 
+if os.path.basename(os.getcwd()) == "notebooks":
+  os.chdir("..")  # the repository root, where lloglin/ is (installed or not)
+
 from lloglin.evals.perception import aggregate, judges, synthetic
 from lloglin.evals.perception.principles import pairwise_prompt
 
