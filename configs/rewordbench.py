@@ -38,7 +38,9 @@ def training_config(variant: str):
   c.reward.objective = "regression"
   c.data.source = "reward_world"
   c.data.tokenizer = "byte"
-  c.seq_len = 72  # the world's rows take at most 70 bytes and BOS/EOS
+  # The world's rows take at most reward_world.MAX_ROW_BYTES = 100 bytes (70 before its
+  # paraphrases gained neutral sentences), and BOS/EOS; the pretrain LM reads the same windows.
+  c.seq_len = 102
   c.batch_size = 32
   set_model_size(c, d_model=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=128)
   c.model.max_seq_len = 256  # the eval's transforms lengthen rows beyond the training length
@@ -58,7 +60,7 @@ def training_config(variant: str):
   c.train.checkpoint_every = 1000
   if variant == "pretrain":
     c.task = "lm"
-    c.data.reward_world.num_train_examples = 40_000  # 80k texts, about 3.6M bytes
+    c.data.reward_world.num_train_examples = 40_000  # 80k texts, about 3.9M bytes
     c.data.reward_world.num_val_examples = 200
     c.train.num_steps = 1000
     c.train.eval_every = c.train.checkpoint_every = 500
