@@ -51,9 +51,11 @@ def training_config(variant: str):
   # quality): the clean accuracy measures what a model knows of the content, and the surface
   # comes only from the transforms (docs/suites/rewordbench.md, "Which clean set").
   c.data.reward_world.artefact_test = 0.0
-  # 3000 steps: at 1000 the standard model had not learnt the world (clean accuracy 84 against
-  # 98 for augmentation), at 2000 it was still 3.6 points below alpha = 10 (one seed).
-  c.train.num_steps = 3000
+  # 6000 steps, so that every variant learns the world (the drops then compare like with like):
+  # at 1000 the standard model had not (clean accuracy 84 against 98 for augmentation); with the
+  # paraphrases' neutral sentences alpha = 10 learns slower, 95.5 clean at 3000 steps against
+  # 99.8 for standard, 97.9 against 100.0 at 6000 (seed 0; docs/suites/rewordbench.md).
+  c.train.num_steps = 6000
   c.train.log_every = 100
   c.train.eval_every = 1000
   c.train.eval_steps = 16
