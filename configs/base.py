@@ -139,12 +139,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   # quotes, no end mark): in train and validation on a bad unit (an off-topic item, a wrong
   # answer, ...) with probability artefact_bad, on a good one with artefact_good; in the test
   # split on any unit with artefact_test (independent of quality); in paraphrases on any unit
-  # with paraphrase_artefact.
+  # with paraphrase_artefact. A paraphrase also lists its items in a new order with probability
+  # paraphrase_reorder, swaps the case of its first letter with paraphrase_case, and adds a
+  # neutral sentence ("Good question.", "Hope this helps!") before and after the answer with
+  # paraphrase_filler each (all three 0: the world's first paraphrases, text for text).
   c.data.reward_world = ml_collections.ConfigDict()
   c.data.reward_world.artefact_bad = 0.3
   c.data.reward_world.artefact_good = 0.0
   c.data.reward_world.artefact_test = 0.05
   c.data.reward_world.paraphrase_artefact = 0.3
+  c.data.reward_world.paraphrase_reorder = 0.5
+  c.data.reward_world.paraphrase_case = 0.3
+  c.data.reward_world.paraphrase_filler = 0.5
   c.data.reward_world.num_train_examples = 100_000  # pairs (records: twice as many)
   c.data.reward_world.num_val_examples = 1_000
 

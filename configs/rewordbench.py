@@ -38,7 +38,9 @@ def training_config(variant: str):
   c.reward.objective = "regression"
   c.data.source = "reward_world"
   c.data.tokenizer = "byte"
-  c.seq_len = 72  # the world's rows take at most 70 bytes and BOS/EOS
+  # The world's rows take at most reward_world.MAX_ROW_BYTES = 100 bytes (70 before its
+  # paraphrases gained neutral sentences), and BOS/EOS; the pretrain LM reads the same windows.
+  c.seq_len = 102
   c.batch_size = 32
   set_model_size(c, d_model=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=128)
   c.model.max_seq_len = 256  # the eval's transforms lengthen rows beyond the training length
@@ -49,16 +51,18 @@ def training_config(variant: str):
   # quality): the clean accuracy measures what a model knows of the content, and the surface
   # comes only from the transforms (docs/suites/rewordbench.md, "Which clean set").
   c.data.reward_world.artefact_test = 0.0
-  # 3000 steps: at 1000 the standard model had not learnt the world (clean accuracy 84 against
-  # 98 for augmentation), at 2000 it was still 3.6 points below alpha = 10 (one seed).
-  c.train.num_steps = 3000
+  # 6000 steps, so that every variant learns the world (the drops then compare like with like):
+  # at 1000 the standard model had not (clean accuracy 84 against 98 for augmentation); with the
+  # paraphrases' neutral sentences alpha = 10 learns slower, 95.5 clean at 3000 steps against
+  # 99.8 for standard, 97.9 against 100.0 at 6000 (seed 0; docs/suites/rewordbench.md).
+  c.train.num_steps = 6000
   c.train.log_every = 100
   c.train.eval_every = 1000
   c.train.eval_steps = 16
   c.train.checkpoint_every = 1000
   if variant == "pretrain":
     c.task = "lm"
-    c.data.reward_world.num_train_examples = 40_000  # 80k texts, about 3.6M bytes
+    c.data.reward_world.num_train_examples = 40_000  # 80k texts, about 3.9M bytes
     c.data.reward_world.num_val_examples = 200
     c.train.num_steps = 1000
     c.train.eval_every = c.train.checkpoint_every = 500

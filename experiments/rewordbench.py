@@ -19,12 +19,14 @@ overhead; the processes then allocate device memory as they need it, not 75% eac
 
 The world's training surface (what a model may have learnt to read, or to ignore): punctuation
 spaced or quotes around a unit, a missing end mark (the artefacts), and from its paraphrases
-item synonyms, openers ("Sure: "), joiners and end marks. `add_quotes` and `punct_spaces` make
-exactly the artefacts' surface: they are SEEN. Every other transform below rewrites text in a
-way neither the training data nor the world's paraphraser ever does: UNSEEN, the set the
-experiment's claim is about. Of those, NOISE keeps rows about the training length (a letter or
-a word edited); the others prepend or append text (rows beyond the 72 trained positions) or
-encode it (Rot-13/2, homoglyphs), which the tiny models cannot read at all.
+item synonyms, openers ("Sure: "), joiners, end marks, the items' order, the first letter's case
+and neutral sentences before and after the answer ("Good question.", "Hope this helps!").
+`add_quotes` and `punct_spaces` make exactly the artefacts' surface: they are SEEN. Every other
+transform below rewrites text in a way neither the training data nor the world's paraphraser
+ever does (none of their text or marks is in the world): UNSEEN, the set the experiment's claim
+is about. Of those, NOISE keeps rows about the training length (a letter or a word edited); the
+others prepend or append text the world never holds (handles, links, tautologies, distractor
+paragraphs, rows longer than the trained ones) or encode it (Rot-13/2, homoglyphs).
 """
 
 import argparse

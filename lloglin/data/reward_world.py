@@ -24,11 +24,20 @@ model can learn beside the lexicon (with artefact_good = 0, an artefact marks an
 though most errors carry none). In the test split every unit and response uses `artefact_test`,
 whatever its quality: the artefacts are independent of quality there.
 
-Paraphrase. Every response has a meaning-preserving paraphrase drawn by the world: some units in
-their other synonym (items: the other word; refusals and answers: another phrasing; each with
-probability 1/2, at least one), a new opener ("Sure: ", "Here: ", ...), last joiner (", " or
-" and ") and end mark, and artefacts at rate `paraphrase_artefact` on every unit whatever its
-quality: the surface an LLM paraphraser varies. Its score is the response's.
+Paraphrase. Every response has a meaning-preserving paraphrase drawn by the world, varying what
+an LLM paraphrase of a short answer varies: some units in their other synonym (items: the other
+word; refusals and answers: another phrasing; each with probability 1/2, at least one), a new
+opener ("Sure: ", "Here: ", ...), last joiner (", " or " and ") and end mark, and artefacts at
+rate `paraphrase_artefact` on every unit whatever its quality; then, each with its probability
+in data.reward_world, the list items in a new random order (`paraphrase_reorder`), the case of
+the answer's first letter swapped (`paraphrase_case`), and a neutral sentence (politeness,
+filler: FILLER_BEFORE, FILLER_AFTER) before and, independently, after the answer
+(`paraphrase_filler` each), joined to it by a space or a line break. Its score is the
+response's. The neutral sentences hold no lexicon or refusal word and no digit (so they cannot
+change a score), and no text that a reWordBench transform adds ("@", a link, "ignore", "true",
+its distractors): the paraphrases must not show the evaluation's unseen transforms. These last
+variations draw from a generator of their own, so with their probabilities at 0 the world is the
+one before they existed, text for text.
 
 Pairs. Pair i of a split is a pure function of (seed, split, i), in one of five subsets and the
 four categories of RewardBench (i % 4 picks the category):
@@ -58,7 +67,7 @@ SPLITS = ("train", "validation", "test")
 CATEGORIES = ("Chat", "Chat Hard", "Safety", "Reasoning")
 SUBSETS = {"list-easy": "Chat", "list-hard": "Chat Hard", "refuse-banned": "Safety",
            "respond-safe": "Safety", "math-add": "Reasoning"}
-MAX_ROW_BYTES = 70  # a prompt and its longest response or paraphrase
+MAX_ROW_BYTES = 100  # a prompt and its longest response or paraphrase (70 without fillers)
 _STREAM = 0x5257  # keeps these seeds apart from the other generators' seeds
 _SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 
@@ -81,6 +90,9 @@ REFUSALS = ("Sorry, I can't help with that", "Apologies, I cannot help with that
 ANSWERS = ("{a}+{b} is {c}", "It is {c}", "The sum is {c}", "Answer: {c}")
 OPENERS = ("", "Sure: ", "Here: ", "OK, ")
 REFUSAL_WORDS = {"sorry", "apologies", "decline"}
+# Neutral sentences a paraphrase may add before / after the answer (module docstring).
+FILLER_BEFORE = ("Good question.", "Let me see.", "Thank you.", "Here goes.")
+FILLER_AFTER = ("Hope this helps!", "Ask for more.", "Have a nice day.", "Is that clear?")
 WORD_TOPIC = {word: topic for topics in (TOPICS, BANNED_TOPICS)
               for topic, items in topics.items() for item in items for word in item}
 _SPACED = ",.:;!?"  # the punctuation a spacing artefact puts a space before
@@ -189,6 +201,19 @@ def render(response: Response, rng, *, forms: list[int], rates: list[float], end
   return text
 
 
+def _restyle(text: str, style, world_cfg) -> str:
+  """`text` with its first letter's case swapped (probability paraphrase_case) and a neutral
+  sentence before and after it (paraphrase_filler each), joined by a space or a line break."""
+  if style.random() < world_cfg.paraphrase_case:
+    text = text[:1].swapcase() + text[1:]
+  join = lambda: " " if style.random() < 0.5 else "\n"
+  if style.random() < world_cfg.paraphrase_filler:
+    text = FILLER_BEFORE[style.integers(len(FILLER_BEFORE))] + join() + text
+  if style.random() < world_cfg.paraphrase_filler:
+    text = text + join() + FILLER_AFTER[style.integers(len(FILLER_AFTER))]
+  return text
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldPair:
   """A pair as text with its paraphrases and scores."""
@@ -208,7 +233,8 @@ class WorldPair:
 
 def check_world_config(world_cfg) -> None:
   """Raises ValueError naming the first data.reward_world value out of range."""
-  for name in ("artefact_bad", "artefact_good", "artefact_test", "paraphrase_artefact"):
+  for name in ("artefact_bad", "artefact_good", "artefact_test", "paraphrase_artefact",
+               "paraphrase_reorder", "paraphrase_case", "paraphrase_filler"):
     value = world_cfg[name]
     if not 0 <= value <= 1:
       raise ValueError(f"data.reward_world.{name}={value!r}; expected a probability in [0, 1]")
@@ -222,6 +248,7 @@ def world_pair(world_cfg, *, split: str, seed: int, index: int) -> WorldPair:
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is unknown; expected one of {SPLITS}")
   rng = np.random.default_rng([_STREAM, seed, _SPLIT_CODES[split], index])
+  style = np.random.default_rng([_STREAM, seed, _SPLIT_CODES[split], index, 1])
   prompt, chosen, rejected, subset = _pair_content(rng, index)
   good, bad = world_cfg.artefact_good, world_cfg.artefact_bad
   texts = []
@@ -236,9 +263,12 @@ def world_pair(world_cfg, *, split: str, seed: int, index: int) -> WorldPair:
     swap = rng.random(len(forms)) < 0.5
     swap[rng.integers(len(forms))] = True  # at least one unit in another synonym
     p = world_cfg.paraphrase_artefact
+    order = list(range(len(response.units)))
+    if response.listed and style.random() < world_cfg.paraphrase_reorder:
+      order = [int(u) for u in style.permutation(order)]
     paraphrase = render(response, rng, forms=[f + s for f, s in zip(forms, swap)],
-                        rates=[p] * len(response.units), end_rate=p)
-    texts.append((original, paraphrase))
+                        rates=[p] * len(response.units), end_rate=p, listed_order=order)
+    texts.append((original, _restyle(paraphrase, style, world_cfg)))
   (c, c_para), (r, r_para) = texts
   return WorldPair(prompt, c, r, c_para, r_para, chosen.score, rejected.score, subset)
 

@@ -7,11 +7,13 @@ import re
 import numpy as np
 import pytest
 
+from configs import rewordbench
 from configs.base import get_base_config
 from lloglin.data import make_dataset
 from lloglin.data import reward_world
-from lloglin.data.reward_world import (CATEGORIES, MAX_ROW_BYTES, SUBSETS, WORD_TOPIC,
-                                       score_text, world_pair, world_pairs)
+from lloglin.data.reward_world import (CATEGORIES, FILLER_AFTER, FILLER_BEFORE, MAX_ROW_BYTES,
+                                       REFUSAL_WORDS, SUBSETS, WORD_TOPIC, score_text,
+                                       world_pair, world_pairs)
 from lloglin.data.scored import make_pair_dataset, make_scored_dataset
 from lloglin.data.tokenizers import ByteTokenizer
 
@@ -54,6 +56,63 @@ def test_every_text_and_paraphrase_scores_what_the_world_says(pairs):
     longest = max(len(t.encode()) for t in (pair.chosen, pair.rejected, pair.chosen_paraphrase,
                                             pair.rejected_paraphrase))
     assert len(pair.prompt.encode()) + longest <= MAX_ROW_BYTES
+
+
+def test_rows_fit_the_experiments_seq_len():
+  for variant in ("pretrain", "standard"):
+    assert rewordbench.training_config(variant).seq_len >= MAX_ROW_BYTES + 2  # BOS, EOS
+
+
+def _strip_filler(text):
+  """(text without its neutral sentences, whether it had one before, one after)."""
+  before = next((f for f in FILLER_BEFORE if text.startswith(f)), None)
+  after = next((f for f in FILLER_AFTER if text.endswith(f)), None)
+  text = text[len(before) + 1:] if before else text
+  return (text[:-len(after) - 1] if after else text), before is not None, after is not None
+
+
+def _item_groups(text):
+  """The synonym group (its first form) of each lexicon item in the text, in order."""
+  first = {w: item[0] for items in reward_world.TOPICS.values() for item in items for w in item}
+  return [first[w] for w in re.findall(r"[a-z]+", text.lower()) if w in first]
+
+
+def test_paraphrases_reorder_recase_and_add_neutral_sentences(pairs, world_data_cfg):
+  """Each variation at about its configured rate (standard error at most 0.025 here); the
+  originals never carry one."""
+  world = world_data_cfg.reward_world
+  paras = [(p.chosen, p.chosen_paraphrase) for p in pairs["train"]]
+  stripped = [(text, _strip_filler(para)) for text, para in paras]
+  assert not any(any(_strip_filler(text)[1:]) for text, _ in paras)
+  for side in (1, 2):
+    assert abs(np.mean([s[side] for _, s in stripped]) - world.paraphrase_filler) < 0.08
+  lists = [(text, body) for text, (body, _, _) in stripped if len(_item_groups(text)) >= 3]
+  moved = np.mean([_item_groups(text) != _item_groups(body) for text, body in lists])
+  # a random order of k >= 3 items is the same with probability <= 1/6
+  assert world.paraphrase_reorder * 4 / 6 < moved < world.paraphrase_reorder + 0.08
+  words = [(t, b) for t, (b, _, _) in stripped if t[0].isalpha() and b[0].isalpha()]
+  swapped = np.mean([t[0].isupper() != b[0].isupper() for t, b in words])
+  assert swapped > world.paraphrase_case - 0.08  # the opener changes case too, less often
+
+
+def test_neutral_sentences_hold_no_score_and_no_transform_text():
+  """No lexicon or refusal word, no digit (score_text would read them), and none of the text
+  the reWordBench transforms add, nor their marks (the unseen transforms stay unseen)."""
+  from lloglin.evals.rewordbench.transforms import TRANSFORMS
+  added = [t("x", seed) for t in TRANSFORMS.values() if t.fn for seed in range(3)]
+  for filler in FILLER_BEFORE + FILLER_AFTER:
+    words = set(re.findall(r"[a-z]+", filler.lower()))
+    assert not words & (set(WORD_TOPIC) | REFUSAL_WORDS | {"ignore", "true", "https"}), filler
+    assert not re.search(r"[\d@/]", filler), filler
+    assert not any(filler.lower() in text.lower() for text in added), filler
+
+
+@pytest.mark.parametrize("name", ["paraphrase_filler", "paraphrase_reorder", "artefact_bad"])
+def test_a_probability_out_of_range_is_refused(world_data_cfg, name):
+  cfg = copy.deepcopy(world_data_cfg)
+  cfg.reward_world[name] = 1.5
+  with pytest.raises(ValueError, match=f"data.reward_world.{name}=1.5; expected a probability"):
+    world_pairs(cfg, split="test", seed=0, num=1)
 
 
 def _item_artefacts(prompt, response):
