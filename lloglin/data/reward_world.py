@@ -263,9 +263,9 @@ def world_pair(world_cfg, *, split: str, seed: int, index: int) -> WorldPair:
     swap = rng.random(len(forms)) < 0.5
     swap[rng.integers(len(forms))] = True  # at least one unit in another synonym
     p = world_cfg.paraphrase_artefact
-    order = list(range(len(response.units)))
+    order = None  # render's: the units in their order
     if response.listed and style.random() < world_cfg.paraphrase_reorder:
-      order = [int(u) for u in style.permutation(order)]
+      order = [int(u) for u in style.permutation(len(response.units))]
     paraphrase = render(response, rng, forms=[f + s for f, s in zip(forms, swap)],
                         rates=[p] * len(response.units), end_rate=p, listed_order=order)
     texts.append((original, _restyle(paraphrase, style, world_cfg)))
