@@ -79,7 +79,7 @@ def main(argv=None):
         f"{'rel diff':>9}")
   for T in args.seqlens:
     inputs = dict(zip(("fwd", "bwd"), scan_inputs(args.tokens, T, H, D, jax.random.key(0))))
-    triton_cfg = launch_config(None, GDN_CONFIG, args.tokens // T * H, D)
+    triton_cfg = launch_config(None, GDN_CONFIG, args.tokens // T * H, D)._replace(backend="triton")
     cfgs = [triton_cfg] + [GDN_CONFIG._replace(block_v=bv, backend="mosaic")
                            for bv in args.mosaic_block_v]
     for scan in args.scans:

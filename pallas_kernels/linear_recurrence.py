@@ -16,9 +16,10 @@ HIGHEST = lax.Precision.HIGHEST
 
 class KernelConfig(NamedTuple):
   """Launch parameters of the kernels (block_v: feature block of the output axis; num_warps and
-  num_stages: the Triton kernels'). backend: 'triton' (the Pallas-Triton lowering), or 'mosaic'
+  num_stages: the Triton kernels'). backend: 'triton' (the Pallas-Triton lowering), 'mosaic'
   for Mosaic GPU where a kernel has that form (GDN's two state scans,
-  pallas_kernels.gdn.chunkwise_mgpu; the other kernels reject it)."""
+  pallas_kernels.gdn.chunkwise_mgpu; the other kernels reject it), or 'auto' (GDN's default:
+  Mosaic GPU where it serves the launch on a Hopper GPU, else Triton)."""
   block_v: int = 32
   num_warps: int = 8
   num_stages: int = 2
@@ -33,7 +34,9 @@ class KernelConfig(NamedTuple):
 # `launch_config` narrows block_v until the grid fills the GPU.
 SSD_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=2)
 LOGLINEAR_SSD_CONFIG = KernelConfig(block_v=32, num_warps=8, num_stages=2)
-GDN_CONFIG = KernelConfig(block_v=128, num_warps=8, num_stages=1)
+# GDN's state scans on Mosaic GPU were 1.5x (T = 8K) to 3x (32K) faster than the Triton ones on
+# an H100 (benchmarks/RESULTS.md, "GDN's state scans on Mosaic GPU"): 'auto' takes them on Hopper.
+GDN_CONFIG = KernelConfig(block_v=128, num_warps=8, num_stages=1, backend='auto')
 LOGLINEAR_GDN_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=1)
 MIN_PROGRAMS = 128   # about one program per SM of an H100 / H200 (132 SMs)
 

@@ -76,18 +76,24 @@ def test_linear_memory_impl_times_path_only(tmp_path, capsys):
   assert "ROW lloglin_path[pallas_linear_memory]" in capsys.readouterr().out
 
 
-def test_mosaic_impl_runs_gdn_with_the_mosaic_scans_only():
-  """--impls pallas_mosaic (opt-in): GDN with its state scan on Mosaic GPU (traced only: the
-  interpreter would take minutes per timed row); mixers without the variant have no such row."""
+def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(monkeypatch):
+  """On a Hopper GPU the default `pallas` GDN row runs both state scans on Mosaic GPU (the launch
+  default backend='auto') and the opt-in `pallas_triton` row keeps them on Triton (traced only,
+  the GPU stood in for by on_hopper_gpu: the interpreter would take minutes per timed row);
+  mixers without the variant have no pallas_triton row."""
   import jax
+
+  from pallas_kernels.gdn import chunkwise
+  monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: True)
   x = jax.eval_shape(lambda: bench_mixers.jax_inputs(256, 256, 4, 64, jax.random.key(0)))
-  fn, args = bench_mixers.jax_case("gdn", "pallas_mosaic", x, interpret=False)
-  jaxpr = str(jax.make_jaxpr(fn)(*args))
-  assert "gdn_state_scan_mgpu" in jaxpr and "gdn_ut_transform" in jaxpr
-  assert jaxpr.count("gdn_state_scan") == jaxpr.count("gdn_state_scan_mgpu")   # no Triton scan
+  for impl, mosaic in (("pallas", True), ("pallas_triton", False)):
+    fn, args = bench_mixers.jax_case("gdn", impl, x, interpret=False)
+    jaxpr = str(jax.make_jaxpr(fn)(*args))
+    assert "gdn_ut_transform" in jaxpr and "gdn_state_scan" in jaxpr, impl
+    assert jaxpr.count("gdn_state_scan_mgpu") == (jaxpr.count("gdn_state_scan") if mosaic else 0)
   for mixer in ("mamba2", "loglinear_gdn", "path"):
-    with pytest.raises(ImportError, match="pallas_mosaic"):
-      bench_mixers.jax_case(mixer, "pallas_mosaic", x)
+    with pytest.raises(ImportError, match="pallas_triton"):
+      bench_mixers.jax_case(mixer, "pallas_triton", x)
 
 
 def test_bad_arguments_name_the_problem(capsys):

@@ -32,7 +32,8 @@ dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in th
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
 pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the two
 state scans run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks and K multiples
-of 64), the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
+of 64), and so they do with GDN's default backend='auto' on a Hopper GPU where they serve
+(`on_mosaic`); the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
 larger batches.
 """
 
@@ -45,6 +46,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.device import on_hopper_gpu
 from pallas_kernels.gdn import chunkwise_mgpu
 from pallas_kernels.linear_recurrence import dot
 
@@ -522,11 +524,20 @@ def ut_inverse_bwd(L, k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC):
                 'ut_inverse_bwd')(k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC, *arrays)
 
 
+def on_mosaic(L):
+  """Whether the two state scans run on Mosaic GPU: backend 'mosaic', or 'auto' (GDN's launch
+  default) outside interpret mode on a Hopper GPU where chunkwise_mgpu serves the launch (16-bit
+  inputs, chunks and K multiples of 64); 'auto' takes Triton otherwise."""
+  if L.cfg.backend == 'auto':
+    return not L.interpret and on_hopper_gpu() and chunkwise_mgpu.serves(L)
+  return L.cfg.backend == 'mosaic'
+
+
 def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
   """h_BHMV (the state at every chunk start, chunk n at rows n K ..), Vn_BPHV and, with
   with_final, the float32 final state_BHKV. L.cfg.backend 'mosaic': the Mosaic GPU kernel of
-  chunkwise_mgpu."""
-  if L.cfg.backend == 'mosaic':
+  chunkwise_mgpu (`on_mosaic`)."""
+  if on_mosaic(L):
     return chunkwise_mgpu.state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV, with_final)
   sc = L.sp.scan
   specs, arrays = L.stream('scan', ('rho', 'wm', 'keep'))
@@ -570,8 +581,8 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV):
 def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_BHKV=None):
   """dh_BHMV (the cotangent of the state after every chunk), dVn_BPHV and, with dfinal_BHKV,
   the float32 initial-state cotangent dinit_BHKV. L.cfg.backend 'mosaic': the Mosaic GPU kernel
-  of chunkwise_mgpu."""
-  if L.cfg.backend == 'mosaic':
+  of chunkwise_mgpu (`on_mosaic`)."""
+  if on_mosaic(L):
     return chunkwise_mgpu.state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV,
                                          dfinal_BHKV)
   sc = L.sp.scan

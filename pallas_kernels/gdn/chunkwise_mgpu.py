@@ -1,7 +1,7 @@
 """GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`) as Mosaic GPU kernels
 (`plgpu.kernel`), the first training kernels off the deprecated Pallas-Triton lowering; selected
-by KernelConfig(backend='mosaic') (chunkwise dispatches here; its parallel kernels stay on
-Triton).
+by KernelConfig(backend='mosaic'), and by GDN's default backend='auto' on a Hopper GPU where
+`serves` (chunkwise dispatches here; its parallel kernels stay on Triton).
 
 Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
 a = wm o e^{G_C - G}, e = rho o e^G and gam' = e^{G_C} (0 when a document starts in the chunk),
@@ -45,25 +45,38 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ['check', 'state_scan', 'state_scan_bwd']
+__all__ = ['check', 'serves', 'state_scan', 'state_scan_bwd']
 
 f32 = jnp.float32
 _TILE = plgpu.Layout.WGMMA
 _ROWS = plgpu.Layout.WGMMA.reduce(1)   # a [rows] vector, one value per row of a WGMMA tile
 _STAGES = 2                            # chunks in flight in the pipeline
 _SMEM = 232448 - 1024                  # bytes of SMEM a block may take on sm_90, less barriers
+_BWD_STREAMS = ('grp', 'grp', 'hk', 'hv', 'hv')   # the backward's [C, *] inputs: Q, K, W, dO, dVl
 
 
-def check(L):
-  """ValueError naming the first launch field the Mosaic state scans cannot serve."""
+def _unserved(L):
+  """(name, value, expected) of the first launch field the Mosaic state scans cannot serve, or
+  None."""
   checks = [('dtype', jnp.dtype(L.mm).name, jnp.dtype(L.mm).itemsize == 2,
              'bfloat16 or float16'),
             ('chunk_size', L.C, L.C % 64 == 0, 'a multiple of 64'),
             ('K (key width)', L.K, L.K % 64 == 0, 'a multiple of 64'),
             ('block_v', L.BV, L.BV % 16 == 0, 'a multiple of 16')]
-  for name, value, ok, expected in checks:
-    if not ok:
-      raise ValueError(f"GDN state scans (backend='mosaic'): {name}={value!r}; expected {expected}")
+  return next(((name, value, expected) for name, value, ok, expected in checks if not ok), None)
+
+
+def check(L):
+  """ValueError naming the first launch field the Mosaic state scans cannot serve."""
+  if bad := _unserved(L):
+    name, value, expected = bad
+    raise ValueError(f"GDN state scans (backend='mosaic'): {name}={value!r}; expected {expected}")
+
+
+def serves(L):
+  """Whether both scans run this launch: its fields served, and the backward (the larger) fits in
+  SMEM at some block of V."""
+  return _unserved(L) is None and _smem_bytes(L, _BWD_STREAMS, 2, 16) <= _SMEM
 
 
 def _transforms(BV, itemsize):
@@ -257,6 +270,6 @@ def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_B
   float32 initial-state cotangent dinit_BHKV."""
   a_BHP, eG_BHP, gam_BHN = _gates(L, g_BHP)
   e_BHP = eG_BHP if L.masks is None else eG_BHP * L.masks.rho[:, None, :]
-  return _scan(L, 'state_scan_bwd_mgpu', _bwd_chunk, ('grp', 'grp', 'hk', 'hv', 'hv'),
+  return _scan(L, 'state_scan_bwd_mgpu', _bwd_chunk, _BWD_STREAMS,
                (q_BPGK, k_BPGK, w_BPHK, do_BPHV, dvl_BPHV), [a_BHP, e_BHP], gam_BHN,
                dfinal_BHKV, dfinal_BHKV is not None, reverse=True)

@@ -434,6 +434,27 @@ def test_mosaic_backend_rejects_what_it_cannot_serve():
                              config=MOSAIC, interpret=True)
 
 
+def test_auto_backend_takes_mosaic_scans_only_where_they_serve_on_hopper(monkeypatch):
+  """GDN's launch default backend='auto' runs the state scans on Mosaic GPU on a Hopper GPU (stood
+  in for here) for 16-bit inputs, chunks and K multiples of 64, outside interpret mode; Triton
+  otherwise, and 'triton' / 'mosaic' are taken as given."""
+  monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: True)
+  auto = pk.KernelConfig(block_v=64, backend='auto')
+
+  def on_mosaic(dtype=jnp.bfloat16, K=128, chunk_size=64, cfg=auto, interpret=False):
+    q = jax.ShapeDtypeStruct((2, 256, 4, K), dtype)
+    return chunkwise.on_mosaic(chunkwise.launch(q, 4, 128, None, chunk_size, cfg, interpret))
+
+  assert on_mosaic() and on_mosaic(jnp.float16) and on_mosaic(cfg=MOSAIC)
+  assert not on_mosaic(jnp.float32)
+  assert not on_mosaic(K=32) and not on_mosaic(chunk_size=32)
+  assert not on_mosaic(chunk_size=256)          # the backward's tiles exceed SMEM
+  assert not on_mosaic(interpret=True)
+  assert not on_mosaic(cfg=auto._replace(backend='triton'))
+  monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: False)
+  assert not on_mosaic() and on_mosaic(cfg=MOSAIC)
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU (docs/correctness.md#gpu-tests): bf16 inputs vs the fp32 XLA chunked form (precision HIGHEST)
 
