@@ -343,7 +343,7 @@ def run_throughput(args) -> list[Row]:
           for mode in args.modes:
             def timer(mixer=mixer, impl=impl, mode=mode, x=x, cfg=cfg):
               fn, fargs = jax_case(mixer, impl, x, args.segments, cfg)
-              return time_jax(fn, fargs, backward=mode == "fwdbwd")
+              return time_jax(fn, fargs, backward=mode == "fwdbwd", repeats=args.repeats)
             tile = "bs" if mixer.startswith("path") else "bv"  # PaTH's block size, scans' block_v
             label = (impl + (f"_{tile}{cfg[0]}w{cfg[1]}s{cfg[2]}" if cfg else "")
                      + ("_segments" if args.segments else ""))
@@ -464,6 +464,8 @@ def parse_args(argv=None):
   p.add_argument("--mixers", type=csv, default=list(MIXERS))
   p.add_argument("--impls", type=csv, default=list(IMPLS))
   p.add_argument("--modes", type=csv, default=["fwd", "fwdbwd"])
+  p.add_argument("--repeats", type=int, default=5,
+                 help="timed loops per JAX row, the median taken (1 for CPU smoke runs)")
   p.add_argument("--segments", action="store_true",
                  help="lloglin rows get segment_ids_BT (one document per row), as in training")
   p.add_argument("--kernel_configs", default=[],
@@ -491,6 +493,8 @@ def parse_args(argv=None):
     bad = sorted(set(given) - set(known))
     if bad:
       p.error(f"{name}: unknown {bad}; choose from {list(known)}")
+  if args.repeats < 1:
+    p.error(f"--repeats={args.repeats}: expected at least 1")
   for T in args.seqlens:
     if args.tokens % T:
       p.error(f"--seqlens: {T} does not divide --tokens={args.tokens}")

@@ -30,6 +30,7 @@ import runpy
 import shlex
 import sys
 import tomllib
+import time
 from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -318,8 +319,9 @@ def drive(cli: str, jobs: list[dict], work: str, run: bool) -> list[dict]:
       if data is not None and data.source == "text" and not data.path:
         result["skipped"] = "reads a tensorflow-datasets corpus (network)"
         continue
+      start = time.perf_counter()
       captured["main"](sys.argv[:1])
-      result["ran"] = True
+      result["ran"], result["seconds"] = True, round(time.perf_counter() - start, 1)
     except BaseException as e:  # noqa: BLE001 - SystemExit and flag errors are results here
       result["error"] = f"{type(e).__name__}: {e}"[-3000:]
   return results

@@ -8,34 +8,27 @@ import pytest
 from benchmarks import bench_mixers
 
 
-def test_smoke_rows_tables_and_memory(tmp_path, capsys):
-  result = bench_mixers.main(["--tokens", "128", "--seqlens", "64,128", "--mixers",
-                              "mamba2,path", "--impls", "xla", "--modes", "fwdbwd",
-                              "--memory", "path", "--memory_seqlens", "64,256",
-                              "--out", str(tmp_path)])
-  rows = result["rows"]
-  assert {(r["mixer"], r["seq_len"]) for r in rows} == {
-      (m, T) for m in ("mamba2", "path") for T in (64, 128)}
-  assert all(r["mtok_s"] > 0 and r["mode"] == "fwdbwd" for r in rows)
+def test_per_T_runs_rows_tables_memory_skip_and_merge(tmp_path, capsys):
+  """One process per T (as on the GPU, each under its own timeout): every timed row is logged at
+  once, --skip drops a row, the memory section grows with T, and --merge renders one table and
+  plot from the logs."""
+  common = ["--tokens", "128", "--mixers", "mamba2,path", "--impls", "xla", "--modes", "fwdbwd",
+            "--repeats", "1"]
+  first = bench_mixers.main(common + ["--seqlens", "64", "--skip", "lloglin_path[xla]:fwdbwd",
+                                      "--memory", "path", "--memory_seqlens", "64,256",
+                                      "--out", str(tmp_path / "a")])
+  second = bench_mixers.main(common + ["--seqlens", "128", "--out", str(tmp_path / "b")])
+  assert [(r["mixer"], r["seq_len"]) for r in first["rows"]] == [("mamba2", 64)]
+  assert all(r["mtok_s"] > 0 and r["mode"] == "fwdbwd" for r in first["rows"] + second["rows"])
   out = capsys.readouterr().out
   assert "| mamba2 | xla |" in out and "T=128 fwdbwd" in out
-  mem = {m["seq_len"]: m["fwdbwd_gib"] for m in result["memory"]}
+  mem = {m["seq_len"]: m["fwdbwd_gib"] for m in first["memory"]}
   assert 0 < mem[64] < mem[256]
-  saved = json.loads((tmp_path / "bench_mixers_h16d128.json").read_text())
+  saved = json.loads((tmp_path / "a" / "bench_mixers_h16d128.json").read_text())
   assert saved["meta"]["tokens_per_call"] == 128
-  assert (tmp_path / "bench_mixers_h16d128.png").exists()
-
-
-def test_skip_and_merge_of_per_T_runs(tmp_path, capsys):
-  """One process per T (as on the GPU, each under its own timeout): --skip drops a row, every
-  timed row is logged at once, and --merge renders one table from the logs."""
-  common = ["--tokens", "128", "--mixers", "mamba2,path", "--impls", "xla", "--modes", "fwdbwd"]
-  bench_mixers.main(common + ["--seqlens", "64", "--skip", "lloglin_path[xla]:fwdbwd",
-                              "--out", str(tmp_path / "a")])
-  bench_mixers.main(common + ["--seqlens", "128", "--out", str(tmp_path / "b")])
+  assert (tmp_path / "b" / "bench_mixers_h16d128.png").exists()
   logs = [str(tmp_path / d / "rows_h16d128.jsonl") for d in ("a", "b")]
   assert [len(open(p).readlines()) for p in logs] == [1, 2]
-  capsys.readouterr()
   result = bench_mixers.main(["--merge", *logs, "--out", str(tmp_path / "m")])
   assert {(r["mixer"], r["seq_len"]) for r in result["rows"]} == {
       ("mamba2", 64), ("mamba2", 128), ("path", 128)}
@@ -48,7 +41,8 @@ def test_kernel_config_sweep_rows(tmp_path, capsys):
   each compared with the same XLA row; a malformed list is refused with the reason."""
   result = bench_mixers.main(["--tokens", "64", "--seqlens", "64", "--mixers", "gdn,path",
                               "--impls", "pallas,xla", "--modes", "fwd",
-                              "--kernel_configs", "16,4,1,32,4,1", "--out", str(tmp_path)])
+                              "--kernel_configs", "16,4,1,32,4,1", "--repeats", "1",
+                              "--out", str(tmp_path)])
   for mixer, tile in (("gdn", "bv"), ("path", "bs")):  # PaTH: the block size comes first
     rows = [r for r in result["rows"] if r["mixer"] == mixer]
     assert sorted(r["impl"] for r in rows) == [f"pallas_{tile}16w4s1", f"pallas_{tile}32w4s1",
@@ -68,7 +62,8 @@ def test_linear_memory_impl_times_path_only(tmp_path, capsys):
   mixers without the variant get none."""
   result = bench_mixers.main(["--tokens", "32", "--seqlens", "32", "--mixers", "mamba2,path",
                               "--impls", "pallas_linear_memory", "--modes", "fwd", "--memory",
-                              "path", "--memory_seqlens", "32", "--out", str(tmp_path)])
+                              "path", "--memory_seqlens", "32", "--repeats", "1",
+                              "--out", str(tmp_path)])
   assert [(r["mixer"], r["impl"]) for r in result["rows"]] == [("path", "pallas_linear_memory")]
   assert result["rows"][0]["mtok_s"] > 0
   assert [(m["impl"], m["seq_len"]) for m in result["memory"]] == [("pallas_linear_memory", 32)]
@@ -98,6 +93,7 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
 
 def test_bad_arguments_name_the_problem(capsys):
   for argv, message in ((["--mixers", "mamba3"], "unknown ['mamba3']"),
+                        (["--repeats", "0"], "--repeats=0"),
                         (["--seqlens", "1000"], "does not divide")):
     with pytest.raises(SystemExit):
       bench_mixers.main(argv)

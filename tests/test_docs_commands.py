@@ -117,7 +117,7 @@ def test_documented_commands_run_at_tiny_size(tmp_path, capsys):
   ran = [c for c, r in results.items() if r["ran"]]
   with capsys.disabled():
     for c, r in results.items():
-      if not r["ran"]:
-        print(f"\nflags only ({r['skipped']}): {c.source}: {c.text}")
+      print(f"\nran in {r['seconds']} s: {c.source}: {c.text}" if r["ran"] else
+            f"\nflags only ({r['skipped']}): {c.source}: {c.text}")
   kinds = {dc.python_target(c.argv)[0] for c in ran}
   assert {"train.py", "eval.py"} <= kinds, f"ran {[c.text for c in ran]}"
