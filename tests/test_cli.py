@@ -1,15 +1,11 @@
-"""train.py and eval.py as a user runs them: errors on bad input, eval outputs, the reward task,
-two processes."""
+"""train.py and eval.py as a user runs them: errors on bad input, eval outputs, the reward task
+(two processes: tests/parallel/test_train_mesh.py)."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import ROOT, run_script as run
+from tests.helpers import run_script as run
 
 TINY = ["--config", "configs/mqar.py:tiny"]
 
@@ -83,29 +79,3 @@ def test_reward_task_trains_and_resumes_through_train_py(tmp_path):
   assert json.load(open(tmp_path / "export" / "config.json"))["task"] == "reward"
   result = run("eval.py", f"--checkpoint={tmp_path}")  # the lm suite refuses a reward model
   assert result.returncode != 0 and "task 'reward'" in result.stderr
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_processes_train_together(tmp_path):
-  port = _free_port()
-  args = [*TINY, f"--workdir={tmp_path}", "--config.train.num_steps=6",
-          f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen([sys.executable, "train.py", *args, f"--process_id={i}"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outs = [p.communicate(timeout=150) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  assert "process 0 of 2 processes" in outs[0][1]
-  assert "process 1 of 2 processes" in outs[1][1]
-  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  assert max(r["step"] for r in records) == 6
-  assert "6" in os.listdir(tmp_path / "checkpoints")

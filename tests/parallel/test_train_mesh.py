@@ -88,6 +88,8 @@ def test_two_processes_with_a_data_x_tensor_mesh(tmp_path):
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "mesh data=2 x fsdp=1 x tensor=2 over 2 processes" in outs[0][1]
+  assert "process 0 of 2 processes" in outs[0][1] and "process 1 of 2 processes" in outs[1][1]
+  assert "3" in os.listdir(tmp_path / "multi" / "checkpoints")   # written by the two together
   ref = _train(tmp_path, "single", mesh=dict(data=2, fsdp=1, tensor=2))
   np.testing.assert_allclose(_losses(tmp_path / "multi"), ref, rtol=2e-5)
 

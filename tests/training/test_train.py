@@ -7,7 +7,6 @@ loop tests too (tests/training/test_reward.py).
 import errno
 import json
 import os
-import shutil
 
 import jax
 import numpy as np

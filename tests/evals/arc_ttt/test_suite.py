@@ -3,7 +3,6 @@ the run."""
 
 import json
 
-import ml_collections
 import numpy as np
 
 from configs.arc_ttt import get_config
