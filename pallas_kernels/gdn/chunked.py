@@ -450,7 +450,7 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
                              return_final_state=return_final_state)
   B, _, H, V = v_BTHV.shape
   st = _Static(chunk_size, float(scale), None, interpret,
-               launch_config(config, GDN_CONFIG, B * H, V, ('triton', 'mosaic', 'auto')),
+               launch_config(config, GDN_CONFIG, B * H, V, ('triton', 'mosaic')),
                bool(return_final_state))
   s0 = None if initial_state_BHKV is None else initial_state_BHKV[:, :, None]
   o, final = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, s0, None, segment_ids_BT, st)

@@ -525,7 +525,7 @@ def ut_inverse_bwd(L, k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC):
 
 
 def on_mosaic(L):
-  """Whether the two state scans run on Mosaic GPU: backend 'mosaic', or 'auto' (GDN's launch
+  """Whether the two state scans run on Mosaic GPU: backend 'mosaic', or 'auto' (KernelConfig's
   default) outside interpret mode on a Hopper GPU where chunkwise_mgpu serves the launch (16-bit
   inputs, chunks and K multiples of 64); 'auto' takes Triton otherwise."""
   if L.cfg.backend == 'auto':

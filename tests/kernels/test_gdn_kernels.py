@@ -435,11 +435,11 @@ def test_mosaic_backend_rejects_what_it_cannot_serve():
 
 
 def test_auto_backend_takes_mosaic_scans_only_where_they_serve_on_hopper(monkeypatch):
-  """GDN's launch default backend='auto' runs the state scans on Mosaic GPU on a Hopper GPU (stood
+  """KernelConfig's default backend='auto' runs the state scans on Mosaic GPU on a Hopper GPU (stood
   in for here) for 16-bit inputs, chunks and K multiples of 64, outside interpret mode; Triton
   otherwise, and 'triton' / 'mosaic' are taken as given."""
   monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: True)
-  auto = pk.KernelConfig(block_v=64, backend='auto')
+  auto = pk.KernelConfig(block_v=64)   # backend 'auto', the default
 
   def on_mosaic(dtype=jnp.bfloat16, K=128, chunk_size=64, cfg=auto, interpret=False):
     q = jax.ShapeDtypeStruct((2, 256, 4, K), dtype)
