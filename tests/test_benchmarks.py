@@ -195,3 +195,16 @@ def test_triton_resources_captures_every_kernel_of_forward_and_backward():
   assert names == ["gdn_ut_inverse", "gdn_ut_inverse_bwd", "loglinear_gdn_chunk_scan",
                    "loglinear_gdn_chunk_scan_bwd"]
   assert all("tt.func" in m for m in modules)
+
+
+def test_gdn_kernel_breakdown_times_every_kernel_and_the_whole(capsys):
+  """bench_gdn_kernels (interpret mode, toy size): one row per chunkwise kernel and the whole
+  fwd+bwd, every time positive, the remainder printed as 'outside the kernels'."""
+  from benchmarks import bench_gdn_kernels
+  results = bench_gdn_kernels.main(["--interpret", "--tokens", "128", "--seqlens", "128",
+                                    "--heads", "1", "--dim", "16", "--repeats", "1",
+                                    "--backends", "triton"])
+  rows = results[128, "triton"]
+  assert [name for name, _ in rows] == list(bench_gdn_kernels.KERNELS) + ["fwd+bwd"]
+  assert all(ms > 0 for _, ms in rows)
+  assert "outside the kernels" in capsys.readouterr().out

@@ -379,8 +379,10 @@ def _gdn_mixer_bwd(st, res, cotangents):
   else:
     dfinal = None
   g_BHP, beta_BHP = _gates_BHP(g, beta)
+  # dq, dk, dv leave the kernels in the inputs' dtype unless a group sum (GQA) follows
+  same = G == H and q.dtype == k.dtype == v.dtype
   fn = functools.partial(chunkwise.gdn_backward, chunk_size=st.chunk_size, cfg=st.config,
-                         interpret=st.interpret)
+                         grad_dtype=v.dtype if same else jnp.float32, interpret=st.interpret)
   outs = _gdn_run(lambda q, k, v, g, b, m, do, df, *r: fn(q, k, v, g, b, m, r, do, df),
                   q, k, v, g_BHP, beta_BHP, packed, (do.astype(v.dtype), dfinal) + residuals, st)
   dq, dk, dv, dg, dbeta = outs[:5]

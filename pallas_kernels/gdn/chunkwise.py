@@ -266,7 +266,7 @@ def _output_bwd_kernel(*refs, packed, mm_dtype, block_v):
   dq = dqe * eG[:, None]
   dG = jnp.sum(q.astype(f32) * dq, axis=1)
   dp = daqk * E
-  dq_ref[...] = dq + dot(dp, k, mm_dtype)
+  dq_ref[...] = (dq + dot(dp, k, mm_dtype)).astype(dq_ref.dtype)
   dk_ref[...] = dot(dp, q, mm_dtype, (0, 0))
   dx = daqk * a
   dg_ref[...] = dG + jnp.sum(dx, axis=1) - jnp.sum(dx, axis=0)
@@ -393,7 +393,7 @@ def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
   dbeta += dbeta_a
   dG += dG_a
 
-  dk_ref[...] = dk
+  dk_ref[...] = dk.astype(dk_ref.dtype)
   dg_ref[...] = _rev_cumsum(dG)
   dbeta_ref[...] = dbeta
 
@@ -563,9 +563,9 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
                 )(q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, *arrays, *rarrays)
 
 
-def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV):
-  """dvl_BPHV ((Q K^T o E)^T dO per chunk, the matmul dtype), the final float32 dq_BPHK (per
-  value head), and the output's float32 parts of dk_BPHK and of dG_BHP (in-chunk, before the
+def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32):
+  """dvl_BPHV ((Q K^T o E)^T dO per chunk, the matmul dtype), the final dq_BPHK (per value head,
+  in dq_dtype), and the output's float32 parts of dk_BPHK and of dG_BHP (in-chunk, before the
   reverse cumsum)."""
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
@@ -573,8 +573,9 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV):
   return L.call(_output_bwd_kernel, 'chunk',
                 [ch['grp'], ch['grp'], ch['gate'], ch['state'], ch['hv'], ch['hv']] + specs
                 + rspecs, [ch['hv'], ch['hk'], ch['hk'], ch['gate']],
-                [_sds((L.B, L.P, L.H, L.V), L.mm)] + [_sds((L.B, L.P, L.H, L.K), f32)] * 2
-                + [_sds((L.B, L.H, L.P), f32)], 'output_bwd', block_v=L.BV,
+                [_sds((L.B, L.P, L.H, L.V), L.mm), _sds((L.B, L.P, L.H, L.K), dq_dtype),
+                 _sds((L.B, L.P, L.H, L.K), f32), _sds((L.B, L.H, L.P), f32)], 'output_bwd',
+                block_v=L.BV,
                 )(q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, *arrays, *rarrays)
 
 
@@ -600,9 +601,9 @@ def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_B
 
 
 def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV,
-              dk_out_BPHK, dg_out_BHP):
-  """float32 dk_BPHK (per value head), dv_BPHV, dg_BHP and dbeta_BHP: the state write's and the
-  UT transform's terms added to output_bwd's parts dk_out_BPHK and dg_out_BHP."""
+              dk_out_BPHK, dg_out_BHP, grad_dtype=f32):
+  """dk_BPHK (per value head) and dv_BPHV in grad_dtype, float32 dg_BHP and dbeta_BHP: the state
+  write's and the UT transform's terms added to output_bwd's parts dk_out_BPHK and dg_out_BHP."""
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
   mspecs, marrays = L.stream('chunk', ('rho', 'wm', 'keep'))
@@ -611,7 +612,7 @@ def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BP
       [ch['grp'], ch['hv'], ch['gate'], ch['gate'], ch['hc'], ch['state'], ch['state'],
        ch['hv'], ch['hv'], ch['hk'], ch['gate']] + specs + mspecs,
       [ch['hk'], ch['hv'], ch['gate'], ch['gate']],
-      [_sds((L.B, L.P, L.H, L.K), f32), _sds((L.B, L.P, L.H, L.V), f32)] + [
+      [_sds((L.B, L.P, L.H, L.K), grad_dtype), _sds((L.B, L.P, L.H, L.V), grad_dtype)] + [
           _sds((L.B, L.H, L.P), f32)] * 2, 'chunk_bwd', block_v=L.BV,
   )(k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV, dk_out_BPHK,
     dg_out_BHP, *arrays, *marrays)
@@ -633,16 +634,18 @@ def gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks=None, init_BHKV=N
 
 
 def gdn_backward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks, residuals, do_BPHV,
-                 dfinal_BHKV=None, *, chunk_size, cfg, interpret=False):
+                 dfinal_BHKV=None, *, chunk_size, cfg, grad_dtype=f32, interpret=False):
   """The backward kernels: output_bwd, state_scan_bwd, chunk_bwd. residuals: (T, W, h, Vn) of
   gdn_forward. dfinal_BHKV: the final state's cotangent (None: zero, and no initial-state
-  cotangent is returned). Returns float32 dq_BPHK, dk_BPHK (per value head: sum them over the
-  heads of a group), dv_BPHV, dg_BPH, dbeta_BPH and, with dfinal_BHKV, dinit_BHKV."""
+  cotangent is returned). Returns dq_BPHK, dk_BPHK (per value head: sum them over the heads of a
+  group) and dv_BPHV in grad_dtype (the inputs' dtype saves a float32 round trip through HBM and
+  a cast where no group sum follows), float32 dg_BPH, dbeta_BPH and, with dfinal_BHKV,
+  dinit_BHKV."""
   L = launch(q_BPGK, *v_BPHV.shape[2:], masks, chunk_size, cfg, interpret)
   t, w, h, vn = residuals
-  dvl, dq, dk_out, dg_out = output_bwd(L, q_BPGK, k_BPGK, g_BHP, h, vn, do_BPHV)
+  dvl, dq, dk_out, dg_out = output_bwd(L, q_BPGK, k_BPGK, g_BHP, h, vn, do_BPHV, grad_dtype)
   dh, dvn, *dinit = state_scan_bwd(L, q_BPGK, k_BPGK, w, g_BHP, do_BPHV, dvl, dfinal_BHKV)
   dk, dv, dg, dbeta = chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t, h, dh, vn, dvn, dk_out,
-                                dg_out)
+                                dg_out, grad_dtype)
   dg_BPH, dbeta_BPH = (jnp.moveaxis(x, 1, 2) for x in (dg, dbeta))
   return (dq, dk, dv, dg_BPH, dbeta_BPH) + tuple(dinit)

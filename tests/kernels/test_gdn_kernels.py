@@ -240,6 +240,24 @@ def test_short_chunks_fall_back_to_xla_form():
     pk.loglinear_gdn_chunked(*args, chunk_size=24)
 
 
+def test_bf16_gradients_leave_the_kernels_rounded_once():
+  """grad_dtype=bf16 (what the custom_vjp asks when no GQA group sum follows): dq, dk and dv are
+  written in bf16 by the kernels and equal the float32 ones rounded, bit for bit."""
+  B, P, H, D, C = 1, 32, 1, 16, 16
+  ks = jax.random.split(jax.random.key(3), 6)
+  q, k, v, do = (jax.random.normal(x, (B, P, H, D)).astype(jnp.bfloat16) for x in ks[:4])
+  g = jax.nn.log_sigmoid(jax.random.normal(ks[4], (B, H, P)))
+  beta = jax.nn.sigmoid(jax.random.normal(ks[5], (B, H, P)))
+  kw = dict(chunk_size=C, cfg=pk.KernelConfig(block_v=16, backend='triton'), interpret=True)
+  _, *res = chunkwise.gdn_forward(q, k, v, g, beta, with_residuals=True, **kw)
+  grads = {dt: chunkwise.gdn_backward(q, k, v, g, beta, None, res, do, grad_dtype=dt, **kw)
+           for dt in (jnp.float32, jnp.bfloat16)}
+  for name, x, y in zip(('dq', 'dk', 'dv'), grads[jnp.bfloat16], grads[jnp.float32]):
+    assert x.dtype == jnp.bfloat16, name
+    np.testing.assert_array_equal(np.asarray(x, np.float32),
+                                  np.asarray(y.astype(jnp.bfloat16), np.float32), err_msg=name)
+
+
 def test_forward_at_64k_tokens_is_not_sized_by_the_backward_states():
   """The forward alone stores no per-chunk states, so a row of 65,536 tokens x 16 heads x 128
   (2.7e9 elements of states for the backward) must still trace (it raised before)."""
