@@ -11,6 +11,7 @@ configs/rewordbench.py:<variant> --checkpoint RUN` (train.py ignores the suite's
 - standard (the default): pointwise regression, (r(x, y) - s)^2;
 - augment: regression plus the paraphrase as an extra example, + (r(x, y~) - s)^2;
 - reg1, reg10: regression plus alpha (r(x, y) - r(x, y~))^2, alpha = 1 and 10 (the paper's);
+  reg30 the same at alpha = 30 (beyond the paper's values: where the trend with alpha goes);
 - tiny: `standard` at smoke-test size (`shrink`, which shrinks any variant), and the suite on a
   few transforms and records (seconds on a CPU).
 The seed (`--config.seed=1`) draws the model's initialisation, the world and the data order; the
@@ -26,7 +27,7 @@ from configs.base import set_model_size, smoke_run
 
 # variant: (consistency_alpha, augmentation)
 REWARD_VARIANTS = {"standard": (0.0, False), "augment": (0.0, True), "reg1": (1.0, False),
-                   "reg10": (10.0, False), "tiny": (0.0, False)}
+                   "reg10": (10.0, False), "reg30": (30.0, False), "tiny": (0.0, False)}
 TRAINING_VARIANTS = ("pretrain",) + tuple(REWARD_VARIANTS)
 
 
