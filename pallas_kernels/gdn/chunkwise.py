@@ -31,9 +31,9 @@ Matmul operands are the input dtype (bf16 on GPU) with float32 accumulation; T, 
 dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in the input dtype (the
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
 pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the two
-state scans run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks and K multiples
-of 64), and so they do with GDN's default backend='auto' on a Hopper GPU where they serve
-(`on_mosaic`); the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
+state scans and the output run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks
+and K multiples of 64), and the scans do with GDN's default backend='auto' on a Hopper GPU where
+they serve (`on_mosaic`); the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
 larger batches.
 """
 
@@ -553,7 +553,10 @@ def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=Fals
 
 
 def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
-  """O_BPHV."""
+  """O_BPHV. L.cfg.backend 'mosaic' (not 'auto': not yet timed against Triton): chunkwise_mgpu's
+  Mosaic GPU kernel."""
+  if L.cfg.backend == 'mosaic':
+    return chunkwise_mgpu.output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype)
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
   rspecs, rarrays = L.stream('chunk', ('rho',))

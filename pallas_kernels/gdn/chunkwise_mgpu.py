@@ -1,7 +1,8 @@
-"""GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`) as Mosaic GPU kernels
-(`plgpu.kernel`), the first training kernels off the deprecated Pallas-Triton lowering; selected
-by KernelConfig(backend='mosaic'), and by GDN's default backend='auto' on a Hopper GPU where
-`serves` (chunkwise dispatches here; its parallel kernels stay on Triton).
+"""GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`) and its output kernel
+(`output`) as Mosaic GPU kernels (`plgpu.kernel`), the first training kernels off the deprecated
+Pallas-Triton lowering. KernelConfig(backend='mosaic') selects all three; GDN's default
+backend='auto' the scans alone, on a Hopper GPU where `serves` (the output kernel has not been
+timed against Triton's yet); chunkwise dispatches here, its other kernels stay on Triton.
 
 Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
 a = wm o e^{G_C - G}, e = rho o e^G and gam' = e^{G_C} (0 when a document starts in the chunk),
@@ -35,6 +36,11 @@ multiples of 64 (the WGMMA M dimension of W S, K dS and K^T Vn), BV a multiple o
 swizzle: 128 bytes from BV = 64 in bf16, 64 at 32, 32 at 16; the two operands of a WGMMA must
 share it, so the [C, K] tiles take that of the [*, BV] tiles). A scan whose tiles do not fit in
 SMEM halves BV (`_block_v`); chunks of 128 at K = 128 do not fit the backward at all.
+
+The output kernel, O = rho o (e^G o Q) h_n + (Q K^T o E) Vn, is parallel over chunks: grid (B, H,
+V / BV, chunk groups), each block pipelining a few chunks' Q, K, h_n, Vn tiles by TMA
+(`_chunks_per_block`); per chunk one WGMMA for Q K^T, the decay and pair mask in registers, and
+two WGMMAs into one [C, BV] accumulator.
 """
 
 import functools
@@ -45,7 +51,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ['check', 'serves', 'state_scan', 'state_scan_bwd']
+__all__ = ['check', 'output', 'serves', 'state_scan', 'state_scan_bwd']
 
 f32 = jnp.float32
 _TILE = plgpu.Layout.WGMMA
@@ -196,16 +202,22 @@ def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed,
   plgpu.wait_smem_to_gmem(0)
 
 
+def _chunk_rows(L, rows):
+  """[B, H, N X, C] float32: per chunk, the X row vectors `rows` ([B, H, P], or [B, P] for every
+  head) as one [X, C] TMA block, prefetched by the pipeline with the chunk's tiles (loaded from
+  GMEM in the chunk's step, they put a GMEM round trip on the sequential path)."""
+  N = L.P // L.C
+  full = [jnp.broadcast_to(x[:, None] if x.ndim == 2 else x, (L.B, L.H, L.P)).astype(f32)
+          for x in rows]
+  return jnp.stack([x.reshape(L.B, L.H, N, L.C) for x in full], axis=3).reshape(
+      L.B, L.H, N * len(rows), L.C)
+
+
 def _coefficients(L, rows, gam_BHN):
-  """[B, H, N X, C] float32: per chunk, X = its rows (the [B, H, P] row vectors `rows`, then rho
-  if packed) and its decay gam' (repeated over C): one TMA block a chunk, prefetched by the
-  pipeline with the chunk's tiles (loaded from GMEM in the chunk's step, they put a GMEM round
-  trip on the sequential path)."""
-  B, H, N = gam_BHN.shape
-  rho = [jnp.broadcast_to(L.masks.rho[:, None], (B, H, L.P))] if L.packed else []
-  chunks = [x.reshape(B, H, N, L.C) for x in rows + rho] + [
-      jnp.broadcast_to(gam_BHN[..., None], (B, H, N, L.C))]
-  return jnp.stack(chunks, axis=3).reshape(B, H, N * len(chunks), L.C)
+  """The scans' per-chunk rows (`_chunk_rows`): `rows`, then rho if packed, then the chunk decay
+  gam' repeated over C."""
+  rho = [L.masks.rho] if L.packed else []
+  return _chunk_rows(L, rows + rho + [jnp.repeat(gam_BHN, L.C, axis=-1)])
 
 
 def _smem_bytes(L, streams, n_products, BV):
@@ -273,3 +285,118 @@ def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_B
   return _scan(L, 'state_scan_bwd_mgpu', _bwd_chunk, _BWD_STREAMS,
                (q_BPGK, k_BPGK, w_BPHK, do_BPHV, dvl_BPHV), [a_BHP, e_BHP], gam_BHN,
                dfinal_BHKV, dfinal_BHKV is not None, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The output kernel: parallel over chunks
+
+
+_COLS = plgpu.Layout.WGMMA.reduce(0)   # a [cols] vector, one value per column of a WGMMA tile
+_BLOCKS = 2 * 132                      # blocks the output grid aims at (two per H100 SM)
+
+
+def _chunks_per_block(L, n_v_blocks):
+  """Chunks one block of the output kernel pipelines: the largest power of two (<= 8) dividing N
+  that still leaves _BLOCKS blocks, so that loads of the next chunk overlap this one's WGMMAs
+  without leaving SMs idle."""
+  N = L.P // L.C
+  per = 8
+  while per > 1 and (N % per or L.B * L.H * n_v_blocks * (N // per) < _BLOCKS):
+    per //= 2
+  return per
+
+
+def _output_kernel(q_ref, k_ref, h_ref, vn_ref, rows_ref, o_ref, o_smem, qe_smem, a_smem, *, C, K,
+                   BV, R, per, packed):
+  """O = (e o Q) h_n + (Q K^T o E) Vn for `per` chunks of one (b, h, block of V); rows per chunk:
+  G (in-chunk cumsum of g), e = rho o e^G, G again, and if packed the document id and whether the
+  token is real, twice (E's pair mask: causal, one document, both real). A vector read both as
+  rows and as columns is stored twice: Mosaic GPU's layout inference finds no layout for one SMEM
+  row loaded in both. e o Q and Q K^T o E go to SMEM in the
+  input dtype as the A operands of the output's WGMMAs (the Mosaic GPU interpreter takes no
+  register operand)."""
+  b, h, j, s = (lax.axis_index(n) for n in ('b', 'h', 'j', 's'))
+  cols = pl.ds(j * BV, BV)
+  dt = o_ref.dtype
+
+  def step(idx, q_smem, k_smem, h_smem, vn_smem, rows_smem):
+    i = idx[0]
+    c = s * per + i
+    row = lambda x, n: lax.broadcast_in_dim(  # noqa: E731
+        plgpu.load(rows_smem.at[x], layout=_ROWS), (C, n), [0])
+    col = lambda x: lax.broadcast_in_dim(  # noqa: E731
+        plgpu.load(rows_smem.at[x], layout=_COLS), (C, C), [1])
+    mask = (plgpu.broadcasted_iota(jnp.int32, (C, C), 0, layout=_TILE)
+            >= plgpu.broadcasted_iota(jnp.int32, (C, C), 1, layout=_TILE))
+    if packed:
+      mask = mask & (row(3, C) == col(5)) & (row(4, C) > 0) & (col(6) > 0)
+    decay = jnp.exp(jnp.where(mask, row(0, C) - col(2), -jnp.inf))
+    a = _product([(q_smem, k_smem.transpose((1, 0)))], (C, C)) * decay
+    qe = plgpu.load(q_smem, layout=_TILE).astype(f32) * row(1, K)
+    qe_smem[...] = qe.astype(dt)
+    a_smem[...] = a.astype(dt)
+    plgpu.commit_smem()
+    o = _product([(qe_smem, h_smem), (a_smem, vn_smem)], (C, BV))
+    slot = i % _STAGES
+    plgpu.wait_smem_to_gmem(_STAGES - 1, wait_read_only=True)   # this slot's last store
+    o_smem.at[slot][...] = o.astype(dt)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(o_smem.at[slot], o_ref.at[b, pl.ds(c * C, C), h, cols])
+
+  transforms = _transforms(BV, jnp.dtype(dt).itemsize)
+  first = s * per
+  tok = lambda x: x.at[b, pl.ds(first * C, per * C)]  # noqa: E731
+  n_rows = 7 if packed else 3
+  specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=transforms)] * 2 + [
+      plgpu.BlockSpec((K, BV), lambda i: (i, 0), transforms=transforms),
+      plgpu.BlockSpec((C, BV), lambda i: (i, 0), transforms=transforms),
+      plgpu.BlockSpec((n_rows, C), lambda i: (i, 0))]
+  pipeline = plgpu.emit_pipeline(step, grid=(per,), max_concurrent_steps=min(_STAGES, per),
+                                 in_specs=specs)
+  pipeline(tok(q_ref).at[:, h // R, :], tok(k_ref).at[:, h // R, :],
+           h_ref.at[b, h, pl.ds(first * K, per * K), cols], tok(vn_ref).at[:, h, cols],
+           rows_ref.at[b, h, pl.ds(first * n_rows, per * n_rows)])
+  plgpu.wait_smem_to_gmem(0)
+
+
+def _output_block_v(L, n_rows):
+  """The output kernel's block of V: up to 128, halved (down to 16) until its pipelined tiles
+  (Q, K, h_n, Vn and the rows of `_STAGES` chunks), output slots and A operands fit in SMEM."""
+  def smem(BV):
+    tiles = _STAGES * (2 * L.C * L.K + L.K * BV + 2 * L.C * BV) + L.C * (L.K + L.C)
+    return tiles * jnp.dtype(L.mm).itemsize + _STAGES * n_rows * L.C * 4
+  BV = min(L.V, 128)
+  while BV > 16 and smem(BV) > _SMEM:
+    BV //= 2
+  if smem(BV) > _SMEM:
+    raise ValueError(f"GDN output (backend='mosaic'): chunk_size={L.C} with K={L.K} needs "
+                     f"{smem(BV)} bytes of SMEM at block_v {BV}; expected at most {_SMEM}")
+  return BV
+
+
+def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
+  """chunkwise.output on Mosaic GPU (KernelConfig(backend='mosaic')): O_BPHV in out_dtype, the
+  input dtype's rounding of the same float32 sums (16-bit inputs and outputs, C and K multiples of
+  64: `check`)."""
+  check(L)
+  if jnp.dtype(out_dtype) != jnp.dtype(L.mm):
+    raise ValueError(f"GDN output (backend='mosaic'): out_dtype={jnp.dtype(out_dtype).name}; "
+                     f"expected the inputs' {jnp.dtype(L.mm).name}")
+  N = L.P // L.C
+  BV = _output_block_v(L, n_rows=7 if L.packed else 3)
+  G_BHP = jnp.cumsum(g_BHP.astype(f32).reshape(L.B, L.H, N, L.C), axis=-1).reshape(g_BHP.shape)
+  e_BHP = jnp.exp(G_BHP) if L.masks is None else jnp.exp(G_BHP) * L.masks.rho[:, None]
+  pairs = [L.masks.doc, L.masks.pos >= 0] if L.packed else []
+  rows = [G_BHP, e_BHP, G_BHP] + pairs * 2
+  per = _chunks_per_block(L, L.V // BV)
+  transforms = _transforms(BV, jnp.dtype(L.mm).itemsize)
+  kernel = plgpu.kernel(
+      functools.partial(_output_kernel, C=L.C, K=L.K, BV=BV, R=L.H // q_BPGK.shape[2], per=per,
+                        packed=L.packed),
+      out_type=jax.ShapeDtypeStruct((L.B, L.P, L.H, L.V), L.mm),
+      scratch_types=[plgpu.SMEM(shape, L.mm, transforms=transforms)
+                     for shape in ((_STAGES, L.C, BV), (L.C, L.K), (L.C, L.C))],
+      grid=(L.B, L.H, L.V // BV, N // per), grid_names=('b', 'h', 'j', 's'),
+      interpret=plgpu.InterpretGPUParams() if L.interpret else None,
+      kernel_name=L.name('output_mgpu'))
+  return kernel(q_BPGK, k_BPGK, h_BHMV, vn_BPHV, _chunk_rows(L, rows))

@@ -347,11 +347,35 @@ def _state_scans_fp64(q, k, w, u, g, S0, do, dvl, dS_end, masks, C):
   return (h, vn, S), (dh, dvn, dS)
 
 
+def _output_fp64(q, k, g, h, vn, masks, C):
+  """chunkwise.output in float64 numpy: O = rho o (e^G o Q) h_n + (Q K^T o E) Vn per chunk."""
+  q, k, g, h, vn = (np.asarray(x, np.float64) for x in (q, k, g, h, vn))
+  B, P, G, K = q.shape
+  H = vn.shape[2]
+  q, k = (np.repeat(x, H // G, axis=2) for x in (q, k))
+  pos, doc, rho = ((np.zeros((B, P)), np.zeros((B, P)), np.ones((B, P))) if masks is None else
+                   (np.asarray(m) for m in (masks.pos, masks.doc, masks.rho)))
+  o = np.zeros(vn.shape)
+  for n in range(P // C):
+    sl = slice(n * C, (n + 1) * C)
+    G_ = np.cumsum(g[:, :, sl], axis=-1)                                     # [B, H, C]
+    t, u = np.tril(np.ones((C, C), bool)), sl
+    pair = t & (doc[:, u, None] == doc[:, None, u]) & (pos[:, u, None] >= 0) & (
+        pos[:, None, u] >= 0)                                                 # [B, C, C]
+    E = np.where(pair[:, None], np.exp(G_[..., :, None] - G_[..., None, :]), 0.0)
+    A = np.einsum('bthk,bshk->bhts', q[:, sl], k[:, sl]) * E
+    qe = q[:, sl] * np.moveaxis(np.exp(G_), 1, 2)[..., None] * rho[:, sl, None, None]
+    o[:, sl] = (np.einsum('bthk,bhkv->bthv', qe, h[:, :, n * K:(n + 1) * K])
+                + np.einsum('bhts,bshv->bthv', A, vn[:, sl]))
+  return o
+
+
 @pytest.mark.parametrize('layout,block_v', [('aligned', 32), ('packed', 64)])
 def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
-  """chunkwise.state_scan and state_scan_bwd on Mosaic GPU (interpret mode, bf16: the inputs they
-  take) == the Triton kernels on the same inputs (interpret mode) and the fp64 recurrences on
-  their float64 copies: h, Vn, the final state, dh, dVn and the initial state's cotangent within
+  """chunkwise.state_scan, state_scan_bwd and output on Mosaic GPU (interpret mode, bf16: the
+  inputs they take) == the Triton kernels on the same inputs (interpret mode) and the fp64
+  recurrences on their float64 copies: h, Vn, the final state, dh, dVn, the initial state's
+  cotangent and the output (from each backend's own h and Vn) within
   the GPU tests' bf16 forward tolerance (rel 5e-3, docs/correctness.md#gpu-tests). An initial
   state and a final-state cotangent, GQA (1 key group, 2 heads), 3 chunks of 64, K = V = 64 (the
   kernels' smallest M tiles); aligned: two blocks of V (block_v 32, 64-byte swizzle); packed:
@@ -378,13 +402,15 @@ def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
     def f(q, k, w, u, g, S0, do, dvl, dS_end, masks):
       cfg = MOSAIC._replace(backend=backend, block_v=block_v)
       L = chunkwise.launch(k, H, V, masks, C, cfg, True)
-      return (chunkwise.state_scan(L, k, w, u, g, S0, with_final=True)
-              + chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl, dS_end))
+      h, vn, final = chunkwise.state_scan(L, k, w, u, g, S0, with_final=True)
+      return (h, vn, final, *chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl, dS_end),
+              chunkwise.output(L, q, k, g, h, vn, q.dtype))
     return jax.jit(f)(q, k, w, u, g, S0, do, dvl, dS_end, masks)
 
   mosaic, triton = scans('mosaic'), scans('triton')
   ref = sum(_state_scans_fp64(q, k, w, u, g, S0, do, dvl, dS_end, masks, C), ())
-  names = ('h', 'Vn', 'final state', 'dh', 'dVn', 'dinit')
+  ref += (_output_fp64(q, k, g, ref[0], ref[1], masks, C),)
+  names = ('h', 'Vn', 'final state', 'dh', 'dVn', 'dinit', 'output')
   for name, x, y, r in zip(names, mosaic, triton, ref, strict=True):
     assert x.dtype == y.dtype
     assert_close(x.astype(jnp.float32), r, rel=5e-3, name=f'{name} vs fp64')
@@ -414,8 +440,8 @@ def test_gdn_with_mosaic_state_scans_equals_fp64_oracle():
 def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the GDN forward and backward with
   the Mosaic GPU state scans lower for CUDA from CPU (Mosaic GPU's layout inference and checks run
-  here): the forward and backward scans' aligned and packed kernels (with the initial and final
-  state), each replacing one Triton kernel."""
+  here): the forward and backward scans' and the output's aligned and packed kernels (with the
+  initial and final state), each replacing one Triton kernel."""
   B, T, G, H, K = 1, 8192, 1, 16, 128
   S = jax.ShapeDtypeStruct
   shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
@@ -432,9 +458,9 @@ def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
     text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(*shapes).lower(
         lowering_platforms=('cuda',)).as_text()
-  for kernel in ('state_scan_mgpu', 'state_scan_bwd_mgpu'):
+  for kernel in ('state_scan_mgpu', 'state_scan_bwd_mgpu', 'output_mgpu'):
     assert f'gdn_{kernel}' in text and f'gdn_packed_{kernel}' in text, kernel
-  assert text.count('__gpu$xla.gpu.triton') == 8     # 12 with the Triton state scans
+  assert text.count('__gpu$xla.gpu.triton') == 6     # 12 all on Triton
 
 
 def test_mosaic_backend_rejects_what_it_cannot_serve():
