@@ -11,9 +11,9 @@
 Same signatures and semantics as lloglin.ops.gdn.gdn_chunked and
 lloglin.ops.loglinear.loglinear_gdn_chunked, plus `interpret` and `config`.
 
-Served by the kernels: any segment_ids_BT (None, or one document per row from position 0 then
-padding, decided at run time with lax.cond: the aligned kernels; packed documents: the packed
-kernels), chunk_size >= 16; GDN's initial state (the state scan starts from it; its cotangent is
+Served by the kernels: any segment_ids_BT (None, or one document per row without padding,
+decided at run time with lax.cond: the aligned kernels on the inputs as given; packed documents
+or padding: the packed kernels, padding zeroed), chunk_size >= 16; GDN's initial state (the state scan starts from it; its cotangent is
 the transposed scan's carried dS after chunk 0) and final state (the carried state after the last
 chunk; its cotangent seeds the transposed scan); log-linear GDN's FenwickState from the packed
 kernels' streams, one per level >= 1, plus level 0 = beta k v^T of the last token; its initial
@@ -397,8 +397,9 @@ _gdn_mixer.defvjp(_gdn_mixer_fwd, _gdn_mixer_bwd)
 
 
 def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, st):
-  """Pads to whole chunks and power-of-two feature axes, zeroes padding, runs the kernels
-  (packed: with the document masks of segment_ids_BT, positions from t0_B). s0_BHXKV: initial
+  """Pads to whole chunks and power-of-two feature axes, zeroes the tokens segment_ids_BT marks
+  as padding (None: none), runs the kernels (packed: with the document masks of segment_ids_BT,
+  positions from t0_B). s0_BHXKV: initial
   stream states or None. Returns (o_BTHV, final stream states [B, H, X, K, V] or None)."""
   T, K = q.shape[1], q.shape[3]
   V = v.shape[3]
@@ -425,15 +426,22 @@ def _run(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, st):
   every_level = st.levels is not None and (st.final_state or st.offset)
   if every_level and segment_ids_BT is None:
     segment_ids_BT = hierarchy.dense_segment_ids(*v.shape[:2])
-  path = functools.partial(_kernel_path, q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT)
+  path = functools.partial(_kernel_path, q, k, v, g, beta, lam, s0_BHXKV, t0_B)
   if segment_ids_BT is None:
-    return path(False, st)
-  # Rows of one document from position 0 (what the trainer passes for unpacked data) take the
-  # aligned kernels; packed rows the packed ones (document masks, a stream per level).
-  o, final = path(True, st) if every_level else lax.cond(
-      one_document_per_row(segment_ids_BT), lambda: path(False, st), lambda: path(True, st))
-  (o,) = linear_recurrence.sanitize(segment_ids_BT > 0, o)
-  return o, final
+    return path(None, False, st)
+
+  def packed():
+    o, final = path(segment_ids_BT, True, st)
+    (o,) = linear_recurrence.sanitize(segment_ids_BT > 0, o)
+    return o, final
+  if every_level:
+    return packed()
+  # Rows that are each one document without padding (what the trainer passes for unpacked data)
+  # take the aligned kernels on the inputs as given: no token to zero, so no pass over q, k, v
+  # and the output (and their gradients) to do it. Packed rows, and rows with padding, take the
+  # packed kernels (document masks, a stream per level; padding zeroed).
+  return lax.cond(one_document_per_row(segment_ids_BT) & jnp.all(segment_ids_BT > 0),
+                  lambda: path(None, False, st), packed)
 
 
 def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,
