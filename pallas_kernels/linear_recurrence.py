@@ -19,8 +19,8 @@ class KernelConfig(NamedTuple):
   num_stages: the Triton kernels'). backend: 'auto' (each kernel's measured choice: GDN's two
   state scans on Mosaic GPU where they serve the launch on a Hopper GPU, every other kernel on
   Triton), 'triton' (the Pallas-Triton lowering) or 'mosaic' (Mosaic GPU, where a kernel has that
-  form: GDN's state scans and output, pallas_kernels.gdn.chunkwise_mgpu; GDN's other kernels stay
-  on Triton; the other families' kernels reject it)."""
+  form: GDN's state scans, output and output backward, pallas_kernels.gdn.chunkwise_mgpu; GDN's
+  other kernels stay on Triton; the other families' kernels reject it)."""
   block_v: int = 32
   num_warps: int = 8
   num_stages: int = 2

@@ -31,8 +31,8 @@ Matmul operands are the input dtype (bf16 on GPU) with float32 accumulation; T, 
 dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in the input dtype (the
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
 pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the two
-state scans and the output run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks
-and K multiples of 64), and the scans do with GDN's default backend='auto' on a Hopper GPU where
+state scans, the output and its backward run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit
+inputs, chunks and K multiples of 64), and the scans do with GDN's default backend='auto' on a Hopper GPU where
 they serve (`on_mosaic`); the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
 larger batches.
 """
@@ -569,7 +569,9 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
 def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32):
   """dvl_BPHV ((Q K^T o E)^T dO per chunk, the matmul dtype), the final dq_BPHK (per value head,
   in dq_dtype), and the output's float32 parts of dk_BPHK and of dG_BHP (in-chunk, before the
-  reverse cumsum)."""
+  reverse cumsum). L.cfg.backend 'mosaic' (V <= 128): chunkwise_mgpu's Mosaic GPU kernel."""
+  if L.cfg.backend == 'mosaic' and L.V <= 128:
+    return chunkwise_mgpu.output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype)
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
   rspecs, rarrays = L.stream('chunk', ('rho',))

@@ -1,8 +1,9 @@
-"""GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`) and its output kernel
-(`output`) as Mosaic GPU kernels (`plgpu.kernel`), the first training kernels off the deprecated
-Pallas-Triton lowering. KernelConfig(backend='mosaic') selects all three; GDN's default
-backend='auto' the scans alone, on a Hopper GPU where `serves` (the output kernel has not been
-timed against Triton's yet); chunkwise dispatches here, its other kernels stay on Triton.
+"""GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`), its output kernel and
+the output's backward (`output`, `output_bwd`) as Mosaic GPU kernels (`plgpu.kernel`), the first
+training kernels off the deprecated Pallas-Triton lowering. KernelConfig(backend='mosaic')
+selects all four; GDN's default backend='auto' the scans alone, on a Hopper GPU where `serves`
+(the output kernels have not been timed against Triton's yet); chunkwise dispatches here, its
+other kernels (the UT transform, chunk_bwd) stay on Triton.
 
 Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
 a = wm o e^{G_C - G}, e = rho o e^G and gam' = e^{G_C} (0 when a document starts in the chunk),
@@ -40,7 +41,9 @@ SMEM halves BV (`_block_v`); chunks of 128 at K = 128 do not fit the backward at
 The output kernel, O = rho o (e^G o Q) h_n + (Q K^T o E) Vn, is parallel over chunks: grid (B, H,
 V / BV, chunk groups), each block pipelining a few chunks' Q, K, h_n, Vn tiles by TMA
 (`_chunks_per_block`); per chunk one WGMMA for Q K^T, the decay and pair mask in registers, and
-two WGMMAs into one [C, BV] accumulator.
+two WGMMAs into one [C, BV] accumulator. Its backward (grid (B, H, chunk groups), the whole V of
+at most 128 in one block) adds dO's tiles and runs six WGMMAs a chunk, their transposed operands
+read in place from SMEM.
 """
 
 import functools
@@ -51,7 +54,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ['check', 'output', 'serves', 'state_scan', 'state_scan_bwd']
+__all__ = ['check', 'output', 'output_bwd', 'serves', 'state_scan', 'state_scan_bwd']
 
 f32 = jnp.float32
 _TILE = plgpu.Layout.WGMMA
@@ -306,13 +309,43 @@ def _chunks_per_block(L, n_v_blocks):
   return per
 
 
+def _row(rows_smem, x, C, n):
+  """Row vector x of a chunk's rows, broadcast along [C, n] (one value per row)."""
+  return lax.broadcast_in_dim(plgpu.load(rows_smem.at[x], layout=_ROWS), (C, n), [0])
+
+
+def _col(rows_smem, x, C):
+  """Row vector x of a chunk's rows, broadcast along [C, C] (one value per column)."""
+  return lax.broadcast_in_dim(plgpu.load(rows_smem.at[x], layout=_COLS), (C, C), [1])
+
+
+def _pair_decay(rows_smem, C, packed):
+  """E = e^{G_t - G_s} on the pairs t >= s of one document, both real, 0 elsewhere, [C, C] in
+  the WGMMA layout (rows of `_output_rows`)."""
+  mask = (plgpu.broadcasted_iota(jnp.int32, (C, C), 0, layout=_TILE)
+          >= plgpu.broadcasted_iota(jnp.int32, (C, C), 1, layout=_TILE))
+  if packed:
+    mask = mask & (_row(rows_smem, 3, C, C) == _col(rows_smem, 5, C)) & (
+        _row(rows_smem, 4, C, C) > 0) & (_col(rows_smem, 6, C) > 0)
+  return jnp.exp(jnp.where(mask, _row(rows_smem, 0, C, C) - _col(rows_smem, 2, C), -jnp.inf))
+
+
+def _output_rows(L, g_BHP):
+  """The output kernels' rows per chunk: G (in-chunk cumsum of g), e = rho o e^G, G again, and if
+  packed the document id and whether the token is real, twice. A vector read both as rows and as
+  columns is stored twice: Mosaic GPU's layout inference finds no layout for one SMEM row loaded
+  in both."""
+  N = L.P // L.C
+  G_BHP = jnp.cumsum(g_BHP.astype(f32).reshape(L.B, L.H, N, L.C), axis=-1).reshape(g_BHP.shape)
+  e_BHP = jnp.exp(G_BHP) if L.masks is None else jnp.exp(G_BHP) * L.masks.rho[:, None]
+  pairs = [L.masks.doc, L.masks.pos >= 0] if L.packed else []
+  return [G_BHP, e_BHP, G_BHP] + pairs * 2
+
+
 def _output_kernel(q_ref, k_ref, h_ref, vn_ref, rows_ref, o_ref, o_smem, qe_smem, a_smem, *, C, K,
                    BV, R, per, packed):
-  """O = (e o Q) h_n + (Q K^T o E) Vn for `per` chunks of one (b, h, block of V); rows per chunk:
-  G (in-chunk cumsum of g), e = rho o e^G, G again, and if packed the document id and whether the
-  token is real, twice (E's pair mask: causal, one document, both real). A vector read both as
-  rows and as columns is stored twice: Mosaic GPU's layout inference finds no layout for one SMEM
-  row loaded in both. e o Q and Q K^T o E go to SMEM in the
+  """O = (e o Q) h_n + (Q K^T o E) Vn for `per` chunks of one (b, h, block of V) (rows per chunk:
+  `_output_rows`). e o Q and Q K^T o E go to SMEM in the
   input dtype as the A operands of the output's WGMMAs (the Mosaic GPU interpreter takes no
   register operand)."""
   b, h, j, s = (lax.axis_index(n) for n in ('b', 'h', 'j', 's'))
@@ -322,17 +355,9 @@ def _output_kernel(q_ref, k_ref, h_ref, vn_ref, rows_ref, o_ref, o_smem, qe_smem
   def step(idx, q_smem, k_smem, h_smem, vn_smem, rows_smem):
     i = idx[0]
     c = s * per + i
-    row = lambda x, n: lax.broadcast_in_dim(  # noqa: E731
-        plgpu.load(rows_smem.at[x], layout=_ROWS), (C, n), [0])
-    col = lambda x: lax.broadcast_in_dim(  # noqa: E731
-        plgpu.load(rows_smem.at[x], layout=_COLS), (C, C), [1])
-    mask = (plgpu.broadcasted_iota(jnp.int32, (C, C), 0, layout=_TILE)
-            >= plgpu.broadcasted_iota(jnp.int32, (C, C), 1, layout=_TILE))
-    if packed:
-      mask = mask & (row(3, C) == col(5)) & (row(4, C) > 0) & (col(6) > 0)
-    decay = jnp.exp(jnp.where(mask, row(0, C) - col(2), -jnp.inf))
+    decay = _pair_decay(rows_smem, C, packed)
     a = _product([(q_smem, k_smem.transpose((1, 0)))], (C, C)) * decay
-    qe = plgpu.load(q_smem, layout=_TILE).astype(f32) * row(1, K)
+    qe = plgpu.load(q_smem, layout=_TILE).astype(f32) * _row(rows_smem, 1, C, K)
     qe_smem[...] = qe.astype(dt)
     a_smem[...] = a.astype(dt)
     plgpu.commit_smem()
@@ -383,11 +408,8 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
     raise ValueError(f"GDN output (backend='mosaic'): out_dtype={jnp.dtype(out_dtype).name}; "
                      f"expected the inputs' {jnp.dtype(L.mm).name}")
   N = L.P // L.C
-  BV = _output_block_v(L, n_rows=7 if L.packed else 3)
-  G_BHP = jnp.cumsum(g_BHP.astype(f32).reshape(L.B, L.H, N, L.C), axis=-1).reshape(g_BHP.shape)
-  e_BHP = jnp.exp(G_BHP) if L.masks is None else jnp.exp(G_BHP) * L.masks.rho[:, None]
-  pairs = [L.masks.doc, L.masks.pos >= 0] if L.packed else []
-  rows = [G_BHP, e_BHP, G_BHP] + pairs * 2
+  rows = _output_rows(L, g_BHP)
+  BV = _output_block_v(L, n_rows=len(rows))
   per = _chunks_per_block(L, L.V // BV)
   transforms = _transforms(BV, jnp.dtype(L.mm).itemsize)
   kernel = plgpu.kernel(
@@ -400,3 +422,81 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
       interpret=plgpu.InterpretGPUParams() if L.interpret else None,
       kernel_name=L.name('output_mgpu'))
   return kernel(q_BPGK, k_BPGK, h_BHMV, vn_BPHV, _chunk_rows(L, rows))
+
+
+def _output_bwd_kernel(q_ref, k_ref, h_ref, vn_ref, do_ref, rows_ref, dvl_ref, dq_ref, dk_ref,
+                       dg_ref, a_smem, dp_smem, dg_smem, *, C, K, V, R, per, packed):
+  """chunkwise.output_bwd for `per` chunks of one (b, h): with A = Q K^T o E, dVl = A^T dO,
+  dQ = e o (dO h_n^T) + (dO Vn^T o E) K, the output's part of dK, (dO Vn^T o E)^T Q, and of dG:
+  per token its row part (q . dQ's state term and the row sums of dO Vn^T o A) and its column
+  part (the column sums), dg_ref rows 2n and 2n + 1 (the caller subtracts them: a vector in the
+  WGMMA row layout and one in its column layout do not add in registers). The whole V in one
+  block; the outputs go from registers to GMEM, so the SMEM holds two chunks of inputs."""
+  b, h, s = (lax.axis_index(n) for n in ('b', 'h', 's'))
+
+  def step(idx, q_smem, k_smem, h_smem, vn_smem, do_smem, rows_smem):
+    c = s * per + idx[0]
+    decay = _pair_decay(rows_smem, C, packed)
+    a = _product([(q_smem, k_smem.transpose((1, 0)))], (C, C)) * decay
+    a_smem[...] = a.astype(a_smem.dtype)
+    plgpu.commit_smem()
+    dvl = _product([(a_smem.transpose((1, 0)), do_smem)], (C, V))
+    daqk = _product([(do_smem, vn_smem.transpose((1, 0)))], (C, C))
+    dq = _product([(do_smem, h_smem.transpose((1, 0)))], (C, K)) * _row(rows_smem, 1, C, K)
+    dG = jnp.sum(plgpu.load(q_smem, layout=_TILE).astype(f32) * dq, axis=1)
+    dp_smem[...] = (daqk * decay).astype(dp_smem.dtype)
+    plgpu.commit_smem()
+    dq = dq + _product([(dp_smem, k_smem)], (C, K))
+    dk = _product([(dp_smem.transpose((1, 0)), q_smem)], (C, K))
+    dx = daqk * a
+    tok = pl.ds(c * C, C)
+    dvl_ref[b, tok, h, :] = dvl.astype(dvl_ref.dtype)
+    dq_ref[b, tok, h, :] = dq.astype(dq_ref.dtype)
+    dk_ref[b, tok, h, :] = dk
+    plgpu.wait_smem_to_gmem(0)      # dg_smem's last store
+    dg_smem[0] = dG + jnp.sum(dx, axis=1)
+    dg_smem[1] = jnp.sum(dx, axis=0)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(dg_smem, dg_ref.at[b, h, pl.ds(2 * c, 2)])
+
+  transforms = _transforms(V, jnp.dtype(a_smem.dtype).itemsize)
+  first = s * per
+  tok = lambda x: x.at[b, pl.ds(first * C, per * C)]  # noqa: E731
+  n_rows = 7 if packed else 3
+  specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=transforms)] * 2 + [
+      plgpu.BlockSpec((K, V), lambda i: (i, 0), transforms=transforms)] + [
+      plgpu.BlockSpec((C, V), lambda i: (i, 0), transforms=transforms)] * 2 + [
+      plgpu.BlockSpec((n_rows, C), lambda i: (i, 0))]
+  pipeline = plgpu.emit_pipeline(step, grid=(per,), max_concurrent_steps=min(_STAGES, per),
+                                 in_specs=specs)
+  pipeline(tok(q_ref).at[:, h // R, :], tok(k_ref).at[:, h // R, :],
+           h_ref.at[b, h, pl.ds(first * K, per * K)], tok(vn_ref).at[:, h], tok(do_ref).at[:, h],
+           rows_ref.at[b, h, pl.ds(first * n_rows, per * n_rows)])
+  plgpu.wait_smem_to_gmem(0)
+
+
+def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32):
+  """chunkwise.output_bwd on Mosaic GPU (KernelConfig(backend='mosaic')): dvl_BPHV (input
+  dtype), dq_BPHK (dq_dtype), float32 dk_BPHK and dG_BHP, the same sums as the Triton kernel's.
+  16-bit inputs, C and K multiples of 64 (`check`), V at most 128 (one block)."""
+  check(L)
+  if L.V > 128:
+    raise ValueError(f"GDN output_bwd (backend='mosaic'): V={L.V}; expected at most 128")
+  N = L.P // L.C
+  rows = _output_rows(L, g_BHP)
+  per = _chunks_per_block(L, 1)
+  sds = jax.ShapeDtypeStruct
+  transforms = _transforms(L.V, jnp.dtype(L.mm).itemsize)
+  kernel = plgpu.kernel(
+      functools.partial(_output_bwd_kernel, C=L.C, K=L.K, V=L.V, R=L.H // q_BPGK.shape[2],
+                        per=per, packed=L.packed),
+      out_type=[sds((L.B, L.P, L.H, L.V), L.mm), sds((L.B, L.P, L.H, L.K), dq_dtype),
+                sds((L.B, L.P, L.H, L.K), f32), sds((L.B, L.H, 2 * N, L.C), f32)],
+      scratch_types=[plgpu.SMEM((L.C, L.C), L.mm, transforms=transforms)] * 2
+      + [plgpu.SMEM((2, L.C), f32)],
+      grid=(L.B, L.H, N // per), grid_names=('b', 'h', 's'),
+      interpret=plgpu.InterpretGPUParams() if L.interpret else None,
+      kernel_name=L.name('output_bwd_mgpu'))
+  dvl, dq, dk, dg = kernel(q_BPGK, k_BPGK, h_BHMV, vn_BPHV, do_BPHV, _chunk_rows(L, rows))
+  dg = dg.reshape(L.B, L.H, N, 2, L.C)
+  return dvl, dq, dk, (dg[:, :, :, 0] - dg[:, :, :, 1]).reshape(L.B, L.H, L.P)

@@ -404,44 +404,59 @@ def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
       L = chunkwise.launch(k, H, V, masks, C, cfg, True)
       h, vn, final = chunkwise.state_scan(L, k, w, u, g, S0, with_final=True)
       return (h, vn, final, *chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl, dS_end),
-              chunkwise.output(L, q, k, g, h, vn, q.dtype))
+              chunkwise.output(L, q, k, g, h, vn, q.dtype),
+              *chunkwise.output_bwd(L, q, k, g, h, vn, do, jnp.bfloat16))
     return jax.jit(f)(q, k, w, u, g, S0, do, dvl, dS_end, masks)
 
   mosaic, triton = scans('mosaic'), scans('triton')
   ref = sum(_state_scans_fp64(q, k, w, u, g, S0, do, dvl, dS_end, masks, C), ())
   ref += (_output_fp64(q, k, g, ref[0], ref[1], masks, C),)
   names = ('h', 'Vn', 'final state', 'dh', 'dVn', 'dinit', 'output')
-  for name, x, y, r in zip(names, mosaic, triton, ref, strict=True):
+  for name, x, y, r in zip(names, mosaic, triton, ref):
     assert x.dtype == y.dtype
     assert_close(x.astype(jnp.float32), r, rel=5e-3, name=f'{name} vs fp64')
+  # every output of both backends; output_bwd's (dVl, dQ, the output's parts of dK and dG)
+  # against the Triton kernel's, whose route to the gradients is checked against the fp64 oracle
+  # (test_gradients_equal_fp64_oracle; the Mosaic route: the test below)
+  names += ('dVl', 'dQ', 'dK (output part)', 'dG (output part)')
+  for name, x, y in zip(names, mosaic, triton, strict=True):
+    assert x.dtype == y.dtype, name
     assert_close(x.astype(jnp.float32), y.astype(jnp.float32), rel=5e-3, name=f'{name} vs triton')
 
 
 def test_gdn_with_mosaic_state_scans_equals_fp64_oracle():
-  """gdn_chunked with KernelConfig(backend='mosaic') (interpret mode, bf16): output and final
-  state from an initial state == the fp64 recurrent oracle on the inputs' float64 copies (rel
-  5e-3, docs/correctness.md#gpu-tests); GQA, T = 150 in chunks of 64 (the last partial),
-  K = V = 64. (Its gradients through the Mosaic backward scan matched the oracle within the GPU
-  tests' bf16 gradient tolerances too, rel 1.9e-3 to 4.1e-3, but the backward doubles the test's
-  6 s: the backward scan is checked alone above, its route through the custom_vjp by the CUDA
-  lowering below.)"""
+  """gdn_chunked with KernelConfig(backend='mosaic') (interpret mode, bf16; the state scans, the
+  output and its backward on Mosaic GPU): output, final state from an initial state and the
+  gradients of q, k, v == the fp64 recurrent oracle on the inputs' float64 copies (rel 5e-3, the
+  GPU tests' bf16 tolerances of docs/correctness.md#gpu-tests); GQA, T = 150 in chunks of 64
+  (the last partial), K = V = 64."""
   data = lm.make_data(11, 2, 150, fam=GDN, G=1, H=2, K=64, V=64)
   S0 = jnp.asarray(np.random.default_rng(3).standard_normal((2, 2, 64, 64)), jnp.bfloat16)
   args = args_of(data, GDN, jnp.bfloat16) + (S0,)
-  run = lambda fn, *a, **kw: jax.jit(lambda *a: fn(  # noqa: E731
-      *a[:5], initial_state_BHKV=a[5], return_final_state=True, scale=0.7, **kw))(*a)
-  o, s = run(pk.gdn_chunked, *args, chunk_size=64, interpret=True, config=MOSAIC)
+  cot = jnp.asarray(np.random.default_rng(4).standard_normal((2, 150, 2, 64)), jnp.float32)
+
+  def run(fn, *a, **kw):
+    def f(*a):
+      o, s = fn(*a[:5], initial_state_BHKV=a[5], return_final_state=True, scale=0.7, **kw)
+      return o.astype(cot.dtype if a[0].dtype == jnp.bfloat16 else a[0].dtype), s
+    (o, s), vjp = jax.vjp(f, *a)
+    return o, s, vjp((cot.astype(o.dtype), jnp.zeros_like(s)))[:3]
+  o, s, grads = jax.jit(lambda *a: run(pk.gdn_chunked, *a, chunk_size=64, interpret=True,
+                                       config=MOSAIC))(*args)
   with jax.enable_x64(True):
-    o_ref, s_ref = run(GDN.recurrent, *(x.astype(jnp.float64) for x in args))
+    o_ref, s_ref, refs = jax.jit(lambda *a: run(GDN.recurrent, *a))(
+        *(x.astype(jnp.float64) for x in args))
   assert_close(o.astype(jnp.float32), o_ref, rel=5e-3, name='output')
   assert_close(s, s_ref, rel=5e-3, name='final state')
+  for name, x, r in zip(('dq', 'dk', 'dv'), grads, refs):
+    assert_close(x.astype(jnp.float32), r, rel=5e-3, name=name)
 
 
 def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the GDN forward and backward with
   the Mosaic GPU state scans lower for CUDA from CPU (Mosaic GPU's layout inference and checks run
-  here): the forward and backward scans' and the output's aligned and packed kernels (with the
-  initial and final state), each replacing one Triton kernel."""
+  here): the aligned and packed kernels of the forward and backward scans, the output and its
+  backward (with the initial and final state), each replacing one Triton kernel."""
   B, T, G, H, K = 1, 8192, 1, 16, 128
   S = jax.ShapeDtypeStruct
   shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
@@ -458,9 +473,9 @@ def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
     text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(*shapes).lower(
         lowering_platforms=('cuda',)).as_text()
-  for kernel in ('state_scan_mgpu', 'state_scan_bwd_mgpu', 'output_mgpu'):
+  for kernel in ('state_scan_mgpu', 'state_scan_bwd_mgpu', 'output_mgpu', 'output_bwd_mgpu'):
     assert f'gdn_{kernel}' in text and f'gdn_packed_{kernel}' in text, kernel
-  assert text.count('__gpu$xla.gpu.triton') == 6     # 12 all on Triton
+  assert text.count('__gpu$xla.gpu.triton') == 4     # 12 all on Triton
 
 
 def test_mosaic_backend_rejects_what_it_cannot_serve():
