@@ -11,9 +11,10 @@
 Same signatures and semantics as lloglin.ops.gdn.gdn_chunked and
 lloglin.ops.loglinear.loglinear_gdn_chunked, plus `interpret` and `config`.
 
-Served by the kernels: any segment_ids_BT (None, or one document per row without padding,
-decided at run time with lax.cond: the aligned kernels on the inputs as given; packed documents
-or padding: the packed kernels, padding zeroed), chunk_size >= 16; GDN's initial state (the state scan starts from it; its cotangent is
+Served by the kernels: any segment_ids_BT (decided at run time with lax.cond: GDN's rows of one
+document each without padding take the aligned kernels on the inputs as given, log-linear GDN's
+rows of one document then padding the aligned kernels with padding zeroed; packed documents, and
+GDN's rows with padding, the packed kernels, padding zeroed), chunk_size >= 16; GDN's initial state (the state scan starts from it; its cotangent is
 the transposed scan's carried dS after chunk 0) and final state (the carried state after the last
 chunk; its cotangent seeds the transposed scan); log-linear GDN's FenwickState from the packed
 kernels' streams, one per level >= 1, plus level 0 = beta k v^T of the last token; its initial
@@ -430,18 +431,24 @@ def _run(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, st):
   if segment_ids_BT is None:
     return path(None, False, st)
 
-  def packed():
-    o, final = path(segment_ids_BT, True, st)
+  def zeroed(packed):
+    """The kernels with the padding tokens of segment_ids_BT zeroed (inputs and output)."""
+    o, final = path(segment_ids_BT, packed, st)
     (o,) = linear_recurrence.sanitize(segment_ids_BT > 0, o)
     return o, final
   if every_level:
-    return packed()
-  # Rows that are each one document without padding (what the trainer passes for unpacked data)
-  # take the aligned kernels on the inputs as given: no token to zero, so no pass over q, k, v
-  # and the output (and their gradients) to do it. Packed rows, and rows with padding, take the
-  # packed kernels (document masks, a stream per level; padding zeroed).
-  return lax.cond(one_document_per_row(segment_ids_BT) & jnp.all(segment_ids_BT > 0),
-                  lambda: path(None, False, st), packed)
+    return zeroed(True)
+  if st.levels is None:
+    # GDN: rows that are each one document without padding (what the trainer passes for unpacked
+    # data) take the aligned kernels on the inputs as given: no token to zero, so no pass over q,
+    # k, v and the output (and their gradients) to do it. Rows with padding, and packed rows, take
+    # the packed kernels (the same kernels with document masks), padding zeroed.
+    return lax.cond(one_document_per_row(segment_ids_BT) & jnp.all(segment_ids_BT > 0),
+                    lambda: path(None, False, st), lambda: zeroed(True))
+  # log-linear GDN's packed kernels run a stream per level: rows of one document then padding
+  # keep the aligned kernels (padding zeroed), packed rows take the packed ones.
+  return lax.cond(one_document_per_row(segment_ids_BT), lambda: zeroed(False),
+                  lambda: zeroed(True))
 
 
 def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,

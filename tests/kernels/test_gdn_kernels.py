@@ -135,8 +135,9 @@ def test_gradients_equal_fp64_oracle(fam):
 @pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
 def test_packed_documents(fam, layout):
   """Packed rows (documents of 1 and 15 tokens, padding between and after: the packed kernels)
-  and rows of one document then padding (T = 40: the packed kernels too), NaN-poisoned: outputs and
-  gradients == those of the fp64 recurrent oracle, padding outputs and gradients 0."""
+  and rows of one document then padding (T = 40: GDN's packed kernels, log-linear GDN's aligned
+  ones), NaN-poisoned: outputs and gradients == those of the fp64 recurrent oracle, padding
+  outputs and gradients 0."""
   seg = lm.packed_segment_ids() if layout == 'packed' else one_document_rows()
   B, T = seg.shape
   data = lm.poison_padding(lm.make_data(2, B, T, fam=fam, L=8), seg)
