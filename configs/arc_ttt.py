@@ -27,6 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.suite = "arc_ttt"
   c.seed = 0
   # ablations, run in this order: no_ttt | full | no_demo_loss | shared | direct_io | no_aug
+  # (and, not the paper's, opt-in: shared_then_task, the shared adapter then refine_epochs of
+  # per-task training from it)
   c.ablations = "no_ttt,full,no_demo_loss,shared,direct_io,no_aug"
   # The LM to pre-train when no --checkpoint is given (trained inside the output folder).
   c.pretrain = arc_pretrain.get_config()
@@ -65,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Adapters trained together in one vmapped program: worth it on a GPU; on a CPU one task per
   # step ran faster per task (docs/suites/arc_ttt.md#toy).
   c.ttt.tasks_per_step = 1
+  c.ttt.refine_epochs = 1  # ablation shared_then_task: per-task epochs from the shared adapter
 
   # --- augmented inference and voting
   c.inference = ml_collections.ConfigDict()

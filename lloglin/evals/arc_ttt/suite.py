@@ -26,14 +26,24 @@ from lloglin.evals.report import progress, save_figure
 from lloglin.training.loading import load_model
 from lloglin.training.trainer import train
 
-# name -> (test-time training, augmented TTT data, direct I/O, demonstration loss, shared adapter)
+# name -> (test-time training, augmented TTT data, direct I/O, demonstration loss, shared adapter,
+# refine: each task's adapter starts from the shared one for config.ttt.refine_epochs more)
 ABLATIONS = {
-    "no_ttt": dict(ttt=False, augment=True, direct_io=False, demo_loss=True, shared=False),
-    "full": dict(ttt=True, augment=True, direct_io=False, demo_loss=True, shared=False),
-    "no_demo_loss": dict(ttt=True, augment=True, direct_io=False, demo_loss=False, shared=False),
-    "shared": dict(ttt=True, augment=True, direct_io=False, demo_loss=True, shared=True),
-    "direct_io": dict(ttt=True, augment=True, direct_io=True, demo_loss=True, shared=False),
-    "no_aug": dict(ttt=True, augment=False, direct_io=False, demo_loss=True, shared=False),
+    "no_ttt": dict(ttt=False, augment=True, direct_io=False, demo_loss=True, shared=False,
+                   refine=False),
+    "full": dict(ttt=True, augment=True, direct_io=False, demo_loss=True, shared=False,
+                 refine=False),
+    "no_demo_loss": dict(ttt=True, augment=True, direct_io=False, demo_loss=False, shared=False,
+                         refine=False),
+    "shared": dict(ttt=True, augment=True, direct_io=False, demo_loss=True, shared=True,
+                   refine=False),
+    "direct_io": dict(ttt=True, augment=True, direct_io=True, demo_loss=True, shared=False,
+                      refine=False),
+    "no_aug": dict(ttt=True, augment=False, direct_io=False, demo_loss=True, shared=False,
+                   refine=False),
+    # not one of the paper's: a shared adapter, then a short per-task one from it
+    "shared_then_task": dict(ttt=True, augment=True, direct_io=False, demo_loss=True,
+                             shared=True, refine=True),
 }
 BYTE_VOCAB = 258
 
@@ -102,13 +112,18 @@ def run_ablation(lm: ttt.FrozenLM, tasks: list[grids.ArcTask], config, name: str
                                       size_changes=tcfg.size_changes)
                 for i, t in enumerate(tasks)]
   adapters, losses, seconds, per_task, errors = {}, {}, {}, [], {}
+  shared, task_cfg = None, tcfg
   if switches["ttt"] and switches["shared"]:
     start = time.perf_counter()
     stacked, loss = ttt.train_adapters(lm, [[e for eps in episodes for e in eps]], tcfg)
     shared = optim.adapter_at(stacked, 0)
-    adapters = dict.fromkeys(range(len(tasks)), shared)
-    losses = dict.fromkeys(range(len(tasks)), loss[0])
     seconds = dict.fromkeys(range(len(tasks)), (time.perf_counter() - start) / len(tasks))
+    if switches["refine"]:  # per-task adapters below, each starting from the shared one
+      task_cfg = types.SimpleNamespace(**{**vars(tcfg), "epochs": config.ttt.refine_epochs})
+    else:
+      adapters = dict.fromkeys(range(len(tasks)), shared)
+      losses = dict.fromkeys(range(len(tasks)), loss[0])
+  start_from = shared if switches["refine"] else None
   group = max(1, config.ttt.tasks_per_step)
   for i in progress(range(len(tasks)), desc=f"arc_ttt {name}"):
     task = tasks[i]
@@ -118,11 +133,12 @@ def run_ablation(lm: ttt.FrozenLM, tasks: list[grids.ArcTask], config, name: str
         members = list(range(i, min(i + group, len(tasks))))
         # A short last group is padded with empty entries: one program serves every group.
         padding = [[]] * (group - len(members))
-        stacked, loss = ttt.train_adapters(lm, [episodes[j] for j in members] + padding, tcfg)
+        stacked, loss = ttt.train_adapters(lm, [episodes[j] for j in members] + padding,
+                                           task_cfg, start=start_from)
         for k, j in enumerate(members):
           adapters[j] = optim.adapter_at(stacked, k)
           losses[j] = loss[k]
-          seconds[j] = (time.perf_counter() - start) / len(members)
+          seconds[j] = seconds.get(j, 0.0) + (time.perf_counter() - start) / len(members)
       start = time.perf_counter()
       model = lm.model(adapters.get(i))
       groups, skipped = inference.candidates(

@@ -135,31 +135,37 @@ def make_step(graphdef, cfg):
   return step
 
 
-def init_adapters(lm: FrozenLM, count: int, cfg) -> tuple[Any, Any]:
-  """`count` fresh adapters (stacked; each seeded by its index) and their optimizer states."""
-  specs = optim.lora_specs(lm.params, rank=cfg.rank, alpha=cfg.alpha, include=cfg.targets)
-  adapters = optim.stack_adapters([optim.init_lora(lm.params, specs, seed=cfg.seed * 100_003 + i)
-                                   for i in range(count)])
+def init_adapters(lm: FrozenLM, count: int, cfg, start: Any = None) -> tuple[Any, Any]:
+  """`count` adapters (stacked) and their fresh optimizer states: copies of `start` (an adapter
+  of the same specs), or fresh ones, each seeded by its index."""
+  if start is None:
+    specs = optim.lora_specs(lm.params, rank=cfg.rank, alpha=cfg.alpha, include=cfg.targets)
+    adapters = optim.stack_adapters([optim.init_lora(lm.params, specs,
+                                                     seed=cfg.seed * 100_003 + i)
+                                     for i in range(count)])
+  else:
+    adapters = optim.stack_adapters([start] * count)
   return adapters, jax.vmap(_tx(cfg).init)(adapters)
 
 
 def train_adapters(lm: FrozenLM, episodes_per_task: list[list[Episode]], cfg, *,
                    checkpoint_dir: str | None = None, checkpoint_every: int = 0,
-                   stop_after: int | None = None,
-                   curve: list | None = None) -> tuple[Any, list[float]]:
+                   stop_after: int | None = None, curve: list | None = None,
+                   start: Any = None) -> tuple[Any, list[float]]:
   """(stacked adapters, the final loss of each) after test-time training (module docstring).
 
   cfg fields: rank, alpha, targets (regex of adapted parameter paths), learning_rate,
   warmup_steps, epochs, batch_size, weight_decay, grad_clip_norm, demo_loss, seed.
   `stop_after` ends the run after that many steps (to test resuming); `curve`, a list, receives
-  each step's batch loss of every adapter (a list of floats per step). An entry without episodes
-  keeps its fresh adapter (the base model).
+  each step's batch loss of every adapter (a list of floats per step). `start`: an adapter every
+  entry starts from (None: fresh adapters, the base model). An entry without episodes keeps its
+  starting adapter.
   """
   tokenized = [[codec.episode_tokens(e, demo_loss=cfg.demo_loss) for e in eps] or
                [(np.zeros(2, np.int32), np.zeros(2, np.float32))] for eps in episodes_per_task]
   totals = np.array([steps_for(len(eps), cfg) if eps else 0 for eps in episodes_per_task],
                     np.int32)
-  adapters, opt_state = init_adapters(lm, len(episodes_per_task), cfg)
+  adapters, opt_state = init_adapters(lm, len(episodes_per_task), cfg, start)
   state = {"step": jnp.zeros((), jnp.int32), "adapters": adapters, "opt_state": opt_state}
   ckpt = Checkpointer(checkpoint_dir, keep=1, async_save=False) if checkpoint_dir else None
   try:

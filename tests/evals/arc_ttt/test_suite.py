@@ -30,7 +30,7 @@ def test_suite_runs_ablations_and_reports_a_bad_task(tiny_lm_run, tmp_path):
   (tasks_dir / "bad.json").write_text(json.dumps(bad))
   config = get_config("tiny")
   config.tasks.source, config.tasks.path = "json_dir", str(tasks_dir)
-  config.ablations = "no_ttt,full,direct_io"
+  config.ablations = "no_ttt,full,direct_io,shared_then_task"
   config.inference.max_new_tokens = 7  # a 2 x 2 grid and "#"
   out = tmp_path / "out"
   evals.run_suite("arc_ttt", config, checkpoint=str(tiny_lm_run / "export"), out_dir=str(out))
@@ -40,7 +40,7 @@ def test_suite_runs_ablations_and_reports_a_bad_task(tiny_lm_run, tmp_path):
   assert "task 'bad' grid train[0].input: ragged rows" in results["load_errors"]["bad"]
   assert report["figures"] == ["pass_at_2.png"] and results["figure"] == "pass_at_2.png"
   assert (out / "pass_at_2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert sorted(results["ranking"]) == ["direct_io", "full", "no_ttt"]
+  assert sorted(results["ranking"]) == ["direct_io", "full", "no_ttt", "shared_then_task"]
   for name, scores in results["ablations"].items():
     assert scores["tasks"] == 3 and not scores["errors"]
     assert 0 <= scores["pass_at_2"] <= scores["oracle"] <= 2 / 3

@@ -58,6 +58,16 @@ def test_vmapped_adapters_equal_separate_runs_and_resume_exactly(lm, tmp_path):
   bs = [x.b for x in jax.tree.leaves(fresh, is_leaf=optim.is_lora)]
   assert len(bs) == 3
   assert all(float(np.abs(b[0]).max()) > 0 and float(np.abs(b[1]).max()) == 0 for b in bs)
+  # Started from a trained adapter (shared_then_task): an entry without episodes keeps it
+  # exactly, one with episodes moves on from it (and differs from its fresh-start run).
+  start = optim.adapter_at(fresh, 0)
+  refined, _ = ttt.train_adapters(lm, [tasks[1], []], cfg, start=start)
+  jax.tree.map(np.testing.assert_array_equal, optim.adapter_at(refined, 1), start)
+  moved = [float(np.abs(x - y).max()) for x, y in zip(
+      jax.tree.leaves(optim.adapter_at(refined, 0)), jax.tree.leaves(start))]
+  assert max(moved) > 0
+  assert not all(np.array_equal(x, y) for x, y in zip(
+      jax.tree.leaves(optim.adapter_at(refined, 0)), jax.tree.leaves(optim.adapter_at(fresh, 0))))
 
 
 def test_batches_visit_every_episode_once_per_epoch():
