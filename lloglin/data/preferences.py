@@ -115,7 +115,7 @@ class JsonlPreferences:
                val_fraction: float):
     if not path:
       raise ValueError("data.source='preference_jsonl' needs data.path, a .jsonl file of "
-                       f"{{'prompt', 'chosen', 'rejected'}} records; got ''")
+                       "{'prompt', 'chosen', 'rejected'} records; got ''")
     file = pathlib.Path(path)
     if not file.is_file():
       raise FileNotFoundError(f"data.path={path!r}: no such file")
