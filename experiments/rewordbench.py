@@ -4,6 +4,7 @@ by the rewordbench suite on the world's held-out pairs under transforms never us
 
   python -m experiments.rewordbench [--workdir runs/rewordbench] [--seeds 0,1] [--steps N]
                                     [--out experiments/results/rewordbench] [--tiny] [--jobs N]
+  python -m experiments.rewordbench --merge A/report.json,B/report.json --out DIR
 
 One `pretrain` run (the trunk as a byte-level LM on the world's texts, seed 0) is shared by every
 reward run: the world's lexicon and rules do not depend on the seed, only which pairs are drawn.
@@ -15,7 +16,9 @@ skipped on a re-run (a run with an export is not trained again, an interrupted o
 suite run whose report.json exists is read back). `--jobs N` trains and evaluates N reward runs
 at once, each in its own process (on one GPU: the runs are small, and each is mostly per-step
 overhead; the processes then allocate device memory as they need it, not 75% each). Writes
-<out>/report.json, <out>/drop.png and <out>/table.md, and prints the table.
+<out>/report.json, <out>/drop.png and <out>/table.md, and prints the table. `--merge` writes the
+same three files for the variants of several earlier reports (runs of one setup made by separate
+commands), without training.
 
 The world's training surface (what a model may have learnt to read, or to ignore): punctuation
 spaced or quotes around a unit, a missing end mark (the artefacts), and from its paraphrases
@@ -187,7 +190,13 @@ def main(argv=None):
                       help="held-out pairs to evaluate (0 = the config's)")
   parser.add_argument("--tiny", action="store_true", help="smoke-test model sizes and steps")
   parser.add_argument("--jobs", type=int, default=1, help="reward runs trained at once")
+  parser.add_argument("--merge", default="",
+                      help="comma-separated report.json files of earlier runs: write one report "
+                           "of all their variants to --out (no training)")
   args = parser.parse_args(argv)
+  if args.merge:
+    merge([p for p in args.merge.split(",") if p], args.out)
+    return
   variants = [v.strip() for v in args.variants.split(",") if v.strip()]
   if not variants or any(v not in REWARD_VARIANTS for v in variants):
     parser.error(f"--variants={args.variants!r}: expected names from {list(REWARD_VARIANTS)}")
@@ -214,18 +223,41 @@ def main(argv=None):
   runs = {v: {} for v in variants}
   for (v, seed), r in zip(todo, results):
     runs[v][seed] = summarize_run(r)
+  write_results(runs, args.out, args.steps or "config")
+
+
+def write_results(runs: dict[str, dict[int, dict]], out: str, steps) -> None:
+  """<out>/report.json, drop.png and table.md of the runs' summaries; prints the table."""
   summary = aggregate(runs)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, REPORT_FILE), "w") as f:
-    json.dump({"seen": SEEN, "unseen": UNSEEN, "noise": NOISE, "steps": args.steps or "config",
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, REPORT_FILE), "w") as f:
+    json.dump({"seen": SEEN, "unseen": UNSEEN, "noise": NOISE, "steps": steps,
                "runs": {v: {str(s): r for s, r in by.items()} for v, by in runs.items()},
                "summary": summary}, f, indent=1)
-  plot_drops(summary, os.path.join(args.out, "drop.png"))
+  plot_drops(summary, os.path.join(out, "drop.png"))
   text = table(runs, summary)
-  with open(os.path.join(args.out, "table.md"), "w") as f:
+  with open(os.path.join(out, "table.md"), "w") as f:
     f.write(text)
   print(text)
-  print(f"wrote {args.out}/report.json, drop.png, table.md")
+  print(f"wrote {out}/report.json, drop.png, table.md")
+
+
+def merge(paths: list[str], out: str) -> dict:
+  """One report of the variants of several report.json files this script wrote (runs of the
+  same setup made by separate commands; a variant named twice is an error). Returns the runs."""
+  runs, steps = {}, set()
+  for path in paths:
+    with open(path) as f:
+      report = json.load(f)
+    steps.add(str(report["steps"]))
+    for v, by_seed in report["runs"].items():
+      if v in runs:
+        raise ValueError(f"--merge: variant {v!r} is in more than one report ({path})")
+      runs[v] = {int(s): r for s, r in by_seed.items()}
+  if len(steps) > 1:
+    raise ValueError(f"--merge: the reports trained for different steps {sorted(steps)}")
+  write_results(runs, out, steps.pop())
+  return runs
 
 
 if __name__ == "__main__":

@@ -49,3 +49,21 @@ def test_bad_arguments_stop_before_any_run(argv, tmp_path, capsys):
     exp.main(argv + ["--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
   assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
   assert argv[0] in capsys.readouterr().err
+
+
+def test_merge_writes_one_report_of_earlier_reports(tmp_path):
+  """--merge: the variants of two reports (separate commands) in one table and report; a variant
+  in both is refused before anything is written."""
+  drops = {n: 0.1 for n in exp.SEEN + exp.UNSEEN}
+  paths = []
+  for variant, clean in (("standard", 0.9), ("augment", 0.8)):
+    runs = {variant: {s: exp.summarize_run(_results(clean, drops)) for s in (0, 1)}}
+    exp.write_results(runs, str(tmp_path / variant), "config")
+    paths.append(str(tmp_path / variant / "report.json"))
+  exp.main(["--merge", ",".join(paths), "--out", str(tmp_path / "all")])
+  text = (tmp_path / "all" / "table.md").read_text()
+  assert "| standard | 90.0 (90.0 / 90.0) |" in text and "| augment | 80.0 (80.0 / 80.0) |" in text
+  assert (tmp_path / "all" / "drop.png").exists()
+  with pytest.raises(ValueError, match="'standard' is in more than one report"):
+    exp.merge([paths[0], paths[0]], str(tmp_path / "twice"))
+  assert not (tmp_path / "twice").exists()
