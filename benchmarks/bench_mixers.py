@@ -19,6 +19,9 @@ forward+backward (gradients of every input):
           GDN's kernels with its two state scans on the Pallas-Triton lowering
           (KernelConfig(backend='triton'); the default `pallas` row takes them on Mosaic GPU on a
           Hopper GPU, pallas_kernels.gdn.chunkwise_mgpu; GDN only, not in the default --impls)
+  pallas_mosaic
+          GDN's kernels with every kernel that has a Mosaic GPU form on it (KernelConfig(
+          backend='mosaic'): the state scans, the output and its backward; GDN only, opt-in)
   xla     lloglin.ops' chunked / blockwise XLA form
   cudnn   jax.nn.dot_product_attention(implementation="cudnn", is_causal=True) (attention rows)
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
@@ -58,7 +61,7 @@ TOKENS = 65536  # per call, as the published peer figures (--tokens for CPU smok
 SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
 MIXERS = ("attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 IMPLS = ("pallas", "xla", "cudnn", "fla")
-OPT_IN_IMPLS = ("pallas_linear_memory", "pallas_triton")  # known to --impls, not in its default
+OPT_IN_IMPLS = ("pallas_linear_memory", "pallas_triton", "pallas_mosaic")  # known to --impls, not in its default
 # The peer each lloglin kernel is compared with (fla's operator of the same math).
 PEER = {"mamba2": "fla_simple_gla", "loglinear_mamba2": "fla_log_linear_attn",
         "gdn": "fla_gated_delta_rule", "path": "fla_parallel_path_attn"}
@@ -130,7 +133,7 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
                                                          implementation=impl),
             (x["q"], x["k"], x["v"]))
   if (impl == "pallas_linear_memory" and not mixer.startswith("path")) or (
-      impl == "pallas_triton" and mixer != "gdn"):
+      impl in ("pallas_triton", "pallas_mosaic") and mixer != "gdn"):
     raise ImportError(f"{mixer} has no {impl} row")
   if impl.startswith("pallas"):
     if mixer.startswith("path"):
@@ -149,12 +152,12 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     seg = {**seg, "interpret": True}
   if kernel_config is not None and mixer.startswith("path"):   # (block_size, warps, stages)
     seg = {**seg, "block_size": kernel_config[0], "config": mod.KernelConfig(*kernel_config[1:])}
-  elif impl == "pallas_triton":   # the launch default's block_v unless a config is swept
+  elif impl in ("pallas_triton", "pallas_mosaic"):   # the launch default's block_v unless swept
     from pallas_kernels.linear_recurrence import GDN_CONFIG, launch_config
     B, _, H, V = x["v"].shape
     cfg = launch_config(None, GDN_CONFIG, B * H, V) if kernel_config is None else (
         mod.KernelConfig(*kernel_config))
-    seg = {**seg, "config": cfg._replace(backend="triton")}
+    seg = {**seg, "config": cfg._replace(backend=impl.removeprefix("pallas_"))}
   elif kernel_config is not None:
     seg = {**seg, "config": mod.KernelConfig(*kernel_config)}
 
@@ -336,7 +339,7 @@ def run_throughput(args) -> list[Row]:
       for impl in args.impls:
         if impl == "fla" or (impl == "cudnn") != (mixer == "attention") or (
             impl == "pallas_linear_memory" and not mixer.startswith("path")) or (
-            impl == "pallas_triton" and mixer != "gdn"):
+            impl in ("pallas_triton", "pallas_mosaic") and mixer != "gdn"):
           continue
         sweep = args.kernel_configs if impl.startswith("pallas") and mixer in KERNEL_MIXERS else []
         for cfg in sweep or [None]:

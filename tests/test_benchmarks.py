@@ -73,22 +73,27 @@ def test_linear_memory_impl_times_path_only(tmp_path, capsys):
 
 def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(monkeypatch):
   """On a Hopper GPU the default `pallas` GDN row runs both state scans on Mosaic GPU (the launch
-  default backend='auto') and the opt-in `pallas_triton` row keeps them on Triton (traced only,
-  the GPU stood in for by on_hopper_gpu: the interpreter would take minutes per timed row);
-  mixers without the variant have no pallas_triton row."""
+  default backend='auto'), the opt-in `pallas_triton` row keeps them on Triton and the opt-in
+  `pallas_mosaic` row runs the output kernels on Mosaic GPU too (traced only, the GPU stood in
+  for by on_hopper_gpu: the interpreter would take minutes per timed row); mixers without the
+  variants have no such rows."""
   import jax
 
   from pallas_kernels.gdn import chunkwise
   monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: True)
   x = jax.eval_shape(lambda: bench_mixers.jax_inputs(256, 256, 4, 64, jax.random.key(0)))
-  for impl, mosaic in (("pallas", True), ("pallas_triton", False)):
+  for impl, mosaic in (("pallas", True), ("pallas_triton", False), ("pallas_mosaic", True)):
     fn, args = bench_mixers.jax_case("gdn", impl, x, interpret=False)
-    jaxpr = str(jax.make_jaxpr(fn)(*args))
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
     assert "gdn_ut_transform" in jaxpr and "gdn_state_scan" in jaxpr, impl
-    assert jaxpr.count("gdn_state_scan_mgpu") == (jaxpr.count("gdn_state_scan") if mosaic else 0)
+    on_mosaic = jaxpr.count("gdn_state_scan_mgpu") + jaxpr.count("gdn_state_scan_bwd_mgpu")
+    assert on_mosaic == (jaxpr.count("gdn_state_scan") if mosaic else 0), impl
+    assert ("gdn_output_mgpu" in jaxpr and "gdn_output_bwd_mgpu" in jaxpr) == (
+        impl == "pallas_mosaic"), impl
   for mixer in ("mamba2", "loglinear_gdn", "path"):
-    with pytest.raises(ImportError, match="pallas_triton"):
-      bench_mixers.jax_case(mixer, "pallas_triton", x)
+    for impl in ("pallas_triton", "pallas_mosaic"):
+      with pytest.raises(ImportError, match=impl):
+        bench_mixers.jax_case(mixer, impl, x)
 
 
 def test_bad_arguments_name_the_problem(capsys):
