@@ -343,11 +343,10 @@ def _output_rows(L, g_BHP):
 
 
 def _output_kernel(q_ref, k_ref, h_ref, vn_ref, rows_ref, o_ref, o_smem, qe_smem, a_smem, *, C, K,
-                   BV, R, per, packed):
-  """O = (e o Q) h_n + (Q K^T o E) Vn for `per` chunks of one (b, h, block of V) (rows per chunk:
-  `_output_rows`). e o Q and Q K^T o E go to SMEM in the
-  input dtype as the A operands of the output's WGMMAs (the Mosaic GPU interpreter takes no
-  register operand)."""
+                   BV, R, per, n_rows, packed):
+  """O = (e o Q) h_n + (Q K^T o E) Vn for `per` chunks of one (b, h, block of V) (the n_rows rows
+  of a chunk: `_output_rows`). e o Q and Q K^T o E go to SMEM in the input dtype as the A
+  operands of the WGMMAs (the Mosaic GPU interpreter takes no register operand)."""
   b, h, j, s = (lax.axis_index(n) for n in ('b', 'h', 'j', 's'))
   cols = pl.ds(j * BV, BV)
   dt = o_ref.dtype
@@ -371,7 +370,6 @@ def _output_kernel(q_ref, k_ref, h_ref, vn_ref, rows_ref, o_ref, o_smem, qe_smem
   transforms = _transforms(BV, jnp.dtype(dt).itemsize)
   first = s * per
   tok = lambda x: x.at[b, pl.ds(first * C, per * C)]  # noqa: E731
-  n_rows = 7 if packed else 3
   specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=transforms)] * 2 + [
       plgpu.BlockSpec((K, BV), lambda i: (i, 0), transforms=transforms),
       plgpu.BlockSpec((C, BV), lambda i: (i, 0), transforms=transforms),
@@ -414,7 +412,7 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
   transforms = _transforms(BV, jnp.dtype(L.mm).itemsize)
   kernel = plgpu.kernel(
       functools.partial(_output_kernel, C=L.C, K=L.K, BV=BV, R=L.H // q_BPGK.shape[2], per=per,
-                        packed=L.packed),
+                        n_rows=len(rows), packed=L.packed),
       out_type=jax.ShapeDtypeStruct((L.B, L.P, L.H, L.V), L.mm),
       scratch_types=[plgpu.SMEM(shape, L.mm, transforms=transforms)
                      for shape in ((_STAGES, L.C, BV), (L.C, L.K), (L.C, L.C))],
@@ -425,7 +423,7 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
 
 
 def _output_bwd_kernel(q_ref, k_ref, h_ref, vn_ref, do_ref, rows_ref, dvl_ref, dq_ref, dk_ref,
-                       dg_ref, a_smem, dp_smem, dg_smem, *, C, K, V, R, per, packed):
+                       dg_ref, a_smem, dp_smem, dg_smem, *, C, K, V, R, per, n_rows, packed):
   """chunkwise.output_bwd for `per` chunks of one (b, h): with A = Q K^T o E, dVl = A^T dO,
   dQ = e o (dO h_n^T) + (dO Vn^T o E) K, the output's part of dK, (dO Vn^T o E)^T Q, and of dG:
   per token its row part (q . dQ's state term and the row sums of dO Vn^T o A) and its column
@@ -462,7 +460,6 @@ def _output_bwd_kernel(q_ref, k_ref, h_ref, vn_ref, do_ref, rows_ref, dvl_ref, d
   transforms = _transforms(V, jnp.dtype(a_smem.dtype).itemsize)
   first = s * per
   tok = lambda x: x.at[b, pl.ds(first * C, per * C)]  # noqa: E731
-  n_rows = 7 if packed else 3
   specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=transforms)] * 2 + [
       plgpu.BlockSpec((K, V), lambda i: (i, 0), transforms=transforms)] + [
       plgpu.BlockSpec((C, V), lambda i: (i, 0), transforms=transforms)] * 2 + [
@@ -480,16 +477,19 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32)
   dtype), dq_BPHK (dq_dtype), float32 dk_BPHK and dG_BHP, the same sums as the Triton kernel's.
   16-bit inputs, C and K multiples of 64 (`check`), V at most 128 (one block)."""
   check(L)
-  if L.V > 128:
-    raise ValueError(f"GDN output_bwd (backend='mosaic'): V={L.V}; expected at most 128")
   N = L.P // L.C
   rows = _output_rows(L, g_BHP)
+  smem = (_STAGES * (2 * L.C * L.K + L.K * L.V + 2 * L.C * L.V) + 2 * L.C * L.C) * jnp.dtype(
+      L.mm).itemsize + _STAGES * len(rows) * L.C * 4 + 2 * L.C * 4
+  if L.V > 128 or smem > _SMEM:
+    raise ValueError(f"GDN output_bwd (backend='mosaic'): V={L.V}, chunk_size={L.C}, K={L.K} "
+                     f"need {smem} bytes of SMEM; expected V <= 128 and at most {_SMEM}")
   per = _chunks_per_block(L, 1)
   sds = jax.ShapeDtypeStruct
   transforms = _transforms(L.V, jnp.dtype(L.mm).itemsize)
   kernel = plgpu.kernel(
       functools.partial(_output_bwd_kernel, C=L.C, K=L.K, V=L.V, R=L.H // q_BPGK.shape[2],
-                        per=per, packed=L.packed),
+                        per=per, n_rows=len(rows), packed=L.packed),
       out_type=[sds((L.B, L.P, L.H, L.V), L.mm), sds((L.B, L.P, L.H, L.K), dq_dtype),
                 sds((L.B, L.P, L.H, L.K), f32), sds((L.B, L.H, 2 * N, L.C), f32)],
       scratch_types=[plgpu.SMEM((L.C, L.C), L.mm, transforms=transforms)] * 2
