@@ -62,11 +62,11 @@ def breakdown(x, backend, chunk_size, interpret, repeats):
   cfg = launch_config(None, GDN_CONFIG, B * H, V)._replace(backend=backend)
   rows = [(name, 1e3 * time_jax(fn, args, backward=False, repeats=repeats))
           for name, (fn, args) in kernel_calls(x, cfg, chunk_size, interpret).items()]
-  fn, args = whole_op(x, cfg, interpret)
+  fn, args = whole_op(x, cfg, chunk_size, interpret)
   return rows + [('fwd+bwd', 1e3 * time_jax(fn, args, backward=True, repeats=repeats))]
 
 
-def whole_op(x, cfg, interpret):
+def whole_op(x, cfg, chunk_size, interpret):
   """(fn, args): gdn_chunked as bench_mixers times it (segment_ids of one document per row)
   under launch config cfg."""
   from pallas_kernels.gdn import gdn_chunked
@@ -74,8 +74,8 @@ def whole_op(x, cfg, interpret):
   scale = x['qn'].shape[-1] ** -0.5
 
   def fn(q, k, v, g, beta):
-    return gdn_chunked(q, k, v, g, beta, segment_ids_BT=segment_ids, chunk_size=64, scale=scale,
-                       config=cfg, interpret=interpret)
+    return gdn_chunked(q, k, v, g, beta, segment_ids_BT=segment_ids, chunk_size=chunk_size,
+                       scale=scale, config=cfg, interpret=interpret)
   return fn, (x['qn'], x['kn'], x['v'], x['g'], x['beta'])
 
 
@@ -142,7 +142,7 @@ def main(argv=None):
       for backend in args.backends:
         B, _, H, V = x['v'].shape
         fn, fargs = whole_op(x, launch_config(None, GDN_CONFIG, B * H, V)._replace(
-            backend=backend), args.interpret)
+            backend=backend), args.chunk_size, args.interpret)
         do = jnp.ones_like(x['v'])
         step = jax.jit(fwd_bwd(fn))
         print_profile(f"T={T} lloglin GDN (scans {backend})",
@@ -154,13 +154,12 @@ def main(argv=None):
 
 
 def torch_backward(fn, inputs):
-  """One fwd+bwd of a torch case (ones as the output's cotangent); returns a jax-free value."""
+  """One fwd+bwd of a torch case (ones as the output's cotangent; `profile` synchronises)."""
   for t in inputs:
     t.grad = None
   out = fn()
   out = out[0] if isinstance(out, tuple) else out
   out.backward(out.new_ones(out.shape))
-  return jnp.zeros(())
 
 
 if __name__ == '__main__':

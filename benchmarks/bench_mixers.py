@@ -61,7 +61,8 @@ TOKENS = 65536  # per call, as the published peer figures (--tokens for CPU smok
 SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
 MIXERS = ("attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 IMPLS = ("pallas", "xla", "cudnn", "fla")
-OPT_IN_IMPLS = ("pallas_linear_memory", "pallas_triton", "pallas_mosaic")  # known to --impls, not in its default
+OPT_IN_IMPLS = ("pallas_linear_memory", "pallas_triton", "pallas_mosaic")  # not in the default
+GDN_BACKEND_IMPLS = ("pallas_triton", "pallas_mosaic")   # GDN under KernelConfig(backend=...)
 # The peer each lloglin kernel is compared with (fla's operator of the same math).
 PEER = {"mamba2": "fla_simple_gla", "loglinear_mamba2": "fla_log_linear_attn",
         "gdn": "fla_gated_delta_rule", "path": "fla_parallel_path_attn"}
@@ -113,6 +114,13 @@ def jax_inputs(tokens: int, seq_len: int, heads: int, dim: int, key) -> dict:
 KERNEL_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 
 
+def opt_in_serves(mixer: str, impl: str) -> bool:
+  """False for an opt-in impl the mixer has no row of (linear memory: PaTH's; backends: GDN's)."""
+  if impl == "pallas_linear_memory":
+    return mixer.startswith("path")
+  return impl not in GDN_BACKEND_IMPLS or mixer == "gdn"
+
+
 def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
              kernel_config: tuple | None = None, interpret: bool | None = None
              ) -> tuple[Callable, tuple]:
@@ -132,8 +140,7 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     return (lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                                          implementation=impl),
             (x["q"], x["k"], x["v"]))
-  if (impl == "pallas_linear_memory" and not mixer.startswith("path")) or (
-      impl in ("pallas_triton", "pallas_mosaic") and mixer != "gdn"):
+  if not opt_in_serves(mixer, impl):
     raise ImportError(f"{mixer} has no {impl} row")
   if impl.startswith("pallas"):
     if mixer.startswith("path"):
@@ -152,7 +159,7 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     seg = {**seg, "interpret": True}
   if kernel_config is not None and mixer.startswith("path"):   # (block_size, warps, stages)
     seg = {**seg, "block_size": kernel_config[0], "config": mod.KernelConfig(*kernel_config[1:])}
-  elif impl in ("pallas_triton", "pallas_mosaic"):   # the launch default's block_v unless swept
+  elif impl in GDN_BACKEND_IMPLS:   # the launch default's block_v unless a config is swept
     from pallas_kernels.linear_recurrence import GDN_CONFIG, launch_config
     B, _, H, V = x["v"].shape
     cfg = launch_config(None, GDN_CONFIG, B * H, V) if kernel_config is None else (
@@ -338,8 +345,7 @@ def run_throughput(args) -> list[Row]:
     for mixer in args.mixers:
       for impl in args.impls:
         if impl == "fla" or (impl == "cudnn") != (mixer == "attention") or (
-            impl == "pallas_linear_memory" and not mixer.startswith("path")) or (
-            impl in ("pallas_triton", "pallas_mosaic") and mixer != "gdn"):
+            not opt_in_serves(mixer, impl)):
           continue
         sweep = args.kernel_configs if impl.startswith("pallas") and mixer in KERNEL_MIXERS else []
         for cfg in sweep or [None]:

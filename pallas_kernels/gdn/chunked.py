@@ -14,11 +14,12 @@ lloglin.ops.loglinear.loglinear_gdn_chunked, plus `interpret` and `config`.
 Served by the kernels: any segment_ids_BT (decided at run time with lax.cond: GDN's rows of one
 document each without padding take the aligned kernels on the inputs as given, log-linear GDN's
 rows of one document then padding the aligned kernels with padding zeroed; packed documents, and
-GDN's rows with padding, the packed kernels, padding zeroed), chunk_size >= 16; GDN's initial state (the state scan starts from it; its cotangent is
-the transposed scan's carried dS after chunk 0) and final state (the carried state after the last
-chunk; its cotangent seeds the transposed scan); log-linear GDN's FenwickState from the packed
-kernels' streams, one per level >= 1, plus level 0 = beta k v^T of the last token; its initial
-FenwickState enters as those streams' initial states, positions continuing from its t_B.
+GDN's rows with padding, the packed kernels, padding zeroed), chunk_size >= 16; GDN's initial
+state (the state scan starts from it; its cotangent is the transposed scan's carried dS after
+chunk 0) and final state (the carried state after the last chunk; its cotangent seeds the
+transposed scan); log-linear GDN's FenwickState from the packed kernels' streams, one per level
+>= 1, plus level 0 = beta k v^T of the last token; its initial FenwickState enters as those
+streams' initial states, positions continuing from its t_B.
 chunk_size < 16 and T beyond the capacity of the L levels run the XLA form, so no argument is
 ever silently ignored. Feature axes are zero-padded to powers of two (>= 16) and T to whole
 chunks; batches whose arrays would reach 2^31 elements are split
@@ -400,8 +401,8 @@ _gdn_mixer.defvjp(_gdn_mixer_fwd, _gdn_mixer_bwd)
 def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, st):
   """Pads to whole chunks and power-of-two feature axes, zeroes the tokens segment_ids_BT marks
   as padding (None: none), runs the kernels (packed: with the document masks of segment_ids_BT,
-  positions from t0_B). s0_BHXKV: initial
-  stream states or None. Returns (o_BTHV, final stream states [B, H, X, K, V] or None)."""
+  positions from t0_B). s0_BHXKV: initial stream states or None. Returns (o_BTHV, final stream
+  states [B, H, X, K, V] or None)."""
   T, K = q.shape[1], q.shape[3]
   V = v.shape[3]
   Kp, Vp = pow2(K), pow2(V)
@@ -438,17 +439,19 @@ def _run(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, st):
     return o, final
   if every_level:
     return zeroed(True)
+  aligned_rows = one_document_per_row(segment_ids_BT)
   if st.levels is None:
     # GDN: rows that are each one document without padding (what the trainer passes for unpacked
     # data) take the aligned kernels on the inputs as given: no token to zero, so no pass over q,
     # k, v and the output (and their gradients) to do it. Rows with padding, and packed rows, take
     # the packed kernels (the same kernels with document masks), padding zeroed.
-    return lax.cond(one_document_per_row(segment_ids_BT) & jnp.all(segment_ids_BT > 0),
-                    lambda: path(None, False, st), lambda: zeroed(True))
-  # log-linear GDN's packed kernels run a stream per level: rows of one document then padding
-  # keep the aligned kernels (padding zeroed), packed rows take the packed ones.
-  return lax.cond(one_document_per_row(segment_ids_BT), lambda: zeroed(False),
-                  lambda: zeroed(True))
+    aligned_rows &= jnp.all(segment_ids_BT > 0)
+    aligned = lambda: path(None, False, st)  # noqa: E731
+  else:
+    # log-linear GDN's packed kernels run a stream per level: rows of one document then padding
+    # keep the aligned kernels (padding zeroed), packed rows take the packed ones.
+    aligned = lambda: zeroed(False)  # noqa: E731
+  return lax.cond(aligned_rows, aligned, lambda: zeroed(True))
 
 
 def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=None,

@@ -32,9 +32,9 @@ dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in th
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
 pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the two
 state scans, the output and its backward run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit
-inputs, chunks and K multiples of 64), and the scans do with GDN's default backend='auto' on a Hopper GPU where
-they serve (`on_mosaic`); the other kernels stay on Triton. Offsets stay below 2^31: the caller splits
-larger batches.
+inputs, chunks and K multiples of 64), and the scans do with GDN's default backend='auto' on a
+Hopper GPU where they serve (`on_mosaic`); the other kernels stay on Triton. Offsets stay below
+2^31: the caller splits larger batches.
 """
 
 import functools

@@ -26,24 +26,18 @@ from lloglin.evals.report import progress, save_figure
 from lloglin.training.loading import load_model
 from lloglin.training.trainer import train
 
-# name -> (test-time training, augmented TTT data, direct I/O, demonstration loss, shared adapter,
-# refine: each task's adapter starts from the shared one for config.ttt.refine_epochs more)
+# Switches: test-time training, augmented TTT data, direct I/O, demonstration loss, shared adapter,
+# refine (each task's adapter starts from the shared one for config.ttt.refine_epochs more).
+_FULL = dict(ttt=True, augment=True, direct_io=False, demo_loss=True, shared=False, refine=False)
 ABLATIONS = {
-    "no_ttt": dict(ttt=False, augment=True, direct_io=False, demo_loss=True, shared=False,
-                   refine=False),
-    "full": dict(ttt=True, augment=True, direct_io=False, demo_loss=True, shared=False,
-                 refine=False),
-    "no_demo_loss": dict(ttt=True, augment=True, direct_io=False, demo_loss=False, shared=False,
-                         refine=False),
-    "shared": dict(ttt=True, augment=True, direct_io=False, demo_loss=True, shared=True,
-                   refine=False),
-    "direct_io": dict(ttt=True, augment=True, direct_io=True, demo_loss=True, shared=False,
-                      refine=False),
-    "no_aug": dict(ttt=True, augment=False, direct_io=False, demo_loss=True, shared=False,
-                   refine=False),
+    "no_ttt": _FULL | dict(ttt=False),
+    "full": _FULL,
+    "no_demo_loss": _FULL | dict(demo_loss=False),
+    "shared": _FULL | dict(shared=True),
+    "direct_io": _FULL | dict(direct_io=True),
+    "no_aug": _FULL | dict(augment=False),
     # not one of the paper's: a shared adapter, then a short per-task one from it
-    "shared_then_task": dict(ttt=True, augment=True, direct_io=False, demo_loss=True,
-                             shared=True, refine=True),
+    "shared_then_task": _FULL | dict(shared=True, refine=True),
 }
 BYTE_VOCAB = 258
 
@@ -112,18 +106,18 @@ def run_ablation(lm: ttt.FrozenLM, tasks: list[grids.ArcTask], config, name: str
                                       size_changes=tcfg.size_changes)
                 for i, t in enumerate(tasks)]
   adapters, losses, seconds, per_task, errors = {}, {}, {}, [], {}
-  shared, task_cfg = None, tcfg
+  start_from, task_cfg = None, tcfg   # the per-task adapters' start (None: fresh) and settings
   if switches["ttt"] and switches["shared"]:
     start = time.perf_counter()
     stacked, loss = ttt.train_adapters(lm, [[e for eps in episodes for e in eps]], tcfg)
     shared = optim.adapter_at(stacked, 0)
     seconds = dict.fromkeys(range(len(tasks)), (time.perf_counter() - start) / len(tasks))
     if switches["refine"]:  # per-task adapters below, each starting from the shared one
+      start_from = shared
       task_cfg = types.SimpleNamespace(**{**vars(tcfg), "epochs": config.ttt.refine_epochs})
     else:
       adapters = dict.fromkeys(range(len(tasks)), shared)
       losses = dict.fromkeys(range(len(tasks)), loss[0])
-  start_from = shared if switches["refine"] else None
   group = max(1, config.ttt.tasks_per_step)
   for i in progress(range(len(tasks)), desc=f"arc_ttt {name}"):
     task = tasks[i]
