@@ -20,8 +20,10 @@ forward+backward (gradients of every input):
           (KernelConfig(backend='triton'); the default `pallas` row takes them on Mosaic GPU on a
           Hopper GPU, pallas_kernels.gdn.chunkwise_mgpu; GDN only, not in the default --impls)
   pallas_mosaic
-          GDN's kernels with every kernel that has a Mosaic GPU form on it (KernelConfig(
-          backend='mosaic'): the state scans, the output and its backward; GDN only, opt-in)
+          every kernel that has a Mosaic GPU form on it (KernelConfig(backend='mosaic')): GDN's
+          state scans, output and output backward; Mamba-2 SSD's and log-linear Mamba-2's level
+          scan (pallas_kernels.mamba2.kernel_mgpu); GDN, Mamba-2 and log-linear Mamba-2 only,
+          opt-in
   xla     lloglin.ops' chunked / blockwise XLA form
   cudnn   jax.nn.dot_product_attention(implementation="cudnn", is_causal=True) (attention rows)
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
@@ -62,7 +64,10 @@ SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
 MIXERS = ("attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 IMPLS = ("pallas", "xla", "cudnn", "fla")
 OPT_IN_IMPLS = ("pallas_linear_memory", "pallas_triton", "pallas_mosaic")  # not in the default
-GDN_BACKEND_IMPLS = ("pallas_triton", "pallas_mosaic")   # GDN under KernelConfig(backend=...)
+# impls that set KernelConfig(backend=...), and the mixers with a kernel of that backend that
+# the default `pallas` row does not already time
+BACKEND_IMPLS = {"pallas_triton": ("gdn",),
+                 "pallas_mosaic": ("gdn", "mamba2", "loglinear_mamba2")}
 # The peer each lloglin kernel is compared with (fla's operator of the same math).
 PEER = {"mamba2": "fla_simple_gla", "loglinear_mamba2": "fla_log_linear_attn",
         "gdn": "fla_gated_delta_rule", "path": "fla_parallel_path_attn"}
@@ -115,10 +120,11 @@ KERNEL_MIXERS = ("mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "
 
 
 def opt_in_serves(mixer: str, impl: str) -> bool:
-  """False for an opt-in impl the mixer has no row of (linear memory: PaTH's; backends: GDN's)."""
+  """False for an opt-in impl the mixer has no row of (linear memory: PaTH's; backends:
+  BACKEND_IMPLS)."""
   if impl == "pallas_linear_memory":
     return mixer.startswith("path")
-  return impl not in GDN_BACKEND_IMPLS or mixer == "gdn"
+  return mixer in BACKEND_IMPLS.get(impl, (mixer,))
 
 
 def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
@@ -159,10 +165,12 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     seg = {**seg, "interpret": True}
   if kernel_config is not None and mixer.startswith("path"):   # (block_size, warps, stages)
     seg = {**seg, "block_size": kernel_config[0], "config": mod.KernelConfig(*kernel_config[1:])}
-  elif impl in GDN_BACKEND_IMPLS:   # the launch default's block_v unless a config is swept
-    from pallas_kernels.linear_recurrence import GDN_CONFIG, launch_config
+  elif impl in BACKEND_IMPLS:   # the launch default's block_v unless a config is swept
+    from pallas_kernels import linear_recurrence as lr
+    default = {"gdn": lr.GDN_CONFIG, "mamba2": lr.SSD_CONFIG,
+               "loglinear_mamba2": lr.LOGLINEAR_SSD_CONFIG}[mixer]
     B, _, H, V = x["v"].shape
-    cfg = launch_config(None, GDN_CONFIG, B * H, V) if kernel_config is None else (
+    cfg = lr.launch_config(None, default, B * H, V) if kernel_config is None else (
         mod.KernelConfig(*kernel_config))
     seg = {**seg, "config": cfg._replace(backend=impl.removeprefix("pallas_"))}
   elif kernel_config is not None:
@@ -170,7 +178,8 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
 
   if mixer in ("mamba2", "loglinear_mamba2"):
     name = "ssd_chunked" if mixer == "mamba2" else "loglinear_ssd_chunked"
-    op = getattr(mod if impl == "pallas" else (mamba2 if mixer == "mamba2" else loglinear), name)
+    op = getattr(mod if impl.startswith("pallas") else (
+        mamba2 if mixer == "mamba2" else loglinear), name)
     args = (x["q"], x["k"], x["v"], x["g"]) + (() if mixer == "mamba2" else (x["lam"],))
     return (lambda *a: op(*a, chunk_size=64, scale=scale, **seg)), args
   if mixer in ("gdn", "loglinear_gdn"):

@@ -54,13 +54,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.mgpu import (ROWS, SMEM_BYTES, TILE, chunk_rows, col, f32, interpret_params,
+                                 iota, product, row, transforms)
+
 __all__ = ['check', 'output', 'output_bwd', 'serves', 'state_scan', 'state_scan_bwd']
 
-f32 = jnp.float32
-_TILE = plgpu.Layout.WGMMA
-_ROWS = plgpu.Layout.WGMMA.reduce(1)   # a [rows] vector, one value per row of a WGMMA tile
 _STAGES = 2                            # chunks in flight in the pipeline
-_SMEM = 232448 - 1024                  # bytes of SMEM a block may take on sm_90, less barriers
 _BWD_STREAMS = ('grp', 'grp', 'hk', 'hv', 'hv')   # the backward's [C, *] inputs: Q, K, W, dO, dVl
 
 
@@ -85,14 +84,7 @@ def check(L):
 def serves(L):
   """Whether both scans run this launch: its fields served, and the backward (the larger) fits in
   SMEM at some block of V."""
-  return _unserved(L) is None and _smem_bytes(L, _BWD_STREAMS, 2, 16) <= _SMEM
-
-
-def _transforms(BV, itemsize):
-  """SMEM tiling and swizzle of every WGMMA operand tile: one swizzle for all (the two operands
-  of a WGMMA must share it), the widest that a [*, BV] tile's rows hold (128, 64 or 32 bytes)."""
-  swizzle = min(128, BV * itemsize)
-  return (plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle))
+  return _unserved(L) is None and _smem_bytes(L, _BWD_STREAMS, 2, 16) <= SMEM_BYTES
 
 
 def _gates(L, g_BHP):
@@ -111,26 +103,12 @@ def _gates(L, g_BHP):
   return a_BHP, jnp.exp(G_BHNC).reshape(B, H, P), gam_BHN
 
 
-def _matmuls(pairs, acc):
-  """sum of a @ b over pairs into the zeroed WGMMA accumulator acc, read back into registers
-  (which waits for them). (Accumulating onto the carried state with
-  pl.run_state(...)(plgpu.ACC.init(S)) would save one add, but the Mosaic GPU interpreter does not
-  run pl.run_state.)"""
-  for a_smem, b_smem in pairs:
-    plgpu.wgmma(acc, a_smem, b_smem)
-  return acc[...]
-
-
-def _product(pairs, shape):
-  return pl.run_scoped(functools.partial(_matmuls, pairs), plgpu.ACC(shape, f32))
-
-
 def _fwd_chunk(smems, rows, rho, S_smem):
   """(Vn, [(K, a o Vn)]) of a chunk: its output tile and the update's (A^T, B) operands."""
   k, w, u = smems
   (a,) = rows
-  ws = _product([(w, S_smem)], a.shape)
-  vn = plgpu.load(u, layout=_TILE).astype(f32) - (ws if rho is None else ws * rho)
+  ws = product([(w, S_smem)], a.shape)
+  vn = plgpu.load(u, layout=TILE).astype(f32) - (ws if rho is None else ws * rho)
   return vn, [(k, vn * a)]
 
 
@@ -138,8 +116,8 @@ def _bwd_chunk(smems, rows, rho, dS_smem):
   """(dVn, [(Q, e o dO), (W, -rho o dVn)]) of a chunk, as _fwd_chunk."""
   q, k, w, do, dvl = smems
   a, e = rows
-  dvn = plgpu.load(dvl, layout=_TILE).astype(f32) + a * _product([(k, dS_smem)], a.shape)
-  return dvn, [(q, e * plgpu.load(do, layout=_TILE).astype(f32)),
+  dvn = plgpu.load(dvl, layout=TILE).astype(f32) + a * product([(k, dS_smem)], a.shape)
+  return dvn, [(q, e * plgpu.load(do, layout=TILE).astype(f32)),
                (w, -(dvn if rho is None else dvn * rho))]
 
 
@@ -166,7 +144,7 @@ def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed,
     *smems, coef_smem, S = smems_and_carry
     i = idx[0]
     c = N - 1 - i if reverse else i
-    rows = [lax.broadcast_in_dim(plgpu.load(coef_smem.at[x], layout=_ROWS), (C, BV), [0])
+    rows = [lax.broadcast_in_dim(plgpu.load(coef_smem.at[x], layout=ROWS), (C, BV), [0])
             for x in range(n_rows + packed)]
     rho = rows.pop() if packed else None
     gam = coef_smem[n_rows + packed, 0]
@@ -184,19 +162,19 @@ def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed,
                             commit_group=False)
     plgpu.copy_smem_to_gmem(tok_out, tok_ref.at[b, pl.ds(c * C, C), h, cols], commit_group=False)
     plgpu.commit_smem_to_gmem_group()
-    return gam * S + _product([(a.transpose((1, 0)), o) for (a, _), o in
+    return gam * S + product([(a.transpose((1, 0)), o) for (a, _), o in
                                zip(products, operand_smems)], (K, BV))
 
-  transforms = _transforms(BV, jnp.dtype(dt).itemsize)
+  tiling = transforms(BV, jnp.dtype(dt).itemsize)
   index = (lambda i: (N - 1 - i, 0)) if reverse else (lambda i: (i, 0))
   views = {'grp': lambda x: x.at[b, :, h // R, :], 'hk': lambda x: x.at[b, :, h, :],
            'hv': lambda x: x.at[b, :, h, cols]}
-  specs = [plgpu.BlockSpec((C, BV if s == 'hv' else K), index, transforms=transforms)
+  specs = [plgpu.BlockSpec((C, BV if s == 'hv' else K), index, transforms=tiling)
            for s in streams] + [plgpu.BlockSpec((n_rows + packed + 1, C), index)]
   if with_init:
-    S0 = plgpu.load(init_ref.at[b, h, :, cols], layout=_TILE, optimized=False)
+    S0 = plgpu.load(init_ref.at[b, h, :, cols], layout=TILE, optimized=False)
   else:
-    S0 = plgpu.layout_cast(jnp.zeros((K, BV), f32), _TILE)
+    S0 = plgpu.layout_cast(jnp.zeros((K, BV), f32), TILE)
   pipeline = plgpu.emit_pipeline(step, grid=(N,), max_concurrent_steps=min(_STAGES, N),
                                  init_carry=S0, in_specs=specs)
   S = pipeline(*(views[s](x) for s, x in zip(streams, ins)), coef_ref.at[b, h])
@@ -205,22 +183,11 @@ def _scan_kernel(*refs, chunk, streams, n_rows, C, K, BV, R, N, reverse, packed,
   plgpu.wait_smem_to_gmem(0)
 
 
-def _chunk_rows(L, rows):
-  """[B, H, N X, C] float32: per chunk, the X row vectors `rows` ([B, H, P], or [B, P] for every
-  head) as one [X, C] TMA block, prefetched by the pipeline with the chunk's tiles (loaded from
-  GMEM in the chunk's step, they put a GMEM round trip on the sequential path)."""
-  N = L.P // L.C
-  full = [jnp.broadcast_to(x[:, None] if x.ndim == 2 else x, (L.B, L.H, L.P)).astype(f32)
-          for x in rows]
-  return jnp.stack([x.reshape(L.B, L.H, N, L.C) for x in full], axis=3).reshape(
-      L.B, L.H, N * len(rows), L.C)
-
-
 def _coefficients(L, rows, gam_BHN):
-  """The scans' per-chunk rows (`_chunk_rows`): `rows`, then rho if packed, then the chunk decay
+  """The scans' per-chunk rows (`chunk_rows`): `rows`, then rho if packed, then the chunk decay
   gam' repeated over C."""
   rho = [L.masks.rho] if L.packed else []
-  return _chunk_rows(L, rows + rho + [jnp.repeat(gam_BHN, L.C, axis=-1)])
+  return chunk_rows(rows + rho + [jnp.repeat(gam_BHN, L.C, axis=-1)], L.B, L.H, L.P, L.C)
 
 
 def _smem_bytes(L, streams, n_products, BV):
@@ -236,12 +203,12 @@ def _block_v(L, streams, n_products):
   inputs: at K = 128 and chunks of 64 it takes block_v 64 where the forward takes 128);
   ValueError when even 16 does not fit."""
   BV = L.BV
-  while BV > 16 and _smem_bytes(L, streams, n_products, BV) > _SMEM:
+  while BV > 16 and _smem_bytes(L, streams, n_products, BV) > SMEM_BYTES:
     BV //= 2
-  if _smem_bytes(L, streams, n_products, BV) > _SMEM:
+  if _smem_bytes(L, streams, n_products, BV) > SMEM_BYTES:
     raise ValueError(f"GDN state scans (backend='mosaic'): chunk_size={L.C} with K={L.K} needs "
                      f"{_smem_bytes(L, streams, n_products, BV)} bytes of SMEM at block_v "
-                     f"{BV}; expected at most {_SMEM} (chunks of 64 fit)")
+                     f"{BV}; expected at most {SMEM_BYTES} (chunks of 64 fit)")
   return BV
 
 
@@ -254,10 +221,10 @@ def _scan(L, name, chunk, streams, inputs, rows, gam_BHN, init_BHKV, with_final,
   with_init = init_BHKV is not None
   N = L.P // L.C
   sds = jax.ShapeDtypeStruct
-  transforms = _transforms(BV, jnp.dtype(L.mm).itemsize)
+  tiling = transforms(BV, jnp.dtype(L.mm).itemsize)
   out_type = [sds((L.B, L.H, N * L.K, L.V), L.mm), sds((L.B, L.P, L.H, L.V), L.mm)] + (
       [sds((L.B, L.H, L.K, L.V), f32)] if with_final else [])
-  smem = lambda *shape: plgpu.SMEM(shape, L.mm, transforms=transforms)  # noqa: E731
+  smem = lambda *shape: plgpu.SMEM(shape, L.mm, transforms=tiling)  # noqa: E731
   kernel = plgpu.kernel(
       functools.partial(_scan_kernel, chunk=chunk, streams=streams, n_rows=len(rows), C=L.C,
                         K=L.K, BV=BV, R=L.H // inputs[0].shape[2], N=N, reverse=reverse,
@@ -266,7 +233,7 @@ def _scan(L, name, chunk, streams, inputs, rows, gam_BHN, init_BHKV, with_final,
       scratch_types=[smem(_STAGES, L.K, BV), smem(_STAGES, L.C, BV)]
       + [smem(L.C, BV) for _ in range(n_products)],
       grid=(L.B, L.H, L.V // BV), grid_names=('b', 'h', 'j'),
-      interpret=plgpu.InterpretGPUParams() if L.interpret else None,
+      interpret=interpret_params(L.interpret),
       kernel_name=L.name(name))
   init = [init_BHKV.astype(f32)] if with_init else []
   return kernel(*inputs, _coefficients(L, rows, gam_BHN), *init)
@@ -294,7 +261,6 @@ def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_B
 # The output kernel: parallel over chunks
 
 
-_COLS = plgpu.Layout.WGMMA.reduce(0)   # a [cols] vector, one value per column of a WGMMA tile
 _BLOCKS = 2 * 132                      # blocks the output grid aims at (two per H100 SM)
 
 
@@ -309,25 +275,14 @@ def _chunks_per_block(L, n_v_blocks):
   return per
 
 
-def _row(rows_smem, x, C, n):
-  """Row vector x of a chunk's rows, broadcast along [C, n] (one value per row)."""
-  return lax.broadcast_in_dim(plgpu.load(rows_smem.at[x], layout=_ROWS), (C, n), [0])
-
-
-def _col(rows_smem, x, C):
-  """Row vector x of a chunk's rows, broadcast along [C, C] (one value per column)."""
-  return lax.broadcast_in_dim(plgpu.load(rows_smem.at[x], layout=_COLS), (C, C), [1])
-
-
 def _pair_decay(rows_smem, C, packed):
   """E = e^{G_t - G_s} on the pairs t >= s of one document, both real, 0 elsewhere, [C, C] in
   the WGMMA layout (rows of `_output_rows`)."""
-  mask = (plgpu.broadcasted_iota(jnp.int32, (C, C), 0, layout=_TILE)
-          >= plgpu.broadcasted_iota(jnp.int32, (C, C), 1, layout=_TILE))
+  mask = iota(C, 0) >= iota(C, 1)
   if packed:
-    mask = mask & (_row(rows_smem, 3, C, C) == _col(rows_smem, 5, C)) & (
-        _row(rows_smem, 4, C, C) > 0) & (_col(rows_smem, 6, C) > 0)
-  return jnp.exp(jnp.where(mask, _row(rows_smem, 0, C, C) - _col(rows_smem, 2, C), -jnp.inf))
+    mask = mask & (row(rows_smem, 3, C, C) == col(rows_smem, 5, C)) & (
+        row(rows_smem, 4, C, C) > 0) & (col(rows_smem, 6, C) > 0)
+  return jnp.exp(jnp.where(mask, row(rows_smem, 0, C, C) - col(rows_smem, 2, C), -jnp.inf))
 
 
 def _output_rows(L, g_BHP):
@@ -355,24 +310,24 @@ def _output_kernel(q_ref, k_ref, h_ref, vn_ref, rows_ref, o_ref, o_smem, qe_smem
     i = idx[0]
     c = s * per + i
     decay = _pair_decay(rows_smem, C, packed)
-    a = _product([(q_smem, k_smem.transpose((1, 0)))], (C, C)) * decay
-    qe = plgpu.load(q_smem, layout=_TILE).astype(f32) * _row(rows_smem, 1, C, K)
+    a = product([(q_smem, k_smem.transpose((1, 0)))], (C, C)) * decay
+    qe = plgpu.load(q_smem, layout=TILE).astype(f32) * row(rows_smem, 1, C, K)
     qe_smem[...] = qe.astype(dt)
     a_smem[...] = a.astype(dt)
     plgpu.commit_smem()
-    o = _product([(qe_smem, h_smem), (a_smem, vn_smem)], (C, BV))
+    o = product([(qe_smem, h_smem), (a_smem, vn_smem)], (C, BV))
     slot = i % _STAGES
     plgpu.wait_smem_to_gmem(_STAGES - 1, wait_read_only=True)   # this slot's last store
     o_smem.at[slot][...] = o.astype(dt)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem.at[slot], o_ref.at[b, pl.ds(c * C, C), h, cols])
 
-  transforms = _transforms(BV, jnp.dtype(dt).itemsize)
+  tiling = transforms(BV, jnp.dtype(dt).itemsize)
   first = s * per
   tok = lambda x: x.at[b, pl.ds(first * C, per * C)]  # noqa: E731
-  specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=transforms)] * 2 + [
-      plgpu.BlockSpec((K, BV), lambda i: (i, 0), transforms=transforms),
-      plgpu.BlockSpec((C, BV), lambda i: (i, 0), transforms=transforms),
+  specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=tiling)] * 2 + [
+      plgpu.BlockSpec((K, BV), lambda i: (i, 0), transforms=tiling),
+      plgpu.BlockSpec((C, BV), lambda i: (i, 0), transforms=tiling),
       plgpu.BlockSpec((n_rows, C), lambda i: (i, 0))]
   pipeline = plgpu.emit_pipeline(step, grid=(per,), max_concurrent_steps=min(_STAGES, per),
                                  in_specs=specs)
@@ -389,11 +344,11 @@ def _output_block_v(L, n_rows):
     tiles = _STAGES * (2 * L.C * L.K + L.K * BV + 2 * L.C * BV) + L.C * (L.K + L.C)
     return tiles * jnp.dtype(L.mm).itemsize + _STAGES * n_rows * L.C * 4
   BV = min(L.V, 128)
-  while BV > 16 and smem(BV) > _SMEM:
+  while BV > 16 and smem(BV) > SMEM_BYTES:
     BV //= 2
-  if smem(BV) > _SMEM:
+  if smem(BV) > SMEM_BYTES:
     raise ValueError(f"GDN output (backend='mosaic'): chunk_size={L.C} with K={L.K} needs "
-                     f"{smem(BV)} bytes of SMEM at block_v {BV}; expected at most {_SMEM}")
+                     f"{smem(BV)} bytes of SMEM at block_v {BV}; expected at most {SMEM_BYTES}")
   return BV
 
 
@@ -409,17 +364,17 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
   rows = _output_rows(L, g_BHP)
   BV = _output_block_v(L, n_rows=len(rows))
   per = _chunks_per_block(L, L.V // BV)
-  transforms = _transforms(BV, jnp.dtype(L.mm).itemsize)
+  tiling = transforms(BV, jnp.dtype(L.mm).itemsize)
   kernel = plgpu.kernel(
       functools.partial(_output_kernel, C=L.C, K=L.K, BV=BV, R=L.H // q_BPGK.shape[2], per=per,
                         n_rows=len(rows), packed=L.packed),
       out_type=jax.ShapeDtypeStruct((L.B, L.P, L.H, L.V), L.mm),
-      scratch_types=[plgpu.SMEM(shape, L.mm, transforms=transforms)
+      scratch_types=[plgpu.SMEM(shape, L.mm, transforms=tiling)
                      for shape in ((_STAGES, L.C, BV), (L.C, L.K), (L.C, L.C))],
       grid=(L.B, L.H, L.V // BV, N // per), grid_names=('b', 'h', 'j', 's'),
-      interpret=plgpu.InterpretGPUParams() if L.interpret else None,
+      interpret=interpret_params(L.interpret),
       kernel_name=L.name('output_mgpu'))
-  return kernel(q_BPGK, k_BPGK, h_BHMV, vn_BPHV, _chunk_rows(L, rows))
+  return kernel(q_BPGK, k_BPGK, h_BHMV, vn_BPHV, chunk_rows(rows, L.B, L.H, L.P, L.C))
 
 
 def _output_bwd_kernel(q_ref, k_ref, h_ref, vn_ref, do_ref, rows_ref, dvl_ref, dq_ref, dk_ref,
@@ -435,17 +390,17 @@ def _output_bwd_kernel(q_ref, k_ref, h_ref, vn_ref, do_ref, rows_ref, dvl_ref, d
   def step(idx, q_smem, k_smem, h_smem, vn_smem, do_smem, rows_smem):
     c = s * per + idx[0]
     decay = _pair_decay(rows_smem, C, packed)
-    a = _product([(q_smem, k_smem.transpose((1, 0)))], (C, C)) * decay
+    a = product([(q_smem, k_smem.transpose((1, 0)))], (C, C)) * decay
     a_smem[...] = a.astype(a_smem.dtype)
     plgpu.commit_smem()
-    dvl = _product([(a_smem.transpose((1, 0)), do_smem)], (C, V))
-    daqk = _product([(do_smem, vn_smem.transpose((1, 0)))], (C, C))
-    dq = _product([(do_smem, h_smem.transpose((1, 0)))], (C, K)) * _row(rows_smem, 1, C, K)
-    dG = jnp.sum(plgpu.load(q_smem, layout=_TILE).astype(f32) * dq, axis=1)
+    dvl = product([(a_smem.transpose((1, 0)), do_smem)], (C, V))
+    daqk = product([(do_smem, vn_smem.transpose((1, 0)))], (C, C))
+    dq = product([(do_smem, h_smem.transpose((1, 0)))], (C, K)) * row(rows_smem, 1, C, K)
+    dG = jnp.sum(plgpu.load(q_smem, layout=TILE).astype(f32) * dq, axis=1)
     dp_smem[...] = (daqk * decay).astype(dp_smem.dtype)
     plgpu.commit_smem()
-    dq = dq + _product([(dp_smem, k_smem)], (C, K))
-    dk = _product([(dp_smem.transpose((1, 0)), q_smem)], (C, K))
+    dq = dq + product([(dp_smem, k_smem)], (C, K))
+    dk = product([(dp_smem.transpose((1, 0)), q_smem)], (C, K))
     dx = daqk * a
     tok = pl.ds(c * C, C)
     dvl_ref[b, tok, h, :] = dvl.astype(dvl_ref.dtype)
@@ -457,12 +412,12 @@ def _output_bwd_kernel(q_ref, k_ref, h_ref, vn_ref, do_ref, rows_ref, dvl_ref, d
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(dg_smem, dg_ref.at[b, h, pl.ds(2 * c, 2)])
 
-  transforms = _transforms(V, jnp.dtype(a_smem.dtype).itemsize)
+  tiling = transforms(V, jnp.dtype(a_smem.dtype).itemsize)
   first = s * per
   tok = lambda x: x.at[b, pl.ds(first * C, per * C)]  # noqa: E731
-  specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=transforms)] * 2 + [
-      plgpu.BlockSpec((K, V), lambda i: (i, 0), transforms=transforms)] + [
-      plgpu.BlockSpec((C, V), lambda i: (i, 0), transforms=transforms)] * 2 + [
+  specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=tiling)] * 2 + [
+      plgpu.BlockSpec((K, V), lambda i: (i, 0), transforms=tiling)] + [
+      plgpu.BlockSpec((C, V), lambda i: (i, 0), transforms=tiling)] * 2 + [
       plgpu.BlockSpec((n_rows, C), lambda i: (i, 0))]
   pipeline = plgpu.emit_pipeline(step, grid=(per,), max_concurrent_steps=min(_STAGES, per),
                                  in_specs=specs)
@@ -481,22 +436,23 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32)
   rows = _output_rows(L, g_BHP)
   smem = (_STAGES * (2 * L.C * L.K + L.K * L.V + 2 * L.C * L.V) + 2 * L.C * L.C) * jnp.dtype(
       L.mm).itemsize + _STAGES * len(rows) * L.C * 4 + 2 * L.C * 4
-  if L.V > 128 or smem > _SMEM:
+  if L.V > 128 or smem > SMEM_BYTES:
     raise ValueError(f"GDN output_bwd (backend='mosaic'): V={L.V}, chunk_size={L.C}, K={L.K} "
-                     f"need {smem} bytes of SMEM; expected V <= 128 and at most {_SMEM}")
+                     f"need {smem} bytes of SMEM; expected V <= 128 and at most {SMEM_BYTES}")
   per = _chunks_per_block(L, 1)
   sds = jax.ShapeDtypeStruct
-  transforms = _transforms(L.V, jnp.dtype(L.mm).itemsize)
+  tiling = transforms(L.V, jnp.dtype(L.mm).itemsize)
   kernel = plgpu.kernel(
       functools.partial(_output_bwd_kernel, C=L.C, K=L.K, V=L.V, R=L.H // q_BPGK.shape[2],
                         per=per, n_rows=len(rows), packed=L.packed),
       out_type=[sds((L.B, L.P, L.H, L.V), L.mm), sds((L.B, L.P, L.H, L.K), dq_dtype),
                 sds((L.B, L.P, L.H, L.K), f32), sds((L.B, L.H, 2 * N, L.C), f32)],
-      scratch_types=[plgpu.SMEM((L.C, L.C), L.mm, transforms=transforms)] * 2
+      scratch_types=[plgpu.SMEM((L.C, L.C), L.mm, transforms=tiling)] * 2
       + [plgpu.SMEM((2, L.C), f32)],
       grid=(L.B, L.H, N // per), grid_names=('b', 'h', 's'),
-      interpret=plgpu.InterpretGPUParams() if L.interpret else None,
+      interpret=interpret_params(L.interpret),
       kernel_name=L.name('output_bwd_mgpu'))
-  dvl, dq, dk, dg = kernel(q_BPGK, k_BPGK, h_BHMV, vn_BPHV, do_BPHV, _chunk_rows(L, rows))
+  dvl, dq, dk, dg = kernel(q_BPGK, k_BPGK, h_BHMV, vn_BPHV, do_BPHV,
+                           chunk_rows(rows, L.B, L.H, L.P, L.C))
   dg = dg.reshape(L.B, L.H, N, 2, L.C)
   return dvl, dq, dk, (dg[:, :, :, 0] - dg[:, :, :, 1]).reshape(L.B, L.H, L.P)

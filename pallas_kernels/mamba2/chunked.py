@@ -44,6 +44,7 @@ from lloglin.ops import mamba2 as ops_mamba2
 from pallas_kernels.linear_recurrence import (LOGLINEAR_SSD_CONFIG, SSD_CONFIG, KernelConfig,
                                               gate_layouts, in_row_batches, launch_config,
                                               one_document_per_row, padded_inputs, pow2)
+from pallas_kernels.mamba2 import kernel_mgpu
 from pallas_kernels.mamba2.kernel import level_scan
 
 __all__ = ['loglinear_ssd_chunked', 'ssd_chunked']
@@ -62,18 +63,22 @@ class _Static(NamedTuple):
 
 def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, reverse, out_dtype,
           precise_states=False):
-  """level_scan, split along the batch so that no array reaches 2^31 elements."""
+  """level_scan, split along the batch so that no array reaches 2^31 elements; on Mosaic GPU
+  (kernel_mgpu) for aligned positions under backend='mosaic'."""
   P = a.shape[1]
   per_row = P * max([x.shape[2] * x.shape[3] for x in (a, b, c) + ((qx,) if qx is not None else ())]
                     + [heads * c.shape[3]]
                     + ([heads * lam_BHLP.shape[2] * (c.shape[3] // min(st.config.block_v,
                                                                         c.shape[3]))]
                        if lam_BHLP is not None else []))
-  fn = functools.partial(level_scan, heads=heads, chunk_size=st.chunk_size, reverse=reverse,
-                         levels=st.levels, out_dtype=out_dtype, block_v=st.config.block_v,
-                         num_warps=st.config.num_warps, num_stages=st.config.num_stages,
-                         precise_states=precise_states, all_levels=st.offset,
-                         interpret=st.interpret)
+  common = dict(heads=heads, chunk_size=st.chunk_size, reverse=reverse, levels=st.levels,
+                out_dtype=out_dtype, block_v=st.config.block_v, precise_states=precise_states,
+                interpret=st.interpret)
+  if st.config.backend == 'mosaic' and pos_BP is None:
+    fn = functools.partial(kernel_mgpu.level_scan, **common)
+  else:
+    fn = functools.partial(level_scan, num_warps=st.config.num_warps,
+                           num_stages=st.config.num_stages, all_levels=st.offset, **common)
   return in_row_batches(fn, (a, b, c, g_BHP, lam_BHLP, qx, pos_BP, doc_BP), per_row,
                         f'pallas loglinear kernels (T={P}, heads={heads})',
                         out_axes=0 if qx is None else (0, 1))
@@ -149,7 +154,8 @@ def _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, lam_BTHL, segment_ids_BT, t0_B=None, *, 
     pos_BP = jnp.where(real_BP, lay.pos_BT, -1)
     doc_BP = lay.doc_BT
   H = v_BTHV.shape[2]
-  config = launch_config(config, LOGLINEAR_SSD_CONFIG if with_levels else SSD_CONFIG, B * H, V)
+  config = launch_config(config, LOGLINEAR_SSD_CONFIG if with_levels else SSD_CONFIG, B * H, V,
+                         backends=('triton', 'mosaic'))
   st = _Static(chunk_size, float(scale), lam_BTHL.shape[-1] if with_levels else None, interpret,
                config, t0_B is not None)
   aligned = lambda: _mixer(q, k, v, g, lam, None, None, st)  # noqa: E731

@@ -298,3 +298,91 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, hierarchy, cu_seqlens):
   rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy
                           else ops_mamba2.ssd_chunked, **kw)
   assert_bf16_kernel_matches_fp32(kfn, rfn, args, cot, ('dq', 'dk', 'dv', 'dg', 'dlam')[:n])
+
+
+# ------------------------------------------------------------------------------------------------
+# The level scan on Mosaic GPU (KernelConfig(backend='mosaic'): kernel_mgpu)
+
+MOSAIC = pk.KernelConfig(block_v=32, backend='mosaic')
+
+
+@pytest.mark.parametrize('hierarchy', [True, False], ids=['loglinear_mamba2', 'mamba2'])
+def test_mosaic_level_scan_equals_fp64_oracle(hierarchy):
+  """ssd_chunked / loglinear_ssd_chunked with KernelConfig(backend='mosaic') (interpret mode,
+  bf16: every pass on the Mosaic kernel): the output and dq, dk, dv, dg, dlam == the fp64
+  recurrent oracle on the inputs' float64 copies within the GPU tests' bf16 tolerances (rel 5e-3,
+  dg and dlam 2e-2: docs/correctness.md#gpu-tests). GQA (1 key group, 2 heads), T = 300 in chunks
+  of 64 (5 chunks, the last partial: two level streams, each read, written and reset), K = V = 64
+  with block_v 32 (two blocks of V; the dq pass blocks K)."""
+  T, scale, n = 300, 0.7, 5 if hierarchy else 4
+  data = lm.make_data(21, 1, T, fam=FAM, G=1, H=2, K=64, V=64, L=10, lam='softplus')
+  cot = jnp.asarray(np.random.default_rng(8).standard_normal((1, T, 2, 64)), jnp.float32)
+  kernel = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked,
+                             chunk_size=64, scale=scale, interpret=True, config=MOSAIC)
+  oracle = functools.partial(ops_loglinear.loglinear_ssd_recurrent if hierarchy
+                             else ops_mamba2.ssd_recurrent, scale=scale)
+
+  def run(fn, args):
+    o, vjp = jax.vjp(lambda *a: fn(*a).astype(cot.dtype if a[0].dtype != jnp.float64
+                                                else jnp.float64), *args)
+    return o, vjp(cot.astype(o.dtype))
+  o, grads = jax.jit(lambda *a: run(kernel, a))(*args_of(data, jnp.bfloat16, hierarchy))
+  with jax.enable_x64(True):
+    o_ref, refs = jax.jit(lambda *a: run(oracle, a))(*args_of(data, jnp.float64, hierarchy))
+  assert_close(o, o_ref, rel=5e-3, name='output')
+  for name, x, r in zip(('dq', 'dk', 'dv', 'dg', 'dlam')[:n], grads, refs):
+    assert_close(x.astype(jnp.float32), r, rel=5e-3 if name in ('dq', 'dk', 'dv') else 2e-2,
+                 name=name)
+
+
+def test_mosaic_level_scan_lowers_for_cuda_at_8k():
+  """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the forward and backward of both
+  mixers under backend='mosaic' lower for CUDA from CPU (Mosaic GPU's layout inference and
+  checks run here): every aligned pass on the Mosaic kernel, and with segment ids the packed
+  passes still on Triton."""
+  B, T, G, H, K, L = 1, 8192, 1, 16, 128, 14
+  S = jax.ShapeDtypeStruct
+  shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
+            S((B, T, H, K), jnp.bfloat16), S((B, T, H), jnp.float32),
+            S((B, T, H, L), jnp.float32)]
+  dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', platform='gpu',
+                                    num_cores=132)
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
+    for fn, n in ((pk.loglinear_ssd_chunked, 5), (pk.ssd_chunked, 4)):
+      for packed in (False, True):
+        loss = lambda *a, fn=fn, packed=packed: jnp.sum(fn(  # noqa: E731
+            *a[:n], segment_ids_BT=a[n] if packed else None, config=MOSAIC).astype(jnp.float32))
+        text = jax.jit(jax.grad(loss, argnums=tuple(range(n)))).trace(
+            *shapes[:n], S((B, T), jnp.int32)).lower(lowering_platforms=('cuda',)).as_text()
+        assert text.count('level_scan_mgpu') >= 4, fn.__name__
+        assert text.count('__gpu$xla.gpu.triton') == (4 if packed else 0), (fn.__name__, packed)
+
+
+def test_mosaic_backend_rejects_what_it_cannot_serve():
+  data = lm.make_data(12, 1, 64, fam=FAM, K=64, V=64)
+  kernel = functools.partial(pk.loglinear_ssd_chunked, chunk_size=64, interpret=True)
+  with pytest.raises(ValueError, match="backend='mosaic'.*dtype='float32'"):
+    kernel(*args_of(data, jnp.float32, True), config=MOSAIC)
+  bf16 = args_of(data, jnp.bfloat16, True)
+  with pytest.raises(ValueError, match="chunk_size=32"):
+    kernel(*bf16, config=MOSAIC, chunk_size=32)
+  with pytest.raises(ValueError, match="block_v=8"):
+    kernel(*bf16, config=MOSAIC._replace(block_v=8))
+  narrow = args_of(lm.make_data(12, 1, 64, fam=FAM, K=32, V=64), jnp.bfloat16, True)
+  with pytest.raises(ValueError, match="feature width of a / b=32"):
+    kernel(*narrow, config=MOSAIC)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('B,T,H,D,hierarchy', [
+    (2, 1024, 8, 128, True), (2, 1024, 8, 128, False), (1, 16384, 4, 64, True)])
+def test_gpu_bf16_mosaic_level_scan(B, T, H, D, hierarchy):
+  """test_gpu_bf16_forward_and_gradients's check with every aligned pass on the Mosaic kernel."""
+  args, cot = _gpu_inputs(B, T, 1, H, D, D)
+  n = 5 if hierarchy else 4
+  kw = dict(scale=D ** -0.5)
+  kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked,
+                          config=MOSAIC, **kw)
+  rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy
+                          else ops_mamba2.ssd_chunked, **kw)
+  assert_bf16_kernel_matches_fp32(kfn, rfn, args[:n], cot, ('dq', 'dk', 'dv', 'dg', 'dlam')[:n])
