@@ -75,8 +75,9 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
   """On a Hopper GPU the default `pallas` GDN row runs both state scans on Mosaic GPU (the launch
   default backend='auto'), the opt-in `pallas_triton` row keeps them on Triton and the opt-in
   `pallas_mosaic` row runs the output kernels on Mosaic GPU too (traced only, the GPU stood in
-  for by on_hopper_gpu: the interpreter would take minutes per timed row); mixers without the
-  variants have no such rows."""
+  for by on_hopper_gpu: the interpreter would take minutes per timed row); `pallas_mosaic` runs
+  Mamba-2's and log-linear Mamba-2's level scans on Mosaic GPU; mixers without the variants have
+  no such rows."""
   import jax
 
   from pallas_kernels.gdn import chunkwise
@@ -90,7 +91,15 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
     assert on_mosaic == (jaxpr.count("gdn_state_scan") if mosaic else 0), impl
     assert ("gdn_output_mgpu" in jaxpr and "gdn_output_bwd_mgpu" in jaxpr) == (
         impl == "pallas_mosaic"), impl
-  for mixer in ("mamba2", "loglinear_gdn", "path"):
+  for mixer in ("mamba2", "loglinear_mamba2"):   # their level scan on Mosaic GPU, opt-in
+    fn, args = bench_mixers.jax_case(mixer, "pallas_mosaic", x, interpret=False)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
+    for direction in ("fwd", "rev"):   # every pass on the Mosaic kernel, none on Triton's
+      assert f"level_scan_mgpu_{direction}" in jaxpr, mixer
+      assert f"level_scan_{direction}" not in jaxpr, mixer
+    with pytest.raises(ImportError, match="pallas_triton"):    # Triton is their default
+      bench_mixers.jax_case(mixer, "pallas_triton", x)
+  for mixer in ("loglinear_gdn", "path"):
     for impl in ("pallas_triton", "pallas_mosaic"):
       with pytest.raises(ImportError, match=impl):
         bench_mixers.jax_case(mixer, impl, x)
