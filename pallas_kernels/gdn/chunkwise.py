@@ -30,10 +30,10 @@ so no gradient crosses a chunk except through dS, and dg has no sum along the wh
 Matmul operands are the input dtype (bf16 on GPU) with float32 accumulation; T, the carried states,
 dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in the input dtype (the
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
-pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the two
-state scans, the output and its backward run on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit
-inputs, chunks and K multiples of 64), and the scans do with GDN's default backend='auto' on a
-Hopper GPU where they serve (`on_mosaic`); the other kernels stay on Triton. Offsets stay below
+pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the UT
+transform, the two state scans, the output and its backward run on Mosaic GPU instead
+(chunkwise_mgpu.py; 16-bit inputs, chunks and K multiples of 64), and the scans do with GDN's
+default backend='auto' on a Hopper GPU where they serve (`on_mosaic`); chunk_bwd stays on Triton. Offsets stay below
 2^31: the caller splits larger batches.
 """
 
@@ -492,7 +492,10 @@ def _sds(shape, dtype):
 
 
 def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
-  """W_BPHK, U_BPHV (matmul dtype) and T_BPHC (float32) of every chunk."""
+  """W_BPHK, U_BPHV (matmul dtype) and T_BPHC (float32) of every chunk. L.cfg.backend 'mosaic'
+  (chunks of 64, K and V at most 256): chunkwise_mgpu's Mosaic GPU kernel."""
+  if L.cfg.backend == 'mosaic' and chunkwise_mgpu.ut_serves(L):
+    return chunkwise_mgpu.ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP)
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
   return L.call(_ut_kernel, 'chunk', [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + specs,

@@ -1,9 +1,9 @@
 """GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`), its output kernel and
-the output's backward (`output`, `output_bwd`) as Mosaic GPU kernels (`plgpu.kernel`), the first
-training kernels off the deprecated Pallas-Triton lowering. KernelConfig(backend='mosaic')
-selects all four; GDN's default backend='auto' the scans alone, on a Hopper GPU where `serves`
-(the output kernels have not been timed against Triton's yet); chunkwise dispatches here, its
-other kernels (the UT transform, chunk_bwd) stay on Triton.
+the output's backward (`output`, `output_bwd`) and the UT transform (`ut_transform`) as Mosaic GPU
+kernels (`plgpu.kernel`), off the deprecated Pallas-Triton lowering. KernelConfig(backend='mosaic')
+selects all five; GDN's default backend='auto' the scans alone, on a Hopper GPU where `serves`
+(the others have not been timed against Triton's yet); chunkwise dispatches here, its last
+kernel (chunk_bwd) stays on Triton.
 
 Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
 a = wm o e^{G_C - G}, e = rho o e^G and gam' = e^{G_C} (0 when a document starts in the chunk),
@@ -44,6 +44,11 @@ V / BV, chunk groups), each block pipelining a few chunks' Q, K, h_n, Vn tiles b
 two WGMMAs into one [C, BV] accumulator. Its backward (grid (B, H, chunk groups), the whole V of
 at most 128 in one block) adds dO's tiles and runs six WGMMAs a chunk, their transposed operands
 read in place from SMEM.
+
+The UT transform (grid (B, H, chunk groups), chunks of 64) computes A = diag(beta) (K K^T o Es)
+with one WGMMA, its inverse T by the Triton kernel's route in ten float32 [C, C] products
+(`_unit_lower_inverse`, each six bf16 WGMMAs: `_f32_product`), and W, U as WGMMAs of T rounded to
+the input dtype, as the Triton kernel rounds it.
 """
 
 import functools
@@ -57,7 +62,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.mgpu import (ROWS, SMEM_BYTES, TILE, chunk_rows, col, f32, interpret_params,
                                  iota, product, row, transforms)
 
-__all__ = ['check', 'output', 'output_bwd', 'serves', 'state_scan', 'state_scan_bwd']
+__all__ = ['check', 'output', 'output_bwd', 'serves', 'state_scan', 'state_scan_bwd',
+           'ut_serves', 'ut_transform']
 
 _STAGES = 2                            # chunks in flight in the pipeline
 _BWD_STREAMS = ('grp', 'grp', 'hk', 'hv', 'hv')   # the backward's [C, *] inputs: Q, K, W, dO, dVl
@@ -275,10 +281,10 @@ def _chunks_per_block(L, n_v_blocks):
   return per
 
 
-def _pair_decay(rows_smem, C, packed):
-  """E = e^{G_t - G_s} on the pairs t >= s of one document, both real, 0 elsewhere, [C, C] in
-  the WGMMA layout (rows of `_output_rows`)."""
-  mask = iota(C, 0) >= iota(C, 1)
+def _pair_decay(rows_smem, C, packed, strict=False):
+  """E = e^{G_t - G_s} on the pairs t >= s (t > s if strict) of one document, both real, 0
+  elsewhere, [C, C] in the WGMMA layout (rows of `_output_rows` or `_ut_rows`)."""
+  mask = (iota(C, 0) > iota(C, 1)) if strict else (iota(C, 0) >= iota(C, 1))
   if packed:
     mask = mask & (row(rows_smem, 3, C, C) == col(rows_smem, 5, C)) & (
         row(rows_smem, 4, C, C) > 0) & (col(rows_smem, 6, C) > 0)
@@ -456,3 +462,133 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32)
                            chunk_rows(rows, L.B, L.H, L.P, L.C))
   dg = dg.reshape(L.B, L.H, N, 2, L.C)
   return dvl, dq, dk, (dg[:, :, :, 0] - dg[:, :, :, 1]).reshape(L.B, L.H, L.P)
+
+
+# ------------------------------------------------------------------------------------------------
+# The UT transform: parallel over chunks
+
+_SUB = 16   # A's diagonal blocks, inverted by their nilpotent series (chunkwise.SUB)
+
+
+def _bf16_thirds(x):
+  """float32 x as x1 + x2 + x3 in bfloat16 (8 significant bits each: 24 with the three)."""
+  x1 = x.astype(jnp.bfloat16)
+  r = x - x1.astype(f32)
+  x2 = r.astype(jnp.bfloat16)
+  return x1, x2, (r - x2.astype(f32)).astype(jnp.bfloat16)
+
+
+def _f32_product(x, y, smems):
+  """x @ y of float32 register tiles to about float32 precision: the six bf16 WGMMAs of their
+  thirds (`_bf16_thirds`) whose terms reach 2^-16 of the product, smallest first, the operands in
+  the six bfloat16 SMEM tiles `smems` (whatever the inputs' 16-bit dtype). (A TF32 WGMMA would read its B operand only K-major, which a
+  register tile stored to SMEM is not; bf16 WGMMAs read either, at twice the TF32 rate.)"""
+  for smem, third in zip(smems, _bf16_thirds(x) + _bf16_thirds(y)):
+    smem[...] = third
+  plgpu.commit_smem()
+  x1, x2, x3, y1, y2, y3 = smems
+  return product([(x3, y1), (x2, y2), (x1, y3), (x2, y1), (x1, y2), (x1, y1)],
+                 (x.shape[0], y.shape[1]))
+
+
+def _unit_lower_inverse(A, C, smems):
+  """(I + A)^-1 of a strictly lower triangular float32 [C, C] A, by the pieces of chunkwise's
+  Triton kernel: the 16 x 16 diagonal blocks D = I + N inverted by the nilpotent series
+  (I - N)(I + N^2)(I + N^4)(I + N^8), then (I + A)^-1 = (I + M)^-1 D^-1 with M = D^-1 (A - N),
+  strictly lower by blocks, so (I + M)^-1 = (I - M)(I + M^2)... ends after C / 16 terms. Every
+  product to float32 precision (`_f32_product`): ten of them at C = 64."""
+  r, s = iota(C, 0), iota(C, 1)
+  eye = jnp.where(r == s, 1.0, 0.0)
+  N = jnp.where((r >> 4) == (s >> 4), A, 0.0)     # _SUB = 16: blocks of 2^4
+  mm = functools.partial(_f32_product, smems=smems)
+
+  def series(X, P, n):
+    for _ in range(n.bit_length() - 2):           # X (I + P^2)(I + P^4)... up to P^(n / 2)
+      P = mm(P, P)
+      X = X + mm(X, P)
+    return X
+  d_inv = series(eye - N, N, _SUB)
+  M = mm(d_inv, A - N)
+  return mm(series(eye - M, M, C // _SUB), d_inv)
+
+
+def _ut_rows(L, g_BHP, beta_BHP):
+  """The UT kernel's rows per chunk: G (in-chunk cumsum of g), beta, G again and if packed the
+  pair masks' document ids and real flags, twice (as `_output_rows`, beta for e)."""
+  rows = _output_rows(L, g_BHP)
+  rows[1] = beta_BHP.astype(f32)
+  return rows
+
+
+def _ut_kernel(k_ref, v_ref, rows_ref, w_ref, u_ref, t_ref, x_smems, t_smem, bw_smem, bv_smem, *,
+               C, R, per, packed):
+  """A = diag(beta) (K K^T o Es), T = (I + A)^-1 (float32), W = T diag(beta e^G) K and
+  U = T diag(beta) V for `per` chunks of one (b, h); the outputs go from registers to GMEM."""
+  b, h, s = (lax.axis_index(n) for n in ('b', 'h', 's'))
+  dt = w_ref.dtype
+  K, V = w_ref.shape[-1], u_ref.shape[-1]
+
+  def step(idx, k_smem, v_smem, rows_smem):
+    tok = pl.ds((s * per + idx[0]) * C, C)
+    kk = product([(k_smem, k_smem.transpose((1, 0)))], (C, C))
+    A = row(rows_smem, 1, C, C) * kk * _pair_decay(rows_smem, C, packed, strict=True)
+    T = _unit_lower_inverse(A, C, [x_smems.at[i] for i in range(6)])
+    t_ref[b, tok, h, :] = T
+    t_smem[...] = T.astype(dt)
+    beta_eG = row(rows_smem, 1, C, K) * jnp.exp(row(rows_smem, 0, C, K))
+    bw_smem[...] = (plgpu.load(k_smem, layout=TILE).astype(f32) * beta_eG).astype(dt)
+    bv_smem[...] = (plgpu.load(v_smem, layout=TILE).astype(f32) * row(rows_smem, 1, C, V)
+                    ).astype(dt)
+    plgpu.commit_smem()
+    w_ref[b, tok, h, :] = product([(t_smem, bw_smem)], (C, K)).astype(dt)
+    u_ref[b, tok, h, :] = product([(t_smem, bv_smem)], (C, V)).astype(dt)
+
+  tiling = transforms(min(C, K, V), jnp.dtype(dt).itemsize)
+  first = s * per
+  tok = lambda x: x.at[b, pl.ds(first * C, per * C)]  # noqa: E731
+  n = 3 + 4 * packed                           # rows per chunk (`_ut_rows`)
+  specs = [plgpu.BlockSpec((C, K), lambda i: (i, 0), transforms=tiling),
+           plgpu.BlockSpec((C, V), lambda i: (i, 0), transforms=tiling),
+           plgpu.BlockSpec((n, C), lambda i: (i, 0))]
+  pipeline = plgpu.emit_pipeline(step, grid=(per,), max_concurrent_steps=min(_STAGES, per),
+                                 in_specs=specs)
+  pipeline(tok(k_ref).at[:, h // R, :], tok(v_ref).at[:, h, :],
+           rows_ref.at[b, h, pl.ds(first * n, per * n)])
+
+
+def _ut_smem_bytes(L):
+  """The UT kernel's SMEM: two chunks of K, V and rows in flight, the float32 products' six
+  [C, C] operand tiles, T, beta e^G o K and beta o V, all in the input dtype."""
+  itemsize = jnp.dtype(L.mm).itemsize
+  return (_STAGES * ((L.K + L.V) * L.C * itemsize + 7 * L.C * 4)
+          + (7 * L.C + L.K + L.V) * L.C * itemsize)
+
+
+def ut_serves(L):
+  """Whether the Mosaic UT transform runs this launch: chunks of 64 (the inverse's [C, C]
+  operand tiles grow with C^2), K and V at most 256 (one WGMMA N) and the tiles in SMEM."""
+  return (_unserved(L) is None and L.C == 64 and L.K <= 256 and L.V <= 256
+          and _ut_smem_bytes(L) <= SMEM_BYTES)
+
+
+def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
+  """chunkwise.ut_transform on Mosaic GPU (KernelConfig(backend='mosaic'), where `ut_serves`):
+  W_BPHK, U_BPHV (input dtype) and T_BPHC (float32), the same sums as the Triton kernel's to
+  float32 rounding."""
+  check(L)
+  rows = _ut_rows(L, g_BHP, beta_BHP)
+  per = _chunks_per_block(L, 1)
+  N = L.P // L.C
+  sds = jax.ShapeDtypeStruct
+  bf = lambda *shape: plgpu.SMEM(shape, L.mm, transforms=transforms(  # noqa: E731
+      min(L.C, L.K, L.V), jnp.dtype(L.mm).itemsize))
+  kernel = plgpu.kernel(
+      functools.partial(_ut_kernel, C=L.C, R=L.H // k_BPGK.shape[2], per=per, packed=L.packed),
+      out_type=[sds((L.B, L.P, L.H, L.K), L.mm), sds((L.B, L.P, L.H, L.V), L.mm),
+                sds((L.B, L.P, L.H, L.C), f32)],
+      scratch_types=[plgpu.SMEM((6, L.C, L.C), jnp.bfloat16, transforms=transforms(L.C, 2)),
+                     bf(L.C, L.C), bf(L.C, L.K), bf(L.C, L.V)],
+      grid=(L.B, L.H, N // per), grid_names=('b', 'h', 's'),
+      interpret=interpret_params(L.interpret),
+      kernel_name=L.name('ut_transform_mgpu'))
+  return kernel(k_BPGK, v_BPHV, chunk_rows(rows, L.B, L.H, L.P, L.C))

@@ -371,13 +371,40 @@ def _output_fp64(q, k, g, h, vn, masks, C):
   return o
 
 
+def _ut_fp64(k, v, g, beta, masks, C):
+  """chunkwise.ut_transform in float64 numpy: per chunk A = diag(beta) (K K^T o Es),
+  T = (I + A)^-1, W = T diag(beta e^G) K, U = T diag(beta) V; ([B, P, H, K], [B, P, H, V],
+  [B, P, H, C])."""
+  k, v, g, beta = (np.asarray(x, np.float64) for x in (k, v, g, beta))
+  B, P, G, K = k.shape
+  H = v.shape[2]
+  k = np.repeat(k, H // G, axis=2)
+  pos, doc = ((np.zeros((B, P)), np.zeros((B, P))) if masks is None else
+              (np.asarray(m) for m in (masks.pos, masks.doc)))
+  W, U, T = np.zeros(k.shape), np.zeros(v.shape), np.zeros((B, P, H, C))
+  for n in range(P // C):
+    sl = slice(n * C, (n + 1) * C)
+    G_ = np.moveaxis(np.cumsum(g[:, :, sl], axis=-1), 1, 2)                 # [B, C, H]
+    b_ = np.moveaxis(beta[:, :, sl], 1, 2)
+    pair = np.tril(np.ones((C, C), bool), -1) & (doc[:, sl, None] == doc[:, None, sl]) & (
+        pos[:, sl, None] >= 0) & (pos[:, None, sl] >= 0)                     # [B, C, C]
+    Es = np.where(pair[..., None], np.exp(G_[:, :, None] - G_[:, None, :]), 0.0)
+    A = b_[:, :, None] * np.einsum('bthk,bshk->btsh', k[:, sl], k[:, sl]) * Es
+    Tn = np.linalg.inv(np.eye(C) + np.moveaxis(A, 3, 1))                    # [B, H, C, C]
+    T[:, sl] = np.moveaxis(Tn, 1, 2)
+    W[:, sl] = np.einsum('bhts,bshk->bthk', Tn, k[:, sl] * (b_ * np.exp(G_))[..., None])
+    U[:, sl] = np.einsum('bhts,bshv->bthv', Tn, v[:, sl] * b_[..., None])
+  return W, U, T
+
+
 @pytest.mark.parametrize('layout,block_v', [('aligned', 32), ('packed', 64)])
 def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
-  """chunkwise.state_scan, state_scan_bwd and output on Mosaic GPU (interpret mode, bf16: the
-  inputs they take) == the Triton kernels on the same inputs (interpret mode) and the fp64
-  recurrences on their float64 copies: h, Vn, the final state, dh, dVn, the initial state's
-  cotangent and the output (from each backend's own h and Vn) within
-  the GPU tests' bf16 forward tolerance (rel 5e-3, docs/correctness.md#gpu-tests). An initial
+  """chunkwise.state_scan, state_scan_bwd, output and ut_transform on Mosaic GPU (interpret mode,
+  bf16: the inputs they take) == the Triton kernels on the same inputs (interpret mode) and the
+  fp64 recurrences on their float64 copies: h, Vn, the final state, dh, dVn, the initial state's
+  cotangent, the output (from each backend's own h and Vn), W and U within the GPU tests' bf16
+  forward tolerance (rel 5e-3, docs/correctness.md#gpu-tests), the float32 UT inverse T within
+  1e-5 (its products emulate float32 with bf16 WGMMAs; beta up to 2). An initial
   state and a final-state cotangent, GQA (1 key group, 2 heads), 3 chunks of 64, K = V = 64 (the
   kernels' smallest M tiles); aligned: two blocks of V (block_v 32, 64-byte swizzle); packed:
   block_v 64 (128-byte swizzle), the masks of documents starting inside chunks 0 and 2 and
@@ -392,6 +419,7 @@ def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
   u, do, dvl = (bf16(rng.standard_normal((B, P, H, V))) for _ in range(3))
   g = jnp.asarray(-np.logaddexp(0, -rng.standard_normal((B, H, P))), jnp.float32)
   S0, dS_end = (jnp.asarray(rng.standard_normal((B, H, K, V)), jnp.float32) for _ in range(2))
+  beta = jnp.asarray(rng.uniform(0, 2, (B, H, P)), jnp.float32)   # 2: negative eigenvalues
   masks = None
   if layout == 'packed':
     seg = np.ones((B, P), np.int32)
@@ -406,7 +434,8 @@ def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
       h, vn, final = chunkwise.state_scan(L, k, w, u, g, S0, with_final=True)
       return (h, vn, final, *chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl, dS_end),
               chunkwise.output(L, q, k, g, h, vn, q.dtype),
-              *chunkwise.output_bwd(L, q, k, g, h, vn, do, jnp.bfloat16))
+              *chunkwise.output_bwd(L, q, k, g, h, vn, do, jnp.bfloat16),
+              *chunkwise.ut_transform(L, k, u, g, beta))
     return jax.jit(f)(q, k, w, u, g, S0, do, dvl, dS_end, masks)
 
   mosaic, triton = scans('mosaic'), scans('triton')
@@ -419,10 +448,12 @@ def test_mosaic_state_scans_equal_triton_and_fp64(layout, block_v):
   # every output of both backends; output_bwd's (dVl, dQ, the output's parts of dK and dG)
   # against the Triton kernel's, whose route to the gradients is checked against the fp64 oracle
   # (test_gradients_equal_fp64_oracle; the Mosaic route: the test below)
-  names += ('dVl', 'dQ', 'dK (output part)', 'dG (output part)')
+  names += ('dVl', 'dQ', 'dK (output part)', 'dG (output part)', 'W', 'U', 'T')
   for name, x, y in zip(names, mosaic, triton, strict=True):
     assert x.dtype == y.dtype, name
     assert_close(x.astype(jnp.float32), y.astype(jnp.float32), rel=5e-3, name=f'{name} vs triton')
+  for name, x, r in zip('WUT', mosaic[-3:], _ut_fp64(k, u, g, beta, masks, C)):
+    assert_close(x.astype(jnp.float32), r, rel=1e-5 if name == 'T' else 5e-3, name=f'{name} vs fp64')
 
 
 def test_gdn_with_mosaic_state_scans_equals_fp64_oracle():
@@ -456,8 +487,9 @@ def test_gdn_with_mosaic_state_scans_equals_fp64_oracle():
 def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the GDN forward and backward with
   the Mosaic GPU state scans lower for CUDA from CPU (Mosaic GPU's layout inference and checks run
-  here): the aligned and packed kernels of the forward and backward scans, the output and its
-  backward (with the initial and final state), each replacing one Triton kernel."""
+  here): the aligned and packed kernels of the UT transform, the forward and backward scans, the
+  output and its backward (with the initial and final state), each replacing one Triton kernel;
+  chunk_bwd's two stay on Triton."""
   B, T, G, H, K = 1, 8192, 1, 16, 128
   S = jax.ShapeDtypeStruct
   shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
@@ -474,9 +506,10 @@ def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
     text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(*shapes).lower(
         lowering_platforms=('cuda',)).as_text()
-  for kernel in ('state_scan_mgpu', 'state_scan_bwd_mgpu', 'output_mgpu', 'output_bwd_mgpu'):
+  for kernel in ('ut_transform_mgpu', 'state_scan_mgpu', 'state_scan_bwd_mgpu', 'output_mgpu',
+                 'output_bwd_mgpu'):
     assert f'gdn_{kernel}' in text and f'gdn_packed_{kernel}' in text, kernel
-  assert text.count('__gpu$xla.gpu.triton') == 4     # 12 all on Triton
+  assert text.count("__gpu$xla.gpu.triton") == 2     # 12 all on Triton
 
 
 def test_mosaic_backend_rejects_what_it_cannot_serve():
