@@ -20,8 +20,8 @@ forward+backward (gradients of every input):
           (KernelConfig(backend='triton'); the default `pallas` row takes them on Mosaic GPU on a
           Hopper GPU, pallas_kernels.gdn.chunkwise_mgpu; GDN only, not in the default --impls)
   pallas_mosaic
-          every kernel that has a Mosaic GPU form on it (KernelConfig(backend='mosaic')): GDN's
-          UT transform, state scans, output and output backward; Mamba-2 SSD's and log-linear Mamba-2's level
+          every kernel that has a Mosaic GPU form on it (KernelConfig(backend='mosaic')): all of
+          GDN's; Mamba-2 SSD's and log-linear Mamba-2's level
           scan (pallas_kernels.mamba2.kernel_mgpu); GDN, Mamba-2 and log-linear Mamba-2 only,
           opt-in
   xla     lloglin.ops' chunked / blockwise XLA form

@@ -30,11 +30,11 @@ so no gradient crosses a chunk except through dS, and dg has no sum along the wh
 Matmul operands are the input dtype (bf16 on GPU) with float32 accumulation; T, the carried states,
 dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in the input dtype (the
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
-pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') the UT
-transform, the two state scans, the output and its backward run on Mosaic GPU instead
-(chunkwise_mgpu.py; 16-bit inputs, chunks and K multiples of 64), and the scans do with GDN's
-default backend='auto' on a Hopper GPU where they serve (`on_mosaic`); chunk_bwd stays on Triton. Offsets stay below
-2^31: the caller splits larger batches.
+pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') every one
+of the six runs on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks and K multiples
+of 64; the UT transform chunks of 64), and the two scans do with GDN's default backend='auto' on a
+Hopper GPU where they serve (`on_mosaic`). Offsets stay below 2^31: the caller splits larger
+batches.
 """
 
 import functools
@@ -611,7 +611,11 @@ def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_B
 def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV,
               dk_out_BPHK, dg_out_BHP, grad_dtype=f32):
   """dk_BPHK (per value head) and dv_BPHV in grad_dtype, float32 dg_BHP and dbeta_BHP: the state
-  write's and the UT transform's terms added to output_bwd's parts dk_out_BPHK and dg_out_BHP."""
+  write's and the UT transform's terms added to output_bwd's parts dk_out_BPHK and dg_out_BHP.
+  L.cfg.backend 'mosaic' (K and V at most 256): chunkwise_mgpu's Mosaic GPU kernel."""
+  if L.cfg.backend == 'mosaic' and chunkwise_mgpu.chunk_bwd_serves(L):
+    return chunkwise_mgpu.chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV,
+                                    vn_BPHV, dvn_BPHV, dk_out_BPHK, dg_out_BHP, grad_dtype)
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
   mspecs, marrays = L.stream('chunk', ('rho', 'wm', 'keep'))

@@ -1,9 +1,9 @@
-"""GDN's two state scans (chunkwise.py's `state_scan` and `state_scan_bwd`), its output kernel and
-the output's backward (`output`, `output_bwd`) and the UT transform (`ut_transform`) as Mosaic GPU
-kernels (`plgpu.kernel`), off the deprecated Pallas-Triton lowering. KernelConfig(backend='mosaic')
-selects all five; GDN's default backend='auto' the scans alone, on a Hopper GPU where `serves`
-(the others have not been timed against Triton's yet); chunkwise dispatches here, its last
-kernel (chunk_bwd) stays on Triton.
+"""Every GDN kernel of chunkwise.py as a Mosaic GPU kernel (`plgpu.kernel`), off the deprecated
+Pallas-Triton lowering: the two state scans (`state_scan`, `state_scan_bwd`), the output and its
+backward (`output`, `output_bwd`), the UT transform (`ut_transform`) and the per-chunk gradients
+(`chunk_bwd`). KernelConfig(backend='mosaic') selects all six; GDN's default backend='auto' the
+scans alone, on a Hopper GPU where `serves` (the others have not been timed against Triton's
+yet); chunkwise dispatches here.
 
 Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
 a = wm o e^{G_C - G}, e = rho o e^G and gam' = e^{G_C} (0 when a document starts in the chunk),
@@ -48,7 +48,11 @@ read in place from SMEM.
 The UT transform (grid (B, H, chunk groups), chunks of 64) computes A = diag(beta) (K K^T o Es)
 with one WGMMA, its inverse T by the Triton kernel's route in ten float32 [C, C] products
 (`_unit_lower_inverse`, each six bf16 WGMMAs: `_f32_product`), and W, U as WGMMAs of T rounded to
-the input dtype, as the Triton kernel rounds it.
+the input dtype, as the Triton kernel rounds it. chunk_bwd (grid (B, H, chunk groups), one chunk
+in flight at K = V = 128: its six [C, *] and [K, V] inputs take 128 KiB) runs its eleven products
+as WGMMAs with transposed operands read in place; what needs a sum over a whole chunk (the chunk
+decay's cotangent, the chunk-end term of dG, the reverse cumsum) is left to XLA on [B, H, P]
+vectors.
 """
 
 import functools
@@ -62,8 +66,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.mgpu import (ROWS, SMEM_BYTES, TILE, chunk_rows, col, f32, interpret_params,
                                  iota, product, row, transforms)
 
-__all__ = ['check', 'output', 'output_bwd', 'serves', 'state_scan', 'state_scan_bwd',
-           'ut_serves', 'ut_transform']
+__all__ = ['check', 'chunk_bwd', 'chunk_bwd_serves', 'output', 'output_bwd', 'serves',
+           'state_scan', 'state_scan_bwd', 'ut_serves', 'ut_transform']
 
 _STAGES = 2                            # chunks in flight in the pipeline
 _BWD_STREAMS = ('grp', 'grp', 'hk', 'hv', 'hv')   # the backward's [C, *] inputs: Q, K, W, dO, dVl
@@ -481,8 +485,9 @@ def _bf16_thirds(x):
 def _f32_product(x, y, smems):
   """x @ y of float32 register tiles to about float32 precision: the six bf16 WGMMAs of their
   thirds (`_bf16_thirds`) whose terms reach 2^-16 of the product, smallest first, the operands in
-  the six bfloat16 SMEM tiles `smems` (whatever the inputs' 16-bit dtype). (A TF32 WGMMA would read its B operand only K-major, which a
-  register tile stored to SMEM is not; bf16 WGMMAs read either, at twice the TF32 rate.)"""
+  the six bfloat16 SMEM tiles `smems` (whatever the inputs' 16-bit dtype). (A TF32 WGMMA would
+  read its B operand only K-major, which a register tile stored to SMEM is not; bf16 WGMMAs read
+  either, at twice the TF32 rate.)"""
   for smem, third in zip(smems, _bf16_thirds(x) + _bf16_thirds(y)):
     smem[...] = third
   plgpu.commit_smem()
@@ -592,3 +597,169 @@ def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
       interpret=interpret_params(L.interpret),
       kernel_name=L.name('ut_transform_mgpu'))
   return kernel(k_BPGK, v_BPHV, chunk_rows(rows, L.B, L.H, L.P, L.C))
+
+
+# ------------------------------------------------------------------------------------------------
+# chunk_bwd: the state write's and the UT transform's gradients, parallel over chunks
+
+
+def _chunk_bwd_rows(L, g_BHP, beta_BHP, dg_out_BHP):
+  """chunk_bwd's rows per chunk: `_ut_rows` (G, beta, G, the pair masks), then e^{G_C - G}, e^G,
+  output_bwd's part of dG and, if packed, rho and wm."""
+  rows = _ut_rows(L, g_BHP, beta_BHP)
+  G_BHNC = rows[0].reshape(L.B, L.H, L.P // L.C, L.C)
+  to_end = jnp.exp(G_BHNC[..., -1:] - G_BHNC).reshape(rows[0].shape)
+  stream = [L.masks.rho, L.masks.wm] if L.packed else []
+  return rows + [to_end, jnp.exp(rows[0]), dg_out_BHP] + stream
+
+
+def _chunk_bwd_kernel(k_ref, v_ref, h_ref, dh_ref, vn_ref, dvn_ref, rows_ref, t_ref, dk_out_ref,
+                      dk_ref, dv_ref, parts_ref, hd_ref, t_smem, cc_smem, dw_smem, kbw_smem,
+                      cv_smem, parts_smem, hd_smem, *, C, R, per, stages, packed):
+  """chunkwise's _chunk_bwd_kernel for `per` chunks of one (b, h), less what needs a sum over a
+  whole chunk: its rows part of dG (output_bwd's part, the UT terms, -z), the columns part (a
+  vector in the WGMMA column layout, which does not add to a row one in registers), dbeta and z
+  (parts rows 4n .. 4n + 3), and sum_V h o dh (the chunk decay's cotangent by rows of K); the
+  caller adds the chunk-end term and the reverse cumsum. Every transposed operand is read in place
+  from SMEM; T, dW, beta e^G o K, beta o V, dT, T^T dT and dKK go to SMEM in the input dtype (the
+  Triton kernel's dots round them the same)."""
+  b, h, s = (lax.axis_index(n) for n in ('b', 'h', 's'))
+  dt = k_ref.dtype
+  K, V = k_ref.shape[-1], v_ref.shape[-1]
+  n_pairs = 3 + 4 * packed
+  TO_END, EG, DG_OUT, RHO, WM = range(n_pairs, n_pairs + 5)
+  T_ = lambda x: x.transpose((1, 0))  # noqa: E731
+
+  def step(idx, k_smem, v_smem, h_smem, dh_smem, vn_smem, dvn_smem, rows_smem):
+    c = s * per + idx[0]
+    tok = pl.ds(c * C, C)
+    vec = lambda x: plgpu.load(rows_smem.at[x], layout=ROWS)  # noqa: E731
+    ld = lambda x: plgpu.load(x, layout=TILE).astype(f32)  # noqa: E731
+
+    def scaled(x_smem, x):       # packed rows: x_smem o row x, in cv_smem
+      if not packed:
+        return x_smem
+      cv_smem[...] = (ld(x_smem) * row(rows_smem, x, C, V)).astype(dt)
+      plgpu.commit_smem()
+      return cv_smem
+
+    # the state write: K2 = e^{G_C - G} o K
+    dk2 = product([(scaled(vn_smem, WM), T_(dh_smem))], (C, K))
+    hd = jnp.sum(ld(h_smem) * ld(dh_smem), axis=1)
+    kf = ld(k_smem)
+    to_end = row(rows_smem, TO_END, C, K)
+    dk = plgpu.load(dk_out_ref.at[b, tok, h, :], layout=TILE, optimized=False) + dk2 * to_end
+    z = jnp.sum(kf * to_end * dk2, axis=1)
+    # W = T Bw: dW = -(rho o dVn) h^T, dT = dW Bw^T, dBw = T^T dW
+    dw = -product([(scaled(dvn_smem, RHO), T_(h_smem))], (C, K))
+    bw = row(rows_smem, 1, C, K) * row(rows_smem, EG, C, K)
+    T = plgpu.load(t_ref.at[b, tok, h, :], layout=TILE, optimized=False)
+    t_smem[...] = T.astype(dt)
+    dw_smem[...] = dw.astype(dt)
+    kbw_smem[...] = (kf * bw).astype(dt)
+    plgpu.commit_smem()
+    dT = product([(dw_smem, T_(kbw_smem))], (C, C))
+    dbw = product([(T_(t_smem), dw_smem)], (C, K))
+    dk = dk + dbw * bw
+    sk = jnp.sum(kf * dbw, axis=1)
+    dbeta = vec(EG) * sk
+    dG = vec(DG_OUT) + vec(1) * vec(EG) * sk - z
+    # U = T diag(beta) V: dT += dVn (beta o V)^T, dBu = T^T dVn
+    cv_smem[...] = (ld(v_smem) * row(rows_smem, 1, C, V)).astype(dt)
+    plgpu.commit_smem()
+    dT = dT + product([(dvn_smem, T_(cv_smem))], (C, C))
+    dbu = product([(T_(t_smem), dvn_smem)], (C, V))
+    dv = dbu * row(rows_smem, 1, C, V)
+    dbeta = dbeta + jnp.sum(ld(v_smem) * dbu, axis=1)
+    # T = (I + A)^-1: dA = -T^T dT T^T on the strict pairs (every use below is weighted by Es,
+    # 0 off them), A = diag(beta) (K K^T o Es)
+    cc_smem[...] = dT.astype(dt)
+    plgpu.commit_smem()
+    x = product([(T_(t_smem), cc_smem)], (C, C))
+    cc_smem[...] = x.astype(dt)
+    plgpu.commit_smem()
+    da = -product([(cc_smem, T_(t_smem))], (C, C))
+    es = _pair_decay(rows_smem, C, packed, strict=True)
+    mkk = product([(k_smem, T_(k_smem))], (C, C)) * es
+    dm = row(rows_smem, 1, C, C) * da
+    dx = dm * mkk
+    cc_smem[...] = (dm * es).astype(dt)
+    plgpu.commit_smem()
+    dk = dk + product([(cc_smem, k_smem), (T_(cc_smem), k_smem)], (C, K))
+    dbeta = dbeta + jnp.sum(da * mkk, axis=1)
+    dk_ref[b, tok, h, :] = dk.astype(dk_ref.dtype)
+    dv_ref[b, tok, h, :] = dv.astype(dv_ref.dtype)
+    plgpu.wait_smem_to_gmem(0)        # the last chunk's parts have left
+    parts_smem[0] = dG + jnp.sum(dx, axis=1)
+    parts_smem[1] = jnp.sum(dx, axis=0)
+    parts_smem[2] = dbeta
+    parts_smem[3] = z
+    hd_smem[0] = hd
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(parts_smem, parts_ref.at[b, h, pl.ds(4 * c, 4)])
+    plgpu.copy_smem_to_gmem(hd_smem, hd_ref.at[b, h, pl.ds(c, 1)])
+
+  tiling = transforms(min(C, K, V), jnp.dtype(dt).itemsize)
+  first = s * per
+  tok = lambda x: x.at[b, pl.ds(first * C, per * C)]  # noqa: E731
+  n = n_pairs + 3 + 2 * packed                  # rows per chunk (`_chunk_bwd_rows`)
+  spec = lambda *shape: plgpu.BlockSpec(shape, lambda i: (i, 0), transforms=tiling)  # noqa: E731
+  specs = [spec(C, K), spec(C, V), spec(K, V), spec(K, V), spec(C, V), spec(C, V),
+           plgpu.BlockSpec((n, C), lambda i: (i, 0))]
+  pipeline = plgpu.emit_pipeline(step, grid=(per,), max_concurrent_steps=min(stages, per),
+                                 in_specs=specs)
+  states = lambda x: x.at[b, h, pl.ds(first * K, per * K)]  # noqa: E731
+  pipeline(tok(k_ref).at[:, h // R, :], tok(v_ref).at[:, h], states(h_ref), states(dh_ref),
+           tok(vn_ref).at[:, h], tok(dvn_ref).at[:, h],
+           rows_ref.at[b, h, pl.ds(first * n, per * n)])
+  plgpu.wait_smem_to_gmem(0)
+
+
+def _chunk_bwd_smem_bytes(L, stages):
+  """chunk_bwd's SMEM: `stages` chunks of K, V, h, dh, Vn, dVn and the rows in flight; T and one
+  [C, C] scratch tile, two [C, K] and one [C, V] operand tiles; the parts' rows."""
+  itemsize = jnp.dtype(L.mm).itemsize
+  tiles = stages * (L.C * (L.K + 3 * L.V) + 2 * L.K * L.V) + 2 * L.C * L.C + L.C * (2 * L.K + L.V)
+  n_rows = 6 + 6 * L.packed
+  return tiles * itemsize + 4 * (stages * n_rows * L.C + 4 * L.C + L.K)
+
+
+def chunk_bwd_serves(L):
+  """Whether the Mosaic chunk_bwd runs this launch: its fields served (`check`'s), K and V at
+  most 256 (one WGMMA N) and one chunk's tiles in SMEM."""
+  return (_unserved(L) is None and L.K <= 256 and L.V <= 256
+          and _chunk_bwd_smem_bytes(L, 1) <= SMEM_BYTES)
+
+
+def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV,
+              dk_out_BPHK, dg_out_BHP, grad_dtype=f32):
+  """chunkwise.chunk_bwd on Mosaic GPU (KernelConfig(backend='mosaic'), where
+  `chunk_bwd_serves`): dk_BPHK and dv_BPHV in grad_dtype, float32 dg_BHP and dbeta_BHP, the same
+  sums as the Triton kernel's. Two chunks in flight where their tiles fit in SMEM, else one."""
+  check(L)
+  N = L.P // L.C
+  rows = _chunk_bwd_rows(L, g_BHP, beta_BHP, dg_out_BHP)
+  stages = 2 if _chunk_bwd_smem_bytes(L, 2) <= SMEM_BYTES else 1
+  per = _chunks_per_block(L, 1)
+  sds = jax.ShapeDtypeStruct
+  bf = lambda *shape: plgpu.SMEM(shape, L.mm, transforms=transforms(  # noqa: E731
+      min(L.C, L.K, L.V), jnp.dtype(L.mm).itemsize))
+  kernel = plgpu.kernel(
+      functools.partial(_chunk_bwd_kernel, C=L.C, R=L.H // k_BPGK.shape[2], per=per,
+                        stages=stages, packed=L.packed),
+      out_type=[sds((L.B, L.P, L.H, L.K), grad_dtype), sds((L.B, L.P, L.H, L.V), grad_dtype),
+                sds((L.B, L.H, 4 * N, L.C), f32), sds((L.B, L.H, N, L.K), f32)],
+      scratch_types=[bf(L.C, L.C), bf(L.C, L.C), bf(L.C, L.K), bf(L.C, L.K), bf(L.C, L.V),
+                     plgpu.SMEM((4, L.C), f32), plgpu.SMEM((1, L.K), f32)],
+      grid=(L.B, L.H, N // per), grid_names=('b', 'h', 's'),
+      interpret=interpret_params(L.interpret),
+      kernel_name=L.name('chunk_bwd_mgpu'))
+  dk, dv, parts, hd = kernel(k_BPGK, v_BPHV, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV,
+                             chunk_rows(rows, L.B, L.H, L.P, L.C), t_BPHC,
+                             dk_out_BPHK.astype(f32))
+  dG_rows, dG_cols, dbeta, z = jnp.moveaxis(parts.reshape(L.B, L.H, N, 4, L.C), 3, 0)
+  _, _, gam_BHN = _gates(L, g_BHP)        # the chunk decay, 0 where a document starts
+  last_BHN = jnp.sum(z, axis=-1) + gam_BHN * jnp.sum(hd, axis=-1)
+  dG = (dG_rows - dG_cols).at[..., -1].add(last_BHN)
+  dg = jnp.flip(jnp.cumsum(jnp.flip(dG, -1), axis=-1), -1)     # reverse cumsum in each chunk
+  return dk, dv, dg.reshape(L.B, L.H, L.P), dbeta.reshape(L.B, L.H, L.P)

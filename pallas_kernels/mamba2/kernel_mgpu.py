@@ -211,7 +211,8 @@ def _kernel(*refs, C, N, Ka, BV, ratios, intra_levels, streams, lam_levels, reve
   tiling = transforms(BV, jnp.dtype(dt).itemsize)
   index = (lambda i: (N - 1 - i, 0)) if reverse else (lambda i: (i, 0))
   ra, rb, rc = ratios[:3]
-  inputs = [a_ref.at[bi, :, h // ra, :], b_ref.at[bi, :, h // rb, :], c_ref.at[bi, :, h // rc, cols]]
+  inputs = [a_ref.at[bi, :, h // ra, :], b_ref.at[bi, :, h // rb, :],
+            c_ref.at[bi, :, h // rc, cols]]
   specs = [plgpu.BlockSpec((C, Ka), index, transforms=tiling)] * 2 + [
       plgpu.BlockSpec((C, BV), index, transforms=tiling)]
   if with_dlam:
