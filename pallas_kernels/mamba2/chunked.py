@@ -63,8 +63,8 @@ class _Static(NamedTuple):
 
 def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, reverse, out_dtype,
           precise_states=False):
-  """level_scan, split along the batch so that no array reaches 2^31 elements; on Mosaic GPU
-  (kernel_mgpu) for aligned positions under backend='mosaic'."""
+  """level_scan, split along the batch so that no array reaches 2^31 elements; the Mosaic GPU
+  kernel (kernel_mgpu) under backend='mosaic'."""
   P = a.shape[1]
   per_row = P * max([x.shape[2] * x.shape[3] for x in (a, b, c) + ((qx,) if qx is not None else ())]
                     + [heads * c.shape[3]]
@@ -73,12 +73,12 @@ def _scan(a, b, c, g_BHP, lam_BHLP, pos_BP, doc_BP, qx=None, *, st, heads, rever
                        if lam_BHLP is not None else []))
   common = dict(heads=heads, chunk_size=st.chunk_size, reverse=reverse, levels=st.levels,
                 out_dtype=out_dtype, block_v=st.config.block_v, precise_states=precise_states,
-                interpret=st.interpret)
-  if st.config.backend == 'mosaic' and pos_BP is None:
+                all_levels=st.offset, interpret=st.interpret)
+  if st.config.backend == 'mosaic':
     fn = functools.partial(kernel_mgpu.level_scan, **common)
   else:
     fn = functools.partial(level_scan, num_warps=st.config.num_warps,
-                           num_stages=st.config.num_stages, all_levels=st.offset, **common)
+                           num_stages=st.config.num_stages, **common)
   return in_row_batches(fn, (a, b, c, g_BHP, lam_BHLP, qx, pos_BP, doc_BP), per_row,
                         f'pallas loglinear kernels (T={P}, heads={heads})',
                         out_axes=0 if qx is None else (0, 1))
