@@ -376,8 +376,8 @@ def test_mosaic_level_scan_equals_triton_with_offset_positions(reverse):
 def test_mosaic_level_scan_lowers_for_cuda_at_8k():
   """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the forward and backward of both
   mixers under backend='mosaic' lower for CUDA from CPU (Mosaic GPU's layout inference and
-  checks run here): every pass on the Mosaic kernel, aligned and (with segment ids) packed, none
-  on the Triton lowering."""
+  checks run here): with segment ids both the aligned and the packed kernels are compiled (a
+  lax.cond picks one at run time), every pass on the Mosaic kernel, none on the Triton lowering."""
   B, T, G, H, K, L = 1, 8192, 1, 16, 128, 14
   S = jax.ShapeDtypeStruct
   shapes = [S((B, T, G, K), jnp.bfloat16), S((B, T, G, K), jnp.bfloat16),
@@ -387,14 +387,14 @@ def test_mosaic_level_scan_lowers_for_cuda_at_8k():
                                     num_cores=132)
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
     for fn, n in ((pk.loglinear_ssd_chunked, 5), (pk.ssd_chunked, 4)):
-      for packed in (False, True):
-        loss = lambda *a, fn=fn, packed=packed: jnp.sum(fn(  # noqa: E731
-            *a[:n], segment_ids_BT=a[n] if packed else None, config=MOSAIC).astype(jnp.float32))
-        text = jax.jit(jax.grad(loss, argnums=tuple(range(n)))).trace(
-            *shapes[:n], S((B, T), jnp.int32)).lower(lowering_platforms=('cuda',)).as_text()
-        assert text.count('level_scan_mgpu') >= 4, fn.__name__
-        assert ('level_scan_mgpu_packed' in text) == packed, (fn.__name__, packed)
-        assert '__gpu$xla.gpu.triton' not in text, (fn.__name__, packed)
+      loss = lambda *a, fn=fn, n=n: jnp.sum(fn(  # noqa: E731
+          *a[:n], segment_ids_BT=a[n], config=MOSAIC).astype(jnp.float32))
+      text = jax.jit(jax.grad(loss, argnums=tuple(range(n)))).trace(
+          *shapes[:n], S((B, T), jnp.int32)).lower(lowering_platforms=('cuda',)).as_text()
+      for name in ('level_scan_mgpu_fwd', 'level_scan_mgpu_rev', 'level_scan_mgpu_packed_fwd',
+                   'level_scan_mgpu_packed_rev'):
+        assert name in text, (fn.__name__, name)
+      assert '__gpu$xla.gpu.triton' not in text, fn.__name__
 
 
 def test_mosaic_backend_rejects_what_it_cannot_serve():
@@ -413,13 +413,15 @@ def test_mosaic_backend_rejects_what_it_cannot_serve():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize('B,T,H,D,hierarchy', [
-    (2, 1024, 8, 128, True), (2, 1024, 8, 128, False), (1, 16384, 4, 64, True)])
-def test_gpu_bf16_mosaic_level_scan(B, T, H, D, hierarchy):
+@pytest.mark.parametrize('B,T,H,D,hierarchy,cu_seqlens', [
+    (2, 1024, 8, 128, True, None), (2, 1024, 8, 128, False, None),
+    (1, 2000, 8, 128, True, [0, 15, 333, 2000]), (1, 16384, 4, 64, True, None)])
+def test_gpu_bf16_mosaic_level_scan(B, T, H, D, hierarchy, cu_seqlens):
   """test_gpu_bf16_forward_and_gradients's check with every pass on the Mosaic kernel."""
   args, cot = _gpu_inputs(B, T, 1, H, D, D)
   n = 5 if hierarchy else 4
-  kw = dict(scale=D ** -0.5)
+  seg = None if cu_seqlens is None else hierarchy_ops.segment_ids_from_cu_seqlens(cu_seqlens, T)
+  kw = dict(scale=D ** -0.5, segment_ids_BT=seg)
   kfn = functools.partial(pk.loglinear_ssd_chunked if hierarchy else pk.ssd_chunked,
                           config=MOSAIC, **kw)
   rfn = functools.partial(ops_loglinear.loglinear_ssd_chunked if hierarchy
