@@ -623,7 +623,7 @@ def test_gpu_bf16_forward_and_gradients(B, T, G, H, D, fam, cu_seqlens):
 @pytest.mark.parametrize('B,T,cu_seqlens', [(2, 1024, None), (1, 2000, [0, 15, 333, 2000])],
                          ids=['aligned', 'varlen'])
 def test_gpu_bf16_mosaic_state_scans(B, T, cu_seqlens):
-  """GDN with its two state scans on Mosaic GPU (KernelConfig(backend='mosaic'), block_v 64):
+  """GDN with every kernel on Mosaic GPU (KernelConfig(backend='mosaic'), block_v 64):
   bf16 output and gradients against the fp32 XLA form, as test_gpu_bf16_forward_and_gradients."""
   args, cot = _gpu_inputs(B, T, 1, 8, 128, 128)
   seg = None if cu_seqlens is None else hierarchy.segment_ids_from_cu_seqlens(cu_seqlens, T)
