@@ -492,9 +492,9 @@ def _sds(shape, dtype):
 
 
 def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
-  """W_BPHK, U_BPHV (matmul dtype) and T_BPHC (float32) of every chunk. L.cfg.backend 'mosaic'
-  (chunks of 64, K and V at most 256): chunkwise_mgpu's Mosaic GPU kernel."""
-  if L.cfg.backend == 'mosaic' and chunkwise_mgpu.ut_serves(L):
+  """W_BPHK, U_BPHV (matmul dtype) and T_BPHC (float32) of every chunk; on Mosaic GPU
+  (chunkwise_mgpu) where `on_mosaic`."""
+  if on_mosaic(L, 'ut_transform'):
     return chunkwise_mgpu.ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP)
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
@@ -527,20 +527,36 @@ def ut_inverse_bwd(L, k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC):
                 'ut_inverse_bwd')(k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC, *arrays)
 
 
-def on_mosaic(L):
-  """Whether the two state scans run on Mosaic GPU: backend 'mosaic', or 'auto' (KernelConfig's
-  default) outside interpret mode on a Hopper GPU where chunkwise_mgpu serves the launch (16-bit
-  inputs, chunks and K multiples of 64); 'auto' takes Triton otherwise."""
+# backend='auto' takes these kernels' Mosaic GPU forms on a Hopper GPU: those timed faster than
+# their Triton forms (benchmarks/RESULTS.md, "GDN's state scans on Mosaic GPU"). The other kernels'
+# Mosaic forms run with backend='mosaic' only, until they are timed.
+AUTO_MOSAIC = ('state_scan', 'state_scan_bwd')
+
+
+def _mosaic_form_serves(L, kernel):
+  """Whether a kernel's Mosaic form runs launch L, for those whose range is narrower than
+  chunkwise_mgpu.check's (where it raises a ValueError naming the field): the UT transform's
+  chunks of 64, output_bwd's V <= 128, chunk_bwd's SMEM. Outside it 'mosaic' takes Triton."""
+  narrower = {'ut_transform': chunkwise_mgpu.ut_serves, 'output_bwd': lambda L: L.V <= 128,
+              'chunk_bwd': chunkwise_mgpu.chunk_bwd_serves}
+  return narrower.get(kernel, lambda L: True)(L)
+
+
+def on_mosaic(L, kernel='state_scan'):
+  """Whether `kernel` (a name of this module's kernels) runs on Mosaic GPU: backend 'mosaic' where
+  its Mosaic form serves L, or 'auto' (KernelConfig's default) for the AUTO_MOSAIC kernels outside
+  interpret mode on a Hopper GPU where chunkwise_mgpu serves the launch (16-bit inputs, chunks and
+  K multiples of 64); Triton otherwise."""
   if L.cfg.backend == 'auto':
-    return not L.interpret and on_hopper_gpu() and chunkwise_mgpu.serves(L)
-  return L.cfg.backend == 'mosaic'
+    return (kernel in AUTO_MOSAIC and not L.interpret and on_hopper_gpu()
+            and chunkwise_mgpu.serves(L) and _mosaic_form_serves(L, kernel))
+  return L.cfg.backend == 'mosaic' and _mosaic_form_serves(L, kernel)
 
 
 def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=False):
   """h_BHMV (the state at every chunk start, chunk n at rows n K ..), Vn_BPHV and, with
-  with_final, the float32 final state_BHKV. L.cfg.backend 'mosaic': the Mosaic GPU kernel of
-  chunkwise_mgpu (`on_mosaic`)."""
-  if on_mosaic(L):
+  with_final, the float32 final state_BHKV; on Mosaic GPU (chunkwise_mgpu) where `on_mosaic`."""
+  if on_mosaic(L, 'state_scan'):
     return chunkwise_mgpu.state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV, with_final)
   sc = L.sp.scan
   specs, arrays = L.stream('scan', ('rho', 'wm', 'keep'))
@@ -556,9 +572,8 @@ def state_scan(L, k_BPGK, w_BPHK, u_BPHV, g_BHP, init_BHKV=None, with_final=Fals
 
 
 def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
-  """O_BPHV. L.cfg.backend 'mosaic' (not 'auto': not yet timed against Triton): chunkwise_mgpu's
-  Mosaic GPU kernel."""
-  if L.cfg.backend == 'mosaic':
+  """O_BPHV; on Mosaic GPU (chunkwise_mgpu) where `on_mosaic`."""
+  if on_mosaic(L, 'output'):
     return chunkwise_mgpu.output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype)
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
@@ -572,8 +587,8 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
 def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32):
   """dvl_BPHV ((Q K^T o E)^T dO per chunk, the matmul dtype), the final dq_BPHK (per value head,
   in dq_dtype), and the output's float32 parts of dk_BPHK and of dG_BHP (in-chunk, before the
-  reverse cumsum). L.cfg.backend 'mosaic' (V <= 128): chunkwise_mgpu's Mosaic GPU kernel."""
-  if L.cfg.backend == 'mosaic' and L.V <= 128:
+  reverse cumsum); on Mosaic GPU (chunkwise_mgpu) where `on_mosaic`."""
+  if on_mosaic(L, 'output_bwd'):
     return chunkwise_mgpu.output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype)
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
@@ -589,9 +604,9 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32)
 
 def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_BHKV=None):
   """dh_BHMV (the cotangent of the state after every chunk), dVn_BPHV and, with dfinal_BHKV,
-  the float32 initial-state cotangent dinit_BHKV. L.cfg.backend 'mosaic': the Mosaic GPU kernel
-  of chunkwise_mgpu (`on_mosaic`)."""
-  if on_mosaic(L):
+  the float32 initial-state cotangent dinit_BHKV; on Mosaic GPU (chunkwise_mgpu) where
+  `on_mosaic`."""
+  if on_mosaic(L, 'state_scan_bwd'):
     return chunkwise_mgpu.state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV,
                                          dfinal_BHKV)
   sc = L.sp.scan
@@ -611,9 +626,9 @@ def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_B
 def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV,
               dk_out_BPHK, dg_out_BHP, grad_dtype=f32):
   """dk_BPHK (per value head) and dv_BPHV in grad_dtype, float32 dg_BHP and dbeta_BHP: the state
-  write's and the UT transform's terms added to output_bwd's parts dk_out_BPHK and dg_out_BHP.
-  L.cfg.backend 'mosaic' (K and V at most 256): chunkwise_mgpu's Mosaic GPU kernel."""
-  if L.cfg.backend == 'mosaic' and chunkwise_mgpu.chunk_bwd_serves(L):
+  write's and the UT transform's terms added to output_bwd's parts dk_out_BPHK and dg_out_BHP;
+  on Mosaic GPU (chunkwise_mgpu) where `on_mosaic`."""
+  if on_mosaic(L, 'chunk_bwd'):
     return chunkwise_mgpu.chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV,
                                     vn_BPHV, dvn_BPHV, dk_out_BPHK, dg_out_BHP, grad_dtype)
   ch = L.sp.chunk

@@ -564,7 +564,8 @@ def test_mosaic_backend_rejects_what_it_cannot_serve():
 def test_auto_backend_takes_mosaic_scans_only_where_they_serve_on_hopper(monkeypatch):
   """KernelConfig's default backend='auto' runs the state scans on Mosaic GPU on a Hopper GPU (stood
   in for here) for 16-bit inputs, chunks and K multiples of 64, outside interpret mode; Triton
-  otherwise, and 'triton' / 'mosaic' are taken as given."""
+  otherwise, and 'triton' / 'mosaic' are taken as given; 'mosaic' runs every kernel's Mosaic form
+  where it serves the launch, 'auto' only those of chunkwise.AUTO_MOSAIC."""
   monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: True)
   auto = pk.KernelConfig(block_v=64)   # backend 'auto', the default
 
@@ -580,6 +581,21 @@ def test_auto_backend_takes_mosaic_scans_only_where_they_serve_on_hopper(monkeyp
   assert not on_mosaic(cfg=auto._replace(backend='triton'))
   monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: False)
   assert not on_mosaic() and on_mosaic(cfg=MOSAIC)
+  # 'auto' takes the Mosaic forms of chunkwise.AUTO_MOSAIC only; 'mosaic' every one that serves
+  monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: True)
+  q = jax.ShapeDtypeStruct((2, 256, 4, 128), jnp.bfloat16)
+  for cfg in (auto, MOSAIC):
+    for V, C in ((128, 64), (256, 64), (128, 128)):
+      L = chunkwise.launch(q, 4, V, None, C, cfg, False)
+      for kernel in ('ut_transform', 'state_scan', 'output', 'output_bwd', 'state_scan_bwd',
+                     'chunk_bwd'):
+        narrower = ((kernel == 'ut_transform' and C != 64) or (kernel == 'output_bwd' and V > 128)
+                    or (kernel == 'chunk_bwd' and (V, C) != (128, 64)))   # one chunk > SMEM
+        if cfg is auto:
+          want = kernel in chunkwise.AUTO_MOSAIC and C == 64
+        else:
+          want = not narrower
+        assert chunkwise.on_mosaic(L, kernel) == want, (cfg.backend, V, C, kernel)
 
 
 # ------------------------------------------------------------------------------------------------
