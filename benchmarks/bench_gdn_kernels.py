@@ -6,8 +6,9 @@ left for XLA around them; fla's chunk_gated_delta_rule beside it, kernel by kern
 
 Inputs as bench_mixers' GDN rows: 65,536 tokens per call (B = 65536 / T), 16 heads x 128, bf16
 unit-norm q and k, v, float32 log-decays and betas, chunks of 64, one document per row passed as
-segment_ids (as the trainer does). For each --backends entry (the KernelConfig backend of the
-state scans; 'auto' is the launch default) the six kernels of pallas_kernels.gdn.chunkwise
+segment_ids (as the trainer does). For each --backends entry (the KernelConfig backend: 'triton',
+'mosaic' for every kernel's Mosaic GPU form, 'auto' the launch default) the six kernels of
+pallas_kernels.gdn.chunkwise
 (ut_transform, state_scan, output; output_bwd, state_scan_bwd, chunk_bwd) run alone on the
 inputs the op would give them, each jitted and timed (benchmarks.timing's median), then
 `gdn_chunked`'s fwd+bwd: "outside the kernels" is the whole minus the kernels' sum (padding,
@@ -121,7 +122,7 @@ def main(argv=None):
   p.add_argument('--dim', type=int, default=128)
   p.add_argument('--chunk_size', type=int, default=64)
   p.add_argument('--backends', type=names, default=['auto'],
-                 help="the state scans' KernelConfig backends: auto, triton, mosaic")
+                 help="KernelConfig backends: auto, triton, mosaic")
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--profile', action='store_true', help='per-kernel device time (torch.profiler)')
   p.add_argument('--top', type=int, default=15, help='kernel names printed per --profile call')
@@ -131,7 +132,7 @@ def main(argv=None):
     p.error(f"--backends {','.join(sorted(bad))}: expected auto, triton or mosaic")
   print(f"# device: {jax.devices()[0].device_kind}; {args.tokens} tokens, {args.heads} heads x "
         f"{args.dim}, bf16, chunks of {args.chunk_size}")
-  print(f"{'T':>6} {'scans':>7} {'kernel':>20} {'ms':>9} {'share':>7}")
+  print(f"{'T':>6} {'backend':>7} {'kernel':>20} {'ms':>9} {'share':>7}")
   results = {}
   for T in args.seqlens:
     x = jax_inputs(args.tokens, T, args.heads, args.dim, jax.random.key(T))
@@ -145,12 +146,29 @@ def main(argv=None):
             backend=backend), args.chunk_size, args.interpret)
         do = jnp.ones_like(x['v'])
         step = jax.jit(fwd_bwd(fn))
-        print_profile(f"T={T} lloglin GDN (scans {backend})",
+        print_profile(f"T={T} lloglin GDN ({backend})",
                       profile(lambda: step(fargs, do)), args.top)
       for name, (_, fn, ins) in torch_cases(args.tokens, T, args.heads, args.dim,
                                             ['gdn']).items():
         print_profile(f"T={T} {name}", profile(lambda: torch_backward(fn, ins)), args.top)
+  if {'triton', 'mosaic'} <= set(args.backends):
+    print_faster(results, args.seqlens)
   return results
+
+
+def print_faster(results, seqlens):
+  """Per kernel, Triton's time over Mosaic's at each T, and the kernels Mosaic ran faster at
+  every T: what chunkwise.AUTO_MOSAIC would list by this run."""
+  faster = []
+  for name in KERNELS:
+    ratios = [dict(results[T, 'triton'])[name] / dict(results[T, 'mosaic'])[name]
+              for T in seqlens]
+    print(f"# {name:>16}: Mosaic speed-up over Triton " + " / ".join(
+        f"{r:.2f}x (T={T})" for r, T in zip(ratios, seqlens)), flush=True)
+    if min(ratios) > 1:
+      faster.append(name)
+  print(f"# faster on Mosaic GPU at every T: {tuple(faster)} "
+        f"(chunkwise.AUTO_MOSAIC: {chunkwise.AUTO_MOSAIC})", flush=True)
 
 
 def torch_backward(fn, inputs):

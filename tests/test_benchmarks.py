@@ -222,3 +222,20 @@ def test_gdn_kernel_breakdown_times_every_kernel_and_the_whole(capsys):
   assert [name for name, _ in rows] == list(bench_gdn_kernels.KERNELS) + ["fwd+bwd"]
   assert all(ms > 0 for _, ms in rows)
   assert "outside the kernels" in capsys.readouterr().out
+
+
+def test_gdn_kernel_breakdown_names_the_kernels_mosaic_runs_faster(capsys):
+  """With both backends timed, the kernels Mosaic ran faster at every T are listed (what
+  chunkwise.AUTO_MOSAIC would hold by that run); one slower T keeps a kernel off the list."""
+  from benchmarks import bench_gdn_kernels
+  names = bench_gdn_kernels.KERNELS
+  triton = {T: [(n, 2.0) for n in names] for T in (2048, 8192)}
+  mosaic = {2048: [(n, 1.0) for n in names],
+            8192: [(n, 3.0 if n == "output" else 1.0) for n in names]}
+  results = {(T, b): times[T] for b, times in (("triton", triton), ("mosaic", mosaic))
+             for T in (2048, 8192)}
+  bench_gdn_kernels.print_faster(results, (2048, 8192))
+  out = capsys.readouterr().out
+  assert "output: Mosaic speed-up over Triton 2.00x (T=2048) / 0.67x (T=8192)" in out
+  faster = tuple(n for n in names if n != "output")
+  assert f"faster on Mosaic GPU at every T: {faster}" in out
