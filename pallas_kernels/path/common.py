@@ -18,16 +18,19 @@ from jax.experimental.pallas import triton as pltriton
 from lloglin.ops.path import keys_to_end, prepare_inputs, ut_transform
 
 LOG2E = 1.4426950408889634
-_MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf - inf
+MASKED = -1e30  # finite: a fully masked tile gives exp2(-huge) = 0, never inf - inf
 
 
 class KernelConfig(NamedTuple):
   """Triton launch parameters of the PaTH attention kernels, fwd / dq / dkv (the tile is
   `block_size`). The default was the fastest (block_size, warps, stages) of a sweep at T = 8192
   for the default kernels (`bench_mixers.py --kernel_configs`; benchmarks/RESULTS.md#lab-log,
-  "PaTH launch sweep"); the linear-memory variant runs them too (not swept)."""
+  "PaTH launch sweep"); the linear-memory variant runs them too (not swept). backend: 'triton',
+  or 'mosaic' for the forward kernel on Mosaic GPU (kernel_mgpu.py; the default kernels only, the
+  backward on Triton)."""
   num_warps: int = 4
   num_stages: int = 2
+  backend: str = 'triton'
 
 
 class Call(NamedTuple):
@@ -92,7 +95,8 @@ class Call(NamedTuple):
         functools.partial(kernel, scale=self.scale, qk_scale=self.scale * LOG2E, C=self.C,
                           M=self.M, **static),
         grid=(self.H, self.B, self.M), in_specs=in_specs, out_specs=out_specs,
-        out_shape=out_shape, compiler_params=pltriton.CompilerParams(**self.config._asdict()),
+        out_shape=out_shape, compiler_params=pltriton.CompilerParams(
+            num_warps=self.config.num_warps, num_stages=self.config.num_stages),
         interpret=self.interpret, name=name)(*args)
 
 
@@ -181,7 +185,7 @@ def _tile(s_CC, q_tok, k_tok, qk_scale, mask_CC=None):
   if sq_C is not None:
     same_CC = sq_C[:, None] == sk_C[None, :]
     mask_CC = same_CC if mask_CC is None else mask_CC & same_CC
-  return s_CC if mask_CC is None else jnp.where(mask_CC, s_CC, _MASKED)
+  return s_CC if mask_CC is None else jnp.where(mask_CC, s_CC, MASKED)
 
 
 def diagonal_tile(z_CC, tok, qk_scale):

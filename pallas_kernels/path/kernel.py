@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels.path import kernel_mgpu
 from pallas_kernels.path.common import (
     KernelConfig, copy_precision, diagonal_dkv, diagonal_tile, dkv_step, dq_step,
     keys_below, num_levels, output_delta, probs, queries_above, run, segment_tree, softmax_start,
@@ -192,6 +193,10 @@ def _attend(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call):
 
 def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call):
   L = qlv_BHLTK.shape[2]
+  res = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT)
+  if call.config.backend == 'mosaic':
+    o_BTHV, lse_BHT = kernel_mgpu.forward(*res, call)
+    return o_BTHV, res + (o_BTHV, lse_BHT)
   specs, chunk = call.specs(levels=L, first=True, gate=gate_BHT is not None,
                             seg=seg_BT is not None, key_major=False)
   o_BTHV, lse_BHT = call(

@@ -175,3 +175,62 @@ def test_gpu_bf16_matches_fp32_xla(fn, B, T, G, H, K, gate, seg):
     if r is not None:
       assert_close(np.asarray(o), np.asarray(r), rel=1e-2 if name[0] in "qkv" else 2e-2,
                    name=f"d{name}")
+
+
+# ------------------------------------------------------------------ Mosaic GPU (backend='mosaic')
+
+MOSAIC = KernelConfig(backend="mosaic")
+
+
+def test_mosaic_forward_matches_oracle_and_triton():
+  """path_attention with KernelConfig(backend='mosaic') (interpret mode, bf16 q/k/v): the
+  forward kernel on Mosaic GPU == the Triton one (interpret mode, the same inputs) and, through
+  the Triton backward kernels that read its log-sum-exp, the output and gradients == the fp64
+  quadratic oracle within the GPU tests' tolerances (docs/correctness.md#gpu-tests). 200 tokens
+  in chunks of 64 (4 chunks: 2 levels, a partial last chunk), GQA, the FoX gate, packed
+  documents, K = V = 64."""
+  B, T, H, G, K = 1, 200, 4, 2, 64
+  x = gpu_inputs(11, B, T, G, H, K, True)
+  segment_ids = segments(B, T)
+  do = jnp.asarray(np.random.default_rng(1).uniform(size=(B, T, H, K)), jnp.float32)
+  fn = lambda config: functools.partial(path_attention, block_size=64, interpret=True,  # noqa
+                                        config=config)
+  out, grads = gpu_forward_and_grads(fn(MOSAIC), x, do, segment_ids)
+  out_triton, _ = gpu_forward_and_grads(fn(KernelConfig()), x, do, segment_ids)
+  assert_close(np.asarray(out, np.float32), np.asarray(out_triton, np.float32), rel=5e-3,
+               name="o vs triton")
+  with jax.enable_x64(True):
+    ref, ref_grads = forward_and_grads(path.path_quadratic, cast(x, jnp.float64), do,
+                                       segment_ids)
+  assert_close(np.asarray(out, np.float32), np.asarray(ref), rel=5e-3, name="o")
+  for name, o, r in zip(ARGS, grads, ref_grads):
+    assert_close(np.asarray(o, np.float32), np.asarray(r),
+                 rel=1e-2 if name[0] in "qkv" else 2e-2, name=f"d{name}")
+
+
+def test_mosaic_forward_lowers_for_cuda_at_8k():
+  """At T = 8192, 16 heads x 128, bf16, with the gate and segment ids, PaTH's forward under
+  backend='mosaic' lowers for CUDA from CPU (Mosaic GPU's layout inference and checks run here)
+  with no kernel left on the Triton lowering."""
+  B, T, H, K = 1, 8192, 16, 128
+  S = jax.ShapeDtypeStruct
+  shapes = [S((B, T, H, K), jnp.bfloat16)] * 4 + [S((B, T, H), jnp.float32)] * 2 + [
+      S((B, T), jnp.int32)]
+  dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu",
+                                    num_cores=132)
+  f = lambda q, k, v, w, b, g, s: path_attention(q, k, v, w, b, g_BTH=g, segment_ids_BT=s,  # noqa
+                                                 config=MOSAIC)
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
+    text = jax.jit(f).trace(*shapes).lower(lowering_platforms=("cuda",)).as_text()
+  assert "path_attention_fwd_mgpu" in text and "__gpu$xla.gpu.triton" not in text
+
+
+def test_mosaic_rejects_what_it_cannot_serve():
+  x = gpu_inputs(3, 1, 64, 1, 2, 32, False)
+  with pytest.raises(ValueError, match="backend='mosaic'.*K=32"):
+    call(functools.partial(path_attention, interpret=True, config=MOSAIC), x)
+  with pytest.raises(ValueError, match="backend='mosaic'.*block_size=32"):
+    call(functools.partial(path_attention, interpret=True, config=MOSAIC, block_size=32),
+         gpu_inputs(3, 1, 64, 1, 2, 64, False))
+  with pytest.raises(ValueError, match="linear_memory: config.backend='mosaic'"):
+    call(functools.partial(path_attention_linear_memory, interpret=True, config=MOSAIC), x)
