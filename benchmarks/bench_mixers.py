@@ -21,9 +21,8 @@ forward+backward (gradients of every input):
           Hopper GPU, pallas_kernels.gdn.chunkwise_mgpu; GDN only, not in the default --impls)
   pallas_mosaic
           every kernel that has a Mosaic GPU form on it (KernelConfig(backend='mosaic')): all of
-          GDN's; Mamba-2 SSD's and log-linear Mamba-2's level
-          scan (pallas_kernels.mamba2.kernel_mgpu); GDN, Mamba-2 and log-linear Mamba-2 only,
-          opt-in
+          GDN's, Mamba-2 SSD's and log-linear Mamba-2's level scan, PaTH's three (PaTH and
+          PaTH-FoX); not log-linear GDN; opt-in
   xla     lloglin.ops' chunked / blockwise XLA form
   cudnn   jax.nn.dot_product_attention(implementation="cudnn", is_causal=True) (attention rows)
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
@@ -67,7 +66,7 @@ OPT_IN_IMPLS = ("pallas_linear_memory", "pallas_triton", "pallas_mosaic")  # not
 # impls that set KernelConfig(backend=...), and the mixers with a kernel of that backend that
 # the default `pallas` row does not already time
 BACKEND_IMPLS = {"pallas_triton": ("gdn",),
-                 "pallas_mosaic": ("gdn", "mamba2", "loglinear_mamba2")}
+                 "pallas_mosaic": ("gdn", "mamba2", "loglinear_mamba2", "path", "path_fox")}
 # The peer each lloglin kernel is compared with (fla's operator of the same math).
 PEER = {"mamba2": "fla_simple_gla", "loglinear_mamba2": "fla_log_linear_attn",
         "gdn": "fla_gated_delta_rule", "path": "fla_parallel_path_attn"}
@@ -163,8 +162,14 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     interpret = jax.default_backend() != "gpu"
   if impl.startswith("pallas") and interpret:
     seg = {**seg, "interpret": True}
-  if kernel_config is not None and mixer.startswith("path"):   # (block_size, warps, stages)
-    seg = {**seg, "block_size": kernel_config[0], "config": mod.KernelConfig(*kernel_config[1:])}
+  if mixer.startswith("path") and (kernel_config is not None or impl in BACKEND_IMPLS):
+    cfg = mod.KernelConfig()
+    if kernel_config is not None:   # (block_size, warps, stages)
+      seg = {**seg, "block_size": kernel_config[0]}
+      cfg = mod.KernelConfig(*kernel_config[1:])
+    if impl in BACKEND_IMPLS:
+      cfg = cfg._replace(backend=impl.removeprefix("pallas_"))
+    seg = {**seg, "config": cfg}
   elif impl in BACKEND_IMPLS:   # the launch default's block_v unless a config is swept
     from pallas_kernels import linear_recurrence as lr
     default = {"gdn": lr.GDN_CONFIG, "mamba2": lr.SSD_CONFIG,

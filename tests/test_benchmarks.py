@@ -76,8 +76,8 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
   default backend='auto'), the opt-in `pallas_triton` row keeps them on Triton and the opt-in
   `pallas_mosaic` row runs the output kernels on Mosaic GPU too (traced only, the GPU stood in
   for by on_hopper_gpu: the interpreter would take minutes per timed row); `pallas_mosaic` runs
-  Mamba-2's and log-linear Mamba-2's level scans on Mosaic GPU; mixers without the variants have
-  no such rows."""
+  Mamba-2's and log-linear Mamba-2's level scans and PaTH's kernels on Mosaic GPU; mixers without
+  the variants have no such rows."""
   import jax
 
   from pallas_kernels.gdn import chunkwise
@@ -99,10 +99,14 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
       assert f"level_scan_{direction}" not in jaxpr, mixer
     with pytest.raises(ImportError, match="pallas_triton"):    # Triton is their default
       bench_mixers.jax_case(mixer, "pallas_triton", x)
-  for mixer in ("loglinear_gdn", "path"):
-    for impl in ("pallas_triton", "pallas_mosaic"):
-      with pytest.raises(ImportError, match=impl):
-        bench_mixers.jax_case(mixer, impl, x)
+  fn, args = bench_mixers.jax_case("path", "pallas_mosaic", x, interpret=False)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
+  for kernel in ("fwd", "bwd_dq", "bwd_dkv"):      # PaTH's three kernels on Mosaic GPU
+    assert f"path_attention_{kernel}_mgpu" in jaxpr, kernel
+  for mixer, impl in (("loglinear_gdn", "pallas_triton"), ("loglinear_gdn", "pallas_mosaic"),
+                      ("path", "pallas_triton")):
+    with pytest.raises(ImportError, match=impl):
+      bench_mixers.jax_case(mixer, impl, x)
 
 
 def test_bad_arguments_name_the_problem(capsys):

@@ -26,8 +26,8 @@ class KernelConfig(NamedTuple):
   `block_size`). The default was the fastest (block_size, warps, stages) of a sweep at T = 8192
   for the default kernels (`bench_mixers.py --kernel_configs`; benchmarks/RESULTS.md#lab-log,
   "PaTH launch sweep"); the linear-memory variant runs them too (not swept). backend: 'triton',
-  or 'mosaic' for the forward kernel on Mosaic GPU (kernel_mgpu.py; the default kernels only, the
-  backward on Triton)."""
+  or 'mosaic' for the three kernels on Mosaic GPU (kernel_mgpu.py; `path_attention` only, not
+  yet timed against Triton's: 'triton' stays the default)."""
   num_warps: int = 4
   num_stages: int = 2
   backend: str = 'triton'

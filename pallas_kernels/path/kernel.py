@@ -5,7 +5,8 @@ definition of PaTH and PaTH-FoX).
 
 Backend: `pl.pallas_call` lowered through Pallas' Triton backend
 (`compiler_params=pltriton.CompilerParams`), deprecated in jax 0.11 but shipped; it lowers for
-Hopper and runs in interpret mode on CPU. Mosaic GPU (wgmma/TMA) is not used yet.
+Hopper and runs in interpret mode on CPU. With KernelConfig(backend='mosaic') the three kernels run
+on Mosaic GPU instead (kernel_mgpu.py: TMA, WGMMA), the same sums.
 
 Algorithm (docs/algorithms/path.md#householder-products-and-the-ut-transform). Chunks of C tokens;
 chunk c has the compact-WY product `P_c = I - W_c^T u_c` (`u = T diag(beta) W`, `T` the UT factor),
@@ -212,16 +213,34 @@ def _attend_fwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call):
 def _attend_bwd(call, res, do_BTHV):
   qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, o_BTHV, lse_BHT = res
   B, H, L, Tp, K = qlv_BHLTK.shape
-  G, C, V = call.G, call.C, call.V
+  G = call.G
   delta_BHT = output_delta(o_BTHV, do_BTHV)
   args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV.astype(o_BTHV.dtype),
           lse_BHT, delta_BHT)
+  if call.config.backend == 'mosaic':
+    dqlv_BHLTK, dz_BHTC, dgq_BHT = kernel_mgpu.dq(*args, call)
+    dklv_BHLTK, dv_BTHV, dgk_BHT = kernel_mgpu.dkv(*args, call)
+  else:
+    dqlv_BHLTK, dz_BHTC, dgq_BHT, dklv_BHLTK, dv_BTHV, dgk_BHT = _triton_bwd(call, args)
+
+  dklv_BGLTK = dklv_BHLTK.reshape(B, G, H // G, L, Tp, K).sum(2).astype(klv_BGLTK.dtype)
+  dv_BTGV = sum_groups(dv_BTHV, G).astype(v_BTGV.dtype)
+  dgate_BHT = None if gate_BHT is None else (dgq_BHT + dgk_BHT).astype(gate_BHT.dtype)
+  return dqlv_BHLTK, dklv_BGLTK, dz_BHTC, dv_BTGV, dgate_BHT, None
+
+
+def _triton_bwd(call, args):
+  """The dq and dkv kernels on Triton: dqlv_BHLTK, dz_BHTC, dgq_BHT, dklv_BHLTK (per query head),
+  dv_BTHV, dgk_BHT."""
+  qlv_BHLTK, z_BHTC, gate_BHT, seg_BT = args[0], args[2], args[4], args[5]
+  B, H, L, Tp, K = qlv_BHLTK.shape
+  C, V = call.C, call.V
   flags = dict(levels=L, first=True, gate=gate_BHT is not None, seg=seg_BT is not None,
                backward=True)
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
 
   specs, chunk = call.specs(key_major=False, **flags)
-  dqlv_BHLTK, dz_BHTC, dgq_BHT = call(
+  dq = call(
       _dq_kernel, "path_attention_bwd_dq", specs,
       [pl.BlockSpec((None, None, L, C, K), lambda h, b, n: (b, h, 0, chunk(n), 0)),
        pl.BlockSpec((None, None, C, C), lambda h, b, n: (b, h, chunk(n), 0)),
@@ -230,16 +249,12 @@ def _attend_bwd(call, res, do_BTHV):
       *args, L=L)
 
   specs, chunk = call.specs(key_major=True, **flags)
-  dklv_BHLTK, dv_BTHV, dgk_BHT = call(
+  dkv = call(
       _dkv_kernel, "path_attention_bwd_dkv", specs,
       [pl.BlockSpec((None, None, L, C, K), lambda h, b, n: (b, h, 0, n, 0)),
        call.values_spec(chunk), call.rows_spec(chunk)],
       [f32(B, H, L, Tp, K), f32(B, Tp, H, V), f32(B, H, Tp)], *args, L=L)
-
-  dklv_BGLTK = dklv_BHLTK.reshape(B, G, H // G, L, Tp, K).sum(2).astype(klv_BGLTK.dtype)
-  dv_BTGV = sum_groups(dv_BTHV, G).astype(v_BTGV.dtype)
-  dgate_BHT = None if gate_BHT is None else (dgq_BHT + dgk_BHT).astype(gate_BHT.dtype)
-  return dqlv_BHLTK, dklv_BGLTK, dz_BHTC, dv_BTGV, dgate_BHT, None
+  return tuple(dq) + tuple(dkv)
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

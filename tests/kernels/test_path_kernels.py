@@ -161,6 +161,19 @@ def gpu_forward_and_grads(fn, x, do_BTHV, segment_ids_BT):
     (2, 2000, 1, 4, 64, False, False), (1, 4000, 1, 2, 128, False, False),
     (1, 2048, 2, 8, 64, True, True)])
 def test_gpu_bf16_matches_fp32_xla(fn, B, T, G, H, K, gate, seg):
+  check_gpu_bf16(fn, B, T, G, H, K, gate, seg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B, T, G, H, K, gate, seg", [
+    (5, 512, 2, 8, 128, True, False), (1, 2048, 2, 8, 64, True, True)])
+def test_gpu_bf16_mosaic_matches_fp32_xla(B, T, G, H, K, gate, seg):
+  """The same check with the three kernels on Mosaic GPU (KernelConfig(backend='mosaic'))."""
+  check_gpu_bf16(functools.partial(path_attention, config=KernelConfig(backend="mosaic")), B, T,
+                 G, H, K, gate, seg)
+
+
+def check_gpu_bf16(fn, B, T, G, H, K, gate, seg):
   x = gpu_inputs(T, B, T, G, H, K, gate)
   segment_ids = None
   if seg:  # cu_seqlens [0, 15, 333, 2048]
@@ -182,47 +195,51 @@ def test_gpu_bf16_matches_fp32_xla(fn, B, T, G, H, K, gate, seg):
 MOSAIC = KernelConfig(backend="mosaic")
 
 
-def test_mosaic_forward_matches_oracle_and_triton():
-  """path_attention with KernelConfig(backend='mosaic') (interpret mode, bf16 q/k/v): the
-  forward kernel on Mosaic GPU == the Triton one (interpret mode, the same inputs) and, through
-  the Triton backward kernels that read its log-sum-exp, the output and gradients == the fp64
-  quadratic oracle within the GPU tests' tolerances (docs/correctness.md#gpu-tests). 200 tokens
-  in chunks of 64 (4 chunks: 2 levels, a partial last chunk), GQA, the FoX gate, packed
-  documents, K = V = 64."""
-  B, T, H, G, K = 1, 200, 4, 2, 64
+def test_mosaic_kernels_match_oracle_and_triton():
+  """path_attention with KernelConfig(backend='mosaic') (interpret mode, bf16 q/k/v: the forward,
+  dq and dkv kernels on Mosaic GPU): the output and the gradients == the Triton kernels'
+  (interpret mode, the same inputs) and the fp64 quadratic oracle's within the GPU tests'
+  tolerances (docs/correctness.md#gpu-tests). 330 tokens in chunks of 64 (6 chunks: 3 levels,
+  the dkv kernel's last query block past the end, a partial last chunk), GQA, the FoX gate,
+  packed documents, K = V = 64."""
+  B, T, H, G, K = 1, 330, 4, 2, 64
   x = gpu_inputs(11, B, T, G, H, K, True)
   segment_ids = segments(B, T)
   do = jnp.asarray(np.random.default_rng(1).uniform(size=(B, T, H, K)), jnp.float32)
   fn = lambda config: functools.partial(path_attention, block_size=64, interpret=True,  # noqa
                                         config=config)
   out, grads = gpu_forward_and_grads(fn(MOSAIC), x, do, segment_ids)
-  out_triton, _ = gpu_forward_and_grads(fn(KernelConfig()), x, do, segment_ids)
-  assert_close(np.asarray(out, np.float32), np.asarray(out_triton, np.float32), rel=5e-3,
-               name="o vs triton")
+  out_triton, grads_triton = gpu_forward_and_grads(fn(KernelConfig()), x, do, segment_ids)
   with jax.enable_x64(True):
     ref, ref_grads = forward_and_grads(path.path_quadratic, cast(x, jnp.float64), do,
                                        segment_ids)
-  assert_close(np.asarray(out, np.float32), np.asarray(ref), rel=5e-3, name="o")
-  for name, o, r in zip(ARGS, grads, ref_grads):
-    assert_close(np.asarray(o, np.float32), np.asarray(r),
-                 rel=1e-2 if name[0] in "qkv" else 2e-2, name=f"d{name}")
+  for name, o, t, r in zip(("o",) + tuple(f"d{n}" for n in ARGS), (out,) + tuple(grads),
+                           (out_triton,) + tuple(grads_triton), (ref,) + tuple(ref_grads),
+                           strict=True):
+    o, t = np.asarray(o, np.float32), np.asarray(t, np.float32)
+    assert_close(o, t, rel=1e-3, name=f"{name} vs triton")
+    assert_close(o, np.asarray(r), rel=5e-3 if name == "o" else 1e-2 if name[1] in "qkv" else 2e-2,
+                 name=name)
 
 
-def test_mosaic_forward_lowers_for_cuda_at_8k():
-  """At T = 8192, 16 heads x 128, bf16, with the gate and segment ids, PaTH's forward under
-  backend='mosaic' lowers for CUDA from CPU (Mosaic GPU's layout inference and checks run here)
-  with no kernel left on the Triton lowering."""
+def test_mosaic_kernels_lower_for_cuda_at_8k():
+  """At T = 8192, 16 heads x 128, bf16, with the gate and segment ids, PaTH's forward and
+  backward under backend='mosaic' lower for CUDA from CPU (Mosaic GPU's layout inference and
+  checks run here) with no kernel left on the Triton lowering."""
   B, T, H, K = 1, 8192, 16, 128
   S = jax.ShapeDtypeStruct
   shapes = [S((B, T, H, K), jnp.bfloat16)] * 4 + [S((B, T, H), jnp.float32)] * 2 + [
       S((B, T), jnp.int32)]
   dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu",
                                     num_cores=132)
-  f = lambda q, k, v, w, b, g, s: path_attention(q, k, v, w, b, g_BTH=g, segment_ids_BT=s,  # noqa
-                                                 config=MOSAIC)
+  loss = lambda q, k, v, w, b, g, s: jnp.sum(path_attention(  # noqa: E731
+      q, k, v, w, b, g_BTH=g, segment_ids_BT=s, config=MOSAIC).astype(jnp.float32))
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
-    text = jax.jit(f).trace(*shapes).lower(lowering_platforms=("cuda",)).as_text()
-  assert "path_attention_fwd_mgpu" in text and "__gpu$xla.gpu.triton" not in text
+    text = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*shapes).lower(
+        lowering_platforms=("cuda",)).as_text()
+  for name in ("fwd", "bwd_dq", "bwd_dkv"):
+    assert f"path_attention_{name}_mgpu" in text, name
+  assert "__gpu$xla.gpu.triton" not in text
 
 
 def test_mosaic_rejects_what_it_cannot_serve():
