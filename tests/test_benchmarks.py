@@ -72,10 +72,11 @@ def test_linear_memory_impl_times_path_only(tmp_path, capsys):
 
 
 def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(monkeypatch):
-  """On a Hopper GPU the default `pallas` GDN row runs both state scans on Mosaic GPU (the launch
-  default backend='auto'), the opt-in `pallas_triton` row keeps them on Triton and the opt-in
-  `pallas_mosaic` row runs the output kernels on Mosaic GPU too (traced only, the GPU stood in
-  for by on_hopper_gpu: the interpreter would take minutes per timed row); `pallas_mosaic` runs
+  """On a Hopper GPU the default `pallas` GDN row runs the kernels of chunkwise.AUTO_MOSAIC on
+  Mosaic GPU (the launch default backend='auto': the state scans, the output and its backward),
+  the opt-in `pallas_triton` row none and the opt-in `pallas_mosaic` row all six (traced only,
+  the GPU stood in for by on_hopper_gpu: the interpreter would take minutes per timed row);
+  `pallas_mosaic` runs
   Mamba-2's and log-linear Mamba-2's level scans and PaTH's kernels on Mosaic GPU; mixers without
   the variants have no such rows."""
   import jax
@@ -83,14 +84,14 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
   from pallas_kernels.gdn import chunkwise
   monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: True)
   x = jax.eval_shape(lambda: bench_mixers.jax_inputs(256, 256, 4, 64, jax.random.key(0)))
-  for impl, mosaic in (("pallas", True), ("pallas_triton", False), ("pallas_mosaic", True)):
+  kernels = ("ut_transform", "state_scan", "output", "output_bwd", "state_scan_bwd", "chunk_bwd")
+  for impl, on_mosaic in (("pallas", chunkwise.AUTO_MOSAIC), ("pallas_triton", ()),
+                          ("pallas_mosaic", kernels)):
     fn, args = bench_mixers.jax_case("gdn", impl, x, interpret=False)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
-    assert "gdn_ut_transform" in jaxpr and "gdn_state_scan" in jaxpr, impl
-    on_mosaic = jaxpr.count("gdn_state_scan_mgpu") + jaxpr.count("gdn_state_scan_bwd_mgpu")
-    assert on_mosaic == (jaxpr.count("gdn_state_scan") if mosaic else 0), impl
-    assert ("gdn_output_mgpu" in jaxpr and "gdn_output_bwd_mgpu" in jaxpr) == (
-        impl == "pallas_mosaic"), impl
+    for kernel in kernels:   # e.g. gdn_output, or gdn_output_mgpu on Mosaic GPU
+      assert f"gdn_{kernel}" in jaxpr, (impl, kernel)
+      assert (f"gdn_{kernel}_mgpu" in jaxpr) == (kernel in on_mosaic), (impl, kernel)
   for mixer in ("mamba2", "loglinear_mamba2"):   # their level scan on Mosaic GPU, opt-in
     fn, args = bench_mixers.jax_case(mixer, "pallas_mosaic", x, interpret=False)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))

@@ -32,9 +32,9 @@ dG and the outputs' gradients are float32; W, U, h, Vn, dh, dVn are stored in th
 dtype the next matmul reads them in). Backend: the Pallas Triton lowering (pl.pallas_call with
 pltriton.CompilerParams), as pallas_kernels.mamba2; with KernelConfig(backend='mosaic') every one
 of the six runs on Mosaic GPU instead (chunkwise_mgpu.py; 16-bit inputs, chunks and K multiples
-of 64; the UT transform chunks of 64), and the two scans do with GDN's default backend='auto' on a
-Hopper GPU where they serve (`on_mosaic`). Offsets stay below 2^31: the caller splits larger
-batches.
+of 64; the UT transform chunks of 64), and the kernels of AUTO_MOSAIC do with GDN's default
+backend='auto' on a Hopper GPU where they serve (`on_mosaic`). Offsets stay below 2^31: the caller
+splits larger batches.
 """
 
 import functools
@@ -528,9 +528,10 @@ def ut_inverse_bwd(L, k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC):
 
 
 # backend='auto' takes these kernels' Mosaic GPU forms on a Hopper GPU: those timed faster than
-# their Triton forms (benchmarks/RESULTS.md, "GDN's state scans on Mosaic GPU"). The other kernels'
-# Mosaic forms run with backend='mosaic' only, until they are timed.
-AUTO_MOSAIC = ('state_scan', 'state_scan_bwd')
+# their Triton forms on an H100 at T = 8K (benchmarks/RESULTS.md, "GDN kernels timed per
+# backend"). The Mosaic UT transform and chunk_bwd were slower (1.08x and 1.73x Triton's time):
+# they run with backend='mosaic' only.
+AUTO_MOSAIC = ('state_scan', 'output', 'output_bwd', 'state_scan_bwd')
 
 
 def _mosaic_form_serves(L, kernel):

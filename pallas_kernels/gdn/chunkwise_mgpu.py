@@ -1,9 +1,9 @@
 """Every GDN kernel of chunkwise.py as a Mosaic GPU kernel (`plgpu.kernel`), off the deprecated
 Pallas-Triton lowering: the two state scans (`state_scan`, `state_scan_bwd`), the output and its
 backward (`output`, `output_bwd`), the UT transform (`ut_transform`) and the per-chunk gradients
-(`chunk_bwd`). KernelConfig(backend='mosaic') selects all six; GDN's default backend='auto' the
-scans alone, on a Hopper GPU where `serves` (the others have not been timed against Triton's
-yet); chunkwise dispatches here.
+(`chunk_bwd`). KernelConfig(backend='mosaic') selects all six; GDN's default backend='auto' those
+timed faster than Triton's (chunkwise.AUTO_MOSAIC: the scans, the output and its backward), on a
+Hopper GPU where `serves`; chunkwise dispatches here.
 
 Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
 a = wm o e^{G_C - G}, e = rho o e^G and gam' = e^{G_C} (0 when a document starts in the chunk),

@@ -591,10 +591,7 @@ def test_auto_backend_takes_mosaic_scans_only_where_they_serve_on_hopper(monkeyp
                      'chunk_bwd'):
         narrower = ((kernel == 'ut_transform' and C != 64) or (kernel == 'output_bwd' and V > 128)
                     or (kernel == 'chunk_bwd' and (V, C) != (128, 64)))   # one chunk > SMEM
-        if cfg is auto:
-          want = kernel in chunkwise.AUTO_MOSAIC and C == 64
-        else:
-          want = not narrower
+        want = not narrower and (cfg is MOSAIC or (kernel in chunkwise.AUTO_MOSAIC and C == 64))
         assert chunkwise.on_mosaic(L, kernel) == want, (cfg.backend, V, C, kernel)
 
 
