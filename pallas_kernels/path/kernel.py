@@ -217,11 +217,8 @@ def _attend_bwd(call, res, do_BTHV):
   delta_BHT = output_delta(o_BTHV, do_BTHV)
   args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV.astype(o_BTHV.dtype),
           lse_BHT, delta_BHT)
-  if call.config.backend == 'mosaic':
-    dqlv_BHLTK, dz_BHTC, dgq_BHT = kernel_mgpu.dq(*args, call)
-    dklv_BHLTK, dv_BTHV, dgk_BHT = kernel_mgpu.dkv(*args, call)
-  else:
-    dqlv_BHLTK, dz_BHTC, dgq_BHT, dklv_BHLTK, dv_BTHV, dgk_BHT = _triton_bwd(call, args)
+  bwd = kernel_mgpu.backward if call.config.backend == 'mosaic' else _triton_bwd
+  dqlv_BHLTK, dz_BHTC, dgq_BHT, dklv_BHLTK, dv_BTHV, dgk_BHT = bwd(*args, call)
 
   dklv_BGLTK = dklv_BHLTK.reshape(B, G, H // G, L, Tp, K).sum(2).astype(klv_BGLTK.dtype)
   dv_BTGV = sum_groups(dv_BTHV, G).astype(v_BTGV.dtype)
@@ -229,9 +226,10 @@ def _attend_bwd(call, res, do_BTHV):
   return dqlv_BHLTK, dklv_BGLTK, dz_BHTC, dv_BTGV, dgate_BHT, None
 
 
-def _triton_bwd(call, args):
-  """The dq and dkv kernels on Triton: dqlv_BHLTK, dz_BHTC, dgq_BHT, dklv_BHLTK (per query head),
-  dv_BTHV, dgk_BHT."""
+def _triton_bwd(*args):
+  """The dq and dkv kernels on Triton (args: _attend_bwd's, then the Call): dqlv_BHLTK, dz_BHTC,
+  dgq_BHT, dklv_BHLTK (per query head), dv_BTHV, dgk_BHT."""
+  *args, call = args
   qlv_BHLTK, z_BHTC, gate_BHT, seg_BT = args[0], args[2], args[4], args[5]
   B, H, L, Tp, K = qlv_BHLTK.shape
   C, V = call.C, call.V

@@ -41,7 +41,7 @@ from pallas_kernels.mgpu import (TILE, chunk_rows, col, f32, interpret_params, i
                                  transforms, zeros)
 from pallas_kernels.path.common import MASKED
 
-__all__ = ['check', 'dkv', 'dq', 'forward']
+__all__ = ['backward', 'check', 'forward']
 
 _STAGES = 2
 _LN2_INV = 1.4426950408889634
@@ -128,6 +128,33 @@ def _pipeline(step, n, specs, inputs, carry):
                              in_specs=specs, init_carry=carry)(*inputs)
 
 
+def _key_chunks(lay, refs, b, h, R, i, lv, q_smem, q_side, barrier, per_tile, carry):
+  """Level lv of query chunk i (the forward's and dq's): its query copy into q_smem, then the
+  key copies and values of key chunks mid - 1, ..., mid - 2^lv (mid: i with its bits below lv
+  cleared) pipelined by TMA with their rows, carry <- per_tile(s, k_smem, kv_smem, carry), s the
+  tile's log2 logits. refs: qlv, klv, v, and the rows ([B, H, M X', C], or None)."""
+  qlv_ref, klv_ref, v_ref, rows_ref = refs
+  C, K, V = lay.C, q_smem.shape[-1], v_ref.shape[-1]
+  mid = (i >> lv) << lv
+  _sync_load(qlv_ref.at[b, h, lv, pl.ds(i * C, C)], q_smem, barrier)
+
+  def step(_, k_smem, kv_smem, *rest):
+    *k_rows, carry = rest
+    s = lay.logits(product([(q_smem, k_smem.transpose((1, 0)))], (C, C)), q_side,
+                   lay.side(k_rows[0] if k_rows else None, False))
+    return per_tile(s, k_smem, kv_smem, carry)
+
+  key = lambda t: (mid - 1 - t, 0)  # noqa: E731
+  tiling = transforms(64, jnp.dtype(q_smem.dtype).itemsize)
+  specs = [plgpu.BlockSpec((C, K), key, transforms=tiling),
+           plgpu.BlockSpec((C, V), key, transforms=tiling)]
+  inputs = [klv_ref.at[b, h // R, lv], v_ref.at[b, :, h // R]]
+  if lay.X:   # the key side's gate and segment ids
+    specs.append(plgpu.BlockSpec((rows_ref.shape[2] // (v_ref.shape[1] // C), C), key))
+    inputs.append(rows_ref.at[b, h])
+  return _pipeline(step, 1 << lv, specs, inputs, carry)
+
+
 def _fwd_kernel(qlv_ref, klv_ref, z_ref, v_ref, *refs, M, L, R, lay):
   """One query chunk of one head (module docstring). refs: the rows if any; o, lse; SMEM: the
   query copy, the diagonal z tile, the chunk's values, P, the chunk's rows if any, the lse row;
@@ -141,8 +168,6 @@ def _fwd_kernel(qlv_ref, klv_ref, z_ref, v_ref, *refs, M, L, R, lay):
   h, b, n = (lax.axis_index(a) for a in ('h', 'b', 'n'))
   i = M - 1 - n
   here = pl.ds(i * C, C)
-  tiling = transforms(64, jnp.dtype(q_smem.dtype).itemsize)
-
   _sync_load(z_ref.at[b, h, here], z_smem, barrier)
   _sync_load(v_ref.at[b, here, h // R], v_smem, barrier)
   if lay.X:
@@ -153,28 +178,17 @@ def _fwd_kernel(qlv_ref, klv_ref, z_ref, v_ref, *refs, M, L, R, lay):
   p = jnp.exp2(s - lax.broadcast_in_dim(m, (C, C), [0]))
   carry = (m, jnp.sum(p, axis=1), _times(p, p_smem, [(p_smem, v_smem)], (C, V)))
 
+  def tile(s, k_smem, kv_smem, carry):
+    m, l, o = carry
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    alpha = jnp.exp2(m - m_new)
+    p = jnp.exp2(s - lax.broadcast_in_dim(m_new, (C, C), [0]))
+    return (m_new, alpha * l + jnp.sum(p, axis=1), lax.broadcast_in_dim(alpha, (C, V), [0]) * o
+            + _times(p, p_smem, [(p_smem, kv_smem)], (C, V)))
+
   def level(lv, carry):
-    mid = (i >> lv) << lv
-    _sync_load(qlv_ref.at[b, h, lv, here], q_smem, barrier)
-
-    def step(_, k_smem, kv_smem, *rest):
-      *k_rows, (m, l, o) = rest
-      s = lay.logits(product([(q_smem, k_smem.transpose((1, 0)))], (C, C)), q_side,
-                     lay.side(k_rows[0] if k_rows else None, False))
-      m_new = jnp.maximum(m, jnp.max(s, axis=1))
-      alpha = jnp.exp2(m - m_new)
-      p = jnp.exp2(s - lax.broadcast_in_dim(m_new, (C, C), [0]))
-      return (m_new, alpha * l + jnp.sum(p, axis=1), lax.broadcast_in_dim(alpha, (C, V), [0]) * o
-              + _times(p, p_smem, [(p_smem, kv_smem)], (C, V)))
-
-    key = lambda t: (mid - 1 - t, 0)  # noqa: E731
-    specs = [plgpu.BlockSpec((C, q_smem.shape[-1]), key, transforms=tiling),
-             plgpu.BlockSpec((C, V), key, transforms=tiling)]
-    inputs = [klv_ref.at[b, h // R, lv], v_ref.at[b, :, h // R]]
-    if lay.X:
-      specs.append(plgpu.BlockSpec((lay.X, C), key))
-      inputs.append(rows_ref.at[b, h])
-    return _pipeline(step, 1 << lv, specs, inputs, carry)
+    return _key_chunks(lay, (qlv_ref, klv_ref, v_ref, rows_ref), b, h, R, i, lv, q_smem, q_side,
+                       barrier, tile, carry)
 
   m, l, o = _levels(L, level, lambda lv, c: c, lambda lv: ((i >> lv) & 1) == 1, carry)
   o_ref[b, here, h] = (o / lax.broadcast_in_dim(l, (C, V), [0])).astype(o_ref.dtype)
@@ -188,12 +202,10 @@ def _dq_kernel(qlv_ref, klv_ref, z_ref, v_ref, do_ref, rows_ref, dqlv_ref, dz_re
                q_smem, z_smem, v_smem, do_smem, ds_smem, rows_smem, dg_smem, barrier, *, M, L, R,
                scale, lay):
   """dQ^lv of every level, dz and the gate row sums of one query chunk of one head."""
-  C, V = lay.C, v_smem.shape[-1]
-  K = q_smem.shape[-1]
+  C, K = lay.C, q_smem.shape[-1]
   h, b, n = (lax.axis_index(a) for a in ('h', 'b', 'n'))
   i = M - 1 - n
   here = pl.ds(i * C, C)
-  tiling = transforms(64, jnp.dtype(q_smem.dtype).itemsize)
   for src, dst in ((z_ref.at[b, h, here], z_smem), (v_ref.at[b, here, h // R], v_smem),
                    (do_ref.at[b, here, h], do_smem),
                    (rows_ref.at[b, h, pl.ds(i * (lay.X + 2), lay.X + 2)], rows_smem)):
@@ -209,25 +221,14 @@ def _dq_kernel(qlv_ref, klv_ref, z_ref, v_ref, do_ref, rows_ref, dqlv_ref, dz_re
   ds = d_logits(lay.diagonal(plgpu.load(z_smem, layout=TILE), rows_smem), v_smem)
   dz_ref[b, h, here] = scale * ds
 
+  def tile(s, k_smem, kv_smem, carry):
+    dq, dg = carry
+    ds = d_logits(s, kv_smem)
+    return dq + _times(ds, ds_smem, [(ds_smem, k_smem)], (C, K)), dg + jnp.sum(ds, axis=1)
+
   def level(lv, dg):
-    mid = (i >> lv) << lv
-    _sync_load(qlv_ref.at[b, h, lv, here], q_smem, barrier)
-
-    def step(_, k_smem, kv_smem, *rest):
-      *k_rows, (dq, dg) = rest
-      s = lay.logits(product([(q_smem, k_smem.transpose((1, 0)))], (C, C)), q_side,
-                     lay.side(k_rows[0] if k_rows else None, False))
-      ds = d_logits(s, kv_smem)
-      return dq + _times(ds, ds_smem, [(ds_smem, k_smem)], (C, K)), dg + jnp.sum(ds, axis=1)
-
-    key = lambda t: (mid - 1 - t, 0)  # noqa: E731
-    specs = [plgpu.BlockSpec((C, K), key, transforms=tiling),
-             plgpu.BlockSpec((C, V), key, transforms=tiling)]
-    inputs = [klv_ref.at[b, h // R, lv], v_ref.at[b, :, h // R]]
-    if lay.X:
-      specs.append(plgpu.BlockSpec((lay.X + 2, C), key))
-      inputs.append(rows_ref.at[b, h])
-    dq, dg = _pipeline(step, 1 << lv, specs, inputs, (zeros((C, K)), dg))
+    dq, dg = _key_chunks(lay, (qlv_ref, klv_ref, v_ref, rows_ref), b, h, R, i, lv, q_smem,
+                         q_side, barrier, tile, (zeros((C, K)), dg))
     dqlv_ref[b, h, lv, here] = (scale * dq).astype(dqlv_ref.dtype)
     return dg
 
@@ -339,43 +340,29 @@ def forward(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call):
   return o, lse.reshape(B, H, Tp)
 
 
-def dq(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT, delta_BHT,
-       call):
-  """kernel.py's dq kernel on Mosaic GPU: dqlv_BHLTK (q's dtype), float32 dz_BHTC and the gate
-  row sums dgq_BHT."""
+def backward(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT,
+             delta_BHT, call):
+  """kernel.py's dq and dkv kernels on Mosaic GPU: dqlv_BHLTK (q's dtype), float32 dz_BHTC and
+  the gate row sums dgq_BHT; float32 dklv_BHLTK (per query head), dv_BTHV and the gate column
+  sums dgk_BHT."""
   dt = qlv_BHLTK.dtype
   check(call, dt)
   B, H, L, Tp, K = qlv_BHLTK.shape
   C, V = call.C, call.V
   lay = _layout(call, gate_BHT, seg_BT)
   sds = jax.ShapeDtypeStruct
-  dqlv, dz, dg = _launch(
+  args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, do_BTHV,
+          _rows(call, gate_BHT, seg_BT, lse_BHT, delta_BHT))
+  # the chunk's copy (q or k), z, v, dO and one [C, C] operand tile; dkv takes a second
+  tiles = [((C, K), dt), ((C, C), f32), ((C, V), dt), ((C, V), dt), ((C, C), dt)]
+  rows = [((lay.X + 2, C), f32)]
+  rows_out = sds((B, H, call.M, C), f32)
+  dqlv, dz, dgq = _launch(
       _dq_kernel, 'path_attention_bwd_dq_mgpu', call, dt,
-      [sds(qlv_BHLTK.shape, dt), sds(z_BHTC.shape, f32), sds((B, H, call.M, C), f32)],
-      [((C, K), dt), ((C, C), f32), ((C, V), dt), ((C, V), dt), ((C, C), dt),
-       ((lay.X + 2, C), f32)],
-      (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, do_BTHV,
-       _rows(call, gate_BHT, seg_BT, lse_BHT, delta_BHT)),
-      L=L, scale=call.scale, lay=lay)
-  return dqlv, dz, dg.reshape(B, H, Tp)
-
-
-def dkv(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT, delta_BHT,
-        call):
-  """kernel.py's dkv kernel on Mosaic GPU: float32 dklv_BHLTK (per query head), dv_BTHV and the
-  gate column sums dgk_BHT."""
-  dt = qlv_BHLTK.dtype
-  check(call, dt)
-  B, H, L, Tp, K = qlv_BHLTK.shape
-  C, V = call.C, call.V
-  lay = _layout(call, gate_BHT, seg_BT)
-  sds = jax.ShapeDtypeStruct
-  dklv, dv, dg = _launch(
+      [sds(qlv_BHLTK.shape, dt), sds(z_BHTC.shape, f32), rows_out], tiles + rows, args, L=L,
+      scale=call.scale, lay=lay)
+  dklv, dv, dgk = _launch(
       _dkv_kernel, 'path_attention_bwd_dkv_mgpu', call, dt,
-      [sds((B, H, L, Tp, K), f32), sds((B, Tp, H, V), f32), sds((B, H, call.M, C), f32)],
-      [((C, K), dt), ((C, C), f32), ((C, V), dt), ((C, V), dt), ((C, C), dt), ((C, C), dt),
-       ((lay.X + 2, C), f32)],
-      (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, do_BTHV,
-       _rows(call, gate_BHT, seg_BT, lse_BHT, delta_BHT)),
-      L=L, scale=call.scale, lay=lay)
-  return dklv, dv, dg.reshape(B, H, Tp)
+      [sds((B, H, L, Tp, K), f32), sds((B, Tp, H, V), f32), rows_out],
+      tiles + [((C, C), dt)] + rows, args, L=L, scale=call.scale, lay=lay)
+  return dqlv, dz, dgq.reshape(B, H, Tp), dklv, dv, dgk.reshape(B, H, Tp)
