@@ -469,9 +469,14 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
                              chunk_size=chunk_size, scale=scale,
                              return_final_state=return_final_state)
   B, _, H, V = v_BTHV.shape
-  st = _Static(chunk_size, float(scale), None, interpret,
-               launch_config(config, GDN_CONFIG, B * H, V, ('triton', 'mosaic')),
-               bool(return_final_state))
+  config = launch_config(config, GDN_CONFIG, B * H, V, ('triton', 'mosaic'))
+  dtypes = {jnp.dtype(x.dtype).name for x in (q_BTGK, k_BTGK, v_BTHV)}
+  if len(dtypes) > 1:   # the Mosaic GPU kernels read q, k and v as tiles of one 16-bit dtype
+    if config.backend == 'mosaic':
+      raise ValueError(f"gdn_chunked: config.backend='mosaic' takes q, k and v of one dtype; got "
+                       f"{sorted(dtypes)}")
+    config = config._replace(backend='triton')
+  st = _Static(chunk_size, float(scale), None, interpret, config, bool(return_final_state))
   s0 = None if initial_state_BHKV is None else initial_state_BHKV[:, :, None]
   o, final = _run(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, None, s0, None, segment_ids_BT, st)
   return (o, final[:, :, 0]) if return_final_state else o

@@ -47,10 +47,13 @@ _STAGES = 2
 _LN2_INV = 1.4426950408889634
 
 
-def check(call, dtype):
-  """ValueError naming the first size the Mosaic kernels cannot serve."""
-  problems = [('dtype', jnp.dtype(dtype).name, jnp.dtype(dtype).itemsize == 2,
-               'bfloat16 or float16')]
+def check(call, *dtypes):
+  """ValueError naming the first size or dtype the Mosaic kernels cannot serve (q, k, v: one
+  16-bit dtype)."""
+  names = sorted({jnp.dtype(d).name for d in dtypes})
+  problems = [('dtype', names[0] if len(names) == 1 else names,
+               len(names) == 1 and jnp.dtype(names[0]).itemsize == 2,
+               'one of bfloat16 or float16 for q, k and v')]
   problems += [(name, n, n % 64 == 0 and n <= 256, 'a multiple of 64, at most 256')
                for name, n in (('block_size', call.C), ('K', call.K), ('V', call.V))]
   for name, value, ok, expected in problems:
@@ -325,7 +328,7 @@ def forward(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, call):
   """kernel.py's forward kernel on Mosaic GPU: o_BTHV (v's dtype) and the float32 log2-sum-exp
   lse_BHT, as `_attend_fwd` returns them."""
   dt = qlv_BHLTK.dtype
-  check(call, dt)
+  check(call, dt, klv_BGLTK.dtype, v_BTGV.dtype)
   B, H, L, Tp, K = qlv_BHLTK.shape
   C, V = call.C, call.V
   lay = _layout(call, gate_BHT, seg_BT)
@@ -346,7 +349,7 @@ def backward(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, ls
   the gate row sums dgq_BHT; float32 dklv_BHLTK (per query head), dv_BTHV and the gate column
   sums dgk_BHT."""
   dt = qlv_BHLTK.dtype
-  check(call, dt)
+  check(call, dt, klv_BGLTK.dtype, v_BTGV.dtype)
   B, H, L, Tp, K = qlv_BHLTK.shape
   C, V = call.C, call.V
   lay = _layout(call, gate_BHT, seg_BT)

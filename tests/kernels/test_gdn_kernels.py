@@ -559,6 +559,22 @@ def test_mosaic_backend_rejects_what_it_cannot_serve():
   with pytest.raises(ValueError, match="config.backend='mosaic'"):   # no Mosaic form yet
     pk.loglinear_gdn_chunked(*args_of(lm.make_data(12, 1, 64, fam=LL), LL, jnp.bfloat16),
                              config=MOSAIC, interpret=True)
+  mixed = bf16[:2] + (bf16[2].astype(jnp.float32),) + bf16[3:]
+  with pytest.raises(ValueError, match=r"one dtype; got \['bfloat16', 'float32'\]"):
+    kernel(*mixed, config=MOSAIC)
+
+
+def test_auto_backend_keeps_mixed_dtypes_on_triton(monkeypatch):
+  """On a Hopper GPU (stood in for, traced only) 'auto' runs GDN's AUTO_MOSAIC kernels on Mosaic
+  GPU for q, k, v of one 16-bit dtype, and every kernel on Triton when v's dtype differs (the
+  Mosaic kernels read q, k, v as tiles of one dtype)."""
+  monkeypatch.setattr(chunkwise, "on_hopper_gpu", lambda: True)
+  bf16 = args_of(lm.make_data(12, 1, 128, fam=GDN, K=64, V=64), GDN, jnp.bfloat16)
+  mixed = bf16[:2] + (bf16[2].astype(jnp.float32),) + bf16[3:]
+  loss = lambda *a: jnp.sum(pk.gdn_chunked(*a, chunk_size=64).astype(jnp.float32))  # noqa
+  for args, mosaic in ((bf16, True), (mixed, False)):
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(*args))
+    assert ("gdn_output_mgpu" in jaxpr) == mosaic and ("_mgpu" in jaxpr) == mosaic
 
 
 def test_auto_backend_takes_mosaic_scans_only_where_they_serve_on_hopper(monkeypatch):

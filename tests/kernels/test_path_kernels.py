@@ -249,5 +249,9 @@ def test_mosaic_rejects_what_it_cannot_serve():
   with pytest.raises(ValueError, match="backend='mosaic'.*block_size=32"):
     call(functools.partial(path_attention, interpret=True, config=MOSAIC, block_size=32),
          gpu_inputs(3, 1, 64, 1, 2, 64, False))
+  mixed = dict(gpu_inputs(3, 1, 64, 1, 2, 64, False))
+  mixed["v_BTGV"] = mixed["v_BTGV"].astype(jnp.float32)
+  with pytest.raises(ValueError, match=r"dtype=\['bfloat16', 'float32'\]"):
+    call(functools.partial(path_attention, interpret=True, config=MOSAIC), mixed)
   with pytest.raises(ValueError, match="linear_memory: config.backend='mosaic'"):
     call(functools.partial(path_attention_linear_memory, interpret=True, config=MOSAIC), x)
