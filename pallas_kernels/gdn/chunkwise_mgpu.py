@@ -47,8 +47,8 @@ read in place from SMEM.
 
 The UT transform (grid (B, H, chunk groups), chunks of 64) computes A = diag(beta) (K K^T o Es)
 with one WGMMA, its inverse T by the Triton kernel's route in ten float32 [C, C] products
-(`_unit_lower_inverse`, each six bf16 WGMMAs: `_f32_product`), and W, U as WGMMAs of T rounded to
-the input dtype, as the Triton kernel rounds it. chunk_bwd (grid (B, H, chunk groups), one chunk
+(`_unit_lower_inverse`, each three bf16 WGMMAs of the operands' bf16 halves: `_split_product`),
+and W, U as WGMMAs of T rounded to the input dtype, as the Triton kernel rounds it. chunk_bwd (grid (B, H, chunk groups), one chunk
 in flight at K = V = 128: its six [C, *] and [K, V] inputs take 128 KiB) runs its eleven products
 as WGMMAs with transposed operands read in place; what needs a sum over a whole chunk (the chunk
 decay's cotangent, the chunk-end term of dG, the reverse cumsum) is left to XLA on [B, H, P]
@@ -474,26 +474,26 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32)
 _SUB = 16   # A's diagonal blocks, inverted by their nilpotent series (chunkwise.SUB)
 
 
-def _bf16_thirds(x):
-  """float32 x as x1 + x2 + x3 in bfloat16 (8 significant bits each: 24 with the three)."""
+def _bf16_halves(x):
+  """float32 x as x1 + x2 in bfloat16 (8 significant bits each: 16 with the two)."""
   x1 = x.astype(jnp.bfloat16)
-  r = x - x1.astype(f32)
-  x2 = r.astype(jnp.bfloat16)
-  return x1, x2, (r - x2.astype(f32)).astype(jnp.bfloat16)
+  return x1, (x - x1.astype(f32)).astype(jnp.bfloat16)
 
 
-def _f32_product(x, y, smems):
-  """x @ y of float32 register tiles to about float32 precision: the six bf16 WGMMAs of their
-  thirds (`_bf16_thirds`) whose terms reach 2^-16 of the product, smallest first, the operands in
-  the six bfloat16 SMEM tiles `smems` (whatever the inputs' 16-bit dtype). (A TF32 WGMMA would
+def _split_product(x, y, smems):
+  """x @ y of float32 register tiles to about 2^-16 of the product: the three bf16 WGMMAs of
+  their halves (`_bf16_halves`) x2 y1 + x1 y2 + x1 y1, smallest first, the operands in the four
+  bfloat16 SMEM tiles `smems` (whatever the inputs' 16-bit dtype). T is read only rounded to the
+  input dtype (2^-9 for bf16), and the ten products of the inverse keep it within about 2e-6 of
+  its largest entry; a single bf16 WGMMA per product would add 1e-3, as much as the rounding
+  itself, and the float32-precise six of three thirds took twice the time. (A TF32 WGMMA would
   read its B operand only K-major, which a register tile stored to SMEM is not; bf16 WGMMAs read
   either, at twice the TF32 rate.)"""
-  for smem, third in zip(smems, _bf16_thirds(x) + _bf16_thirds(y)):
-    smem[...] = third
+  for smem, half in zip(smems, _bf16_halves(x) + _bf16_halves(y)):
+    smem[...] = half
   plgpu.commit_smem()
-  x1, x2, x3, y1, y2, y3 = smems
-  return product([(x3, y1), (x2, y2), (x1, y3), (x2, y1), (x1, y2), (x1, y1)],
-                 (x.shape[0], y.shape[1]))
+  x1, x2, y1, y2 = smems
+  return product([(x2, y1), (x1, y2), (x1, y1)], (x.shape[0], y.shape[1]))
 
 
 def _unit_lower_inverse(A, C, smems):
@@ -501,11 +501,11 @@ def _unit_lower_inverse(A, C, smems):
   Triton kernel: the 16 x 16 diagonal blocks D = I + N inverted by the nilpotent series
   (I - N)(I + N^2)(I + N^4)(I + N^8), then (I + A)^-1 = (I + M)^-1 D^-1 with M = D^-1 (A - N),
   strictly lower by blocks, so (I + M)^-1 = (I - M)(I + M^2)... ends after C / 16 terms. Every
-  product to float32 precision (`_f32_product`): ten of them at C = 64."""
+  product of three bf16 WGMMAs (`_split_product`): ten of them at C = 64."""
   r, s = iota(C, 0), iota(C, 1)
   eye = jnp.where(r == s, 1.0, 0.0)
   N = jnp.where((r >> 4) == (s >> 4), A, 0.0)     # _SUB = 16: blocks of 2^4
-  mm = functools.partial(_f32_product, smems=smems)
+  mm = functools.partial(_split_product, smems=smems)
 
   def series(X, P, n):
     for _ in range(n.bit_length() - 2):           # X (I + P^2)(I + P^4)... up to P^(n / 2)
@@ -537,7 +537,7 @@ def _ut_kernel(k_ref, v_ref, rows_ref, w_ref, u_ref, t_ref, x_smems, t_smem, bw_
     tok = pl.ds((s * per + idx[0]) * C, C)
     kk = product([(k_smem, k_smem.transpose((1, 0)))], (C, C))
     A = row(rows_smem, 1, C, C) * kk * _pair_decay(rows_smem, C, packed, strict=True)
-    T = _unit_lower_inverse(A, C, [x_smems.at[i] for i in range(6)])
+    T = _unit_lower_inverse(A, C, [x_smems.at[i] for i in range(4)])
     t_ref[b, tok, h, :] = T
     t_smem[...] = T.astype(dt)
     beta_eG = row(rows_smem, 1, C, K) * jnp.exp(row(rows_smem, 0, C, K))
@@ -562,11 +562,11 @@ def _ut_kernel(k_ref, v_ref, rows_ref, w_ref, u_ref, t_ref, x_smems, t_smem, bw_
 
 
 def _ut_smem_bytes(L):
-  """The UT kernel's SMEM: two chunks of K, V and rows in flight, the float32 products' six
+  """The UT kernel's SMEM: two chunks of K, V and rows in flight, the split products' four
   [C, C] operand tiles, T, beta e^G o K and beta o V, all in the input dtype."""
   itemsize = jnp.dtype(L.mm).itemsize
   return (_STAGES * ((L.K + L.V) * L.C * itemsize + 7 * L.C * 4)
-          + (7 * L.C + L.K + L.V) * L.C * itemsize)
+          + (5 * L.C + L.K + L.V) * L.C * itemsize)
 
 
 def ut_serves(L):
@@ -591,7 +591,7 @@ def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
       functools.partial(_ut_kernel, C=L.C, R=L.H // k_BPGK.shape[2], per=per, packed=L.packed),
       out_type=[sds((L.B, L.P, L.H, L.K), L.mm), sds((L.B, L.P, L.H, L.V), L.mm),
                 sds((L.B, L.P, L.H, L.C), f32)],
-      scratch_types=[plgpu.SMEM((6, L.C, L.C), jnp.bfloat16, transforms=transforms(L.C, 2)),
+      scratch_types=[plgpu.SMEM((4, L.C, L.C), jnp.bfloat16, transforms=transforms(L.C, 2)),
                      bf(L.C, L.C), bf(L.C, L.K), bf(L.C, L.V)],
       grid=(L.B, L.H, N // per), grid_names=('b', 'h', 's'),
       interpret=interpret_params(L.interpret),
