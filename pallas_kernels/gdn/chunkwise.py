@@ -435,6 +435,9 @@ class _Specs:
         state=pl.BlockSpec((None, None, K, BV), lambda b, h, j: (b, h, 0, j)))
 
 
+CHUNK_BLOCK_V = 128   # GDN_CONFIG.block_v: the block the chunk kernels were timed with at T = 8K
+
+
 class _Launch(NamedTuple):
   """What every launcher needs: shapes, specs, the matmul dtype, masks and names."""
   B: int
@@ -453,6 +456,14 @@ class _Launch(NamedTuple):
   @property
   def packed(self):
     return self.masks is not None
+
+  @property
+  def chunk_bv(self):
+    """The block of V the chunk-parallel kernels (UT transform, output, their backward) loop
+    over: BV is the state scans' (their grid's third axis), which launch_config narrows at long T
+    to fill the GPU; a chunk kernel's grid is the chunks, as wide at every T, so narrowing its
+    block would only add loop steps and shrink its dots."""
+    return min(self.V, CHUNK_BLOCK_V)
 
   def name(self, kernel):
     return 'gdn' + ('_packed' if self.packed else '') + '_' + kernel
@@ -501,7 +512,7 @@ def ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP):
   return L.call(_ut_kernel, 'chunk', [ch['grp'], ch['hv'], ch['gate'], ch['gate']] + specs,
                 [ch['hk'], ch['hv'], ch['hc']],
                 [_sds((L.B, L.P, L.H, L.K), L.mm), _sds((L.B, L.P, L.H, L.V), L.mm),
-                 _sds((L.B, L.P, L.H, L.C), f32)], 'ut_transform', block_v=L.BV,
+                 _sds((L.B, L.P, L.H, L.C), f32)], 'ut_transform', block_v=L.chunk_bv,
                 )(k_BPGK, v_BPHV, g_BHP, beta_BHP, *arrays)
 
 
@@ -510,7 +521,7 @@ def ut_inverse(L, k_BPGK, g_BHP, beta_BHP):
   ch = L.sp.chunk
   specs, arrays = L.pos_doc()
   return L.call(_ut_kernel, 'chunk', [ch['grp'], ch['gate'], ch['gate']] + specs,
-                ch['hc'], _sds((L.B, L.P, L.H, L.C), f32), 'ut_inverse', block_v=L.BV,
+                ch['hc'], _sds((L.B, L.P, L.H, L.C), f32), 'ut_inverse', block_v=L.chunk_bv,
                 with_wu=False)(k_BPGK, g_BHP, beta_BHP, *arrays)
 
 
@@ -581,7 +592,7 @@ def output(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, out_dtype):
   rspecs, rarrays = L.stream('chunk', ('rho',))
   return L.call(_output_kernel, 'chunk',
                 [ch['grp'], ch['grp'], ch['gate'], ch['state'], ch['hv']] + specs + rspecs,
-                ch['hv'], _sds((L.B, L.P, L.H, L.V), out_dtype), 'output', block_v=L.BV,
+                ch['hv'], _sds((L.B, L.P, L.H, L.V), out_dtype), 'output', block_v=L.chunk_bv,
                 )(q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, *arrays, *rarrays)
 
 
@@ -599,7 +610,7 @@ def output_bwd(L, q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, dq_dtype=f32)
                 + rspecs, [ch['hv'], ch['hk'], ch['hk'], ch['gate']],
                 [_sds((L.B, L.P, L.H, L.V), L.mm), _sds((L.B, L.P, L.H, L.K), dq_dtype),
                  _sds((L.B, L.P, L.H, L.K), f32), _sds((L.B, L.H, L.P), f32)], 'output_bwd',
-                block_v=L.BV,
+                block_v=L.chunk_bv,
                 )(q_BPGK, k_BPGK, g_BHP, h_BHMV, vn_BPHV, do_BPHV, *arrays, *rarrays)
 
 
@@ -641,7 +652,7 @@ def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BP
        ch['hv'], ch['hv'], ch['hk'], ch['gate']] + specs + mspecs,
       [ch['hk'], ch['hv'], ch['gate'], ch['gate']],
       [_sds((L.B, L.P, L.H, L.K), grad_dtype), _sds((L.B, L.P, L.H, L.V), grad_dtype)] + [
-          _sds((L.B, L.H, L.P), f32)] * 2, 'chunk_bwd', block_v=L.BV,
+          _sds((L.B, L.H, L.P), f32)] * 2, 'chunk_bwd', block_v=L.chunk_bv,
   )(k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV, dk_out_BPHK,
     dg_out_BHP, *arrays, *marrays)
 
@@ -651,8 +662,9 @@ def gdn_forward(q_BPGK, k_BPGK, v_BPHV, g_BHP, beta_BHP, masks=None, init_BHKV=N
   """The forward kernels on padded inputs (P = whole chunks, feature axes powers of two >= 16, q
   scaled): ut_transform, state_scan, output. masks: Masks of packed rows (None: aligned rows).
   init_BHKV: float32 initial state (None: zeros). cfg: KernelConfig (block_v: the state scans'
-  block of V and every kernel's loop block over V). Returns o_BPHV, with with_final the final
-  float32 state_BHKV, and with with_residuals what gdn_backward takes (T, W, h, Vn)."""
+  block of V; the chunk kernels loop over blocks of `_Launch.chunk_bv`). Returns o_BPHV, with
+  with_final the final float32 state_BHKV, and with with_residuals what gdn_backward takes (T, W,
+  h, Vn)."""
   L = launch(q_BPGK, *v_BPHV.shape[2:], masks, chunk_size, cfg, interpret)
   w, u, t = ut_transform(L, k_BPGK, v_BPHV, g_BHP, beta_BHP)
   h, vn, *final = state_scan(L, k_BPGK, w, u, g_BHP, init_BHKV, with_final)

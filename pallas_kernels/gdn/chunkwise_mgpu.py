@@ -48,11 +48,11 @@ read in place from SMEM.
 The UT transform (grid (B, H, chunk groups), chunks of 64) computes A = diag(beta) (K K^T o Es)
 with one WGMMA, its inverse T by the Triton kernel's route in ten float32 [C, C] products
 (`_unit_lower_inverse`, each three bf16 WGMMAs of the operands' bf16 halves: `_split_product`),
-and W, U as WGMMAs of T rounded to the input dtype, as the Triton kernel rounds it. chunk_bwd (grid (B, H, chunk groups), one chunk
-in flight at K = V = 128: its six [C, *] and [K, V] inputs take 128 KiB) runs its eleven products
-as WGMMAs with transposed operands read in place; what needs a sum over a whole chunk (the chunk
-decay's cotangent, the chunk-end term of dG, the reverse cumsum) is left to XLA on [B, H, P]
-vectors.
+and W, U as WGMMAs of T rounded to the input dtype, as the Triton kernel rounds it. chunk_bwd
+(grid (B, H, chunk groups), one chunk in flight at K = V = 128: its six [C, *] and [K, V] inputs
+take 128 KiB) runs its eleven products as WGMMAs with transposed operands read in place; what
+needs a sum over a whole chunk (the chunk decay's cotangent, the chunk-end term of dG, the reverse
+cumsum) is left to XLA on [B, H, P] vectors.
 """
 
 import functools
@@ -348,12 +348,13 @@ def _output_kernel(q_ref, k_ref, h_ref, vn_ref, rows_ref, o_ref, o_smem, qe_smem
 
 
 def _output_block_v(L, n_rows):
-  """The output kernel's block of V: up to 128, halved (down to 16) until its pipelined tiles
-  (Q, K, h_n, Vn and the rows of `_STAGES` chunks), output slots and A operands fit in SMEM."""
+  """The output kernel's block of V: L.chunk_bv (up to 128), halved (down to 16) until its
+  pipelined tiles (Q, K, h_n, Vn and the rows of `_STAGES` chunks), output slots and A operands
+  fit in SMEM."""
   def smem(BV):
     tiles = _STAGES * (2 * L.C * L.K + L.K * BV + 2 * L.C * BV) + L.C * (L.K + L.C)
     return tiles * jnp.dtype(L.mm).itemsize + _STAGES * n_rows * L.C * 4
-  BV = min(L.V, 128)
+  BV = L.chunk_bv
   while BV > 16 and smem(BV) > SMEM_BYTES:
     BV //= 2
   if smem(BV) > SMEM_BYTES:

@@ -113,10 +113,11 @@ def _value_and_vjp(fn, cot):
 
 
 @pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
-def test_gradients_equal_fp64_oracle(fam):
+def test_gradients_equal_fp64_oracle(fam, monkeypatch):
   """Forward and custom_vjp gradients (Pallas backward) == the fp64 recurrent oracle and its
   jax.grad, with GQA, K != V, a partial last chunk (T = 45 in chunks of 16: streams of two levels)
-  and scale != 1."""
+  and scale != 1; GDN's chunk kernels loop over two blocks of V (CHUNK_BLOCK_V 16)."""
+  monkeypatch.setattr(chunkwise, 'CHUNK_BLOCK_V', 16)
   T, C, scale = 45, 16, 0.7
   data = lm.make_data(6, 2, T, fam=fam, G=1, H=2, K=16, V=32, L=7, lam='softplus')
   cot = jnp.asarray(np.random.default_rng(7).standard_normal((2, T, 2, 32)))
