@@ -486,10 +486,10 @@ def _split_product(x, y, smems):
   their halves (`_bf16_halves`) x2 y1 + x1 y2 + x1 y1, smallest first, the operands in the four
   bfloat16 SMEM tiles `smems` (whatever the inputs' 16-bit dtype). T is read only rounded to the
   input dtype (2^-9 for bf16), and the ten products of the inverse keep it within about 2e-6 of
-  its largest entry; a single bf16 WGMMA per product would add 1e-3, as much as the rounding
-  itself, and the float32-precise six of three thirds took twice the time. (A TF32 WGMMA would
-  read its B operand only K-major, which a register tile stored to SMEM is not; bf16 WGMMAs read
-  either, at twice the TF32 rate.)"""
+  its largest entry (a numpy model of this kernel, beta up to 2); one bf16 WGMMA per product
+  would add 1e-3, as much as the rounding itself, and float32 precision (six WGMMAs of three bf16
+  thirds each) would double the work. (A TF32 WGMMA would read its B operand only K-major, which
+  a register tile stored to SMEM is not; bf16 WGMMAs read either, at twice the TF32 rate.)"""
   for smem, half in zip(smems, _bf16_halves(x) + _bf16_halves(y)):
     smem[...] = half
   plgpu.commit_smem()
