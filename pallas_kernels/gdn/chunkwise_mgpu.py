@@ -644,25 +644,25 @@ def _chunk_bwd_kernel(k_ref, v_ref, h_ref, dh_ref, vn_ref, dvn_ref, rows_ref, t_
       plgpu.commit_smem()
       return cv_smem
 
-    # the state write: K2 = e^{G_C - G} o K
+    # the state write: K2 = e^{G_C - G} o K. (Register tiles are short-lived: K is reloaded
+    # from SMEM where it is needed and dV leaves as soon as it is made, so that fewer [C, K]
+    # float32 tiles, 64 registers a thread each, are live at once.)
     dk2 = product([(scaled(vn_smem, WM), T_(dh_smem))], (C, K))
     hd = jnp.sum(ld(h_smem) * ld(dh_smem), axis=1)
-    kf = ld(k_smem)
     to_end = row(rows_smem, TO_END, C, K)
+    z = jnp.sum(ld(k_smem) * to_end * dk2, axis=1)
     dk = plgpu.load(dk_out_ref.at[b, tok, h, :], layout=TILE, optimized=False) + dk2 * to_end
-    z = jnp.sum(kf * to_end * dk2, axis=1)
     # W = T Bw: dW = -(rho o dVn) h^T, dT = dW Bw^T, dBw = T^T dW
     dw = -product([(scaled(dvn_smem, RHO), T_(h_smem))], (C, K))
-    bw = row(rows_smem, 1, C, K) * row(rows_smem, EG, C, K)
-    T = plgpu.load(t_ref.at[b, tok, h, :], layout=TILE, optimized=False)
-    t_smem[...] = T.astype(dt)
+    bw = lambda: row(rows_smem, 1, C, K) * row(rows_smem, EG, C, K)  # noqa: E731
+    t_smem[...] = plgpu.load(t_ref.at[b, tok, h, :], layout=TILE, optimized=False).astype(dt)
     dw_smem[...] = dw.astype(dt)
-    kbw_smem[...] = (kf * bw).astype(dt)
+    kbw_smem[...] = (ld(k_smem) * bw()).astype(dt)
     plgpu.commit_smem()
     dT = product([(dw_smem, T_(kbw_smem))], (C, C))
     dbw = product([(T_(t_smem), dw_smem)], (C, K))
-    dk = dk + dbw * bw
-    sk = jnp.sum(kf * dbw, axis=1)
+    dk = dk + dbw * bw()
+    sk = jnp.sum(ld(k_smem) * dbw, axis=1)
     dbeta = vec(EG) * sk
     dG = vec(DG_OUT) + vec(1) * vec(EG) * sk - z
     # U = T diag(beta) V: dT += dVn (beta o V)^T, dBu = T^T dVn
@@ -670,7 +670,7 @@ def _chunk_bwd_kernel(k_ref, v_ref, h_ref, dh_ref, vn_ref, dvn_ref, rows_ref, t_
     plgpu.commit_smem()
     dT = dT + product([(dvn_smem, T_(cv_smem))], (C, C))
     dbu = product([(T_(t_smem), dvn_smem)], (C, V))
-    dv = dbu * row(rows_smem, 1, C, V)
+    dv_ref[b, tok, h, :] = (dbu * row(rows_smem, 1, C, V)).astype(dv_ref.dtype)
     dbeta = dbeta + jnp.sum(ld(v_smem) * dbu, axis=1)
     # T = (I + A)^-1: dA = -T^T dT T^T on the strict pairs (every use below is weighted by Es,
     # 0 off them), A = diag(beta) (K K^T o Es)
@@ -689,7 +689,6 @@ def _chunk_bwd_kernel(k_ref, v_ref, h_ref, dh_ref, vn_ref, dvn_ref, rows_ref, t_
     dk = dk + product([(cc_smem, k_smem), (T_(cc_smem), k_smem)], (C, K))
     dbeta = dbeta + jnp.sum(da * mkk, axis=1)
     dk_ref[b, tok, h, :] = dk.astype(dk_ref.dtype)
-    dv_ref[b, tok, h, :] = dv.astype(dv_ref.dtype)
     plgpu.wait_smem_to_gmem(0)        # the last chunk's parts have left
     parts_smem[0] = dG + jnp.sum(dx, axis=1)
     parts_smem[1] = jnp.sum(dx, axis=0)
