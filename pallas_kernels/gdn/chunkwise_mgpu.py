@@ -631,7 +631,7 @@ def _chunk_bwd_kernel(k_ref, v_ref, h_ref, dh_ref, vn_ref, dvn_ref, rows_ref, t_
   TO_END, EG, DG_OUT, RHO, WM = range(n_pairs, n_pairs + 5)
   T_ = lambda x: x.transpose((1, 0))  # noqa: E731
 
-  def step(idx, k_smem, v_smem, h_smem, dh_smem, vn_smem, dvn_smem, rows_smem):
+  def step(idx, k_smem, v_smem, h_smem, dh_smem, vn_smem, dvn_smem, rows_smem, tf_smem):
     c = s * per + idx[0]
     tok = pl.ds(c * C, C)
     vec = lambda x: plgpu.load(rows_smem.at[x], layout=ROWS)  # noqa: E731
@@ -655,7 +655,7 @@ def _chunk_bwd_kernel(k_ref, v_ref, h_ref, dh_ref, vn_ref, dvn_ref, rows_ref, t_
     # W = T Bw: dW = -(rho o dVn) h^T, dT = dW Bw^T, dBw = T^T dW
     dw = -product([(scaled(dvn_smem, RHO), T_(h_smem))], (C, K))
     bw = lambda: row(rows_smem, 1, C, K) * row(rows_smem, EG, C, K)  # noqa: E731
-    t_smem[...] = plgpu.load(t_ref.at[b, tok, h, :], layout=TILE, optimized=False).astype(dt)
+    t_smem[...] = plgpu.load(tf_smem, layout=TILE).astype(dt)
     dw_smem[...] = dw.astype(dt)
     kbw_smem[...] = (ld(k_smem) * bw()).astype(dt)
     plgpu.commit_smem()
@@ -705,23 +705,24 @@ def _chunk_bwd_kernel(k_ref, v_ref, h_ref, dh_ref, vn_ref, dvn_ref, rows_ref, t_
   n = n_pairs + 3 + 2 * packed                  # rows per chunk (`_chunk_bwd_rows`)
   spec = lambda *shape: plgpu.BlockSpec(shape, lambda i: (i, 0), transforms=tiling)  # noqa: E731
   specs = [spec(C, K), spec(C, V), spec(K, V), spec(K, V), spec(C, V), spec(C, V),
-           plgpu.BlockSpec((n, C), lambda i: (i, 0))]
+           plgpu.BlockSpec((n, C), lambda i: (i, 0)), plgpu.BlockSpec((C, C), lambda i: (i, 0))]
   pipeline = plgpu.emit_pipeline(step, grid=(per,), max_concurrent_steps=min(stages, per),
                                  in_specs=specs)
   states = lambda x: x.at[b, h, pl.ds(first * K, per * K)]  # noqa: E731
   pipeline(tok(k_ref).at[:, h // R, :], tok(v_ref).at[:, h], states(h_ref), states(dh_ref),
            tok(vn_ref).at[:, h], tok(dvn_ref).at[:, h],
-           rows_ref.at[b, h, pl.ds(first * n, per * n)])
+           rows_ref.at[b, h, pl.ds(first * n, per * n)], tok(t_ref).at[:, h, :])
   plgpu.wait_smem_to_gmem(0)
 
 
 def _chunk_bwd_smem_bytes(L, stages):
-  """chunk_bwd's SMEM: `stages` chunks of K, V, h, dh, Vn, dVn and the rows in flight; T and one
-  [C, C] scratch tile, two [C, K] and one [C, V] operand tiles; the parts' rows."""
+  """chunk_bwd's SMEM: `stages` chunks of K, V, h, dh, Vn, dVn, the rows and float32 T in flight;
+  T in the input dtype and one [C, C] scratch tile, two [C, K] and one [C, V] operand tiles;
+  the parts' rows."""
   itemsize = jnp.dtype(L.mm).itemsize
   tiles = stages * (L.C * (L.K + 3 * L.V) + 2 * L.K * L.V) + 2 * L.C * L.C + L.C * (2 * L.K + L.V)
   n_rows = 6 + 6 * L.packed
-  return tiles * itemsize + 4 * (stages * n_rows * L.C + 4 * L.C + L.K)
+  return tiles * itemsize + 4 * (stages * (n_rows + L.C) * L.C + 4 * L.C + L.K)
 
 
 def chunk_bwd_serves(L):
