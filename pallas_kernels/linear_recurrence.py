@@ -18,7 +18,7 @@ class KernelConfig(NamedTuple):
   """Launch parameters of the kernels (block_v: feature block of the output axis, the scans'
   grid axis; GDN's chunk-parallel kernels loop over V in blocks of their own, gdn.chunkwise's
   CHUNK_BLOCK_V; num_warps and num_stages: the Triton kernels'). backend: 'auto' (each kernel's measured choice: GDN's state
-  scans, output and output backward on Mosaic GPU where they serve the launch on a Hopper GPU,
+  kernels but chunk_bwd on Mosaic GPU where they serve the launch on a Hopper GPU,
   pallas_kernels.gdn.chunkwise.AUTO_MOSAIC; every other kernel on Triton), 'triton' (the
   Pallas-Triton lowering) or 'mosaic' (Mosaic GPU, where a kernel has that form: every GDN
   kernel, pallas_kernels.gdn.chunkwise_mgpu; the level scan of Mamba-2 SSD and log-linear
@@ -39,8 +39,9 @@ class KernelConfig(NamedTuple):
 SSD_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=2)
 LOGLINEAR_SSD_CONFIG = KernelConfig(block_v=32, num_warps=8, num_stages=2)
 # GDN's state scans on Mosaic GPU were 1.5x (T = 8K) to 3x (32K) faster than the Triton ones on
-# an H100, its output kernels 1.2-1.6x (benchmarks/RESULTS.md, "GDN's state scans on Mosaic GPU",
-# "GDN kernels timed per backend"): 'auto' takes them on Hopper (gdn.chunkwise.AUTO_MOSAIC).
+# an H100, its output kernels 1.2-1.6x, its UT transform 1.3x (benchmarks/RESULTS.md, "GDN's
+# state scans on Mosaic GPU", "GDN kernels timed per backend", "GDN at fla's speed"): 'auto'
+# takes them on Hopper (gdn.chunkwise.AUTO_MOSAIC).
 GDN_CONFIG = KernelConfig(block_v=128, num_warps=8, num_stages=1)
 LOGLINEAR_GDN_CONFIG = KernelConfig(block_v=64, num_warps=4, num_stages=1)
 MIN_PROGRAMS = 128   # about one program per SM of an H100 / H200 (132 SMs)

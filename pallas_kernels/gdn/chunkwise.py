@@ -540,9 +540,10 @@ def ut_inverse_bwd(L, k_BPGK, g_BHP, beta_BHP, t_BPHC, dt_BPHC):
 
 # backend='auto' takes these kernels' Mosaic GPU forms on a Hopper GPU: those timed faster than
 # their Triton forms on an H100 at T = 8K (benchmarks/RESULTS.md, "GDN kernels timed per
-# backend"). The Mosaic UT transform and chunk_bwd were slower (1.08x and 1.73x Triton's time):
-# they run with backend='mosaic' only.
-AUTO_MOSAIC = ('state_scan', 'output', 'output_bwd', 'state_scan_bwd')
+# backend", "GDN at fla's speed"; the UT transform 1.54 against 2.01 ms since its products split
+# in halves). The Mosaic chunk_bwd is slower (3.29 against 2.64 ms): it runs with
+# backend='mosaic' only.
+AUTO_MOSAIC = ('ut_transform', 'state_scan', 'output', 'output_bwd', 'state_scan_bwd')
 
 
 def _mosaic_form_serves(L, kernel):

@@ -2,7 +2,7 @@
 Pallas-Triton lowering: the two state scans (`state_scan`, `state_scan_bwd`), the output and its
 backward (`output`, `output_bwd`), the UT transform (`ut_transform`) and the per-chunk gradients
 (`chunk_bwd`). KernelConfig(backend='mosaic') selects all six; GDN's default backend='auto' those
-timed faster than Triton's (chunkwise.AUTO_MOSAIC: the scans, the output and its backward), on a
+timed faster than Triton's (chunkwise.AUTO_MOSAIC: all but chunk_bwd), on a
 Hopper GPU where `serves`; chunkwise dispatches here.
 
 Same inputs, outputs, dtypes and recurrences as the Triton kernels: per chunk of C tokens, with
