@@ -120,15 +120,16 @@ def test_bad_arguments_name_the_problem(capsys):
 
 
 def test_train_step_benchmark_smoke(capsys):
+  """The Transformer's row (a sequence mixer's: the memory-accounting test below)."""
   from benchmarks import bench_train_step
   rows = bench_train_step.main(["--size", "smoke", "--seq_len", "32", "--tokens", "64",
-                                "--steps", "1", "--archs", "transformer,loglinear_mamba2"])
-  assert [r["arch"] for r in rows] == ["transformer", "loglinear_mamba2"]
-  assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
+                                "--steps", "1", "--archs", "transformer"])
+  assert [r["arch"] for r in rows] == ["transformer"]
+  (t,) = rows
+  assert t["tokens_per_s"] > 0 and 0 < t["mfu"] < 1
   # The Transformer's model FLOPs include its attention term on top of 6 x matmul parameters.
-  t = rows[0]
   assert t["tokens_per_s"] * 6 * t["matmul_params"] < t["mfu"] * 989e12
-  assert "| loglinear_mamba2 |" in capsys.readouterr().out
+  assert "| transformer |" in capsys.readouterr().out
 
 
 def test_train_step_benchmark_memory_accounting(capsys):
