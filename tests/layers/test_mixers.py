@@ -239,6 +239,25 @@ def test_pallas_impl_equals_xla(name):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol_g, rtol=tol_g)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", MIXERS)
+def test_gpu_bf16_pallas_mixer_is_causal(name):
+  """The GPU's kernels as training runs them (mixer_impl='pallas', bf16, head dim and chunks of
+  64: GDN's Mosaic kernels under 'auto'): a changed input token changes no output before it (at
+  t = 70 inside the second chunk, and at the third chunk's start) and changes the output at it.
+  The interpreted kernels' causality is test_causal_packed_padding_safe_and_differentiable's."""
+  T_ = 192
+  f = forward_fn(build(name, mixer_impl="pallas", dtype="bfloat16", head_dim=64, chunk_size=64,
+                       max_seq_len=T_))
+  x = np.repeat(np.random.default_rng(5).normal(size=(1, T_, D)), 3, axis=0)
+  for row, t in ((1, 70), (2, 128)):
+    x[row, t] += 1.0
+  y = np.asarray(f(jnp.asarray(x, jnp.bfloat16), jnp.ones((3, T_), jnp.int32)), np.float32)
+  for row, t in ((1, 70), (2, 128)):
+    np.testing.assert_array_equal(y[row, :t], y[0, :t], err_msg=f"{name}: t={t}")
+    assert np.abs(y[row, t] - y[0, t]).max() > 0, (name, t)
+
+
 def test_mamba2_and_gdn_head_errors():
   with pytest.raises(ValueError, match="head_dim=12"):
     build("mamba2", mixer_options={"mamba2": {"head_dim": 12}})
