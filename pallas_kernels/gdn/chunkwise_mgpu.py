@@ -50,9 +50,9 @@ with one WGMMA, its inverse T by the Triton kernel's route in ten float32 [C, C]
 (`_unit_lower_inverse`, each three bf16 WGMMAs of the operands' bf16 halves: `_split_product`),
 and W, U as WGMMAs of T rounded to the input dtype, as the Triton kernel rounds it. chunk_bwd
 (grid (B, H, chunk groups), one chunk in flight at K = V = 128: its six [C, *] and [K, V] inputs
-take 128 KiB) runs its eleven products as WGMMAs with transposed operands read in place; what
-needs a sum over a whole chunk (the chunk decay's cotangent, the chunk-end term of dG, the reverse
-cumsum) is left to XLA on [B, H, P] vectors.
+take 128 KiB, float32 T 16 more) runs its eleven products as WGMMAs with transposed operands read
+in place; what needs a sum over a whole chunk (the chunk decay's cotangent, the chunk-end term of
+dG, the reverse cumsum) is left to XLA on [B, H, P] vectors.
 """
 
 import functools
