@@ -17,8 +17,9 @@ HIGHEST = lax.Precision.HIGHEST
 class KernelConfig(NamedTuple):
   """Launch parameters of the kernels (block_v: feature block of the output axis, the scans'
   grid axis; GDN's chunk-parallel kernels loop over V in blocks of their own, gdn.chunkwise's
-  CHUNK_BLOCK_V; num_warps and num_stages: the Triton kernels'). backend: 'auto' (each kernel's measured choice: GDN's state
-  kernels but chunk_bwd on Mosaic GPU where they serve the launch on a Hopper GPU,
+  CHUNK_BLOCK_V; num_warps and num_stages: the Triton kernels'). backend: 'auto' (each kernel's
+  measured choice: GDN's kernels but chunk_bwd on Mosaic GPU where they serve the launch on a
+  Hopper GPU,
   pallas_kernels.gdn.chunkwise.AUTO_MOSAIC; every other kernel on Triton), 'triton' (the
   Pallas-Triton lowering) or 'mosaic' (Mosaic GPU, where a kernel has that form: every GDN
   kernel, pallas_kernels.gdn.chunkwise_mgpu; the level scan of Mamba-2 SSD and log-linear

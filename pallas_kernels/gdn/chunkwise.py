@@ -48,7 +48,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.device import on_hopper_gpu
 from pallas_kernels.gdn import chunkwise_mgpu
-from pallas_kernels.linear_recurrence import dot
+from pallas_kernels.linear_recurrence import GDN_CONFIG, dot
 
 __all__ = ['Masks', 'chunk_bwd', 'gdn_backward', 'gdn_forward', 'launch', 'output', 'output_bwd',
            'state_scan', 'state_scan_bwd', 'ut_inverse', 'ut_inverse_bwd', 'ut_transform']
@@ -435,7 +435,7 @@ class _Specs:
         state=pl.BlockSpec((None, None, K, BV), lambda b, h, j: (b, h, 0, j)))
 
 
-CHUNK_BLOCK_V = 128   # GDN_CONFIG.block_v: the block the chunk kernels were timed with at T = 8K
+CHUNK_BLOCK_V = GDN_CONFIG.block_v   # the block the chunk kernels were timed with at T = 8K
 
 
 class _Launch(NamedTuple):

@@ -226,11 +226,11 @@ def _attend_bwd(call, res, do_BTHV):
   return dqlv_BHLTK, dklv_BGLTK, dz_BHTC, dv_BTGV, dgate_BHT, None
 
 
-def _triton_bwd(*args):
-  """The dq and dkv kernels on Triton (args: _attend_bwd's, then the Call): dqlv_BHLTK, dz_BHTC,
-  dgq_BHT, dklv_BHLTK (per query head), dv_BTHV, dgk_BHT."""
-  *args, call = args
-  qlv_BHLTK, z_BHTC, gate_BHT, seg_BT = args[0], args[2], args[4], args[5]
+def _triton_bwd(qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT,
+                delta_BHT, call):
+  """The dq and dkv kernels on Triton (kernel_mgpu.backward's arguments and results): dqlv_BHLTK,
+  dz_BHTC, dgq_BHT, dklv_BHLTK (per query head), dv_BTHV, dgk_BHT."""
+  args = (qlv_BHLTK, klv_BGLTK, z_BHTC, v_BTGV, gate_BHT, seg_BT, do_BTHV, lse_BHT, delta_BHT)
   B, H, L, Tp, K = qlv_BHLTK.shape
   C, V = call.C, call.V
   flags = dict(levels=L, first=True, gate=gate_BHT is not None, seg=seg_BT is not None,
