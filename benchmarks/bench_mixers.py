@@ -22,7 +22,11 @@ forward+backward (gradients of every input):
   pallas_mosaic
           every kernel that has a Mosaic GPU form on it (KernelConfig(backend='mosaic')): all of
           GDN's, Mamba-2 SSD's and log-linear Mamba-2's level scan, PaTH's three (PaTH and
-          PaTH-FoX); not log-linear GDN; opt-in
+          PaTH-FoX); log-linear GDN's levels above the chunk on GDN's kernels; opt-in
+  pallas_level_scan
+          log-linear GDN with its levels above the chunk on the level-stream scans (Triton;
+          level_streams='scan'), the path the default `pallas` row (level_streams='gdn') replaces;
+          opt-in
   xla     lloglin.ops' chunked / blockwise XLA form
   cudnn   jax.nn.dot_product_attention(implementation="cudnn", is_causal=True) (attention rows)
   fla     the flash-linear-attention peer (chunk_log_linear_attn, chunk_simple_gla,
@@ -62,11 +66,13 @@ TOKENS = 65536  # per call, as the published peer figures (--tokens for CPU smok
 SHAPES = {"h16d128": (16, 128), "h48d64": (48, 64)}
 MIXERS = ("attention", "mamba2", "loglinear_mamba2", "gdn", "loglinear_gdn", "path", "path_fox")
 IMPLS = ("pallas", "xla", "cudnn", "fla")
-OPT_IN_IMPLS = ("pallas_linear_memory", "pallas_triton", "pallas_mosaic")  # not in the default
+OPT_IN_IMPLS = ("pallas_linear_memory", "pallas_triton", "pallas_mosaic",
+                "pallas_level_scan")  # not in the default
 # impls that set KernelConfig(backend=...), and the mixers with a kernel of that backend that
 # the default `pallas` row does not already time
-BACKEND_IMPLS = {"pallas_triton": ("gdn",),
-                 "pallas_mosaic": ("gdn", "mamba2", "loglinear_mamba2", "path", "path_fox")}
+BACKEND_IMPLS = {"pallas_triton": ("gdn", "loglinear_gdn"),
+                 "pallas_mosaic": ("gdn", "loglinear_gdn", "mamba2", "loglinear_mamba2", "path",
+                                   "path_fox")}
 # The peer each lloglin kernel is compared with (fla's operator of the same math).
 PEER = {"mamba2": "fla_simple_gla", "loglinear_mamba2": "fla_log_linear_attn",
         "gdn": "fla_gated_delta_rule", "path": "fla_parallel_path_attn"}
@@ -123,6 +129,8 @@ def opt_in_serves(mixer: str, impl: str) -> bool:
   BACKEND_IMPLS)."""
   if impl == "pallas_linear_memory":
     return mixer.startswith("path")
+  if impl == "pallas_level_scan":
+    return mixer == "loglinear_gdn"
   return mixer in BACKEND_IMPLS.get(impl, (mixer,))
 
 
@@ -172,7 +180,7 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     seg = {**seg, "config": cfg}
   elif impl in BACKEND_IMPLS:   # the launch default's block_v unless a config is swept
     from pallas_kernels import linear_recurrence as lr
-    default = {"gdn": lr.GDN_CONFIG, "mamba2": lr.SSD_CONFIG,
+    default = {"gdn": lr.GDN_CONFIG, "loglinear_gdn": lr.GDN_CONFIG, "mamba2": lr.SSD_CONFIG,
                "loglinear_mamba2": lr.LOGLINEAR_SSD_CONFIG}[mixer]
     B, _, H, V = x["v"].shape
     cfg = lr.launch_config(None, default, B * H, V) if kernel_config is None else (
@@ -180,6 +188,8 @@ def jax_case(mixer: str, impl: str, x: dict, segments: bool = False,
     seg = {**seg, "config": cfg._replace(backend=impl.removeprefix("pallas_"))}
   elif kernel_config is not None:
     seg = {**seg, "config": mod.KernelConfig(*kernel_config)}
+  if impl == "pallas_level_scan":
+    seg = {**seg, "level_streams": "scan"}
 
   if mixer in ("mamba2", "loglinear_mamba2"):
     name = "ssd_chunked" if mixer == "mamba2" else "loglinear_ssd_chunked"

@@ -30,8 +30,9 @@ from jax._src.pallas.triton import pallas_call_registration
 from benchmarks import bench_mixers
 
 
-def triton_modules(mixer: str, shape: str, seq_len: int) -> list[str]:
-  """The Triton modules (MLIR text) of the mixer's Pallas forward + backward, lowered for CUDA."""
+def triton_modules(mixer: str, shape: str, seq_len: int, impl: str = "pallas") -> list[str]:
+  """The Triton modules (MLIR text) of the mixer's Pallas forward + backward (bench_mixers' row
+  `impl`), lowered for CUDA."""
   modules = []
   lowering = pallas_call_registration.lowering
   original = lowering.lower_jaxpr_to_triton_module
@@ -44,7 +45,7 @@ def triton_modules(mixer: str, shape: str, seq_len: int) -> list[str]:
   heads, dim = bench_mixers.SHAPES[shape]
   x = jax.eval_shape(lambda: bench_mixers.jax_inputs(bench_mixers.TOKENS, seq_len, heads, dim,
                                                      jax.random.key(0)))
-  fn, args = bench_mixers.jax_case(mixer, "pallas", x, interpret=False)   # lowered for CUDA here
+  fn, args = bench_mixers.jax_case(mixer, impl, x, interpret=False)   # lowered for CUDA here
   out = jax.eval_shape(fn, *args)
   dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", platform="gpu", num_cores=132)
   lowering.lower_jaxpr_to_triton_module = capture
@@ -85,6 +86,8 @@ def main(argv=None):
   p.add_argument("--seqlens", type=lambda s: [int(x) for x in csv(s)], default=[2048, 8192])
   p.add_argument("--warps", type=lambda s: [int(x) for x in csv(s)], default=[8])
   p.add_argument("--stages", type=lambda s: [int(x) for x in csv(s)], default=[1, 2])
+  p.add_argument("--impl", default="pallas",
+                 help="bench_mixers' row, e.g. pallas_level_scan (log-linear GDN's level scans)")
   p.add_argument("--workdir", default="/tmp/triton_resources")
   args = p.parse_args(argv)
   try:
@@ -96,7 +99,7 @@ def main(argv=None):
   rows = []
   for mixer in args.mixers:
     for T in args.seqlens:
-      for module in triton_modules(mixer, args.shape, T):
+      for module in triton_modules(mixer, args.shape, T, args.impl):
         name = re.search(r"module @(\S+)", module).group(1)
         for warps in args.warps:
           for stages in args.stages:

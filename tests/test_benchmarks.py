@@ -76,8 +76,8 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
   Mosaic GPU (the launch default, backend='auto'), the opt-in `pallas_triton` row none and the
   opt-in `pallas_mosaic` row all six (traced only, the GPU stood in for by on_hopper_gpu: the
   interpreter would take minutes per timed row); `pallas_mosaic` runs Mamba-2's and log-linear
-  Mamba-2's level scans and PaTH's kernels on Mosaic GPU; mixers without the variants have no
-  such rows."""
+  Mamba-2's level scans, PaTH's kernels and log-linear GDN's GDN runs on Mosaic GPU; mixers
+  without the variants have no such rows."""
   import jax
 
   from pallas_kernels.gdn import chunkwise
@@ -103,8 +103,15 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
   for kernel in ("fwd", "bwd_dq", "bwd_dkv"):      # PaTH's three kernels on Mosaic GPU
     assert f"path_attention_{kernel}_mgpu" in jaxpr, kernel
-  for mixer, impl in (("loglinear_gdn", "pallas_triton"), ("loglinear_gdn", "pallas_mosaic"),
-                      ("path", "pallas_triton")):
+  # log-linear GDN's levels above the chunk: GDN's packed kernels, all six on Mosaic GPU with
+  # pallas_mosaic; the opt-in pallas_level_scan row runs the level-stream scans instead
+  fn, args = bench_mixers.jax_case("loglinear_gdn", "pallas_mosaic", x, interpret=False)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
+  assert all(f"gdn_packed_{kernel}_mgpu" in jaxpr for kernel in kernels)
+  fn, args = bench_mixers.jax_case("loglinear_gdn", "pallas_level_scan", x, interpret=False)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
+  assert "loglinear_gdn_chunk_scan" in jaxpr and "gdn_packed_output" not in jaxpr
+  for mixer, impl in (("path", "pallas_triton"), ("gdn", "pallas_level_scan")):
     with pytest.raises(ImportError, match=impl):
       bench_mixers.jax_case(mixer, impl, x)
 
@@ -205,10 +212,10 @@ def test_tp_benchmarks_name_bad_arguments(module, argv, message, capsys):
 
 def test_triton_resources_captures_every_kernel_of_forward_and_backward():
   """The modules triton_resources.py hands to the triton package (which CI lacks): log-linear
-  GDN's forward and backward scans and the UT inverse with its transpose, lowered for CUDA on
-  this CPU."""
+  GDN's forward and backward level-stream scans (the pallas_level_scan row) and the UT inverse
+  with its transpose, lowered for CUDA on this CPU."""
   from benchmarks import triton_resources
-  modules = triton_resources.triton_modules("loglinear_gdn", "h16d128", 2048)
+  modules = triton_resources.triton_modules("loglinear_gdn", "h16d128", 2048, "pallas_level_scan")
   names = sorted(m.split("module @", 1)[1].split()[0] for m in modules)
   assert names == ["gdn_ut_inverse", "gdn_ut_inverse_bwd", "loglinear_gdn_chunk_scan",
                    "loglinear_gdn_chunk_scan_bwd"]

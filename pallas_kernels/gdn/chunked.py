@@ -4,9 +4,15 @@
   GDN             chunkwise.py's kernels: the UT transform, the output and every gradient in
                   kernels parallel over chunks, around two sequential state scans (forward and
                   its transpose); nothing per chunk but the states' residuals leaves the kernels.
-  log-linear GDN  kernel.py's level-stream scans (forward and reverse) beside a parallel
-                  per-chunk part in XLA (`_prep`, differentiated with jax.vjp for the backward)
-                  whose UT inverse T is chunkwise's kernel and its transpose (`_ut_inverse`).
+  log-linear GDN  rows of one document (level_streams='gdn', the default): the levels inside a
+                  chunk in XLA (`_intra`, T_g from chunkwise's UT-inverse kernel), every level
+                  above it as plain GDN on the kernels above (`_streams_mixer`: each level stream
+                  is a GDN run on rows whose "documents" are its 2^l blocks, values written in a
+                  block's first half, output read in its second). Packed rows and states (and
+                  level_streams='scan'): kernel.py's level-stream scans (forward and reverse)
+                  beside a parallel per-chunk part in XLA (`_prep`, differentiated with jax.vjp for
+                  the backward) whose UT inverse T is chunkwise's kernel and its transpose
+                  (`_ut_inverse`).
 
 Same signatures and semantics as lloglin.ops.gdn.gdn_chunked and
 lloglin.ops.loglinear.loglinear_gdn_chunked, plus `interpret` and `config`.
@@ -57,6 +63,8 @@ class _Static(NamedTuple):
   config: KernelConfig
   final_state: bool = False   # also return the streams' states after the sequence
   offset: bool = False        # log-linear: positions continue an initial state's t_B
+  level_streams: str = 'gdn'  # log-linear, aligned rows: 'gdn' (_streams_mixer) or 'scan' (_mixer)
+  gdn_config: KernelConfig | None = None   # log-linear 'gdn' streams: their GDN kernels' launch
 
 
 def _gates_BHP(*gates_BPH):
@@ -100,23 +108,31 @@ def _ut_inverse_bwd(st, res, dt_BPHC):
 _ut_inverse.defvjp(_ut_inverse_fwd, _ut_inverse_bwd)
 
 
+def _t_beta(k_BPGK, g_BPH, beta_BPH, st):
+  """T_g diag(beta) of every chunk, tb_BNHTS (float32; T_g from the chunkwise UT kernel)."""
+  B, P, _, _ = k_BPGK.shape
+  H = beta_BPH.shape[2]
+  C = st.chunk_size
+  N = P // C
+  beta_BNHC = jnp.moveaxis(beta_BPH.astype(jnp.float32).reshape(B, N, C, H), 2, 3)
+  tg_BNHCC = jnp.moveaxis(_ut_inverse(k_BPGK, g_BPH, beta_BPH, st).reshape(B, N, C, H, C), 3, 2)
+  return tg_BNHCC * beta_BNHC[..., None, :]
+
+
 def _wy(k_BPGK, g_BPH, beta_BPH, st):
-  """Per-chunk UT/WY transform (parallel over chunks): T from the chunkwise kernel, then W_BPHK
-  and T_g diag(beta) as tb_BPHC in XLA (fp32; U = tb V is formed in the kernel)."""
+  """Per-chunk UT/WY transform (parallel over chunks): W_BPHK = T_g diag(beta e^G) K and
+  tb_BPHC = T_g diag(beta) in XLA (fp32; U = tb V is formed in the kernel)."""
   B, P, _, K = k_BPGK.shape
   H = beta_BPH.shape[2]
   C = st.chunk_size
   N = P // C
   f32 = jnp.float32
-  ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
   k_BNCHK = linear_recurrence.expand_groups(k_BPGK, H).reshape(B, N, C, H, K)
   g_BNHC = jnp.moveaxis(g_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
-  beta_BNHC = jnp.moveaxis(beta_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
-  tg_BNHCC = jnp.moveaxis(_ut_inverse(k_BPGK, g_BPH, beta_BPH, st).reshape(B, N, C, H, C), 3, 2)
-  w = ein('bnhts,bnhs,bnshk->bnthk', tg_BNHCC, beta_BNHC * jnp.exp(jnp.cumsum(g_BNHC, axis=-1)),
-          k_BNCHK.astype(f32))
-  tb = jnp.moveaxis(tg_BNHCC * beta_BNHC[..., None, :], 2, 3)
-  return w.reshape(B, P, H, K), tb.reshape(B, P, H, C)
+  tb_BNHTS = _t_beta(k_BPGK, g_BPH, beta_BPH, st)
+  w = jnp.einsum('bnhts,bnhs,bnshk->bnthk', tb_BNHTS, jnp.exp(jnp.cumsum(g_BNHC, axis=-1)),
+                 k_BNCHK.astype(f32), precision=HIGHEST, preferred_element_type=f32)
+  return w.reshape(B, P, H, K), jnp.moveaxis(tb_BNHTS, 2, 3).reshape(B, P, H, C)
 
 
 class _Packed(NamedTuple):
@@ -159,32 +175,22 @@ def _rho(lam_BPHL, packed, st):
   return lam_BHXP * read_BHXP
 
 
-def _prep(q, k, v, g, beta, lam, packed, st):
-  """The parallel per-chunk part in XLA (padded arrays, fp32), differentiated for the backward:
-  the intra-chunk output (Aeff o M) V and the inter-chunk operands qt = e^G q - (q k^T o D) W,
-  k2 = e^{G_C - G} k, W, U = T_g diag(beta) V and tb = T_g diag(beta) (per head, [B, P, H, *]).
-  M: aligned, the levels inside a chunk; packed, pairs of one document weighted by the level of
-  their document positions."""
+def _intra(q, k, v, g, lam, tb_BNHTS, packed, st):
+  """(intra_BPHV, a_BNHTS) in XLA (padded arrays, fp32): the in-chunk output (Aeff o M) V with
+  Aeff = a T_g diag(beta), a = tril(Q K^T o D) (returned: the inter-chunk queries reuse it). M:
+  aligned, the levels inside a chunk; packed, pairs of one document weighted by the level of their
+  document positions."""
   B, P, _, K = q.shape
   H, V = v.shape[2:]
   C = st.chunk_size
   N = P // C
   f32 = jnp.float32
   ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
-  w_BPHK, tb_BPHC = _wy(k, g, beta, st)
   heads = lambda x: linear_recurrence.expand_groups(x, H).astype(f32).reshape(B, N, C, H, K)
-  q_BNCHK, k_BNCHK = heads(q), heads(k)
-  v_BNCHV = v.astype(f32).reshape(B, N, C, H, V)
-  G_BNCH = jnp.cumsum(g.astype(f32).reshape(B, N, C, H), axis=2)
-  G_BNHC = jnp.moveaxis(G_BNCH, 2, 3)
+  G_BNHC = jnp.moveaxis(jnp.cumsum(g.astype(f32).reshape(B, N, C, H), axis=2), 2, 3)
   causal = jnp.tril(jnp.ones((C, C), bool))
-  a_BNHTS = ein('bnthk,bnshk->bnhts', q_BNCHK, k_BNCHK) * jnp.exp(
+  a_BNHTS = ein('bnthk,bnshk->bnhts', heads(q), heads(k)) * jnp.exp(
       jnp.where(causal, G_BNHC[..., :, None] - G_BNHC[..., None, :], -jnp.inf))
-  tb_BNHTS = jnp.moveaxis(tb_BPHC.reshape(B, N, C, H, C), 3, 2)
-  w_BNCHK = w_BPHK.reshape(B, N, C, H, K)
-  qt = q_BNCHK * jnp.exp(G_BNCH)[..., None] - ein('bnhts,bnshk->bnthk', a_BNHTS, w_BNCHK)
-  k2 = k_BNCHK * jnp.exp(G_BNCH[:, :, -1:] - G_BNCH)[..., None]
-  u = ein('bnhts,bnshv->bnthv', tb_BNHTS, v_BNCHV)
   aeff_BNHTS = ein('bnhts,bnhsu->bnhtu', a_BNHTS, tb_BNHTS)     # lower triangular
   intra_levels = stream_levels(st.levels, C, P, packed is not None, st.offset)[0]
   if packed is None:
@@ -198,9 +204,32 @@ def _prep(q, k, v, g, beta, lam, packed, st):
   lam_BNHCL = jnp.moveaxis(lam[..., :intra_levels].astype(f32).reshape(B, N, C, H, -1), 3, 2)
   aeff_BNHTS = aeff_BNHTS * ein('bnhtl,bntsl->bnhts', lam_BNHCL,
                                 jax.nn.one_hot(lvl_BNTS, intra_levels, dtype=f32))
-  intra = ein('bnhts,bnshv->bnthv', aeff_BNHTS, v_BNCHV)
+  intra = ein('bnhts,bnshv->bnthv', aeff_BNHTS, v.astype(f32).reshape(B, N, C, H, V))
+  return intra.reshape(B, P, H, V), a_BNHTS
+
+
+def _prep(q, k, v, g, beta, lam, packed, st):
+  """The parallel per-chunk part in XLA (padded arrays, fp32), differentiated for the backward:
+  the intra-chunk output (_intra) and the inter-chunk operands qt = e^G q - (q k^T o D) W,
+  k2 = e^{G_C - G} k, W, U = T_g diag(beta) V and tb = T_g diag(beta) (per head, [B, P, H, *])."""
+  B, P, _, K = q.shape
+  H, V = v.shape[2:]
+  C = st.chunk_size
+  N = P // C
+  f32 = jnp.float32
+  ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
+  w_BPHK, tb_BPHC = _wy(k, g, beta, st)
+  tb_BNHTS = jnp.moveaxis(tb_BPHC.reshape(B, N, C, H, C), 3, 2)
+  intra, a_BNHTS = _intra(q, k, v, g, lam, tb_BNHTS, packed, st)
+  heads = lambda x: linear_recurrence.expand_groups(x, H).astype(f32).reshape(B, N, C, H, K)
+  q_BNCHK, k_BNCHK = heads(q), heads(k)
+  G_BNCH = jnp.cumsum(g.astype(f32).reshape(B, N, C, H), axis=2)
+  w_BNCHK = w_BPHK.reshape(B, N, C, H, K)
+  qt = q_BNCHK * jnp.exp(G_BNCH)[..., None] - ein('bnhts,bnshk->bnthk', a_BNHTS, w_BNCHK)
+  k2 = k_BNCHK * jnp.exp(G_BNCH[:, :, -1:] - G_BNCH)[..., None]
+  u = ein('bnhts,bnshv->bnthv', tb_BNHTS, v.astype(f32).reshape(B, N, C, H, V))
   flat = lambda x: x.reshape((B, P) + x.shape[3:])
-  return flat(intra), flat(qt), flat(k2), w_BPHK, flat(u), tb_BPHC
+  return intra, flat(qt), flat(k2), w_BPHK, flat(u), tb_BPHC
 
 
 def _scan_forward(q, k, v, g, beta, lam, s0, packed, st, with_states):
@@ -315,6 +344,52 @@ def _mixer_bwd(st, res, cotangents):
 _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 
+def _level_stream_rows(streams, B, P, C):
+  """Aligned rows' level streams above the chunk (levels `streams`, each 2^l >= 2C) as packed
+  rows of plain GDN, stream-major [X B, P]: the "documents" of stream l are its 2^l blocks, which
+  start on chunk starts, so the packed kernels reset it there (rho = keep = 0 in such a chunk).
+  Returns (_Packed, write_XP, read_XP): stream l is written by the tokens of each block's first
+  half and read by its second half (hierarchy.level_stream_masks), both constant over a chunk."""
+  X = len(streams)
+  f32 = jnp.float32
+  t_P = jnp.arange(P, dtype=jnp.int32)
+  span_X1 = jnp.asarray([1 << lvl for lvl in streams], jnp.int32)[:, None]
+  pos_XP = t_P % span_X1
+  keep_XP = ((t_P // C * C) % span_X1 != 0).astype(f32)
+  write_XP = pos_XP < span_X1 // 2
+  rows = lambda x: jnp.broadcast_to(x[:, None], (X, B, P)).reshape(X * B, P)
+  keep = rows(keep_XP)[:, None]
+  packed = _Packed(rows(pos_XP), rows(t_P // span_X1), keep, jnp.ones_like(keep), keep)
+  return packed, write_XP, ~write_XP
+
+
+def _streams_mixer(q, k, v, g, beta, lam, st):
+  """Log-linear GDN of aligned rows (padded inputs as _mixer's; no packed documents, no states)
+  on GDN's kernels: the levels inside a chunk in XLA (_intra), and each level stream above as a
+  plain GDN run on packed rows (_level_stream_rows; all streams in one call, stream-major on the
+  batch axis) whose values are zero outside its blocks' first halves, its output read with lam of
+  its level in the second halves. The states of a stream evolve by the transitions of every
+  token, as log-linear GDN's levels do (docs/algorithms/loglinear.md). Differentiated by JAX
+  through _gdn_mixer's and _ut_inverse's custom_vjps."""
+  B, P, _, _ = q.shape
+  H, V = v.shape[2:]
+  f32 = jnp.float32
+  o = _intra(q, k, v, g, lam, _t_beta(k, g, beta, st), None, st)[0]
+  streams = list(stream_levels(st.levels, st.chunk_size, P)[1])
+  if not streams:
+    return o
+  X = len(streams)
+  rows, write_XP, read_XP = _level_stream_rows(streams, B, P, st.chunk_size)
+  rep = lambda x: jnp.broadcast_to(x, (X,) + x.shape).reshape((X * B,) + x.shape[1:])
+  v_s = write_XP[:, None, :, None, None].astype(v.dtype) * v
+  gdn_st = st._replace(levels=None, config=st.gdn_config, level_streams='scan', gdn_config=None)
+  o_s, _ = _gdn_mixer(rep(q), rep(k), v_s.reshape((X * B,) + v.shape[1:]), rep(g), rep(beta),
+                      None, rows, gdn_st)
+  rho_XBPH = read_XP[:, None, :, None] * jnp.moveaxis(lam[..., streams].astype(f32), 3, 0)
+  return o + jnp.einsum('xbph,xbphv->bphv', rho_XBPH, o_s.reshape(X, B, P, H, V).astype(f32),
+                        precision=HIGHEST)
+
+
 def _gdn_masks(packed):
   """chunkwise.Masks of plain GDN's one stream (None for aligned rows)."""
   if packed is None:
@@ -415,6 +490,8 @@ def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, 
       s0_BHXKV.astype(jnp.float32), ((0, 0),) * 3 + ((0, Kp - K), (0, Vp - V)))
   if st.levels is None:
     o_BPHV, final = _gdn_mixer(q, k, v, g, beta, s0, masks, st)
+  elif st.level_streams == 'gdn' and masks is None and s0 is None and not st.final_state:
+    o_BPHV, final = _streams_mixer(q, k, v, g, beta, lam, st).astype(v.dtype), None
   else:
     o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
   return o_BPHV[:, :T, :, :V], None if final is None else final[..., :K, :V]
@@ -486,11 +563,15 @@ def gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, *, initial_state_BHKV=N
 
 def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, initial_state=None,
                           segment_ids_BT=None, chunk_size=64, scale=1.0, return_final_state=False,
-                          interpret=False, config=None):
+                          interpret=False, config=None, level_streams='gdn'):
   """Log-linear Gated DeltaNet (lloglin.ops.loglinear.loglinear_gdn_chunked) through the Pallas
   kernels, initial and final FenwickStates included (the packed kernels: a stream per level,
   positions continuing the initial state's t_B). chunk_size < 16 and T > 2^(L-1) run the XLA
   form (module docstring).
+
+  level_streams: how rows of one document run their levels above the chunk: 'gdn' (default) as
+  plain GDN on GDN's kernels (`_streams_mixer`: any backend), 'scan' on kernel.py's level-stream
+  scans (Triton only). Packed rows and states always take the level-stream scans.
   """
   checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                           beta_BTH=beta_BTH, lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
@@ -501,10 +582,23 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
         q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, initial_state=initial_state,
         segment_ids_BT=segment_ids_BT, chunk_size=chunk_size, scale=scale,
         return_final_state=return_final_state)
+  if level_streams not in ('gdn', 'scan'):
+    raise ValueError(f"loglinear_gdn_chunked: level_streams={level_streams!r}; expected 'gdn' or "
+                     "'scan'")
   B, _, H, V = v_BTHV.shape
-  st = _Static(chunk_size, float(scale), L, interpret,
-               launch_config(config, LOGLINEAR_GDN_CONFIG, B * H, V), bool(return_final_state),
-               initial_state is not None)
+  if level_streams == 'scan' and config is not None and config.backend == 'mosaic':
+    raise ValueError("loglinear_gdn_chunked: config.backend='mosaic' needs level_streams='gdn' "
+                     "(the level-stream scans have no Mosaic GPU form)")
+  P = -(-T // chunk_size) * chunk_size
+  streams = len(stream_levels(L, chunk_size, P)[1])
+  gdn_config = launch_config(config, GDN_CONFIG, max(streams, 1) * B * H, V, ('triton', 'mosaic'))
+  if len({jnp.dtype(x.dtype).name for x in (q_BTGK, k_BTGK, v_BTHV)}) > 1:
+    gdn_config = gdn_config._replace(backend='triton')   # as gdn_chunked
+  # packed rows and states: the level-stream scans, Triton only (where 'mosaic' has no form)
+  scan_config = launch_config(None if config is None else config._replace(backend='triton'),
+                              LOGLINEAR_GDN_CONFIG, B * H, V)
+  st = _Static(chunk_size, float(scale), L, interpret, scan_config, bool(return_final_state),
+               initial_state is not None, level_streams, gdn_config)
   s0 = t0_B = None
   if initial_state is not None:   # the streams after position t0 - 1; level 0 is never read
     t0_B = jnp.asarray(initial_state.t_B, jnp.int32)

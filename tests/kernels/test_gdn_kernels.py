@@ -112,11 +112,13 @@ def _value_and_vjp(fn, cot):
   return jax.jit(run)
 
 
-@pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
-def test_gradients_equal_fp64_oracle(fam, monkeypatch):
+@pytest.mark.parametrize('fam,streams', [(GDN, None), (LL, 'gdn'), (LL, 'scan')],
+                         ids=['gdn', 'loglinear_gdn', 'loglinear_gdn-level_scan'])
+def test_gradients_equal_fp64_oracle(fam, streams, monkeypatch):
   """Forward and custom_vjp gradients (Pallas backward) == the fp64 recurrent oracle and its
   jax.grad, with GQA, K != V, a partial last chunk (T = 45 in chunks of 16: streams of two levels)
-  and scale != 1; GDN's chunk kernels loop over two blocks of V (CHUNK_BLOCK_V 16)."""
+  and scale != 1; GDN's chunk kernels loop over two blocks of V (CHUNK_BLOCK_V 16); log-linear
+  GDN's levels above the chunk on GDN's kernels and on the level-stream scans."""
   monkeypatch.setattr(chunkwise, 'CHUNK_BLOCK_V', 16)
   T, C, scale = 45, 16, 0.7
   data = lm.make_data(6, 2, T, fam=fam, G=1, H=2, K=16, V=32, L=7, lam='softplus')
@@ -124,8 +126,10 @@ def test_gradients_equal_fp64_oracle(fam, monkeypatch):
   oracle = functools.partial(fam.recurrent, scale=scale)
   with jax.enable_x64(True):
     out_ref, ref = _value_and_vjp(oracle, cot)(*args_of(data, fam, jnp.float64))
-    out, got = _value_and_vjp(kernel_fn(fam.name, C, scale), cot)(
-        *args_of(data, fam, jnp.float32))
+    kernel = kernel_fn(fam.name, C, scale) if streams is None else jax.jit(functools.partial(
+        pk.loglinear_gdn_chunked, chunk_size=C, scale=scale, interpret=True,
+        level_streams=streams))
+    out, got = _value_and_vjp(kernel, cot)(*args_of(data, fam, jnp.float32))
   assert_close(out, out_ref, **lm.fwd_tol(out_ref), name='output')
   for name, x, y in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam'), got, ref):
     assert x.dtype == jnp.float32
@@ -262,22 +266,29 @@ def test_bf16_gradients_leave_the_kernels_rounded_once():
 
 def test_forward_at_64k_tokens_is_not_sized_by_the_backward_states():
   """The forward alone stores no per-chunk states, so a row of 65,536 tokens x 16 heads x 128
-  (2.7e9 elements of states for the backward) must still trace (it raised before)."""
+  (2.7e9 elements of states for the backward of the level-stream scans) must still trace (it
+  raised before); the level scans' backward raises, and the GDN runs' (one row per level stream,
+  batches split below 2^31) traces."""
   B, T, H, D = 17, 65536, 16, 128
   S = jax.ShapeDtypeStruct
   args = (S((B, T, 1, D), jnp.bfloat16),) * 2 + (
       S((B, T, H, D), jnp.bfloat16), S((B, T, H), jnp.float32), S((B, T, H), jnp.float32),
       S((B, T, H, hierarchy.num_levels(T)), jnp.float32))
-  assert jax.eval_shape(pk.loglinear_gdn_chunked, *args).shape == (B, T, H, D)
+  scans = functools.partial(pk.loglinear_gdn_chunked, level_streams='scan')
+  assert jax.eval_shape(scans, *args).shape == (B, T, H, D)
   with pytest.raises(ValueError, match='2\\^31'):   # the backward's states per row: too many
-    jax.eval_shape(jax.grad(lambda *a: jnp.sum(pk.loglinear_gdn_chunked(*a)), argnums=2), *args)
+    jax.eval_shape(jax.grad(lambda *a: jnp.sum(scans(*a)), argnums=2), *args)
+  dv = jax.eval_shape(jax.grad(lambda *a: jnp.sum(pk.loglinear_gdn_chunked(*a)), argnums=2), *args)
+  assert dv.shape == (B, T, H, D)
+
 
 def test_every_kernel_lowers_for_cuda():
   """Every GDN kernel (forward and backward; with segment ids the aligned and the packed ones,
   both branches of a lax.cond) lowers through Pallas-Triton for an H200 (from CPU): GDN's six
   chunkwise kernels (UT transform, state scan, output; output backward, state scan backward, chunk
-  backward), log-linear GDN's two scans plus the UT inverse (in the forward and in the
-  backward's recomputation) and its backward."""
+  backward), log-linear GDN's rows of one document the same six (packed: its level streams) plus
+  the UT inverse of its in-chunk part and that inverse's backward, its packed rows two scans plus
+  the UT inverse (in the forward and in the backward's recomputation) and its backward."""
   dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
   B, T, G, H, K, V, L = 2, 200, 1, 4, 128, 64, 9
   S = jax.ShapeDtypeStruct
@@ -293,9 +304,9 @@ def test_every_kernel_lowers_for_cuda():
             fn(*a[:n], segment_ids_BT=a[n] if with_ids else None).astype(jnp.float32))
         text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
             *shapes[:n], seg).lower(lowering_platforms=('cuda',)).as_text()
-        per_path = 6 if fam is GDN else 5
-        assert text.count('__gpu$xla.gpu.triton') == per_path * (1 + with_ids), (fam.name,
-                                                                                  with_ids)
+        aligned, packed = (6, 6) if fam is GDN else (8, 5)
+        assert text.count('__gpu$xla.gpu.triton') == aligned + with_ids * packed, (fam.name,
+                                                                                   with_ids)
     # final states (and GDN's initial state): the kernels' state input / output variants; the
     # log-linear final state takes the packed kernels only
     for fam, n, state in ((GDN, 6, S((B, H, K, V), jnp.float32)), (LL, 6, shapes[5])):
@@ -519,6 +530,30 @@ def test_gdn_with_mosaic_state_scans_equals_fp64_oracle():
     assert_close(x.astype(jnp.float32), r, rel=5e-3, name=name)
 
 
+def test_loglinear_gdn_on_mosaic_equals_fp64_oracle():
+  """loglinear_gdn_chunked with KernelConfig(backend='mosaic') (interpret mode, bf16): its levels
+  above the chunk as plain GDN on GDN's Mosaic kernels (level_streams='gdn', here two streams),
+  output and every gradient == the fp64 recurrent oracle on the inputs' float64 copies at the
+  GPU tests' bf16 tolerances (docs/correctness.md#gpu-tests); GQA, T = 150 in chunks of 64."""
+  data = lm.make_data(13, 2, 150, fam=LL, G=1, H=2, K=64, V=64, lam='softplus')
+  args = args_of(data, LL, jnp.bfloat16)
+  cot = jnp.asarray(np.random.default_rng(5).standard_normal((2, 150, 2, 64)), jnp.float32)
+
+  def run(fn, *a, **kw):
+    f = lambda *a: fn(*a, scale=0.7, **kw).astype(cot.dtype)  # noqa: E731
+    o, vjp = jax.vjp(f, *a)
+    return o, vjp(cot.astype(o.dtype))
+  o, grads = jax.jit(lambda *a: run(pk.loglinear_gdn_chunked, *a, chunk_size=64,
+                                    interpret=True, config=MOSAIC))(*args)
+  with jax.enable_x64(True):
+    o_ref, refs = jax.jit(lambda *a: run(LL.recurrent, *a))(
+        *(x.astype(jnp.float64) for x in args))
+  assert_close(o, o_ref, rel=5e-3, name='output')
+  for name, x, r in zip(('dq', 'dk', 'dv', 'dg', 'dbeta', 'dlam'), grads, refs):
+    assert_close(x.astype(jnp.float32), r, rel=1e-2 if name in ('dq', 'dk', 'dv') else 2e-2,
+                 name=name)
+
+
 def test_mosaic_state_scan_lowers_for_cuda_at_8k():
   """At T = 8192, 16 heads x 128, bf16 (the benchmark's shape), the GDN forward and backward with
   the Mosaic GPU state scans lower for CUDA from CPU (Mosaic GPU's layout inference and checks run
@@ -557,9 +592,12 @@ def test_mosaic_backend_rejects_what_it_cannot_serve():
     kernel(*bf16, config=MOSAIC._replace(block_v=8))
   with pytest.raises(ValueError, match="chunk_size=32"):
     kernel(*bf16, config=MOSAIC, chunk_size=32)
-  with pytest.raises(ValueError, match="config.backend='mosaic'"):   # no Mosaic form yet
+  with pytest.raises(ValueError, match="needs level_streams='gdn'"):   # the scans: Triton only
     pk.loglinear_gdn_chunked(*args_of(lm.make_data(12, 1, 64, fam=LL), LL, jnp.bfloat16),
-                             config=MOSAIC, interpret=True)
+                             config=MOSAIC, interpret=True, level_streams='scan')
+  with pytest.raises(ValueError, match="level_streams='both'"):
+    pk.loglinear_gdn_chunked(*args_of(lm.make_data(12, 1, 64, fam=LL), LL, jnp.bfloat16),
+                             interpret=True, level_streams='both')
   mixed = bf16[:2] + (bf16[2].astype(jnp.float32),) + bf16[3:]
   with pytest.raises(ValueError, match=r"one dtype; got \['bfloat16', 'float32'\]"):
     kernel(*mixed, config=MOSAIC)
