@@ -103,11 +103,13 @@ def test_gdn_rows_take_the_mosaic_scans_on_hopper_and_pallas_triton_does_not(mon
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
   for kernel in ("fwd", "bwd_dq", "bwd_dkv"):      # PaTH's three kernels on Mosaic GPU
     assert f"path_attention_{kernel}_mgpu" in jaxpr, kernel
-  # log-linear GDN's levels above the chunk: GDN's packed kernels, all six on Mosaic GPU with
-  # pallas_mosaic; the opt-in pallas_level_scan row runs the level-stream scans instead
+  # log-linear GDN's levels above the chunk: one UT transform, then GDN's packed kernels, on
+  # Mosaic GPU with pallas_mosaic but chunk_bwd (its dT-only form: Triton); the opt-in
+  # pallas_level_scan row runs the level-stream scans instead
   fn, args = bench_mixers.jax_case("loglinear_gdn", "pallas_mosaic", x, interpret=False)
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
-  assert all(f"gdn_packed_{kernel}_mgpu" in jaxpr for kernel in kernels)
+  assert "gdn_ut_transform_mgpu" in jaxpr and "gdn_packed_chunk_bwd_dt" in jaxpr
+  assert all(f"gdn_packed_{kernel}_mgpu" in jaxpr for kernel in kernels[1:5])
   fn, args = bench_mixers.jax_case("loglinear_gdn", "pallas_level_scan", x, interpret=False)
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).astype(float).sum()))(*args))
   assert "loglinear_gdn_chunk_scan" in jaxpr and "gdn_packed_output" not in jaxpr
@@ -134,6 +136,8 @@ def test_train_step_benchmark_smoke(capsys):
   assert t["arch"] == "transformer" and t["tokens_per_s"] > 0 and 0 < t["mfu"] < 1
   # The Transformer's model FLOPs include its attention term on top of 6 x matmul parameters.
   assert t["tokens_per_s"] * 6 * t["matmul_params"] < t["mfu"] * 989e12
+  # a fresh batch of uniform random tokens per step: a causal model stays near ln(vocab)
+  assert t["loss"] > t["loss_uniform"] - 0.5, (t["loss"], t["loss_uniform"])
   assert "| transformer |" in capsys.readouterr().out
 
 

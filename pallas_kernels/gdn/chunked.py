@@ -4,11 +4,11 @@
   GDN             chunkwise.py's kernels: the UT transform, the output and every gradient in
                   kernels parallel over chunks, around two sequential state scans (forward and
                   its transpose); nothing per chunk but the states' residuals leaves the kernels.
-  log-linear GDN  rows of one document (level_streams='gdn', the default): the levels inside a
-                  chunk in XLA (`_intra`, T_g from chunkwise's UT-inverse kernel), every level
-                  above it as plain GDN on the kernels above (`_streams_mixer`: each level stream
-                  is a GDN run on rows whose "documents" are its 2^l blocks, values written in a
-                  block's first half, output read in its second). Packed rows and states (and
+  log-linear GDN  rows of one document (level_streams='gdn', the default): one UT transform, the
+                  levels inside a chunk in XLA on its T_g (`_intra_of_t`), every level above as
+                  plain GDN on the kernels above (`_streams_mixer`: each level stream is a GDN run
+                  on rows whose "documents" are its 2^l blocks, values written in a block's first
+                  half, output read in its second). Packed rows and states (and
                   level_streams='scan'): kernel.py's level-stream scans (forward and reverse)
                   beside a parallel per-chunk part in XLA (`_prep`, differentiated with jax.vjp for
                   the backward) whose UT inverse T is chunkwise's kernel and its transpose
@@ -363,31 +363,149 @@ def _level_stream_rows(streams, B, P, C):
   return packed, write_XP, ~write_XP
 
 
+def _intra_of_t(q, k, v, g, beta, lam, t_BPHC, st):
+  """_intra of aligned rows from the chunks' T_g (float32, as ut_transform gives it)."""
+  B, P, H, C = t_BPHC.shape
+  N = P // C
+  beta_BNHC = jnp.moveaxis(beta.astype(jnp.float32).reshape(B, N, C, H), 2, 3)
+  tb_BNHTS = jnp.moveaxis(t_BPHC.reshape(B, N, C, H, C), 3, 2) * beta_BNHC[..., None, :]
+  return _intra(q, k, v, g, lam, tb_BNHTS, None, st)[0]
+
+
+class _Streams(NamedTuple):
+  """The level streams of aligned rows as packed GDN rows (_level_stream_rows), stream-major."""
+  levels: list
+  masks: chunkwise.Masks
+  write_XP: jax.Array
+  read_XP: jax.Array
+
+  @classmethod
+  def of(cls, st, B, P):
+    levels = list(stream_levels(st.levels, st.chunk_size, P)[1])
+    if not levels:
+      return None
+    packed, write_XP, read_XP = _level_stream_rows(levels, B, P, st.chunk_size)
+    return cls(levels, _gdn_masks(packed), write_XP, read_XP)
+
+  def rows(self, x):
+    """x [B, ...] repeated for every stream: [X B, ...]."""
+    return jnp.broadcast_to(x, (len(self.levels),) + x.shape).reshape((-1,) + x.shape[1:])
+
+  def per_chunk(self, flag_XP, x_BPHV):
+    """flag o x for every stream, [X B, P, H, V] (flags are constant over a chunk)."""
+    return (flag_XP[:, None, :, None, None].astype(x_BPHV.dtype) * x_BPHV).reshape(
+        (-1,) + x_BPHV.shape[1:])
+
+  def rho(self, lam_BPHL):
+    """[X, B, P, H]: each stream's read weight, lam of its level in its read chunks."""
+    return self.read_XP[:, None, :, None] * jnp.moveaxis(
+        lam_BPHL[..., self.levels].astype(jnp.float32), 3, 0)
+
+
+def _stream_kernels(fn, arrays, masks, st, H, K, V, name):
+  """fn(masks, *arrays) on the stream rows (axis 0 of every array) in batch slices below 2^31
+  elements (the largest: the per-chunk states, K x V per chunk and head)."""
+  P, C = masks.pos.shape[1], st.chunk_size
+  n = len(masks)
+  return in_row_batches(lambda *a: fn(chunkwise.Masks(*a[:n]), *a[n:]), tuple(masks) + arrays,
+                        P * H * max(K, V, C, K * V // C), f'{name} (T={P}, heads={H})')
+
+
+def _streams_forward(q, k, v, g, beta, lam, st):
+  """(o, residuals): rows of one document (padded inputs as _mixer's). One UT transform serves
+  the in-chunk part (_intra_of_t) and every level stream: a stream's U is U times its write flag,
+  since the flag is constant over a chunk (U = T_g diag(beta) V per chunk)."""
+  B, P, _, K = q.shape
+  H, V = v.shape[2:]
+  C, cfg = st.chunk_size, st.gdn_config
+  g_BHP, beta_BHP = _gates_BHP(g, beta)
+  w, u, t = in_row_batches(
+      lambda k, v, g, b: chunkwise.ut_transform(
+          chunkwise.launch(k, H, V, None, C, cfg, st.interpret), k, v, g, b),
+      (k, v, g_BHP, beta_BHP), P * H * max(K, V, C), f'pallas UT transform (T={P}, heads={H})')
+  o = _intra_of_t(q, k, v, g, beta, lam, t, st)
+  streams = _Streams.of(st, B, P)
+  if streams is None:
+    return o, (t, None, None, None, None)
+  rep = streams.rows
+
+  def run(masks, q, k, w, u, g):
+    L = chunkwise.launch(q, H, V, masks, C, cfg, st.interpret)
+    h, vn = chunkwise.state_scan(L, k, w, u, g)
+    return h, vn, chunkwise.output(L, q, k, g, h, vn, v.dtype)
+  h, vn, o_s = _stream_kernels(run, (rep(q), rep(k), rep(w), streams.per_chunk(
+      streams.write_XP, u), rep(g_BHP)), streams.masks, st, H, K, V, 'pallas GDN level streams')
+  o = o + jnp.einsum('xbph,xbphv->bphv', streams.rho(lam),
+                     o_s.reshape(-1, B, P, H, V).astype(jnp.float32), precision=HIGHEST)
+  return o, (t, w, h, vn, o_s)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _streams_mixer(q, k, v, g, beta, lam, st):
   """Log-linear GDN of aligned rows (padded inputs as _mixer's; no packed documents, no states)
   on GDN's kernels: the levels inside a chunk in XLA (_intra), and each level stream above as a
-  plain GDN run on packed rows (_level_stream_rows; all streams in one call, stream-major on the
-  batch axis) whose values are zero outside its blocks' first halves, its output read with lam of
-  its level in the second halves. The states of a stream evolve by the transitions of every
-  token, as log-linear GDN's levels do (docs/algorithms/loglinear.md). Differentiated by JAX
-  through _gdn_mixer's and _ut_inverse's custom_vjps."""
-  B, P, _, _ = q.shape
+  plain GDN run on packed rows (_level_stream_rows; all streams in one launch, stream-major on
+  the batch axis) whose values are zero outside its blocks' first halves, its output read with
+  lam of its level in the second halves. The states of a stream evolve by the transitions of
+  every token, as log-linear GDN's levels do (docs/algorithms/loglinear.md). Every part shares
+  one UT transform, and in the backward one transpose of the UT inverse (ut_inverse_bwd) of the
+  sum of their dT."""
+  return _streams_forward(q, k, v, g, beta, lam, st)[0]
+
+
+def _streams_mixer_fwd(q, k, v, g, beta, lam, st):
+  o, residuals = _streams_forward(q, k, v, g, beta, lam, st)
+  return o, (q, k, v, g, beta, lam) + residuals
+
+
+def _streams_mixer_bwd(st, res, do_BPHV):
+  q, k, v, g, beta, lam, t, w, h, vn, o_s = res
+  B, P, G, K = q.shape
   H, V = v.shape[2:]
+  C, cfg = st.chunk_size, st.gdn_config
   f32 = jnp.float32
-  o = _intra(q, k, v, g, lam, _t_beta(k, g, beta, st), None, st)[0]
-  streams = list(stream_levels(st.levels, st.chunk_size, P)[1])
-  if not streams:
-    return o
-  X = len(streams)
-  rows, write_XP, read_XP = _level_stream_rows(streams, B, P, st.chunk_size)
-  rep = lambda x: jnp.broadcast_to(x, (X,) + x.shape).reshape((X * B,) + x.shape[1:])
-  v_s = write_XP[:, None, :, None, None].astype(v.dtype) * v
-  gdn_st = st._replace(levels=None, config=st.gdn_config, level_streams='scan', gdn_config=None)
-  o_s, _ = _gdn_mixer(rep(q), rep(k), v_s.reshape((X * B,) + v.shape[1:]), rep(g), rep(beta),
-                      None, rows, gdn_st)
-  rho_XBPH = read_XP[:, None, :, None] * jnp.moveaxis(lam[..., streams].astype(f32), 3, 0)
-  return o + jnp.einsum('xbph,xbphv->bphv', rho_XBPH, o_s.reshape(X, B, P, H, V).astype(f32),
-                        precision=HIGHEST)
+  _, intra_vjp = jax.vjp(lambda *a: _intra_of_t(*a, st), q, k, v, g, beta, lam, t)
+  dq, dk, dv, dg, dbeta, dlam, dt = (x.astype(f32) for x in intra_vjp(do_BPHV.astype(f32)))
+  g_BHP, beta_BHP = _gates_BHP(g, beta)
+  streams = _Streams.of(st, B, P)
+  if streams is not None:
+    rep = streams.rows
+    rho_XBPH = streams.rho(lam)
+    drho_XBPH = jnp.einsum('bphv,xbphv->xbph', do_BPHV.astype(f32),
+                           o_s.reshape(-1, B, P, H, V).astype(f32), precision=HIGHEST)
+    dlam = dlam.at[..., streams.levels].add(
+        jnp.moveaxis(drho_XBPH * streams.read_XP[:, None, :, None], 0, 3))
+    do_s = (rho_XBPH[..., None] * do_BPHV.astype(f32)).astype(v.dtype).reshape(-1, P, H, V)
+
+    def run(masks, q, k, v, g, beta, w, t, h, vn, do):
+      L = chunkwise.launch(q, H, V, masks, C, cfg, st.interpret)
+      dvl, dq, dk_out, dg_out = chunkwise.output_bwd(L, q, k, g, h, vn, do)
+      dh, dvn = chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl)
+      return (dq,) + chunkwise.chunk_bwd(L, k, v, g, beta, t, h, dh, vn, dvn, dk_out, dg_out,
+                                         with_inverse=False)
+    outs = _stream_kernels(run, (rep(q), rep(k), streams.per_chunk(streams.write_XP, v),
+                                 rep(g_BHP), rep(beta_BHP), rep(w), rep(t), h, vn, do_s),
+                           streams.masks, st, H, K, V, 'pallas GDN level streams backward')
+    total = lambda x: jnp.sum(x.reshape((-1, B) + x.shape[1:]).astype(f32), axis=0)  # noqa: E731
+    dq_s, dk_s, dv_s, dg_s, dbeta_s, dt_s = outs
+    group = lambda x: jnp.sum(x.reshape(B, P, G, H // G, K), axis=3)  # noqa: E731
+    dq = dq + group(total(dq_s))
+    dk = dk + group(total(dk_s))
+    dv = dv + jnp.einsum('xp,xbphv->bphv', streams.write_XP.astype(f32),
+                         dv_s.reshape(-1, B, P, H, V).astype(f32))
+    dg = dg + jnp.moveaxis(total(dg_s), 1, 2)
+    dbeta = dbeta + jnp.moveaxis(total(dbeta_s), 1, 2)
+    dt = dt + total(dt_s)
+  dk_u, dg_u, dbeta_u = in_row_batches(
+      lambda k, g, b, t, dt: chunkwise.ut_inverse_bwd(_ut_launch(k, H, st), k, g, b, t, dt),
+      (k, g_BHP, beta_BHP, t, dt), P * H * max(K, C), f'pallas UT transform (T={P}, heads={H})')
+  dk = dk + jnp.sum(dk_u.reshape(B, P, G, H // G, K), axis=3)
+  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+          (dg + jnp.moveaxis(dg_u, 1, 2)).astype(g.dtype),
+          (dbeta + jnp.moveaxis(dbeta_u, 1, 2)).astype(beta.dtype), dlam.astype(lam.dtype))
+
+
+_streams_mixer.defvjp(_streams_mixer_fwd, _streams_mixer_bwd)
 
 
 def _gdn_masks(packed):

@@ -333,14 +333,17 @@ def _ut_inverse_bwd_kernel(*refs, packed, mm_dtype):
   dbeta_ref[...] = dbeta
 
 
-def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
+def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v, with_inverse=True):
+  """Without with_inverse, dT is an output and the UT inverse's transpose is left to the caller
+  (ut_inverse_bwd), which can then sum dT over several runs sharing T first."""
   (k_ref, v_ref, g_ref, beta_ref, t_ref, h_ref, dh_ref, vn_ref, dvn_ref, dk_out_ref,
    dg_out_ref) = refs[:11]
   if packed:
     pos, doc, rho, wm, keep = (r[...] for r in refs[11:16])
   else:
     pos = doc = rho = wm = keep = None
-  dk_ref, dv_ref, dg_ref, dbeta_ref = refs[-4:]
+  dt_ref = None if with_inverse else refs[-1]
+  dk_ref, dv_ref, dg_ref, dbeta_ref = refs[-4:] if with_inverse else refs[-5:-1]
   k = k_ref[...]
   C, K = k.shape
   kf = k.astype(f32)
@@ -388,10 +391,13 @@ def _chunk_bwd_kernel(*refs, packed, mm_dtype, block_v):
     dbu = dot(T, dvn, mm_dtype, (0, 0))                          # T^T dU
     dv_ref[:, sl] = (dbu * beta[:, None]).astype(dv_ref.dtype)
     dbeta += jnp.sum(v * dbu, axis=1)
-  dk_a, dbeta_a, dG_a = _inverse_transpose(k, beta, G, T, dt, strict, mm_dtype)
-  dk += dk_a
-  dbeta += dbeta_a
-  dG += dG_a
+  if with_inverse:
+    dk_a, dbeta_a, dG_a = _inverse_transpose(k, beta, G, T, dt, strict, mm_dtype)
+    dk += dk_a
+    dbeta += dbeta_a
+    dG += dG_a
+  else:
+    dt_ref[...] = dt
 
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dg_ref[...] = _rev_cumsum(dG)
@@ -637,11 +643,13 @@ def state_scan_bwd(L, q_BPGK, k_BPGK, w_BPHK, g_BHP, do_BPHV, dvl_BPHV, dfinal_B
 
 
 def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV,
-              dk_out_BPHK, dg_out_BHP, grad_dtype=f32):
+              dk_out_BPHK, dg_out_BHP, grad_dtype=f32, with_inverse=True):
   """dk_BPHK (per value head) and dv_BPHV in grad_dtype, float32 dg_BHP and dbeta_BHP: the state
   write's and the UT transform's terms added to output_bwd's parts dk_out_BPHK and dg_out_BHP;
-  on Mosaic GPU (chunkwise_mgpu) where `on_mosaic`."""
-  if on_mosaic(L, 'chunk_bwd'):
+  on Mosaic GPU (chunkwise_mgpu) where `on_mosaic`. Without with_inverse (Triton only), the terms
+  through T = (I + A)^-1 are left out and its float32 cotangent dT_BPHC is returned as well, for
+  ut_inverse_bwd."""
+  if with_inverse and on_mosaic(L, 'chunk_bwd'):
     return chunkwise_mgpu.chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV,
                                     vn_BPHV, dvn_BPHV, dk_out_BPHK, dg_out_BHP, grad_dtype)
   ch = L.sp.chunk
@@ -651,9 +659,12 @@ def chunk_bwd(L, k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BP
       _chunk_bwd_kernel, 'chunk',
       [ch['grp'], ch['hv'], ch['gate'], ch['gate'], ch['hc'], ch['state'], ch['state'],
        ch['hv'], ch['hv'], ch['hk'], ch['gate']] + specs + mspecs,
-      [ch['hk'], ch['hv'], ch['gate'], ch['gate']],
+      [ch['hk'], ch['hv'], ch['gate'], ch['gate']] + ([] if with_inverse else [ch['hc']]),
       [_sds((L.B, L.P, L.H, L.K), grad_dtype), _sds((L.B, L.P, L.H, L.V), grad_dtype)] + [
-          _sds((L.B, L.H, L.P), f32)] * 2, 'chunk_bwd', block_v=L.chunk_bv,
+          _sds((L.B, L.H, L.P), f32)] * 2 + ([] if with_inverse else [
+              _sds((L.B, L.P, L.H, L.C), f32)]),
+      'chunk_bwd' if with_inverse else 'chunk_bwd_dt', block_v=L.chunk_bv,
+      with_inverse=with_inverse,
   )(k_BPGK, v_BPHV, g_BHP, beta_BHP, t_BPHC, h_BHMV, dh_BHMV, vn_BPHV, dvn_BPHV, dk_out_BPHK,
     dg_out_BHP, *arrays, *marrays)
 

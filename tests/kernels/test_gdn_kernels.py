@@ -286,9 +286,10 @@ def test_every_kernel_lowers_for_cuda():
   """Every GDN kernel (forward and backward; with segment ids the aligned and the packed ones,
   both branches of a lax.cond) lowers through Pallas-Triton for an H200 (from CPU): GDN's six
   chunkwise kernels (UT transform, state scan, output; output backward, state scan backward, chunk
-  backward), log-linear GDN's rows of one document the same six (packed: its level streams) plus
-  the UT inverse of its in-chunk part and that inverse's backward, its packed rows two scans plus
-  the UT inverse (in the forward and in the backward's recomputation) and its backward."""
+  backward), log-linear GDN's rows of one document the same six (chunk_bwd leaving the UT
+  inverse's transpose to ut_inverse_bwd, the seventh, once for every level), its packed rows two
+  scans plus the UT inverse (in the forward and in the backward's recomputation) and its
+  backward."""
   dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
   B, T, G, H, K, V, L = 2, 200, 1, 4, 128, 64, 9
   S = jax.ShapeDtypeStruct
@@ -304,7 +305,7 @@ def test_every_kernel_lowers_for_cuda():
             fn(*a[:n], segment_ids_BT=a[n] if with_ids else None).astype(jnp.float32))
         text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
             *shapes[:n], seg).lower(lowering_platforms=('cuda',)).as_text()
-        aligned, packed = (6, 6) if fam is GDN else (8, 5)
+        aligned, packed = (6, 6) if fam is GDN else (7, 5)
         assert text.count('__gpu$xla.gpu.triton') == aligned + with_ids * packed, (fam.name,
                                                                                    with_ids)
     # final states (and GDN's initial state): the kernels' state input / output variants; the
@@ -532,7 +533,8 @@ def test_gdn_with_mosaic_state_scans_equals_fp64_oracle():
 
 def test_loglinear_gdn_on_mosaic_equals_fp64_oracle():
   """loglinear_gdn_chunked with KernelConfig(backend='mosaic') (interpret mode, bf16): its levels
-  above the chunk as plain GDN on GDN's Mosaic kernels (level_streams='gdn', here two streams),
+  above the chunk as plain GDN on GDN's Mosaic kernels but the dT-only chunk_bwd
+  (level_streams='gdn', here two streams),
   output and every gradient == the fp64 recurrent oracle on the inputs' float64 copies at the
   GPU tests' bf16 tolerances (docs/correctness.md#gpu-tests); GQA, T = 150 in chunks of 64."""
   data = lm.make_data(13, 2, 150, fam=LL, G=1, H=2, K=64, V=64, lam='softplus')
