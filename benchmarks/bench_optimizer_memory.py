@@ -28,7 +28,7 @@ def run_one(method: str, shape: str, rank: int, steps: int, batch: int, seq: int
   import jax
   import numpy as np
 
-  from benchmarks.timing import synthetic_batch, time_train_steps
+  from benchmarks.timing import synthetic_batches, time_train_steps
   from lloglin import optim
   from lloglin.models import ModelConfig, build_model, count_params
   from lloglin.training.step import make_program
@@ -44,7 +44,7 @@ def run_one(method: str, shape: str, rank: int, steps: int, batch: int, seq: int
   groups = optim.optimizer_state_bytes(state["opt_state"], state[program.trained],
                                        projections=state.get("projections"))
   # Step 0 (untimed) compiles, and takes GaLore's first SVD.
-  state, times, m = time_train_steps(program, synthetic_batch(vocab, batch, seq), steps)
+  state, times, m = time_train_steps(program, synthetic_batches(vocab, batch, seq, steps + 1))
   stats = jax.devices()[0].memory_stats() or {}
   return {"method": method, "shape": shape, "rank": rank, "params": n_params,
           "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,

@@ -10,7 +10,9 @@
 
 One AdamW train step (bf16 compute unless --dtype, fp32 parameters, the trainer's jitted step)
 on random tokens, median over --steps after a compile step, every architecture in this one
-process.
+process. Each step takes a fresh batch (all made before timing), so the last step's loss is a
+sanity check: on uniform random tokens no causal model gets below ln(vocab) in expectation (the
+table's `loss` beside it); a loss well below means the model reads its targets.
 Mixers run with model.mixer_impl / attention_impl = "auto": Pallas kernels on Hopper where
 lloglin has them, cuDNN attention for 16-bit compute.
 
@@ -39,6 +41,7 @@ mesh's device count); the table gives ladder / standard per architecture and mes
 import argparse
 import contextlib
 import json
+import math
 import statistics
 from types import SimpleNamespace as NS
 
@@ -138,7 +141,7 @@ def run(arch: str, residual_mode: str, remat: str, args, mesh=None, memory=None)
   import jax
   import numpy as np
 
-  from benchmarks.timing import synthetic_batch, time_train_steps
+  from benchmarks.timing import synthetic_batches, time_train_steps
   from lloglin.models import build_model, count_params
   from lloglin.parallel import distributed, sharding
   from lloglin.training.step import make_program
@@ -154,22 +157,22 @@ def run(arch: str, residual_mode: str, remat: str, args, mesh=None, memory=None)
                  b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
   program = make_program(optim_cfg, model, num_steps=args.steps + 1)
   batch = args.tokens // args.seq_len
-  data = synthetic_batch(cfg.vocab_size, batch, args.seq_len)
+  batches = synthetic_batches(cfg.vocab_size, batch, args.seq_len, args.steps + 1)
   devices = 1
   if mesh is not None:
     program = program._replace(state=sharding.shard_state(program.state, model, mesh))
-    data = distributed.global_batch(data, mesh)
+    batches = [distributed.global_batch(data, mesh) for data in batches]
     devices = mesh.size
   del model
   if args.memory:  # compile once, read its memory, and time that executable
     from benchmarks.memory_accounting import compiled_gib
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-      compiled = program.train_step.lower(program.state, data).compile()
+      compiled = program.train_step.lower(program.state, batches[0]).compile()
     memory["step_compiled"] = compiled_gib(compiled)
     program = program._replace(train_step=compiled)
   if mesh is not None:
     program = program._replace(train_step=sharding.use_mesh(mesh, program.train_step))
-  _, times, metrics = time_train_steps(program, data, args.steps)
+  _, times, metrics = time_train_steps(program, batches)
   step_s = statistics.median(times)
   tokens_s = batch * args.seq_len / step_s
   mfu = (tokens_s * flops_per_token(cfg, n_matmul, args.seq_len)
@@ -180,7 +183,8 @@ def run(arch: str, residual_mode: str, remat: str, args, mesh=None, memory=None)
               devices=devices, **memory,
               params=n_params, matmul_params=n_matmul, seq_len=args.seq_len, batch=batch,
               step_ms=1e3 * step_s, tokens_per_s=tokens_s, mfu=mfu,
-              loss=float(metrics["loss"]), device=jax.devices()[0].device_kind,
+              loss=float(metrics["loss"]), loss_uniform=math.log(cfg.vocab_size),
+              device=jax.devices()[0].device_kind,
               step_ms_spread=1e3 * float(np.ptp(times)))
 
 
@@ -246,15 +250,16 @@ def _print_table(rows):
   ok = {(r["arch"], r["residual_mode"], r["mesh"], r["remat"]): r
         for r in rows if "error" not in r}
   print("| arch | remat | residual | mesh | params | T | batch | step ms | tokens/s "
-        "| MFU per device | x Transformer | ladder / standard | step GiB | device peak GiB |")
-  print("|" + " --- |" * 14)
+        "| MFU per device | x Transformer | ladder / standard | step GiB | device peak GiB "
+        "| loss (ln vocab) |")
+  print("|" + " --- |" * 15)
   gib = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
   for r in rows:
     head = f"| {r['arch']} | {r['remat']} | {r['residual_mode']} | {r['mesh']} |"
     step = r.get("step_compiled")
     if "error" in r:
       print(f"{head} - | {r['seq_len']} | - | - | {r['error'][:60]} | - | - | - "
-            f"| {gib(step and step['peak'])} | - |")
+            f"| {gib(step and step['peak'])} | - | - |")
       continue
     key = ("transformer", r["residual_mode"], r["mesh"])
     base = ok.get(key + ("none",)) or ok.get(key + (r["remat"],))
@@ -264,7 +269,8 @@ def _print_table(rows):
               if std and lad and r["residual_mode"] == "ladder" else "-")
     print(f"{head} {r['params'] / 1e6:.0f}M | {r['seq_len']} | {r['batch']} "
           f"| {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} "
-          f"| {ladder} | {gib(step and step['peak'])} | {gib(r.get('device_peak_gib'))} |")
+          f"| {ladder} | {gib(step and step['peak'])} | {gib(r.get('device_peak_gib'))} "
+          f"| {r['loss']:.2f} ({r['loss_uniform']:.2f}) |")
 
 
 if __name__ == "__main__":

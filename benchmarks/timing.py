@@ -32,12 +32,20 @@ def synthetic_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
           "loss_mask": jnp.ones((batch, seq), jnp.float32)}
 
 
-def time_train_steps(program, data: dict, steps: int):
-  """(state, per-step seconds, last metrics) after one compile step and `steps` timed steps."""
-  state, metrics = program.train_step(program.state, data)
+def synthetic_batches(vocab: int, batch: int, seq: int, count: int) -> list[dict]:
+  """`count` distinct synthetic batches (seeds 0 .. count - 1), made before any step is timed."""
+  return [synthetic_batch(vocab, batch, seq, seed) for seed in range(count)]
+
+
+def time_train_steps(program, batches: list[dict]):
+  """(state, per-step seconds, last metrics): batches[0] compiles (one untimed step), each later
+  batch is one timed step. Distinct batches keep the loss a sanity check: on uniform random
+  tokens no causal model gets below ln(vocab) in expectation, so a loss well below it means the
+  model reads its targets; one batch repeated would be memorised instead."""
+  state, metrics = program.train_step(program.state, batches[0])
   jax.block_until_ready(metrics)
   times = []
-  for _ in range(steps):
+  for data in batches[1:]:
     t0 = time.perf_counter()
     state, metrics = program.train_step(state, data)
     jax.block_until_ready(metrics)
