@@ -3,6 +3,7 @@ left for XLA around them; fla's chunk_gated_delta_rule beside it, kernel by kern
 
   python -m benchmarks.bench_gdn_kernels                          # T = 2K, 8K, 32K
   python -m benchmarks.bench_gdn_kernels --seqlens 8192 --backends triton,mosaic --profile
+  python -m benchmarks.bench_gdn_kernels --seqlens 8192 --profile --loglinear   # + log-linear GDN
 
 Inputs as bench_mixers' GDN rows: 65,536 tokens per call (B = 65536 / T), 16 heads x 128, bf16
 unit-norm q and k, v, float32 log-decays and betas, chunks of 64, one document per row passed as
@@ -67,17 +68,17 @@ def breakdown(x, backend, chunk_size, interpret, repeats):
   return rows + [('fwd+bwd', 1e3 * time_jax(fn, args, backward=True, repeats=repeats))]
 
 
-def whole_op(x, cfg, chunk_size, interpret):
-  """(fn, args): gdn_chunked as bench_mixers times it (segment_ids of one document per row)
-  under launch config cfg."""
-  from pallas_kernels.gdn import gdn_chunked
+def whole_op(x, cfg, chunk_size, interpret, loglinear=False):
+  """(fn, args): gdn_chunked (loglinear: loglinear_gdn_chunked) as bench_mixers times it
+  (segment_ids of one document per row) under launch config cfg."""
+  from pallas_kernels.gdn import gdn_chunked, loglinear_gdn_chunked
   segment_ids = jnp.ones(x['v'].shape[:2], jnp.int32)
-  scale = x['qn'].shape[-1] ** -0.5
-
-  def fn(q, k, v, g, beta):
-    return gdn_chunked(q, k, v, g, beta, segment_ids_BT=segment_ids, chunk_size=chunk_size,
-                       scale=scale, config=cfg, interpret=interpret)
-  return fn, (x['qn'], x['kn'], x['v'], x['g'], x['beta'])
+  kw = dict(segment_ids_BT=segment_ids, chunk_size=chunk_size, scale=x['qn'].shape[-1] ** -0.5,
+            config=cfg, interpret=interpret)
+  args = (x['qn'], x['kn'], x['v'], x['g'], x['beta'])
+  if loglinear:
+    return (lambda *a: loglinear_gdn_chunked(*a, **kw)), args + (x['lam'],)
+  return (lambda *a: gdn_chunked(*a, **kw)), args
 
 
 def print_breakdown(T, backend, rows):
@@ -126,6 +127,8 @@ def main(argv=None):
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--profile', action='store_true', help='per-kernel device time (torch.profiler)')
   p.add_argument('--top', type=int, default=15, help='kernel names printed per --profile call')
+  p.add_argument('--loglinear', action='store_true',
+                 help="with --profile, also log-linear GDN's fwd+bwd (its levels as GDN runs)")
   p.add_argument('--interpret', action='store_true', help='CPU smoke run (interpret mode)')
   args = p.parse_args(argv)
   if bad := set(args.backends) - {'auto', 'triton', 'mosaic'}:
@@ -142,12 +145,14 @@ def main(argv=None):
     if args.profile:
       for backend in args.backends:
         B, _, H, V = x['v'].shape
-        fn, fargs = whole_op(x, launch_config(None, GDN_CONFIG, B * H, V)._replace(
-            backend=backend), args.chunk_size, args.interpret)
-        do = jnp.ones_like(x['v'])
-        step = jax.jit(fwd_bwd(fn))
-        print_profile(f"T={T} lloglin GDN ({backend})",
-                      profile(lambda: step(fargs, do)), args.top)
+        cfg = launch_config(None, GDN_CONFIG, B * H, V)._replace(backend=backend)
+        for loglinear in (False, True)[:1 + args.loglinear]:
+          fn, fargs = whole_op(x, cfg, args.chunk_size, args.interpret, loglinear)
+          do = jnp.ones_like(x['v'])
+          step = jax.jit(fwd_bwd(fn))
+          label = 'log-linear GDN' if loglinear else 'GDN'
+          print_profile(f"T={T} lloglin {label} ({backend})",
+                        profile(lambda: step(fargs, do)), args.top)
       for name, (_, fn, ins) in torch_cases(args.tokens, T, args.heads, args.dim,
                                             ['gdn']).items():
         print_profile(f"T={T} {name}", profile(lambda: torch_backward(fn, ins)), args.top)
