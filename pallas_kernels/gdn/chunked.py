@@ -53,6 +53,14 @@ from pallas_kernels.linear_recurrence import (GDN_CONFIG, LOGLINEAR_GDN_CONFIG, 
 __all__ = ['gdn_chunked', 'loglinear_gdn_chunked']
 
 HIGHEST = lax.Precision.HIGHEST
+# the XLA parts' products: float32, never TF32
+_ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=jnp.float32)
+
+
+def _chunk_heads(x_BPGK, H, C):
+  """[B, P, G, K] (groups of heads) -> float32 [B, N, C, H, K], every value head its group's."""
+  B, P, _, K = x_BPGK.shape
+  return linear_recurrence.expand_groups(x_BPGK, H).astype(jnp.float32).reshape(B, P // C, C, H, K)
 
 
 class _Static(NamedTuple):
@@ -108,15 +116,13 @@ def _ut_inverse_bwd(st, res, dt_BPHC):
 _ut_inverse.defvjp(_ut_inverse_fwd, _ut_inverse_bwd)
 
 
-def _t_beta(k_BPGK, g_BPH, beta_BPH, st):
-  """T_g diag(beta) of every chunk, tb_BNHTS (float32; T_g from the chunkwise UT kernel)."""
-  B, P, _, _ = k_BPGK.shape
-  H = beta_BPH.shape[2]
-  C = st.chunk_size
+def _tb(t_BPHC, beta_BPH):
+  """T_g diag(beta) of every chunk, tb_BNHTS (float32), from T_g as the UT kernels give it (rows
+  t of each chunk along P, columns s last)."""
+  B, P, H, C = t_BPHC.shape
   N = P // C
   beta_BNHC = jnp.moveaxis(beta_BPH.astype(jnp.float32).reshape(B, N, C, H), 2, 3)
-  tg_BNHCC = jnp.moveaxis(_ut_inverse(k_BPGK, g_BPH, beta_BPH, st).reshape(B, N, C, H, C), 3, 2)
-  return tg_BNHCC * beta_BNHC[..., None, :]
+  return jnp.moveaxis(t_BPHC.reshape(B, N, C, H, C), 3, 2) * beta_BNHC[..., None, :]
 
 
 def _wy(k_BPGK, g_BPH, beta_BPH, st):
@@ -129,9 +135,9 @@ def _wy(k_BPGK, g_BPH, beta_BPH, st):
   f32 = jnp.float32
   k_BNCHK = linear_recurrence.expand_groups(k_BPGK, H).reshape(B, N, C, H, K)
   g_BNHC = jnp.moveaxis(g_BPH.astype(f32).reshape(B, N, C, H), 2, 3)
-  tb_BNHTS = _t_beta(k_BPGK, g_BPH, beta_BPH, st)
-  w = jnp.einsum('bnhts,bnhs,bnshk->bnthk', tb_BNHTS, jnp.exp(jnp.cumsum(g_BNHC, axis=-1)),
-                 k_BNCHK.astype(f32), precision=HIGHEST, preferred_element_type=f32)
+  tb_BNHTS = _tb(_ut_inverse(k_BPGK, g_BPH, beta_BPH, st), beta_BPH)
+  w = _ein('bnhts,bnhs,bnshk->bnthk', tb_BNHTS, jnp.exp(jnp.cumsum(g_BNHC, axis=-1)),
+           k_BNCHK.astype(f32))
   return w.reshape(B, P, H, K), jnp.moveaxis(tb_BNHTS, 2, 3).reshape(B, P, H, C)
 
 
@@ -185,13 +191,11 @@ def _intra(q, k, v, g, lam, tb_BNHTS, packed, st):
   C = st.chunk_size
   N = P // C
   f32 = jnp.float32
-  ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
-  heads = lambda x: linear_recurrence.expand_groups(x, H).astype(f32).reshape(B, N, C, H, K)
   G_BNHC = jnp.moveaxis(jnp.cumsum(g.astype(f32).reshape(B, N, C, H), axis=2), 2, 3)
   causal = jnp.tril(jnp.ones((C, C), bool))
-  a_BNHTS = ein('bnthk,bnshk->bnhts', heads(q), heads(k)) * jnp.exp(
+  a_BNHTS = _ein('bnthk,bnshk->bnhts', _chunk_heads(q, H, C), _chunk_heads(k, H, C)) * jnp.exp(
       jnp.where(causal, G_BNHC[..., :, None] - G_BNHC[..., None, :], -jnp.inf))
-  aeff_BNHTS = ein('bnhts,bnhsu->bnhtu', a_BNHTS, tb_BNHTS)     # lower triangular
+  aeff_BNHTS = _ein('bnhts,bnhsu->bnhtu', a_BNHTS, tb_BNHTS)     # lower triangular
   intra_levels = stream_levels(st.levels, C, P, packed is not None, st.offset)[0]
   if packed is None:
     idx = jnp.arange(C)
@@ -202,9 +206,9 @@ def _intra(q, k, v, g, lam, tb_BNHTS, packed, st):
     lvl_BNTS = linear_recurrence.chunk_pairs(     # -1: not a causal pair of one document
         lambda pos, doc, real: hierarchy.pair_levels(pos, doc, real, C), lay, C)
   lam_BNHCL = jnp.moveaxis(lam[..., :intra_levels].astype(f32).reshape(B, N, C, H, -1), 3, 2)
-  aeff_BNHTS = aeff_BNHTS * ein('bnhtl,bntsl->bnhts', lam_BNHCL,
-                                jax.nn.one_hot(lvl_BNTS, intra_levels, dtype=f32))
-  intra = ein('bnhts,bnshv->bnthv', aeff_BNHTS, v.astype(f32).reshape(B, N, C, H, V))
+  aeff_BNHTS = aeff_BNHTS * _ein('bnhtl,bntsl->bnhts', lam_BNHCL,
+                                 jax.nn.one_hot(lvl_BNTS, intra_levels, dtype=f32))
+  intra = _ein('bnhts,bnshv->bnthv', aeff_BNHTS, v.astype(f32).reshape(B, N, C, H, V))
   return intra.reshape(B, P, H, V), a_BNHTS
 
 
@@ -217,17 +221,15 @@ def _prep(q, k, v, g, beta, lam, packed, st):
   C = st.chunk_size
   N = P // C
   f32 = jnp.float32
-  ein = functools.partial(jnp.einsum, precision=HIGHEST, preferred_element_type=f32)
   w_BPHK, tb_BPHC = _wy(k, g, beta, st)
   tb_BNHTS = jnp.moveaxis(tb_BPHC.reshape(B, N, C, H, C), 3, 2)
   intra, a_BNHTS = _intra(q, k, v, g, lam, tb_BNHTS, packed, st)
-  heads = lambda x: linear_recurrence.expand_groups(x, H).astype(f32).reshape(B, N, C, H, K)
-  q_BNCHK, k_BNCHK = heads(q), heads(k)
+  q_BNCHK, k_BNCHK = _chunk_heads(q, H, C), _chunk_heads(k, H, C)
   G_BNCH = jnp.cumsum(g.astype(f32).reshape(B, N, C, H), axis=2)
   w_BNCHK = w_BPHK.reshape(B, N, C, H, K)
-  qt = q_BNCHK * jnp.exp(G_BNCH)[..., None] - ein('bnhts,bnshk->bnthk', a_BNHTS, w_BNCHK)
+  qt = q_BNCHK * jnp.exp(G_BNCH)[..., None] - _ein('bnhts,bnshk->bnthk', a_BNHTS, w_BNCHK)
   k2 = k_BNCHK * jnp.exp(G_BNCH[:, :, -1:] - G_BNCH)[..., None]
-  u = ein('bnhts,bnshv->bnthv', tb_BNHTS, v.astype(f32).reshape(B, N, C, H, V))
+  u = _ein('bnhts,bnshv->bnthv', tb_BNHTS, v.astype(f32).reshape(B, N, C, H, V))
   flat = lambda x: x.reshape((B, P) + x.shape[3:])
   return intra, flat(qt), flat(k2), w_BPHK, flat(u), tb_BPHC
 
@@ -365,11 +367,7 @@ def _level_stream_rows(streams, B, P, C):
 
 def _intra_of_t(q, k, v, g, beta, lam, t_BPHC, st):
   """_intra of aligned rows from the chunks' T_g (float32, as ut_transform gives it)."""
-  B, P, H, C = t_BPHC.shape
-  N = P // C
-  beta_BNHC = jnp.moveaxis(beta.astype(jnp.float32).reshape(B, N, C, H), 2, 3)
-  tb_BNHTS = jnp.moveaxis(t_BPHC.reshape(B, N, C, H, C), 3, 2) * beta_BNHC[..., None, :]
-  return _intra(q, k, v, g, lam, tb_BNHTS, None, st)[0]
+  return _intra(q, k, v, g, lam, _tb(t_BPHC, beta), None, st)[0]
 
 
 class _Streams(NamedTuple):
@@ -402,13 +400,16 @@ class _Streams(NamedTuple):
         lam_BPHL[..., self.levels].astype(jnp.float32), 3, 0)
 
 
-def _stream_kernels(fn, arrays, masks, st, H, K, V, name):
-  """fn(masks, *arrays) on the stream rows (axis 0 of every array) in batch slices below 2^31
-  elements (the largest: the per-chunk states, K x V per chunk and head)."""
-  P, C = masks.pos.shape[1], st.chunk_size
-  n = len(masks)
-  return in_row_batches(lambda *a: fn(chunkwise.Masks(*a[:n]), *a[n:]), tuple(masks) + arrays,
-                        P * H * max(K, V, C, K * V // C), f'{name} (T={P}, heads={H})')
+def _gdn_kernel_rows(fn, arrays, masks, st, H, K, V, name, out_axes=0):
+  """fn(masks, *arrays) of GDN's kernels over batch slices (axis 0 of every array; masks: a
+  chunkwise.Masks or None) so that no array reaches 2^31 elements (the largest: the per-chunk
+  states, K x V per chunk and head). arrays[0]: [B, P, ...]."""
+  P, C = arrays[0].shape[1], st.chunk_size
+  n = len(chunkwise.Masks._fields)
+  return in_row_batches(
+      lambda *a: fn(None if masks is None else chunkwise.Masks(*a[:n]), *a[n:]),
+      (tuple(masks) if masks else (None,) * n) + tuple(arrays), P * H * max(K, V, C, K * V // C),
+      f'{name} (T={P}, heads={H})', out_axes)
 
 
 def _streams_forward(q, k, v, g, beta, lam, st):
@@ -433,10 +434,9 @@ def _streams_forward(q, k, v, g, beta, lam, st):
     L = chunkwise.launch(q, H, V, masks, C, cfg, st.interpret)
     h, vn = chunkwise.state_scan(L, k, w, u, g)
     return h, vn, chunkwise.output(L, q, k, g, h, vn, v.dtype)
-  h, vn, o_s = _stream_kernels(run, (rep(q), rep(k), rep(w), streams.per_chunk(
+  h, vn, o_s = _gdn_kernel_rows(run, (rep(q), rep(k), rep(w), streams.per_chunk(
       streams.write_XP, u), rep(g_BHP)), streams.masks, st, H, K, V, 'pallas GDN level streams')
-  o = o + jnp.einsum('xbph,xbphv->bphv', streams.rho(lam),
-                     o_s.reshape(-1, B, P, H, V).astype(jnp.float32), precision=HIGHEST)
+  o = o + _ein('xbph,xbphv->bphv', streams.rho(lam), o_s.reshape(-1, B, P, H, V))
   return o, (t, w, h, vn, o_s)
 
 
@@ -471,8 +471,7 @@ def _streams_mixer_bwd(st, res, do_BPHV):
   if streams is not None:
     rep = streams.rows
     rho_XBPH = streams.rho(lam)
-    drho_XBPH = jnp.einsum('bphv,xbphv->xbph', do_BPHV.astype(f32),
-                           o_s.reshape(-1, B, P, H, V).astype(f32), precision=HIGHEST)
+    drho_XBPH = _ein('bphv,xbphv->xbph', do_BPHV, o_s.reshape(-1, B, P, H, V))
     dlam = dlam.at[..., streams.levels].add(
         jnp.moveaxis(drho_XBPH * streams.read_XP[:, None, :, None], 0, 3))
     do_s = (rho_XBPH[..., None] * do_BPHV.astype(f32)).astype(v.dtype).reshape(-1, P, H, V)
@@ -483,7 +482,7 @@ def _streams_mixer_bwd(st, res, do_BPHV):
       dh, dvn = chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl)
       return (dq,) + chunkwise.chunk_bwd(L, k, v, g, beta, t, h, dh, vn, dvn, dk_out, dg_out,
                                          with_inverse=False)
-    outs = _stream_kernels(run, (rep(q), rep(k), streams.per_chunk(streams.write_XP, v),
+    outs = _gdn_kernel_rows(run, (rep(q), rep(k), streams.per_chunk(streams.write_XP, v),
                                  rep(g_BHP), rep(beta_BHP), rep(w), rep(t), h, vn, do_s),
                            streams.masks, st, H, K, V, 'pallas GDN level streams backward')
     total = lambda x: jnp.sum(x.reshape((-1, B) + x.shape[1:]).astype(f32), axis=0)  # noqa: E731
@@ -491,8 +490,7 @@ def _streams_mixer_bwd(st, res, do_BPHV):
     group = lambda x: jnp.sum(x.reshape(B, P, G, H // G, K), axis=3)  # noqa: E731
     dq = dq + group(total(dq_s))
     dk = dk + group(total(dk_s))
-    dv = dv + jnp.einsum('xp,xbphv->bphv', streams.write_XP.astype(f32),
-                         dv_s.reshape(-1, B, P, H, V).astype(f32))
+    dv = dv + _ein('xp,xbphv->bphv', streams.write_XP.astype(f32), dv_s.reshape(-1, B, P, H, V))
     dg = dg + jnp.moveaxis(total(dg_s), 1, 2)
     dbeta = dbeta + jnp.moveaxis(total(dbeta_s), 1, 2)
     dt = dt + total(dt_s)
@@ -516,21 +514,12 @@ def _gdn_masks(packed):
                          packed.wm_BXP[:, 0], packed.keep_BXP[:, 0])
 
 
-def _gdn_run(fn, q, k, v, g_BHP, beta_BHP, packed, extra, st, out_axes=0):
-  """fn(q, k, v, g_BHP, beta_BHP, masks, *extra) over batch slices so that no array reaches 2^31
-  elements (the largest: the per-chunk states, K x V per chunk and head)."""
-  _, P, _, K = q.shape
+def _gdn_run(fn, q, k, v, g_BHP, beta_BHP, packed, extra, st):
+  """fn(q, k, v, g_BHP, beta_BHP, masks, *extra) over batch slices (_gdn_kernel_rows)."""
   H, V = v.shape[2:]
-  C = st.chunk_size
-  masks = _gdn_masks(packed)
-  n = len(chunkwise.Masks._fields)
-
-  def sliced(*a):
-    return fn(*a[:5], None if masks is None else chunkwise.Masks(*a[5:5 + n]), *a[5 + n:])
-
-  return in_row_batches(sliced, (q, k, v, g_BHP, beta_BHP) + (tuple(masks) if masks else (None,) * n)
-                        + tuple(extra), P * H * max(K, V, C, K * V // C),
-                        f'pallas GDN kernels (T={P}, heads={H})', out_axes)
+  return _gdn_kernel_rows(lambda m, *a: fn(*a[:5], m, *a[5:]),
+                          (q, k, v, g_BHP, beta_BHP) + tuple(extra), _gdn_masks(packed), st, H,
+                          q.shape[3], V, 'pallas GDN kernels')
 
 
 def _gdn_forward(q, k, v, g, beta, s0, packed, st, with_residuals):
