@@ -40,7 +40,6 @@ if "google.colab" in sys.modules and not os.path.isdir("configs"):
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import scipy.stats
 
 if os.path.basename(os.getcwd()) == "notebooks":
