@@ -23,8 +23,8 @@ class KernelConfig(NamedTuple):
   pallas_kernels.gdn.chunkwise.AUTO_MOSAIC; every other kernel on Triton), 'triton' (the
   Pallas-Triton lowering) or 'mosaic' (Mosaic GPU, where a kernel has that form: every GDN
   kernel, pallas_kernels.gdn.chunkwise_mgpu; the level scan of Mamba-2 SSD and log-linear
-  Mamba-2, pallas_kernels.mamba2.kernel_mgpu; log-linear GDN's levels above the chunk on GDN's
-  kernels, its level-stream scans of packed rows and states on Triton). PaTH's kernels take their
+  Mamba-2, pallas_kernels.mamba2.kernel_mgpu; log-linear GDN's levels as GDN runs on GDN's
+  kernels, its level-stream scans, level_streams='scan', on Triton). PaTH's kernels take their
   own KernelConfig (pallas_kernels.path.common)."""
   block_v: int = 32
   num_warps: int = 8

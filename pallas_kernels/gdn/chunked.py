@@ -8,11 +8,11 @@
                   levels inside a chunk in XLA on its T_g (`_intra_of_t`), every level above as
                   plain GDN on the kernels above (`_streams_mixer`: each level stream is a GDN run
                   on rows whose "documents" are its 2^l blocks, values written in a block's first
-                  half, output read in its second). Packed rows and states (and
-                  level_streams='scan'): kernel.py's level-stream scans (forward and reverse)
-                  beside a parallel per-chunk part in XLA (`_prep`, differentiated with jax.vjp for
-                  the backward) whose UT inverse T is chunkwise's kernel and its transpose
-                  (`_ut_inverse`).
+                  half, output read in its second). Packed rows and states: every level >= 1 as
+                  such a GDN run (`_every_level_streams`), level 0 in XLA. level_streams='scan':
+                  kernel.py's level-stream scans (forward and reverse) beside a parallel per-chunk
+                  part in XLA (`_prep`, differentiated with jax.vjp for the backward) whose UT
+                  inverse T is chunkwise's kernel and its transpose (`_ut_inverse`).
 
 Same signatures and semantics as lloglin.ops.gdn.gdn_chunked and
 lloglin.ops.loglinear.loglinear_gdn_chunked, plus `interpret` and `config`.
@@ -162,13 +162,20 @@ def _packed_masks(segment_ids_BT, P, levels, C, t0_B=None):
   else:
     streams = stream_levels(levels, C, P, True, t0_B is not None)[1]
     reset, write, read = hierarchy.level_stream_masks(lay.pos_BT, lay.real_BT, streams)
+  return _stream_masks(reset, write, read, jnp.where(lay.real_BT, lay.pos_BT, -1), lay.doc_BT, C)
+
+
+def _stream_masks(reset_XBP, write_XBP, read_XBP, pos_BP, doc_BP, C):
+  """_Packed of rows whose X streams reset, are written and are read where the [X, B, P] masks
+  say, by chunks of C: a token reads a stream only before the first reset of its chunk and writes
+  it only after the last; pos_BP (-1 at padding) and doc_BP give the pairs of one document."""
+  P = pos_BP.shape[-1]
   chunks = lambda x: x.reshape(x.shape[:-1] + (P // C, C))
-  rc = jnp.cumsum(chunks(reset).astype(jnp.int32), axis=-1)
+  rc = jnp.cumsum(chunks(reset_XBP).astype(jnp.int32), axis=-1)
   flat = lambda x: x.reshape(x.shape[:-2] + (P,))
-  f32 = jnp.float32
-  to_B = lambda x: jnp.moveaxis(flat(x).astype(f32), 0, 1)
-  return _Packed(jnp.where(lay.real_BT, lay.pos_BT, -1), lay.doc_BT,
-                 to_B(chunks(read) & (rc == 0)), to_B(chunks(write) & (rc == rc[..., -1:])),
+  to_B = lambda x: jnp.moveaxis(flat(x).astype(jnp.float32), 0, 1)
+  return _Packed(pos_BP, doc_BP,
+                 to_B(chunks(read_XBP) & (rc == 0)), to_B(chunks(write_XBP) & (rc == rc[..., -1:])),
                  to_B(jnp.broadcast_to(rc[..., -1:] == 0, rc.shape)))
 
 
@@ -400,6 +407,46 @@ class _Streams(NamedTuple):
         lam_BPHL[..., self.levels].astype(jnp.float32), 3, 0)
 
 
+def _every_level_streams(q, k, v, g, beta, lam, s0_BHXKV, segment_ids_BT, t0_B, st):
+  """Log-linear GDN of packed rows or with states (padded inputs as _mixer's; s0_BHXKV: initial
+  stream states of levels 1 .., or None): every level >= 1 as a plain GDN run on GDN's kernels
+  (_gdn_mixer, one row per stream and batch row), level 0 (the token itself) in XLA. A level-l
+  stream (hierarchy.level_stream_masks) is GDN whose "documents" are the 2^l blocks of each
+  document's positions, on values zeroed where it is not written; its output, read with lam of
+  its level, holds its level's pairs inside a chunk as well as across chunks (no pair of another
+  level shares one of its blocks with a written source), so nothing else is added but level 0.
+  Returns (o_BPHV, final stream states [B, H, X, K, V] or None)."""
+  B, P, _, _ = q.shape
+  H, V = v.shape[2:]
+  f32 = jnp.float32
+  lay = linear_recurrence.layout_of(segment_ids_BT, B, segment_ids_BT.shape[1], t0_B, P)
+  levels = list(stream_levels(st.levels, st.chunk_size, P, True, st.offset)[1])
+  X = len(levels)
+  qk_BPH = jnp.sum(linear_recurrence.expand_groups(q, H).astype(f32)
+                   * linear_recurrence.expand_groups(k, H).astype(f32), axis=-1)
+  o = (lam[..., 0] * beta * qk_BPH)[..., None].astype(f32) * v.astype(f32)   # level 0
+  if not X:
+    K = q.shape[-1]
+    return o, jnp.zeros((B, H, 0, K, V), f32) if st.final_state else None
+  reset, write, read = hierarchy.level_stream_masks(lay.pos_BT, lay.real_BT, levels)
+  rows = lambda x: x.reshape((X * B,) + x.shape[2:])  # noqa: E731   [X, B, ...] -> [X B, ...]
+  rep = lambda x: rows(jnp.broadcast_to(x, (X,) + x.shape))  # noqa: E731
+  real = rep(lay.real_BT)
+  packed = _stream_masks(rows(reset)[None], real[None], real[None],
+                         jnp.where(real, rep(lay.pos_BT), -1),
+                         jnp.cumsum(rows(reset), axis=-1, dtype=jnp.int32), st.chunk_size)
+  v_s = rows(write[..., None, None].astype(v.dtype) * v)
+  s0 = None if s0_BHXKV is None else rows(jnp.moveaxis(s0_BHXKV, 2, 0))[:, :, None]
+  gdn_st = st._replace(levels=None, config=st.gdn_config, offset=False, level_streams='scan',
+                       gdn_config=None)
+  o_s, final = _gdn_mixer(rep(q), rep(k), v_s, rep(g), rep(beta), s0, packed, gdn_st)
+  rho_XBPH = read[..., None] * jnp.moveaxis(lam[..., levels].astype(f32), 3, 0)
+  o = o + _ein('xbph,xbphv->bphv', rho_XBPH, o_s.reshape(X, B, P, H, V))
+  if final is not None:
+    final = jnp.moveaxis(final[:, :, 0].reshape((X, B) + final.shape[1:2] + final.shape[3:]), 0, 2)
+  return o, final
+
+
 def _gdn_kernel_rows(fn, arrays, masks, st, H, K, V, name, out_axes=0):
   """fn(masks, *arrays) of GDN's kernels over batch slices (axis 0 of every array; masks: a
   chunkwise.Masks or None) so that no array reaches 2^31 elements (the largest: the per-chunk
@@ -591,14 +638,18 @@ def _kernel_path(q, k, v, g, beta, lam, s0_BHXKV, t0_B, segment_ids_BT, packed, 
   (q, k, v, g, beta, lam), _ = padded_inputs(
       [q * st.scale, k, v, g, beta, lam], segment_ids_BT, st.chunk_size,
       [Kp, Kp, Vp, None, None, None])
-  masks = (_packed_masks(segment_ids_BT, g.shape[1], st.levels, st.chunk_size, t0_B) if packed
-           else None)
+  takes_masks = st.levels is None or st.level_streams == 'scan'   # GDN's, the level scans
+  masks = (_packed_masks(segment_ids_BT, g.shape[1], st.levels, st.chunk_size, t0_B)
+           if packed and takes_masks else None)
   s0 = None if s0_BHXKV is None else jnp.pad(
       s0_BHXKV.astype(jnp.float32), ((0, 0),) * 3 + ((0, Kp - K), (0, Vp - V)))
   if st.levels is None:
     o_BPHV, final = _gdn_mixer(q, k, v, g, beta, s0, masks, st)
-  elif st.level_streams == 'gdn' and masks is None and s0 is None and not st.final_state:
+  elif st.level_streams == 'gdn' and not packed:     # _run makes rows with states packed
     o_BPHV, final = _streams_mixer(q, k, v, g, beta, lam, st).astype(v.dtype), None
+  elif st.level_streams == 'gdn':
+    o_BPHV, final = _every_level_streams(q, k, v, g, beta, lam, s0, segment_ids_BT, t0_B, st)
+    o_BPHV = o_BPHV.astype(v.dtype)
   else:
     o_BPHV, final = _mixer(q, k, v, g, beta, lam, s0, masks, st)
   return o_BPHV[:, :T, :, :V], None if final is None else final[..., :K, :V]
@@ -676,9 +727,10 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
   positions continuing the initial state's t_B). chunk_size < 16 and T > 2^(L-1) run the XLA
   form (module docstring).
 
-  level_streams: how rows of one document run their levels above the chunk: 'gdn' (default) as
-  plain GDN on GDN's kernels (`_streams_mixer`: any backend), 'scan' on kernel.py's level-stream
-  scans (Triton only). Packed rows and states always take the level-stream scans.
+  level_streams: 'gdn' (default) runs the levels as plain GDN on GDN's kernels (any backend;
+  rows of one document: the levels above the chunk, `_streams_mixer`; packed rows and states:
+  every level >= 1, `_every_level_streams`); 'scan' on kernel.py's level-stream scans (Triton
+  only), kept to time against.
   """
   checks.check_mixer_args(q_BTGK=q_BTGK, k_BTGK=k_BTGK, v_BTHV=v_BTHV, g_BTH=g_BTH,
                           beta_BTH=beta_BTH, lam_BTHL=lam_BTHL, segment_ids_BT=segment_ids_BT,
@@ -701,7 +753,7 @@ def loglinear_gdn_chunked(q_BTGK, k_BTGK, v_BTHV, g_BTH, beta_BTH, lam_BTHL, *, 
   gdn_config = launch_config(config, GDN_CONFIG, max(streams, 1) * B * H, V, ('triton', 'mosaic'))
   if len({jnp.dtype(x.dtype).name for x in (q_BTGK, k_BTGK, v_BTHV)}) > 1:
     gdn_config = gdn_config._replace(backend='triton')   # as gdn_chunked
-  # packed rows and states: the level-stream scans, Triton only (where 'mosaic' has no form)
+  # level_streams='scan' (and the UT inverse's transpose): Triton only
   scan_config = launch_config(None if config is None else config._replace(backend='triton'),
                               LOGLINEAR_GDN_CONFIG, B * H, V)
   st = _Static(chunk_size, float(scale), L, interpret, scan_config, bool(return_final_state),

@@ -160,19 +160,23 @@ def test_gradients_equal_fp64_oracle(fam, streams, monkeypatch):
     assert_close(x, y, **(GRAD if name in ('dq', 'dk', 'dv') else GRAD_GATES), name=name)
 
 
-@pytest.mark.parametrize('layout', ['packed', 'one_document'])
-@pytest.mark.parametrize('fam', [GDN, LL], ids=['gdn', 'loglinear_gdn'])
-def test_packed_documents(fam, layout):
-  """Packed rows (documents of 1 and 15 tokens, padding between and after: the packed kernels)
-  and rows of one document then padding (T = 40: GDN's packed kernels, log-linear GDN's aligned
-  ones), NaN-poisoned: outputs and gradients == those of the fp64 recurrent oracle, padding
-  outputs and gradients 0."""
+@pytest.mark.parametrize('fam,layout,streams', [
+    (GDN, 'packed', None), (GDN, 'one_document', None), (LL, 'packed', 'gdn'),
+    (LL, 'one_document', 'gdn'), (LL, 'packed', 'scan')],
+    ids=['gdn-packed', 'gdn-one_document', 'loglinear_gdn-packed', 'loglinear_gdn-one_document',
+         'loglinear_gdn-packed-level_scan'])
+def test_packed_documents(fam, layout, streams):
+  """Packed rows (documents of 1 and 15 tokens, padding between and after: the packed kernels;
+  log-linear GDN: every level as a GDN run, or the level-stream scans) and rows of one document
+  then padding (T = 40: GDN's packed kernels, log-linear GDN's aligned ones), NaN-poisoned:
+  outputs and gradients == those of the fp64 recurrent oracle, padding outputs and gradients 0."""
   seg = lm.packed_segment_ids() if layout == 'packed' else one_document_rows()
   B, T = seg.shape
   data = lm.poison_padding(lm.make_data(2, B, T, fam=fam, L=8), seg)
   seg = jnp.asarray(seg)
   cot = jnp.asarray(np.random.default_rng(1).standard_normal((B, T, 2, 16)), jnp.float32)
-  kfn = functools.partial(kernel_of(fam), segment_ids_BT=seg, chunk_size=16, interpret=True)
+  kfn = functools.partial(kernel_of(fam), segment_ids_BT=seg, chunk_size=16, interpret=True,
+                          **({} if streams is None else {'level_streams': streams}))
   oracle = functools.partial(fam.recurrent, segment_ids_BT=seg)
   with jax.enable_x64(True):
     ref, want = _value_and_vjp(oracle, cot)(*args_of(data, fam, jnp.float64))
@@ -311,9 +315,8 @@ def test_every_kernel_lowers_for_cuda():
   both branches of a lax.cond) lowers through Pallas-Triton for an H200 (from CPU): GDN's six
   chunkwise kernels (UT transform, state scan, output; output backward, state scan backward, chunk
   backward), log-linear GDN's rows of one document the same six (chunk_bwd leaving the UT
-  inverse's transpose to ut_inverse_bwd, the seventh, once for every level), its packed rows two
-  scans plus the UT inverse (in the forward and in the backward's recomputation) and its
-  backward."""
+  inverse's transpose to ut_inverse_bwd, the seventh, once for every level), its packed rows and
+  states GDN's six (every level a GDN run)."""
   dev = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', platform='gpu', num_cores=132)
   B, T, G, H, K, V, L = 2, 200, 1, 4, 128, 64, 9
   S = jax.ShapeDtypeStruct
@@ -329,7 +332,7 @@ def test_every_kernel_lowers_for_cuda():
             fn(*a[:n], segment_ids_BT=a[n] if with_ids else None).astype(jnp.float32))
         text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
             *shapes[:n], seg).lower(lowering_platforms=('cuda',)).as_text()
-        aligned, packed = (6, 6) if fam is GDN else (7, 5)
+        aligned, packed = (6, 6) if fam is GDN else (7, 6)
         assert text.count('__gpu$xla.gpu.triton') == aligned + with_ids * packed, (fam.name,
                                                                                    with_ids)
     # final states (and GDN's initial state): the kernels' state input / output variants; the
@@ -342,7 +345,7 @@ def test_every_kernel_lowers_for_cuda():
         return jnp.sum(o.astype(jnp.float32)) + jnp.sum(getattr(s, 'S_BHLKV', s))
       text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n)))).trace(
           *shapes[:5], state, seg).lower(lowering_platforms=('cuda',)).as_text()
-      assert text.count('__gpu$xla.gpu.triton') == (5 if fam.lam else 12), fam.name
+      assert text.count('__gpu$xla.gpu.triton') == (6 if fam.lam else 12), fam.name
 
 
 # ------------------------------------------------------------------------------------------------
