@@ -71,7 +71,7 @@ class _Static(NamedTuple):
   config: KernelConfig
   final_state: bool = False   # also return the streams' states after the sequence
   offset: bool = False        # log-linear: positions continue an initial state's t_B
-  level_streams: str = 'gdn'  # log-linear, aligned rows: 'gdn' (_streams_mixer) or 'scan' (_mixer)
+  level_streams: str = 'gdn'  # log-linear: 'gdn' (levels as GDN runs) or 'scan' (_mixer)
   gdn_config: KernelConfig | None = None   # log-linear 'gdn' streams: their GDN kernels' launch
 
 
@@ -353,97 +353,83 @@ def _mixer_bwd(st, res, cotangents):
 _mixer.defvjp(_mixer_fwd, _mixer_bwd)
 
 
-def _level_stream_rows(streams, B, P, C):
-  """Aligned rows' level streams above the chunk (levels `streams`, each 2^l >= 2C) as packed
-  rows of plain GDN, stream-major [X B, P]: the "documents" of stream l are its 2^l blocks, which
-  start on chunk starts, so the packed kernels reset it there (rho = keep = 0 in such a chunk).
-  Returns (_Packed, write_XP, read_XP): stream l is written by the tokens of each block's first
-  half and read by its second half (hierarchy.level_stream_masks), both constant over a chunk."""
-  X = len(streams)
-  f32 = jnp.float32
-  t_P = jnp.arange(P, dtype=jnp.int32)
-  span_X1 = jnp.asarray([1 << lvl for lvl in streams], jnp.int32)[:, None]
-  pos_XP = t_P % span_X1
-  keep_XP = ((t_P // C * C) % span_X1 != 0).astype(f32)
-  write_XP = pos_XP < span_X1 // 2
-  rows = lambda x: jnp.broadcast_to(x[:, None], (X, B, P)).reshape(X * B, P)
-  keep = rows(keep_XP)[:, None]
-  packed = _Packed(rows(pos_XP), rows(t_P // span_X1), keep, jnp.ones_like(keep), keep)
-  return packed, write_XP, ~write_XP
-
-
 def _intra_of_t(q, k, v, g, beta, lam, t_BPHC, st):
   """_intra of aligned rows from the chunks' T_g (float32, as ut_transform gives it)."""
   return _intra(q, k, v, g, lam, _tb(t_BPHC, beta), None, st)[0]
 
 
 class _Streams(NamedTuple):
-  """The level streams of aligned rows as packed GDN rows (_level_stream_rows), stream-major."""
+  """Level streams as rows of plain GDN, stream-major [X B, P] (hierarchy.level_stream_masks of
+  a DocumentLayout): the "documents" of stream l are the 2^l blocks of document positions, so
+  GDN's packed kernels reset it where one starts; it is written (its values kept) by the first
+  half of each block and read, with lam of its level, by the second half."""
   levels: list
-  masks: chunkwise.Masks
-  write_XP: jax.Array
-  read_XP: jax.Array
+  packed: _Packed
+  write_XBP: jax.Array
+  read_XBP: jax.Array
 
   @classmethod
-  def of(cls, st, B, P):
-    levels = list(stream_levels(st.levels, st.chunk_size, P)[1])
+  def of(cls, lay, levels, C):
+    """The streams of `levels` (None when there are none) over layout `lay`, chunks of C."""
     if not levels:
       return None
-    packed, write_XP, read_XP = _level_stream_rows(levels, B, P, st.chunk_size)
-    return cls(levels, _gdn_masks(packed), write_XP, read_XP)
+    reset, write, read = hierarchy.level_stream_masks(lay.pos_BT, lay.real_BT, levels)
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731   [X, B, P] -> [X B, P]
+    real = flat(jnp.broadcast_to(lay.real_BT, reset.shape))
+    pos = flat(jnp.broadcast_to(lay.pos_BT, reset.shape))
+    packed = _stream_masks(flat(reset)[None], real[None], real[None], jnp.where(real, pos, -1),
+                           jnp.cumsum(flat(reset), axis=-1, dtype=jnp.int32), C)
+    return cls(list(levels), packed, write, read)
 
   def rows(self, x):
     """x [B, ...] repeated for every stream: [X B, ...]."""
     return jnp.broadcast_to(x, (len(self.levels),) + x.shape).reshape((-1,) + x.shape[1:])
 
-  def per_chunk(self, flag_XP, x_BPHV):
-    """flag o x for every stream, [X B, P, H, V] (flags are constant over a chunk)."""
-    return (flag_XP[:, None, :, None, None].astype(x_BPHV.dtype) * x_BPHV).reshape(
+  def written(self, x_BPHV):
+    """Each stream's values, x where it is written and 0 elsewhere: [X B, P, H, V]."""
+    return (self.write_XBP[..., None, None].astype(x_BPHV.dtype) * x_BPHV).reshape(
         (-1,) + x_BPHV.shape[1:])
 
   def rho(self, lam_BPHL):
-    """[X, B, P, H]: each stream's read weight, lam of its level in its read chunks."""
-    return self.read_XP[:, None, :, None] * jnp.moveaxis(
+    """[X, B, P, H]: each stream's read weight, lam of its level where it is read."""
+    return self.read_XBP[..., None] * jnp.moveaxis(
         lam_BPHL[..., self.levels].astype(jnp.float32), 3, 0)
+
+
+def _aligned_streams(st, B, P):
+  """_Streams of rows of one document from position 0: the levels above the chunk, whose blocks
+  and block halves start on chunk starts (2^(l-1) >= C)."""
+  levels = stream_levels(st.levels, st.chunk_size, P)[1]
+  return _Streams.of(linear_recurrence.layout_of(None, B, P), levels, st.chunk_size)
 
 
 def _every_level_streams(q, k, v, g, beta, lam, s0_BHXKV, segment_ids_BT, t0_B, st):
   """Log-linear GDN of packed rows or with states (padded inputs as _mixer's; s0_BHXKV: initial
   stream states of levels 1 .., or None): every level >= 1 as a plain GDN run on GDN's kernels
-  (_gdn_mixer, one row per stream and batch row), level 0 (the token itself) in XLA. A level-l
-  stream (hierarchy.level_stream_masks) is GDN whose "documents" are the 2^l blocks of each
-  document's positions, on values zeroed where it is not written; its output, read with lam of
-  its level, holds its level's pairs inside a chunk as well as across chunks (no pair of another
-  level shares one of its blocks with a written source), so nothing else is added but level 0.
+  (_gdn_mixer on _Streams rows), level 0 (the token itself) in XLA. A stream's blocks follow the
+  document positions, so they can start inside a chunk; its output holds its level's pairs
+  inside a chunk as well as across chunks (no pair of another level shares one of its blocks
+  with a written source), so nothing else is added but level 0.
   Returns (o_BPHV, final stream states [B, H, X, K, V] or None)."""
-  B, P, _, _ = q.shape
+  B, P, _, K = q.shape
   H, V = v.shape[2:]
   f32 = jnp.float32
-  lay = linear_recurrence.layout_of(segment_ids_BT, B, segment_ids_BT.shape[1], t0_B, P)
-  levels = list(stream_levels(st.levels, st.chunk_size, P, True, st.offset)[1])
-  X = len(levels)
-  qk_BPH = jnp.sum(linear_recurrence.expand_groups(q, H).astype(f32)
-                   * linear_recurrence.expand_groups(k, H).astype(f32), axis=-1)
+  heads = lambda x: linear_recurrence.expand_groups(x, H).astype(f32)  # noqa: E731
+  qk_BPH = jnp.sum(heads(q) * heads(k), axis=-1)
   o = (lam[..., 0] * beta * qk_BPH)[..., None].astype(f32) * v.astype(f32)   # level 0
-  if not X:
-    K = q.shape[-1]
+  lay = linear_recurrence.layout_of(segment_ids_BT, B, segment_ids_BT.shape[1], t0_B, P)
+  streams = _Streams.of(lay, stream_levels(st.levels, st.chunk_size, P, True, st.offset)[1],
+                        st.chunk_size)
+  if streams is None:
     return o, jnp.zeros((B, H, 0, K, V), f32) if st.final_state else None
-  reset, write, read = hierarchy.level_stream_masks(lay.pos_BT, lay.real_BT, levels)
-  rows = lambda x: x.reshape((X * B,) + x.shape[2:])  # noqa: E731   [X, B, ...] -> [X B, ...]
-  rep = lambda x: rows(jnp.broadcast_to(x, (X,) + x.shape))  # noqa: E731
-  real = rep(lay.real_BT)
-  packed = _stream_masks(rows(reset)[None], real[None], real[None],
-                         jnp.where(real, rep(lay.pos_BT), -1),
-                         jnp.cumsum(rows(reset), axis=-1, dtype=jnp.int32), st.chunk_size)
-  v_s = rows(write[..., None, None].astype(v.dtype) * v)
-  s0 = None if s0_BHXKV is None else rows(jnp.moveaxis(s0_BHXKV, 2, 0))[:, :, None]
-  gdn_st = st._replace(levels=None, config=st.gdn_config, offset=False, level_streams='scan',
-                       gdn_config=None)
-  o_s, final = _gdn_mixer(rep(q), rep(k), v_s, rep(g), rep(beta), s0, packed, gdn_st)
-  rho_XBPH = read[..., None] * jnp.moveaxis(lam[..., levels].astype(f32), 3, 0)
-  o = o + _ein('xbph,xbphv->bphv', rho_XBPH, o_s.reshape(X, B, P, H, V))
+  X = len(streams.levels)
+  s0 = None if s0_BHXKV is None else jnp.moveaxis(s0_BHXKV, 2, 0).reshape(X * B, H, 1, K, V)
+  o_s, final = _gdn_mixer(streams.rows(q), streams.rows(k), streams.written(v), streams.rows(g),
+                          streams.rows(beta), s0, streams.packed,
+                          st._replace(levels=None, config=st.gdn_config, offset=False))
+  o = o + _ein('xbph,xbphv->bphv', streams.rho(lam), o_s.reshape(X, B, P, H, V))
   if final is not None:
-    final = jnp.moveaxis(final[:, :, 0].reshape((X, B) + final.shape[1:2] + final.shape[3:]), 0, 2)
+    final = jnp.moveaxis(final.reshape(X, B, H, K, V), 0, 2)
   return o, final
 
 
@@ -472,7 +458,7 @@ def _streams_forward(q, k, v, g, beta, lam, st):
           chunkwise.launch(k, H, V, None, C, cfg, st.interpret), k, v, g, b),
       (k, v, g_BHP, beta_BHP), P * H * max(K, V, C), f'pallas UT transform (T={P}, heads={H})')
   o = _intra_of_t(q, k, v, g, beta, lam, t, st)
-  streams = _Streams.of(st, B, P)
+  streams = _aligned_streams(st, B, P)
   if streams is None:
     return o, (t, None, None, None, None)
   rep = streams.rows
@@ -481,8 +467,9 @@ def _streams_forward(q, k, v, g, beta, lam, st):
     L = chunkwise.launch(q, H, V, masks, C, cfg, st.interpret)
     h, vn = chunkwise.state_scan(L, k, w, u, g)
     return h, vn, chunkwise.output(L, q, k, g, h, vn, v.dtype)
-  h, vn, o_s = _gdn_kernel_rows(run, (rep(q), rep(k), rep(w), streams.per_chunk(
-      streams.write_XP, u), rep(g_BHP)), streams.masks, st, H, K, V, 'pallas GDN level streams')
+  h, vn, o_s = _gdn_kernel_rows(run, (rep(q), rep(k), rep(w), streams.written(u), rep(g_BHP)),
+                                _gdn_masks(streams.packed), st, H, K, V,
+                                'pallas GDN level streams')
   o = o + _ein('xbph,xbphv->bphv', streams.rho(lam), o_s.reshape(-1, B, P, H, V))
   return o, (t, w, h, vn, o_s)
 
@@ -491,7 +478,7 @@ def _streams_forward(q, k, v, g, beta, lam, st):
 def _streams_mixer(q, k, v, g, beta, lam, st):
   """Log-linear GDN of aligned rows (padded inputs as _mixer's; no packed documents, no states)
   on GDN's kernels: the levels inside a chunk in XLA (_intra), and each level stream above as a
-  plain GDN run on packed rows (_level_stream_rows; all streams in one launch, stream-major on
+  plain GDN run on packed rows (_aligned_streams; all streams in one launch, stream-major on
   the batch axis) whose values are zero outside its blocks' first halves, its output read with
   lam of its level in the second halves. The states of a stream evolve by the transitions of
   every token, as log-linear GDN's levels do (docs/algorithms/loglinear.md). Every part shares
@@ -514,13 +501,13 @@ def _streams_mixer_bwd(st, res, do_BPHV):
   _, intra_vjp = jax.vjp(lambda *a: _intra_of_t(*a, st), q, k, v, g, beta, lam, t)
   dq, dk, dv, dg, dbeta, dlam, dt = (x.astype(f32) for x in intra_vjp(do_BPHV.astype(f32)))
   g_BHP, beta_BHP = _gates_BHP(g, beta)
-  streams = _Streams.of(st, B, P)
+  streams = _aligned_streams(st, B, P)
   if streams is not None:
     rep = streams.rows
     rho_XBPH = streams.rho(lam)
     drho_XBPH = _ein('bphv,xbphv->xbph', do_BPHV, o_s.reshape(-1, B, P, H, V))
     dlam = dlam.at[..., streams.levels].add(
-        jnp.moveaxis(drho_XBPH * streams.read_XP[:, None, :, None], 0, 3))
+        jnp.moveaxis(drho_XBPH * streams.read_XBP[..., None], 0, 3))
     do_s = (rho_XBPH[..., None] * do_BPHV.astype(f32)).astype(v.dtype).reshape(-1, P, H, V)
 
     def run(masks, q, k, v, g, beta, w, t, h, vn, do):
@@ -529,15 +516,16 @@ def _streams_mixer_bwd(st, res, do_BPHV):
       dh, dvn = chunkwise.state_scan_bwd(L, q, k, w, g, do, dvl)
       return (dq,) + chunkwise.chunk_bwd(L, k, v, g, beta, t, h, dh, vn, dvn, dk_out, dg_out,
                                          with_inverse=False)
-    outs = _gdn_kernel_rows(run, (rep(q), rep(k), streams.per_chunk(streams.write_XP, v),
-                                 rep(g_BHP), rep(beta_BHP), rep(w), rep(t), h, vn, do_s),
-                           streams.masks, st, H, K, V, 'pallas GDN level streams backward')
+    outs = _gdn_kernel_rows(run, (rep(q), rep(k), streams.written(v), rep(g_BHP), rep(beta_BHP),
+                                 rep(w), rep(t), h, vn, do_s), _gdn_masks(streams.packed), st, H,
+                            K, V, 'pallas GDN level streams backward')
     total = lambda x: jnp.sum(x.reshape((-1, B) + x.shape[1:]).astype(f32), axis=0)  # noqa: E731
     dq_s, dk_s, dv_s, dg_s, dbeta_s, dt_s = outs
     group = lambda x: jnp.sum(x.reshape(B, P, G, H // G, K), axis=3)  # noqa: E731
     dq = dq + group(total(dq_s))
     dk = dk + group(total(dk_s))
-    dv = dv + _ein('xp,xbphv->bphv', streams.write_XP.astype(f32), dv_s.reshape(-1, B, P, H, V))
+    dv = dv + _ein('xbp,xbphv->bphv', streams.write_XBP.astype(f32),
+                   dv_s.reshape(-1, B, P, H, V))
     dg = dg + jnp.moveaxis(total(dg_s), 1, 2)
     dbeta = dbeta + jnp.moveaxis(total(dbeta_s), 1, 2)
     dt = dt + total(dt_s)

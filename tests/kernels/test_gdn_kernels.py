@@ -104,28 +104,25 @@ def test_each_level_isolated(packed):
     assert_close(out, ref, **lm.fwd_tol(ref), name=f'level {level}')
 
 
-def test_level_stream_rows_are_the_level_streams_of_aligned_rows():
-  """log-linear GDN's levels as GDN runs (chunked._level_stream_rows): each stream's write and
-  read flags are hierarchy.level_stream_masks' on every token, its resets (its "documents"
-  starting) are the masks' resets, each at a chunk start where GDN's packed kernels drop the
-  incoming state (rho = keep = 0 over that chunk) and nowhere else."""
+def test_aligned_level_streams_reset_on_chunk_starts():
+  """log-linear GDN's levels above the chunk as GDN rows (chunked._aligned_streams): every
+  stream's blocks start on chunk starts, its "documents" (doc ids) start exactly at
+  hierarchy.level_stream_masks' resets, and GDN's packed masks drop the incoming state in those
+  chunks only (rho = keep = 0 over the chunk) and keep every write (wm = 1)."""
   B, P, C = 2, 512, 16
-  streams = list(chunked.stream_levels(10, C, P)[1])
-  assert streams == list(range(5, 10))
-  rows, write_XP, read_XP = chunked._level_stream_rows(streams, B, P, C)
+  streams = chunked._aligned_streams(chunked._Static(C, 1.0, 10, True, None), B, P)
+  assert streams.levels == list(range(5, 10))
+  X = len(streams.levels)
   pos = jnp.broadcast_to(jnp.arange(P), (B, P))
-  reset, write, read = map(np.asarray, hierarchy.level_stream_masks(pos, pos >= 0, streams))
-  np.testing.assert_array_equal(np.broadcast_to(np.asarray(write_XP)[:, None], write.shape), write)
-  np.testing.assert_array_equal(np.broadcast_to(np.asarray(read_XP)[:, None], read.shape), read)
-  doc = np.asarray(rows.doc_BP).reshape(len(streams), B, P)
-  starts = np.concatenate([np.ones_like(doc[..., :1], bool), doc[..., 1:] != doc[..., :-1]], -1)
-  np.testing.assert_array_equal(starts, reset)
-  chunk_reset = reset.reshape(len(streams), B, P // C, C).any(-1)
-  assert (reset.reshape(len(streams), B, P // C, C)[..., 1:] == 0).all()   # only chunk starts
-  for mask in (rows.read_BXP, rows.keep_BXP):
-    np.testing.assert_array_equal(np.asarray(mask).reshape(len(streams), B, P // C, C),
-                                  np.repeat(~chunk_reset[..., None], C, -1))
-  np.testing.assert_array_equal(np.asarray(rows.wm_BXP), 1.0)
+  reset = np.asarray(hierarchy.level_stream_masks(pos, pos >= 0, streams.levels)[0])
+  doc = np.asarray(streams.packed.doc_BP).reshape(X, B, P)
+  np.testing.assert_array_equal(np.diff(doc, axis=-1) != 0, reset[..., 1:])
+  by_chunk = reset.reshape(X, B, P // C, C)
+  assert not by_chunk[..., 1:].any()                            # only on chunk starts
+  dropped = np.repeat(~by_chunk[..., :1], C, -1)
+  for mask in (streams.packed.read_BXP, streams.packed.keep_BXP):
+    np.testing.assert_array_equal(np.asarray(mask).reshape(X, B, P // C, C), dropped)
+  np.testing.assert_array_equal(np.asarray(streams.packed.wm_BXP), 1.0)
 
 
 def _value_and_vjp(fn, cot):
